@@ -1,0 +1,34 @@
+"""Errors. A bad *sample* never raises out of a step: steps turn ``SampleError`` into a
+``Reject``. ``StgrError`` is for the user's mistakes (bad config, missing dependency) and
+ends the command with a one-line reason."""
+
+from __future__ import annotations
+
+from stgr_builder.models import RejectCode
+
+
+class StgrError(Exception):
+    """A problem the user must fix; the CLI prints it as one line and exits non-zero."""
+
+
+class SampleError(Exception):
+    """One sample cannot go on; the step that catches it turns it into a Reject."""
+
+    def __init__(self, code: RejectCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def require(module: str, extra: str):
+    """Import an optional dependency, or fail with the pip command that installs it.
+
+    >>> require("ultralytics", extra="ultralytics")  # doctest: +SKIP
+    <module 'ultralytics' ...>
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise StgrError(f"{module} is not installed: pip install 'stgr-builder[{extra}]' ({exc})") from exc

@@ -1,0 +1,464 @@
+"""Every record that crosses a stage boundary, in one module.
+
+The build flows through these models::
+
+    SourceSample --probe--> VideoInfo --sample--> Frame --detect--> Detection
+        --annotate--> Annotation --verify--> CotRow / RlRow   (or a Reject at any stage)
+
+Boxes are always normalized ``[x_min, y_min, x_max, y_max]`` floats in [0, 1] inside the
+pipeline; only the visual-QA answer and trace write integer pixels, as the released
+Open-o3 Video data does.
+
+The build configuration (``BuildConfig``) lives here too: configs forbid unknown keys, so a
+typo is an error naming the key's path instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from enum import Enum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Box = Annotated[list[float], Field(min_length=4, max_length=4)]
+"""``[x_min, y_min, x_max, y_max]``, normalized to [0, 1] unless a field says pixels."""
+
+Span = Annotated[list[float], Field(min_length=2, max_length=2)]
+"""``[start, end]`` in seconds."""
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------------------------------
+# Closed vocabularies
+# ---------------------------------------------------------------------------------------
+
+
+class Task(str, Enum):
+    """The task types of the released data, spelled exactly as the trainers expect."""
+
+    SPATIO_TEMPORAL = "temporal-spatial free-form QA"
+    TEMPORAL = "temporal QA"
+    TEMPORAL_MCQ = "temporal QA (MCQ)"
+    VISUAL = "visual QA"
+    VIDEO_MCQ = "General video QA MCQ"
+    VIDEO_FREE = "General video QA Free-form"
+
+
+class DatasetName(str, Enum):
+    COT = "cot"  # STGR-CoT: supervised fine-tuning rows, with reasoning traces
+    RL = "rl"  # STGR-RL: reinforcement-learning rows, with gold evidence
+
+
+class Stage(str, Enum):
+    INGEST = "ingest"
+    PROBE = "probe"
+    SAMPLE = "sample"
+    DETECT = "detect"
+    ANNOTATE = "annotate"
+    VERIFY = "verify"
+    WRITE = "write"
+
+
+class RejectCode(str, Enum):
+    """Why a sample did not become a row. The README lists them; audits group by them."""
+
+    # ingest
+    MALFORMED_ROW = "malformed_row"
+    DUPLICATE = "duplicate"
+    UNSAFE_PATH = "unsafe_path"
+    # probe
+    MEDIA_MISSING = "media_missing"
+    MEDIA_EMPTY = "media_empty"
+    MEDIA_CORRUPT = "media_corrupt"
+    NO_FRAMES = "no_frames"
+    SPAN_OUTSIDE_VIDEO = "span_outside_video"
+    FILTERED_DURATION = "filtered_duration"
+    FILTERED_ACTION_FRACTION = "filtered_action_fraction"
+    FILTERED_ANSWER_FRACTION = "filtered_answer_fraction"
+    # sample
+    DECODE_FAILED = "decode_failed"
+    # detect / annotate
+    NO_EVIDENCE = "no_evidence"
+    ANNOTATION_FAILED = "annotation_failed"
+    # verify
+    TRACE_GRAMMAR = "trace_grammar"
+    TAGS_UNBALANCED = "tags_unbalanced"
+    EVIDENCE_NOT_IN_KEY_ITEMS = "evidence_not_in_key_items"
+    KEY_ITEM_NOT_IN_TRACE = "key_item_not_in_trace"
+    BOX_OUT_OF_RANGE = "box_out_of_range"
+    BOX_EMPTY = "box_empty"
+    BOX_TOO_LARGE = "box_too_large"
+    TIME_OUTSIDE_VIDEO = "time_outside_video"
+    TIME_OUTSIDE_SPAN = "time_outside_span"
+    KEY_FRAMES_INVALID = "key_frames_invalid"
+    ANSWER_FORM = "answer_form"
+    ANSWER_MISMATCH = "answer_mismatch"
+
+
+# ---------------------------------------------------------------------------------------
+# Stage records
+# ---------------------------------------------------------------------------------------
+
+
+def sample_id(source: str, source_id: str, question: str) -> str:
+    """Stable id: the same (source, source's id, question) always gives the same id.
+
+    >>> sample_id("STR_demo", "v001#3", "When does the ball appear?")
+    '710cbdac4177b040'
+    """
+    digest = hashlib.sha256("\x1f".join((source, source_id, question)).encode("utf-8"))
+    return digest.hexdigest()[:16]
+
+
+class TimedBox(_Record):
+    """A gold box that a source annotates at a time (e.g. HC-STVG tubes, VideoEspresso)."""
+
+    time: float = Field(ge=0)
+    box: Box
+
+
+class SourceObject(_Record):
+    """An object phrase the sample is about: what the detector is asked to ground."""
+
+    name: str = Field(min_length=1)
+    boxes: list[TimedBox] = Field(default_factory=list, description="gold boxes from the source, if any")
+
+
+class SourceSample(_Record):
+    """One QA item, normalized from any source format by its adapter (stage: ingest)."""
+
+    id: str = Field(description="sample_id(source, source_id, question)")
+    source: str = Field(description="output source name, e.g. STR_activitynet")
+    source_id: str = Field(description="the source's own id for the item")
+    task: Task
+    question: str = Field(min_length=1, description="the question without its options")
+    options: list[str] = Field(default_factory=list, description="MCQ option texts, lettered A, B, ... in order")
+    answer: str = Field(description="gold answer in the exact form the task requires")
+    video_path: str | None = Field(None, description="relative to media_root")
+    image_path: str | None = Field(None, description="relative to media_root")
+    media_root: str = Field(description="folder that media paths are relative to (absolute at build time)")
+    span: Span | None = Field(None, description="annotated temporal span in seconds, if the source has one")
+    objects: list[SourceObject] = Field(default_factory=list)
+    caption: str | None = Field(None, description="source annotation text the annotator may use")
+    datasets: list[DatasetName] = Field(default_factory=lambda: [DatasetName.COT, DatasetName.RL])
+    origin: str = Field("", description="file:line the item came from, for error messages")
+
+    @model_validator(mode="after")
+    def _one_media(self) -> SourceSample:
+        if (self.video_path is None) == (self.image_path is None):
+            raise ValueError("exactly one of video_path and image_path must be set")
+        return self
+
+
+class VideoInfo(_Record):
+    """What probing a video once tells (stage: probe)."""
+
+    path: str = Field(description="relative to the sample's media_root")
+    duration: float = Field(gt=0, description="seconds")
+    fps: float = Field(gt=0)
+    n_frames: int = Field(gt=0)
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    keyframes: list[int] = Field(description="frame indices of the key frames (GOP starts), ascending")
+
+
+class ImageInfo(_Record):
+    """What probing a still image tells (stage: probe)."""
+
+    path: str
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+
+
+class Frame(_Record):
+    """A decoded frame, stored as a content-addressed JPEG (stage: sample)."""
+
+    idx: int = Field(ge=0, description="frame index in the video (0 for a still image)")
+    time: float = Field(ge=0, description="presentation timestamp in seconds")
+    path: str = Field(description="JPEG path relative to the dataset root, e.g. kfs/ab/abcd....jpg")
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+
+
+class Detection(_Record):
+    """One detector box on one frame (stage: detect)."""
+
+    frame_idx: int = Field(ge=0)
+    label: str
+    score: float = Field(ge=0, le=1)
+    box: Box
+
+
+class Evidence(_Record):
+    """One grounded claim: this object is in this box at this key frame."""
+
+    frame_idx: int = Field(ge=0)
+    time: float = Field(ge=0)
+    name: str
+    box: Box
+    score: float = Field(ge=0, le=1, description="detector confidence of the chosen box")
+
+
+class PromptRef(_Record):
+    name: str
+    version: str = Field(description="content hash of the prompt template")
+
+
+class Annotation(_Record):
+    """What an annotator returns for one sample (stage: annotate)."""
+
+    key_frames: list[Frame]
+    evidence: list[Evidence]
+    reasoning: str = Field(description="the trace, in the spec's grammar, without <think> tags")
+    answer: str
+    prompt: PromptRef
+    model: str = Field(description="annotator model name ('template' for the offline annotator)")
+
+
+class Reject(_Record):
+    """A sample that did not become a row, and why. A value, never an escaping exception."""
+
+    id: str
+    stage: Stage
+    code: RejectCode
+    message: str
+    source: str = ""
+    origin: str = ""
+
+
+class SampleWork(_Record):
+    """A sample on its way through the stages; each stage fills in its part."""
+
+    sample: SourceSample
+    video: VideoInfo | None = None
+    image: ImageInfo | None = None
+    frames: list[Frame] = Field(default_factory=list, description="candidate frames")
+    detections: list[Detection] = Field(default_factory=list)
+    annotation: Annotation | None = None
+    votes: int | None = Field(None, description="crop-verifier yes votes, when that check ran")
+
+    def reject(self, stage: Stage, code: RejectCode, message: str) -> Reject:
+        return Reject(
+            id=self.sample.id, stage=stage, code=code, message=message,
+            source=self.sample.source, origin=self.sample.origin,
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Output rows (the contract: SPEC section 1). Parquet schemas are derived from these.
+# ---------------------------------------------------------------------------------------
+
+
+class KeyFrame(_Record):
+    idx: int = Field(ge=0)
+    time: float = Field(ge=0, description="seconds")
+    path: str = Field(description="JPEG path relative to the dataset root")
+
+
+class KeyItem(_Record):
+    """Boxes of one object at one key frame; the export turns a row's list of these into
+    ``{str(idx): {name: [[x1, y1, x2, y2], ...]}}``."""
+
+    idx: int = Field(ge=0, description="the key frame's idx")
+    name: str
+    boxes: list[Box] = Field(min_length=1, description="normalized boxes, one per instance")
+
+
+class Provenance(_Record):
+    prompt_name: str
+    prompt_version: str
+    annotator_model: str
+    detector_name: str
+    detector_weights_hash: str
+    build_id: str
+    detector_agreement_iou: float | None = Field(
+        None, description="mean IoU of chosen boxes against the source's gold boxes, where the source has them")
+    detector_score: float | None = Field(None, description="mean detector confidence of the chosen boxes")
+    verifier_votes: int | None = Field(None, description="crop-verifier yes votes, when that check ran")
+
+
+class _RowBase(_Record):
+    id: str
+    task: Task
+    source: str
+    question: str = Field(description="MCQ options are written into it, one per line ('A. ...')")
+    answer: str
+    video_path: str | None = None
+    image_path: str | None = None
+    image_size: list[int] | None = Field(None, description="[W, H] for image rows")
+    key_frames: list[KeyFrame]
+    key_items: list[KeyItem]
+    provenance: Provenance
+
+
+class CotRow(_RowBase):
+    """A row of STGR-CoT (fine-tuning): the reasoning trace is the training target."""
+
+    reasoning_process: str
+
+
+class RlRow(_RowBase):
+    """A row of STGR-RL (reinforcement learning): the key frames and items are the gold
+    evidence that the rewards score against."""
+
+
+# ---------------------------------------------------------------------------------------
+# Build bookkeeping
+# ---------------------------------------------------------------------------------------
+
+
+class StepStats(_Record):
+    """Where samples went in one step of one shard."""
+
+    step: str
+    seen: int = 0
+    kept: int = 0
+    rejected: dict[str, int] = Field(default_factory=dict, description="reject code -> count")
+    seconds: float = 0.0
+
+    def merge(self, other: StepStats) -> StepStats:
+        rejected = dict(self.rejected)
+        for code, count in other.rejected.items():
+            rejected[code] = rejected.get(code, 0) + count
+        return StepStats(step=self.step, seen=self.seen + other.seen, kept=self.kept + other.kept,
+                         rejected=rejected, seconds=self.seconds + other.seconds)
+
+
+class ShardFile(_Record):
+    path: str = Field(description="relative to the dataset root")
+    rows: int
+    sha256: str
+
+
+class ShardResult(_Record):
+    """What one finished shard task wrote; stored beside the shards so a resumed build
+    can skip it."""
+
+    shard: int
+    sample_ids: list[str]
+    files: list[ShardFile]
+    stats: list[StepStats]
+
+
+class Manifest(_Record):
+    build_id: str
+    code_version: str
+    config: dict
+    config_hash: str
+    prompts: list[PromptRef]
+    detector: dict
+    counts: dict[str, int] = Field(description="rows per dataset, and rejects")
+    shards: list[ShardFile]
+    stats: list[StepStats]
+
+
+# ---------------------------------------------------------------------------------------
+# Build configuration (CONFIG.yaml)
+# ---------------------------------------------------------------------------------------
+
+AdapterName = Literal[
+    "activitynet_captions", "charades_sta", "qvhighlights", "didemo", "tacos", "plm_rdcap",
+    "hcstvg", "videor1", "gqa", "visual_cot", "videoespresso", "generic", "demo",
+]
+
+
+class FilterConfig(_Config):
+    """The paper's per-source filters; set a field to null to turn that filter off."""
+
+    min_video_s: float | None = Field(10.0, description="drop videos shorter than this")
+    max_video_s: float | None = Field(180.0, description="drop videos longer than this")
+    max_action_fraction: float | None = Field(
+        0.5, description="drop samples whose annotated span covers this fraction of the video or more")
+    max_answer_fraction: float | None = Field(
+        0.7, description="drop temporal samples whose answer span covers this fraction of the video or more")
+
+
+class SourceConfig(_Config):
+    name: str = Field(description="output source name written into every row, e.g. STR_activitynet")
+    adapter: AdapterName
+    path: str = Field(description="annotation file, relative to the config file")
+    media_root: str = Field(description="folder the media paths are relative to, relative to the config file")
+    filters: FilterConfig = Field(default_factory=FilterConfig)
+    datasets: list[DatasetName] = Field(default_factory=lambda: [DatasetName.COT, DatasetName.RL])
+    limit: int | None = Field(None, ge=1, description="take at most this many items")
+
+
+class SamplerConfig(_Config):
+    """Candidate frames per sample: a fixed rate or uniform N, denser inside annotated spans."""
+
+    strategy: Literal["fixed_rate", "uniform"] = "uniform"
+    fps: float = Field(1.0, gt=0, description="fixed_rate: frames per second over the whole video")
+    num_frames: int = Field(8, ge=1, description="uniform: frames over the whole video")
+    span_frames: int = Field(4, ge=0, description="extra frames spread uniformly inside the annotated span")
+    max_frames: int = Field(16, ge=1)
+    decoder: Literal["decord", "opencv"] = "decord"
+    jpeg_quality: int = Field(90, ge=50, le=100)
+
+
+class DetectorConfig(_Config):
+    backend: Literal["ultralytics"] = "ultralytics"
+    weights: str = Field(
+        "builtin:stgr-demo-yolo11n",
+        description="a .pt path (relative to the config file), or builtin:NAME for a shipped model")
+    conf: float = Field(0.25, ge=0, le=1)
+    iou: float = Field(0.5, ge=0, le=1)
+    imgsz: int = Field(320, ge=32)
+    batch: int = Field(16, ge=1)
+    device: str = Field("auto", description="auto (GPU when present), cpu, cuda:0, ...")
+
+
+class AnnotatorConfig(_Config):
+    backend: Literal["template", "openai"] = "template"
+    model: str | None = Field(None, description="model name for the openai backend")
+    prompt: str = Field("template-cot", description="prompt template name under prompts/")
+    concurrency: int = Field(8, ge=1)
+    budget: int | None = Field(None, ge=0, description="max LLM requests for this build")
+
+
+class VerifyConfig(_Config):
+    max_box_area: float = Field(0.8, gt=0, le=1, description="largest share of the frame a box may cover")
+    time_tolerance: float = Field(0.05, ge=0, description="seconds between a trace time and its key frame")
+
+
+class ShardingConfig(_Config):
+    samples_per_shard: int = Field(64, ge=1)
+    workers: int = Field(2, ge=1, description="shard tasks in flight on the thread runner")
+
+
+class BuildConfig(_Config):
+    """CONFIG.yaml: what to build. Paths are relative to the config file's folder."""
+
+    name: str = "stgr"
+    seed: int = 0
+    sources: list[SourceConfig] = Field(min_length=1)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    detector: DetectorConfig = Field(default_factory=DetectorConfig)
+    annotator: AnnotatorConfig = Field(default_factory=AnnotatorConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    sharding: ShardingConfig = Field(default_factory=ShardingConfig)
+
+
+#: Models whose JSON Schemas are exported to schemas/ (tests fail when one is stale).
+SCHEMA_MODELS: dict[str, type[BaseModel]] = {
+    "build_config": BuildConfig,
+    "source_sample": SourceSample,
+    "video_info": VideoInfo,
+    "image_info": ImageInfo,
+    "frame": Frame,
+    "detection": Detection,
+    "evidence": Evidence,
+    "annotation": Annotation,
+    "reject": Reject,
+    "cot_row": CotRow,
+    "rl_row": RlRow,
+    "shard_result": ShardResult,
+    "manifest": Manifest,
+}
