@@ -244,6 +244,8 @@ class SampleWork(_Record):
     detections: list[Detection] = Field(default_factory=list)
     annotation: Annotation | None = None
     votes: int | None = Field(None, description="crop-verifier yes votes, when that check ran")
+    cot_row: CotRow | None = Field(None, description="set by verify when the sample passes")
+    rl_row: RlRow | None = Field(None, description="set by verify when the sample passes")
 
     def reject(self, stage: Stage, code: RejectCode, message: str) -> Reject:
         return Reject(
@@ -445,6 +447,8 @@ class BuildConfig(_Config):
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     sharding: ShardingConfig = Field(default_factory=ShardingConfig)
 
+
+SampleWork.model_rebuild()
 
 #: Models whose JSON Schemas are exported to schemas/ (tests fail when one is stale).
 SCHEMA_MODELS: dict[str, type[BaseModel]] = {
