@@ -334,6 +334,23 @@ class StepStats(_Record):
                          rejected=rejected, seconds=self.seconds + other.seconds)
 
 
+class ShardPlan(_Record):
+    """The samples (and ingest rejects) one shard task owns; assignment hashes the id."""
+
+    shard: int = Field(ge=0)
+    samples: list[SourceSample]
+    rejects: list[Reject] = Field(default_factory=list)
+
+    @property
+    def item_ids(self) -> list[str]:
+        return sorted([s.id for s in self.samples] + [r.id for r in self.rejects])
+
+
+class BuildPlan(_Record):
+    shards: list[ShardPlan]
+    ingest: StepStats
+
+
 class ShardFile(_Record):
     path: str = Field(description="relative to the dataset root")
     rows: int
@@ -466,3 +483,15 @@ SCHEMA_MODELS: dict[str, type[BaseModel]] = {
     "shard_result": ShardResult,
     "manifest": Manifest,
 }
+
+
+def json_schemas() -> dict[str, str]:
+    """The JSON Schema text of every exported model, as checked in under ``schemas/``.
+
+    >>> sorted(json_schemas())[:2]
+    ['annotation', 'build_config']
+    """
+    import json
+
+    return {name: json.dumps(model.model_json_schema(), indent=2, sort_keys=True) + "\n"
+            for name, model in SCHEMA_MODELS.items()}

@@ -1,0 +1,173 @@
+"""The ``stgr`` command: the only module that prints.
+
+    stgr demo [--out DIR] | stgr demo --write-config FILE
+    stgr build CONFIG.yaml [--out DIR]
+    stgr audit DIR [--sql QUERY]
+
+Exit status 0 on success; non-zero with a one-line reason on failure. Rejected samples are
+not a failure: they are rows of ``rejects/``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from stgr_builder.errors import StgrError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
+console = Console()
+err_console = Console(stderr=True)
+
+DEFAULT_DEMO_OUT = Path("outputs/demo")
+
+
+def _quiet_orchestrator() -> None:
+    # No telemetry from an offline build, and Prefect's per-task INFO lines would drown the
+    # progress bar; a user can still raise the level through the same variable.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@app.command()
+def build(
+    config: Annotated[Path, typer.Argument(help="CONFIG.yaml")],
+    out: Annotated[Optional[Path], typer.Option(help="dataset folder; default outputs/<config name>")] = None,
+) -> None:
+    """Build the datasets a config describes. Run again on the same --out to resume."""
+    from stgr_builder.pipeline import load_config
+
+    out = out or Path("outputs") / load_config(config.resolve()).name
+    _run_build(config, out)
+    _print_audit(out)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="dataset folder")] = DEFAULT_DEMO_OUT,
+    write_config: Annotated[Optional[Path], typer.Option(
+        help="only write the demo's CONFIG.yaml (and its generated media beside it), then stop")] = None,
+) -> None:
+    """Build the embedded demo set end to end, offline."""
+    from stgr_builder.sources.demo import write_demo_config
+
+    if write_config is not None:
+        path = write_demo_config(write_config)
+        console.print(f"wrote {path} (media beside it); build it with: stgr build {path}")
+        return
+    config = write_demo_config(out / "_source" / "CONFIG.yaml")
+    _run_build(config, out)
+    _print_audit(out)
+
+
+@app.command()
+def audit(
+    root: Annotated[Path, typer.Argument(help="dataset folder")],
+    sql: Annotated[Optional[str], typer.Option(help="read-only query over the views cot, rl, rejects")] = None,
+) -> None:
+    """The canned audit summary, or any read-only query over the shards."""
+    from stgr_builder.audit import query
+
+    if sql is None:
+        _print_audit(root)
+        return
+    table = query(root, sql)
+    _print_table("query", table.columns, table.rows)
+
+
+@app.command(hidden=True)
+def schemas(write: Annotated[bool, typer.Option(help="rewrite schemas/ from the models")] = False) -> None:
+    """Check (or rewrite) the JSON Schemas under schemas/."""
+    from stgr_builder.models import json_schemas
+
+    folder = Path(__file__).resolve().parents[1] / "schemas"
+    stale = []
+    for name, text in json_schemas().items():
+        path = folder / f"{name}.json"
+        if not path.is_file() or path.read_text() != text:
+            stale.append(name)
+            if write:
+                path.write_text(text)
+    if stale and not write:
+        raise StgrError(f"stale schemas: {', '.join(stale)} (run stgr schemas --write)")
+    console.print(f"schemas: {len(stale)} rewritten" if write else "schemas are current")
+
+
+def _run_build(config: Path, out: Path) -> None:
+    _quiet_orchestrator()
+    from flows.build import run_build
+
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_progress, args=(out, stop), daemon=True)
+    watcher.start()
+    try:
+        manifest = run_build(config, out)
+    finally:
+        stop.set()
+        watcher.join()
+    counts = ", ".join(f"{name} {count}" for name, count in manifest.counts.items())
+    console.print(f"[bold green]built[/] {out} ({counts})")
+
+
+def _watch_progress(out: Path, stop: threading.Event) -> None:
+    """Count finished shard records while the flow runs (the flow itself stays print-free)."""
+    from stgr_builder.shards.writer import progress
+
+    with Progress(TextColumn("shards"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True) as bar:
+        task = bar.add_task("shards", total=None)
+        while not stop.wait(0.5):
+            done, total = progress(out)
+            bar.update(task, completed=done, total=total)
+
+
+def _print_audit(root: Path) -> None:
+    from stgr_builder.audit import summary
+
+    for table in summary(root):
+        _print_table(table.title, table.columns, table.rows)
+
+
+def _print_table(title: str, columns: list[str], rows: list) -> None:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(str(column))
+    for row in rows:
+        table.add_row(*("" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+                        for value in row))
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except StgrError as exc:
+        err_console.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("error: interrupted", markup=False)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - the contract is a one-line reason, not a traceback
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        err_console.print(f"error: {type(exc).__name__}: {exc}", markup=False, highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

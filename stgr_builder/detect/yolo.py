@@ -1,0 +1,98 @@
+"""Ultralytics backend: YOLO, YOLO-World, RT-DETR — anything ``ultralytics`` loads from a
+local ``.pt`` file.
+
+The shipped ``builtin:stgr-demo-yolo11n`` model knows the demo classes only; for real video
+point ``detector.weights`` at your own weights (e.g. ``yolo11x.pt`` downloaded beforehand).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from functools import lru_cache
+from pathlib import Path
+
+from stgr_builder.detect.base import file_hash
+from stgr_builder.errors import StgrError, require
+from stgr_builder.models import Detection, DetectorConfig
+
+BUILTIN_WEIGHTS = Path(__file__).parent / "weights"
+
+# Ultralytics looks up hosts at import time and would wait on DNS with no network.
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+
+def resolve_weights(weights: str, config_dir: Path) -> Path:
+    """``builtin:NAME`` -> the shipped file; anything else is a path relative to the config.
+
+    >>> resolve_weights("builtin:stgr-demo-yolo11n", Path("."))  # doctest: +ELLIPSIS
+    PosixPath('.../stgr_builder/detect/weights/stgr-demo-yolo11n.pt')
+    """
+    if weights.startswith("builtin:"):
+        path = BUILTIN_WEIGHTS / f"{weights.removeprefix('builtin:')}.pt"
+        available = sorted(p.stem for p in BUILTIN_WEIGHTS.glob("*.pt"))
+        if not path.is_file():
+            raise StgrError(f"no built-in detector {weights!r}; built-in: {', '.join(available) or 'none'}")
+        return path
+    path = (config_dir / weights).expanduser()
+    if not path.is_file():
+        raise StgrError(f"detector weights not found: {path} (download them first; nothing is fetched)")
+    return path
+
+
+def pick_device(device: str) -> str:
+    """``auto`` means the first GPU when torch sees one, else the CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+@lru_cache(maxsize=4)
+def _load_model(weights: Path, device: str):
+    # Loaded once per worker process and weights file; shard tasks in threads share it.
+    ultralytics = require("ultralytics", extra="ultralytics")
+    model = ultralytics.YOLO(str(weights))
+    model.to(device)
+    return model
+
+
+class UltralyticsDetector:
+    """Closed-set detection with an Ultralytics model.
+
+    >>> det = UltralyticsDetector(DetectorConfig(), config_dir=Path("."))  # doctest: +SKIP
+    >>> det.detect([Path("frame.jpg")])[0][0].label  # doctest: +SKIP
+    'car'
+    """
+
+    def __init__(self, config: DetectorConfig, config_dir: Path):
+        self.config = config
+        self.weights = resolve_weights(config.weights, config_dir)
+        self.weights_hash = file_hash(self.weights)
+        self.name = f"ultralytics:{self.weights.stem}"
+        self.device = pick_device(config.device)
+        self._model = _load_model(self.weights, self.device)
+        # One predictor per model: Ultralytics keeps per-call state on it, so threads take turns.
+        self._lock = threading.Lock()
+
+    def detect(self, images: list[Path], phrases: list[str] | None = None) -> list[list[Detection]]:
+        results: list[list[Detection]] = []
+        for start in range(0, len(images), self.config.batch):
+            chunk = [str(path) for path in images[start:start + self.config.batch]]
+            with self._lock:
+                predictions = self._model.predict(
+                    chunk, imgsz=self.config.imgsz, conf=self.config.conf, iou=self.config.iou,
+                    device=self.device, verbose=False)
+            results.extend(self._to_detections(prediction) for prediction in predictions)
+        return results
+
+    def _to_detections(self, prediction) -> list[Detection]:
+        names = prediction.names
+        boxes = prediction.boxes
+        return [
+            Detection(frame_idx=0, label=names[int(cls)], score=round(float(score), 4),
+                      box=[min(max(float(v), 0.0), 1.0) for v in xyxyn])
+            for xyxyn, score, cls in zip(boxes.xyxyn.tolist(), boxes.conf.tolist(), boxes.cls.tolist(), strict=True)
+        ]
+

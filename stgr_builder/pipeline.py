@@ -1,0 +1,152 @@
+"""Compose the stages into a build, with no orchestrator in sight.
+
+A build is: ``plan`` (ingest every source and deal the samples into shards by a hash of
+their id), ``run_shard`` for each shard (probe -> sample -> detect -> annotate -> verify ->
+write), then ``finalize`` (the manifest). ``flows/build.py`` runs exactly these three
+functions as Prefect tasks; ``build`` runs them in a plain loop.
+
+>>> manifest = build(Path("CONFIG.yaml"), Path("outputs/run1"))  # doctest: +SKIP
+>>> manifest.counts
+{'cot': 41, 'rl': 41, 'rejects': 5}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from stgr_builder import __version__
+from stgr_builder.errors import StgrError
+from stgr_builder.models import BuildConfig, BuildPlan, Manifest, ShardPlan, ShardResult
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """Everything a shard task needs, small enough to hand to any task runner."""
+
+    config: BuildConfig
+    config_dir: Path
+    out: Path
+
+    @property
+    def config_hash(self) -> str:
+        canonical = json.dumps(self.config.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @property
+    def build_id(self) -> str:
+        # Derived, never a clock: a resumed build must write the same rows as an uninterrupted one.
+        return hashlib.sha256(f"{self.config_hash}:{__version__}".encode()).hexdigest()[:12]
+
+
+def load_config(path: Path) -> BuildConfig:
+    """Read and validate CONFIG.yaml; a typo is an error naming the key's path."""
+    if not path.is_file():
+        raise StgrError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise StgrError(f"{path} is not valid YAML: {exc}") from exc
+    try:
+        return BuildConfig.model_validate(raw or {})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors())
+        raise StgrError(f"{path}: {problems}") from exc
+
+
+def context(config_path: Path, out: Path) -> BuildContext:
+    config_path = config_path.resolve()
+    return BuildContext(config=load_config(config_path), config_dir=config_path.parent, out=out.resolve())
+
+
+def plan(ctx: BuildContext) -> BuildPlan:
+    """Ingest every source and deal samples (and ingest rejects) into shards by id hash."""
+    from stgr_builder.sources import ingest
+
+    samples, rejects, stats = ingest(ctx.config, ctx.config_dir)
+    n_items = len(samples) + len(rejects)
+    n_shards = max(1, -(-n_items // ctx.config.sharding.samples_per_shard))
+    shards = [ShardPlan(shard=index, samples=[], rejects=[]) for index in range(n_shards)]
+    for sample in samples:
+        shards[shard_of(sample.id, n_shards)].samples.append(sample)
+    for reject in rejects:
+        shards[shard_of(reject.id, n_shards)].rejects.append(reject)
+    return BuildPlan(shards=shards, ingest=stats)
+
+
+def shard_of(item_id: str, n_shards: int) -> int:
+    """Shard assignment is a hash of content, never of arrival order."""
+    return int(hashlib.sha256(item_id.encode()).hexdigest()[:8], 16) % n_shards
+
+
+def run_shard(ctx: BuildContext, shard: ShardPlan) -> ShardResult:
+    """Run every per-sample stage over one shard and write its files; skip it if done."""
+    from stgr_builder.shards.writer import finished_shard, write_shard
+
+    done = finished_shard(ctx.out, shard.shard, shard.item_ids)
+    if done is not None:
+        return done
+    steps = _shard_steps(ctx)
+    from stgr_builder.steps import run_steps
+    from stgr_builder.models import Reject, SampleWork
+
+    items = run_steps((SampleWork(sample=sample) for sample in shard.samples), steps)
+    passed = [item for item in items if isinstance(item, SampleWork)]
+    rejects = list(shard.rejects) + [item for item in items if isinstance(item, Reject)]
+    return write_shard(
+        ctx.out, shard.shard,
+        cot_rows=[work.cot_row for work in passed if work.cot_row is not None],
+        rl_rows=[work.rl_row for work in passed if work.rl_row is not None],
+        rejects=rejects, sample_ids=shard.item_ids, stats=[step.stats for step in steps])
+
+
+def _shard_steps(ctx: BuildContext) -> list:
+    from stgr_builder.annotate import make_annotator
+    from stgr_builder.annotate.base import AnnotateStep
+    from stgr_builder.detect import DetectStep, make_detector
+    from stgr_builder.verify.steps import VerifyStep
+    from stgr_builder.video.frames import FrameStore
+    from stgr_builder.video.steps import ProbeStep, SampleStep
+
+    config = ctx.config
+    detector = make_detector(config.detector, ctx.config_dir)
+    annotator = make_annotator(config.annotator)
+    provenance = {"detector_name": detector.name, "detector_weights_hash": detector.weights_hash,
+                  "build_id": ctx.build_id}
+    return [
+        ProbeStep({source.name: source.filters for source in config.sources}),
+        SampleStep(config.sampler, FrameStore(ctx.out, config.sampler.jpeg_quality)),
+        DetectStep(detector, ctx.out, batch_size=config.detector.batch),
+        AnnotateStep(annotator),
+        VerifyStep(config.verify, provenance),
+    ]
+
+
+def finalize(ctx: BuildContext, build_plan: BuildPlan, results: list[ShardResult]) -> Manifest:
+    """Write the manifest once every shard is done."""
+    from stgr_builder.annotate import make_annotator
+    from stgr_builder.detect import make_detector
+    from stgr_builder.shards.writer import write_manifest
+
+    detector = make_detector(ctx.config.detector, ctx.config_dir)
+    annotator = make_annotator(ctx.config.annotator)
+    return write_manifest(
+        ctx.out, build_id=ctx.build_id, code_version=__version__,
+        config=ctx.config.model_dump(mode="json"), prompts=[annotator.prompt],
+        detector={"name": detector.name, "weights": ctx.config.detector.weights,
+                  "weights_hash": detector.weights_hash},
+        results=results, ingest=build_plan.ingest)
+
+
+def build(config_path: Path, out: Path) -> Manifest:
+    """The whole build in this process, shard after shard (no orchestrator)."""
+    ctx = context(config_path, out)
+    build_plan = plan(ctx)
+    results = [run_shard(ctx, shard) for shard in build_plan.shards]
+    return finalize(ctx, build_plan, results)
