@@ -13,7 +13,6 @@ functions as Prefect tasks; ``build`` runs them in a plain loop.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +20,18 @@ import yaml
 from pydantic import ValidationError
 
 from stgr_builder import __version__
+from stgr_builder.annotate import AnnotateStep, make_annotator
+from stgr_builder.detect import DetectStep, make_detector
 from stgr_builder.errors import StgrError
-from stgr_builder.models import BuildConfig, BuildPlan, Manifest, ShardPlan, ShardResult
+from stgr_builder.models import (
+    BuildConfig, BuildPlan, Manifest, Reject, SampleWork, ShardPlan, ShardResult)
+from stgr_builder.shards.writer import (
+    config_hash, finished_shard, write_manifest, write_plan_record, write_shard)
+from stgr_builder.sources import ingest
+from stgr_builder.steps import Step, run_steps
+from stgr_builder.verify.steps import VerifyStep
+from stgr_builder.video.frames import FrameStore
+from stgr_builder.video.steps import ProbeStep, SampleStep
 
 
 @dataclass(frozen=True)
@@ -34,14 +43,10 @@ class BuildContext:
     out: Path
 
     @property
-    def config_hash(self) -> str:
-        canonical = json.dumps(self.config.model_dump(mode="json"), sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-    @property
     def build_id(self) -> str:
         # Derived, never a clock: a resumed build must write the same rows as an uninterrupted one.
-        return hashlib.sha256(f"{self.config_hash}:{__version__}".encode()).hexdigest()[:12]
+        digest = config_hash(self.config.model_dump(mode="json"))
+        return hashlib.sha256(f"{digest}:{__version__}".encode()).hexdigest()[:12]
 
 
 def load_config(path: Path) -> BuildConfig:
@@ -67,8 +72,6 @@ def context(config_path: Path, out: Path) -> BuildContext:
 
 def plan(ctx: BuildContext) -> BuildPlan:
     """Ingest every source and deal samples (and ingest rejects) into shards by id hash."""
-    from stgr_builder.sources import ingest
-
     samples, rejects, stats = ingest(ctx.config, ctx.config_dir)
     n_items = len(samples) + len(rejects)
     n_shards = max(1, -(-n_items // ctx.config.sharding.samples_per_shard))
@@ -77,6 +80,7 @@ def plan(ctx: BuildContext) -> BuildPlan:
         shards[shard_of(sample.id, n_shards)].samples.append(sample)
     for reject in rejects:
         shards[shard_of(reject.id, n_shards)].rejects.append(reject)
+    write_plan_record(ctx.out, n_shards)
     return BuildPlan(shards=shards, ingest=stats)
 
 
@@ -87,15 +91,10 @@ def shard_of(item_id: str, n_shards: int) -> int:
 
 def run_shard(ctx: BuildContext, shard: ShardPlan) -> ShardResult:
     """Run every per-sample stage over one shard and write its files; skip it if done."""
-    from stgr_builder.shards.writer import finished_shard, write_shard
-
     done = finished_shard(ctx.out, shard.shard, shard.item_ids)
     if done is not None:
         return done
     steps = _shard_steps(ctx)
-    from stgr_builder.steps import run_steps
-    from stgr_builder.models import Reject, SampleWork
-
     items = run_steps((SampleWork(sample=sample) for sample in shard.samples), steps)
     passed = [item for item in items if isinstance(item, SampleWork)]
     rejects = list(shard.rejects) + [item for item in items if isinstance(item, Reject)]
@@ -106,17 +105,10 @@ def run_shard(ctx: BuildContext, shard: ShardPlan) -> ShardResult:
         rejects=rejects, sample_ids=shard.item_ids, stats=[step.stats for step in steps])
 
 
-def _shard_steps(ctx: BuildContext) -> list:
-    from stgr_builder.annotate import make_annotator
-    from stgr_builder.annotate.base import AnnotateStep
-    from stgr_builder.detect import DetectStep, make_detector
-    from stgr_builder.verify.steps import VerifyStep
-    from stgr_builder.video.frames import FrameStore
-    from stgr_builder.video.steps import ProbeStep, SampleStep
-
+def _shard_steps(ctx: BuildContext) -> list[Step]:
     config = ctx.config
     detector = make_detector(config.detector, ctx.config_dir)
-    annotator = make_annotator(config.annotator)
+    annotator = make_annotator(config.annotator, config.verify)
     provenance = {"detector_name": detector.name, "detector_weights_hash": detector.weights_hash,
                   "build_id": ctx.build_id}
     return [
@@ -130,12 +122,8 @@ def _shard_steps(ctx: BuildContext) -> list:
 
 def finalize(ctx: BuildContext, build_plan: BuildPlan, results: list[ShardResult]) -> Manifest:
     """Write the manifest once every shard is done."""
-    from stgr_builder.annotate import make_annotator
-    from stgr_builder.detect import make_detector
-    from stgr_builder.shards.writer import write_manifest
-
     detector = make_detector(ctx.config.detector, ctx.config_dir)
-    annotator = make_annotator(ctx.config.annotator)
+    annotator = make_annotator(ctx.config.annotator, ctx.config.verify)
     return write_manifest(
         ctx.out, build_id=ctx.build_id, code_version=__version__,
         config=ctx.config.model_dump(mode="json"), prompts=[annotator.prompt],

@@ -1,0 +1,23 @@
+"""annotate: key frames, evidence and a reasoning trace per sample (offline templates or an LLM)."""
+
+from stgr_builder.annotate.base import AnnotateStep, Annotator, BatchAnnotator
+from stgr_builder.annotate.prompts import Prompt, available_prompts, load_prompt
+from stgr_builder.annotate.template import TemplateAnnotator
+from stgr_builder.errors import StgrError
+from stgr_builder.models import AnnotatorConfig, VerifyConfig
+
+__all__ = ["AnnotateStep", "Annotator", "BatchAnnotator", "Prompt", "TemplateAnnotator",
+           "available_prompts", "load_prompt", "make_annotator"]
+
+
+def make_annotator(config: AnnotatorConfig, verify: VerifyConfig) -> Annotator:
+    """The annotator a config names.
+
+    >>> make_annotator(AnnotatorConfig(), VerifyConfig()).prompt.name
+    'template-cot'
+    """
+    if config.backend == "template":
+        # Choose only boxes that verify will accept, so no sample is lost to a box the
+        # annotator could have skipped.
+        return TemplateAnnotator(config.prompt, max_box_area=verify.max_box_area)
+    raise StgrError(f"annotator backend {config.backend!r} is not available in this version")

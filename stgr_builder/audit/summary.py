@@ -1,0 +1,159 @@
+"""The canned audit: what a researcher looks at first in a built dataset.
+
+>>> [table.title for table in summary(Path("out"))]  # doctest: +SKIP
+['Rows by task and source', 'Rejects by stage and code', 'Boxes (normalized)', 'Key frames per row',
+ 'Trace length (cot)', 'Provenance', 'Manifest', 'Checks']
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+
+from stgr_builder.audit.views import VIEWS, AuditTable, connect
+from stgr_builder.errors import StgrError
+from stgr_builder.models import Manifest
+from stgr_builder.shards.arrow import DATASETS
+from stgr_builder.shards.writer import load_manifest, sha256_file
+
+# Rows of both row datasets with a `dataset` column, for per-dataset statistics.
+_BOTH = "(SELECT 'cot' AS dataset, * EXCLUDE (reasoning_process) FROM cot UNION ALL BY NAME " \
+        "SELECT 'rl' AS dataset, * FROM rl)"
+_DATASETS = "(VALUES ('cot'), ('rl')) AS d(dataset)"
+
+_CANNED: list[tuple[str, str]] = [
+    ("Rows by task and source", f"""
+        SELECT dataset, task, source, count(*) AS rows
+        FROM {_BOTH} GROUP BY ALL ORDER BY dataset, task, source"""),
+    ("Rejects by stage and code", """
+        SELECT stage, code, count(*) AS rejects
+        FROM rejects GROUP BY ALL ORDER BY rejects DESC, stage, code"""),
+    # Area and aspect in normalized units (the rows do not carry every frame's pixel size).
+    ("Boxes (normalized)", f"""
+        WITH items AS (SELECT dataset, unnest(key_items) AS item FROM {_BOTH}),
+             boxes AS (SELECT dataset, unnest(item.boxes) AS b FROM items),
+             dims AS (SELECT dataset, b[3] - b[1] AS w, b[4] - b[2] AS h FROM boxes)
+        SELECT dataset, count(w) AS boxes,
+               round(avg(w * h), 4) AS mean_area, round(min(w * h), 4) AS min_area,
+               round(max(w * h), 4) AS max_area, round(avg(w / nullif(h, 0)), 4) AS mean_aspect_w_h
+        FROM {_DATASETS} LEFT JOIN dims USING (dataset) GROUP BY dataset ORDER BY dataset"""),
+    ("Key frames per row", f"""
+        WITH kf AS (SELECT dataset, len(key_frames) AS n,
+                           list_max(list_transform(key_frames, lambda k: k.time))
+                         - list_min(list_transform(key_frames, lambda k: k.time)) AS spread
+                    FROM {_BOTH})
+        SELECT dataset, count(n) AS rows, min(n) AS min_key_frames, round(avg(n), 2) AS mean_key_frames,
+               max(n) AS max_key_frames, round(avg(spread), 2) AS mean_time_spread_s
+        FROM {_DATASETS} LEFT JOIN kf USING (dataset) GROUP BY dataset ORDER BY dataset"""),
+    ("Trace length (cot)", """
+        SELECT task, count(*) AS rows,
+               min(len(reasoning_process)) AS min_chars, round(avg(len(reasoning_process)), 1) AS mean_chars,
+               max(len(reasoning_process)) AS max_chars,
+               round(avg(len(regexp_extract_all(reasoning_process, '<obj>'))), 2) AS mean_obj_mentions,
+               round(avg(len(regexp_extract_all(reasoning_process, '<box>'))), 2) AS mean_box_mentions
+        FROM cot GROUP BY task ORDER BY task"""),
+    ("Provenance", f"""
+        SELECT dataset, provenance.prompt_name AS prompt_name, provenance.prompt_version AS prompt_version,
+               provenance.annotator_model AS annotator_model, provenance.detector_name AS detector_name,
+               provenance.detector_weights_hash AS detector_weights_hash, provenance.build_id AS build_id,
+               count(*) AS rows,
+               round(avg(provenance.detector_agreement_iou), 3) AS mean_agreement_iou,
+               round(avg(provenance.detector_score), 3) AS mean_detector_score,
+               round(avg(provenance.verifier_votes), 2) AS mean_verifier_votes
+        FROM {_BOTH} GROUP BY ALL ORDER BY ALL"""),
+]
+
+# Each check counts offending items; 0 is healthy.
+_CHECKS: list[tuple[str, str]] = [
+    ("duplicate ids in cot", "SELECT count(*) - count(DISTINCT id) FROM cot"),
+    ("duplicate ids in rl", "SELECT count(*) - count(DISTINCT id) FROM rl"),
+    ("boxes outside [0, 1] or with no area", f"""
+        WITH boxes AS (SELECT unnest(item.boxes) AS b
+                       FROM (SELECT unnest(key_items) AS item FROM {_BOTH}))
+        SELECT count(*) FROM boxes
+        WHERE least(b[1], b[2], b[3], b[4]) < 0 OR greatest(b[1], b[2], b[3], b[4]) > 1
+           OR b[3] <= b[1] OR b[4] <= b[2]"""),
+    ("rows whose key frames are unsorted or repeat an idx", f"""
+        SELECT count(*) FROM {_BOTH}
+        WHERE list_transform(key_frames, lambda k: k.time)
+                  <> list_sort(list_transform(key_frames, lambda k: k.time))
+           OR len(list_distinct(list_transform(key_frames, lambda k: k.idx))) <> len(key_frames)"""),
+]
+
+
+def summary(root: Path) -> list[AuditTable]:
+    """The canned audit of a dataset folder: counts, rejects, box, key-frame and trace
+    statistics, provenance, the manifest's totals, and health checks.
+
+    >>> summary(Path("out"))[1]  # doctest: +SKIP
+    AuditTable(title='Rejects by stage and code', columns=['stage', 'code', 'rejects'],
+               rows=[('verify', 'box_too_large', 3), ('probe', 'media_corrupt', 1)])
+    """
+    root = Path(root)
+    manifest = _manifest_or_none(root)
+    con = connect(root)
+    try:
+        tables = [_run(con, title, sql) for title, sql in _CANNED]
+        tables.append(_manifest_table(manifest))
+        tables.append(_checks_table(con, root, manifest))
+    finally:
+        con.close()
+    return tables
+
+
+def _run(con: duckdb.DuckDBPyConnection, title: str, sql: str) -> AuditTable:
+    cursor = con.execute(sql)
+    return AuditTable(title=title, columns=[c[0] for c in cursor.description], rows=cursor.fetchall())
+
+
+def _manifest_or_none(root: Path) -> Manifest | None:
+    # A folder mid-build has shards but no manifest yet: audit what is there.
+    try:
+        return load_manifest(root)
+    except StgrError:
+        return None
+
+
+def _manifest_table(manifest: Manifest | None) -> AuditTable:
+    columns = ["key", "value"]
+    if manifest is None:
+        return AuditTable("Manifest", columns, [("manifest.json", "missing: the build has not finished")])
+    rows: list[tuple] = [
+        ("build_id", manifest.build_id),
+        ("code_version", manifest.code_version),
+        ("config_hash", manifest.config_hash),
+        ("shards", len({Path(f.path).name for f in manifest.shards})),
+        *((f"rows: {name}", count) for name, count in manifest.counts.items()),
+        ("prompts", ", ".join(f"{p.name}@{p.version}" for p in manifest.prompts)),
+        ("detector", json.dumps(manifest.detector, sort_keys=True)),
+    ]
+    return AuditTable("Manifest", columns, rows)
+
+
+def _checks_table(con: duckdb.DuckDBPyConnection, root: Path, manifest: Manifest | None) -> AuditTable:
+    rows = [(name, 0, _scalar(con, sql)) for name, sql in _CHECKS]
+    if manifest is not None:
+        for view, dataset in VIEWS.items():
+            rows.append((f"rows in {view} = manifest", manifest.counts.get(dataset, 0),
+                         _scalar(con, f"SELECT count(*) FROM {view}")))
+        rows.append(("shard files not in the manifest", 0, len(_unlisted_files(root, manifest))))
+        rows.append(("manifest files missing or with another sha256", 0, _bad_checksums(root, manifest)))
+    return AuditTable("Checks", ["check", "expected", "actual", "ok"],
+                      [(name, expected, actual, expected == actual) for name, expected, actual in rows])
+
+
+def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> int:
+    return int(con.execute(sql).fetchone()[0])
+
+
+def _unlisted_files(root: Path, manifest: Manifest) -> list[str]:
+    listed = {f.path for f in manifest.shards}
+    on_disk = {p.relative_to(root).as_posix() for d in DATASETS for p in (root / d).glob("part-*.parquet")}
+    return sorted(on_disk - listed)
+
+
+def _bad_checksums(root: Path, manifest: Manifest) -> int:
+    return sum(1 for f in manifest.shards
+               if not (root / f.path).is_file() or sha256_file(root / f.path) != f.sha256)

@@ -1,0 +1,435 @@
+"""The write stage: Parquet shards, completion records and the manifest, all atomic.
+
+Layout under the dataset root::
+
+    stgr_cot/part-00000.parquet     one file per shard index in each of the three folders,
+    stgr_rl/part-00000.parquet      written even when empty, all with the folder's one schema
+    rejects/part-00000.parquet
+    kfs/...                         key-frame JPEGs (written by the sample stage)
+    _progress/shard-00000.json      the shard's ShardResult, written LAST: the shard is done
+    manifest.json                   build config and hash, counts, per-file rows and sha256
+
+Every file is written under a hidden temporary name in its own folder (``.NAME.<hex>.tmp``,
+which no ``part-*.parquet`` glob matches) and renamed with ``os.replace`` when complete, so a
+reader never sees half a file and a killed build leaves at worst a stray temp file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ValidationError
+
+from stgr_builder.errors import StgrError
+from stgr_builder.models import (
+    CotRow, Manifest, PromptRef, Reject, RlRow, ShardFile, ShardResult, StepStats,
+)
+from stgr_builder.shards.arrow import DATASETS, rows_to_table, schema_for
+
+PROGRESS_DIR = "_progress"
+MANIFEST = "manifest.json"
+COMPRESSION = "zstd"
+
+
+# ---------------------------------------------------------------------------------------
+# Paths
+# ---------------------------------------------------------------------------------------
+
+
+def shard_path(root: Path, dataset: str, shard: int) -> Path:
+    """Where one dataset's file of one shard lives.
+
+    >>> shard_path(Path("out"), "stgr_cot", 3)
+    PosixPath('out/stgr_cot/part-00003.parquet')
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}: one of {sorted(DATASETS)}")
+    return Path(root) / dataset / f"part-{shard:05d}.parquet"
+
+
+def record_path(root: Path, shard: int) -> Path:
+    """The completion record of a shard.
+
+    >>> record_path(Path("out"), 3)
+    PosixPath('out/_progress/shard-00003.json')
+    """
+    return Path(root) / PROGRESS_DIR / f"shard-{shard:05d}.json"
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
+def _temp_glob(path: Path) -> str:
+    return f".{path.name}.*.tmp"
+
+
+# ---------------------------------------------------------------------------------------
+# Atomic files
+# ---------------------------------------------------------------------------------------
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in chunks.
+
+    >>> sha256_file(Path("out/stgr_cot/part-00000.parquet"))  # doctest: +SKIP
+    '9f2c...'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> str:
+    """Write ``path`` via a temp file in the same folder; returns the sha256 of what landed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = _temp_path(path)
+    try:
+        write(temp)
+        _fsync(temp)  # the rename must not become visible before the bytes are on disk
+        digest = sha256_file(temp)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return digest
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; some network filesystems cannot fsync a folder,
+    # and the rename is still atomic there.
+    try:
+        _fsync(folder)
+    except OSError:
+        pass
+
+
+def _atomic_write_text(path: Path, text: str) -> str:
+    return _atomic_write(path, lambda temp: temp.write_text(text, encoding="utf-8"))
+
+
+def _write_parquet(path: Path, table: pa.Table) -> str:
+    return _atomic_write(path, lambda temp: pq.write_table(table, temp, compression=COMPRESSION))
+
+
+def clean_temp_files(root: Path) -> list[Path]:
+    """Remove every stray temp file a killed build left; returns what was removed.
+
+    Only call it when no shard task is writing (at the start or end of a build): a running
+    task's temp file looks just like a stray one.
+
+    >>> clean_temp_files(Path("out"))  # doctest: +SKIP
+    [PosixPath('out/stgr_cot/.part-00004.parquet.3f9a....tmp')]
+    """
+    root = Path(root)
+    folders = [root, root / PROGRESS_DIR, *(root / dataset for dataset in DATASETS)]
+    return _remove(path for folder in folders if folder.is_dir() for path in folder.glob(".*.tmp"))
+
+
+def _clean_shard_temp_files(root: Path, shard: int) -> list[Path]:
+    # Only this shard's names: other shard tasks may be writing beside it right now.
+    targets = [shard_path(root, dataset, shard) for dataset in DATASETS] + [record_path(root, shard)]
+    return _remove(p for target in targets if target.parent.is_dir() for p in target.parent.glob(_temp_glob(target)))
+
+
+def _remove(paths: Iterable[Path]) -> list[Path]:
+    removed = []
+    for path in sorted(paths):
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------
+# Secrets guard
+# ---------------------------------------------------------------------------------------
+
+_SECRET_NAME = re.compile(r"API_KEY|SECRET|PASSWORD|TOKEN", re.IGNORECASE)
+_MIN_SECRET_LEN = 8  # shorter values ("EMPTY", "false") would match innocent text
+
+
+def assert_no_secrets(text: str, where: str) -> None:
+    """Refuse text that contains the value of an env var named like *API_KEY* (or secret,
+    token, password). The error names the variable, never its value.
+
+    >>> assert_no_secrets('{"model": "gpt-4o"}', where="manifest.json")  # returns None
+    """
+    for name, value in os.environ.items():
+        if not _SECRET_NAME.search(name) or len(value) < _MIN_SECRET_LEN:
+            continue
+        if value in text or json.dumps(value)[1:-1] in text:
+            raise StgrError(f"refusing to write {where}: it contains the value of ${name}")
+
+
+# ---------------------------------------------------------------------------------------
+# Shards
+# ---------------------------------------------------------------------------------------
+
+
+def write_shard(
+    root: Path,
+    shard: int,
+    cot_rows: list[CotRow],
+    rl_rows: list[RlRow],
+    rejects: list[Reject],
+    sample_ids: list[str],
+    stats: list[StepStats],
+) -> ShardResult:
+    """Write one shard's three Parquet files, then its completion record, all atomically.
+
+    Rows are sorted by id so the bytes do not depend on the order samples finished in:
+    a shard written twice has the same checksums.
+
+    >>> result = write_shard(Path("out"), 0, cot, rl, rejects, ids, stats)  # doctest: +SKIP
+    >>> [(f.path, f.rows) for f in result.files]  # doctest: +SKIP
+    [('stgr_cot/part-00000.parquet', 12), ('stgr_rl/part-00000.parquet', 12), ('rejects/part-00000.parquet', 3)]
+    """
+    root = Path(root)
+    ids = sorted(sample_ids)
+    _check_rows(cot_rows, "stgr_cot", set(ids))
+    _check_rows(rl_rows, "stgr_rl", set(ids))
+    # The old record goes first: while the files are being replaced the shard is not done.
+    record_path(root, shard).unlink(missing_ok=True)
+    _clean_shard_temp_files(root, shard)
+    ordered = {
+        "stgr_cot": sorted(cot_rows, key=lambda row: row.id),
+        "stgr_rl": sorted(rl_rows, key=lambda row: row.id),
+        "rejects": sorted(rejects, key=lambda r: (r.id, r.stage.value, r.code.value, r.message)),
+    }
+    files = [_write_dataset_file(root, dataset, shard, rows) for dataset, rows in ordered.items()]
+    result = ShardResult(shard=shard, sample_ids=ids, files=files, stats=stats)
+    text = result.model_dump_json(indent=2)
+    assert_no_secrets(text, where=f"the record of shard {shard}")
+    _atomic_write_text(record_path(root, shard), text)
+    return result
+
+
+def _check_rows(rows: list[BaseModel], dataset: str, sample_ids: set[str]) -> None:
+    seen: set[str] = set()
+    for row in rows:
+        if row.id in seen:
+            raise ValueError(f"{dataset}: id {row.id} appears twice in one shard")
+        if row.id not in sample_ids:
+            raise ValueError(f"{dataset}: row {row.id} is not one of the shard's sample ids")
+        seen.add(row.id)
+
+
+def _write_dataset_file(root: Path, dataset: str, shard: int, rows: list[BaseModel]) -> ShardFile:
+    table = rows_to_table(rows, DATASETS[dataset])
+    path = shard_path(root, dataset, shard)
+    digest = _write_parquet(path, table)
+    return ShardFile(path=path.relative_to(root).as_posix(), rows=table.num_rows, sha256=digest)
+
+
+def read_shard_result(root: Path, shard: int) -> ShardResult | None:
+    """The completion record of a shard as written, without checking its files; None when
+    missing or unreadable.
+
+    >>> read_shard_result(Path("out"), 0).shard  # doctest: +SKIP
+    0
+    """
+    path = record_path(root, shard)
+    try:
+        return ShardResult.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValidationError):
+        return None
+
+
+def finished_shard(root: Path, shard: int, sample_ids: list[str]) -> ShardResult | None:
+    """The shard's result if it is done for exactly these samples, else None (so: rewrite it).
+
+    Done means: the record exists, lists the same sample ids, names one file per dataset,
+    and every file is present with the recorded sha256.
+
+    >>> finished_shard(Path("out"), 0, ids)  # doctest: +SKIP
+    ShardResult(shard=0, sample_ids=[...], files=[...], stats=[...])
+    >>> finished_shard(Path("out"), 0, other_ids) is None  # doctest: +SKIP
+    True
+    """
+    root = Path(root)
+    result = read_shard_result(root, shard)
+    if result is None or result.shard != shard or result.sample_ids != sorted(sample_ids):
+        return None
+    expected = {shard_path(root, dataset, shard).relative_to(root).as_posix() for dataset in DATASETS}
+    if sorted(f.path for f in result.files) != sorted(expected):
+        return None
+    for file in result.files:
+        path = root / file.path
+        if not path.is_file() or sha256_file(path) != file.sha256:
+            return None
+    return result
+
+
+def read_table(root: Path, dataset: str) -> pa.Table:
+    """All shards of one dataset as one table with its fixed schema (empty if no shards).
+
+    >>> read_table(Path("out"), "stgr_cot").num_rows  # doctest: +SKIP
+    120
+    """
+    schema = schema_for(DATASETS[dataset])
+    parts = sorted((Path(root) / dataset).glob("part-*.parquet"))
+    tables = [pq.read_table(part, schema=schema) for part in parts]
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+# ---------------------------------------------------------------------------------------
+# Manifest
+# ---------------------------------------------------------------------------------------
+
+
+def config_hash(config: dict) -> str:
+    """sha256 of the config's canonical JSON (sorted keys, no spaces): key order is irrelevant.
+
+    >>> config_hash({"b": 1, "a": [1, 2]}) == config_hash({"a": [1, 2], "b": 1})
+    True
+    """
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def merge_stats(results: list[ShardResult]) -> list[StepStats]:
+    """Per-step totals over all shards, steps in the order they first appear.
+
+    >>> [s.seen for s in merge_stats(results)]  # doctest: +SKIP
+    [120, 118, 118, 110, 104]
+    """
+    merged: dict[str, StepStats] = {}
+    for result in results:
+        for stats in result.stats:
+            merged[stats.step] = merged[stats.step].merge(stats) if stats.step in merged else stats
+    return list(merged.values())
+
+
+def write_manifest(
+    root: Path,
+    *,
+    build_id: str,
+    code_version: str,
+    config: dict,
+    prompts: list[PromptRef],
+    detector: dict,
+    results: list[ShardResult],
+    ingest: StepStats | None = None,
+    prune: bool = True,
+) -> Manifest:
+    """Write ``manifest.json`` for the shards in ``results`` (atomically) and return it.
+
+    With ``prune`` (the default) call it once, after every shard task has finished: it also
+    removes stray temp files and any shard file or record whose shard is not in ``results``
+    (left by an earlier build of the same folder with more shards), so the views see
+    exactly the manifest's files.
+
+    >>> m = write_manifest(Path("out"), build_id="b1", code_version="0.1.0", config=cfg,
+    ...                    prompts=[], detector={"name": "yolo"}, results=results)  # doctest: +SKIP
+    >>> m.counts  # doctest: +SKIP
+    {'stgr_cot': 120, 'stgr_rl': 120, 'rejects': 7, 'samples': 127}
+    """
+    root = Path(root)
+    results = _sorted_results(results)
+    _check_files_exist(root, results)
+    if prune:
+        clean_temp_files(root)
+        prune_orphans(root, results)
+    files = sorted((f for r in results for f in r.files), key=lambda f: f.path)
+    manifest = Manifest(
+        build_id=build_id, code_version=code_version, config=config,
+        config_hash=config_hash(config), prompts=prompts, detector=detector,
+        counts=_counts(results), shards=files,
+        stats=([ingest] if ingest is not None else []) + merge_stats(results),
+    )
+    text = manifest.model_dump_json(indent=2)
+    assert_no_secrets(text, where=MANIFEST)
+    _atomic_write_text(root / MANIFEST, text)
+    return manifest
+
+
+def _sorted_results(results: list[ShardResult]) -> list[ShardResult]:
+    ordered = sorted(results, key=lambda r: r.shard)
+    shards = [r.shard for r in ordered]
+    if len(set(shards)) != len(shards):
+        raise ValueError(f"a shard index appears twice in the results: {shards}")
+    return ordered
+
+
+def _check_files_exist(root: Path, results: list[ShardResult]) -> None:
+    missing = [f.path for r in results for f in r.files if not (root / f.path).is_file()]
+    if missing:
+        raise StgrError(f"shard files missing under {root}: {missing[:5]}; run the build again to rewrite them")
+
+
+def _counts(results: list[ShardResult]) -> dict[str, int]:
+    counts = {dataset: 0 for dataset in DATASETS}
+    for result in results:
+        for file in result.files:
+            counts[file.path.split("/", 1)[0]] += file.rows
+    counts["samples"] = sum(len(r.sample_ids) for r in results)
+    return counts
+
+
+def prune_orphans(root: Path, results: list[ShardResult]) -> list[Path]:
+    """Remove shard files and records of shards not in ``results``; returns what went.
+
+    >>> prune_orphans(Path("out"), results)  # doctest: +SKIP
+    [PosixPath('out/rejects/part-00009.parquet'), ...]
+    """
+    root = Path(root)
+    keep = {root / f.path for r in results for f in r.files}
+    keep |= {record_path(root, r.shard) for r in results}
+    candidates = [p for dataset in DATASETS for p in (root / dataset).glob("part-*.parquet")]
+    candidates += list((root / PROGRESS_DIR).glob("shard-*.json"))
+    return _remove(p for p in candidates if p not in keep)
+
+
+def write_plan_record(root: Path, n_shards: int) -> None:
+    """Record how many shards this build has, so a watcher can show progress."""
+    _atomic_write_text(Path(root) / PROGRESS_DIR / "plan.json", json.dumps({"shards": n_shards}))
+
+
+def progress(root: Path) -> tuple[int, int | None]:
+    """(shards done, shards planned or None before planning) of a build in ``root``.
+
+    >>> progress(Path("outputs/demo"))  # doctest: +SKIP
+    (3, 3)
+    """
+    folder = Path(root) / PROGRESS_DIR
+    try:
+        total = json.loads((folder / "plan.json").read_text())["shards"]
+    except (OSError, ValueError, KeyError):
+        total = None
+    return len(list(folder.glob("shard-*.json"))), total
+
+
+def load_manifest(root: Path) -> Manifest:
+    """The manifest of a finished build.
+
+    >>> load_manifest(Path("out")).counts["stgr_cot"]  # doctest: +SKIP
+    120
+    """
+    path = Path(root) / MANIFEST
+    try:
+        return Manifest.model_validate_json(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StgrError(f"no {MANIFEST} in {root}: not a finished build (run `stgr build` to finish it)") from None
+    except ValidationError as exc:
+        raise StgrError(f"{path} is not a valid manifest: {exc.error_count()} errors, first: "
+                        f"{exc.errors()[0]['msg']}") from None
+

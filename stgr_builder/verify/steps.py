@@ -1,0 +1,57 @@
+"""The verify step: build a sample's rows and keep them only if they break no rule.
+
+>>> step = VerifyStep(VerifyConfig(), {"detector_name": "yolo", "detector_weights_hash": "ab12",
+...                                    "build_id": "b1"})          # doctest: +SKIP
+>>> [item] = step([work]); item.cot_row.id                           # doctest: +SKIP
+'710cbdac4177b040'
+"""
+
+from __future__ import annotations
+
+from stgr_builder.annotate.base import image_size
+from stgr_builder.errors import SampleError
+from stgr_builder.models import DatasetName, SampleWork, Stage, VerifyConfig
+from stgr_builder.steps import Step
+from stgr_builder.verify.rows import build_rows
+from stgr_builder.verify.rules import Violation, check_row
+
+
+def verify_work(work: SampleWork, config: VerifyConfig, provenance_base: dict) -> list[Violation]:
+    """Build the rows of ``work`` and check both; the violations of the CoT row first, then
+    those of the RL row that the CoT row did not already report."""
+    cot, rl = build_rows(work, provenance_base)
+    sample = work.sample
+    context = dict(
+        duration=work.video.duration if work.video is not None else None,
+        span=sample.span if sample.video_path is not None else None,
+        gold_answer=sample.answer, image_size=image_size(work), config=config,
+    )
+    violations = check_row(cot, **context)
+    violations += [v for v in check_row(rl, **context) if v not in violations]
+    work.cot_row, work.rl_row = cot, rl
+    return violations
+
+
+class VerifyStep(Step):
+    """Reject a sample whose rows break a consistency rule (code of the first violation, a
+    message listing all of them); otherwise set ``work.cot_row`` and ``work.rl_row`` for the
+    datasets the sample goes to (``sample.datasets``; the other stays None)."""
+
+    stage = Stage.VERIFY
+
+    def __init__(self, config: VerifyConfig, provenance_base: dict):
+        super().__init__()
+        self.config = config
+        self.provenance_base = dict(provenance_base)
+
+    def process(self, work: SampleWork) -> SampleWork:
+        violations = verify_work(work, self.config, self.provenance_base)
+        if violations:
+            work.cot_row = work.rl_row = None
+            raise SampleError(violations[0].code, "; ".join(str(v) for v in violations))
+        datasets = set(work.sample.datasets)
+        if DatasetName.COT not in datasets:
+            work.cot_row = None
+        if DatasetName.RL not in datasets:
+            work.rl_row = None
+        return work

@@ -1,0 +1,53 @@
+"""The Ultralytics backend's real loading and prediction path, on a model built offline."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stgr_builder.detect import make_detector
+from stgr_builder.errors import StgrError
+from stgr_builder.models import DetectorConfig
+
+
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory) -> Path:
+    """A yolo11n with random weights, saved and reloaded from a .pt path like user weights."""
+    from ultralytics import YOLO
+
+    folder = tmp_path_factory.mktemp("weights")
+    model = YOLO("yolo11n.yaml")
+    path = folder / "my-yolo.pt"
+    model.save(str(path))
+    return path
+
+
+def _textured_image(path: Path, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_user_weights_load_from_a_path_relative_to_the_config(random_weights, tmp_path):
+    # conf=0 makes an untrained model emit boxes, so the conversion path is exercised.
+    config = DetectorConfig(weights=random_weights.name, conf=0.0, imgsz=160, batch=2)
+    detector = make_detector(config, config_dir=random_weights.parent)
+    images = [_textured_image(tmp_path / f"{i}.jpg", i) for i in range(3)]
+    per_image = detector.detect(images)
+    assert len(per_image) == 3  # batch of 2 then 1, order kept
+    boxes = [d for dets in per_image for d in dets]
+    assert boxes, "a random model at conf=0 still proposes boxes"
+    for det in boxes:
+        x1, y1, x2, y2 = det.box
+        assert 0 <= x1 <= x2 <= 1 and 0 <= y1 <= y2 <= 1
+        assert det.label in {str(i) for i in range(80)}
+    assert detector.name == "ultralytics:my-yolo"
+    assert len(detector.weights_hash) == 16
+
+
+def test_missing_weights_say_what_to_do(tmp_path):
+    with pytest.raises(StgrError, match="nothing is fetched"):
+        make_detector(DetectorConfig(weights="yolo11x.pt"), config_dir=tmp_path)
+    with pytest.raises(StgrError, match="built-in"):
+        make_detector(DetectorConfig(weights="builtin:nope"), config_dir=tmp_path)
