@@ -1,0 +1,232 @@
+"""The probe and sample stages as pipeline steps.
+
+>>> store = FrameStore(Path("out"), quality=90)
+>>> items = run_steps(works, [ProbeStep({"STR_demo": FilterConfig()}),
+...                           SampleStep(SamplerConfig(), store)])   # doctest: +SKIP
+
+``ProbeStep`` opens each distinct video once per step (a video shared by many samples is
+probed once, its failure remembered too), checks spans and applies the paper's filters.
+``SampleStep`` plans every sample's candidate frames, then decodes per *video*: the union
+of the frames wanted by all samples of that video in the batch, each GOP at most once,
+one frame in memory at a time, written to the content-addressed store.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path, PurePath
+
+import numpy as np
+
+from stgr_builder.errors import SampleError
+from stgr_builder.models import (
+    FilterConfig, Frame, Reject, RejectCode, SamplerConfig, SampleWork, SourceSample, Stage, Task, VideoInfo,
+)
+from stgr_builder.steps import Step
+from stgr_builder.video.decode import DecodeError, get_decoder
+from stgr_builder.video.frames import FrameStore
+from stgr_builder.video.plan import FramePlan, plan_frames
+from stgr_builder.video.probe import check_file, probe_image, probe_video
+
+_TEMPORAL_TASKS = (Task.TEMPORAL, Task.TEMPORAL_MCQ)
+# Decoder timestamps are float32 (decord): a few microseconds off over minutes of video.
+_TIME_TOLERANCE = 1e-4
+
+
+class ProbeStep(Step):
+    """Probe media, validate spans, apply per-source filters (keyed by ``sample.source``;
+    a source without an entry is not filtered)."""
+
+    stage = Stage.PROBE
+
+    def __init__(self, filters: dict[str, FilterConfig] | None = None, cache_size: int = 4096):
+        super().__init__()
+        self.filters = dict(filters or {})
+        self._cache: OrderedDict[str, VideoInfo | SampleError] = OrderedDict()
+        self._cache_size = cache_size
+        self.videos_opened = 0
+
+    def process(self, work: SampleWork) -> SampleWork:
+        sample = work.sample
+        if sample.image_path is not None:
+            work.image = probe_image(media_path(sample, sample.image_path), sample.image_path)
+            return work
+        info = self._probe(media_path(sample, sample.video_path), sample.video_path)
+        check_span(sample, info)
+        apply_filters(sample, info, self.filters.get(sample.source))
+        work.video = info
+        return work
+
+    def _probe(self, path: Path, rel_path: str) -> VideoInfo:
+        key = str(path)
+        if key not in self._cache:
+            self.videos_opened += 1
+            try:
+                self._cache[key] = probe_video(path, rel_path)
+            except SampleError as err:
+                self._cache[key] = err
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        cached = self._cache[key]
+        if isinstance(cached, SampleError):
+            raise SampleError(cached.code, cached.message)
+        # The same file may be reached through another media_root / relative path.
+        return cached if cached.path == rel_path else cached.model_copy(update={"path": rel_path})
+
+
+class SampleStep(Step):
+    """Decode each sample's candidate frames into the store (``work.frames``).
+
+    Needs ``work.video`` / ``work.image`` from ``ProbeStep``. Samples of one video in a
+    batch share one open and one pass over the GOPs they need.
+    """
+
+    stage = Stage.SAMPLE
+    batch_size = 256
+
+    def __init__(self, config: SamplerConfig, store: FrameStore):
+        super().__init__()
+        self.config = config
+        self.store = store
+        self.decoder = get_decoder(config.decoder)
+
+    def process(self, work: SampleWork) -> SampleWork:
+        if work.sample.image_path is not None:
+            return self._sample_image(work)
+        self._sample_video(_video_key(work), [work])
+        return work
+
+    def process_batch(self, batch: list[SampleWork]) -> list[SampleWork | Reject]:
+        results: list[SampleWork | Reject | None] = [None] * len(batch)
+        by_video: dict[str, list[int]] = {}
+        for pos, work in enumerate(batch):
+            if work.sample.image_path is not None:
+                results[pos] = self._guarded(work)
+                continue
+            try:
+                key = _video_key(work)
+            except SampleError as err:
+                results[pos] = work.reject(self.stage, err.code, err.message)
+                continue
+            by_video.setdefault(key, []).append(pos)
+        for key, positions in by_video.items():
+            works = [batch[pos] for pos in positions]
+            try:
+                self._sample_video(key, works)
+                outcome: list[SampleWork | Reject] = list(works)
+            except SampleError as err:
+                outcome = [work.reject(self.stage, err.code, err.message) for work in works]
+            for pos, item in zip(positions, outcome):
+                results[pos] = item
+        return results  # type: ignore[return-value]  # every slot is filled above
+
+    def _sample_video(self, path: str, works: list[SampleWork]) -> None:
+        info = works[0].video
+        plans = [plan_frames(work.video, self.config, work.sample.span) for work in works]
+        wanted = sorted(set().union(*(plan.indices for plan in plans)))
+        frames = self._decode_into_store(Path(path), info, wanted)
+        for work, plan in zip(works, plans):
+            work.frames = _frames_of(plan, frames, work.sample.span)
+
+    def _decode_into_store(self, path: Path, info: VideoInfo, wanted: list[int]) -> dict[int, Frame]:
+        frames: dict[int, Frame] = {}
+        decoded = self.decoder.iter_frames(path, info, wanted)
+        while True:
+            # Only decoder failures become rejects; a failing store write (disk full) is
+            # the user's problem and must stop the build.
+            try:
+                item = next(decoded, None)
+            except DecodeError as exc:
+                raise SampleError(RejectCode.DECODE_FAILED, str(exc)) from exc
+            if item is None:
+                break
+            height, width = item.rgb.shape[:2]
+            frames[item.idx] = Frame(idx=item.idx, time=item.time, path=self.store.put(item.rgb),
+                                     width=width, height=height)
+        missing = sorted(set(wanted) - frames.keys())
+        if missing:
+            raise SampleError(RejectCode.DECODE_FAILED, f"{path}: frames {missing[:5]} were not decoded")
+        return frames
+
+    def _sample_image(self, work: SampleWork) -> SampleWork:
+        from PIL import Image
+
+        path = media_path(work.sample, work.sample.image_path)
+        check_file(path)
+        try:
+            with Image.open(path) as image:
+                rgb = np.asarray(image.convert("RGB"))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise SampleError(RejectCode.DECODE_FAILED, f"{path}: image does not decode ({exc})") from exc
+        height, width = rgb.shape[:2]
+        work.frames = [Frame(idx=0, time=0.0, path=self.store.put(rgb), width=width, height=height)]
+        return work
+
+
+def media_path(sample: SourceSample, rel_path: str | None) -> Path:
+    """``media_root / rel_path``, refusing paths that leave the media root (UNSAFE_PATH).
+
+    The check is lexical (``..``, absolute paths), not ``resolve()``: symlinked media
+    folders inside a media root are common and legitimate.
+    """
+    if not rel_path:
+        raise SampleError(RejectCode.MALFORMED_ROW, "sample has no media path")
+    parts = PurePath(os.path.normpath(rel_path)).parts
+    if PurePath(rel_path).is_absolute() or (parts and parts[0] == ".."):
+        raise SampleError(RejectCode.UNSAFE_PATH, f"media path {rel_path!r} leaves the media root")
+    return Path(os.path.abspath(Path(sample.media_root) / rel_path))
+
+
+def check_span(sample: SourceSample, info: VideoInfo) -> None:
+    """SPAN_OUTSIDE_VIDEO unless ``0 <= start < end <= duration + one frame``."""
+    if sample.span is None:
+        return
+    start, end = sample.span
+    slack = 1.0 / info.fps + 1e-6
+    if start < 0 or start >= end or end > info.duration + slack:
+        raise SampleError(RejectCode.SPAN_OUTSIDE_VIDEO,
+                          f"span [{start}, {end}] does not fit the video [0, {info.duration}]")
+
+
+def apply_filters(sample: SourceSample, info: VideoInfo, filters: FilterConfig | None) -> None:
+    """The paper's filters: video length, and the share of the video the span covers.
+
+    A temporal sample's span is its answer, judged by ``max_answer_fraction``; any other
+    sample's span is the annotated action, judged by ``max_action_fraction``.
+    """
+    if filters is None:
+        return
+    duration = info.duration
+    if filters.min_video_s is not None and duration < filters.min_video_s:
+        raise SampleError(RejectCode.FILTERED_DURATION,
+                          f"video is {duration:.1f}s, shorter than {filters.min_video_s}s")
+    if filters.max_video_s is not None and duration > filters.max_video_s:
+        raise SampleError(RejectCode.FILTERED_DURATION,
+                          f"video is {duration:.1f}s, longer than {filters.max_video_s}s")
+    if sample.span is None:
+        return
+    fraction = (min(sample.span[1], duration) - sample.span[0]) / duration
+    if sample.task in _TEMPORAL_TASKS:
+        limit, code, what = filters.max_answer_fraction, RejectCode.FILTERED_ANSWER_FRACTION, "answer span"
+    else:
+        limit, code, what = filters.max_action_fraction, RejectCode.FILTERED_ACTION_FRACTION, "annotated span"
+    if limit is not None and fraction >= limit:
+        raise SampleError(code, f"{what} covers {fraction:.0%} of the video (limit {limit:.0%})")
+
+
+def _video_key(work: SampleWork) -> str:
+    if work.video is None:
+        raise ValueError(f"sample {work.sample.id} has no VideoInfo: run ProbeStep before SampleStep")
+    return str(media_path(work.sample, work.sample.video_path))
+
+
+def _frames_of(plan: FramePlan, frames: dict[int, Frame], span: list[float] | None) -> list[Frame]:
+    """The sample's frames; a span frame whose exact time left the span (variable frame
+    rate: the plan only knows nominal times) is dropped rather than mislabelled."""
+    chosen = [frames[idx] for idx in plan.indices]
+    if span is None:
+        return chosen
+    start, end = span[0] - _TIME_TOLERANCE, span[1] + _TIME_TOLERANCE
+    in_span = set(plan.in_span)
+    return [f for f in chosen if f.idx not in in_span or start <= f.time <= end]
