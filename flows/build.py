@@ -30,8 +30,7 @@ def shard_task(ctx: pipeline.BuildContext, shard: ShardPlan) -> ShardResult:
 
 
 @flow(name="stgr-build", log_prints=False)
-def build_flow(config_path: str, out: str) -> Manifest:
-    ctx = pipeline.context(Path(config_path), Path(out))
+def build_flow(ctx: pipeline.BuildContext) -> Manifest:
     build_plan: BuildPlan = plan_task(ctx)
     futures = [shard_task.submit(ctx, shard) for shard in build_plan.shards]
     results = [future.result() for future in futures]
@@ -40,9 +39,9 @@ def build_flow(config_path: str, out: str) -> Manifest:
 
 def run_build(config_path: Path, out: Path) -> Manifest:
     """Run the flow on the thread runner with the config's bounded worker count."""
-    workers = pipeline.load_config(config_path.resolve()).sharding.workers
-    runner = ThreadPoolTaskRunner(max_workers=workers)
-    return build_flow.with_options(task_runner=runner)(str(config_path), str(out))
+    ctx = pipeline.context(config_path, out)  # a bad config fails here, before the flow starts
+    runner = ThreadPoolTaskRunner(max_workers=ctx.config.sharding.workers)
+    return build_flow.with_options(task_runner=runner)(ctx)
 
 
 if __name__ == "__main__":

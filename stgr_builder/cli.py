@@ -59,7 +59,7 @@ def demo(
         help="only write the demo's CONFIG.yaml (and its generated media beside it), then stop")] = None,
 ) -> None:
     """Build the embedded demo set end to end, offline."""
-    from stgr_builder.sources.demo import write_demo_config
+    from stgr_builder.sources.demo_config import write_demo_config
 
     if write_config is not None:
         path = write_demo_config(write_config)

@@ -66,8 +66,13 @@ def load_config(path: Path) -> BuildConfig:
 
 
 def context(config_path: Path, out: Path) -> BuildContext:
+    """Load the config and check, before any work starts, what would fail every shard alike
+    (missing weights, unknown prompt): a user's mistake ends the command, not each task."""
     config_path = config_path.resolve()
-    return BuildContext(config=load_config(config_path), config_dir=config_path.parent, out=out.resolve())
+    ctx = BuildContext(config=load_config(config_path), config_dir=config_path.parent, out=out.resolve())
+    make_detector(ctx.config.detector, ctx.config_dir)
+    make_annotator(ctx.config.annotator, ctx.config.verify)
+    return ctx
 
 
 def plan(ctx: BuildContext) -> BuildPlan:
