@@ -1,0 +1,245 @@
+"""Ingest: read every configured source through its adapter into ``SourceSample`` records.
+
+An adapter is a function registered under the adapter name of ``SourceConfig.adapter``; it
+reads one annotation file and yields ``SourceSample | Reject``. Adding a format is one small
+file, ``stgr_builder/sources/<name>.py``::
+
+    from stgr_builder.sources import AdapterContext, iter_json_lines, register
+
+    @register("charades_sta")
+    def read_charades(ctx: AdapterContext):
+        for line, data in iter_json_lines(ctx.path):
+            yield ctx.sample(ctx.origin(line), source_id=..., task=..., question=..., answer=..., video_path=...)
+
+``ingest`` then applies what every source shares: ``limit``, media paths that must stay
+inside the media root, and exact duplicates.
+
+>>> samples, rejects, stats = ingest(config, Path("demo"))  # doctest: +SKIP
+>>> stats.seen, stats.kept, stats.rejected  # doctest: +SKIP
+(70, 69, {'duplicate': 1})
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from pydantic import ValidationError
+
+from stgr_builder.errors import StgrError
+from stgr_builder.models import BuildConfig, Reject, RejectCode, SourceConfig, SourceSample, Stage, StepStats, sample_id
+
+__all__ = ["Adapter", "AdapterContext", "get_adapter", "ingest", "iter_json_lines", "register", "describe_error"]
+
+Adapter = Callable[["AdapterContext"], Iterator[SourceSample | Reject]]
+
+_ADAPTERS: dict[str, Adapter] = {}
+
+
+def register(name: str) -> Callable[[Adapter], Adapter]:
+    """Decorator: make ``fn`` the adapter called ``name`` (a value of ``SourceConfig.adapter``)."""
+
+    def decorate(fn: Adapter) -> Adapter:
+        _ADAPTERS[name] = fn
+        return fn
+
+    return decorate
+
+
+def get_adapter(name: str) -> Adapter:
+    """The adapter registered as ``name``, importing ``stgr_builder.sources.<name>`` on first use.
+
+    >>> get_adapter("demo").__name__
+    'read_demo'
+    """
+    if name not in _ADAPTERS:
+        try:
+            importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+        if name not in _ADAPTERS:
+            available = ", ".join(sorted(_ADAPTERS) + ([] if "demo" in _ADAPTERS else ["demo"]))
+            raise StgrError(f"source adapter {name!r} is not available in this version (available: {available})")
+    return _ADAPTERS[name]
+
+
+@dataclass(frozen=True)
+class AdapterContext:
+    """What an adapter knows about its source, and how it makes samples and rejects."""
+
+    source: SourceConfig
+    path: Path  # the annotation file, resolved
+    media_root: Path  # absolute
+
+    def origin(self, line: int | str) -> str:
+        """``file:line`` as the config names the file, so it reads the same on every machine."""
+        return f"{self.source.path}:{line}"
+
+    def sample(self, origin: str, *, source_id: str, question: str, **fields: Any) -> SourceSample | Reject:
+        """A ``SourceSample`` with its id, source, media root and datasets filled in, or a
+        MALFORMED_ROW reject when the fields do not make a valid sample."""
+        try:
+            return SourceSample(
+                id=sample_id(self.source.name, source_id, question), source=self.source.name,
+                source_id=source_id, question=question, media_root=str(self.media_root),
+                datasets=list(self.source.datasets), origin=origin, **fields,
+            )
+        except ValidationError as err:
+            return self.malformed(origin, describe_error(err))
+
+    def malformed(self, origin: str, message: str) -> Reject:
+        """A MALFORMED_ROW reject whose id is stable for this file and line."""
+        return Reject(id=sample_id(self.source.name, origin, ""), stage=Stage.INGEST, code=RejectCode.MALFORMED_ROW,
+                      message=message, source=self.source.name, origin=origin)
+
+
+def describe_error(err: ValidationError, limit: int = 400) -> str:
+    """A pydantic error as one line naming each bad field.
+
+    >>> describe_error(err)  # doctest: +SKIP
+    "field 'task': Input should be 'temporal QA', ...; field 'answer': Field required"
+    """
+    parts = []
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item["loc"])
+        msg = item["msg"].removeprefix("Value error, ")
+        parts.append(f"field {loc!r}: {msg}" if loc else msg)
+    text = "; ".join(parts)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed value)`` per non-blank line; a line that is not JSON (or not
+    UTF-8) gives ``(line number, ValueError)`` instead, so one bad line rejects one item."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                yield number, json.loads(raw.decode("utf-8"))
+            except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+                yield number, ValueError(f"not valid JSON: {exc}")
+
+
+# ---------------------------------------------------------------------------------------
+# ingest
+# ---------------------------------------------------------------------------------------
+
+
+def _context(source: SourceConfig, config_dir: Path) -> AdapterContext:
+    path = (config_dir / source.path).expanduser()
+    if not path.is_file():
+        raise StgrError(f"source {source.name!r}: annotation file not found: {path} "
+                        "(paths in the config are relative to the config file's folder)")
+    media_root = (config_dir / source.media_root).expanduser()
+    if not media_root.is_dir():
+        raise StgrError(f"source {source.name!r}: media_root is not a folder: {media_root} "
+                        "(paths in the config are relative to the config file's folder)")
+    return AdapterContext(source=source, path=path.resolve(), media_root=media_root.resolve())
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def unsafe_media_path(rel: str, media_root: Path) -> str | None:
+    """Why ``rel`` must not be opened under ``media_root``, or None when it is safe.
+
+    >>> unsafe_media_path("../etc/passwd", Path("/data"))
+    "'..' in media path '../etc/passwd'"
+    """
+    if not rel:
+        return "empty media path"
+    posix = PurePosixPath(rel.replace("\\", "/"))
+    if posix.is_absolute() or _DRIVE.match(rel):
+        return f"absolute media path {rel!r} (must be relative to the media root)"
+    if ".." in posix.parts:
+        return f"'..' in media path {rel!r}"
+    try:  # a symlink inside the root may still point out of it
+        inside = (media_root / posix).resolve().is_relative_to(media_root.resolve())
+    except (OSError, ValueError) as exc:
+        return f"media path {rel!r} cannot be resolved: {exc}"
+    return None if inside else f"media path {rel!r} resolves outside the media root"
+
+
+def _read_source(ctx: AdapterContext) -> Iterator[SourceSample | Reject]:
+    items = get_adapter(ctx.source.adapter)(ctx)
+    try:
+        yield from itertools.islice(items, ctx.source.limit)  # limit: the first N items of the file
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()  # release the file when the limit stops us early
+
+
+def ingest(config: BuildConfig, config_dir: Path) -> tuple[list[SourceSample], list[Reject], StepStats]:
+    """Read all sources; return the samples (sorted by id), the rejects, and the step's counts.
+
+    Rejects: MALFORMED_ROW (from the adapters), UNSAFE_PATH (absolute or ``..`` media
+    paths, or ones resolving outside the media root), DUPLICATE (an id already taken, or the
+    same media file and question as an earlier item: the first in config and file order
+    stays). A missing annotation file or media root is a config error: ``StgrError``.
+
+    >>> samples, rejects, stats = ingest(BuildConfig.model_validate(yaml.safe_load(text)), Path("."))  # doctest: +SKIP
+    """
+    started = time.perf_counter()
+    contexts = [_context(source, Path(config_dir)) for source in config.sources]  # fail before any work
+    kept: dict[str, SourceSample] = {}
+    by_media: dict[tuple[str, str], SourceSample] = {}
+    rejects: list[Reject] = []
+    seen = 0
+    for ctx in contexts:
+        for item in _read_source(ctx):
+            seen += 1
+            if isinstance(item, Reject):
+                rejects.append(item)
+                continue
+            reject = _check(ctx, item, kept, by_media)
+            if reject is not None:
+                rejects.append(reject)
+                continue
+            kept[item.id] = item
+            by_media[_media_key(ctx, item)] = item
+    samples = sorted(kept.values(), key=lambda s: s.id)
+    rejects.sort(key=lambda r: (r.source, r.origin, r.id))
+    counts: dict[str, int] = {}
+    for reject in rejects:
+        counts[reject.code.value] = counts.get(reject.code.value, 0) + 1
+    stats = StepStats(step=Stage.INGEST.value, seen=seen, kept=len(samples), rejected=counts,
+                      seconds=time.perf_counter() - started)
+    return samples, rejects, stats
+
+
+def _media_key(ctx: AdapterContext, sample: SourceSample) -> tuple[str, str]:
+    rel = sample.video_path if sample.video_path is not None else sample.image_path
+    return str((ctx.media_root / rel).resolve()), sample.question
+
+
+def _check(ctx: AdapterContext, sample: SourceSample, kept: dict[str, SourceSample],
+           by_media: dict[tuple[str, str], SourceSample]) -> Reject | None:
+    def reject(code: RejectCode, message: str, rid: str | None = None) -> Reject:
+        return Reject(id=rid or sample.id, stage=Stage.INGEST, code=code, message=message,
+                      source=sample.source, origin=sample.origin)
+
+    rel = sample.video_path if sample.video_path is not None else sample.image_path
+    why = unsafe_media_path(rel, ctx.media_root)
+    if why is not None:
+        return reject(RejectCode.UNSAFE_PATH, why)
+    first = kept.get(sample.id)
+    if first is not None:
+        # Same id as a kept row: the reject gets an id of its own (from its file and line),
+        # so the rejects never share an id with a good row.
+        return reject(RejectCode.DUPLICATE, f"duplicate of {first.id} ({first.origin}): same source id and question",
+                      rid=sample_id(sample.source, sample.origin, ""))
+    first = by_media.get(_media_key(ctx, sample))
+    if first is not None:
+        return reject(RejectCode.DUPLICATE,
+                      f"duplicate of {first.id} ({first.source}, {first.origin}): same media file and question")
+    return None
