@@ -3,6 +3,7 @@
     stgr demo [--out DIR] | stgr demo --write-config FILE
     stgr build CONFIG.yaml [--out DIR]
     stgr audit DIR [--sql QUERY]
+    stgr serve-llm [--port P] [--latency-ms N] [--fault-rate F]
 
 Exit status 0 on success; non-zero with a one-line reason on failure. Rejected samples are
 not a failure: they are rows of ``rejects/``.
@@ -85,6 +86,37 @@ def audit(
     _print_table("query", table.columns, table.rows)
 
 
+@app.command("serve-llm")
+def serve_llm(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port (0: any free port)")] = 8088,
+    latency_ms: Annotated[float, typer.Option(help="delay of every reply")] = 0.0,
+    fault_rate: Annotated[float, typer.Option(help="share of requests answered with a fault")] = 0.0,
+    faults: Annotated[str, typer.Option(help="fault kinds: 429,500,timeout,malformed,schema")] =
+        "429,500,timeout,malformed,schema",
+    seed: Annotated[int, typer.Option(help="seed of the fault draws")] = 0,
+    retry_after: Annotated[float, typer.Option(help="seconds in the Retry-After of a 429")] = 0.1,
+    hang_s: Annotated[float, typer.Option(help="seconds a 'timeout' fault waits before replying")] = 30.0,
+    crop_deny: Annotated[str, typer.Option(help="labels the crop check answers 'no' for, comma-separated")] = "",
+) -> None:
+    """A local OpenAI-compatible server with a deterministic policy, for dry runs and tests."""
+    from stgr_builder.annotate.server import DryRunServer
+
+    kinds = [k.strip() for k in faults.split(",") if k.strip()]
+    try:
+        server = DryRunServer(host=host, port=port, latency_ms=latency_ms, fault_rate=fault_rate, faults=kinds,
+                              seed=seed, retry_after_s=retry_after, hang_s=hang_s,
+                              crop_deny=[d.strip() for d in crop_deny.split(",") if d.strip()])
+    except (ValueError, OSError) as exc:
+        raise StgrError(f"serve-llm: {exc}") from exc
+    console.print(f"listening on {server.base_url}  (export OPENAI_BASE_URL={server.base_url} "
+                  f"OPENAI_API_KEY=anything; GET /stats counts requests)", highlight=False, soft_wrap=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
 @app.command(hidden=True)
 def schemas(write: Annotated[bool, typer.Option(help="rewrite schemas/ from the models")] = False) -> None:
     """Check (or rewrite) the JSON Schemas under schemas/."""
@@ -117,6 +149,9 @@ def _run_build(config: Path, out: Path) -> None:
         watcher.join()
     counts = ", ".join(f"{name} {count}" for name, count in manifest.counts.items())
     console.print(f"[bold green]built[/] {out} ({counts})")
+    if not manifest.complete:
+        # Not a failure: run the same command again to finish (received replies are cached).
+        console.print(f"[bold yellow]{manifest.pending} samples left for the next run (budget reached)[/]")
 
 
 def _watch_progress(out: Path, stop: threading.Event) -> None:
@@ -152,10 +187,10 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except StgrError as exc:
-        err_console.print(f"error: {exc}", markup=False, highlight=False)
+        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
-        err_console.print("error: interrupted", markup=False)
+        err_console.print("error: interrupted", markup=False, soft_wrap=True)
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -165,7 +200,7 @@ def main() -> None:
         if isinstance(exc, click.ClickException):
             exc.show()
             sys.exit(exc.exit_code)
-        err_console.print(f"error: {type(exc).__name__}: {exc}", markup=False, highlight=False)
+        err_console.print(f"error: {type(exc).__name__}: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
 
 

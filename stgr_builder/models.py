@@ -88,6 +88,9 @@ class RejectCode(str, Enum):
     # detect / annotate
     NO_EVIDENCE = "no_evidence"
     ANNOTATION_FAILED = "annotation_failed"
+    LLM_ERROR = "llm_error"
+    LLM_INVALID_REPLY = "llm_invalid_reply"
+    CROPS_REJECTED = "crops_rejected"
     # verify
     TRACE_GRAMMAR = "trace_grammar"
     TAGS_UNBALANCED = "tags_unbalanced"
@@ -357,14 +360,38 @@ class ShardFile(_Record):
     sha256: str
 
 
+class LlmUsage(_Record):
+    """LLM requests behind a shard (or a build): the replies its rows used and their cost.
+
+    ``requests`` counts every reply used (fresh or from the request cache), so a finished
+    build reports the same totals however often it was interrupted; ``cached`` says how many
+    of them an earlier run had already paid for.
+    """
+
+    requests: int = 0
+    cached: int = Field(0, description="of the requests, those answered from the request cache")
+    failed: int = Field(0, description="requests that ended in an error after the client's retries")
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    images: int = Field(0, description="images sent (frames and crops)")
+
+    def merge(self, other: LlmUsage | None) -> LlmUsage:
+        if other is None:
+            return self.model_copy()
+        return LlmUsage(**{k: getattr(self, k) + getattr(other, k) for k in type(self).model_fields})
+
+
 class ShardResult(_Record):
     """What one finished shard task wrote; stored beside the shards so a resumed build
-    can skip it."""
+    can skip it. ``complete=False``: the LLM budget ran out before the shard was annotated;
+    nothing was written and the next run finishes it."""
 
     shard: int
     sample_ids: list[str]
     files: list[ShardFile]
     stats: list[StepStats]
+    complete: bool = True
+    llm: LlmUsage | None = Field(None, description="LLM requests of this shard (openai backend)")
 
 
 class Manifest(_Record):
@@ -377,6 +404,9 @@ class Manifest(_Record):
     counts: dict[str, int] = Field(description="rows per dataset, and rejects")
     shards: list[ShardFile]
     stats: list[StepStats]
+    complete: bool = Field(True, description="false while samples are left for the next run (LLM budget reached)")
+    pending: int = Field(0, description="samples of unfinished shards, left for the next run")
+    llm: LlmUsage | None = Field(None, description="LLM requests and tokens, summed over the shards")
 
 
 # ---------------------------------------------------------------------------------------
@@ -435,11 +465,26 @@ class DetectorConfig(_Config):
 
 
 class AnnotatorConfig(_Config):
+    """The annotator. ``openai``: any OpenAI-compatible endpoint, from the OPENAI_BASE_URL and
+    OPENAI_API_KEY environment variables (never from this file)."""
+
     backend: Literal["template", "openai"] = "template"
     model: str | None = Field(None, description="model name for the openai backend")
     prompt: str = Field("template-cot", description="prompt template name under prompts/")
-    concurrency: int = Field(8, ge=1)
-    budget: int | None = Field(None, ge=0, description="max LLM requests for this build")
+    concurrency: int = Field(8, ge=1, description="LLM requests in flight per shard task")
+    budget: int | None = Field(
+        None, ge=0, description="max new (uncached) LLM requests per run; the rest is left for the next run")
+    budget_tokens: int | None = Field(
+        None, ge=0, description="max prompt+completion tokens of new LLM requests per run")
+    timeout: float = Field(60.0, gt=0, description="seconds per LLM request")
+    max_retries: int = Field(3, ge=0, description="client retries on 429 (honouring Retry-After), 5xx, timeouts")
+    max_invalid_retries: int = Field(2, ge=0, description="re-asks, with the error, after a schema-invalid reply")
+    temperature: float = Field(0.0, ge=0, le=2)
+    max_tokens: int | None = Field(None, ge=1, description="max completion tokens per reply")
+    image_max_side: int = Field(640, ge=64, description="frames sent to the LLM are downscaled to this side")
+    max_candidates_per_frame: int = Field(8, ge=1, description="detector boxes offered per frame, best scores")
+    crop_verify: bool = Field(False, description="put each chosen box, cropped, to the VLM: 'Is this a NAME?'")
+    crop_prompt: str = Field("crop-verify", description="prompt of the crop verification under prompts/")
 
 
 class VerifyConfig(_Config):

@@ -13,7 +13,8 @@ functions as Prefect tasks; ``build`` runs them in a plain loop.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -21,10 +22,11 @@ from pydantic import ValidationError
 
 from stgr_builder import __version__
 from stgr_builder.annotate import AnnotateStep, make_annotator
+from stgr_builder.annotate.llm import BudgetReached
 from stgr_builder.detect import DetectStep, make_detector
 from stgr_builder.errors import StgrError
 from stgr_builder.models import (
-    BuildConfig, BuildPlan, Manifest, Reject, SampleWork, ShardPlan, ShardResult)
+    BuildConfig, BuildPlan, LlmUsage, Manifest, Reject, SampleWork, ShardPlan, ShardResult)
 from stgr_builder.shards.writer import (
     config_hash, finished_shard, write_manifest, write_plan_record, write_shard)
 from stgr_builder.sources import ingest
@@ -41,12 +43,24 @@ class BuildContext:
     config: BuildConfig
     config_dir: Path
     out: Path
+    # Tells this run (one `context` call) from a later one: scopes the LLM budget, which is per
+    # run. Never written anywhere, so outputs stay independent of it.
+    run: str = field(default_factory=lambda: uuid.uuid4().hex, compare=False)
 
     @property
     def build_id(self) -> str:
-        # Derived, never a clock: a resumed build must write the same rows as an uninterrupted one.
-        digest = config_hash(self.config.model_dump(mode="json"))
-        return hashlib.sha256(f"{digest}:{__version__}".encode()).hexdigest()[:12]
+        """Hash of what decides the rows: derived, never a clock, so a resumed build writes
+        the same rows as an uninterrupted one; knobs that only pace the build (workers,
+        concurrency, budgets, timeouts) are left out, so changing them between runs of one
+        build keeps one id."""
+        settings = self.config.model_dump(mode="json", exclude=_PACING_SETTINGS)
+        return hashlib.sha256(f"{config_hash(settings)}:{__version__}".encode()).hexdigest()[:12]
+
+
+_PACING_SETTINGS = {
+    "annotator": {"concurrency", "budget", "budget_tokens", "timeout", "max_retries"},
+    "sharding": {"workers"},
+}
 
 
 def load_config(path: Path) -> BuildConfig:
@@ -100,20 +114,36 @@ def run_shard(ctx: BuildContext, shard: ShardPlan) -> ShardResult:
     if done is not None:
         return done
     steps = _shard_steps(ctx)
-    items = run_steps((SampleWork(sample=sample) for sample in shard.samples), steps)
+    try:
+        items = run_steps((SampleWork(sample=sample) for sample in shard.samples), steps)
+    except BudgetReached:
+        # Not a reject: nothing of this shard is written, and the next run finishes it (the
+        # replies it already received are in the request cache, free the next time).
+        return ShardResult(shard=shard.shard, sample_ids=shard.item_ids, files=[],
+                           stats=[step.stats for step in steps], complete=False, llm=_llm_usage(steps))
     passed = [item for item in items if isinstance(item, SampleWork)]
     rejects = list(shard.rejects) + [item for item in items if isinstance(item, Reject)]
     return write_shard(
         ctx.out, shard.shard,
         cot_rows=[work.cot_row for work in passed if work.cot_row is not None],
         rl_rows=[work.rl_row for work in passed if work.rl_row is not None],
-        rejects=rejects, sample_ids=shard.item_ids, stats=[step.stats for step in steps])
+        rejects=rejects, sample_ids=shard.item_ids, stats=[step.stats for step in steps],
+        llm=_llm_usage(steps))
+
+
+def _llm_usage(steps: list[Step]) -> LlmUsage | None:
+    """The shard's LLM requests and tokens (None when no step used an LLM)."""
+    usages = [usage for step in steps if (usage := getattr(step, "llm_usage", None)) is not None]
+    total = None
+    for usage in usages:
+        total = usage.merge(total)
+    return total
 
 
 def _shard_steps(ctx: BuildContext) -> list[Step]:
     config = ctx.config
     detector = make_detector(config.detector, ctx.config_dir)
-    annotator = make_annotator(config.annotator, config.verify)
+    annotator = make_annotator(config.annotator, config.verify, root=ctx.out, run=ctx.run)
     provenance = {"detector_name": detector.name, "detector_weights_hash": detector.weights_hash,
                   "build_id": ctx.build_id}
     return [
@@ -131,7 +161,7 @@ def finalize(ctx: BuildContext, build_plan: BuildPlan, results: list[ShardResult
     annotator = make_annotator(ctx.config.annotator, ctx.config.verify)
     return write_manifest(
         ctx.out, build_id=ctx.build_id, code_version=__version__,
-        config=ctx.config.model_dump(mode="json"), prompts=[annotator.prompt],
+        config=ctx.config.model_dump(mode="json"), prompts=getattr(annotator, "prompts", [annotator.prompt]),
         detector={"name": detector.name, "weights": ctx.config.detector.weights,
                   "weights_hash": detector.weights_hash},
         results=results, ingest=build_plan.ingest)

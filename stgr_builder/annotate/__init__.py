@@ -3,6 +3,8 @@
 from stgr_builder.annotate.base import AnnotateStep, Annotator, BatchAnnotator
 from stgr_builder.annotate.prompts import Prompt, available_prompts, load_prompt
 from stgr_builder.annotate.template import TemplateAnnotator
+from pathlib import Path
+
 from stgr_builder.errors import StgrError
 from stgr_builder.models import AnnotatorConfig, VerifyConfig
 
@@ -10,8 +12,10 @@ __all__ = ["AnnotateStep", "Annotator", "BatchAnnotator", "Prompt", "TemplateAnn
            "available_prompts", "load_prompt", "make_annotator"]
 
 
-def make_annotator(config: AnnotatorConfig, verify: VerifyConfig) -> Annotator:
-    """The annotator a config names.
+def make_annotator(config: AnnotatorConfig, verify: VerifyConfig, *, root: Path | None = None,
+                   run: str = "") -> Annotator:
+    """The annotator a config names. The openai backend (``annotate/llm.py``) keeps its request
+    cache under ``root`` (the dataset folder) and shares its budget among annotators of one ``run``.
 
     >>> make_annotator(AnnotatorConfig(), VerifyConfig()).prompt.name
     'template-cot'
@@ -20,4 +24,8 @@ def make_annotator(config: AnnotatorConfig, verify: VerifyConfig) -> Annotator:
         # Choose only boxes that verify will accept, so no sample is lost to a box the
         # annotator could have skipped.
         return TemplateAnnotator(config.prompt, max_box_area=verify.max_box_area)
+    if config.backend == "openai":
+        from stgr_builder.annotate.llm import LlmAnnotator
+
+        return LlmAnnotator(config, verify, root=root, run=run)
     raise StgrError(f"annotator backend {config.backend!r} is not available in this version")

@@ -62,6 +62,11 @@ class AnnotateStep(Step):
         self.annotator = annotator
         self.batch_size = batch_size or getattr(annotator, "batch_size", 1)
 
+    @property
+    def llm_usage(self):
+        """The annotator's LLM requests and tokens (``LlmUsage``), or None without an LLM."""
+        return getattr(self.annotator, "usage", None)
+
     def process(self, work: SampleWork) -> SampleWork:
         work.annotation = self.annotator.annotate(work)
         return work

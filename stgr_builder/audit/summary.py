@@ -2,7 +2,7 @@
 
 >>> [table.title for table in summary(Path("out"))]  # doctest: +SKIP
 ['Rows by task and source', 'Rejects by stage and code', 'Boxes (normalized)', 'Key frames per row',
- 'Trace length (cot)', 'Provenance', 'Manifest', 'Checks']
+ 'Trace length (cot)', 'Provenance', 'Manifest', 'LLM cost', 'Checks']
 """
 
 from __future__ import annotations
@@ -97,6 +97,7 @@ def summary(root: Path) -> list[AuditTable]:
     try:
         tables = [_run(con, title, sql) for title, sql in _CANNED]
         tables.append(_manifest_table(manifest))
+        tables.append(_cost_table(manifest))
         tables.append(_checks_table(con, root, manifest))
     finally:
         con.close()
@@ -128,8 +129,19 @@ def _manifest_table(manifest: Manifest | None) -> AuditTable:
         *((f"rows: {name}", count) for name, count in manifest.counts.items()),
         ("prompts", ", ".join(f"{p.name}@{p.version}" for p in manifest.prompts)),
         ("detector", json.dumps(manifest.detector, sort_keys=True)),
+        ("complete", manifest.complete),
+        ("samples left for the next run", manifest.pending),
     ]
     return AuditTable("Manifest", columns, rows)
+
+
+def _cost_table(manifest: Manifest | None) -> AuditTable:
+    """LLM requests, tokens and images of the build (every reply its rows used; ``cached``
+    of them were paid for by an earlier run of the same folder)."""
+    columns = ["requests", "cached", "failed", "prompt_tokens", "completion_tokens", "images"]
+    usage = manifest.llm if manifest is not None else None
+    rows = [tuple(getattr(usage, column) for column in columns)] if usage is not None else []
+    return AuditTable("LLM cost", columns, rows)
 
 
 def _checks_table(con: duckdb.DuckDBPyConnection, root: Path, manifest: Manifest | None) -> AuditTable:

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from stgr_builder.errors import StgrError
 from stgr_builder.models import (
-    CotRow, Manifest, PromptRef, Reject, RlRow, ShardFile, ShardResult, StepStats,
+    CotRow, LlmUsage, Manifest, PromptRef, Reject, RlRow, ShardFile, ShardResult, StepStats,
 )
 from stgr_builder.shards.arrow import DATASETS, rows_to_table, schema_for
 
@@ -193,6 +193,7 @@ def write_shard(
     rejects: list[Reject],
     sample_ids: list[str],
     stats: list[StepStats],
+    llm: LlmUsage | None = None,
 ) -> ShardResult:
     """Write one shard's three Parquet files, then its completion record, all atomically.
 
@@ -216,7 +217,7 @@ def write_shard(
         "rejects": sorted(rejects, key=lambda r: (r.id, r.stage.value, r.code.value, r.message)),
     }
     files = [_write_dataset_file(root, dataset, shard, rows) for dataset, rows in ordered.items()]
-    result = ShardResult(shard=shard, sample_ids=ids, files=files, stats=stats)
+    result = ShardResult(shard=shard, sample_ids=ids, files=files, stats=stats, llm=llm)
     text = result.model_dump_json(indent=2)
     assert_no_secrets(text, where=f"the record of shard {shard}")
     _atomic_write_text(record_path(root, shard), text)
@@ -345,6 +346,10 @@ def write_manifest(
     """
     root = Path(root)
     results = _sorted_results(results)
+    # Shards the LLM budget stopped wrote nothing: the manifest lists what is done, says how
+    # many samples are left, and the next run completes it.
+    unfinished = [r for r in results if not r.complete]
+    results = [r for r in results if r.complete]
     _check_files_exist(root, results)
     if prune:
         clean_temp_files(root)
@@ -355,11 +360,21 @@ def write_manifest(
         config_hash=config_hash(config), prompts=prompts, detector=detector,
         counts=_counts(results), shards=files,
         stats=([ingest] if ingest is not None else []) + merge_stats(results),
+        complete=not unfinished, pending=sum(len(r.sample_ids) for r in unfinished),
+        llm=_sum_llm(results + unfinished),
     )
     text = manifest.model_dump_json(indent=2)
     assert_no_secrets(text, where=MANIFEST)
     _atomic_write_text(root / MANIFEST, text)
     return manifest
+
+
+def _sum_llm(results: list[ShardResult]) -> LlmUsage | None:
+    total = None
+    for result in results:
+        if result.llm is not None:
+            total = result.llm.merge(total)
+    return total
 
 
 def _sorted_results(results: list[ShardResult]) -> list[ShardResult]:

@@ -1,0 +1,129 @@
+"""The per-request cache of LLM replies, on disk under the dataset folder.
+
+A build killed and started again must not pay twice for a reply it already received: every
+reply (and every final error) is written here, atomically, *before* it is used. The key is a
+sha256 of what determines the reply — model, prompt version, rendered messages (each image
+replaced by the sha256 of its bytes), response-schema hash and sampling parameters — and of
+nothing else: never the endpoint's API key.
+
+    <out>/_cache/llm/3f/3f9a...e1.json     {"kind": "reply", "content": "...", "usage": {...}}
+
+>>> cache = ResponseCache(Path("out"))                       # doctest: +SKIP
+>>> key = request_key(model="m", prompt_version="ab12", messages=msgs, schema_hash="cd34",
+...                   sampling={"temperature": 0.0})         # doctest: +SKIP
+>>> cache.get(key) is None                                   # doctest: +SKIP
+True
+
+One instance is shared by the shard tasks of a build (threads): reads are plain file reads,
+writes go through a unique temporary name and ``os.replace``, so two writers of one key
+leave one whole file, and a crash leaves either no file or the complete one.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+CACHE_DIR = Path("_cache") / "llm"
+_DATA_URL_PREFIX = "data:"
+
+
+class CachedUsage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class CacheEntry(BaseModel):
+    """One received reply, or the final error of a request (so a rerun does not pay again)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["reply", "error"]
+    content: str | None = None
+    usage: CachedUsage = CachedUsage()
+    images: int = 0
+    error: str | None = None
+    model: str = ""
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no spaces, so equal values hash equally.
+
+    >>> canonical_json({"b": 1, "a": [1, 2]})
+    '{"a":[1,2],"b":1}'
+    """
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _digest_images(value: Any) -> Any:
+    """``value`` with every ``data:`` URL replaced by the sha256 of the bytes it carries."""
+    if isinstance(value, dict):
+        return {k: _digest_images(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_digest_images(v) for v in value]
+    if isinstance(value, str) and value.startswith(_DATA_URL_PREFIX) and ";base64," in value:
+        payload = value.split(";base64,", 1)[1]
+        return "sha256:" + hashlib.sha256(base64.b64decode(payload)).hexdigest()
+    return value
+
+
+def request_key(*, model: str, prompt_version: str, messages: list[dict], schema_hash: str,
+                sampling: dict[str, Any]) -> str:
+    """The cache key of one request: sha256 hex over its reply-determining inputs.
+
+    >>> k = request_key(model="m", prompt_version="p1", messages=[{"role": "user", "content": "hi"}],
+    ...                 schema_hash="s1", sampling={"temperature": 0.0})
+    >>> len(k), k == request_key(model="m", prompt_version="p2", messages=[{"role": "user", "content": "hi"}],
+    ...                          schema_hash="s1", sampling={"temperature": 0.0})
+    (64, False)
+    """
+    payload = {"model": model, "prompt_version": prompt_version, "messages": _digest_images(messages),
+               "schema_hash": schema_hash, "sampling": sampling}
+    return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
+
+
+class ResponseCache:
+    """Replies and final errors by request key, one JSON file each, under ``root/_cache/llm``."""
+
+    def __init__(self, root: Path):
+        self.folder = Path(root) / CACHE_DIR
+
+    def path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> CacheEntry | None:
+        """The stored entry, or None when missing (or unreadable: then the request is made again)."""
+        try:
+            return CacheEntry.model_validate_json(self.path(key).read_bytes())
+        except (OSError, ValidationError, ValueError):
+            return None
+
+    def put(self, key: str, entry: CacheEntry) -> None:
+        """Store ``entry`` durably: temp file, fsync, rename. Safe from any number of threads."""
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(temp, "wb") as handle:
+                handle.write(entry.model_dump_json().encode("utf-8"))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+
+    def keys(self) -> set[str]:
+        """Every stored key (tests and audits; not used on the hot path)."""
+        if not self.folder.is_dir():
+            return set()
+        return {p.stem for p in self.folder.glob("*/*.json")}

@@ -1,0 +1,728 @@
+"""The LLM annotator: any OpenAI-compatible endpoint writes the reasoning, the detector's boxes
+are the evidence.
+
+For each sample the model sees the question, the gold answer, the source's span and caption,
+the candidate frames (images, each labelled with its number and timestamp) and the detector's
+candidate boxes, numbered, drawn on the frames and listed in text. It replies with a
+``CotReply`` (JSON schema from the model): the key frames it chose, on each the chosen box ids
+and object names, and its reasoning, which cites boxes as ``[B3]`` and the answer span as
+``[SPAN]``. The trace is then written in the spec's grammar (``grammar.py``) from the chosen
+detector boxes, so no coordinate is ever typed by the model.
+
+Requests run on ``AsyncOpenAI`` with at most ``concurrency`` in flight (one event loop per
+batch, inside the shard task); the client retries 429 (honouring Retry-After), 5xx and timeouts;
+a reply that is not valid JSON for the schema, or that names an unknown frame or box, is asked
+again with the error (``max_invalid_retries`` times), then the sample is rejected
+(``llm_invalid_reply``). A request that still fails is a reject (``llm_error``), never a crash.
+
+Every reply and final error goes to the request cache (``cache.py``) before it is used, and the
+run's budget (requests, tokens) is checked before any new request: when it is spent the shard
+raises ``BudgetReached``, writes nothing and is finished by the next run.
+
+The endpoint and key come from ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``; the key is read by the
+client and never stored, logged or hashed here.
+
+>>> annotator = LlmAnnotator(AnnotatorConfig(backend="openai", model="gpt-4o-mini",
+...                          prompt="stgr-cot-llm"), VerifyConfig(), root=Path("out"))  # doctest: +SKIP
+>>> [annotation] = annotator.annotate_batch([work])                                      # doctest: +SKIP
+>>> annotation.reasoning                                                                  # doctest: +SKIP
+'The dog appears <obj>dog</obj><box>[0.1, 0.2, 0.4, 0.6]</box>at<t>3.0</t>s and ...'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import hashlib
+import io
+import os
+import re
+import threading
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from PIL import Image, ImageDraw
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from stgr_builder.annotate import grammar
+from stgr_builder.annotate.base import image_size
+from stgr_builder.annotate.cache import CacheEntry, CachedUsage, ResponseCache, canonical_json, request_key
+from stgr_builder.annotate.prompts import load_prompt
+from stgr_builder.annotate.template import _object_names, _trace_span
+from stgr_builder.errors import SampleError, StgrError
+from stgr_builder.models import (
+    AnnotatorConfig, Annotation, Detection, Evidence, Frame, LlmUsage, RejectCode, SampleWork, VerifyConfig)
+from stgr_builder.verify import crops
+
+SCHEMA_NAME = "stgr_cot_reply"
+#: Header carrying the request-cache key (not a secret: a hash of the request), so a server's
+#: logs can tell a repeated request from a new one.
+KEY_HEADER = "X-Stgr-Request-Key"
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------------------
+# The reply and the prompt
+# ---------------------------------------------------------------------------------------
+
+
+class ChosenBox(BaseModel):
+    """One candidate box the model chose, by id, and the object it shows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: int = Field(description="the candidate's number: 3 for B3")
+    name: str = Field(description="the object the box shows")
+
+
+class ChosenFrame(BaseModel):
+    """One key frame, by the number it was shown with, and the boxes chosen on it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    frame: int = Field(description="the frame's number: 2 for 'Frame 2'")
+    boxes: list[ChosenBox] = Field(description="chosen candidate boxes of this frame, at least one")
+
+
+class CotReply(BaseModel):
+    """The structured reply of the annotation prompt."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key_frames: list[ChosenFrame]
+    reasoning: str = Field(description="plain text citing every chosen box as [Bn], the span as [SPAN]")
+
+
+@functools.lru_cache(maxsize=None)
+def _schema(model: type[BaseModel]) -> dict[str, Any]:
+    return model.model_json_schema()
+
+
+def response_format(model: type[BaseModel], name: str) -> dict[str, Any]:
+    """The ``response_format`` of a chat request asking for JSON of ``model``'s schema."""
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": _schema(model),
+                                                   "strict": True}}
+
+
+@functools.lru_cache(maxsize=None)
+def schema_hash(model: type[BaseModel]) -> str:
+    """Short sha256 of a reply model's JSON Schema (part of every request-cache key)."""
+    return hashlib.sha256(canonical_json(_schema(model)).encode()).hexdigest()[:16]
+
+
+class LlmPromptContent(BaseModel):
+    """What an LLM annotation prompt file holds (see prompts/stgr-cot-llm.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    kind: Literal["llm"]
+    description: str
+    system: str
+    user: str
+    frame: str
+    span_rule_temporal: str
+    span_rule_other: str
+    reask: str
+
+
+_USER_FIELDS = ("task", "question", "options", "answer", "caption", "span", "objects", "candidates", "span_rule")
+
+
+def parse_llm_prompt(prompt) -> LlmPromptContent:
+    try:
+        content = LlmPromptContent.model_validate(prompt.content)
+        content.user.format(**{key: key for key in _USER_FIELDS})
+        content.frame.format(frame=1, time=0.0, boxes="B1")
+        content.reask.format(error="e")
+    except (ValidationError, KeyError, IndexError, ValueError) as exc:
+        raise StgrError(f"prompt {prompt.path} is not an LLM annotation prompt (kind: llm): {exc}") from exc
+    return content
+
+
+# ---------------------------------------------------------------------------------------
+# The run's shared state: request cache and budget
+# ---------------------------------------------------------------------------------------
+
+
+class BudgetReached(Exception):
+    """The run's LLM budget is spent: the shard stops, writes nothing, and the next run finishes it."""
+
+
+class Budget:
+    """New (uncached) requests and their tokens in this run, against the config's caps.
+
+    Thread-safe: the shard tasks of a build share one. A request is counted when it is sent;
+    its tokens when its reply comes, so requests already in flight may pass a token cap.
+    """
+
+    def __init__(self, max_requests: int | None, max_tokens: int | None):
+        self.max_requests = max_requests
+        self.max_tokens = max_tokens
+        self.requests = 0
+        self.tokens = 0
+        self.reached = False
+        self._lock = threading.Lock()
+
+    def acquire(self) -> bool:
+        """Count one new request, or return False (for good) once a cap is reached."""
+        with self._lock:
+            if (self.reached or (self.max_requests is not None and self.requests >= self.max_requests)
+                    or (self.max_tokens is not None and self.tokens >= self.max_tokens)):
+                self.reached = True
+                return False
+            self.requests += 1
+            return True
+
+    def add_tokens(self, count: int) -> None:
+        with self._lock:
+            self.tokens += count
+
+
+@dataclass
+class RunState:
+    cache: ResponseCache
+    budget: Budget
+
+
+_RUNS: dict[tuple[str, str], RunState] = {}
+_RUNS_LOCK = threading.Lock()
+
+
+def run_state(root: Path, run: str, config: AnnotatorConfig) -> RunState:
+    """The cache and budget shared by every shard task of one run (one process) of a build.
+
+    ``run`` tells runs apart (each ``pipeline.context`` call makes a new one), so a rerun in
+    the same process starts with a fresh budget.
+    """
+    key = (str(Path(root).resolve()), run)
+    with _RUNS_LOCK:
+        if key not in _RUNS:
+            _RUNS[key] = RunState(ResponseCache(root), Budget(config.budget, config.budget_tokens))
+        return _RUNS[key]
+
+
+# ---------------------------------------------------------------------------------------
+# What one sample shows the model
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: int
+    frame_no: int
+    frame: Frame
+    det: Detection
+
+
+@dataclass(frozen=True)
+class SampleView:
+    """The candidate frames (numbered from 1) and boxes (numbered from 1) of one sample."""
+
+    work: SampleWork
+    names: list[str]
+    span: tuple[float, float] | None  # the span the trace states (temporal: the answer's)
+    frames: list[Frame]
+    candidates: dict[int, Candidate]
+    size: tuple[int, int] | None  # original image size for still images (pixel traces)
+
+    @property
+    def temporal(self) -> bool:
+        return self.work.sample.task in grammar.TEMPORAL_TASKS and self.span is not None
+
+
+def _usable(det: Detection, max_area: float) -> bool:
+    box = grammar.round_box(det.box)
+    inside = all(0.0 <= v <= 1.0 for v in box)
+    return inside and box[2] > box[0] and box[3] > box[1] and grammar.box_area(box) <= max_area
+
+
+def sample_view(work: SampleWork, *, max_per_frame: int, max_area: float) -> SampleView:
+    """The frames and boxes offered to the model: eligible frames (inside the sample's span,
+    or the temporal answer's; an image's one frame), each with its best usable boxes."""
+    sample = work.sample
+    span = _trace_span(work)
+    eligible = sample.span if sample.span is not None else (span if sample.task in grammar.TEMPORAL_TASKS else None)
+    frames = list({f.idx: f for f in sorted(work.frames, key=lambda f: (f.time, f.idx))}.values())
+    if sample.image_path is not None:
+        frames = frames[:1]
+    elif eligible is not None:
+        frames = [f for f in frames if eligible[0] <= f.time <= eligible[1]]
+    candidates: dict[int, Candidate] = {}
+    for number, frame in enumerate(frames, start=1):
+        dets = sorted((d for d in work.detections if d.frame_idx == frame.idx and _usable(d, max_area)),
+                      key=lambda d: (-d.score, d.label, d.box))
+        seen: set[tuple] = set()
+        for det in dets:
+            key = (det.label, tuple(grammar.round_box(det.box)))
+            if key in seen or len(seen) >= max_per_frame:
+                continue
+            seen.add(key)
+            cid = len(candidates) + 1
+            candidates[cid] = Candidate(cid, number, frame, det)
+    return SampleView(work=work, names=_object_names(work), span=span, frames=frames, candidates=candidates,
+                      size=image_size(work))
+
+
+_COLORS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+           (240, 50, 230), (210, 245, 60)]
+
+
+@functools.lru_cache(maxsize=256)
+def _base_frame(path: str, max_side: int) -> Image.Image:
+    # Frames are content-addressed and shared by the samples of a video: decode each once.
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+    scale = min(1.0, max_side / max(rgb.size))
+    if scale < 1.0:
+        rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))))
+    return rgb
+
+
+def draw_frame(path: Path, candidates: list[Candidate], max_side: int, quality: int = 85) -> bytes:
+    """The frame's JPEG with its candidate boxes drawn and labelled ``B<id>``, downscaled so
+    its longer side is at most ``max_side``. Deterministic (its hash is in the cache key)."""
+    rgb = _base_frame(str(path), max_side).copy()
+    draw = ImageDraw.Draw(rgb)
+    width, height = rgb.size
+    for cand in candidates:
+        x1, y1, x2, y2 = cand.det.box
+        color = _COLORS[cand.id % len(_COLORS)]
+        rect = (round(x1 * width), round(y1 * height), round(x2 * width), round(y2 * height))
+        draw.rectangle(rect, outline=color, width=2)
+        draw.text((rect[0] + 3, rect[1] + 2), f"B{cand.id}", fill=color)
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def candidate_lines(view: SampleView) -> str:
+    """The candidates in text, one per line: ``B3: dog (0.91) on frame 2 at 3.4s``."""
+    if not view.candidates:
+        return "(none: the detector found no usable box on these frames)"
+    lines = []
+    for cand in view.candidates.values():
+        at = "" if view.size else f" at {grammar.fmt_time(cand.frame.time)}s"
+        lines.append(f"B{cand.id}: {cand.det.label} ({cand.det.score:.2f}) on frame {cand.frame_no}{at}")
+    return "\n".join(lines)
+
+
+def build_messages(view: SampleView, content: LlmPromptContent, root: Path, max_side: int) -> list[dict]:
+    """The chat messages of one sample: system, then the user's text and the labelled frames."""
+    sample = view.work.sample
+    options = "\n".join(f"{grammar.option_letter(i)}. {o}" for i, o in enumerate(sample.options))
+    user = content.user.format(
+        task=sample.task.value, question=sample.question, options=f"Options:\n{options}" if options else "",
+        answer=sample.answer, caption=sample.caption or "(none)",
+        span=(f"{grammar.fmt_time(view.span[0])}s to {grammar.fmt_time(view.span[1])}s" if view.span else "(none)"),
+        objects=", ".join(view.names) or "(none named)", candidates=candidate_lines(view),
+        span_rule=content.span_rule_temporal if view.temporal else content.span_rule_other)
+    parts: list[dict] = [{"type": "text", "text": user}]
+    for number, frame in enumerate(view.frames, start=1):
+        on_frame = [c for c in view.candidates.values() if c.frame_no == number]
+        time = 0.0 if view.size else frame.time
+        parts.append({"type": "text", "text": content.frame.format(
+            frame=number, time=grammar.fmt_time(time), boxes=", ".join(f"B{c.id}" for c in on_frame) or "none")})
+        jpeg = draw_frame(root / frame.path, on_frame, max_side)
+        parts.append({"type": "image_url", "image_url": {"url": crops.data_url(jpeg)}})
+    return [{"role": "system", "content": content.system}, {"role": "user", "content": parts}]
+
+
+# ---------------------------------------------------------------------------------------
+# Checking a reply and writing the trace
+# ---------------------------------------------------------------------------------------
+
+_REF_RE = re.compile(r"\[\s*(SPAN|B\d+(?:\s*,\s*B\d+)*)\s*\]")
+
+
+class ReplyError(ValueError):
+    """A reply that parses but cannot be used; its message goes back to the model."""
+
+
+@dataclass(frozen=True)
+class Chosen:
+    cand: Candidate
+    name: str
+
+
+def parse_reply(text: str, view: SampleView) -> tuple[CotReply, dict[int, Chosen]]:
+    """Read and check a reply against what was offered; raises ``ValueError`` (a pydantic
+    ``ValidationError`` or ``ReplyError``) with a message meant for the model."""
+    reply = CotReply.model_validate_json(text)
+    chosen: dict[int, Chosen] = {}
+    frames = {f for f in range(1, len(view.frames) + 1)}
+    for kf in reply.key_frames:
+        if kf.frame not in frames:
+            raise ReplyError(f"key frame {kf.frame} was not shown (frames are 1 to {len(view.frames)})")
+        if not kf.boxes:
+            raise ReplyError(f"key frame {kf.frame} lists no box: choose at least one, or drop the frame")
+        for box in kf.boxes:
+            cand = view.candidates.get(box.id)
+            if cand is None:
+                raise ReplyError(f"B{box.id} is not a candidate box (ids are B1 to B{len(view.candidates)})"
+                                 if view.candidates else f"B{box.id} is not a candidate box: there are none")
+            if cand.frame_no != kf.frame:
+                raise ReplyError(f"B{box.id} is on frame {cand.frame_no}, not on frame {kf.frame}")
+            if box.id in chosen:
+                raise ReplyError(f"B{box.id} is chosen twice")
+            name = grammar.clean_text(box.name).replace("[", "").replace("]", "").strip()
+            if not name:
+                raise ReplyError(f"B{box.id} has an empty object name")
+            chosen[box.id] = Chosen(cand, name)
+    if view.work.sample.task in grammar.GROUNDED_TASKS and view.candidates and not chosen:
+        raise ReplyError("this task needs evidence: choose at least one candidate box")
+    cited: set[int] = set()
+    has_span = False
+    for match in _REF_RE.finditer(reply.reasoning):
+        if match.group(1) == "SPAN":
+            has_span = True
+            continue
+        ids = [int(part.strip()[1:]) for part in match.group(1).split(",")]
+        for cid in ids:
+            if cid not in chosen:
+                raise ReplyError(f"the reasoning cites B{cid}, which is not among the chosen boxes")
+        group = {(chosen[cid].cand.frame_no, chosen[cid].name) for cid in ids}
+        if len(group) > 1:
+            raise ReplyError(f"{match.group(0)} mixes frames or objects: cite them separately")
+        cited.update(ids)
+    missing = sorted(set(chosen) - cited)
+    if missing:
+        raise ReplyError("the reasoning does not cite " + ", ".join(f"[B{c}]" for c in missing))
+    if view.temporal and not has_span:
+        raise ReplyError("the reasoning must cite the answer's time span as [SPAN]")
+    if not view.temporal and has_span:
+        raise ReplyError("this task has no answer span: do not write [SPAN]")
+    return reply, chosen
+
+
+def render_trace(reasoning: str, view: SampleView, kept: dict[int, Chosen]) -> str:
+    """The reasoning with every citation replaced by its evidence in the trace grammar.
+
+    Boxes dropped by crop verification are left out; a citation left with none becomes the
+    object's plain name.
+    """
+    out: list[str] = []
+    pos = 0
+    for match in _REF_RE.finditer(reasoning):
+        out.append(_plain(reasoning[pos:match.start()]))
+        pos = match.end()
+        if match.group(1) == "SPAN":
+            out.append(grammar.render_span(*view.span) if view.span else "")
+            continue
+        ids = [int(part.strip()[1:]) for part in match.group(1).split(",")]
+        boxes = [kept[c] for c in ids if c in kept]
+        if not boxes:
+            out.append(f" {_dropped_name(ids, view)} ")
+            continue
+        name = boxes[0].name
+        if view.size is not None:
+            out.append(grammar.render_pixel_evidence(
+                name, [grammar.to_pixels(grammar.round_box(b.cand.det.box), view.size) for b in boxes]))
+        else:
+            out.append(grammar.render_evidence(name, [b.cand.det.box for b in boxes], boxes[0].cand.frame.time))
+    out.append(_plain(reasoning[pos:]))
+    return " ".join("".join(out).split())
+
+
+def _plain(text: str) -> str:
+    # Free text of the model: no angle brackets (they would read as tags), spacing kept at the ends.
+    cleaned = text.replace("<", "").replace(">", "")
+    return cleaned if cleaned.strip() else " "
+
+
+def _dropped_name(ids: list[int], view: SampleView) -> str:
+    cand = view.candidates.get(ids[0])
+    return grammar.clean_text(cand.det.label) if cand else "it"
+
+
+def evidence_of(kept: dict[int, Chosen]) -> list[Evidence]:
+    out = []
+    for cid in sorted(kept, key=lambda c: (kept[c].cand.frame.time, c)):
+        cand, name = kept[cid].cand, kept[cid].name
+        out.append(Evidence(frame_idx=cand.frame.idx, time=cand.frame.time, name=name,
+                            box=grammar.round_box(cand.det.box), score=cand.det.score))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Requests
+# ---------------------------------------------------------------------------------------
+
+
+class LlmError(Exception):
+    """A request's final failure (after the client's retries); the sample is rejected."""
+
+
+def _run(coro_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion from sync code: here when no loop runs in this thread
+    (a shard task's worker thread), else in a helper thread with its own loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro_factory())
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro_factory())
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _count_images(messages: list[dict]) -> int:
+    return sum(1 for m in messages if isinstance(m.get("content"), list)
+               for part in m["content"] if part.get("type") == "image_url")
+
+
+class LlmAnnotator:
+    """The ``openai`` annotator backend (see the module's docstring).
+
+    ``annotate_batch`` returns, per sample, its ``Annotation`` or the ``SampleError`` that
+    rejects it, and raises ``BudgetReached`` when the run's budget stopped a request.
+    ``usage`` accumulates this instance's requests and tokens (one instance per shard task).
+    """
+
+    name = "openai"
+
+    def __init__(self, config: AnnotatorConfig, verify: VerifyConfig, *, root: Path | None = None, run: str = ""):
+        if not config.model:
+            raise StgrError("annotator.model is required for backend openai (e.g. model: gpt-4o-mini)")
+        if not os.environ.get("OPENAI_API_KEY"):
+            raise StgrError("set OPENAI_API_KEY for the openai annotator (any value for a local server such as "
+                            "`stgr serve-llm`), and OPENAI_BASE_URL for an endpoint other than OpenAI's")
+        import openai  # noqa: F401 - fail here, with the config, when the client is missing
+
+        self.config = config
+        self.model = config.model
+        loaded = load_prompt(config.prompt)
+        self.content = parse_llm_prompt(loaded)
+        self.prompt = loaded.ref
+        self.prompts = [self.prompt]
+        self.crop_content = None
+        if config.crop_verify:
+            crop_prompt = load_prompt(config.crop_prompt)
+            self.crop_content = crops.parse_crop_prompt(crop_prompt)
+            self.crop_prompt = crop_prompt.ref
+            self.prompts.append(self.crop_prompt)
+        self.max_area = verify.max_box_area
+        self.root = Path(root) if root is not None else None
+        self.run_token = run
+        # Many times the concurrency: a batch ends with a tail of slow replies while slots idle,
+        # so fewer, larger batches (a default shard is one batch) keep the endpoint busy.
+        self.batch_size = max(16 * config.concurrency, 128)
+        self.usage = LlmUsage()
+        self._sampling = {"temperature": config.temperature, "max_tokens": config.max_tokens}
+
+    # -- public -------------------------------------------------------------------------
+
+    def annotate(self, work: SampleWork) -> Annotation:
+        [result] = self.annotate_batch([work])
+        if isinstance(result, SampleError):
+            raise result
+        return result
+
+    def annotate_batch(self, batch: list[SampleWork]) -> list[Annotation | SampleError]:
+        if self.root is None:
+            raise StgrError("LlmAnnotator needs the dataset folder (root) to annotate")
+        state = run_state(self.root, self.run_token, self.config)
+        results = _run(lambda: self._batch(batch, state))
+        failures = [r for r in results if isinstance(r, BaseException) and not isinstance(r, SampleError)]
+        if any(isinstance(r, BudgetReached) for r in failures):
+            raise BudgetReached(f"LLM budget reached (requests {state.budget.requests}, tokens {state.budget.tokens})")
+        if failures:
+            raise failures[0]
+        return results
+
+    # -- one batch, one sample ------------------------------------------------------------
+
+    async def _batch(self, batch: list[SampleWork], state: RunState) -> list:
+        from openai import AsyncOpenAI
+
+        semaphore = asyncio.Semaphore(self.config.concurrency)
+        async with AsyncOpenAI(max_retries=self.config.max_retries, timeout=self.config.timeout) as client:
+            ask = _Asker(client, semaphore, state, self)
+            return await asyncio.gather(*(self._one(ask, work) for work in batch), return_exceptions=True)
+
+    async def _one(self, ask: _Asker, work: SampleWork) -> Annotation | SampleError:
+        view = sample_view(work, max_per_frame=self.config.max_candidates_per_frame, max_area=self.max_area)
+        if work.sample.task in grammar.GROUNDED_TASKS and not view.candidates:
+            listed = ", ".join(repr(n) for n in view.names) or "no named object"
+            return SampleError(RejectCode.NO_EVIDENCE,
+                               f"no usable detector box on the {len(view.frames)} eligible frames to ground {listed}")
+        messages = await asyncio.to_thread(build_messages, view, self.content, self.root, self.config.image_max_side)
+        try:
+            reply, chosen = await ask.valid(messages, self.prompt.version, CotReply, SCHEMA_NAME,
+                                        lambda text: parse_reply(text, view), self.content.reask)
+        except LlmError as err:
+            return SampleError(RejectCode.LLM_ERROR, str(err))
+        except ReplyRejected as err:
+            return SampleError(RejectCode.LLM_INVALID_REPLY, str(err))
+        kept = chosen
+        if self.crop_content is not None and chosen:
+            try:
+                kept = await self._verify_crops(ask, chosen)
+            except LlmError as err:
+                return SampleError(RejectCode.LLM_ERROR, f"crop verification: {err}")
+            except ReplyRejected as err:
+                return SampleError(RejectCode.LLM_INVALID_REPLY, f"crop verification: {err}")
+            work.votes = len(kept)
+            if not kept:
+                names = sorted({c.name for c in chosen.values()})
+                return SampleError(RejectCode.CROPS_REJECTED,
+                                   f"the crop verifier answered no for all {len(chosen)} chosen boxes ({', '.join(names)})")
+        evidence = evidence_of(kept)
+        key_frames = sorted({c.cand.frame.idx: c.cand.frame for c in kept.values()}.values(),
+                            key=lambda f: (f.time, f.idx))
+        try:
+            reasoning = render_trace(reply.reasoning, view, kept)
+        except ValueError as err:  # a name the grammar cannot write
+            return SampleError(RejectCode.LLM_INVALID_REPLY, f"cannot write the trace: {err}")
+        return Annotation(key_frames=key_frames, evidence=evidence, reasoning=reasoning,
+                          answer=work.sample.answer, prompt=self.prompt, model=self.model)
+
+    async def _verify_crops(self, ask: _Asker, chosen: dict[int, Chosen]) -> dict[int, Chosen]:
+        async def one(cid: int) -> bool:
+            item = chosen[cid]
+            jpeg = await asyncio.to_thread(crops.crop_jpeg, self.root / item.cand.frame.path, item.cand.det.box)
+            messages = crops.crop_messages(self.crop_content, item.name, item.cand.det.label, jpeg)
+            verdict = await ask.valid(messages, self.crop_prompt.version, crops.CropVerdict, crops.SCHEMA_NAME,
+                                      crops.parse_verdict, self.content.reask)
+            return verdict.answer == "yes"
+
+        answers = await asyncio.gather(*(one(cid) for cid in chosen))
+        return {cid: chosen[cid] for cid, yes in zip(chosen, answers) if yes}
+
+
+class ReplyRejected(Exception):
+    """Replies stayed invalid after every re-ask."""
+
+
+class _Asker:
+    """Requests of one batch: cache, budget, semaphore, usage and the re-ask loop."""
+
+    def __init__(self, client, semaphore: asyncio.Semaphore, state: RunState, annotator: LlmAnnotator):
+        self.client = client
+        self.semaphore = semaphore
+        self.state = state
+        self.annotator = annotator
+
+    async def valid(self, messages: list[dict], prompt_version: str, model: type[BaseModel], name: str,
+                    parse: Callable[[str], T], reask: str) -> T:
+        """Ask until ``parse`` accepts a reply (at most 1 + max_invalid_retries requests); what
+        ``parse`` returns. A rejected reply is sent back with the error, so the model can fix it."""
+        config = self.annotator.config
+        error = ""
+        for _ in range(config.max_invalid_retries + 1):
+            text = await self.request(messages, prompt_version, model, name)
+            try:
+                return parse(text)
+            except ValueError as exc:
+                error = _short_error(exc)
+                messages = [*messages, {"role": "assistant", "content": text},
+                            {"role": "user", "content": reask.format(error=error)}]
+        raise ReplyRejected(f"{config.max_invalid_retries + 1} replies could not be used; last: {error}")
+
+    async def request(self, messages: list[dict], prompt_version: str, model: type[BaseModel], name: str) -> str:
+        """One chat completion's content: from the cache, or sent (budget permitting) and cached."""
+        annotator, usage = self.annotator, self.annotator.usage
+        key = request_key(model=annotator.model, prompt_version=prompt_version, messages=messages,
+                          schema_hash=schema_hash(model), sampling=annotator._sampling)
+        entry = self.state.cache.get(key)
+        if entry is not None:
+            usage.cached += 1
+        else:
+            if not self.state.budget.acquire():
+                raise BudgetReached()
+            entry = await self._send(key, messages, model, name)
+            self.state.budget.add_tokens(entry.usage.prompt_tokens + entry.usage.completion_tokens)
+            await asyncio.to_thread(self.state.cache.put, key, entry)  # before the reply is used
+        usage.requests += 1
+        usage.prompt_tokens += entry.usage.prompt_tokens
+        usage.completion_tokens += entry.usage.completion_tokens
+        usage.images += entry.images
+        if entry.kind == "error":
+            usage.failed += 1
+            raise LlmError(entry.error or "request failed")
+        return entry.content or ""
+
+    async def _send(self, key: str, messages: list[dict], model: type[BaseModel], name: str) -> CacheEntry:
+        import openai
+
+        from openai.types.chat import ChatCompletion
+
+        config = self.annotator.config
+        body: dict[str, Any] = {"model": self.annotator.model, "messages": messages,
+                                "response_format": response_format(model, name), "temperature": config.temperature}
+        if config.max_tokens is not None:
+            body["max_tokens"] = config.max_tokens
+        images = _count_images(messages)
+        async with self.semaphore:
+            try:
+                # client.post is `chat.completions.create` without its parameter transform, which
+                # walks every message part (and the base64 of every image) in Python: same request,
+                # same retries, timeout and errors, a fraction of the CPU.
+                response = await self.client.post("/chat/completions", cast_to=ChatCompletion, body=body,
+                                                  options={"headers": {KEY_HEADER: key}})
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+                raise StgrError(f"the LLM endpoint refused the API key (HTTP {exc.status_code}): "
+                                f"check OPENAI_API_KEY and OPENAI_BASE_URL") from None
+            except openai.NotFoundError:
+                raise StgrError(f"the LLM endpoint does not know model {self.annotator.model!r} (HTTP 404): "
+                                f"check annotator.model and OPENAI_BASE_URL") from None
+            except openai.APITimeoutError:
+                return CacheEntry(kind="error", images=images, model=self.annotator.model,
+                                  error=f"timed out after {config.timeout:g}s ({config.max_retries} retries)")
+            except openai.APIStatusError as exc:
+                return CacheEntry(kind="error", images=images, model=self.annotator.model,
+                                  error=f"HTTP {exc.status_code} after {config.max_retries} retries: "
+                                        f"{_status_message(exc)}")
+            except openai.APIConnectionError as exc:
+                # No reply at all: not cached, so a later run tries again.
+                raise LlmError(f"cannot reach the LLM endpoint: {type(exc).__name__}") from None
+        choice = response.choices[0] if response.choices else None
+        content = choice.message.content if choice is not None else None
+        used = CachedUsage(prompt_tokens=getattr(response.usage, "prompt_tokens", 0) or 0,
+                           completion_tokens=getattr(response.usage, "completion_tokens", 0) or 0)
+        if content is None:
+            refusal = getattr(choice.message, "refusal", None) if choice is not None else None
+            return CacheEntry(kind="error", usage=used, images=images, model=self.annotator.model,
+                              error=f"empty reply ({'refusal: ' + refusal if refusal else 'no content'})")
+        return CacheEntry(kind="reply", content=content, usage=used, images=images, model=self.annotator.model)
+
+
+def _status_message(exc) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])[:200]
+    return type(exc).__name__
+
+
+def _short_error(exc: Exception) -> str:
+    """A validation error as a few lines the model can act on."""
+    if isinstance(exc, ValidationError):
+        parts = [f"{'.'.join(str(p) for p in err['loc']) or '(reply)'}: {err['msg']}" for err in exc.errors()[:3]]
+        more = f" (and {exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
+        return "the reply does not follow the JSON schema: " + "; ".join(parts) + more
+    return str(exc)
+
+
+def data_url_bytes(url: str) -> bytes:
+    """The bytes of a ``data:`` URL (tests and the dry-run server)."""
+    return base64.b64decode(url.split(";base64,", 1)[1])
+
+
+__all__ = ["BudgetReached", "CotReply", "LlmAnnotator", "SampleView", "parse_reply", "render_trace",
+           "run_state", "sample_view"]

@@ -1,0 +1,365 @@
+"""``stgr serve-llm``: a local OpenAI-compatible server for dry runs and tests.
+
+It answers ``POST /v1/chat/completions`` (text and ``data:`` image parts, ``response_format``
+json_schema) and ``GET /v1/models`` with a deterministic policy that reads the prompt — no
+model behind it:
+
+- the annotation prompt (schema ``stgr_cot_reply``): for each object to ground, the candidate
+  box with that label and the best score, plus the best one on one more frame; a reasoning that
+  cites them (and ``[SPAN]`` when the prompt asks for it);
+- the crop-verification prompt (schema ``crop_verdict``): "yes" when the asked name is the
+  detector's label (and the label is not in ``crop_deny``), else "no".
+
+Faults are injected at ``fault_rate``, evenly spaced, kinds in turn: ``429`` (with ``Retry-After`` and
+``retry-after-ms``), ``500``, ``timeout`` (the reply comes after ``hang_s``, past the client's
+timeout), ``malformed`` (content that is not JSON), ``schema`` (JSON that breaks the schema or
+cites an unknown box). ``GET /stats`` counts requests, per outcome and per request key.
+
+>>> with serve_llm(latency_ms=0) as server:                     # doctest: +SKIP
+...     client = OpenAI(base_url=server.base_url, api_key="x")
+...     server.stats()["total"]
+0
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+FAULT_KINDS = ("429", "500", "timeout", "malformed", "schema")
+MODEL_ID = "stgr-dry-run"
+KEY_HEADER = "X-Stgr-Request-Key"
+
+_CANDIDATE_RE = re.compile(r"^B(\d+): (.+?) \(([\d.]+)\) on frame (\d+)", re.MULTILINE)
+_OBJECTS_RE = re.compile(r"^Objects to ground: (.*)$", re.MULTILINE)
+_CROP_RE = re.compile(r'Is this an? (.+?)\? \(The detector labelled it "(.*?)"\.\)')
+
+
+@dataclass
+class ServerOptions:
+    latency_ms: float = 0.0
+    fault_rate: float = 0.0
+    faults: Sequence[str] = FAULT_KINDS
+    seed: int = 0
+    retry_after_s: float = 0.1
+    hang_s: float = 5.0
+    crop_deny: Sequence[str] = ()
+
+
+@dataclass
+class _Stats:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    total: int = 0
+    by_outcome: Counter = field(default_factory=Counter)
+    by_schema: Counter = field(default_factory=Counter)
+    by_key: Counter = field(default_factory=Counter)
+    ok_keys: set = field(default_factory=set)
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return {"total": self.total, "by_outcome": dict(self.by_outcome), "by_schema": dict(self.by_schema),
+                    "by_key": dict(self.by_key), "ok_keys": sorted(self.ok_keys),
+                    "max_in_flight": self.max_in_flight}
+
+
+# ---------------------------------------------------------------------------------------
+# The policy
+# ---------------------------------------------------------------------------------------
+
+
+def _texts(messages: list[dict], role: str) -> str:
+    out = []
+    for message in messages:
+        if message.get("role") != role:
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            out.append(content)
+        elif isinstance(content, list):
+            out += [part.get("text", "") for part in content if part.get("type") == "text"]
+    return "\n".join(out)
+
+
+def _images(messages: list[dict]) -> int:
+    return sum(1 for m in messages if isinstance(m.get("content"), list)
+               for part in m["content"] if part.get("type") == "image_url")
+
+
+def annotation_reply(user_text: str) -> dict[str, Any]:
+    """The policy's reply to an annotation prompt (the first user message's text)."""
+    cands = [(int(i), label, float(score), int(frame)) for i, label, score, frame in _CANDIDATE_RE.findall(user_text)]
+    objects_line = _OBJECTS_RE.search(user_text)
+    names = [n.strip() for n in objects_line.group(1).split(",")] if objects_line else []
+    names = [n for n in names if n and not n.startswith("(")]
+    picks: list[tuple[int, str, int]] = []  # (candidate id, name, frame)
+    for name in names:
+        having = sorted((c for c in cands if c[1].lower() == name.lower()), key=lambda c: (-c[2], c[0]))
+        if not having:
+            continue
+        best = having[0]
+        picks.append((best[0], name, best[3]))
+        other = [c for c in having if c[3] != best[3]]
+        if other:
+            picks.append((other[0][0], name, other[0][3]))
+    if not picks and cands and not names:
+        best = min(cands, key=lambda c: (-c[2], c[0]))
+        picks.append((best[0], best[1], best[3]))
+    frames: dict[int, list[dict]] = {}
+    for cid, name, frame in picks:
+        if all(b["id"] != cid for b in frames.get(frame, [])):
+            frames.setdefault(frame, []).append({"id": cid, "name": name})
+    sentences = [f"The question is about {', '.join(names) if names else 'what the video shows'}."]
+    for frame in sorted(frames):
+        for box in frames[frame]:
+            sentences.append(f"On frame {frame} the {box['name']} is visible [B{box['id']}].")
+    if "as [SPAN]" in user_text:
+        sentences.append("The event therefore spans [SPAN].")
+    sentences.append("This supports the given answer.")
+    return {"key_frames": [{"frame": f, "boxes": frames[f]} for f in sorted(frames)],
+            "reasoning": " ".join(sentences)}
+
+
+def crop_reply(user_text: str, deny: Sequence[str]) -> dict[str, Any]:
+    match = _CROP_RE.search(user_text)
+    yes = bool(match) and match.group(1).lower() == match.group(2).lower() and match.group(2).lower() not in deny
+    return {"answer": "yes" if yes else "no"}
+
+
+def _broken(schema_name: str, good: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """JSON that violates the schema (or cites a box that was never offered)."""
+    if schema_name == "crop_verdict":
+        return {"answer": "maybe"}
+    if rng.random() < 0.5:
+        return {"key_frames": good["key_frames"]}  # no reasoning
+    return {"key_frames": [{"frame": 1, "boxes": [{"id": 999, "name": "ghost"}]}], "reasoning": "[B999]"}
+
+
+# ---------------------------------------------------------------------------------------
+# HTTP
+# ---------------------------------------------------------------------------------------
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], options: ServerOptions):
+        super().__init__(address, _Handler)
+        self.options = options
+        self.stats = _Stats()
+        self.fault_lock = threading.Lock()
+        self.arrivals = 0
+        self.faulted = 0
+
+    def fault(self) -> str | None:
+        """The fault for the next request, or None. Evenly spaced, not drawn: of every n requests
+        ``round(n * fault_rate)`` are faults, the kinds in turn (``seed`` picks the first), so a
+        build of 25 requests at 0.2 meets every kind, however its requests interleave."""
+        rate, kinds = self.options.fault_rate, list(self.options.faults)
+        if rate <= 0 or not kinds:
+            return None
+        with self.fault_lock:
+            self.arrivals += 1
+            n = self.arrivals
+            if int(n * rate) == int((n - 1) * rate):
+                return None
+            self.faulted += 1
+            return kinds[(self.options.seed + self.faulted - 1) % len(kinds)]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out as separate writes: with Nagle's algorithm on, the body waits for
+    # the client's delayed ACK (~40 ms a reply), which would cap a 200 ms server at 0.8 of its rate.
+    disable_nagle_algorithm = True
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass  # quiet: tests and dry runs read /stats instead
+
+    def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timeout): nothing to do
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+        path = self.path.rstrip("/")
+        if path.endswith("/models"):
+            self._send(200, {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "owned_by": "stgr"}]})
+        elif path.endswith("/stats"):
+            self._send(200, self.server.stats_snapshot())
+        else:
+            self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib name
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        if not self.path.rstrip("/").endswith("/chat/completions"):
+            self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+            return
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            self._send(400, {"error": {"message": "request body is not JSON", "type": "invalid_request_error"}})
+            return
+        stats, options = self.server.stats, self.server.options
+        schema_name = ((body.get("response_format") or {}).get("json_schema") or {}).get("name", "")
+        key = self.headers.get(KEY_HEADER, "")
+        with stats.lock:
+            stats.total += 1
+            stats.by_schema[schema_name or "(none)"] += 1
+            if key:
+                stats.by_key[key] += 1
+            stats.in_flight += 1
+            stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        try:
+            self._complete(body, raw, schema_name, key, options)
+        finally:
+            with stats.lock:
+                stats.in_flight -= 1
+
+    def _complete(self, body: dict, raw: bytes, schema_name: str, key: str, options: ServerOptions) -> None:
+        stats = self.server.stats
+        if options.latency_ms:
+            time.sleep(options.latency_ms / 1000)
+        fault = self.server.fault()
+        outcome = fault or "ok"
+        with stats.lock:
+            stats.by_outcome[outcome] += 1
+        if fault == "429":
+            retry = options.retry_after_s
+            self._send(429, {"error": {"message": "rate limited (injected)", "type": "rate_limit_error"}},
+                       {"Retry-After": f"{retry:g}", "retry-after-ms": str(round(retry * 1000))})
+            return
+        if fault == "500":
+            self._send(500, {"error": {"message": "server error (injected)", "type": "server_error"}})
+            return
+        if fault == "timeout":
+            time.sleep(options.hang_s)
+            self._send(504, {"error": {"message": "timed out (injected)", "type": "timeout"}})
+            return
+        messages = body.get("messages") or []
+        user_text = _texts(messages[:2], "user")  # the first user turn holds the prompt
+        if schema_name == "crop_verdict":
+            good = crop_reply(user_text, [d.lower() for d in options.crop_deny])
+        else:
+            good = annotation_reply(user_text)
+        if fault == "malformed":
+            content = json.dumps(good)[: max(1, len(json.dumps(good)) // 2)]
+        elif fault == "schema":
+            content = json.dumps(_broken(schema_name, good, random.Random(raw)))
+        else:
+            content = json.dumps(good)
+        if outcome == "ok" and key:
+            with stats.lock:
+                stats.ok_keys.add(key)
+        text = _texts(messages, "system") + _texts(messages, "user")
+        prompt_tokens = len(text) // 4 + 85 * _images(messages)
+        completion_tokens = max(1, len(content) // 4)
+        self._send(200, {
+            "id": f"chatcmpl-{stats.total}", "object": "chat.completion", "created": 0,
+            "model": body.get("model", MODEL_ID),
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        })
+
+
+def _stats_snapshot(self: _Server) -> dict[str, Any]:
+    return self.stats.snapshot()
+
+
+_Server.stats_snapshot = _stats_snapshot  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------------------
+# Python API
+# ---------------------------------------------------------------------------------------
+
+
+class DryRunServer:
+    """The server in a background thread: ``base_url`` for ``OPENAI_BASE_URL``, ``stats()``.
+
+    >>> server = DryRunServer(port=0).start()       # doctest: +SKIP
+    >>> server.base_url                              # doctest: +SKIP
+    'http://127.0.0.1:54321/v1'
+    >>> server.stop()                                # doctest: +SKIP
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, **options: Any):
+        self.options = ServerOptions(**options)
+        unknown = set(self.options.faults) - set(FAULT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}: choose from {', '.join(FAULT_KINDS)}")
+        self._server = _Server((host, port), self.options)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def start(self) -> DryRunServer:
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True, name="stgr-serve-llm")
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever(poll_interval=0.2)
+
+    def stats(self) -> dict[str, Any]:
+        """Requests so far: ``total``, ``by_outcome`` (ok, 429, ...), ``by_schema``, ``by_key``
+        (request-cache key -> count), ``ok_keys`` (keys answered with a usable reply),
+        ``max_in_flight``."""
+        return self._server.stats_snapshot()
+
+    def reset_stats(self) -> None:
+        self._server.stats = _Stats()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> DryRunServer:
+        return self if self._thread is not None else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextmanager
+def serve_llm(**options: Any) -> Iterator[DryRunServer]:
+    """Run the dry-run server on 127.0.0.1 (a free port) for the ``with`` block.
+
+    >>> with serve_llm(latency_ms=50, fault_rate=0.2, seed=1) as server:   # doctest: +SKIP
+    ...     os.environ["OPENAI_BASE_URL"] = server.base_url
+    """
+    server = DryRunServer(**options).start()
+    try:
+        yield server
+    finally:
+        server.stop()

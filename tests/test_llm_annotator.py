@@ -1,0 +1,147 @@
+"""The LLM annotator against the shipped server, through the real openai client over HTTP on
+127.0.0.1: structured replies become grammar-exact traces from detector boxes; faults become
+rejects with their reason after bounded retries; replies and errors are cached; the budget
+stops new requests; crop verification drops boxes answered "no"."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stgr_builder.annotate import grammar
+from stgr_builder.annotate.cache import ResponseCache
+from stgr_builder.annotate.llm import BudgetReached, LlmAnnotator
+from stgr_builder.annotate.server import serve_llm
+from stgr_builder.errors import SampleError
+from stgr_builder.models import (
+    AnnotatorConfig, Detection, Frame, RejectCode, SampleWork, SourceObject, SourceSample, Task, VerifyConfig,
+    VideoInfo, sample_id)
+from stgr_builder.verify import verify_work
+
+FRAMES = [(0, 0.0), (10, 1.0), (20, 2.0), (30, 3.0)]
+BOXES = {"dog": [0.1, 0.2, 0.35, 0.6], "cat": [0.55, 0.3, 0.8, 0.7]}
+
+
+@pytest.fixture
+def root(tmp_path):
+    for idx, _ in FRAMES:
+        path = tmp_path / "kfs" / f"f{idx}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((120, 160, 3), 40 + idx, dtype=np.uint8)).save(path)
+    return tmp_path
+
+
+@pytest.fixture
+def env(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key-not-secret")
+
+    def point_at(server):
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    return point_at
+
+
+def work(n: int, names=("dog",), task=Task.SPATIO_TEMPORAL) -> SampleWork:
+    question = f"What does the animal do in clip {n}?"
+    sample = SourceSample(
+        id=sample_id("STR_t", str(n), question), source="STR_t", source_id=str(n), task=task, question=question,
+        answer="It walks." if task is Task.SPATIO_TEMPORAL else "[0.5, 2.5]", video_path="v.mp4", media_root=".",
+        span=[0.5, 2.5] if task is Task.SPATIO_TEMPORAL else None, objects=[SourceObject(name=x) for x in names])
+    frames = [Frame(idx=idx, time=t, path=f"kfs/f{idx}.jpg", width=160, height=120) for idx, t in FRAMES]
+    dets = [Detection(frame_idx=idx, label=name, score=0.5 + idx / 100, box=BOXES[name])
+            for idx, _ in FRAMES for name in BOXES]
+    video = VideoInfo(path="v.mp4", duration=4.0, fps=10, n_frames=40, width=160, height=120, keyframes=[0])
+    return SampleWork(sample=sample, video=video, frames=frames, detections=dets)
+
+
+def annotator(root: Path, run: str = "r1", **options) -> LlmAnnotator:
+    config = AnnotatorConfig(backend="openai", model="stgr-dry-run", prompt="stgr-cot-llm",
+                             **{"timeout": 5.0, "max_retries": 1, "max_invalid_retries": 1, **options})
+    return LlmAnnotator(config, VerifyConfig(), root=root, run=run)
+
+
+def test_structured_replies_become_traces_from_the_chosen_detector_boxes(root, env):
+    works = [work(0), work(1, task=Task.TEMPORAL)]
+    with serve_llm() as server:
+        env(server)
+        llm = annotator(root)
+        results = llm.annotate_batch(works)
+        assert server.stats()["total"] == 2
+    for item, annotation in zip(works, results, strict=True):
+        assert not isinstance(annotation, SampleError), annotation
+        item.annotation = annotation
+        base = {"detector_name": "d", "detector_weights_hash": "h", "build_id": "b"}
+        assert verify_work(item, VerifyConfig(), base) == []
+        # Every box of the trace is a detector box of the named object, inside the span.
+        mentions = grammar.parse_trace(annotation.reasoning).mentions
+        assert mentions and all(m.name == "dog" and list(m.boxes[0]) == BOXES["dog"] for m in mentions)
+        assert all(0.5 <= kf.time <= 2.5 for kf in annotation.key_frames)
+    assert "<t>0.5</t>s to <t>2.5</t>s" in results[1].reasoning  # [SPAN] of the temporal task
+    assert llm.usage.requests == 2 and llm.usage.images == 4 and llm.usage.prompt_tokens > 0
+
+
+def test_rate_limits_are_retried_after_retry_after_then_rejected_and_cached(root, env):
+    with serve_llm(fault_rate=1.0, faults=["429"], retry_after_s=0.2) as server:
+        env(server)
+        started = time.perf_counter()
+        [result] = annotator(root, max_retries=2).annotate_batch([work(0)])
+        elapsed = time.perf_counter() - started
+        assert server.stats()["total"] == 3  # first try + 2 retries
+        assert elapsed >= 0.4  # two waits of Retry-After
+        assert isinstance(result, SampleError) and result.code is RejectCode.LLM_ERROR
+        assert "429" in result.message
+        # The final error is cached: a later run does not pay for it again.
+        [again] = annotator(root, run="r2", max_retries=2).annotate_batch([work(0)])
+        assert server.stats()["total"] == 3
+        assert again.code is RejectCode.LLM_ERROR
+
+
+@pytest.mark.parametrize("fault", ["schema", "malformed"])
+def test_invalid_replies_are_asked_again_a_bounded_number_of_times(root, env, fault):
+    with serve_llm(fault_rate=1.0, faults=[fault]) as server:
+        env(server)
+        [result] = annotator(root, max_invalid_retries=2).annotate_batch([work(0)])
+        assert server.stats()["total"] == 3
+    assert isinstance(result, SampleError) and result.code is RejectCode.LLM_INVALID_REPLY
+    assert "3 replies could not be used" in result.message
+
+
+def test_a_hanging_server_is_a_timeout_reject_not_a_hang(root, env):
+    with serve_llm(fault_rate=1.0, faults=["timeout"], hang_s=3.0) as server:
+        env(server)
+        started = time.perf_counter()
+        [result] = annotator(root, timeout=0.3, max_retries=0).annotate_batch([work(0)])
+        assert time.perf_counter() - started < 2.0
+    assert result.code is RejectCode.LLM_ERROR and "timed out" in result.message
+
+
+def test_the_budget_stops_new_requests_and_a_rerun_pays_only_for_the_rest(root, env):
+    works = [work(n) for n in range(5)]
+    with serve_llm() as server:
+        env(server)
+        with pytest.raises(BudgetReached):
+            annotator(root, budget=2, concurrency=1).annotate_batch(works)
+        assert server.stats()["total"] == 2
+        rerun = annotator(root, run="r2")
+        results = rerun.annotate_batch([work(n) for n in range(5)])
+        assert server.stats()["total"] == 5
+        assert rerun.usage.cached == 2 and rerun.usage.requests == 5
+    assert not any(isinstance(r, SampleError) for r in results)
+    assert len(ResponseCache(root).keys()) == 5
+
+
+def test_crop_verification_drops_boxes_answered_no(root, env):
+    with serve_llm(crop_deny=["cat"]) as server:
+        env(server)
+        both, cat_only = work(0, names=("dog", "cat")), work(1, names=("cat",))
+        results = annotator(root, crop_verify=True).annotate_batch([both, cat_only])
+        by_schema = server.stats()["by_schema"]
+    assert by_schema["crop_verdict"] >= 3
+    kept = results[0]
+    assert {ev.name for ev in kept.evidence} == {"dog"}
+    assert "cat" not in {m.name for m in grammar.parse_trace(kept.reasoning).mentions}
+    assert both.votes == len(kept.evidence)
+    assert results[1].code is RejectCode.CROPS_REJECTED
