@@ -2,7 +2,10 @@
 
     stgr demo [--out DIR] | stgr demo --write-config FILE
     stgr build CONFIG.yaml [--out DIR]
-    stgr audit DIR [--sql QUERY]
+    stgr reannotate DIR --where SQL --prompt NAME [--model M] [--out DIR2]
+    stgr audit DIR [--sql QUERY] [--compare OLD_DIR] [--gallery OUT.html]
+    stgr verify DIR
+    stgr export open-o3 DIR --to DIR2
     stgr serve-llm [--port P] [--latency-ms N] [--fault-rate F]
 
 Exit status 0 on success; non-zero with a one-line reason on failure. Rejected samples are
@@ -38,6 +41,7 @@ def _quiet_orchestrator() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 
 @app.command()
@@ -75,15 +79,78 @@ def demo(
 def audit(
     root: Annotated[Path, typer.Argument(help="dataset folder")],
     sql: Annotated[Optional[str], typer.Option(help="read-only query over the views cot, rl, rejects")] = None,
+    compare: Annotated[Optional[Path], typer.Option(
+        help="an earlier version to compare with (default: the version's parent, when it has one)")] = None,
+    gallery: Annotated[Optional[Path], typer.Option(help="write an HTML gallery of sampled rows here")] = None,
+    n: Annotated[int, typer.Option(help="rows in the gallery")] = 24,
+    where: Annotated[Optional[str], typer.Option(help="gallery: only rows this SQL predicate selects")] = None,
+    embed: Annotated[bool, typer.Option(help="gallery: embed the images in the page")] = False,
 ) -> None:
-    """The canned audit summary, or any read-only query over the shards."""
+    """The canned audit summary (and the comparison with the parent version), any read-only
+    query over the shards, or an HTML gallery of sampled rows."""
     from stgr_builder.audit import query
 
-    if sql is None:
-        _print_audit(root)
+    if gallery is not None:
+        from stgr_builder.audit.gallery import write_gallery
+
+        shown = write_gallery(root, gallery, n=n, where=where, embed=embed)
+        console.print(f"wrote {gallery} ({shown} rows)")
         return
-    table = query(root, sql)
-    _print_table("query", table.columns, table.rows)
+    if sql is not None:
+        table = query(root, sql)
+        _print_table("query", table.columns, table.rows)
+        return
+    _print_audit(root)
+    _print_comparison(root, compare)
+
+
+@app.command()
+def reannotate(
+    root: Annotated[Path, typer.Argument(help="dataset folder (a finished build or version)")],
+    where: Annotated[str, typer.Option(help="SQL predicate over the rows (views cot, rl) selecting what to redo")],
+    prompt: Annotated[str, typer.Option(help="prompt name under prompts/ (or a .yaml path)")],
+    model: Annotated[Optional[str], typer.Option(help="annotator model (LLM prompts)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="the new version's folder; default DIR-v2, -v3, ...")] = None,
+) -> None:
+    """Re-annotate the rows a SQL predicate selects; write a new version beside the old one."""
+    _quiet_orchestrator()
+    from stgr_builder.reannotate import reannotate as run
+
+    target, manifest = run(root, where=where, prompt=prompt, model=model, out=out)
+    console.print(f"[bold green]re-annotated[/] {manifest.reannotation.selected} rows of {root} "
+                  f"into {target} (build {manifest.build_id})")
+    if not manifest.complete:
+        console.print(f"[bold yellow]{manifest.pending} samples left for the next run (budget reached)[/]")
+    _print_comparison(target, None)
+
+
+@app.command("verify")
+def verify_cmd(root: Annotated[Path, typer.Argument(help="dataset folder")]) -> None:
+    """Check a dataset folder against its manifest: files, checksums, row counts, key frames."""
+    from stgr_builder.shards.check import verify_dataset
+
+    problems = verify_dataset(root)
+    if problems:
+        for problem in problems:
+            err_console.print(f"  {problem}", markup=False, highlight=False, soft_wrap=True)
+        raise StgrError(f"{root}: {len(problems)} problems (first: {problems[0]})")
+    console.print(f"[bold green]ok[/] {root} matches its manifest")
+
+
+export_app = typer.Typer(no_args_is_help=True, help="Write a dataset in another project's layout.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("open-o3")
+def export_open_o3(
+    root: Annotated[Path, typer.Argument(help="dataset folder")],
+    to: Annotated[Path, typer.Option(help="target folder (json_data/ and videos/.../kfs/ are written in it)")],
+) -> None:
+    """The released Open-o3 Video training code's JSON files and key-frame layout."""
+    from stgr_builder.shards.export import export_open_o3 as run
+
+    written = run(root, to)
+    console.print(f"wrote {to}: " + ", ".join(f"{name} {count} rows" for name, count in written.items()))
 
 
 @app.command("serve-llm")
@@ -168,8 +235,24 @@ def _watch_progress(out: Path, stop: threading.Event) -> None:
 
 def _print_audit(root: Path) -> None:
     from stgr_builder.audit import summary
+    from stgr_builder.audit.compare import distributions
 
-    for table in summary(root):
+    for table in summary(root) + distributions(root):
+        _print_table(table.title, table.columns, table.rows)
+
+
+def _print_comparison(root: Path, old: Optional[Path]) -> None:
+    """The version comparison: with ``old``, or with the version's parent when it has one."""
+    from stgr_builder.audit.compare import compare
+    from stgr_builder.shards.writer import load_manifest
+
+    if old is None:
+        try:
+            if load_manifest(root).parent is None:
+                return
+        except StgrError:
+            return
+    for table in compare(root, old):
         _print_table(table.title, table.columns, table.rows)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from enum import Enum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -153,6 +153,8 @@ class SourceSample(_Record):
     caption: str | None = Field(None, description="source annotation text the annotator may use")
     datasets: list[DatasetName] = Field(default_factory=lambda: [DatasetName.COT, DatasetName.RL])
     origin: str = Field("", description="file:line the item came from, for error messages")
+    gold_evidence: bool = Field(
+        False, description="the objects' gold boxes are offered as evidence at frames at their times (detect/gold.py)")
 
     @model_validator(mode="after")
     def _one_media(self) -> SourceSample:
@@ -198,6 +200,7 @@ class Detection(_Record):
     label: str
     score: float = Field(ge=0, le=1)
     box: Box
+    gold: bool = Field(False, description="a source's gold box offered as evidence (detect/gold.py), not a detector output")
 
 
 class Evidence(_Record):
@@ -288,6 +291,8 @@ class Provenance(_Record):
         None, description="mean IoU of chosen boxes against the source's gold boxes, where the source has them")
     detector_score: float | None = Field(None, description="mean detector confidence of the chosen boxes")
     verifier_votes: int | None = Field(None, description="crop-verifier yes votes, when that check ran")
+    replaces: str | None = Field(
+        None, description="re-annotated rows: the build_id of the row version this row replaces")
 
 
 class _RowBase(_Record):
@@ -328,13 +333,15 @@ class StepStats(_Record):
     kept: int = 0
     rejected: dict[str, int] = Field(default_factory=dict, description="reject code -> count")
     seconds: float = 0.0
+    resumed: int = Field(0, description="of the samples seen, those whose result came from the stage store")
 
     def merge(self, other: StepStats) -> StepStats:
         rejected = dict(self.rejected)
         for code, count in other.rejected.items():
             rejected[code] = rejected.get(code, 0) + count
         return StepStats(step=self.step, seen=self.seen + other.seen, kept=self.kept + other.kept,
-                         rejected=rejected, seconds=self.seconds + other.seconds)
+                         rejected=rejected, seconds=self.seconds + other.seconds,
+                         resumed=self.resumed + other.resumed)
 
 
 class ShardPlan(_Record):
@@ -392,6 +399,7 @@ class ShardResult(_Record):
     stats: list[StepStats]
     complete: bool = True
     llm: LlmUsage | None = Field(None, description="LLM requests of this shard (openai backend)")
+    build_id: str | None = Field(None, description="the build that wrote the shard; another build rewrites it")
 
 
 class Manifest(_Record):
@@ -407,6 +415,28 @@ class Manifest(_Record):
     complete: bool = Field(True, description="false while samples are left for the next run (LLM budget reached)")
     pending: int = Field(0, description="samples of unfinished shards, left for the next run")
     llm: LlmUsage | None = Field(None, description="LLM requests and tokens, summed over the shards")
+    config_dir: str | None = Field(
+        None, description="absolute folder the config's relative paths were resolved against (re-annotation "
+                          "reads the sources from there)")
+    parent: ParentRef | None = Field(None, description="the version this one was derived from (re-annotation)")
+    reannotation: Reannotation | None = Field(None, description="what re-annotation made this version")
+
+
+class ParentRef(_Record):
+    """The dataset version a re-annotated version was derived from."""
+
+    path: str = Field(description="the parent's dataset folder (absolute)")
+    build_id: str
+    manifest_sha256: str = Field(description="sha256 of the parent's manifest.json when this version was made")
+
+
+class Reannotation(_Record):
+    """How a version was made from its parent: which rows, with which prompt and model."""
+
+    where: str = Field(description="the SQL predicate that selected the rows")
+    prompt: PromptRef
+    model: str
+    selected: int = Field(description="rows (ids) selected and re-annotated")
 
 
 # ---------------------------------------------------------------------------------------
@@ -438,6 +468,13 @@ class SourceConfig(_Config):
     filters: FilterConfig = Field(default_factory=FilterConfig)
     datasets: list[DatasetName] = Field(default_factory=lambda: [DatasetName.COT, DatasetName.RL])
     limit: int | None = Field(None, ge=1, description="take at most this many items")
+    gold_evidence: bool = Field(
+        True, description="sources with boxes (hcstvg, plm_rdcap, videoespresso, gqa, visual_cot): their boxes are "
+        "the evidence, at frames sampled at the boxes' times; the detector still runs and "
+        "provenance.detector_agreement_iou measures it against them")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="adapter options, validated by the adapter (unknown keys are errors); "
+        "see the README's Sources section")
 
 
 class SamplerConfig(_Config):
@@ -453,11 +490,20 @@ class SamplerConfig(_Config):
 
 
 class DetectorConfig(_Config):
-    backend: Literal["ultralytics"] = "ultralytics"
+    backend: Literal["ultralytics", "groundingdino"] = "ultralytics"
     weights: str = Field(
         "builtin:stgr-demo-yolo11n",
-        description="a .pt path (relative to the config file), or builtin:NAME for a shipped model")
-    conf: float = Field(0.25, ge=0, le=1)
+        description="a .pt path (relative to the config file), or builtin:NAME for a shipped model; groundingdino: "
+        "the IDEA .pth checkpoint (format idea) or a Hugging Face model folder (format hf)")
+    format: Literal["idea", "hf"] = Field(
+        "idea", description="groundingdino checkpoint format: idea (groundingdino-py) or hf (transformers)")
+    model_config_file: str | None = Field(
+        None, description="groundingdino idea: the model's config .py (e.g. GroundingDINO_SwinT_OGC.py)")
+    text_encoder: str | None = Field(
+        None, description="groundingdino idea: a local BERT folder (config, weights, vocab.txt) replacing "
+        "text_encoder_type, so nothing is fetched")
+    text_threshold: float = Field(0.25, ge=0, le=1, description="groundingdino: least phrase-token score of a box")
+    conf: float = Field(0.25, ge=0, le=1, description="least box score (groundingdino: the box threshold)")
     iou: float = Field(0.5, ge=0, le=1)
     imgsz: int = Field(320, ge=32)
     batch: int = Field(16, ge=1)
@@ -494,7 +540,12 @@ class VerifyConfig(_Config):
 
 class ShardingConfig(_Config):
     samples_per_shard: int = Field(64, ge=1)
-    workers: int = Field(2, ge=1, description="shard tasks in flight on the thread runner")
+    workers: int = Field(2, ge=1, description="shard tasks in flight (threads, or LocalCluster worker processes)")
+    runner: Literal["thread", "dask"] = Field(
+        "thread", description="thread: a bounded thread pool in this process; dask: prefect-dask's DaskTaskRunner")
+    dask_address: str | None = Field(
+        None, description="scheduler address of an existing Dask cluster (tcp://host:8786); "
+                          "None with runner dask: a LocalCluster of `workers` processes")
 
 
 class BuildConfig(_Config):
@@ -511,6 +562,7 @@ class BuildConfig(_Config):
 
 
 SampleWork.model_rebuild()
+Manifest.model_rebuild()
 
 #: Models whose JSON Schemas are exported to schemas/ (tests fail when one is stale).
 SCHEMA_MODELS: dict[str, type[BaseModel]] = {

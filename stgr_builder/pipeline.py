@@ -26,10 +26,11 @@ from stgr_builder.annotate.llm import BudgetReached
 from stgr_builder.detect import DetectStep, make_detector
 from stgr_builder.errors import StgrError
 from stgr_builder.models import (
-    BuildConfig, BuildPlan, LlmUsage, Manifest, Reject, SampleWork, ShardPlan, ShardResult)
+    BuildConfig, BuildPlan, LlmUsage, Manifest, Reject, SampleWork, ShardPlan, ShardResult, Stage)
 from stgr_builder.shards.writer import (
     config_hash, finished_shard, write_manifest, write_plan_record, write_shard)
 from stgr_builder.sources import ingest
+from stgr_builder.stages import StageStore, stored_steps
 from stgr_builder.steps import Step, run_steps
 from stgr_builder.verify.steps import VerifyStep
 from stgr_builder.video.frames import FrameStore
@@ -46,6 +47,11 @@ class BuildContext:
     # Tells this run (one `context` call) from a later one: scopes the LLM budget, which is per
     # run. Never written anywhere, so outputs stay independent of it.
     run: str = field(default_factory=lambda: uuid.uuid4().hex, compare=False)
+    # Dataset folders whose stage store this build may read (a re-annotated version reads its
+    # parent's frames and detections); results are written under ``out`` only.
+    stage_parents: tuple[Path, ...] = ()
+    # Mixed into the build id when set: a re-annotated version gets its own id (lineage).
+    salt: str = ""
 
     @property
     def build_id(self) -> str:
@@ -54,12 +60,13 @@ class BuildContext:
         concurrency, budgets, timeouts) are left out, so changing them between runs of one
         build keeps one id."""
         settings = self.config.model_dump(mode="json", exclude=_PACING_SETTINGS)
-        return hashlib.sha256(f"{config_hash(settings)}:{__version__}".encode()).hexdigest()[:12]
+        salt = f":{self.salt}" if self.salt else ""
+        return hashlib.sha256(f"{config_hash(settings)}:{__version__}{salt}".encode()).hexdigest()[:12]
 
 
 _PACING_SETTINGS = {
     "annotator": {"concurrency", "budget", "budget_tokens", "timeout", "max_retries"},
-    "sharding": {"workers"},
+    "sharding": {"workers", "runner", "dask_address"},
 }
 
 
@@ -110,10 +117,10 @@ def shard_of(item_id: str, n_shards: int) -> int:
 
 def run_shard(ctx: BuildContext, shard: ShardPlan) -> ShardResult:
     """Run every per-sample stage over one shard and write its files; skip it if done."""
-    done = finished_shard(ctx.out, shard.shard, shard.item_ids)
+    done = finished_shard(ctx.out, shard.shard, shard.item_ids, ctx.build_id)
     if done is not None:
         return done
-    steps = _shard_steps(ctx)
+    steps = shard_steps(ctx)
     try:
         items = run_steps((SampleWork(sample=sample) for sample in shard.samples), steps)
     except BudgetReached:
@@ -128,7 +135,7 @@ def run_shard(ctx: BuildContext, shard: ShardPlan) -> ShardResult:
         cot_rows=[work.cot_row for work in passed if work.cot_row is not None],
         rl_rows=[work.rl_row for work in passed if work.rl_row is not None],
         rejects=rejects, sample_ids=shard.item_ids, stats=[step.stats for step in steps],
-        llm=_llm_usage(steps))
+        llm=_llm_usage(steps), build_id=ctx.build_id)
 
 
 def _llm_usage(steps: list[Step]) -> LlmUsage | None:
@@ -140,19 +147,32 @@ def _llm_usage(steps: list[Step]) -> LlmUsage | None:
     return total
 
 
-def _shard_steps(ctx: BuildContext) -> list[Step]:
+def shard_steps(ctx: BuildContext) -> list[Step]:
+    """The per-sample steps of a shard, each expensive one wrapped in the stage store
+    (``stgr_builder/stages.py``) so a resumed shard runs only the samples it lacks."""
     config = ctx.config
     detector = make_detector(config.detector, ctx.config_dir)
     annotator = make_annotator(config.annotator, config.verify, root=ctx.out, run=ctx.run)
     provenance = {"detector_name": detector.name, "detector_weights_hash": detector.weights_hash,
                   "build_id": ctx.build_id}
-    return [
-        ProbeStep({source.name: source.filters for source in config.sources}),
+    filters = {source.name: source.filters for source in config.sources}
+    steps: list[Step] = [
+        ProbeStep(filters),
         SampleStep(config.sampler, FrameStore(ctx.out, config.sampler.jpeg_quality)),
         DetectStep(detector, ctx.out, batch_size=config.detector.batch),
         AnnotateStep(annotator),
         VerifyStep(config.verify, provenance),
     ]
+    prompts = getattr(annotator, "prompts", [annotator.prompt])
+    fingerprints = {
+        Stage.PROBE: {name: f.model_dump(mode="json") for name, f in filters.items()},
+        Stage.SAMPLE: config.sampler.model_dump(mode="json"),
+        Stage.DETECT: [config.detector.model_dump(mode="json", exclude={"batch"}), detector.name,
+                       detector.weights_hash],
+        Stage.ANNOTATE: [config.annotator.model_dump(mode="json", exclude=_PACING_SETTINGS["annotator"]),
+                         [p.model_dump(mode="json") for p in prompts], config.verify.model_dump(mode="json")],
+    }
+    return stored_steps(steps, StageStore(ctx.out, ctx.stage_parents), fingerprints, root=ctx.out)
 
 
 def finalize(ctx: BuildContext, build_plan: BuildPlan, results: list[ShardResult]) -> Manifest:
@@ -164,7 +184,7 @@ def finalize(ctx: BuildContext, build_plan: BuildPlan, results: list[ShardResult
         config=ctx.config.model_dump(mode="json"), prompts=getattr(annotator, "prompts", [annotator.prompt]),
         detector={"name": detector.name, "weights": ctx.config.detector.weights,
                   "weights_hash": detector.weights_hash},
-        results=results, ingest=build_plan.ingest)
+        results=results, ingest=build_plan.ingest, config_dir=str(ctx.config_dir))
 
 
 def build(config_path: Path, out: Path) -> Manifest:

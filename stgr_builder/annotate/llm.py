@@ -49,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stgr_builder.annotate import grammar
 from stgr_builder.annotate.base import image_size
+from stgr_builder.detect.gold import evidence_detections
 from stgr_builder.annotate.cache import CacheEntry, CachedUsage, ResponseCache, canonical_json, request_key
 from stgr_builder.annotate.prompts import load_prompt
 from stgr_builder.annotate.template import _object_names, _trace_span
@@ -254,7 +255,8 @@ def sample_view(work: SampleWork, *, max_per_frame: int, max_area: float) -> Sam
         frames = [f for f in frames if eligible[0] <= f.time <= eligible[1]]
     candidates: dict[int, Candidate] = {}
     for number, frame in enumerate(frames, start=1):
-        dets = sorted((d for d in work.detections if d.frame_idx == frame.idx and _usable(d, max_area)),
+        dets = sorted((d for d in evidence_detections(work.detections)
+                       if d.frame_idx == frame.idx and _usable(d, max_area)),
                       key=lambda d: (-d.score, d.label, d.box))
         seen: set[tuple] = set()
         for det in dets:

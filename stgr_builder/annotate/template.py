@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from stgr_builder.annotate import grammar
 from stgr_builder.annotate.base import image_size
 from stgr_builder.annotate.prompts import Prompt, load_prompt
+from stgr_builder.detect.gold import evidence_detections
 from stgr_builder.errors import SampleError, StgrError
 from stgr_builder.models import Annotation, Detection, Evidence, Frame, RejectCode, SampleWork, Task
 
@@ -145,7 +146,7 @@ class TemplateAnnotator:
         out = []
         for frame in frames:
             by_name: dict[str, list[Detection]] = {}
-            for det in work.detections:
+            for det in evidence_detections(work.detections):  # gold boxes win (detect/gold.py)
                 if det.frame_idx == frame.idx and det.label in wanted and self._usable(det):
                     by_name.setdefault(det.label, []).append(det)
             if by_name:

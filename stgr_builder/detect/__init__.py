@@ -21,4 +21,8 @@ def make_detector(config: DetectorConfig, config_dir: Path) -> Detector:
         from stgr_builder.detect.yolo import UltralyticsDetector
 
         return UltralyticsDetector(config, config_dir)
+    if config.backend == "groundingdino":
+        from stgr_builder.detect.groundingdino import GroundingDinoDetector
+
+        return GroundingDinoDetector(config, config_dir)
     raise StgrError(f"unknown detector backend {config.backend!r}")

@@ -11,6 +11,7 @@ import hashlib
 from pathlib import Path
 from typing import Protocol
 
+from stgr_builder.detect.gold import gold_detections
 from stgr_builder.models import Detection, SampleWork, Stage
 from stgr_builder.steps import Step
 
@@ -28,7 +29,8 @@ class Detector(Protocol):
     def detect(self, images: list[Path], phrases: list[str] | None = None) -> list[list[Detection]]:
         """Detections per image, in input order; ``frame_idx`` is left 0 (the step sets it).
 
-        ``phrases``: object phrases for open-vocabulary backends; closed-set ones ignore it.
+        ``phrases``: object phrases for open-vocabulary backends; closed-set ones ignore it
+        (and set ``uses_phrases = False``, so the step sends all frames in one call).
         """
         ...
 
@@ -58,14 +60,26 @@ class DetectStep(Step):
         self.batch_size = batch_size
 
     def process_batch(self, batch: list[SampleWork]) -> list[SampleWork]:
-        paths = sorted({frame.path for work in batch for frame in work.frames})
-        phrases = sorted({obj.name for work in batch for obj in work.sample.objects})
-        found = self.detector.detect([self.root / path for path in paths], phrases=phrases or None)
-        by_path = dict(zip(paths, found, strict=True))
+        # Each frame is prompted with the object phrases of the samples that use it (open-
+        # vocabulary backends: phrases of other videos would only compete for its boxes);
+        # frames with the same phrases go to the detector together.
+        wanted: dict[str, set[str]] = {}
+        for work in batch:
+            for frame in work.frames:
+                wanted.setdefault(frame.path, set()).update(obj.name for obj in work.sample.objects)
+        if not getattr(self.detector, "uses_phrases", True):  # closed-set: one batch, phrases unused
+            wanted = {path: set() for path in wanted}
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for path in sorted(wanted):
+            groups.setdefault(tuple(sorted(wanted[path])), []).append(path)
+        by_path = {}
+        for phrases, paths in groups.items():
+            found = self.detector.detect([self.root / path for path in paths], phrases=list(phrases) or None)
+            by_path.update(zip(paths, found, strict=True))
         for work in batch:
             work.detections = [
                 detection.model_copy(update={"frame_idx": frame.idx})
                 for frame in work.frames
                 for detection in by_path[frame.path]
-            ]
+            ] + gold_detections(work)  # the source's own boxes, when it has them (detect/gold.py)
         return batch

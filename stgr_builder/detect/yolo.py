@@ -66,6 +66,8 @@ class UltralyticsDetector:
     'car'
     """
 
+    uses_phrases = False  # closed-set: DetectStep batches all frames together
+
     def __init__(self, config: DetectorConfig, config_dir: Path):
         self.config = config
         self.weights = resolve_weights(config.weights, config_dir)

@@ -128,7 +128,17 @@ def _atomic_write_text(path: Path, text: str) -> str:
 
 
 def _write_parquet(path: Path, table: pa.Table) -> str:
-    return _atomic_write(path, lambda temp: pq.write_table(table, temp, compression=COMPRESSION))
+    return _atomic_write(path, lambda temp: _parquet(table, temp))
+
+
+def _parquet(table: pa.Table, path: Path) -> None:
+    if table.num_rows:
+        pq.write_table(table, path, compression=COMPRESSION)
+        return
+    # An empty shard gets no row group at all: `pq.write_table` would write one of 0 rows,
+    # which `datasets.load_dataset("parquet")` refuses ("BatchSize must be greater than 0").
+    with pq.ParquetWriter(path, table.schema, compression=COMPRESSION):
+        pass
 
 
 def clean_temp_files(root: Path) -> list[Path]:
@@ -194,6 +204,7 @@ def write_shard(
     sample_ids: list[str],
     stats: list[StepStats],
     llm: LlmUsage | None = None,
+    build_id: str | None = None,
 ) -> ShardResult:
     """Write one shard's three Parquet files, then its completion record, all atomically.
 
@@ -217,7 +228,7 @@ def write_shard(
         "rejects": sorted(rejects, key=lambda r: (r.id, r.stage.value, r.code.value, r.message)),
     }
     files = [_write_dataset_file(root, dataset, shard, rows) for dataset, rows in ordered.items()]
-    result = ShardResult(shard=shard, sample_ids=ids, files=files, stats=stats, llm=llm)
+    result = ShardResult(shard=shard, sample_ids=ids, files=files, stats=stats, llm=llm, build_id=build_id)
     text = result.model_dump_json(indent=2)
     assert_no_secrets(text, where=f"the record of shard {shard}")
     _atomic_write_text(record_path(root, shard), text)
@@ -255,11 +266,13 @@ def read_shard_result(root: Path, shard: int) -> ShardResult | None:
         return None
 
 
-def finished_shard(root: Path, shard: int, sample_ids: list[str]) -> ShardResult | None:
+def finished_shard(root: Path, shard: int, sample_ids: list[str], build_id: str | None = None) -> ShardResult | None:
     """The shard's result if it is done for exactly these samples, else None (so: rewrite it).
 
-    Done means: the record exists, lists the same sample ids, names one file per dataset,
-    and every file is present with the recorded sha256.
+    Done means: the record exists, lists the same sample ids (and, when ``build_id`` is
+    given, was written by that build: a changed config rewrites the shard, from the stage
+    store where the change left stages untouched), names one file per dataset, and every
+    file is present with the recorded sha256.
 
     >>> finished_shard(Path("out"), 0, ids)  # doctest: +SKIP
     ShardResult(shard=0, sample_ids=[...], files=[...], stats=[...])
@@ -269,6 +282,8 @@ def finished_shard(root: Path, shard: int, sample_ids: list[str]) -> ShardResult
     root = Path(root)
     result = read_shard_result(root, shard)
     if result is None or result.shard != shard or result.sample_ids != sorted(sample_ids):
+        return None
+    if build_id is not None and result.build_id != build_id:
         return None
     expected = {shard_path(root, dataset, shard).relative_to(root).as_posix() for dataset in DATASETS}
     if sorted(f.path for f in result.files) != sorted(expected):
@@ -331,8 +346,10 @@ def write_manifest(
     results: list[ShardResult],
     ingest: StepStats | None = None,
     prune: bool = True,
+    **extra,
 ) -> Manifest:
     """Write ``manifest.json`` for the shards in ``results`` (atomically) and return it.
+    ``extra``: further ``Manifest`` fields (``config_dir``, ``parent``, ``reannotation``).
 
     With ``prune`` (the default) call it once, after every shard task has finished: it also
     removes stray temp files and any shard file or record whose shard is not in ``results``
@@ -361,7 +378,7 @@ def write_manifest(
         counts=_counts(results), shards=files,
         stats=([ingest] if ingest is not None else []) + merge_stats(results),
         complete=not unfinished, pending=sum(len(r.sample_ids) for r in unfinished),
-        llm=_sum_llm(results + unfinished),
+        llm=_sum_llm(results + unfinished), **extra,
     )
     text = manifest.model_dump_json(indent=2)
     assert_no_secrets(text, where=MANIFEST)

@@ -78,6 +78,7 @@ class AdapterContext:
     source: SourceConfig
     path: Path  # the annotation file, resolved
     media_root: Path  # absolute
+    seed: int = 0  # the build's seed, for anything an adapter draws at random (MCQ distractor order)
 
     def origin(self, line: int | str) -> str:
         """``file:line`` as the config names the file, so it reads the same on every machine."""
@@ -134,7 +135,7 @@ def iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
 # ---------------------------------------------------------------------------------------
 
 
-def _context(source: SourceConfig, config_dir: Path) -> AdapterContext:
+def _context(source: SourceConfig, config_dir: Path, seed: int = 0) -> AdapterContext:
     path = (config_dir / source.path).expanduser()
     if not path.is_file():
         raise StgrError(f"source {source.name!r}: annotation file not found: {path} "
@@ -143,7 +144,7 @@ def _context(source: SourceConfig, config_dir: Path) -> AdapterContext:
     if not media_root.is_dir():
         raise StgrError(f"source {source.name!r}: media_root is not a folder: {media_root} "
                         "(paths in the config are relative to the config file's folder)")
-    return AdapterContext(source=source, path=path.resolve(), media_root=media_root.resolve())
+    return AdapterContext(source=source, path=path.resolve(), media_root=media_root.resolve(), seed=seed)
 
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -190,7 +191,7 @@ def ingest(config: BuildConfig, config_dir: Path) -> tuple[list[SourceSample], l
     >>> samples, rejects, stats = ingest(BuildConfig.model_validate(yaml.safe_load(text)), Path("."))  # doctest: +SKIP
     """
     started = time.perf_counter()
-    contexts = [_context(source, Path(config_dir)) for source in config.sources]  # fail before any work
+    contexts = [_context(source, Path(config_dir), config.seed) for source in config.sources]  # fail before any work
     kept: dict[str, SourceSample] = {}
     by_media: dict[tuple[str, str], SourceSample] = {}
     rejects: list[Reject] = []

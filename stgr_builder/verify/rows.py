@@ -92,6 +92,15 @@ def agreement_iou(sample: SourceSample, evidence: list[Evidence]) -> float | Non
     return fmean(ious) if ious else None
 
 
+def _agreement(work: SampleWork, evidence: list[Evidence]) -> float | None:
+    """Gold evidence is measured against the detector's boxes (detect/gold.py); detector
+    evidence against the source's gold boxes."""
+    from stgr_builder.detect.gold import detector_agreement
+
+    measured = detector_agreement(work, evidence)
+    return measured if measured is not None else agreement_iou(work.sample, evidence)
+
+
 def _provenance(work: SampleWork, base: dict) -> Provenance:
     annotation = work.annotation
     evidence = annotation.evidence
@@ -101,7 +110,7 @@ def _provenance(work: SampleWork, base: dict) -> Provenance:
         "prompt_version": annotation.prompt.version,
         "annotator_model": annotation.model,
         "detector_score": fmean(ev.score for ev in evidence) if evidence else None,
-        "detector_agreement_iou": agreement_iou(work.sample, evidence),
+        "detector_agreement_iou": _agreement(work, evidence),
         "verifier_votes": work.votes,
     })
 

@@ -70,8 +70,12 @@ def frames_in_span(info: VideoInfo, start: float, end: float) -> range:
     return range(first, last + 1)
 
 
-def plan_frames(info: VideoInfo, config: SamplerConfig, span: Sequence[float] | None = None) -> FramePlan:
+def plan_frames(info: VideoInfo, config: SamplerConfig, span: Sequence[float] | None = None,
+                extra_times: Sequence[float] = ()) -> FramePlan:
     """Choose the candidate frames of one sample; deterministic, sorted, unique.
+
+    ``extra_times``: the frames shown at these times are always added, beyond ``max_frames``
+    (the times of a source's gold boxes: see ``detect/gold.py``).
 
     The base frames cover the whole video (``uniform``: ``num_frames`` at the centres of
     equal segments; ``fixed_rate``: one every ``1 / fps`` seconds from 0); ``span_frames``
@@ -88,7 +92,17 @@ def plan_frames(info: VideoInfo, config: SamplerConfig, span: Sequence[float] | 
     in_span = _thin(in_span, config.max_frames)
     span_set = set(in_span)
     base = _thin([i for i in base if i not in span_set], config.max_frames - len(in_span))
-    return FramePlan(indices=sorted(span_set.union(base)), in_span=in_span)
+    extra = {frame_at(info, t) for t in extra_times}
+    return FramePlan(indices=sorted(span_set.union(base, extra)), in_span=in_span)
+
+
+def frame_at(info: VideoInfo, t: float) -> int:
+    """The frame shown at time ``t`` on the nominal clock.
+
+    >>> frame_at(VideoInfo(path="v", duration=10, fps=25, n_frames=250, width=2, height=2, keyframes=[0]), 2.0)
+    50
+    """
+    return _index_at(info, t)
 
 
 def plan_decode(keyframes: Sequence[int], indices: Iterable[int]) -> list[GopRead]:

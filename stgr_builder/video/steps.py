@@ -19,6 +19,7 @@ from pathlib import Path, PurePath
 
 import numpy as np
 
+from stgr_builder.detect.gold import gold_times
 from stgr_builder.errors import SampleError
 from stgr_builder.models import (
     FilterConfig, Frame, Reject, RejectCode, SamplerConfig, SampleWork, SourceSample, Stage, Task, VideoInfo,
@@ -123,7 +124,7 @@ class SampleStep(Step):
 
     def _sample_video(self, path: str, works: list[SampleWork]) -> None:
         info = works[0].video
-        plans = [plan_frames(work.video, self.config, work.sample.span) for work in works]
+        plans = [plan_frames(work.video, self.config, work.sample.span, gold_times(work.sample)) for work in works]
         wanted = sorted(set().union(*(plan.indices for plan in plans)))
         frames = self._decode_into_store(Path(path), info, wanted)
         for work, plan in zip(works, plans):

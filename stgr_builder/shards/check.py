@@ -1,0 +1,80 @@
+"""``stgr verify DIR``: hold a dataset folder against its manifest.
+
+Checks, each a line of the report when it fails: the manifest reads and is complete; every
+file it lists exists with its sha256 and its row count; each dataset folder holds no shard
+file the manifest does not list; every key frame a row names exists; the counts add up.
+
+>>> problems = verify_dataset(Path("outputs/demo"))   # doctest: +SKIP
+>>> problems
+[]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from stgr_builder.errors import StgrError
+from stgr_builder.shards.arrow import DATASETS
+from stgr_builder.shards.writer import load_manifest, sha256_file
+
+
+def verify_dataset(root: Path, *, key_frames: bool = True) -> list[str]:
+    """Everything wrong with the dataset folder ``root``, one line each (empty: all good)."""
+    root = Path(root)
+    try:
+        manifest = load_manifest(root)
+    except StgrError as exc:
+        return [str(exc)]
+    problems: list[str] = []
+    if not manifest.complete:
+        problems.append(f"the build is not complete: {manifest.pending} samples pending")
+    listed = {f.path for f in manifest.shards}
+    counts = {dataset: 0 for dataset in DATASETS}
+    broken: set[str] = set()  # datasets with a file already reported (their totals cannot add up)
+    for file in manifest.shards:
+        path = root / file.path
+        dataset = file.path.split("/", 1)[0]
+        if not path.is_file():
+            problems.append(f"{file.path}: missing")
+            broken.add(dataset)
+            continue
+        if sha256_file(path) != file.sha256:
+            problems.append(f"{file.path}: sha256 differs from the manifest")
+            broken.add(dataset)
+            continue
+        rows = pq.ParquetFile(path).metadata.num_rows
+        if rows != file.rows:
+            problems.append(f"{file.path}: {rows} rows, the manifest says {file.rows}")
+        counts[dataset] += rows
+    for dataset in DATASETS:
+        for path in sorted((root / dataset).glob("part-*.parquet")):
+            rel = path.relative_to(root).as_posix()
+            if rel not in listed:
+                problems.append(f"{rel}: not in the manifest")
+        if dataset not in broken and counts[dataset] != manifest.counts.get(dataset, 0):
+            problems.append(f"{dataset}: {counts[dataset]} rows in the files, the manifest counts "
+                            f"{manifest.counts.get(dataset, 0)}")
+    if key_frames and not problems:
+        missing = _missing_key_frames(root, manifest)
+        if missing:
+            problems.append(f"{len(missing)} key-frame files named by rows are missing, e.g. {missing[0]}")
+    return problems
+
+
+def _missing_key_frames(root: Path, manifest) -> list[str]:
+    missing: list[str] = []
+    seen: set[str] = set()
+    for file in manifest.shards:
+        if file.path.startswith("rejects/"):
+            continue
+        table = pq.read_table(root / file.path, columns=["key_frames"])
+        for frames in table.column("key_frames").to_pylist():
+            for frame in frames or []:
+                path = frame["path"]
+                if path not in seen:
+                    seen.add(path)
+                    if not (root / path).is_file():
+                        missing.append(path)
+    return missing

@@ -1,0 +1,267 @@
+"""Per-sample stage results on disk: the store that makes a build resume sample by sample.
+
+Each stage's result for a sample is one small JSON file, addressed by a key that hashes what
+decides the result: the sample (its record and its media file's size and mtime), the stage's
+configuration, the key of the stage before it, and the code version. A resumed shard task
+loads what is stored and runs only the samples that are missing; re-annotation finds the
+frames and detections of its samples here and runs annotate alone.
+
+    <out>/_cache/stages/probe/3f/3f9a...e1.json      {"stage": "probe", "work": {"video": {...}}}
+    <out>/_cache/stages/detect/a0/a07c...42.json     {"stage": "detect", "work": {"detections": [...]}}
+    <out>/_cache/stages/annotate/..                  {"stage": "annotate", "reject": {...}}
+
+The store is wrapped around plain steps (``StoredStep``): the stages themselves know nothing of
+it. Verify and write are pure and cheap; they run again.
+
+>>> store = StageStore(Path("out"))                                             # doctest: +SKIP
+>>> steps = stored_steps(steps, store, fingerprints)                            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections import deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from stgr_builder import __version__
+from stgr_builder.models import LlmUsage, Reject, SampleWork, Stage
+from stgr_builder.steps import Item, Step
+
+STAGES_DIR = Path("_cache") / "stages"
+
+#: What each stored stage adds to a ``SampleWork``: these fields, and nothing else, are saved.
+STAGE_FIELDS: dict[Stage, tuple[str, ...]] = {
+    Stage.PROBE: ("video", "image"),
+    Stage.SAMPLE: ("frames",),
+    Stage.DETECT: ("detections",),
+    Stage.ANNOTATE: ("annotation", "votes"),
+}
+
+
+class StageEntry(BaseModel):
+    """One stored result: the stage's fields of the work, or the reject it ended in."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: Stage
+    work: dict[str, Any] | None = None
+    reject: Reject | None = None
+    llm: LlmUsage | None = None
+
+
+def _digest(*parts: Any) -> str:
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class StageStore:
+    """Stage results by key under ``root/_cache/stages``; reads fall back to ``parents``
+    (an earlier version's dataset folder), writes go to ``root`` only.
+
+    Safe from threads and processes: each file is written under a unique temp name, then
+    renamed; two writers of one key leave one whole file.
+    """
+
+    def __init__(self, root: Path, parents: Iterable[Path] = ()):
+        self.folder = Path(root) / STAGES_DIR
+        self.parents = [Path(p) / STAGES_DIR for p in parents]
+
+    def path(self, stage: Stage, key: str, folder: Path | None = None) -> Path:
+        return (folder or self.folder) / stage.value / key[:2] / f"{key}.json"
+
+    def get(self, stage: Stage, key: str) -> StageEntry | None:
+        for folder in [self.folder, *self.parents]:
+            try:
+                return StageEntry.model_validate_json(self.path(stage, key, folder).read_bytes())
+            except (OSError, ValidationError, ValueError):
+                continue
+        return None
+
+    def put(self, key: str, entry: StageEntry) -> None:
+        path = self.path(entry.stage, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(temp, "wb") as handle:
+                handle.write(entry.model_dump_json(exclude_none=True).encode("utf-8"))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+
+    def count(self, stage: Stage) -> int:
+        """Entries stored for a stage in this folder (tests and audits)."""
+        folder = self.folder / stage.value
+        return len(list(folder.glob("*/*.json"))) if folder.is_dir() else 0
+
+
+def _media_stamp(work: SampleWork) -> list | None:
+    """Size and mtime of the sample's media file: a replaced file gets new keys."""
+    sample = work.sample
+    rel = sample.video_path or sample.image_path
+    try:
+        stat = (Path(sample.media_root) / rel).stat()
+    except (OSError, TypeError):
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+class StoredStep:
+    """A step with its per-sample results in a ``StageStore``.
+
+    Works like the step (an iterable of items in, items out, lazily): samples whose result is
+    stored get it applied and pass on without running the step; the others go through the
+    step in its own batches, and each result is stored as it comes out. The step's stats
+    count both, and ``stats.resumed`` says how many came from the store.
+
+    ``fingerprint`` is everything of the configuration that decides this stage's result.
+    """
+
+    def __init__(self, step: Step, store: StageStore, fingerprint: Any, *, root: Path | None = None):
+        self.step = step
+        self.stage = step.stage
+        self.store = store
+        self.fingerprint = _digest(self.stage.value, fingerprint, __version__)
+        self.root = root
+        self._loaded_llm: LlmUsage | None = None
+        # key of each sample's result at this stage, read by the next stage for its own key
+        self.keys: dict[str, str] = {}
+        self.upstream: StoredStep | None = None
+
+    @property
+    def stats(self):
+        return self.step.stats
+
+    @property
+    def llm_usage(self) -> LlmUsage | None:
+        """The step's LLM usage of this run, plus that of the results loaded from the store
+        (counted as cached: an earlier run paid for them)."""
+        fresh = getattr(self.step, "llm_usage", None)
+        if self._loaded_llm is None:
+            return fresh
+        loaded = self._loaded_llm.model_copy(update={"cached": self._loaded_llm.requests})
+        return loaded.merge(fresh)
+
+    def key(self, work: SampleWork) -> str:
+        sample_id = work.sample.id
+        if self.upstream is not None:
+            base: Any = self.upstream.keys.get(sample_id) or _digest("unkeyed", work.sample.model_dump(mode="json"))
+        else:
+            base = [work.sample.model_dump(mode="json"), _media_stamp(work)]
+        key = _digest(self.fingerprint, base)
+        self.keys[sample_id] = key
+        return key
+
+    def _apply(self, work: SampleWork, entry: StageEntry) -> Item | None:
+        if entry.reject is not None:
+            return entry.reject
+        if entry.work is None:
+            return None
+        try:
+            updated = SampleWork.model_validate({**work.model_dump(), **entry.work})
+        except ValidationError:
+            return None
+        if self.stage is Stage.SAMPLE and self.root is not None:
+            # The frames must still be on disk (a pruned kfs/ means: decode again).
+            if not all((self.root / frame.path).is_file() for frame in updated.frames):
+                return None
+        return updated
+
+    def _count(self, item: Item) -> None:
+        stats = self.step.stats
+        stats.seen += 1
+        stats.resumed += 1
+        if isinstance(item, Reject):
+            stats.rejected[item.code.value] = stats.rejected.get(item.code.value, 0) + 1
+        else:
+            stats.kept += 1
+
+    def _entry(self, item: Item, llm: LlmUsage | None) -> StageEntry | None:
+        if isinstance(item, Reject):
+            if item.stage is not self.stage:
+                return None
+            return StageEntry(stage=self.stage, reject=item, llm=llm)
+        fields = STAGE_FIELDS[self.stage]
+        dumped = item.model_dump(mode="json", include=set(fields))
+        return StageEntry(stage=self.stage, work=dumped, llm=llm)
+
+    def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
+        ready: deque[Item] = deque()
+        pending: dict[str, str] = {}  # sample id -> key, of the samples sent to the step
+
+        def misses() -> Iterator[Item]:
+            for item in items:
+                if isinstance(item, Reject):
+                    ready.append(item)
+                    continue
+                key = self.key(item)
+                entry = self.store.get(self.stage, key)
+                applied = self._apply(item, entry) if entry is not None else None
+                if applied is None:
+                    pending[item.sample.id] = key
+                    yield item
+                    continue
+                self._count(applied)
+                if entry.llm is not None:
+                    self._loaded_llm = entry.llm.merge(self._loaded_llm)
+                ready.append(applied)
+
+        last = _usage_snapshot(self.step)
+        for out in self.step(misses()):
+            while ready:
+                yield ready.popleft()
+            key = pending.pop(out.id if isinstance(out, Reject) else out.sample.id, None)
+            if key is not None:
+                # The LLM usage since the last result belongs to the batch this result came
+                # from; it is stored with the batch's first result, so totals add up exactly.
+                now = _usage_snapshot(self.step)
+                delta = _usage_delta(now, last)
+                last = now
+                entry = self._entry(out, delta)
+                if entry is not None:
+                    self.store.put(key, entry)
+            yield out
+        while ready:
+            yield ready.popleft()
+
+
+def _usage_snapshot(step: Step) -> LlmUsage | None:
+    usage = getattr(step, "llm_usage", None)
+    return usage.model_copy() if usage is not None else None
+
+
+def _usage_delta(now: LlmUsage | None, before: LlmUsage | None) -> LlmUsage | None:
+    if now is None:
+        return None
+    if before is None:
+        return now
+    delta = LlmUsage(**{k: getattr(now, k) - getattr(before, k) for k in type(now).model_fields})
+    return delta if any(getattr(delta, k) for k in type(delta).model_fields) else None
+
+
+def stored_steps(steps: list[Step], store: StageStore, fingerprints: dict[Stage, Any],
+                 root: Path | None = None) -> list:
+    """Wrap the steps whose stage has a fingerprint; chain their keys in order.
+
+    >>> wrapped = stored_steps(steps, StageStore(out), {Stage.PROBE: {...}})  # doctest: +SKIP
+    """
+    wrapped: list = []
+    previous: StoredStep | None = None
+    for step in steps:
+        if step.stage in fingerprints and step.stage in STAGE_FIELDS:
+            stored = StoredStep(step, store, fingerprints[step.stage], root=root)
+            stored.upstream = previous
+            previous = stored
+            wrapped.append(stored)
+        else:
+            wrapped.append(step)
+    return wrapped

@@ -1,0 +1,50 @@
+"""A small demo build shared by the test modules that only read it (built once per session)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+
+from stgr_builder.pipeline import build
+from stgr_builder.sources.demo import generate_demo
+from stgr_builder.sources.demo_config import demo_config
+
+_BUILT: dict[str, tuple[Path, Path]] = {}
+
+
+def write_config(source: Path, name: str = "small", **overrides) -> Path:
+    """demo_config() over a small generated source, with top-level sections updated."""
+    config = demo_config().model_dump(mode="json")
+    for section, values in overrides.items():
+        config[section].update(values)
+    path = source / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def small_source(tmp_path_factory) -> Path:
+    if "source" not in _BUILT:
+        folder = tmp_path_factory.mktemp("small-demo-source")
+        generate_demo(folder, seed=0, n_videos=2, n_images=1)
+        _BUILT["source"] = (folder, folder)
+    return _BUILT["source"][0]
+
+
+def small_build(tmp_path_factory) -> tuple[Path, Path]:
+    """(config, dataset folder) of a template build of the small demo; do not modify it."""
+    if "build" not in _BUILT:
+        config = write_config(small_source(tmp_path_factory))
+        out = tmp_path_factory.mktemp("small-demo") / "out"
+        build(config, out)
+        _BUILT["build"] = (config, out)
+    return _BUILT["build"]
+
+
+def copy_build(tmp_path: Path, tmp_path_factory) -> tuple[Path, Path]:
+    """A private copy of the small build, to modify."""
+    config, out = small_build(tmp_path_factory)
+    target = tmp_path / "out"
+    shutil.copytree(out, target)
+    return config, target
