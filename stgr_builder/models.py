@@ -387,6 +387,11 @@ class LlmUsage(_Record):
             return self.model_copy()
         return LlmUsage(**{k: getattr(self, k) + getattr(other, k) for k in type(self).model_fields})
 
+    def add(self, other: LlmUsage) -> None:
+        """Add ``other`` into this one, in place."""
+        for name in type(self).model_fields:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
 
 class ShardResult(_Record):
     """What one finished shard task wrote; stored beside the shards so a resumed build

@@ -215,37 +215,21 @@ class StoredStep:
                     self._loaded_llm = entry.llm.merge(self._loaded_llm)
                 ready.append(applied)
 
-        last = _usage_snapshot(self.step)
+        usage_of = getattr(self.step, "usage_of", None)
         for out in self.step(misses()):
             while ready:
                 yield ready.popleft()
-            key = pending.pop(out.id if isinstance(out, Reject) else out.sample.id, None)
+            sample_id = out.id if isinstance(out, Reject) else out.sample.id
+            key = pending.pop(sample_id, None)
             if key is not None:
-                # The LLM usage since the last result belongs to the batch this result came
-                # from; it is stored with the batch's first result, so totals add up exactly.
-                now = _usage_snapshot(self.step)
-                delta = _usage_delta(now, last)
-                last = now
-                entry = self._entry(out, delta)
+                # Each result is stored with its own sample's LLM usage: a kill between two
+                # results of one batch then neither loses nor double-counts a reply.
+                entry = self._entry(out, usage_of(sample_id) if usage_of else None)
                 if entry is not None:
                     self.store.put(key, entry)
             yield out
         while ready:
             yield ready.popleft()
-
-
-def _usage_snapshot(step: Step) -> LlmUsage | None:
-    usage = getattr(step, "llm_usage", None)
-    return usage.model_copy() if usage is not None else None
-
-
-def _usage_delta(now: LlmUsage | None, before: LlmUsage | None) -> LlmUsage | None:
-    if now is None:
-        return None
-    if before is None:
-        return now
-    delta = LlmUsage(**{k: getattr(now, k) - getattr(before, k) for k in type(now).model_fields})
-    return delta if any(getattr(delta, k) for k in type(delta).model_fields) else None
 
 
 def stored_steps(steps: list[Step], store: StageStore, fingerprints: dict[Stage, Any],

@@ -67,6 +67,11 @@ class AnnotateStep(Step):
         """The annotator's LLM requests and tokens (``LlmUsage``), or None without an LLM."""
         return getattr(self.annotator, "usage", None)
 
+    def usage_of(self, sample_id: str):
+        """The LLM usage of one sample's requests (taken once), or None without an LLM."""
+        per_sample = getattr(self.annotator, "sample_usage", None)
+        return per_sample.pop(sample_id, None) if per_sample is not None else None
+
     def process(self, work: SampleWork) -> SampleWork:
         work.annotation = self.annotator.annotate(work)
         return work

@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,21 +65,34 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _digest_images(value: Any) -> Any:
-    """``value`` with every ``data:`` URL replaced by the sha256 of the bytes it carries."""
+def image_digest(data: bytes) -> str:
+    """What an image stands for in a request key: ``sha256:`` and the hex sha256 of its bytes."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _digest_images(value: Any, known: Mapping[str, str] | None = None) -> Any:
+    """``value`` with every ``data:`` URL replaced by the sha256 of the bytes it carries
+    (taken from ``known``, data URL to ``image_digest``, when the caller hashed it already)."""
     if isinstance(value, dict):
-        return {k: _digest_images(v) for k, v in value.items()}
+        return {k: _digest_images(v, known) for k, v in value.items()}
     if isinstance(value, list):
-        return [_digest_images(v) for v in value]
+        return [_digest_images(v, known) for v in value]
     if isinstance(value, str) and value.startswith(_DATA_URL_PREFIX) and ";base64," in value:
+        if known:
+            digest = known.get(value)
+            if digest is not None:
+                return digest
         payload = value.split(";base64,", 1)[1]
-        return "sha256:" + hashlib.sha256(base64.b64decode(payload)).hexdigest()
+        return image_digest(base64.b64decode(payload))
     return value
 
 
 def request_key(*, model: str, prompt_version: str, messages: list[dict], schema_hash: str,
-                sampling: dict[str, Any]) -> str:
+                sampling: dict[str, Any], digests: Mapping[str, str] | None = None) -> str:
     """The cache key of one request: sha256 hex over its reply-determining inputs.
+
+    ``digests`` (data URL to ``image_digest`` of its bytes), when given, saves decoding the
+    images it names; the key is the same with or without it.
 
     >>> k = request_key(model="m", prompt_version="p1", messages=[{"role": "user", "content": "hi"}],
     ...                 schema_hash="s1", sampling={"temperature": 0.0})
@@ -86,7 +100,7 @@ def request_key(*, model: str, prompt_version: str, messages: list[dict], schema
     ...                          schema_hash="s1", sampling={"temperature": 0.0})
     (64, False)
     """
-    payload = {"model": model, "prompt_version": prompt_version, "messages": _digest_images(messages),
+    payload = {"model": model, "prompt_version": prompt_version, "messages": _digest_images(messages, digests),
                "schema_hash": schema_hash, "sampling": sampling}
     return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
 

@@ -33,24 +33,26 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import functools
 import hashlib
 import io
 import os
 import re
 import threading
-from collections.abc import Callable, Coroutine
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stgr_builder.annotate import grammar
 from stgr_builder.annotate.base import image_size
 from stgr_builder.detect.gold import evidence_detections
-from stgr_builder.annotate.cache import CacheEntry, CachedUsage, ResponseCache, canonical_json, request_key
+from stgr_builder.annotate.cache import CacheEntry, CachedUsage, ResponseCache, canonical_json, image_digest, request_key
 from stgr_builder.annotate.prompts import load_prompt
 from stgr_builder.annotate.template import _object_names, _trace_span
 from stgr_builder.errors import SampleError, StgrError
@@ -285,21 +287,54 @@ def _base_frame(path: str, max_side: int) -> Image.Image:
     return rgb
 
 
+@functools.cache
+def _label_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    # The font ImageDraw uses when given none; loading it per call is most of a frame's drawing.
+    return ImageFont.load_default()
+
+
 def draw_frame(path: Path, candidates: list[Candidate], max_side: int, quality: int = 85) -> bytes:
     """The frame's JPEG with its candidate boxes drawn and labelled ``B<id>``, downscaled so
     its longer side is at most ``max_side``. Deterministic (its hash is in the cache key)."""
     rgb = _base_frame(str(path), max_side).copy()
     draw = ImageDraw.Draw(rgb)
+    font = _label_font()
     width, height = rgb.size
     for cand in candidates:
         x1, y1, x2, y2 = cand.det.box
         color = _COLORS[cand.id % len(_COLORS)]
         rect = (round(x1 * width), round(y1 * height), round(x2 * width), round(y2 * height))
         draw.rectangle(rect, outline=color, width=2)
-        draw.text((rect[0] + 3, rect[1] + 2), f"B{cand.id}", fill=color)
+        draw.text((rect[0] + 3, rect[1] + 2), f"B{cand.id}", fill=color, font=font)
     buffer = io.BytesIO()
     rgb.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
+
+
+class FrameImages:
+    """Drawn frames as ``(data URL, image_digest)``, memoized (bounded LRU, thread-safe) by
+    frame, size and the candidates drawn on it: the samples of one video share frames and
+    detections, so most of their frames are drawn, encoded and hashed once."""
+
+    def __init__(self, maxsize: int = 512):
+        self.maxsize = maxsize
+        self._items: OrderedDict[tuple, tuple[str, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: Path, candidates: list[Candidate], max_side: int) -> tuple[str, str]:
+        key = (str(path), max_side, tuple((c.id, tuple(c.det.box)) for c in candidates))
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+                return found
+        jpeg = draw_frame(path, candidates, max_side)
+        made = (crops.data_url(jpeg), image_digest(jpeg))
+        with self._lock:
+            self._items[key] = made
+            while len(self._items) > self.maxsize:
+                self._items.popitem(last=False)
+        return made
 
 
 def candidate_lines(view: SampleView) -> str:
@@ -315,6 +350,13 @@ def candidate_lines(view: SampleView) -> str:
 
 def build_messages(view: SampleView, content: LlmPromptContent, root: Path, max_side: int) -> list[dict]:
     """The chat messages of one sample: system, then the user's text and the labelled frames."""
+    return build_request(view, content, root, max_side)[0]
+
+
+def build_request(view: SampleView, content: LlmPromptContent, root: Path, max_side: int,
+                  images: FrameImages | None = None) -> tuple[list[dict], dict[str, str]]:
+    """``build_messages``, and the ``image_digest`` of each image by its data URL (so the request
+    key needs not decode them); frames come from ``images`` when given (memoized)."""
     sample = view.work.sample
     options = "\n".join(f"{grammar.option_letter(i)}. {o}" for i, o in enumerate(sample.options))
     user = content.user.format(
@@ -324,14 +366,20 @@ def build_messages(view: SampleView, content: LlmPromptContent, root: Path, max_
         objects=", ".join(view.names) or "(none named)", candidates=candidate_lines(view),
         span_rule=content.span_rule_temporal if view.temporal else content.span_rule_other)
     parts: list[dict] = [{"type": "text", "text": user}]
+    digests: dict[str, str] = {}
     for number, frame in enumerate(view.frames, start=1):
         on_frame = [c for c in view.candidates.values() if c.frame_no == number]
         time = 0.0 if view.size else frame.time
         parts.append({"type": "text", "text": content.frame.format(
             frame=number, time=grammar.fmt_time(time), boxes=", ".join(f"B{c.id}" for c in on_frame) or "none")})
-        jpeg = draw_frame(root / frame.path, on_frame, max_side)
-        parts.append({"type": "image_url", "image_url": {"url": crops.data_url(jpeg)}})
-    return [{"role": "system", "content": content.system}, {"role": "user", "content": parts}]
+        if images is not None:
+            url, digest = images.get(root / frame.path, on_frame, max_side)
+        else:
+            jpeg = draw_frame(root / frame.path, on_frame, max_side)
+            url, digest = crops.data_url(jpeg), image_digest(jpeg)
+        digests[url] = digest
+        parts.append({"type": "image_url", "image_url": {"url": url}})
+    return [{"role": "system", "content": content.system}, {"role": "user", "content": parts}], digests
 
 
 # ---------------------------------------------------------------------------------------
@@ -524,7 +572,11 @@ class LlmAnnotator:
         # so fewer, larger batches (a default shard is one batch) keep the endpoint busy.
         self.batch_size = max(16 * config.concurrency, 128)
         self.usage = LlmUsage()
+        # Usage per sample id, so a resumed build stores and counts each sample's replies once
+        # (a batch's total cannot be split after the fact); taken by ``usage_of``.
+        self.sample_usage: dict[str, LlmUsage] = {}
         self._sampling = {"temperature": config.temperature, "max_tokens": config.max_tokens}
+        self.images = FrameImages()
 
     # -- public -------------------------------------------------------------------------
 
@@ -552,9 +604,23 @@ class LlmAnnotator:
         from openai import AsyncOpenAI
 
         semaphore = asyncio.Semaphore(self.config.concurrency)
+        # Samples under way (prepared, asking, or asked): enough that a freed request slot finds
+        # the next sample's messages ready, few enough that preparing them (GIL-bound Python,
+        # in threads) does not crowd the event loop that sends and receives the requests.
+        under_way = asyncio.Semaphore(2 * self.config.concurrency + 8)
+
+        async def one(ask: _Asker, work: SampleWork) -> Annotation | SampleError:
+            async with under_way:
+                usage = LlmUsage()
+                _SAMPLE_USAGE.set(usage)  # this task's context: its crop checks share it
+                try:
+                    return await self._one(ask, work)
+                finally:
+                    self.sample_usage[work.sample.id] = usage
+
         async with AsyncOpenAI(max_retries=self.config.max_retries, timeout=self.config.timeout) as client:
             ask = _Asker(client, semaphore, state, self)
-            return await asyncio.gather(*(self._one(ask, work) for work in batch), return_exceptions=True)
+            return await asyncio.gather(*(one(ask, work) for work in batch), return_exceptions=True)
 
     async def _one(self, ask: _Asker, work: SampleWork) -> Annotation | SampleError:
         view = sample_view(work, max_per_frame=self.config.max_candidates_per_frame, max_area=self.max_area)
@@ -562,10 +628,11 @@ class LlmAnnotator:
             listed = ", ".join(repr(n) for n in view.names) or "no named object"
             return SampleError(RejectCode.NO_EVIDENCE,
                                f"no usable detector box on the {len(view.frames)} eligible frames to ground {listed}")
-        messages = await asyncio.to_thread(build_messages, view, self.content, self.root, self.config.image_max_side)
+        messages, digests = await asyncio.to_thread(build_request, view, self.content, self.root,
+                                                    self.config.image_max_side, self.images)
         try:
             reply, chosen = await ask.valid(messages, self.prompt.version, CotReply, SCHEMA_NAME,
-                                        lambda text: parse_reply(text, view), self.content.reask)
+                                            lambda text: parse_reply(text, view), self.content.reask, digests)
         except LlmError as err:
             return SampleError(RejectCode.LLM_ERROR, str(err))
         except ReplyRejected as err:
@@ -606,6 +673,9 @@ class LlmAnnotator:
         return {cid: chosen[cid] for cid, yes in zip(chosen, answers) if yes}
 
 
+_SAMPLE_USAGE: contextvars.ContextVar[LlmUsage] = contextvars.ContextVar("stgr_sample_llm_usage")
+
+
 class ReplyRejected(Exception):
     """Replies stayed invalid after every re-ask."""
 
@@ -620,13 +690,13 @@ class _Asker:
         self.annotator = annotator
 
     async def valid(self, messages: list[dict], prompt_version: str, model: type[BaseModel], name: str,
-                    parse: Callable[[str], T], reask: str) -> T:
+                    parse: Callable[[str], T], reask: str, digests: Mapping[str, str] | None = None) -> T:
         """Ask until ``parse`` accepts a reply (at most 1 + max_invalid_retries requests); what
         ``parse`` returns. A rejected reply is sent back with the error, so the model can fix it."""
         config = self.annotator.config
         error = ""
         for _ in range(config.max_invalid_retries + 1):
-            text = await self.request(messages, prompt_version, model, name)
+            text = await self.request(messages, prompt_version, model, name, digests)
             try:
                 return parse(text)
             except ValueError as exc:
@@ -635,26 +705,27 @@ class _Asker:
                             {"role": "user", "content": reask.format(error=error)}]
         raise ReplyRejected(f"{config.max_invalid_retries + 1} replies could not be used; last: {error}")
 
-    async def request(self, messages: list[dict], prompt_version: str, model: type[BaseModel], name: str) -> str:
+    async def request(self, messages: list[dict], prompt_version: str, model: type[BaseModel], name: str,
+                      digests: Mapping[str, str] | None = None) -> str:
         """One chat completion's content: from the cache, or sent (budget permitting) and cached."""
-        annotator, usage = self.annotator, self.annotator.usage
+        annotator = self.annotator
         key = request_key(model=annotator.model, prompt_version=prompt_version, messages=messages,
-                          schema_hash=schema_hash(model), sampling=annotator._sampling)
+                          schema_hash=schema_hash(model), sampling=annotator._sampling, digests=digests)
         entry = self.state.cache.get(key)
-        if entry is not None:
-            usage.cached += 1
-        else:
+        cached = entry is not None
+        if not cached:
             if not self.state.budget.acquire():
                 raise BudgetReached()
             entry = await self._send(key, messages, model, name)
             self.state.budget.add_tokens(entry.usage.prompt_tokens + entry.usage.completion_tokens)
             await asyncio.to_thread(self.state.cache.put, key, entry)  # before the reply is used
-        usage.requests += 1
-        usage.prompt_tokens += entry.usage.prompt_tokens
-        usage.completion_tokens += entry.usage.completion_tokens
-        usage.images += entry.images
+        used = LlmUsage(requests=1, cached=int(cached), failed=int(entry.kind == "error"),
+                        prompt_tokens=entry.usage.prompt_tokens, completion_tokens=entry.usage.completion_tokens,
+                        images=entry.images)
+        for usage in (annotator.usage, _SAMPLE_USAGE.get(None)):
+            if usage is not None:
+                usage.add(used)
         if entry.kind == "error":
-            usage.failed += 1
             raise LlmError(entry.error or "request failed")
         return entry.content or ""
 
