@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -31,6 +29,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from stgr_builder import __version__
+from stgr_builder.files import atomic_write_bytes
 from stgr_builder.models import LlmUsage, Reject, SampleWork, Stage
 from stgr_builder.steps import Item, Step
 
@@ -85,18 +84,7 @@ class StageStore:
         return None
 
     def put(self, key: str, entry: StageEntry) -> None:
-        path = self.path(entry.stage, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(temp, "wb") as handle:
-                handle.write(entry.model_dump_json(exclude_none=True).encode("utf-8"))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, path)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(self.path(entry.stage, key), entry.model_dump_json(exclude_none=True).encode("utf-8"))
 
     def count(self, stage: Stage) -> int:
         """Entries stored for a stage in this folder (tests and audits)."""

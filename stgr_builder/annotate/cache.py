@@ -25,12 +25,13 @@ import base64
 import hashlib
 import json
 import os
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from stgr_builder.files import atomic_write_bytes
 
 CACHE_DIR = Path("_cache") / "llm"
 _DATA_URL_PREFIX = "data:"
@@ -122,19 +123,8 @@ class ResponseCache:
             return None
 
     def put(self, key: str, entry: CacheEntry) -> None:
-        """Store ``entry`` durably: temp file, fsync, rename. Safe from any number of threads."""
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(temp, "wb") as handle:
-                handle.write(entry.model_dump_json().encode("utf-8"))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, path)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
+        """Store ``entry`` durably and atomically. Safe from any number of threads."""
+        atomic_write_bytes(self.path(key), entry.model_dump_json().encode("utf-8"))
 
     def keys(self) -> set[str]:
         """Every stored key (tests and audits; not used on the hot path)."""
