@@ -1,7 +1,8 @@
 """The ``stgr`` command: the only module that prints.
 
     stgr demo [--out DIR] | stgr demo --write-config FILE
-    stgr build CONFIG.yaml [--out DIR]
+    stgr build CONFIG.yaml|RECIPE [--out DIR] [--data-root DIR] [--source NAME=PATH[,MEDIA]] [--scale F]
+    stgr plan CONFIG.yaml|RECIPE [--data-root DIR] [--price-in P] [--price-out P] [--json FILE]
     stgr reannotate DIR --where SQL --prompt NAME [--model M] [--out DIR2]
     stgr audit DIR [--sql QUERY] [--compare OLD_DIR] [--gallery OUT.html]
     stgr verify DIR
@@ -44,17 +45,78 @@ def _quiet_orchestrator() -> None:
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 
+_DataRoot = Annotated[Optional[Path], typer.Option(
+    help="folder of the sources: fills ${STGR_DATA} in a recipe (default: the STGR_DATA variable)")]
+_Sources = Annotated[Optional[list[str]], typer.Option(
+    "--source", help="NAME=PATH[,MEDIA_ROOT]: one source's annotation file (and media folder)")]
+_Scale = Annotated[Optional[float], typer.Option(help="multiply every source's `sample` (rounded up, at least 1)")]
+_SkipMissing = Annotated[bool, typer.Option(help="leave out sources whose annotation file is missing")]
+
+
+def _resolve(config: str, data_root, source, scale, skip_missing):
+    """A recipe name or CONFIG.yaml with the flags applied: (config, config_dir, skipped)."""
+    from stgr_builder.recipes import parse_source_overrides, resolve_config
+
+    resolved = resolve_config(config, data_root=data_root, sources=parse_source_overrides(source or []),
+                              scale=scale, skip_missing=skip_missing)
+    if resolved[2]:
+        err_console.print(f"skipped (annotation file missing): {', '.join(resolved[2])}", markup=False)
+    return resolved
+
+
 @app.command()
 def build(
-    config: Annotated[Path, typer.Argument(help="CONFIG.yaml")],
+    config: Annotated[str, typer.Argument(help="CONFIG.yaml, or a recipe name (stgr-cot-30k, stgr-rl-36k)")],
     out: Annotated[Optional[Path], typer.Option(help="dataset folder; default outputs/<config name>")] = None,
+    data_root: _DataRoot = None,
+    source: _Sources = None,
+    scale: _Scale = None,
+    skip_missing: _SkipMissing = False,
 ) -> None:
-    """Build the datasets a config describes. Run again on the same --out to resume."""
-    from stgr_builder.pipeline import load_config
+    """Build the datasets a config (or recipe) describes. Run again on the same --out to resume."""
+    from stgr_builder.recipes import is_recipe, write_config
 
-    out = out or Path("outputs") / load_config(config.resolve()).name
-    _run_build(config, out)
+    if is_recipe(config) or data_root or source or scale is not None or skip_missing:
+        resolved, _, _ = _resolve(config, data_root, source, scale, skip_missing)
+        out = out or Path("outputs") / resolved.name
+        path = write_config(resolved, out / "_recipe" / "CONFIG.yaml")
+    else:
+        from stgr_builder.pipeline import load_config
+
+        path = Path(config)
+        out = out or Path("outputs") / load_config(path.resolve()).name
+    _run_build(path, out)
     _print_audit(out)
+
+
+@app.command("plan")
+def plan_cmd(
+    config: Annotated[str, typer.Argument(help="CONFIG.yaml, or a recipe name (stgr-cot-30k, stgr-rl-36k)")],
+    data_root: _DataRoot = None,
+    source: _Sources = None,
+    scale: _Scale = None,
+    skip_missing: _SkipMissing = False,
+    price_in: Annotated[Optional[float], typer.Option(help="price per million prompt tokens")] = None,
+    price_out: Annotated[Optional[float], typer.Option(help="price per million completion tokens")] = None,
+    latency: Annotated[Optional[float], typer.Option(help="seconds per LLM request")] = None,
+    concurrency: Annotated[Optional[int], typer.Option(help="LLM requests in flight per shard task")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the plan as JSON here")] = None,
+) -> None:
+    """What a build would do, without calling any model or writing a dataset: rows per
+    source and task, what is filtered and why, missing media, and the LLM work's estimate."""
+    from stgr_builder.planning import make_plan
+
+    resolved, config_dir, _ = _resolve(config, data_root, source, scale, skip_missing)
+    est = {k: v for k, v in (("price_in", price_in), ("price_out", price_out), ("latency_s", latency))
+           if v is not None}
+    updates = {"estimate": resolved.estimate.model_copy(update=est)}
+    if concurrency is not None:
+        updates["annotator"] = resolved.annotator.model_copy(update={"concurrency": concurrency})
+    resolved = resolved.model_copy(update=updates)
+    plan = make_plan(resolved, config_dir)
+    if json_out is not None:
+        json_out.write_text(plan.model_dump_json(indent=2))
+    _print_plan(plan)
 
 
 @app.command()
@@ -231,6 +293,27 @@ def _watch_progress(out: Path, stop: threading.Event) -> None:
         while not stop.wait(0.5):
             done, total = progress(out)
             bar.update(task, completed=done, total=total)
+
+
+def _print_plan(plan) -> None:
+    _print_table(f"Plan {plan.name}: sources", ["source", "adapter", "read", "ingest rejects", "probed", "filtered",
+                                                "media missing", "wanted", "rows", "shortfall"],
+                 [(s.source, s.adapter, s.read, s.ingest_rejects, s.probed,
+                   ", ".join(f"{code} {n}" for code, n in s.filtered.items()), s.media_missing,
+                   s.wanted, s.rows, s.shortfall) for s in plan.sources])
+    _print_table("Plan: rows per dataset, source and task", ["dataset", "source", "task", "rows"],
+                 [(c.dataset.value, c.source, c.task.value, c.rows) for c in plan.counts]
+                 + [(d.value, "(all)", "(all)", plan.rows(d)) for d in sorted({c.dataset for c in plan.counts},
+                                                                               key=lambda d: d.value)])
+    e = plan.estimate
+    _print_table("Plan: estimate", ["key", "value"], [
+        ("annotator backend", e.backend), ("LLM requests", e.requests), ("crop requests", e.crop_requests),
+        ("candidate frames", e.frames), ("images sent", e.images), ("pixels sent", e.pixels),
+        ("prompt tokens", e.prompt_tokens), ("completion tokens", e.completion_tokens),
+        ("cost", f"{e.cost:.2f} (at {e.assumptions.get('price_in')} / {e.assumptions.get('price_out')} per M)"),
+        ("time", f"{e.seconds:.0f} s = {e.seconds / 3600:.2f} h (at {e.assumptions.get('concurrency')} in flight, "
+                 f"{e.assumptions.get('latency_s')} s each)"),
+        ("assumptions", f"text {e.assumptions.get('text_tokens')}; image {e.assumptions.get('image_tokens')}")])
 
 
 def _print_audit(root: Path) -> None:

@@ -450,7 +450,7 @@ class Reannotation(_Record):
 
 AdapterName = Literal[
     "activitynet_captions", "charades_sta", "qvhighlights", "didemo", "tacos", "plm_rdcap",
-    "hcstvg", "videor1", "gqa", "visual_cot", "videoespresso", "generic", "demo",
+    "hcstvg", "videor1", "gqa", "visual_cot", "videoespresso", "coin", "generic", "demo",
 ]
 
 
@@ -473,6 +473,10 @@ class SourceConfig(_Config):
     filters: FilterConfig = Field(default_factory=FilterConfig)
     datasets: list[DatasetName] = Field(default_factory=lambda: [DatasetName.COT, DatasetName.RL])
     limit: int | None = Field(None, ge=1, description="take at most this many items")
+    sample: int | None = Field(
+        None, ge=0, description="draw this many samples (seeded by the build seed and the source name) among those "
+        "that pass ingest and the probe-time checks and filters; fewer when fewer pass (the plan reports the "
+        "shortfall). Unlike limit, which truncates reading, sample draws from the whole file")
     gold_evidence: bool = Field(
         True, description="sources with boxes (hcstvg, plm_rdcap, videoespresso, gqa, visual_cot): their boxes are "
         "the evidence, at frames sampled at the boxes' times; the detector still runs and "
@@ -553,6 +557,20 @@ class ShardingConfig(_Config):
                           "None with runner dask: a LocalCluster of `workers` processes")
 
 
+class EstimateConfig(_Config):
+    """Assumptions of the plan's cost and time estimate (``stgr plan``); they change no row."""
+
+    price_in: float = Field(0.0, ge=0, description="price per million prompt tokens")
+    price_out: float = Field(0.0, ge=0, description="price per million completion tokens")
+    completion_tokens: int = Field(400, ge=0, description="completion tokens per CoT reply")
+    crop_completion_tokens: int = Field(5, ge=0, description="completion tokens per crop-verification reply")
+    latency_s: float = Field(8.0, gt=0, description="seconds per LLM request; time = requests / concurrency x this")
+    image_tokens_base: int = Field(85, ge=0, description="tokens per image, plus image_tokens_tile per 512x512 tile")
+    image_tokens_tile: int = Field(170, ge=0, description="tokens per 512x512 tile of an image as sent")
+    candidates_per_frame: float = Field(
+        3.0, ge=0, description="detector candidates listed per frame in the prompt (for its text length)")
+
+
 class BuildConfig(_Config):
     """CONFIG.yaml: what to build. Paths are relative to the config file's folder."""
 
@@ -564,6 +582,64 @@ class BuildConfig(_Config):
     annotator: AnnotatorConfig = Field(default_factory=AnnotatorConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     sharding: ShardingConfig = Field(default_factory=ShardingConfig)
+    estimate: EstimateConfig = Field(default_factory=EstimateConfig)
+
+
+# ---------------------------------------------------------------------------------------
+# The plan of a build (``stgr plan``; ``plan.json`` beside the shards)
+# ---------------------------------------------------------------------------------------
+
+
+class PlanSource(_Record):
+    """What the plan expects of one source."""
+
+    source: str
+    adapter: str
+    read: int = Field(description="items read from the file (after limit)")
+    ingest_rejects: int = Field(description="malformed, unsafe-path and duplicate items")
+    probed: int = Field(description="samples probed (a sampled source: until `sample` passed)")
+    filtered: dict[str, int] = Field(default_factory=dict, description="probe-time reject code -> count")
+    media_missing: int = 0
+    wanted: int | None = Field(None, description="the source's `sample`, if set")
+    rows: int = Field(description="samples that go on to annotation")
+    shortfall: int = Field(0, description="wanted - rows, when fewer samples passed than wanted")
+
+
+class PlanCount(_Record):
+    dataset: DatasetName
+    source: str
+    task: Task
+    rows: int
+
+
+class PlanEstimate(_Record):
+    """Estimated LLM work of the build (zero requests with the template annotator)."""
+
+    backend: str
+    requests: int = 0
+    crop_requests: int = 0
+    frames: int = Field(0, description="candidate frames decoded (all backends)")
+    images: int = Field(0, description="images sent to the LLM")
+    pixels: int = Field(0, description="pixels of the images as sent (downscaled to image_max_side)")
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = Field(0.0, description="at estimate.price_in / price_out per million tokens")
+    seconds: float = Field(0.0, description="requests / concurrency x estimate.latency_s")
+    assumptions: dict[str, Any] = Field(default_factory=dict)
+
+
+class Plan(_Record):
+    """``stgr plan``: rows per source and task, what is filtered and why, and the estimate,
+    before any model runs; a build writes it as ``plan.json``."""
+
+    name: str
+    seed: int
+    sources: list[PlanSource]
+    counts: list[PlanCount]
+    estimate: PlanEstimate
+
+    def rows(self, dataset: DatasetName | str) -> int:
+        return sum(c.rows for c in self.counts if c.dataset.value == DatasetName(dataset).value)
 
 
 SampleWork.model_rebuild()
@@ -584,6 +660,7 @@ SCHEMA_MODELS: dict[str, type[BaseModel]] = {
     "rl_row": RlRow,
     "shard_result": ShardResult,
     "manifest": Manifest,
+    "plan": Plan,
 }
 
 

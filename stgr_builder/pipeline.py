@@ -13,6 +13,7 @@ functions as Prefect tasks; ``build`` runs them in a plain loop.
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ from stgr_builder.detect import DetectStep, make_detector
 from stgr_builder.errors import StgrError
 from stgr_builder.models import (
     BuildConfig, BuildPlan, LlmUsage, Manifest, Reject, SampleWork, ShardPlan, ShardResult, Stage)
+from stgr_builder.planning import draw, draw_stats, plan_of
+from stgr_builder.shards.card import write_card, write_plan_json
 from stgr_builder.shards.writer import (
     config_hash, finished_shard, write_manifest, write_plan_record, write_shard)
 from stgr_builder.sources import ingest
@@ -67,6 +70,7 @@ class BuildContext:
 _PACING_SETTINGS = {
     "annotator": {"concurrency", "budget", "budget_tokens", "timeout", "max_retries"},
     "sharding": {"workers", "runner", "dask_address"},
+    "estimate": True,
 }
 
 
@@ -99,6 +103,11 @@ def context(config_path: Path, out: Path) -> BuildContext:
 def plan(ctx: BuildContext) -> BuildPlan:
     """Ingest every source and deal samples (and ingest rejects) into shards by id hash."""
     samples, rejects, stats = ingest(ctx.config, ctx.config_dir)
+    # Per-source `sample`: draw among the samples that pass the probe-time checks (planning.py);
+    # plan.json records what the plan expects, for the audit's estimate-vs-actual table.
+    drawn = draw(ctx.config, samples)
+    write_plan_json(ctx.out, plan_of(ctx.config, samples, rejects, drawn=drawn))
+    samples, rejects, stats = drawn[0], rejects + drawn[1], draw_stats(stats, drawn[0], drawn[1])
     n_items = len(samples) + len(rejects)
     n_shards = max(1, -(-n_items // ctx.config.sharding.samples_per_shard))
     shards = [ShardPlan(shard=index, samples=[], rejects=[]) for index in range(n_shards)]
@@ -159,7 +168,10 @@ def shard_steps(ctx: BuildContext) -> list[Step]:
     steps: list[Step] = [
         ProbeStep(filters),
         SampleStep(config.sampler, FrameStore(ctx.out, config.sampler.jpeg_quality)),
-        DetectStep(detector, ctx.out, batch_size=config.detector.batch),
+        # Remembers each distinct frame's detections across this process's shards (a frame
+        # path names its bytes; the key holds all that decides the boxes): detected once.
+        DetectStep(detector, ctx.out, batch_size=config.detector.batch, memo_key=_digest_json(
+            [config.detector.model_dump(mode="json", exclude={"batch"}), detector.name, detector.weights_hash])),
         AnnotateStep(annotator),
         VerifyStep(config.verify, provenance),
     ]
@@ -175,16 +187,22 @@ def shard_steps(ctx: BuildContext) -> list[Step]:
     return stored_steps(steps, StageStore(ctx.out, ctx.stage_parents), fingerprints, root=ctx.out)
 
 
+def _digest_json(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def finalize(ctx: BuildContext, build_plan: BuildPlan, results: list[ShardResult]) -> Manifest:
     """Write the manifest once every shard is done."""
     detector = make_detector(ctx.config.detector, ctx.config_dir)
     annotator = make_annotator(ctx.config.annotator, ctx.config.verify)
-    return write_manifest(
+    manifest = write_manifest(
         ctx.out, build_id=ctx.build_id, code_version=__version__,
         config=ctx.config.model_dump(mode="json"), prompts=getattr(annotator, "prompts", [annotator.prompt]),
         detector={"name": detector.name, "weights": ctx.config.detector.weights,
                   "weights_hash": detector.weights_hash},
         results=results, ingest=build_plan.ingest, config_dir=str(ctx.config_dir))
+    write_card(ctx.out, manifest)
+    return manifest
 
 
 def build(config_path: Path, out: Path) -> Manifest:

@@ -45,6 +45,7 @@ from stgr_builder.models import (
     BuildConfig, CotRow, Manifest, ParentRef, PromptRef, Reannotation, Reject, RlRow, SampleWork, ShardResult,
 )
 from stgr_builder.pipeline import BuildContext, _llm_usage, shard_steps
+from stgr_builder.shards.card import write_card
 from stgr_builder.shards.arrow import DATASETS, schema_for, table_to_rows
 from stgr_builder.shards.writer import (
     MANIFEST, PROGRESS_DIR, _atomic_write_text, finished_shard, load_manifest, read_shard_result, sha256_file,
@@ -156,12 +157,14 @@ def reannotate(root: Path, *, where: str, prompt: str, model: str | None = None,
         results.append(_reannotate_shard(ctx, root, shard, samples))
     detector = parent.detector
     prompts = list(parent.prompts) + [p for p in _prompts(ctx) if p not in parent.prompts]
-    return out, write_manifest(
+    manifest = write_manifest(
         out, build_id=ctx.build_id, code_version=__version__, config=config.model_dump(mode="json"),
         prompts=prompts, detector=detector, results=results, config_dir=parent.config_dir,
         parent=ParentRef(path=str(root), build_id=parent.build_id, manifest_sha256=manifest_sha),
         reannotation=Reannotation(where=where, prompt=new_prompt.ref, model=annotator.model or "template",
                                   selected=len(selected)))
+    write_card(out, manifest)
+    return out, manifest
 
 
 def _annotator_config(config: BuildConfig, prompt: str, model: str | None):

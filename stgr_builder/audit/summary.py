@@ -98,6 +98,9 @@ def summary(root: Path) -> list[AuditTable]:
         tables = [_run(con, title, sql) for title, sql in _CANNED]
         tables.append(_manifest_table(manifest))
         tables.append(_cost_table(manifest))
+        plan_table = _plan_table(root, manifest)
+        if plan_table is not None:
+            tables.append(plan_table)
         tables.append(_checks_table(con, root, manifest))
     finally:
         con.close()
@@ -142,6 +145,26 @@ def _cost_table(manifest: Manifest | None) -> AuditTable:
     usage = manifest.llm if manifest is not None else None
     rows = [tuple(getattr(usage, column) for column in columns)] if usage is not None else []
     return AuditTable("LLM cost", columns, rows)
+
+
+def _plan_table(root: Path, manifest: Manifest | None) -> AuditTable | None:
+    """What ``plan.json`` estimated beside what the build measured (rows: annotation may
+    still reject planned samples; LLM figures: the manifest's totals)."""
+    from stgr_builder.shards.card import read_plan
+
+    plan = read_plan(root)
+    if plan is None:
+        return None
+    counts = manifest.counts if manifest is not None else {}
+    usage = manifest.llm if manifest is not None else None
+    rows: list[tuple] = [(f"rows: stgr_{d}", plan.rows(d), counts.get(f"stgr_{d}", 0)) for d in ("cot", "rl")]
+    est = plan.estimate
+    for label, planned, field in (("LLM requests", est.requests + est.crop_requests, "requests"),
+                                  ("images sent", est.images, "images"),
+                                  ("prompt tokens", est.prompt_tokens, "prompt_tokens"),
+                                  ("completion tokens", est.completion_tokens, "completion_tokens")):
+        rows.append((label, planned, getattr(usage, field) if usage is not None else 0))
+    return AuditTable("Plan: estimate vs actual", ["figure", "estimate", "actual"], rows)
 
 
 def _checks_table(con: duckdb.DuckDBPyConnection, root: Path, manifest: Manifest | None) -> AuditTable:

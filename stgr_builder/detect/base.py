@@ -8,6 +8,8 @@ distinct frame once, and hands each sample the detections of its own frames.
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Protocol
 
@@ -44,20 +46,56 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+class FrameMemo:
+    """A bounded, thread-safe LRU of detections per (memo key, frame path, phrases)."""
+
+    def __init__(self, size: int = 50_000):
+        self.size = size
+        self._items: OrderedDict[tuple, list[Detection]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> list[Detection] | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def put(self, key: tuple, detections: list[Detection]) -> None:
+        with self._lock:
+            self._items[key] = detections
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+_MEMO = FrameMemo()
+
+
 class DetectStep(Step):
     """Run the detector over every candidate frame of a batch of samples.
 
     Frames are content-addressed, so samples that share a video share frame paths: each
-    distinct path is detected once per batch.
+    distinct path is detected once per batch. With a ``memo_key`` (everything of the
+    configuration that decides the boxes: the pipeline passes the detect stage's fingerprint),
+    a frame's detections are also remembered across batches and shards in this process
+    (``FrameMemo``, bounded): a path names the frame's bytes, so the same path, phrases and
+    memo key give the same detections, and each distinct frame is detected once.
     """
 
     stage = Stage.DETECT
 
-    def __init__(self, detector: Detector, root: Path, batch_size: int = 32):
+    def __init__(self, detector: Detector, root: Path, batch_size: int = 32, memo_key: str | None = None):
         super().__init__()
         self.detector = detector
         self.root = root
         self.batch_size = batch_size
+        self.memo_key = memo_key
+        self.memo_hits = 0  # frames whose detections came from the memo
 
     def process_batch(self, batch: list[SampleWork]) -> list[SampleWork]:
         # Each frame is prompted with the object phrases of the samples that use it (open-
@@ -74,8 +112,23 @@ class DetectStep(Step):
             groups.setdefault(tuple(sorted(wanted[path])), []).append(path)
         by_path = {}
         for phrases, paths in groups.items():
-            found = self.detector.detect([self.root / path for path in paths], phrases=list(phrases) or None)
-            by_path.update(zip(paths, found, strict=True))
+            todo = paths
+            if self.memo_key is not None:
+                todo = []
+                for path in paths:
+                    known = _MEMO.get((self.memo_key, path, phrases))
+                    if known is None:
+                        todo.append(path)
+                    else:
+                        by_path[path] = known
+                self.memo_hits += len(paths) - len(todo)
+            if not todo:
+                continue
+            found = self.detector.detect([self.root / path for path in todo], phrases=list(phrases) or None)
+            by_path.update(zip(todo, found, strict=True))
+            if self.memo_key is not None:
+                for path, detections in zip(todo, found):
+                    _MEMO.put((self.memo_key, path, phrases), detections)
         for work in batch:
             work.detections = [
                 detection.model_copy(update={"frame_idx": frame.idx})

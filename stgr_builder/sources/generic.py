@@ -17,7 +17,8 @@ JSON): ``id``, ``question``, ``answer``, ``video`` / ``image``, ``start`` + ``en
 The answer gets its task's exact form: temporal tasks without an answer field write the
 span; MCQ answers given as an option's text or an index become the letter. An answer that
 still lacks its form is a MALFORMED_ROW reject naming the record. ``records`` is the JSON key
-(dotted) of the list; ``video``/``image`` templates map the field's value to a path.
+(dotted) of the list; ``video``/``image`` templates map the field's value to a path, and
+``question_format`` the question field's value to the question.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class GenericOptions(AdapterOptions):
     fields: GenericFields
     video: str = "{value}"
     image: str = "{value}"
+    question_format: str = Field("{value}", description="the question from the field's value, e.g. "
+                                 "'When does \"{value}\" happen in the video?'")
 
     @model_validator(mode="after")
     def _task(self) -> GenericOptions:
@@ -114,7 +117,9 @@ def _build(opts: GenericOptions, record: Any) -> dict[str, Any]:
         return value
 
     task = opts.task or Task(str(need(f.task, "task")))
-    question = str(need(f.question, "question")).strip()
+    question = opts.question_format.format(value=str(need(f.question, "question")).strip().rstrip("."))
+    if opts.question_format == "{value}":
+        question = str(need(f.question, "question")).strip()
     span = None
     if f.start is not None:
         span = round_span(float(need(f.start, "start")), float(need(f.end, "end")))

@@ -10,7 +10,8 @@
 ``multiple choice`` -> ``General video QA MCQ`` (option texts without their ``A.`` prefixes,
 the answer its letter); every other ``problem_type`` (numerical, OCR, free-form, regression)
 -> ``General video QA Free-form`` with the solution's text. ``data_type: image`` items become
-image rows unless ``options.include_images`` is false. The source id is
+image rows unless ``options.include_images`` is false; ``options.tasks`` (``mcq``, ``free``)
+keeps only those kinds. The source id is
 ``data_source:problem_id``. A leading ``./`` of ``path`` is dropped.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import Literal
 
 from pydantic import Field
 
@@ -32,6 +34,8 @@ _OPTION = re.compile(r"\s*\(?([A-Z])[.):]\s*(.*)", re.DOTALL)
 
 class VideoR1Options(AdapterOptions):
     include_images: bool = True
+    tasks: list[Literal["mcq", "free"]] = Field(
+        default_factory=lambda: ["mcq", "free"], description="mcq: multiple-choice items; free: every other type")
 
 
 class VideoR1Item(Record):
@@ -54,6 +58,8 @@ def read_videor1(ctx: AdapterContext) -> Iterator[Item]:
             yield item
             continue
         if item.data_type == "image" and not opts.include_images:
+            continue
+        if ("mcq" if item.problem_type == "multiple choice" else "free") not in opts.tasks:
             continue
         match = _ANSWER.fullmatch(item.solution)
         answer = (match.group(1) if match else item.solution).strip()

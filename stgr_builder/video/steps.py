@@ -9,13 +9,19 @@ probed once, its failure remembered too), checks spans and applies the paper's f
 ``SampleStep`` plans every sample's candidate frames, then decodes per *video*: the union
 of the frames wanted by all samples of that video in the batch, each GOP at most once,
 one frame in memory at a time, written to the content-addressed store.
+
+Across steps (the shards of a build run in one process) two bounded memos keyed by the
+file's path, size and mtime skip repeated work: a video's ``VideoInfo`` (samples of one video
+are dealt into many shards) and the frames already decoded into the same store.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 from pathlib import Path, PurePath
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +39,37 @@ from stgr_builder.video.probe import check_file, probe_image, probe_video
 _TEMPORAL_TASKS = (Task.TEMPORAL, Task.TEMPORAL_MCQ)
 # Decoder timestamps are float32 (decord): a few microseconds off over minutes of video.
 _TIME_TOLERANCE = 1e-4
+
+
+class _FrameMemo:
+    """Bounded, thread-safe LRU; ``_FRAME_MEMO``: (video file, its size and mtime, decoder,
+    store, quality, frame idx) -> the stored ``Frame``."""
+
+    def __init__(self, size: int = 100_000):
+        self.size = size
+        self._items: OrderedDict[tuple, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> Any:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def put(self, key: tuple, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+_FRAME_MEMO = _FrameMemo()
+_PROBE_MEMO = _FrameMemo(size=20_000)  # (video file, size, mtime) -> VideoInfo
 
 
 class ProbeStep(Step):
@@ -62,11 +99,24 @@ class ProbeStep(Step):
     def _probe(self, path: Path, rel_path: str) -> VideoInfo:
         key = str(path)
         if key not in self._cache:
-            self.videos_opened += 1
+            self.videos_opened += 1  # distinct videos this step probed (file or process memo)
             try:
-                self._cache[key] = probe_video(path, rel_path)
-            except SampleError as err:
-                self._cache[key] = err
+                stat = path.stat()
+                memo_key: tuple | None = (key, stat.st_size, stat.st_mtime_ns)
+            except OSError:
+                memo_key = None
+            # Samples of one video are dealt into many shards: probe the file once per process
+            # (the same file, size and mtime give the same VideoInfo); failures are not kept.
+            known = _PROBE_MEMO.get(memo_key) if memo_key is not None else None
+            if known is not None:
+                self._cache[key] = known
+            else:
+                try:
+                    self._cache[key] = probe_video(path, rel_path)
+                    if memo_key is not None:
+                        _PROBE_MEMO.put(memo_key, self._cache[key])
+                except SampleError as err:
+                    self._cache[key] = err
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         cached = self._cache[key]
@@ -132,7 +182,21 @@ class SampleStep(Step):
 
     def _decode_into_store(self, path: Path, info: VideoInfo, wanted: list[int]) -> dict[int, Frame]:
         frames: dict[int, Frame] = {}
-        decoded = self.decoder.iter_frames(path, info, wanted)
+        # Frames of this file already decoded into this store by this process (an earlier
+        # batch or shard of samples of the same video) are not decoded again.
+        try:
+            stat = path.stat()
+            memo_base: tuple | None = (str(path), stat.st_size, stat.st_mtime_ns, self.config.decoder,
+                                       str(self.store.root), self.store.quality)
+        except OSError:
+            memo_base = None
+        if memo_base is not None:
+            for idx in wanted:
+                known = _FRAME_MEMO.get((*memo_base, idx))
+                if known is not None and self.store.path(known.path).is_file():
+                    frames[idx] = known
+        todo = [idx for idx in wanted if idx not in frames]
+        decoded = self.decoder.iter_frames(path, info, todo) if todo else iter(())
         while True:
             # Only decoder failures become rejects; a failing store write (disk full) is
             # the user's problem and must stop the build.
@@ -145,6 +209,8 @@ class SampleStep(Step):
             height, width = item.rgb.shape[:2]
             frames[item.idx] = Frame(idx=item.idx, time=item.time, path=self.store.put(item.rgb),
                                      width=width, height=height)
+            if memo_base is not None:
+                _FRAME_MEMO.put((*memo_base, item.idx), frames[item.idx])
         missing = sorted(set(wanted) - frames.keys())
         if missing:
             raise SampleError(RejectCode.DECODE_FAILED, f"{path}: frames {missing[:5]} were not decoded")

@@ -1,0 +1,226 @@
+"""The plan of a build: which samples it draws, what it filters, and what the LLM work costs.
+
+``draw`` is the build's own selection step (``pipeline.plan`` calls it after ingest): for a
+source with ``sample: N`` it orders the source's samples by a seeded hash of their ids, probes
+them in that order (media, spans and the source's filters, exactly as the probe stage does)
+and keeps the first N that pass. So a sample is drawn only if the build will not filter it,
+and ``stgr plan`` counts what the build will annotate. Samples probed and failing become the
+build's probe rejects; those never reached are not part of the build.
+
+``make_plan`` runs ingest + draw, probes the remaining (unsampled) sources too, and
+estimates requests, images, pixels, tokens, cost and time without calling any model.
+
+>>> p = make_plan(config, Path("."))  # doctest: +SKIP
+>>> p.rows("cot"), p.estimate.requests  # doctest: +SKIP
+(31166, 31166)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+from stgr_builder.errors import SampleError
+from stgr_builder.models import (
+    BuildConfig, ImageInfo, Plan, PlanCount, PlanEstimate, PlanSource, Reject, RejectCode, SampleWork, SourceSample,
+    Stage, StepStats, VideoInfo)
+
+Probed = dict[str, VideoInfo | ImageInfo]
+
+
+def _order_key(seed: int, source: str, sample_id: str) -> str:
+    return hashlib.sha256(f"{seed}:{source}:{sample_id}".encode()).hexdigest()
+
+
+class _Prober:
+    """The probe stage's checks (``ProbeStep``), one sample at a time, videos probed once."""
+
+    def __init__(self, config: BuildConfig):
+        from stgr_builder.video.steps import ProbeStep
+
+        self.step = ProbeStep({source.name: source.filters for source in config.sources})
+
+    def __call__(self, sample: SourceSample) -> VideoInfo | ImageInfo | Reject:
+        work = SampleWork(sample=sample)
+        try:
+            work = self.step.process(work)
+        except SampleError as err:
+            return work.reject(Stage.PROBE, err.code, err.message)
+        return work.video if work.video is not None else work.image
+
+
+def draw(config: BuildConfig, samples: list[SourceSample],
+         prober: _Prober | None = None) -> tuple[list[SourceSample], list[Reject], Probed]:
+    """The samples the build keeps: every sample of an unsampled source, and for a source
+    with ``sample: N`` the first N (in seeded-hash order) that pass the probe-time checks.
+
+    Returns the kept samples (sorted by id), the probe rejects met while drawing, and the
+    probe results of the drawn samples by id.
+    """
+    wanted = {s.name: s.sample for s in config.sources if s.sample is not None}
+    if not wanted:
+        return samples, [], {}
+    prober = prober or _Prober(config)
+    by_source: dict[str, list[SourceSample]] = defaultdict(list)
+    kept: list[SourceSample] = []
+    for sample in samples:
+        (by_source[sample.source] if sample.source in wanted else kept).append(sample)
+    rejects: list[Reject] = []
+    probed: Probed = {}
+    for name, n in wanted.items():
+        pool = sorted(by_source.get(name, []), key=lambda s: _order_key(config.seed, name, s.id))
+        taken = 0
+        for sample in pool:
+            if taken >= n:
+                break
+            result = prober(sample)
+            if isinstance(result, Reject):
+                rejects.append(result)
+                continue
+            probed[sample.id] = result
+            kept.append(sample)
+            taken += 1
+    kept.sort(key=lambda s: s.id)
+    rejects.sort(key=lambda r: (r.source, r.origin, r.id))
+    return kept, rejects, probed
+
+
+def draw_stats(stats: StepStats, kept: list[SourceSample], rejects: list[Reject]) -> StepStats:
+    """The ingest counts once the draw is applied: kept samples, and the draw's rejects added."""
+    rejected = dict(stats.rejected)
+    for reject in rejects:
+        rejected[reject.code.value] = rejected.get(reject.code.value, 0) + 1
+    return stats.model_copy(update={"kept": len(kept), "rejected": rejected})
+
+
+def make_plan(config: BuildConfig, config_dir: Path) -> Plan:
+    """Read the sources, apply filters, sampling and dedup; count rows per source and task,
+    rejects by reason, missing media; estimate the LLM work. Calls no model, writes nothing."""
+    from stgr_builder.sources import ingest
+
+    samples, ingest_rejects, _ = ingest(config, Path(config_dir))
+    return plan_of(config, samples, ingest_rejects)
+
+
+def plan_of(config: BuildConfig, samples: list[SourceSample], ingest_rejects: Iterable[Reject],
+            drawn: tuple[list[SourceSample], list[Reject], Probed] | None = None) -> Plan:
+    """The plan of ingested samples (``drawn``: the result of ``draw`` when already made)."""
+    prober = _Prober(config)
+    read = Counter(s.source for s in samples)
+    ingest_rejects = list(ingest_rejects)
+    read.update(r.source for r in ingest_rejects)
+    kept, draw_rejects, probed = drawn if drawn is not None else draw(config, samples, prober)
+    probe_rejects = list(draw_rejects)
+    rows: list[tuple[SourceSample, VideoInfo | ImageInfo]] = []
+    for sample in kept:
+        info = probed.get(sample.id)
+        if info is None:
+            result = prober(sample)
+            if isinstance(result, Reject):
+                probe_rejects.append(result)
+                continue
+            info = result
+        rows.append((sample, info))
+    sources = []
+    for source in config.sources:
+        mine = [r for r in probe_rejects if r.source == source.name]
+        n_rows = sum(1 for s, _ in rows if s.source == source.name)
+        sources.append(PlanSource(
+            source=source.name, adapter=source.adapter, read=read.get(source.name, 0),
+            ingest_rejects=sum(1 for r in ingest_rejects if r.source == source.name),
+            probed=n_rows + len(mine), filtered=dict(sorted(Counter(r.code.value for r in mine).items())),
+            media_missing=sum(1 for r in mine if r.code is RejectCode.MEDIA_MISSING),
+            wanted=source.sample, rows=n_rows,
+            shortfall=max(0, source.sample - n_rows) if source.sample is not None else 0))
+    counts: Counter = Counter()
+    for sample, _ in rows:
+        for dataset in sample.datasets:
+            counts[(dataset, sample.source, sample.task)] += 1
+    return Plan(name=config.name, seed=config.seed, sources=sources,
+                counts=[PlanCount(dataset=d, source=s, task=t, rows=n)
+                        for (d, s, t), n in sorted(counts.items(), key=lambda kv: (kv[0][0].value, kv[0][1],
+                                                                                     kv[0][2].value))],
+                estimate=estimate(config, rows))
+
+
+def _prompt_chars(config: BuildConfig) -> tuple[int, int]:
+    """Characters of the CoT prompt's fixed text and of one frame line."""
+    from stgr_builder.annotate.prompts import load_prompt
+
+    if config.annotator.backend != "openai":
+        return 0, 0
+    from stgr_builder.annotate.llm import parse_llm_prompt
+
+    content = parse_llm_prompt(load_prompt(config.annotator.prompt))
+    fixed = len(content.system) + len(content.user) + len(content.reask) // 4 + max(
+        len(content.span_rule_temporal), len(content.span_rule_other))
+    return fixed, len(content.frame) + 16
+
+
+def image_tokens(width: int, height: int, base: int, tile: int) -> int:
+    """Tokens of one image: ``base + tile`` per 512x512 tile (OpenAI's high-detail rule,
+    without its 2048/768 rescaling).
+
+    >>> image_tokens(640, 272, 85, 170)
+    425
+    """
+    return base + tile * math.ceil(width / 512) * math.ceil(height / 512)
+
+
+def estimate(config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo | ImageInfo]]) -> PlanEstimate:
+    """Requests, images, pixels, tokens, cost and time of annotating ``rows``.
+
+    One CoT request per sample (openai backend) with its candidate frames inside the sample's
+    span as images (the sampler's frame plan on the probed video, gold-box times included; every
+    frame when the sample has no span), downscaled to
+    ``annotator.image_max_side``; prompt tokens = characters / 4 + image tokens; with
+    ``crop_verify``, one crop request per source object (an assumption: one chosen box each).
+    """
+    from stgr_builder.detect.gold import gold_times
+    from stgr_builder.video.plan import nominal_time, plan_frames
+
+    est, ann = config.estimate, config.annotator
+    llm = ann.backend == "openai"
+    fixed_chars, frame_chars = _prompt_chars(config)
+    frames = images = pixels = prompt_tokens = completion_tokens = crops = 0
+    for sample, info in rows:
+        if isinstance(info, VideoInfo):
+            indices = plan_frames(info, config.sampler, sample.span, gold_times(sample)).indices
+            frames += len(indices)
+            # The LLM is shown the frames inside the sample's span (all of them without one).
+            n = len(indices) if sample.span is None else sum(
+                1 for i in indices if sample.span[0] - 1e-4 <= nominal_time(info, i) <= sample.span[1] + 1e-4)
+        else:
+            frames, n = frames + 1, 1
+        if not llm:
+            continue
+        scale = min(1.0, ann.image_max_side / max(info.width, info.height))
+        w, h = max(1, round(info.width * scale)), max(1, round(info.height * scale))
+        images += n
+        pixels += n * w * h
+        chars = (fixed_chars + len(sample.question) + len(sample.answer) + len(sample.caption or "")
+                 + sum(len(o) + 4 for o in sample.options) + n * frame_chars
+                 + int(n * est.candidates_per_frame * 40))
+        prompt_tokens += chars // 4 + n * image_tokens(w, h, est.image_tokens_base, est.image_tokens_tile)
+        completion_tokens += est.completion_tokens
+        if ann.crop_verify:
+            k = max(1, len(sample.objects))
+            crops += k
+            images += k
+            pixels += k * 224 * 224
+            prompt_tokens += k * (30 + image_tokens(224, 224, est.image_tokens_base, est.image_tokens_tile))
+            completion_tokens += k * est.crop_completion_tokens
+    requests = len(rows) if llm else 0
+    cost = (prompt_tokens * est.price_in + completion_tokens * est.price_out) / 1e6
+    seconds = (requests + crops) / (ann.concurrency * config.sharding.workers) * est.latency_s
+    return PlanEstimate(
+        backend=ann.backend, requests=requests, crop_requests=crops, frames=frames, images=images, pixels=pixels,
+        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost=round(cost, 4),
+        seconds=round(seconds, 1),
+        assumptions={"text_tokens": "characters / 4", "image_tokens": f"{est.image_tokens_base} + "
+                     f"{est.image_tokens_tile} per 512x512 tile", "completion_tokens": est.completion_tokens,
+                     "price_in": est.price_in, "price_out": est.price_out, "latency_s": est.latency_s,
+                     "concurrency": ann.concurrency * config.sharding.workers, "image_max_side": ann.image_max_side})
