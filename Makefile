@@ -30,6 +30,8 @@ chromium:
 bench: $(STAMP)
 	$(VENV)/bin/python bench/sample_frames.py
 	$(VENV)/bin/python bench/memory.py
+	$(VENV)/bin/python bench/annotate_throughput.py
+	$(VENV)/bin/python bench/full_size.py
 
 clean:
 	rm -rf outputs/demo .pytest_cache
