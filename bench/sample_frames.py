@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stgr_builder.models import SamplerConfig  # noqa: E402
 from stgr_builder.video.decode import get_decoder  # noqa: E402
-from stgr_builder.video.encode import encode_h264  # noqa: E402
+from stgr_builder.core.encode import encode_h264  # noqa: E402
 from stgr_builder.video.frames import FrameStore  # noqa: E402
 from stgr_builder.video.plan import plan_frames  # noqa: E402
 from stgr_builder.video.probe import probe_video  # noqa: E402

@@ -1,9 +1,16 @@
-"""The build as a Prefect flow: one task for the plan, one task per shard, one to finalize.
+"""The build and the re-annotation as Prefect flows: one task for the plan, one task per
+shard, one to finalize.
 
-Thin by design: every task calls one function of ``stgr_builder.pipeline``; the task runner
-decides where shards run: ``sharding.runner: thread`` (a bounded pool in this process) or
-``dask`` (prefect-dask's ``DaskTaskRunner``: the cluster at ``sharding.dask_address``, or a
-LocalCluster of ``sharding.workers`` processes). Both write the same rows.
+Thin by design: each task calls one method of a job of the shard executor
+(``stgr_builder/executor.py``): ``pipeline.BuildJob`` for ``stgr build``,
+``reannotate.ReannotateJob`` for ``stgr reannotate``. The task runner decides where shards run:
+``sharding.runner: thread`` (a bounded pool in this process) or ``dask`` (prefect-dask's
+``DaskTaskRunner``: the cluster at ``sharding.dask_address``, or a LocalCluster of
+``sharding.workers`` processes). Both write the same rows.
+
+The flow makes one ``Resources`` (loaded models with their locks, bounded memos, the run's LLM
+budget) and hands it to every shard task: threads share it; each Dask worker process gets its
+own for the build (``core/resources.py``).
 
     python -m flows.build CONFIG.yaml outputs/run1
 """
@@ -18,27 +25,38 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from stgr_builder import pipeline
+from stgr_builder import pipeline, reannotate
+from stgr_builder.core.resources import Resources
 from stgr_builder.errors import StgrError
+from stgr_builder.executor import Job
 from stgr_builder.models import BuildPlan, Manifest, ShardingConfig, ShardPlan, ShardResult
 
 # Inputs are whole shards of samples: hashing them for a cache key would cost more than the
 # work it saves, and resume is handled by the shard files themselves.
-plan_task = task(pipeline.plan, name="plan", cache_policy=NO_CACHE)
-finalize_task = task(pipeline.finalize, name="finalize", cache_policy=NO_CACHE)
+
+
+@task(name="plan", cache_policy=NO_CACHE)
+def plan_task(job: Job) -> BuildPlan:
+    return job.plan()
 
 
 @task(name="shard", cache_policy=NO_CACHE, task_run_name="shard-{shard.shard:05d}")
-def shard_task(ctx: pipeline.BuildContext, shard: ShardPlan) -> ShardResult:
-    return pipeline.run_shard(ctx, shard)
+def shard_task(job: Job, shard: ShardPlan, resources: Resources) -> ShardResult:
+    return job.run_shard(shard, resources)
 
 
-@flow(name="stgr-build", log_prints=False)
-def build_flow(ctx: pipeline.BuildContext) -> Manifest:
-    build_plan: BuildPlan = plan_task(ctx)
-    futures = [shard_task.submit(ctx, shard) for shard in build_plan.shards]
+@task(name="finalize", cache_policy=NO_CACHE)
+def finalize_task(job: Job, build_plan: BuildPlan, results: list[ShardResult], resources: Resources) -> Manifest:
+    return job.finalize(build_plan, results, resources)
+
+
+# validate_parameters=False: the job and the resources are plain Python objects, not pydantic input.
+@flow(name="stgr-build", log_prints=False, validate_parameters=False)
+def build_flow(job: Job, resources: Resources) -> Manifest:
+    build_plan = plan_task(job)
+    futures = [shard_task.submit(job, shard, resources) for shard in build_plan.shards]
     results = [future.result() for future in futures]
-    return finalize_task(ctx, build_plan, results)
+    return finalize_task(job, build_plan, results, resources)
 
 
 def task_runner(sharding: ShardingConfig):
@@ -62,13 +80,27 @@ def task_runner(sharding: ShardingConfig):
                                           "processes": True, "dashboard_address": None})
 
 
+def run_job(job: Job, resources: Resources, name: str = "stgr-build") -> Manifest:
+    """Run a job as the Prefect flow, on the task runner its config names."""
+    runner = task_runner(job.ctx.config.sharding)
+    return build_flow.with_options(name=name, task_runner=runner)(job, resources)
+
+
 def run_build(config_path: Path, out: Path, runner: str | None = None) -> Manifest:
-    """Run the flow on the runner the config names (``runner`` overrides ``sharding.runner``)."""
-    ctx = pipeline.context(config_path, out)  # a bad config fails here, before the flow starts
+    """Build on the runner the config names (``runner`` overrides ``sharding.runner``)."""
+    resources = Resources()
+    ctx = pipeline.context(config_path, out, resources)  # a bad config fails here, before the flow starts
     if runner is not None:
         sharding = ctx.config.sharding.model_copy(update={"runner": runner})
         ctx = replace(ctx, config=ctx.config.model_copy(update={"sharding": sharding}))
-    return build_flow.with_options(task_runner=task_runner(ctx.config.sharding))(ctx)
+    return run_job(pipeline.BuildJob(ctx), resources)
+
+
+def run_reannotate(root: Path, *, where: str, prompt: str, model: str | None = None,
+                   out: Path | None = None) -> tuple[Path, Manifest]:
+    """``stgr reannotate``: the re-annotation job as a flow, on the build's task runner."""
+    job = reannotate.prepare(root, where=where, prompt=prompt, model=model, out=out)
+    return job.ctx.out, run_job(job, Resources(), name="stgr-reannotate")
 
 
 if __name__ == "__main__":

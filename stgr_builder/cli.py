@@ -176,9 +176,9 @@ def reannotate(
 ) -> None:
     """Re-annotate the rows a SQL predicate selects; write a new version beside the old one."""
     _quiet_orchestrator()
-    from stgr_builder.reannotate import reannotate as run
+    from flows.build import run_reannotate
 
-    target, manifest = run(root, where=where, prompt=prompt, model=model, out=out)
+    target, manifest = run_reannotate(root, where=where, prompt=prompt, model=model, out=out)
     console.print(f"[bold green]re-annotated[/] {manifest.reannotation.selected} rows of {root} "
                   f"into {target} (build {manifest.build_id})")
     if not manifest.complete:
@@ -327,7 +327,7 @@ def _print_audit(root: Path) -> None:
 def _print_comparison(root: Path, old: Optional[Path]) -> None:
     """The version comparison: with ``old``, or with the version's parent when it has one."""
     from stgr_builder.audit.compare import compare
-    from stgr_builder.shards.writer import load_manifest
+    from stgr_builder.core.layout import load_manifest
 
     if old is None:
         try:

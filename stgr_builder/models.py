@@ -16,6 +16,7 @@ typo is an error naming the key's path instead of a silently ignored setting.
 from __future__ import annotations
 
 import hashlib
+import math
 from enum import Enum
 from typing import Annotated, Any, Literal
 
@@ -154,7 +155,7 @@ class SourceSample(_Record):
     datasets: list[DatasetName] = Field(default_factory=lambda: [DatasetName.COT, DatasetName.RL])
     origin: str = Field("", description="file:line the item came from, for error messages")
     gold_evidence: bool = Field(
-        False, description="the objects' gold boxes are offered as evidence at frames at their times (detect/gold.py)")
+        False, description="the objects' gold boxes are offered as evidence at frames at their times (core/gold.py)")
 
     @model_validator(mode="after")
     def _one_media(self) -> SourceSample:
@@ -173,6 +174,15 @@ class VideoInfo(_Record):
     width: int = Field(gt=0)
     height: int = Field(gt=0)
     keyframes: list[int] = Field(description="frame indices of the key frames (GOP starts), ascending")
+
+    def frame_at(self, t: float) -> int:
+        """The frame shown at time ``t`` on the nominal clock: the last frame starting at or
+        before it (the sampler plans with it, gold evidence finds its frames with it).
+
+        >>> VideoInfo(path="v", duration=10, fps=25, n_frames=250, width=2, height=2, keyframes=[0]).frame_at(2.0)
+        50
+        """
+        return min(self.n_frames - 1, max(0, math.floor(t * self.fps + 1e-6)))
 
 
 class ImageInfo(_Record):
@@ -200,7 +210,7 @@ class Detection(_Record):
     label: str
     score: float = Field(ge=0, le=1)
     box: Box
-    gold: bool = Field(False, description="a source's gold box offered as evidence (detect/gold.py), not a detector output")
+    gold: bool = Field(False, description="a source's gold box offered as evidence (core/gold.py), not a detector output")
 
 
 class Evidence(_Record):
@@ -386,6 +396,12 @@ class LlmUsage(_Record):
         if other is None:
             return self.model_copy()
         return LlmUsage(**{k: getattr(self, k) + getattr(other, k) for k in type(self).model_fields})
+
+    @classmethod
+    def total(cls, usages: list[LlmUsage | None]) -> LlmUsage | None:
+        """The sum of the usages that are not None; None when all are."""
+        found = [usage for usage in usages if usage is not None]
+        return cls(**{k: sum(getattr(u, k) for u in found) for k in cls.model_fields}) if found else None
 
     def add(self, other: LlmUsage) -> None:
         """Add ``other`` into this one, in place."""

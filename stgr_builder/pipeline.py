@@ -1,9 +1,9 @@
 """Compose the stages into a build, with no orchestrator in sight.
 
-A build is: ``plan`` (ingest every source and deal the samples into shards by a hash of
-their id), ``run_shard`` for each shard (probe -> sample -> detect -> annotate -> verify ->
-write), then ``finalize`` (the manifest). ``flows/build.py`` runs exactly these three
-functions as Prefect tasks; ``build`` runs them in a plain loop.
+A build is a job of the shard executor (``executor.py``): ``plan`` (ingest every source and
+deal the samples into shards by a hash of their id), ``execute_shard`` for each shard (probe ->
+sample -> detect -> annotate -> verify -> write), then ``finalize`` (the manifest).
+``flows/build.py`` runs ``BuildJob`` as Prefect tasks; ``build`` runs it in a plain loop.
 
 >>> manifest = build(Path("CONFIG.yaml"), Path("outputs/run1"))  # doctest: +SKIP
 >>> manifest.counts
@@ -12,66 +12,24 @@ functions as Prefect tasks; ``build`` runs them in a plain loop.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
 
 from stgr_builder import __version__
-from stgr_builder.annotate import AnnotateStep, make_annotator
-from stgr_builder.annotate.llm import BudgetReached
-from stgr_builder.detect import DetectStep, make_detector
+from stgr_builder.annotate import make_annotator
+from stgr_builder.audit.card import write_card
+from stgr_builder.core.hashing import sha256_bytes
+from stgr_builder.core.resources import Resources
+from stgr_builder.detect import make_detector
 from stgr_builder.errors import StgrError
-from stgr_builder.models import (
-    BuildConfig, BuildPlan, LlmUsage, Manifest, Reject, SampleWork, ShardPlan, ShardResult, Stage)
+from stgr_builder.executor import BuildContext, execute_shard, run_job
+from stgr_builder.models import BuildConfig, BuildPlan, Manifest, ShardPlan, ShardResult
 from stgr_builder.planning import draw, draw_stats, plan_of
-from stgr_builder.shards.card import write_card, write_plan_json
-from stgr_builder.shards.writer import (
-    config_hash, finished_shard, write_manifest, write_plan_record, write_shard)
+from stgr_builder.shards import write_manifest, write_plan_json, write_plan_record
 from stgr_builder.sources import ingest
-from stgr_builder.stages import StageStore, stored_steps
-from stgr_builder.steps import Step, run_steps
-from stgr_builder.verify.steps import VerifyStep
-from stgr_builder.video.frames import FrameStore
-from stgr_builder.video.steps import ProbeStep, SampleStep
-
-
-@dataclass(frozen=True)
-class BuildContext:
-    """Everything a shard task needs, small enough to hand to any task runner."""
-
-    config: BuildConfig
-    config_dir: Path
-    out: Path
-    # Tells this run (one `context` call) from a later one: scopes the LLM budget, which is per
-    # run. Never written anywhere, so outputs stay independent of it.
-    run: str = field(default_factory=lambda: uuid.uuid4().hex, compare=False)
-    # Dataset folders whose stage store this build may read (a re-annotated version reads its
-    # parent's frames and detections); results are written under ``out`` only.
-    stage_parents: tuple[Path, ...] = ()
-    # Mixed into the build id when set: a re-annotated version gets its own id (lineage).
-    salt: str = ""
-
-    @property
-    def build_id(self) -> str:
-        """Hash of what decides the rows: derived, never a clock, so a resumed build writes
-        the same rows as an uninterrupted one; knobs that only pace the build (workers,
-        concurrency, budgets, timeouts) are left out, so changing them between runs of one
-        build keeps one id."""
-        settings = self.config.model_dump(mode="json", exclude=_PACING_SETTINGS)
-        salt = f":{self.salt}" if self.salt else ""
-        return hashlib.sha256(f"{config_hash(settings)}:{__version__}{salt}".encode()).hexdigest()[:12]
-
-
-_PACING_SETTINGS = {
-    "annotator": {"concurrency", "budget", "budget_tokens", "timeout", "max_retries"},
-    "sharding": {"workers", "runner", "dask_address"},
-    "estimate": True,
-}
 
 
 def load_config(path: Path) -> BuildConfig:
@@ -90,12 +48,13 @@ def load_config(path: Path) -> BuildConfig:
         raise StgrError(f"{path}: {problems}") from exc
 
 
-def context(config_path: Path, out: Path) -> BuildContext:
+def context(config_path: Path, out: Path, resources: Resources | None = None) -> BuildContext:
     """Load the config and check, before any work starts, what would fail every shard alike
-    (missing weights, unknown prompt): a user's mistake ends the command, not each task."""
+    (missing weights, unknown prompt): a user's mistake ends the command, not each task. The
+    detector's model is loaded into ``resources`` (the build's, when given: loaded once)."""
     config_path = config_path.resolve()
     ctx = BuildContext(config=load_config(config_path), config_dir=config_path.parent, out=out.resolve())
-    make_detector(ctx.config.detector, ctx.config_dir)
+    make_detector(ctx.config.detector, ctx.config_dir, resources)
     make_annotator(ctx.config.annotator, ctx.config.verify)
     return ctx
 
@@ -121,83 +80,18 @@ def plan(ctx: BuildContext) -> BuildPlan:
 
 def shard_of(item_id: str, n_shards: int) -> int:
     """Shard assignment is a hash of content, never of arrival order."""
-    return int(hashlib.sha256(item_id.encode()).hexdigest()[:8], 16) % n_shards
+    return int(sha256_bytes(item_id.encode())[:8], 16) % n_shards
 
 
-def run_shard(ctx: BuildContext, shard: ShardPlan) -> ShardResult:
-    """Run every per-sample stage over one shard and write its files; skip it if done."""
-    done = finished_shard(ctx.out, shard.shard, shard.item_ids, ctx.build_id)
-    if done is not None:
-        return done
-    steps = shard_steps(ctx)
-    try:
-        items = run_steps((SampleWork(sample=sample) for sample in shard.samples), steps)
-    except BudgetReached:
-        # Not a reject: nothing of this shard is written, and the next run finishes it (the
-        # replies it already received are in the request cache, free the next time).
-        return ShardResult(shard=shard.shard, sample_ids=shard.item_ids, files=[],
-                           stats=[step.stats for step in steps], complete=False, llm=_llm_usage(steps))
-    passed = [item for item in items if isinstance(item, SampleWork)]
-    rejects = list(shard.rejects) + [item for item in items if isinstance(item, Reject)]
-    return write_shard(
-        ctx.out, shard.shard,
-        cot_rows=[work.cot_row for work in passed if work.cot_row is not None],
-        rl_rows=[work.rl_row for work in passed if work.rl_row is not None],
-        rejects=rejects, sample_ids=shard.item_ids, stats=[step.stats for step in steps],
-        llm=_llm_usage(steps), build_id=ctx.build_id)
 
-
-def _llm_usage(steps: list[Step]) -> LlmUsage | None:
-    """The shard's LLM requests and tokens (None when no step used an LLM)."""
-    usages = [usage for step in steps if (usage := getattr(step, "llm_usage", None)) is not None]
-    total = None
-    for usage in usages:
-        total = usage.merge(total)
-    return total
-
-
-def shard_steps(ctx: BuildContext) -> list[Step]:
-    """The per-sample steps of a shard, each expensive one wrapped in the stage store
-    (``stgr_builder/stages.py``) so a resumed shard runs only the samples it lacks."""
-    config = ctx.config
-    detector = make_detector(config.detector, ctx.config_dir)
-    annotator = make_annotator(config.annotator, config.verify, root=ctx.out, run=ctx.run)
-    provenance = {"detector_name": detector.name, "detector_weights_hash": detector.weights_hash,
-                  "build_id": ctx.build_id}
-    filters = {source.name: source.filters for source in config.sources}
-    steps: list[Step] = [
-        ProbeStep(filters),
-        SampleStep(config.sampler, FrameStore(ctx.out, config.sampler.jpeg_quality)),
-        # Remembers each distinct frame's detections across this process's shards (a frame
-        # path names its bytes; the key holds all that decides the boxes): detected once.
-        DetectStep(detector, ctx.out, batch_size=config.detector.batch, memo_key=_digest_json(
-            [config.detector.model_dump(mode="json", exclude={"batch"}), detector.name, detector.weights_hash])),
-        AnnotateStep(annotator),
-        VerifyStep(config.verify, provenance),
-    ]
-    prompts = getattr(annotator, "prompts", [annotator.prompt])
-    fingerprints = {
-        Stage.PROBE: {name: f.model_dump(mode="json") for name, f in filters.items()},
-        Stage.SAMPLE: config.sampler.model_dump(mode="json"),
-        Stage.DETECT: [config.detector.model_dump(mode="json", exclude={"batch"}), detector.name,
-                       detector.weights_hash],
-        Stage.ANNOTATE: [config.annotator.model_dump(mode="json", exclude=_PACING_SETTINGS["annotator"]),
-                         [p.model_dump(mode="json") for p in prompts], config.verify.model_dump(mode="json")],
-    }
-    return stored_steps(steps, StageStore(ctx.out, ctx.stage_parents), fingerprints, root=ctx.out)
-
-
-def _digest_json(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def finalize(ctx: BuildContext, build_plan: BuildPlan, results: list[ShardResult]) -> Manifest:
+def finalize(ctx: BuildContext, build_plan: BuildPlan, results: list[ShardResult],
+             resources: Resources | None = None) -> Manifest:
     """Write the manifest once every shard is done."""
-    detector = make_detector(ctx.config.detector, ctx.config_dir)
+    detector = make_detector(ctx.config.detector, ctx.config_dir, resources)
     annotator = make_annotator(ctx.config.annotator, ctx.config.verify)
     manifest = write_manifest(
         ctx.out, build_id=ctx.build_id, code_version=__version__,
-        config=ctx.config.model_dump(mode="json"), prompts=getattr(annotator, "prompts", [annotator.prompt]),
+        config=ctx.config.model_dump(mode="json"), prompts=annotator.prompts,
         detector={"name": detector.name, "weights": ctx.config.detector.weights,
                   "weights_hash": detector.weights_hash},
         results=results, ingest=build_plan.ingest, config_dir=str(ctx.config_dir))
@@ -205,9 +99,24 @@ def finalize(ctx: BuildContext, build_plan: BuildPlan, results: list[ShardResult
     return manifest
 
 
+@dataclass(frozen=True)
+class BuildJob:
+    """The full build as a job of the shard executor (``flows/build.py`` runs it on a task
+    runner; ``build`` runs it here)."""
+
+    ctx: BuildContext
+
+    def plan(self) -> BuildPlan:
+        return plan(self.ctx)
+
+    def run_shard(self, shard: ShardPlan, resources: Resources) -> ShardResult:
+        return execute_shard(self.ctx, shard, resources)
+
+    def finalize(self, build_plan: BuildPlan, results: list[ShardResult], resources: Resources) -> Manifest:
+        return finalize(self.ctx, build_plan, results, resources)
+
+
 def build(config_path: Path, out: Path) -> Manifest:
     """The whole build in this process, shard after shard (no orchestrator)."""
-    ctx = context(config_path, out)
-    build_plan = plan(ctx)
-    results = [run_shard(ctx, shard) for shard in build_plan.shards]
-    return finalize(ctx, build_plan, results)
+    resources = Resources()
+    return run_job(BuildJob(context(config_path, out, resources)), resources)

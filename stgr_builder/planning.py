@@ -179,7 +179,7 @@ def estimate(config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo | Ima
     ``annotator.image_max_side``; prompt tokens = characters / 4 + image tokens; with
     ``crop_verify``, one crop request per source object (an assumption: one chosen box each).
     """
-    from stgr_builder.detect.gold import gold_times
+    from stgr_builder.core.gold import gold_times
     from stgr_builder.video.plan import nominal_time, plan_frames
 
     est, ann = config.estimate, config.annotator

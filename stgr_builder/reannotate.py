@@ -27,32 +27,31 @@ never written to.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from stgr_builder import __version__
 from stgr_builder.annotate import load_prompt, make_annotator
-from stgr_builder.annotate.llm import BudgetReached
+from stgr_builder.audit.card import write_card
 from stgr_builder.audit.views import check_read_only, connect
+from stgr_builder.core.arrow import DATASETS, schema_for, table_to_rows
+from stgr_builder.core.files import atomic_write_text
+from stgr_builder.core.hashing import sha256_bytes, sha256_file
+from stgr_builder.core.layout import MANIFEST, PROGRESS_DIR, load_manifest, shard_index
+from stgr_builder.core.resources import Resources
 from stgr_builder.errors import StgrError
+from stgr_builder.executor import BuildContext, Carried, execute_shard, run_job
 from stgr_builder.models import (
-    BuildConfig, CotRow, Manifest, ParentRef, PromptRef, Reannotation, Reject, RlRow, SampleWork, ShardResult,
+    BuildConfig, BuildPlan, Manifest, ParentRef, Reannotation, ShardPlan, ShardResult, SourceSample, StepStats,
 )
-from stgr_builder.pipeline import BuildContext, _llm_usage, shard_steps
-from stgr_builder.shards.card import write_card
-from stgr_builder.shards.arrow import DATASETS, schema_for, table_to_rows
-from stgr_builder.shards.writer import (
-    MANIFEST, PROGRESS_DIR, _atomic_write_text, finished_shard, load_manifest, read_shard_result, sha256_file,
-    write_manifest, write_shard,
-)
+from stgr_builder.shards import read_shard_result, write_manifest
 from stgr_builder.sources import ingest
-from stgr_builder.steps import run_steps
 
 SPEC_FILE = "reannotate.json"
 _VERSION_SUFFIX = re.compile(r"-v\d+$")
@@ -114,13 +113,57 @@ def _read_spec(out: Path) -> dict | None:
         return None
 
 
-def reannotate(root: Path, *, where: str, prompt: str, model: str | None = None,
-               out: Path | None = None) -> tuple[Path, Manifest]:
-    """Write a new version of the dataset in ``root`` with the selected rows re-annotated;
-    returns the new version's folder and manifest.
+@dataclass(frozen=True)
+class ReannotateJob:
+    """A re-annotation as a job of the shard executor: the parent's shards, each with its
+    selected samples done again and its other rows carried over (``executor.Carried``).
+    ``flows/build.py`` runs it on the config's task runner; ``reannotate`` runs it here."""
 
-    Running it again with the same arguments resumes (finished shards are kept, received
-    LLM replies are cached) and ends with the same folder.
+    ctx: BuildContext
+    root: Path
+    where: str
+    selected: tuple[str, ...]
+    samples: dict[str, SourceSample]
+    parent_sha256: str
+
+    def plan(self) -> BuildPlan:
+        shards = []
+        for index in sorted({shard_index(f.path) for f in load_manifest(self.root).shards}):
+            record = read_shard_result(self.root, index)
+            if record is None:
+                raise StgrError(f"{self.root}: the record of shard {index} is missing; run `stgr verify {self.root}`")
+            shards.append(ShardPlan(shard=index, samples=[self.samples[i] for i in record.sample_ids
+                                                          if i in self.samples]))
+        return BuildPlan(shards=shards, ingest=StepStats(step="ingest"))
+
+    def run_shard(self, shard: ShardPlan, resources: Resources) -> ShardResult:
+        record = read_shard_result(self.root, shard.shard)
+        carried = Carried(sample_ids=record.sample_ids, cot=_read_rows(self.root, "stgr_cot", shard.shard),
+                          rl=_read_rows(self.root, "stgr_rl", shard.shard),
+                          rejects=_read_rows(self.root, "rejects", shard.shard))
+        return execute_shard(self.ctx, shard, resources, carried)
+
+    def finalize(self, plan: BuildPlan, results: list[ShardResult], resources: Resources) -> Manifest:
+        parent = load_manifest(self.root)
+        config = self.ctx.config
+        annotator = make_annotator(config.annotator, config.verify)
+        prompts = list(parent.prompts) + [p for p in annotator.prompts if p not in parent.prompts]
+        manifest = write_manifest(
+            self.ctx.out, build_id=self.ctx.build_id, code_version=__version__, config=config.model_dump(mode="json"),
+            prompts=prompts, detector=parent.detector, results=results, config_dir=parent.config_dir,
+            parent=ParentRef(path=str(self.root), build_id=parent.build_id, manifest_sha256=self.parent_sha256),
+            reannotation=Reannotation(where=self.where, prompt=annotator.prompt,
+                                      model=config.annotator.model or "template", selected=len(self.selected)))
+        write_card(self.ctx.out, manifest)
+        return manifest
+
+
+def prepare(root: Path, *, where: str, prompt: str, model: str | None = None,
+            out: Path | None = None) -> ReannotateJob:
+    """Check the request, claim the new version's folder, and return the job that writes it.
+
+    Running it again with the same arguments finds the same folder: finished shards are kept
+    and received LLM replies are cached, so it resumes and ends with the same files.
     """
     root = Path(root).resolve()
     parent = load_manifest(root)
@@ -143,28 +186,24 @@ def reannotate(root: Path, *, where: str, prompt: str, model: str | None = None,
     existing = _read_spec(out)
     if out.exists() and any(out.iterdir()) and existing != spec:
         raise StgrError(f"{out} exists and holds something else: give another --out")
-    _atomic_write_text(out / PROGRESS_DIR / SPEC_FILE, json.dumps(spec, indent=2, sort_keys=True))
+    atomic_write_text(out / PROGRESS_DIR / SPEC_FILE, json.dumps(spec, indent=2, sort_keys=True))
 
-    salt = hashlib.sha256(json.dumps([parent.build_id, where, selected]).encode()).hexdigest()[:16]
+    salt = sha256_bytes(json.dumps([parent.build_id, where, selected]).encode())[:16]
     ctx = BuildContext(config=config, config_dir=Path(parent.config_dir), out=out,
                        stage_parents=tuple(lineage(root)), salt=salt)
     make_annotator(annotator, config.verify)  # an unknown prompt or a missing model fails here
     link_tree(root / "kfs", out / "kfs")
-    samples = _selected_samples(ctx, set(selected))
+    return ReannotateJob(ctx=ctx, root=root, where=where, selected=tuple(selected),
+                         samples=_selected_samples(ctx, set(selected)), parent_sha256=manifest_sha)
 
-    results = []
-    for shard in sorted({_shard_index(f.path) for f in parent.shards}):
-        results.append(_reannotate_shard(ctx, root, shard, samples))
-    detector = parent.detector
-    prompts = list(parent.prompts) + [p for p in _prompts(ctx) if p not in parent.prompts]
-    manifest = write_manifest(
-        out, build_id=ctx.build_id, code_version=__version__, config=config.model_dump(mode="json"),
-        prompts=prompts, detector=detector, results=results, config_dir=parent.config_dir,
-        parent=ParentRef(path=str(root), build_id=parent.build_id, manifest_sha256=manifest_sha),
-        reannotation=Reannotation(where=where, prompt=new_prompt.ref, model=annotator.model or "template",
-                                  selected=len(selected)))
-    write_card(out, manifest)
-    return out, manifest
+
+def reannotate(root: Path, *, where: str, prompt: str, model: str | None = None,
+               out: Path | None = None) -> tuple[Path, Manifest]:
+    """Write a new version of the dataset in ``root`` with the selected rows re-annotated, in
+    this process (``stgr reannotate`` runs the same job as a Prefect flow); returns the new
+    version's folder and manifest."""
+    job = prepare(root, where=where, prompt=prompt, model=model, out=out)
+    return job.ctx.out, run_job(job, Resources())
 
 
 def _annotator_config(config: BuildConfig, prompt: str, model: str | None):
@@ -180,9 +219,6 @@ def _annotator_config(config: BuildConfig, prompt: str, model: str | None):
                                                "model": model if backend == "openai" else None})
 
 
-def _prompts(ctx: BuildContext) -> list[PromptRef]:
-    annotator = make_annotator(ctx.config.annotator, ctx.config.verify)
-    return list(getattr(annotator, "prompts", [annotator.prompt]))
 
 
 def _selected_samples(ctx: BuildContext, selected: set[str]) -> dict:
@@ -195,8 +231,6 @@ def _selected_samples(ctx: BuildContext, selected: set[str]) -> dict:
     return found
 
 
-def _shard_index(path: str) -> int:
-    return int(Path(path).stem.split("-")[1])
 
 
 def _read_rows(root: Path, dataset: str, shard: int) -> list:
@@ -205,40 +239,6 @@ def _read_rows(root: Path, dataset: str, shard: int) -> list:
     return table_to_rows(pq.read_table(path, schema=schema_for(model)), model)
 
 
-def _reannotate_shard(ctx: BuildContext, root: Path, shard: int, samples: dict) -> ShardResult:
-    record = read_shard_result(root, shard)
-    if record is None:
-        raise StgrError(f"{root}: the record of shard {shard} is missing; run `stgr verify {root}`")
-    ids = record.sample_ids
-    mine = [samples[i] for i in ids if i in samples]
-    done = finished_shard(ctx.out, shard, ids, ctx.build_id)
-    if done is not None:
-        return done
-    old_cot: list[CotRow] = _read_rows(root, "stgr_cot", shard)
-    old_rl: list[RlRow] = _read_rows(root, "stgr_rl", shard)
-    old_rejects: list[Reject] = _read_rows(root, "rejects", shard)
-    chosen = {s.id for s in mine}
-    steps = shard_steps(ctx)
-    try:
-        items = run_steps((SampleWork(sample=s) for s in mine), steps) if mine else []
-    except BudgetReached:
-        return ShardResult(shard=shard, sample_ids=ids, files=[], stats=[s.stats for s in steps],
-                           complete=False, llm=_llm_usage(steps))
-    replaced = {row.id: row.provenance.build_id for row in old_cot + old_rl}
-    cot = [row for row in old_cot if row.id not in chosen]
-    rl = [row for row in old_rl if row.id not in chosen]
-    rejects = [r for r in old_rejects if r.id not in chosen]
-    for item in items:
-        if isinstance(item, Reject):
-            rejects.append(item)
-            continue
-        for row, bucket in ((item.cot_row, cot), (item.rl_row, rl)):
-            if row is not None:
-                row.provenance.replaces = replaced.get(row.id)
-                bucket.append(row)
-    return write_shard(ctx.out, shard, cot_rows=cot, rl_rows=rl, rejects=rejects, sample_ids=ids,
-                       stats=[s.stats for s in steps] if mine else [], llm=_llm_usage(steps),
-                       build_id=ctx.build_id)
 
 
 def link_tree(source: Path, target: Path) -> int:
@@ -262,4 +262,4 @@ def link_tree(source: Path, target: Path) -> int:
     return added
 
 
-__all__ = ["default_out", "lineage", "link_tree", "reannotate", "select_ids"]
+__all__ = ["ReannotateJob", "default_out", "lineage", "link_tree", "prepare", "reannotate", "select_ids"]

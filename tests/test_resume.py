@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from small_demo import copy_build, small_build, small_source, write_config
+from small_demo import copy_build, small_source, write_config
 from stgr_builder.annotate.cache import ResponseCache
 from stgr_builder.annotate.server import serve_llm
 from stgr_builder.audit import query

@@ -18,11 +18,11 @@ from stgr_builder.models import (
     CotRow, KeyFrame, KeyItem, PromptRef, Provenance, Reject, RejectCode, RlRow, Stage, StepStats, Task,
     sample_id,
 )
-from stgr_builder.shards import (
-    DATASETS, arrow_type, clean_temp_files, config_hash, finished_shard, load_manifest, read_table,
-    record_path, rows_to_table, schema_for, sha256_file, shard_path, table_to_rows, write_manifest,
-    write_shard,
-)
+from stgr_builder.core.arrow import DATASETS, arrow_type, rows_to_table, schema_for, table_to_rows
+from stgr_builder.core.hashing import digest as config_hash
+from stgr_builder.core.hashing import sha256_file
+from stgr_builder.core.layout import load_manifest, record_path, shard_path
+from stgr_builder.shards import clean_temp_files, finished_shard, read_table, write_manifest, write_shard
 
 # ---------------------------------------------------------------------------------------
 # A small hand-made dataset: every task type, an image row, several boxes per key item

@@ -6,13 +6,13 @@ import shutil
 import pytest
 
 from stgr_builder.annotate import AnnotateStep, TemplateAnnotator, available_prompts, load_prompt
-from stgr_builder.annotate import grammar
+from stgr_builder.core import grammar
 from stgr_builder.errors import SampleError, StgrError
 from stgr_builder.models import (
     Detection, Frame, ImageInfo, Reject, RejectCode, SampleWork, SourceObject, SourceSample, Stage, Task,
     VerifyConfig, VideoInfo, sample_id,
 )
-from stgr_builder.steps import run_steps
+from stgr_builder.core.steps import run_steps
 from stgr_builder.verify import VerifyStep, build_rows, check_row
 
 PROVENANCE_BASE = {"detector_name": "yolo-test", "detector_weights_hash": "w123", "build_id": "b1"}
@@ -212,11 +212,16 @@ class _FakeBatchAnnotator:
 
     name = "fake"
     batch_size = 3
+    usage = None
 
     def __init__(self):
         self.inner = TemplateAnnotator()
         self.prompt = self.inner.prompt
+        self.prompts = [self.prompt]
         self.batches: list[int] = []
+
+    def take_usage(self, sample_id):
+        return None
 
     def annotate(self, work):
         raise AssertionError("the step should call annotate_batch")

@@ -6,13 +6,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stgr_builder.annotate import grammar
+from stgr_builder.core import geometry, grammar
 from stgr_builder.models import (
     Annotation, CotRow, DatasetName, Evidence, Frame, ImageInfo, KeyFrame, KeyItem, PromptRef, Provenance,
     Reject, RejectCode, RlRow, SampleWork, SourceObject, SourceSample, Stage, Task, TimedBox, VerifyConfig,
     VideoInfo, sample_id,
 )
-from stgr_builder.steps import run_steps
+from stgr_builder.core.steps import run_steps
 from stgr_builder.verify import VerifyStep, build_rows, check_row
 
 PROVENANCE_BASE = {"detector_name": "yolo-test", "detector_weights_hash": "w123", "build_id": "b1"}
@@ -253,7 +253,7 @@ def test_build_rows_writes_the_contract_fields():
     assert (prov.detector_name, prov.detector_weights_hash, prov.build_id) == ("yolo-test", "w123", "b1")
     assert prov.detector_score == pytest.approx(0.7)
     # Every chosen box meets the gold box nearest in time (2.9 s, not 9.5 s): IoU 1.0, 0.0 and IoU(DOG_6, DOG_3).
-    assert prov.detector_agreement_iou == pytest.approx((1.0 + 0.0 + grammar.box_iou(DOG_6, DOG_3)) / 3)
+    assert prov.detector_agreement_iou == pytest.approx((1.0 + 0.0 + geometry.box_iou(DOG_6, DOG_3)) / 3)
     assert rl.model_dump() == cot.model_dump(exclude={"reasoning_process"})
     assert build_rows(_work(), PROVENANCE_BASE)[0].provenance.detector_agreement_iou is None
 

@@ -17,9 +17,9 @@ from PIL import Image
 
 from stgr_builder.errors import SampleError
 from stgr_builder.models import FilterConfig, Reject, RejectCode, SampleWork, SourceSample, Task, sample_id
-from stgr_builder.steps import run_steps
+from stgr_builder.core.steps import run_steps
 from stgr_builder.video import ProbeStep, probe_image, probe_video, read_frames
-from stgr_builder.video.encode import encode_h264
+from stgr_builder.core.encode import encode_h264
 
 FPS, GOP, N = 25, 10, 75  # 3.0 s
 

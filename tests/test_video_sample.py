@@ -13,9 +13,9 @@ from PIL import Image
 from stgr_builder.models import (
     Reject, RejectCode, SamplerConfig, SampleWork, SourceSample, Task, VideoInfo, sample_id,
 )
-from stgr_builder.steps import run_steps
+from stgr_builder.core.steps import run_steps
 from stgr_builder.video import FrameStore, ProbeStep, SampleStep, get_decoder, plan_decode, plan_frames, probe_video
-from stgr_builder.video.encode import encode_h264
+from stgr_builder.core.encode import encode_h264
 
 FPS, GOP, N, W, H = 25, 25, 250, 128, 96  # 10 s, a key frame every second
 

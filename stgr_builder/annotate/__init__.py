@@ -1,10 +1,11 @@
 """annotate: key frames, evidence and a reasoning trace per sample (offline templates or an LLM)."""
 
+from pathlib import Path
+
 from stgr_builder.annotate.base import AnnotateStep, Annotator, BatchAnnotator
 from stgr_builder.annotate.prompts import Prompt, available_prompts, load_prompt
 from stgr_builder.annotate.template import TemplateAnnotator
-from pathlib import Path
-
+from stgr_builder.core.resources import Resources
 from stgr_builder.errors import StgrError
 from stgr_builder.models import AnnotatorConfig, VerifyConfig
 
@@ -13,9 +14,10 @@ __all__ = ["AnnotateStep", "Annotator", "BatchAnnotator", "Prompt", "TemplateAnn
 
 
 def make_annotator(config: AnnotatorConfig, verify: VerifyConfig, *, root: Path | None = None,
-                   run: str = "") -> Annotator:
+                   resources: Resources | None = None, run: str = "") -> Annotator:
     """The annotator a config names. The openai backend (``annotate/llm.py``) keeps its request
-    cache under ``root`` (the dataset folder) and shares its budget among annotators of one ``run``.
+    cache under ``root`` (the dataset folder), and takes the budget of ``run`` and its frame
+    memos from ``resources`` (the worker's), so the annotators of one run share them.
 
     >>> make_annotator(AnnotatorConfig(), VerifyConfig()).prompt.name
     'template-cot'
@@ -27,5 +29,5 @@ def make_annotator(config: AnnotatorConfig, verify: VerifyConfig, *, root: Path 
     if config.backend == "openai":
         from stgr_builder.annotate.llm import LlmAnnotator
 
-        return LlmAnnotator(config, verify, root=root, run=run)
+        return LlmAnnotator(config, verify, root=root, resources=resources, run=run)
     raise StgrError(f"annotator backend {config.backend!r} is not available in this version")

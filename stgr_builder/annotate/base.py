@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from stgr_builder.core import grammar
 from stgr_builder.errors import SampleError
-from stgr_builder.models import Annotation, PromptRef, Reject, SampleWork, Stage
-from stgr_builder.steps import Step
+from stgr_builder.models import Annotation, LlmUsage, PromptRef, Reject, RejectCode, SampleWork, Stage, Task
+from stgr_builder.core.steps import Step
 
 
 @runtime_checkable
@@ -30,8 +31,18 @@ class Annotator(Protocol):
 
     name: str
     prompt: PromptRef
+    #: Every prompt the annotator uses (the annotation prompt first; crop checks add theirs).
+    prompts: list[PromptRef]
+    #: Samples per ``annotate_batch`` call (1 for annotators without one).
+    batch_size: int
+    #: LLM requests and tokens so far (None without an LLM).
+    usage: LlmUsage | None
 
     def annotate(self, work: SampleWork) -> Annotation:
+        ...
+
+    def take_usage(self, sample_id: str) -> LlmUsage | None:
+        """The LLM usage of one sample's requests, once (None without an LLM)."""
         ...
 
 
@@ -42,8 +53,6 @@ class BatchAnnotator(Annotator, Protocol):
     ``annotate_batch`` returns, per sample in order, its ``Annotation`` or the ``SampleError``
     that rejects it: one failing request must not take the batch down.
     """
-
-    batch_size: int
 
     def annotate_batch(self, batch: list[SampleWork]) -> list[Annotation | SampleError]:
         ...
@@ -60,17 +69,14 @@ class AnnotateStep(Step):
     def __init__(self, annotator: Annotator, batch_size: int | None = None):
         super().__init__()
         self.annotator = annotator
-        self.batch_size = batch_size or getattr(annotator, "batch_size", 1)
+        self.batch_size = batch_size or annotator.batch_size
 
     @property
-    def llm_usage(self):
-        """The annotator's LLM requests and tokens (``LlmUsage``), or None without an LLM."""
-        return getattr(self.annotator, "usage", None)
+    def llm_usage(self) -> LlmUsage | None:
+        return self.annotator.usage
 
-    def usage_of(self, sample_id: str):
-        """The LLM usage of one sample's requests (taken once), or None without an LLM."""
-        per_sample = getattr(self.annotator, "sample_usage", None)
-        return per_sample.pop(sample_id, None) if per_sample is not None else None
+    def usage_of(self, sample_id: str) -> LlmUsage | None:
+        return self.annotator.take_usage(sample_id)
 
     def process(self, work: SampleWork) -> SampleWork:
         work.annotation = self.annotator.annotate(work)
@@ -90,15 +96,35 @@ class AnnotateStep(Step):
         return out
 
 
-def image_size(work: SampleWork) -> tuple[int, int] | None:
-    """``(W, H)`` of a still-image sample's original image, else None.
+# What both annotators read off a sample
 
-    The probe's ``ImageInfo`` is the original; a decoded frame's size is the fallback.
-    """
-    if work.sample.image_path is None:
+
+def object_names(work: SampleWork) -> list[str]:
+    """The sample's object names, cleaned for the trace, unique, in source order; a visual-QA
+    sample without objects falls back to the name in its gold answer."""
+    names = [o.name for o in work.sample.objects]
+    if not names and work.sample.task is Task.VISUAL:
+        try:
+            names = [grammar.parse_answer(Task.VISUAL, work.sample.answer).name]
+        except grammar.TraceError:
+            names = []
+    out: list[str] = []
+    for name in names:
+        # Detector labels are the raw names: only names that survive cleaning can be matched.
+        if name == grammar.clean_text(name) and name and name not in out:
+            out.append(name)
+    return out
+
+
+def trace_span(work: SampleWork) -> tuple[float, float] | None:
+    """The span the trace states: a temporal task's answer span, else the sample's span."""
+    sample = work.sample
+    if sample.image_path is not None:
         return None
-    if work.image is not None:
-        return work.image.width, work.image.height
-    if work.frames:
-        return work.frames[0].width, work.frames[0].height
-    return None
+    if sample.task in grammar.TEMPORAL_TASKS:
+        try:
+            return grammar.parse_answer(sample.task, sample.answer).span
+        except grammar.TraceError as err:
+            if sample.span is None:
+                raise SampleError(RejectCode.ANSWER_FORM, f"gold answer: {err.message}") from err
+    return tuple(sample.span) if sample.span is not None else None

@@ -22,15 +22,14 @@ leave one whole file, and a crash leaves either no file or the complete one.
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from stgr_builder.files import atomic_write_bytes
+from stgr_builder.core.files import atomic_write_bytes
+from stgr_builder.core.hashing import digest, sha256_bytes
 
 CACHE_DIR = Path("_cache") / "llm"
 _DATA_URL_PREFIX = "data:"
@@ -56,18 +55,11 @@ class CacheEntry(BaseModel):
     model: str = ""
 
 
-def canonical_json(value: Any) -> str:
-    """JSON with sorted keys and no spaces, so equal values hash equally.
-
-    >>> canonical_json({"b": 1, "a": [1, 2]})
-    '{"a":[1,2],"b":1}'
-    """
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def image_digest(data: bytes) -> str:
     """What an image stands for in a request key: ``sha256:`` and the hex sha256 of its bytes."""
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+    return "sha256:" + sha256_bytes(data)
 
 
 def _digest_images(value: Any, known: Mapping[str, str] | None = None) -> Any:
@@ -79,9 +71,9 @@ def _digest_images(value: Any, known: Mapping[str, str] | None = None) -> Any:
         return [_digest_images(v, known) for v in value]
     if isinstance(value, str) and value.startswith(_DATA_URL_PREFIX) and ";base64," in value:
         if known:
-            digest = known.get(value)
-            if digest is not None:
-                return digest
+            found = known.get(value)
+            if found is not None:
+                return found
         payload = value.split(";base64,", 1)[1]
         return image_digest(base64.b64decode(payload))
     return value
@@ -102,7 +94,7 @@ def request_key(*, model: str, prompt_version: str, messages: list[dict], schema
     """
     payload = {"model": model, "prompt_version": prompt_version, "messages": _digest_images(messages, digests),
                "schema_hash": schema_hash, "sampling": sampling}
-    return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
+    return digest(payload)
 
 
 class ResponseCache:

@@ -35,12 +35,10 @@ import asyncio
 import base64
 import contextvars
 import functools
-import hashlib
 import io
 import os
 import re
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,16 +47,18 @@ from typing import Any, Literal, TypeVar
 from PIL import Image, ImageDraw, ImageFont
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from stgr_builder.annotate import grammar
-from stgr_builder.annotate.base import image_size
-from stgr_builder.detect.gold import evidence_detections
-from stgr_builder.annotate.cache import CacheEntry, CachedUsage, ResponseCache, canonical_json, image_digest, request_key
+from stgr_builder.core import geometry, grammar
+from stgr_builder.annotate.base import object_names, trace_span
+from stgr_builder.core.geometry import image_size
+from stgr_builder.core.gold import evidence_detections
+from stgr_builder.annotate.cache import CacheEntry, CachedUsage, ResponseCache, image_digest, request_key
+from stgr_builder.core.hashing import digest
+from stgr_builder.core.resources import BudgetReached, Resources
 from stgr_builder.annotate.prompts import load_prompt
-from stgr_builder.annotate.template import _object_names, _trace_span
 from stgr_builder.errors import SampleError, StgrError
 from stgr_builder.models import (
     AnnotatorConfig, Annotation, Detection, Evidence, Frame, LlmUsage, RejectCode, SampleWork, VerifyConfig)
-from stgr_builder.verify import crops
+from stgr_builder.annotate import crops
 
 SCHEMA_NAME = "stgr_cot_reply"
 #: Header carrying the request-cache key (not a secret: a hash of the request), so a server's
@@ -114,7 +114,7 @@ def response_format(model: type[BaseModel], name: str) -> dict[str, Any]:
 @functools.lru_cache(maxsize=None)
 def schema_hash(model: type[BaseModel]) -> str:
     """Short sha256 of a reply model's JSON Schema (part of every request-cache key)."""
-    return hashlib.sha256(canonical_json(_schema(model)).encode()).hexdigest()[:16]
+    return digest(_schema(model))[:16]
 
 
 class LlmPromptContent(BaseModel):
@@ -145,68 +145,6 @@ def parse_llm_prompt(prompt) -> LlmPromptContent:
     except (ValidationError, KeyError, IndexError, ValueError) as exc:
         raise StgrError(f"prompt {prompt.path} is not an LLM annotation prompt (kind: llm): {exc}") from exc
     return content
-
-
-# ---------------------------------------------------------------------------------------
-# The run's shared state: request cache and budget
-# ---------------------------------------------------------------------------------------
-
-
-class BudgetReached(Exception):
-    """The run's LLM budget is spent: the shard stops, writes nothing, and the next run finishes it."""
-
-
-class Budget:
-    """New (uncached) requests and their tokens in this run, against the config's caps.
-
-    Thread-safe: the shard tasks of a build share one. A request is counted when it is sent;
-    its tokens when its reply comes, so requests already in flight may pass a token cap.
-    """
-
-    def __init__(self, max_requests: int | None, max_tokens: int | None):
-        self.max_requests = max_requests
-        self.max_tokens = max_tokens
-        self.requests = 0
-        self.tokens = 0
-        self.reached = False
-        self._lock = threading.Lock()
-
-    def acquire(self) -> bool:
-        """Count one new request, or return False (for good) once a cap is reached."""
-        with self._lock:
-            if (self.reached or (self.max_requests is not None and self.requests >= self.max_requests)
-                    or (self.max_tokens is not None and self.tokens >= self.max_tokens)):
-                self.reached = True
-                return False
-            self.requests += 1
-            return True
-
-    def add_tokens(self, count: int) -> None:
-        with self._lock:
-            self.tokens += count
-
-
-@dataclass
-class RunState:
-    cache: ResponseCache
-    budget: Budget
-
-
-_RUNS: dict[tuple[str, str], RunState] = {}
-_RUNS_LOCK = threading.Lock()
-
-
-def run_state(root: Path, run: str, config: AnnotatorConfig) -> RunState:
-    """The cache and budget shared by every shard task of one run (one process) of a build.
-
-    ``run`` tells runs apart (each ``pipeline.context`` call makes a new one), so a rerun in
-    the same process starts with a fresh budget.
-    """
-    key = (str(Path(root).resolve()), run)
-    with _RUNS_LOCK:
-        if key not in _RUNS:
-            _RUNS[key] = RunState(ResponseCache(root), Budget(config.budget, config.budget_tokens))
-        return _RUNS[key]
 
 
 # ---------------------------------------------------------------------------------------
@@ -241,14 +179,14 @@ class SampleView:
 def _usable(det: Detection, max_area: float) -> bool:
     box = grammar.round_box(det.box)
     inside = all(0.0 <= v <= 1.0 for v in box)
-    return inside and box[2] > box[0] and box[3] > box[1] and grammar.box_area(box) <= max_area
+    return inside and box[2] > box[0] and box[3] > box[1] and geometry.box_area(box) <= max_area
 
 
 def sample_view(work: SampleWork, *, max_per_frame: int, max_area: float) -> SampleView:
     """The frames and boxes offered to the model: eligible frames (inside the sample's span,
     or the temporal answer's; an image's one frame), each with its best usable boxes."""
     sample = work.sample
-    span = _trace_span(work)
+    span = trace_span(work)
     eligible = sample.span if sample.span is not None else (span if sample.task in grammar.TEMPORAL_TASKS else None)
     frames = list({f.idx: f for f in sorted(work.frames, key=lambda f: (f.time, f.idx))}.values())
     if sample.image_path is not None:
@@ -268,7 +206,7 @@ def sample_view(work: SampleWork, *, max_per_frame: int, max_area: float) -> Sam
             seen.add(key)
             cid = len(candidates) + 1
             candidates[cid] = Candidate(cid, number, frame, det)
-    return SampleView(work=work, names=_object_names(work), span=span, frames=frames, candidates=candidates,
+    return SampleView(work=work, names=object_names(work), span=span, frames=frames, candidates=candidates,
                       size=image_size(work))
 
 
@@ -276,9 +214,7 @@ _COLORS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30
            (240, 50, 230), (210, 245, 60)]
 
 
-@functools.lru_cache(maxsize=256)
 def _base_frame(path: str, max_side: int) -> Image.Image:
-    # Frames are content-addressed and shared by the samples of a video: decode each once.
     with Image.open(path) as image:
         rgb = image.convert("RGB")
     scale = min(1.0, max_side / max(rgb.size))
@@ -293,10 +229,12 @@ def _label_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default()
 
 
-def draw_frame(path: Path, candidates: list[Candidate], max_side: int, quality: int = 85) -> bytes:
+def draw_frame(path: Path, candidates: list[Candidate], max_side: int, quality: int = 85,
+               base: Image.Image | None = None) -> bytes:
     """The frame's JPEG with its candidate boxes drawn and labelled ``B<id>``, downscaled so
-    its longer side is at most ``max_side``. Deterministic (its hash is in the cache key)."""
-    rgb = _base_frame(str(path), max_side).copy()
+    its longer side is at most ``max_side`` (``base``: that downscaled frame, when the caller
+    has it). Deterministic (its hash is in the cache key)."""
+    rgb = (base if base is not None else _base_frame(str(path), max_side)).copy()
     draw = ImageDraw.Draw(rgb)
     font = _label_font()
     width, height = rgb.size
@@ -312,28 +250,25 @@ def draw_frame(path: Path, candidates: list[Candidate], max_side: int, quality: 
 
 
 class FrameImages:
-    """Drawn frames as ``(data URL, image_digest)``, memoized (bounded LRU, thread-safe) by
-    frame, size and the candidates drawn on it: the samples of one video share frames and
-    detections, so most of their frames are drawn, encoded and hashed once."""
+    """Drawn frames as ``(data URL, image_digest)``, memoized by frame, size and the candidates
+    drawn on it: the samples of one video share frames and detections, so most of their frames
+    are decoded once, and drawn, encoded and hashed once. Both memos are the process's
+    (``Resources``), bounded in bytes."""
 
-    def __init__(self, maxsize: int = 512):
-        self.maxsize = maxsize
-        self._items: OrderedDict[tuple, tuple[str, str]] = OrderedDict()
-        self._lock = threading.Lock()
+    def __init__(self, resources: Resources):
+        # Frames are content-addressed and shared by the samples of a video: decode each once.
+        self.bases = resources.memo("llm-base-frames", 128 << 20, weigh=lambda im: im.width * im.height * 3)
+        self.drawn = resources.memo("llm-drawn-frames", 128 << 20, weigh=lambda made: len(made[0]) + len(made[1]))
 
     def get(self, path: Path, candidates: list[Candidate], max_side: int) -> tuple[str, str]:
         key = (str(path), max_side, tuple((c.id, tuple(c.det.box)) for c in candidates))
-        with self._lock:
-            found = self._items.get(key)
-            if found is not None:
-                self._items.move_to_end(key)
-                return found
-        jpeg = draw_frame(path, candidates, max_side)
+        found = self.drawn.get(key)
+        if found is not None:
+            return found
+        base = self.bases.get_or_make((str(path), max_side), lambda: _base_frame(str(path), max_side))
+        jpeg = draw_frame(path, candidates, max_side, base=base)
         made = (crops.data_url(jpeg), image_digest(jpeg))
-        with self._lock:
-            self._items[key] = made
-            while len(self._items) > self.maxsize:
-                self._items.popitem(last=False)
+        self.drawn.put(key, made)
         return made
 
 
@@ -373,11 +308,11 @@ def build_request(view: SampleView, content: LlmPromptContent, root: Path, max_s
         parts.append({"type": "text", "text": content.frame.format(
             frame=number, time=grammar.fmt_time(time), boxes=", ".join(f"B{c.id}" for c in on_frame) or "none")})
         if images is not None:
-            url, digest = images.get(root / frame.path, on_frame, max_side)
+            url, image_hash = images.get(root / frame.path, on_frame, max_side)
         else:
             jpeg = draw_frame(root / frame.path, on_frame, max_side)
-            url, digest = crops.data_url(jpeg), image_digest(jpeg)
-        digests[url] = digest
+            url, image_hash = crops.data_url(jpeg), image_digest(jpeg)
+        digests[url] = image_hash
         parts.append({"type": "image_url", "image_url": {"url": url}})
     return [{"role": "system", "content": content.system}, {"role": "user", "content": parts}], digests
 
@@ -471,7 +406,7 @@ def render_trace(reasoning: str, view: SampleView, kept: dict[int, Chosen]) -> s
         name = boxes[0].name
         if view.size is not None:
             out.append(grammar.render_pixel_evidence(
-                name, [grammar.to_pixels(grammar.round_box(b.cand.det.box), view.size) for b in boxes]))
+                name, [geometry.to_pixels(grammar.round_box(b.cand.det.box), view.size) for b in boxes]))
         else:
             out.append(grammar.render_evidence(name, [b.cand.det.box for b in boxes], boxes[0].cand.frame.time))
     out.append(_plain(reasoning[pos:]))
@@ -545,7 +480,8 @@ class LlmAnnotator:
 
     name = "openai"
 
-    def __init__(self, config: AnnotatorConfig, verify: VerifyConfig, *, root: Path | None = None, run: str = ""):
+    def __init__(self, config: AnnotatorConfig, verify: VerifyConfig, *, root: Path | None = None,
+                 resources: Resources | None = None, run: str = ""):
         if not config.model:
             raise StgrError("annotator.model is required for backend openai (e.g. model: gpt-4o-mini)")
         if not os.environ.get("OPENAI_API_KEY"):
@@ -567,7 +503,10 @@ class LlmAnnotator:
             self.prompts.append(self.crop_prompt)
         self.max_area = verify.max_box_area
         self.root = Path(root) if root is not None else None
-        self.run_token = run
+        resources = resources if resources is not None else Resources()
+        # One budget per run, shared by every annotator (shard task) of the run in this process.
+        self.budget = resources.budget(run, config.budget, config.budget_tokens)
+        self.cache = ResponseCache(self.root) if self.root is not None else None
         # Many times the concurrency: a batch ends with a tail of slow replies while slots idle,
         # so fewer, larger batches (a default shard is one batch) keep the endpoint busy.
         self.batch_size = max(16 * config.concurrency, 128)
@@ -576,7 +515,10 @@ class LlmAnnotator:
         # (a batch's total cannot be split after the fact); taken by ``usage_of``.
         self.sample_usage: dict[str, LlmUsage] = {}
         self._sampling = {"temperature": config.temperature, "max_tokens": config.max_tokens}
-        self.images = FrameImages()
+        self.images = FrameImages(resources)
+
+    def take_usage(self, sample_id: str) -> LlmUsage | None:
+        return self.sample_usage.pop(sample_id, None)
 
     # -- public -------------------------------------------------------------------------
 
@@ -587,20 +529,19 @@ class LlmAnnotator:
         return result
 
     def annotate_batch(self, batch: list[SampleWork]) -> list[Annotation | SampleError]:
-        if self.root is None:
+        if self.root is None or self.cache is None:
             raise StgrError("LlmAnnotator needs the dataset folder (root) to annotate")
-        state = run_state(self.root, self.run_token, self.config)
-        results = _run(lambda: self._batch(batch, state))
+        results = _run(lambda: self._batch(batch))
         failures = [r for r in results if isinstance(r, BaseException) and not isinstance(r, SampleError)]
         if any(isinstance(r, BudgetReached) for r in failures):
-            raise BudgetReached(f"LLM budget reached (requests {state.budget.requests}, tokens {state.budget.tokens})")
+            raise BudgetReached(f"LLM budget reached (requests {self.budget.requests}, tokens {self.budget.tokens})")
         if failures:
             raise failures[0]
         return results
 
     # -- one batch, one sample ------------------------------------------------------------
 
-    async def _batch(self, batch: list[SampleWork], state: RunState) -> list:
+    async def _batch(self, batch: list[SampleWork]) -> list:
         from openai import AsyncOpenAI
 
         semaphore = asyncio.Semaphore(self.config.concurrency)
@@ -619,7 +560,7 @@ class LlmAnnotator:
                     self.sample_usage[work.sample.id] = usage
 
         async with AsyncOpenAI(max_retries=self.config.max_retries, timeout=self.config.timeout) as client:
-            ask = _Asker(client, semaphore, state, self)
+            ask = _Asker(client, semaphore, self)
             return await asyncio.gather(*(one(ask, work) for work in batch), return_exceptions=True)
 
     async def _one(self, ask: _Asker, work: SampleWork) -> Annotation | SampleError:
@@ -683,10 +624,11 @@ class ReplyRejected(Exception):
 class _Asker:
     """Requests of one batch: cache, budget, semaphore, usage and the re-ask loop."""
 
-    def __init__(self, client, semaphore: asyncio.Semaphore, state: RunState, annotator: LlmAnnotator):
+    def __init__(self, client, semaphore: asyncio.Semaphore, annotator: LlmAnnotator):
         self.client = client
         self.semaphore = semaphore
-        self.state = state
+        self.cache = annotator.cache
+        self.budget = annotator.budget
         self.annotator = annotator
 
     async def valid(self, messages: list[dict], prompt_version: str, model: type[BaseModel], name: str,
@@ -711,14 +653,14 @@ class _Asker:
         annotator = self.annotator
         key = request_key(model=annotator.model, prompt_version=prompt_version, messages=messages,
                           schema_hash=schema_hash(model), sampling=annotator._sampling, digests=digests)
-        entry = self.state.cache.get(key)
+        entry = self.cache.get(key)
         cached = entry is not None
         if not cached:
-            if not self.state.budget.acquire():
+            if not self.budget.acquire():
                 raise BudgetReached()
             entry = await self._send(key, messages, model, name)
-            self.state.budget.add_tokens(entry.usage.prompt_tokens + entry.usage.completion_tokens)
-            await asyncio.to_thread(self.state.cache.put, key, entry)  # before the reply is used
+            self.budget.add_tokens(entry.usage.prompt_tokens + entry.usage.completion_tokens)
+            await asyncio.to_thread(self.cache.put, key, entry)  # before the reply is used
         used = LlmUsage(requests=1, cached=int(cached), failed=int(entry.kind == "error"),
                         prompt_tokens=entry.usage.prompt_tokens, completion_tokens=entry.usage.completion_tokens,
                         images=entry.images)
@@ -797,5 +739,4 @@ def data_url_bytes(url: str) -> bytes:
     return base64.b64decode(url.split(";base64,", 1)[1])
 
 
-__all__ = ["BudgetReached", "CotReply", "LlmAnnotator", "SampleView", "parse_reply", "render_trace",
-           "run_state", "sample_view"]
+__all__ = ["CotReply", "LlmAnnotator", "SampleView", "parse_reply", "render_trace", "sample_view"]

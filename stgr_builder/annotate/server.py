@@ -163,6 +163,9 @@ class _Server(ThreadingHTTPServer):
         self.arrivals = 0
         self.faulted = 0
 
+    def stats_snapshot(self) -> dict[str, Any]:
+        return self.stats.snapshot()
+
     def fault(self) -> str | None:
         """The fault for the next request, or None. Evenly spaced, not drawn: of every n requests
         ``round(n * fault_rate)`` are faults, the kinds in turn (``seed`` picks the first), so a
@@ -284,13 +287,6 @@ class _Handler(BaseHTTPRequestHandler):
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         })
-
-
-def _stats_snapshot(self: _Server) -> dict[str, Any]:
-    return self.stats.snapshot()
-
-
-_Server.stats_snapshot = _stats_snapshot  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------------------

@@ -19,10 +19,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from stgr_builder.annotate import grammar
-from stgr_builder.annotate.base import image_size
+from stgr_builder.core import geometry, grammar
+from stgr_builder.core.geometry import image_size
+from stgr_builder.annotate.base import object_names, trace_span
 from stgr_builder.annotate.prompts import Prompt, load_prompt
-from stgr_builder.detect.gold import evidence_detections
+from stgr_builder.core.gold import evidence_detections
 from stgr_builder.errors import SampleError, StgrError
 from stgr_builder.models import Annotation, Detection, Evidence, Frame, RejectCode, SampleWork, Task
 
@@ -100,18 +101,24 @@ class TemplateAnnotator:
         loaded = load_prompt(prompt_name)
         self.templates = _parse_templates(loaded)
         self.prompt = loaded.ref
+        self.prompts = [self.prompt]
+        self.batch_size = 1
+        self.usage = None  # no LLM
         self.max_key_frames = max_key_frames
         self.max_boxes_per_name = max_boxes_per_name
         self.max_box_area = max_box_area
 
     # -- public -------------------------------------------------------------------------
 
+    def take_usage(self, sample_id: str) -> None:
+        return None
+
     def annotate(self, work: SampleWork) -> Annotation:
         """Key frames, evidence, trace and answer for one sample; ``SampleError`` when a
         grounded task (spatio-temporal, visual QA) has no detected named object."""
         sample = work.sample
-        names = _object_names(work)
-        span = _trace_span(work)
+        names = object_names(work)
+        span = trace_span(work)
         # Evidence lies inside the sample's span; a temporal task without one uses its answer's.
         eligible = sample.span if sample.span is not None else (span if sample.task in grammar.TEMPORAL_TASKS else None)
         candidates = self._candidates(work, names, eligible)
@@ -130,7 +137,7 @@ class TemplateAnnotator:
     def _usable(self, det: Detection) -> bool:
         box = grammar.round_box(det.box)
         inside = all(0.0 <= v <= 1.0 for v in box)
-        return inside and box[2] > box[0] and box[3] > box[1] and grammar.box_area(box) <= self.max_box_area
+        return inside and box[2] > box[0] and box[3] > box[1] and geometry.box_area(box) <= self.max_box_area
 
     def _candidates(self, work: SampleWork, names: list[str],
                     span: Sequence[float] | None) -> list[_FrameEvidence]:
@@ -146,7 +153,7 @@ class TemplateAnnotator:
         out = []
         for frame in frames:
             by_name: dict[str, list[Detection]] = {}
-            for det in evidence_detections(work.detections):  # gold boxes win (detect/gold.py)
+            for det in evidence_detections(work.detections):  # gold boxes win (core/gold.py)
                 if det.frame_idx == frame.idx and det.label in wanted and self._usable(det):
                     by_name.setdefault(det.label, []).append(det)
             if by_name:
@@ -207,35 +214,8 @@ class TemplateAnnotator:
 # ---------------------------------------------------------------------------------------
 
 
-def _object_names(work: SampleWork) -> list[str]:
-    """The sample's object names, cleaned for the trace, unique, in source order; a visual-QA
-    sample without objects falls back to the name in its gold answer."""
-    names = [o.name for o in work.sample.objects]
-    if not names and work.sample.task is Task.VISUAL:
-        try:
-            names = [grammar.parse_answer(Task.VISUAL, work.sample.answer).name]
-        except grammar.TraceError:
-            names = []
-    out: list[str] = []
-    for name in names:
-        # Detector labels are the raw names: only names that survive cleaning can be matched.
-        if name == grammar.clean_text(name) and name and name not in out:
-            out.append(name)
-    return out
 
 
-def _trace_span(work: SampleWork) -> tuple[float, float] | None:
-    """The span the trace states: a temporal task's answer span, else the sample's span."""
-    sample = work.sample
-    if sample.image_path is not None:
-        return None
-    if sample.task in grammar.TEMPORAL_TASKS:
-        try:
-            return grammar.parse_answer(sample.task, sample.answer).span
-        except grammar.TraceError as err:
-            if sample.span is None:
-                raise SampleError(RejectCode.ANSWER_FORM, f"gold answer: {err.message}") from err
-    return tuple(sample.span) if sample.span is not None else None
 
 
 def _spread(items: list, count: int) -> list:
@@ -307,7 +287,7 @@ def _frame_phrases(evidence: list[Evidence], names: list[str], size: tuple[int, 
         if not boxes:
             continue
         if size is not None:
-            phrases.append(grammar.render_pixel_evidence(name, [grammar.to_pixels(b, size) for b in boxes]))
+            phrases.append(grammar.render_pixel_evidence(name, [geometry.to_pixels(b, size) for b in boxes]))
         else:
             phrases.append(grammar.render_evidence(name, boxes, evidence[0].time))
     return phrases

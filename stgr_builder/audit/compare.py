@@ -13,9 +13,9 @@ from pathlib import Path
 
 import duckdb
 
-from stgr_builder.audit.views import VIEWS, AuditTable, _create_view, _literal, connect
+from stgr_builder.audit.views import VIEWS, AuditTable, create_view, sql_literal, connect
 from stgr_builder.errors import StgrError
-from stgr_builder.shards.writer import load_manifest
+from stgr_builder.core.layout import load_manifest
 
 _BOTH = "(SELECT 'cot' AS dataset, * EXCLUDE (reasoning_process) FROM {p}cot UNION ALL BY NAME " \
         "SELECT 'rl' AS dataset, * FROM {p}rl)"
@@ -72,9 +72,9 @@ def connect_pair(new: Path, old: Path) -> duckdb.DuckDBPyConnection:
             raise StgrError(f"{root} is not a folder: pass dataset folders that `stgr build` wrote")
     con = duckdb.connect(":memory:")
     for view, dataset in VIEWS.items():
-        _create_view(con, new, view, dataset)
-        _create_view(con, old, f"old_{view}", dataset)
-    con.execute(f"SET allowed_directories = [{_literal(str(new) + '/')}, {_literal(str(old) + '/')}]")
+        create_view(con, new, view, dataset)
+        create_view(con, old, f"old_{view}", dataset)
+    con.execute(f"SET allowed_directories = [{sql_literal(str(new) + '/')}, {sql_literal(str(old) + '/')}]")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con

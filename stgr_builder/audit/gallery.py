@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 
 from stgr_builder.audit.views import check_read_only, connect
+from stgr_builder.core.files import atomic_write_text
 from stgr_builder.errors import StgrError
 
 _PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324"]
@@ -128,7 +129,5 @@ def write_gallery(root: Path, out: Path, *, n: int = 24, seed: int = 0, where: s
             f'<h1>{html.escape(root.name)}: {len(rows)} sampled rows</h1><p id="status">loading images...</p>'
             f'{body}<script>{_SCRIPT}</script></body></html>')
     out.parent.mkdir(parents=True, exist_ok=True)
-    temp = out.with_name(f".{out.name}.tmp")
-    temp.write_text(page, encoding="utf-8")
-    os.replace(temp, out)
+    atomic_write_text(out, page)
     return len(rows)

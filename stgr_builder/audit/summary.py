@@ -15,8 +15,9 @@ import duckdb
 from stgr_builder.audit.views import VIEWS, AuditTable, connect
 from stgr_builder.errors import StgrError
 from stgr_builder.models import Manifest
-from stgr_builder.shards.arrow import DATASETS
-from stgr_builder.shards.writer import load_manifest, sha256_file
+from stgr_builder.core.arrow import DATASETS
+from stgr_builder.core.hashing import sha256_file
+from stgr_builder.core.layout import load_manifest, read_plan
 
 # Rows of both row datasets with a `dataset` column, for per-dataset statistics.
 _BOTH = "(SELECT 'cot' AS dataset, * EXCLUDE (reasoning_process) FROM cot UNION ALL BY NAME " \
@@ -150,7 +151,6 @@ def _cost_table(manifest: Manifest | None) -> AuditTable:
 def _plan_table(root: Path, manifest: Manifest | None) -> AuditTable | None:
     """What ``plan.json`` estimated beside what the build measured (rows: annotation may
     still reject planned samples; LLM figures: the manifest's totals)."""
-    from stgr_builder.shards.card import read_plan
 
     plan = read_plan(root)
     if plan is None:

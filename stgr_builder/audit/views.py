@@ -13,7 +13,7 @@ from pathlib import Path
 import duckdb
 
 from stgr_builder.errors import StgrError
-from stgr_builder.shards.arrow import DATASETS, schema_for
+from stgr_builder.core.arrow import DATASETS, schema_for
 
 #: View name -> dataset folder.
 VIEWS: dict[str, str] = {"cot": "stgr_cot", "rl": "stgr_rl", "rejects": "rejects"}
@@ -32,7 +32,7 @@ class AuditTable:
     rows: list[tuple] = field(default_factory=list)
 
 
-def _literal(text: str) -> str:
+def sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
@@ -51,15 +51,15 @@ def connect(root: Path) -> duckdb.DuckDBPyConnection:
         raise StgrError(f"{root} is not a folder: pass the dataset folder that `stgr build` wrote")
     con = duckdb.connect(":memory:")
     for view, dataset in VIEWS.items():
-        _create_view(con, root, view, dataset)
+        create_view(con, root, view, dataset)
     _sandbox(con, root)
     return con
 
 
-def _create_view(con: duckdb.DuckDBPyConnection, root: Path, view: str, dataset: str) -> None:
+def create_view(con: duckdb.DuckDBPyConnection, root: Path, view: str, dataset: str) -> None:
     if any((root / dataset).glob("part-*.parquet")):
         # The glob never matches a writer's temp file (.part-00000.parquet.<hex>.tmp).
-        pattern = _literal(str(root / dataset / "part-*.parquet"))
+        pattern = sql_literal(str(root / dataset / "part-*.parquet"))
         con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet({pattern}, union_by_name=false)")
         return
     # read_parquet fails on a glob with no files: serve the schema's empty table instead.
@@ -68,7 +68,7 @@ def _create_view(con: duckdb.DuckDBPyConnection, root: Path, view: str, dataset:
 
 
 def _sandbox(con: duckdb.DuckDBPyConnection, root: Path) -> None:
-    con.execute(f"SET allowed_directories = [{_literal(str(root) + '/')}]")
+    con.execute(f"SET allowed_directories = [{sql_literal(str(root) + '/')}]")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
 

@@ -4,25 +4,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stgr_builder.detect.base import Detector, DetectStep, file_hash
+from stgr_builder.core.resources import Resources
+from stgr_builder.detect.base import Detector, DetectStep, weights_hash
 from stgr_builder.errors import StgrError
 from stgr_builder.models import DetectorConfig
 
-__all__ = ["Detector", "DetectStep", "file_hash", "make_detector"]
+__all__ = ["Detector", "DetectStep", "make_detector", "weights_hash"]
 
 
-def make_detector(config: DetectorConfig, config_dir: Path) -> Detector:
-    """The detector a config names.
+def make_detector(config: DetectorConfig, config_dir: Path, resources: Resources | None = None) -> Detector:
+    """The detector a config names, its model loaded into ``resources`` (once per process, with
+    the lock every caller holds while using it); a new ``Resources`` when none is given.
 
-    >>> make_detector(DetectorConfig(weights="builtin:stgr-demo-yolo11n"), Path("."))  # doctest: +SKIP
+    >>> make_detector(DetectorConfig(weights="builtin:stgr-demo-yolo11n"), Path("."), Resources())  # doctest: +SKIP
     <UltralyticsDetector ...>
     """
     if config.backend == "ultralytics":
         from stgr_builder.detect.yolo import UltralyticsDetector
 
-        return UltralyticsDetector(config, config_dir)
+        return UltralyticsDetector(config, config_dir, resources or Resources())
     if config.backend == "groundingdino":
         from stgr_builder.detect.groundingdino import GroundingDinoDetector
 
-        return GroundingDinoDetector(config, config_dir)
+        return GroundingDinoDetector(config, config_dir, resources or Resources())
     raise StgrError(f"unknown detector backend {config.backend!r}")

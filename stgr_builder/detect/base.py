@@ -7,15 +7,14 @@ distinct frame once, and hands each sample the detections of its own frames.
 
 from __future__ import annotations
 
-import hashlib
-import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Protocol
 
-from stgr_builder.detect.gold import gold_detections
+from stgr_builder.core.gold import gold_detections
+from stgr_builder.core.hashing import sha256_file
+from stgr_builder.core.resources import Resources
 from stgr_builder.models import Detection, SampleWork, Stage
-from stgr_builder.steps import Step
+from stgr_builder.core.steps import Step
 
 
 class Detector(Protocol):
@@ -27,53 +26,34 @@ class Detector(Protocol):
 
     name: str
     weights_hash: str
+    #: Whether ``detect`` reads ``phrases`` (open vocabulary); closed-set backends set False and
+    #: the step sends all frames in one call.
+    uses_phrases: bool
 
     def detect(self, images: list[Path], phrases: list[str] | None = None) -> list[list[Detection]]:
         """Detections per image, in input order; ``frame_idx`` is left 0 (the step sets it).
 
-        ``phrases``: object phrases for open-vocabulary backends; closed-set ones ignore it
-        (and set ``uses_phrases = False``, so the step sends all frames in one call).
+        ``phrases``: object phrases for open-vocabulary backends; closed-set ones ignore it.
         """
         ...
 
 
-def file_hash(path: Path) -> str:
-    """Short sha256 of a file's bytes, for provenance (which weights made these boxes)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+def weights_hash(path: Path) -> str:
+    """Short sha256 of a weights file, for provenance (which weights made these boxes)."""
+    return sha256_file(path)[:16]
 
 
-class FrameMemo:
-    """A bounded, thread-safe LRU of detections per (memo key, frame path, phrases)."""
+def pick_device(device: str) -> str:
+    """``auto`` means the first GPU when torch sees one, else the CPU."""
+    if device != "auto":
+        return device
+    import torch
 
-    def __init__(self, size: int = 50_000):
-        self.size = size
-        self._items: OrderedDict[tuple, list[Detection]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple) -> list[Detection] | None:
-        with self._lock:
-            found = self._items.get(key)
-            if found is not None:
-                self._items.move_to_end(key)
-            return found
-
-    def put(self, key: tuple, detections: list[Detection]) -> None:
-        with self._lock:
-            self._items[key] = detections
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
-_MEMO = FrameMemo()
+#: Bytes the process's detections memo may hold (about 2 KB per frame with boxes).
+DETECTIONS_MEMO_BYTES = 64 << 20
 
 
 class DetectStep(Step):
@@ -82,19 +62,22 @@ class DetectStep(Step):
     Frames are content-addressed, so samples that share a video share frame paths: each
     distinct path is detected once per batch. With a ``memo_key`` (everything of the
     configuration that decides the boxes: the pipeline passes the detect stage's fingerprint),
-    a frame's detections are also remembered across batches and shards in this process
-    (``FrameMemo``, bounded): a path names the frame's bytes, so the same path, phrases and
-    memo key give the same detections, and each distinct frame is detected once.
+    a frame's detections are also remembered across batches and shards in this process (the
+    ``detections`` memo of ``resources``, bounded in bytes): a path names the frame's bytes, so
+    the same path, phrases and memo key give the same detections, and each distinct frame is
+    detected once.
     """
 
     stage = Stage.DETECT
 
-    def __init__(self, detector: Detector, root: Path, batch_size: int = 32, memo_key: str | None = None):
+    def __init__(self, detector: Detector, root: Path, batch_size: int = 32, memo_key: str | None = None,
+                 resources: Resources | None = None):
         super().__init__()
         self.detector = detector
         self.root = root
         self.batch_size = batch_size
         self.memo_key = memo_key
+        self.memo = (resources or Resources()).memo("detections", DETECTIONS_MEMO_BYTES)
         self.memo_hits = 0  # frames whose detections came from the memo
 
     def process_batch(self, batch: list[SampleWork]) -> list[SampleWork]:
@@ -105,7 +88,7 @@ class DetectStep(Step):
         for work in batch:
             for frame in work.frames:
                 wanted.setdefault(frame.path, set()).update(obj.name for obj in work.sample.objects)
-        if not getattr(self.detector, "uses_phrases", True):  # closed-set: one batch, phrases unused
+        if not self.detector.uses_phrases:  # closed-set: one batch, phrases unused
             wanted = {path: set() for path in wanted}
         groups: dict[tuple[str, ...], list[str]] = {}
         for path in sorted(wanted):
@@ -116,7 +99,7 @@ class DetectStep(Step):
             if self.memo_key is not None:
                 todo = []
                 for path in paths:
-                    known = _MEMO.get((self.memo_key, path, phrases))
+                    known = self.memo.get((self.memo_key, path, phrases))
                     if known is None:
                         todo.append(path)
                     else:
@@ -128,11 +111,11 @@ class DetectStep(Step):
             by_path.update(zip(todo, found, strict=True))
             if self.memo_key is not None:
                 for path, detections in zip(todo, found):
-                    _MEMO.put((self.memo_key, path, phrases), detections)
+                    self.memo.put((self.memo_key, path, phrases), detections)
         for work in batch:
             work.detections = [
                 detection.model_copy(update={"frame_idx": frame.idx})
                 for frame in work.frames
                 for detection in by_path[frame.path]
-            ] + gold_detections(work)  # the source's own boxes, when it has them (detect/gold.py)
+            ] + gold_detections(work)  # the source's own boxes, when it has them (core/gold.py)
         return batch

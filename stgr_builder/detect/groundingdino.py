@@ -26,16 +26,15 @@ Detection(frame_idx=0, label='red car', score=0.62, box=[0.12, 0.4, 0.35, 0.71],
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from stgr_builder.detect.base import file_hash
+from stgr_builder.core.hashing import digest
+from stgr_builder.core.resources import Resources
+from stgr_builder.detect.base import pick_device, weights_hash
 from stgr_builder.errors import StgrError
 from stgr_builder.models import Detection, DetectorConfig
 
@@ -120,19 +119,17 @@ def _resolve(path: str, config_dir: Path, *, folder: bool, what: str) -> Path:
 
 
 def _folder_hash(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix in {".json", ".safetensors", ".bin", ".txt", ".pth"}:
-            digest.update(f"{path.name}:{file_hash(path)}".encode())
-    return digest.hexdigest()[:16]
+    files = [path for path in sorted(folder.iterdir())
+             if path.is_file() and path.suffix in {".json", ".safetensors", ".bin", ".txt", ".pth"}]
+    return digest([f"{path.name}:{weights_hash(path)}" for path in files])[:16]
 
 
 # ---------------------------------------------------------------------------------------
-# Loading, once per worker process (threads share the model and take turns on it)
+# Loading (once per worker process, through Resources: threads share the model and take
+# turns on its lock)
 # ---------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=2)
 def _load_idea(weights: Path, model_config: Path, text_encoder: Path | None, device: str):
     import torch
     from groundingdino.models import build_model
@@ -159,7 +156,6 @@ def _load_idea(weights: Path, model_config: Path, text_encoder: Path | None, dev
     return model.to(device).eval()
 
 
-@lru_cache(maxsize=2)
 def _load_hf(folder: Path, device: str):
     from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
@@ -175,9 +171,9 @@ def _load_hf(folder: Path, device: str):
 class GroundingDinoDetector:
     """Open-vocabulary detection prompted with the samples' object phrases (see module doc)."""
 
-    def __init__(self, config: DetectorConfig, config_dir: Path):
-        from stgr_builder.detect.yolo import pick_device
+    uses_phrases = True  # open vocabulary: prompted with the samples' object phrases
 
+    def __init__(self, config: DetectorConfig, config_dir: Path, resources: Resources):
         self.config = config
         self.device = pick_device(config.device)
         self.format = config.format
@@ -189,23 +185,30 @@ class GroundingDinoDetector:
             model_config = _resolve(config.model_config_file, config_dir, folder=False, what="config file")
             text_encoder = (_resolve(config.text_encoder, config_dir, folder=True, what="text encoder")
                             if config.text_encoder else None)
-            self.weights_hash = file_hash(self.weights)
-            self._model = _load_idea(self.weights, model_config, text_encoder, self.device)
+            self.weights_hash = weights_hash(self.weights)
+            self._loaded = resources.model(
+                ("groundingdino-idea", str(self.weights), str(model_config), str(text_encoder), self.device),
+                lambda: _load_idea(self.weights, model_config, text_encoder, self.device))
+            self._model = self._loaded.model
             self._tokenizer = self._model.tokenizer
         else:
             self.weights = _resolve(config.weights, config_dir, folder=True, what="model folder")
             self.weights_hash = _folder_hash(self.weights)
-            self._processor, self._model = _load_hf(self.weights, self.device)
+            self._loaded = resources.model(("groundingdino-hf", str(self.weights), self.device),
+                                           lambda: _load_hf(self.weights, self.device))
+            self._processor, self._model = self._loaded.model
             self._tokenizer = self._processor.tokenizer
         self.name = f"groundingdino-{config.format}:{self.weights.stem}"
-        self._lock = threading.Lock()
 
     def detect(self, images: list[Path], phrases: list[str] | None = None) -> list[list[Detection]]:
         if not phrases:
             return [[] for _ in images]
-        labels = {p.strip().lower(): p for p in phrases if p.strip()}  # lower-cased in the prompt
-        prompts = build_prompts(list(labels), self._tokenizer.tokenize)
         from PIL import Image
+
+        labels = {p.strip().lower(): p for p in phrases if p.strip()}  # lower-cased in the prompt
+        # The model's lock covers the tokenizer too: the fast tokenizers are not thread-safe.
+        with self._loaded.lock:
+            prompts = build_prompts(list(labels), self._tokenizer.tokenize)
 
         results = []
         for path in images:
@@ -213,7 +216,7 @@ class GroundingDinoDetector:
                 image = _resize(opened.convert("RGB"), self.config.imgsz)
             found: list[Detection] = []
             for prompt in prompts:
-                with self._lock:
+                with self._loaded.lock:
                     probs, boxes = self._forward(image, prompt)
                 found += _label_boxes(probs, boxes, prompt, labels, self.config.conf, self.config.text_threshold)
             results.append(found)

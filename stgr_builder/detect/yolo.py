@@ -8,11 +8,10 @@ point ``detector.weights`` at your own weights (e.g. ``yolo11x.pt`` downloaded b
 from __future__ import annotations
 
 import os
-import threading
-from functools import lru_cache
 from pathlib import Path
 
-from stgr_builder.detect.base import file_hash
+from stgr_builder.core.resources import Resources
+from stgr_builder.detect.base import pick_device, weights_hash
 from stgr_builder.errors import StgrError, require
 from stgr_builder.models import Detection, DetectorConfig
 
@@ -40,18 +39,9 @@ def resolve_weights(weights: str, config_dir: Path) -> Path:
     return path
 
 
-def pick_device(device: str) -> str:
-    """``auto`` means the first GPU when torch sees one, else the CPU."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
-@lru_cache(maxsize=4)
 def _load_model(weights: Path, device: str):
-    # Loaded once per worker process and weights file; shard tasks in threads share it.
     ultralytics = require("ultralytics", extra="ultralytics")
     model = ultralytics.YOLO(str(weights))
     model.to(device)
@@ -68,22 +58,23 @@ class UltralyticsDetector:
 
     uses_phrases = False  # closed-set: DetectStep batches all frames together
 
-    def __init__(self, config: DetectorConfig, config_dir: Path):
+    def __init__(self, config: DetectorConfig, config_dir: Path, resources: Resources):
         self.config = config
         self.weights = resolve_weights(config.weights, config_dir)
-        self.weights_hash = file_hash(self.weights)
+        self.weights_hash = weights_hash(self.weights)
         self.name = f"ultralytics:{self.weights.stem}"
         self.device = pick_device(config.device)
-        self._model = _load_model(self.weights, self.device)
-        # One predictor per model: Ultralytics keeps per-call state on it, so threads take turns.
-        self._lock = threading.Lock()
+        # Loaded once per worker process; shard tasks in threads share it and take turns on its
+        # one lock (Ultralytics keeps per-call state on the predictor).
+        self._loaded = resources.model(("ultralytics", str(self.weights), self.device),
+                                       lambda: _load_model(self.weights, self.device))
 
     def detect(self, images: list[Path], phrases: list[str] | None = None) -> list[list[Detection]]:
         results: list[list[Detection]] = []
         for start in range(0, len(images), self.config.batch):
             chunk = [str(path) for path in images[start:start + self.config.batch]]
-            with self._lock:
-                predictions = self._model.predict(
+            with self._loaded.lock:
+                predictions = self._loaded.model.predict(
                     chunk, imgsz=self.config.imgsz, conf=self.config.conf, iou=self.config.iou,
                     device=self.device, verbose=False)
             results.extend(self._to_detections(prediction) for prediction in predictions)

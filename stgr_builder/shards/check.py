@@ -16,8 +16,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from stgr_builder.errors import StgrError
-from stgr_builder.shards.arrow import DATASETS
-from stgr_builder.shards.writer import load_manifest, sha256_file
+from stgr_builder.core.arrow import DATASETS
+from stgr_builder.core.hashing import sha256_file
+from stgr_builder.core.layout import load_manifest
 
 
 def verify_dataset(root: Path, *, key_frames: bool = True) -> list[str]:

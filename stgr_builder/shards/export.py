@@ -25,6 +25,7 @@ where the trainer looks (``tvg_r1/`` temporal QA, ``videor1/`` general video QA,
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -32,9 +33,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from stgr_builder.core.arrow import DATASETS, schema_for
+from stgr_builder.core.files import atomic_write
+from stgr_builder.core.layout import load_manifest
 from stgr_builder.errors import StgrError
-from stgr_builder.shards.arrow import schema_for
-from stgr_builder.shards.writer import DATASETS, load_manifest
 
 FILES = {"stgr_cot": "STGR-SFT.json", "stgr_rl": "STGR-RL.json"}
 KFS_ROOTS = {"STR_plm_rdcap": "videos/stgr/plm/kfs"}
@@ -113,9 +115,9 @@ def export_open_o3(root: Path, to: Path) -> dict[str, int]:
     for dataset, name in FILES.items():
         model = DATASETS[dataset]
         target = to / "json_data" / name
-        temp = target.with_name(f".{name}.tmp")
         count = 0
-        with open(temp, "w", encoding="utf-8") as handle:
+        with atomic_write(target) as raw:
+            handle = io.TextIOWrapper(raw, encoding="utf-8")
             handle.write("[")
             for part in sorted((root / dataset).glob("part-*.parquet")):
                 for row in pq.read_table(part, schema=schema_for(model)).to_pylist():
@@ -125,7 +127,8 @@ def export_open_o3(root: Path, to: Path) -> dict[str, int]:
                     handle.write(("\n" if count == 0 else ",\n") + json.dumps(record, ensure_ascii=False))
                     count += 1
             handle.write("\n]\n")
-        os.replace(temp, target)
+            handle.flush()
+            handle.detach()  # the atomic writer closes the file
         written[name] = count
     return written
 

@@ -16,12 +16,9 @@ reader never sees half a file and a killed build leaves at worst a stray temp fi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import uuid
-from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pyarrow as pa
@@ -30,105 +27,18 @@ from pydantic import BaseModel, ValidationError
 
 from stgr_builder.errors import StgrError
 from stgr_builder.models import (
-    CotRow, LlmUsage, Manifest, PromptRef, Reject, RlRow, ShardFile, ShardResult, StepStats,
+    CotRow, LlmUsage, Manifest, Plan, PromptRef, Reject, RlRow, ShardFile, ShardResult, StepStats,
 )
-from stgr_builder.shards.arrow import DATASETS, rows_to_table, schema_for
+from stgr_builder.core.arrow import DATASETS, rows_to_table, schema_for
+from stgr_builder.core.files import atomic_write_text, atomic_write_with, remove_files, temp_files, temp_glob
+from stgr_builder.core.hashing import digest, sha256_file
+from stgr_builder.core.layout import MANIFEST, PLAN, PROGRESS_DIR, record_path, shard_path
 
-PROGRESS_DIR = "_progress"
-MANIFEST = "manifest.json"
 COMPRESSION = "zstd"
 
 
-# ---------------------------------------------------------------------------------------
-# Paths
-# ---------------------------------------------------------------------------------------
-
-
-def shard_path(root: Path, dataset: str, shard: int) -> Path:
-    """Where one dataset's file of one shard lives.
-
-    >>> shard_path(Path("out"), "stgr_cot", 3)
-    PosixPath('out/stgr_cot/part-00003.parquet')
-    """
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}: one of {sorted(DATASETS)}")
-    return Path(root) / dataset / f"part-{shard:05d}.parquet"
-
-
-def record_path(root: Path, shard: int) -> Path:
-    """The completion record of a shard.
-
-    >>> record_path(Path("out"), 3)
-    PosixPath('out/_progress/shard-00003.json')
-    """
-    return Path(root) / PROGRESS_DIR / f"shard-{shard:05d}.json"
-
-
-def _temp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-
-
-def _temp_glob(path: Path) -> str:
-    return f".{path.name}.*.tmp"
-
-
-# ---------------------------------------------------------------------------------------
-# Atomic files
-# ---------------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in chunks.
-
-    >>> sha256_file(Path("out/stgr_cot/part-00000.parquet"))  # doctest: +SKIP
-    '9f2c...'
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> str:
-    """Write ``path`` via a temp file in the same folder; returns the sha256 of what landed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = _temp_path(path)
-    try:
-        write(temp)
-        _fsync(temp)  # the rename must not become visible before the bytes are on disk
-        digest = sha256_file(temp)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return digest
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; some network filesystems cannot fsync a folder,
-    # and the rename is still atomic there.
-    try:
-        _fsync(folder)
-    except OSError:
-        pass
-
-
-def _atomic_write_text(path: Path, text: str) -> str:
-    return _atomic_write(path, lambda temp: temp.write_text(text, encoding="utf-8"))
-
-
 def _write_parquet(path: Path, table: pa.Table) -> str:
-    return _atomic_write(path, lambda temp: _parquet(table, temp))
+    return atomic_write_with(path, lambda temp: _parquet(table, temp))
 
 
 def _parquet(table: pa.Table, path: Path) -> None:
@@ -152,21 +62,15 @@ def clean_temp_files(root: Path) -> list[Path]:
     """
     root = Path(root)
     folders = [root, root / PROGRESS_DIR, *(root / dataset for dataset in DATASETS)]
-    return _remove(path for folder in folders if folder.is_dir() for path in folder.glob(".*.tmp"))
+    return remove_files(path for folder in folders for path in temp_files(folder))
 
 
 def _clean_shard_temp_files(root: Path, shard: int) -> list[Path]:
     # Only this shard's names: other shard tasks may be writing beside it right now.
     targets = [shard_path(root, dataset, shard) for dataset in DATASETS] + [record_path(root, shard)]
-    return _remove(p for target in targets if target.parent.is_dir() for p in target.parent.glob(_temp_glob(target)))
+    return remove_files(p for target in targets if target.parent.is_dir() for p in target.parent.glob(temp_glob(target)))
 
 
-def _remove(paths: Iterable[Path]) -> list[Path]:
-    removed = []
-    for path in sorted(paths):
-        path.unlink(missing_ok=True)
-        removed.append(path)
-    return removed
 
 
 # ---------------------------------------------------------------------------------------
@@ -231,7 +135,7 @@ def write_shard(
     result = ShardResult(shard=shard, sample_ids=ids, files=files, stats=stats, llm=llm, build_id=build_id)
     text = result.model_dump_json(indent=2)
     assert_no_secrets(text, where=f"the record of shard {shard}")
-    _atomic_write_text(record_path(root, shard), text)
+    atomic_write_text(record_path(root, shard), text)
     return result
 
 
@@ -312,14 +216,6 @@ def read_table(root: Path, dataset: str) -> pa.Table:
 # ---------------------------------------------------------------------------------------
 
 
-def config_hash(config: dict) -> str:
-    """sha256 of the config's canonical JSON (sorted keys, no spaces): key order is irrelevant.
-
-    >>> config_hash({"b": 1, "a": [1, 2]}) == config_hash({"a": [1, 2], "b": 1})
-    True
-    """
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def merge_stats(results: list[ShardResult]) -> list[StepStats]:
@@ -374,24 +270,16 @@ def write_manifest(
     files = sorted((f for r in results for f in r.files), key=lambda f: f.path)
     manifest = Manifest(
         build_id=build_id, code_version=code_version, config=config,
-        config_hash=config_hash(config), prompts=prompts, detector=detector,
+        config_hash=digest(config), prompts=prompts, detector=detector,
         counts=_counts(results), shards=files,
         stats=([ingest] if ingest is not None else []) + merge_stats(results),
         complete=not unfinished, pending=sum(len(r.sample_ids) for r in unfinished),
-        llm=_sum_llm(results + unfinished), **extra,
+        llm=LlmUsage.total([result.llm for result in results + unfinished]), **extra,
     )
     text = manifest.model_dump_json(indent=2)
     assert_no_secrets(text, where=MANIFEST)
-    _atomic_write_text(root / MANIFEST, text)
+    atomic_write_text(root / MANIFEST, text)
     return manifest
-
-
-def _sum_llm(results: list[ShardResult]) -> LlmUsage | None:
-    total = None
-    for result in results:
-        if result.llm is not None:
-            total = result.llm.merge(total)
-    return total
 
 
 def _sorted_results(results: list[ShardResult]) -> list[ShardResult]:
@@ -428,12 +316,12 @@ def prune_orphans(root: Path, results: list[ShardResult]) -> list[Path]:
     keep |= {record_path(root, r.shard) for r in results}
     candidates = [p for dataset in DATASETS for p in (root / dataset).glob("part-*.parquet")]
     candidates += list((root / PROGRESS_DIR).glob("shard-*.json"))
-    return _remove(p for p in candidates if p not in keep)
+    return remove_files(p for p in candidates if p not in keep)
 
 
 def write_plan_record(root: Path, n_shards: int) -> None:
     """Record how many shards this build has, so a watcher can show progress."""
-    _atomic_write_text(Path(root) / PROGRESS_DIR / "plan.json", json.dumps({"shards": n_shards}))
+    atomic_write_text(Path(root) / PROGRESS_DIR / "plan.json", json.dumps({"shards": n_shards}))
 
 
 def progress(root: Path) -> tuple[int, int | None]:
@@ -450,18 +338,8 @@ def progress(root: Path) -> tuple[int, int | None]:
     return len(list(folder.glob("shard-*.json"))), total
 
 
-def load_manifest(root: Path) -> Manifest:
-    """The manifest of a finished build.
-
-    >>> load_manifest(Path("out")).counts["stgr_cot"]  # doctest: +SKIP
-    120
-    """
-    path = Path(root) / MANIFEST
-    try:
-        return Manifest.model_validate_json(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StgrError(f"no {MANIFEST} in {root}: not a finished build (run `stgr build` to finish it)") from None
-    except ValidationError as exc:
-        raise StgrError(f"{path} is not a valid manifest: {exc.error_count()} errors, first: "
-                        f"{exc.errors()[0]['msg']}") from None
-
+def write_plan_json(root: Path, plan: Plan) -> Path:
+    """Record what the plan expects of the build (``plan.json``, read by the audit)."""
+    path = Path(root) / PLAN
+    atomic_write_text(path, plan.model_dump_json(indent=2))
+    return path

@@ -25,12 +25,11 @@ import csv
 import json
 import random
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from stgr_builder.annotate import grammar
+from stgr_builder.core import grammar
 from stgr_builder.errors import StgrError
 from stgr_builder.models import Reject, SourceObject, SourceSample, Task, TimedBox
 from stgr_builder.sources import AdapterContext, describe_error, iter_json_lines

@@ -45,7 +45,7 @@ from stgr_builder.sources.demo_sprites import (
     render_training_frame,
     sprite_box,
 )
-from stgr_builder.video.encode import encode_h264
+from stgr_builder.core.encode import encode_h264
 
 __all__ = [
     "DEMO_CLASSES", "DEMO_FILE", "MEDIA_DIR", "TRUTH_FILE", "DemoRecord", "DemoTruth", "generate_demo",

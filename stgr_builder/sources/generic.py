@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
-from stgr_builder.annotate import grammar
+from stgr_builder.core import grammar
 from stgr_builder.models import SourceObject, Task
 from stgr_builder.sources import AdapterContext, describe_error, register
 from stgr_builder.sources.common import AdapterOptions, Item, parse_options, read_records, round_span

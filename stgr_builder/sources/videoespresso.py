@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from stgr_builder.annotate import grammar
+from stgr_builder.core import grammar
 from stgr_builder.models import SourceObject, Task
 from stgr_builder.sources import AdapterContext, register
 from stgr_builder.sources.common import (

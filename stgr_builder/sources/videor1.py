@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from stgr_builder.annotate import grammar
+from stgr_builder.core import grammar
 from stgr_builder.models import Task
 from stgr_builder.sources import AdapterContext, register
 from stgr_builder.sources.common import AdapterOptions, Item, Record, json_entries, parse_options, validate

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 from pydantic import Field
 
-from stgr_builder.annotate import grammar
+from stgr_builder.core import grammar
 from stgr_builder.models import SourceObject, Task, TimedBox
 from stgr_builder.sources import AdapterContext, iter_json_lines, register
 from stgr_builder.sources.common import (

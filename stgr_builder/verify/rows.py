@@ -24,8 +24,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from statistics import fmean
 
-from stgr_builder.annotate import grammar
-from stgr_builder.annotate.base import image_size
+from stgr_builder.core import geometry, grammar
+from stgr_builder.core.geometry import image_size
 from stgr_builder.errors import SampleError
 from stgr_builder.models import (
     CotRow, Evidence, KeyFrame, KeyItem, Provenance, RejectCode, RlRow, SampleWork, SourceSample,
@@ -88,14 +88,14 @@ def agreement_iou(sample: SourceSample, evidence: list[Evidence]) -> float | Non
             continue
         nearest = min(abs(tb.time - ev.time) for tb in timed)
         box = grammar.round_box(ev.box)  # the box as the row stores it
-        ious.append(max(grammar.box_iou(box, tb.box) for tb in timed if abs(tb.time - ev.time) == nearest))
+        ious.append(max(geometry.box_iou(box, tb.box) for tb in timed if abs(tb.time - ev.time) == nearest))
     return fmean(ious) if ious else None
 
 
 def _agreement(work: SampleWork, evidence: list[Evidence]) -> float | None:
-    """Gold evidence is measured against the detector's boxes (detect/gold.py); detector
+    """Gold evidence is measured against the detector's boxes (core/gold.py); detector
     evidence against the source's gold boxes."""
-    from stgr_builder.detect.gold import detector_agreement
+    from stgr_builder.core.gold import detector_agreement
 
     measured = detector_agreement(work, evidence)
     return measured if measured is not None else agreement_iou(work.sample, evidence)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from stgr_builder.annotate import grammar
+from stgr_builder.core import geometry, grammar
 from stgr_builder.models import CotRow, RejectCode, RlRow, Task, VerifyConfig
 
 EPS = 1e-6
@@ -97,7 +97,7 @@ def _box_problem(box: Sequence[float], max_area: float) -> tuple[RejectCode, str
         return RejectCode.BOX_OUT_OF_RANGE, "is not inside [0, 1]"
     if box[2] <= box[0] or box[3] <= box[1]:
         return RejectCode.BOX_EMPTY, "has no area"
-    area = grammar.box_area(box)
+    area = geometry.box_area(box)
     if area > max_area + EPS:
         return RejectCode.BOX_TOO_LARGE, f"covers {area:.2f} of the frame (at most {max_area:g})"
     return None
@@ -115,7 +115,7 @@ def _box_rules(row: CotRow | RlRow, trace: grammar.Trace | None, size: Sequence[
         for box in mention.boxes:
             if mention.time is None and not size:
                 continue  # pixel box of an image row without a size: already reported
-            normalized = grammar.from_pixels(box, size) if mention.time is None else box
+            normalized = geometry.from_pixels(box, size) if mention.time is None else box
             problem = _box_problem(normalized, config.max_box_area)
             if problem:
                 out.append(Violation(problem[0], f"trace box of {mention.name!r} {_box_text(box)} {problem[1]}"))

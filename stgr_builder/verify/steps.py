@@ -8,10 +8,10 @@
 
 from __future__ import annotations
 
-from stgr_builder.annotate.base import image_size
+from stgr_builder.core.geometry import image_size
 from stgr_builder.errors import SampleError
 from stgr_builder.models import DatasetName, SampleWork, Stage, VerifyConfig
-from stgr_builder.steps import Step
+from stgr_builder.core.steps import Step
 from stgr_builder.verify.rows import build_rows
 from stgr_builder.verify.rules import Violation, check_row
 

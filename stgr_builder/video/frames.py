@@ -14,13 +14,13 @@ so a build killed mid-write leaves no half JPEG behind a valid name.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from stgr_builder.core.files import atomic_write_bytes
+from stgr_builder.core.hashing import sha256_bytes
 
 _DIGITS = 32  # 128 bits of SHA-256: collisions are not a practical concern
 PREFIX = "kfs"
@@ -39,11 +39,12 @@ class FrameStore:
     def put(self, rgb: np.ndarray) -> str:
         """Encode an RGB uint8 (H, W, 3) array as JPEG, store it, return its relative path."""
         data = encode_jpeg(rgb, self.quality)
-        digest = hashlib.sha256(data).hexdigest()[:_DIGITS]
+        digest = sha256_bytes(data)[:_DIGITS]
         rel = f"{PREFIX}/{digest[:2]}/{digest}.jpg"
         target = self.root / rel
         if not target.exists():
-            _write_atomic(target, data)
+            # No fsync: a torn frame after a power loss is caught by `stgr verify` (content hash).
+            atomic_write_bytes(target, data, durable=False)
             self.written += 1
         return rel
 
@@ -61,16 +62,3 @@ def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
-
-
-def _write_atomic(target: Path, data: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".jpg")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        # A concurrent writer of the same frame may win the race: same bytes, no harm.
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

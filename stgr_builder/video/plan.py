@@ -75,7 +75,7 @@ def plan_frames(info: VideoInfo, config: SamplerConfig, span: Sequence[float] | 
     """Choose the candidate frames of one sample; deterministic, sorted, unique.
 
     ``extra_times``: the frames shown at these times are always added, beyond ``max_frames``
-    (the times of a source's gold boxes: see ``detect/gold.py``).
+    (the times of a source's gold boxes: see ``core/gold.py``).
 
     The base frames cover the whole video (``uniform``: ``num_frames`` at the centres of
     equal segments; ``fixed_rate``: one every ``1 / fps`` seconds from 0); ``span_frames``
@@ -92,17 +92,8 @@ def plan_frames(info: VideoInfo, config: SamplerConfig, span: Sequence[float] | 
     in_span = _thin(in_span, config.max_frames)
     span_set = set(in_span)
     base = _thin([i for i in base if i not in span_set], config.max_frames - len(in_span))
-    extra = {frame_at(info, t) for t in extra_times}
+    extra = {info.frame_at(t) for t in extra_times}
     return FramePlan(indices=sorted(span_set.union(base, extra)), in_span=in_span)
-
-
-def frame_at(info: VideoInfo, t: float) -> int:
-    """The frame shown at time ``t`` on the nominal clock.
-
-    >>> frame_at(VideoInfo(path="v", duration=10, fps=25, n_frames=250, width=2, height=2, keyframes=[0]), 2.0)
-    50
-    """
-    return _index_at(info, t)
 
 
 def plan_decode(keyframes: Sequence[int], indices: Iterable[int]) -> list[GopRead]:
@@ -130,18 +121,13 @@ def _base_indices(info: VideoInfo, config: SamplerConfig) -> list[int]:
     else:
         count = max(1, math.ceil(info.duration * config.fps - _EPS))
         times = [k / config.fps for k in range(count)]
-    return sorted({_index_at(info, t) for t in times})
+    return sorted({info.frame_at(t) for t in times})
 
 
 def _span_indices(info: VideoInfo, span: Sequence[float], count: int) -> list[int]:
     # Spread over the span's own frames, not over its seconds: never outside the span,
     # never two picks on one frame, and every frame when the span holds fewer than asked.
     return _thin(list(frames_in_span(info, float(span[0]), float(span[1]))), count)
-
-
-def _index_at(info: VideoInfo, t: float) -> int:
-    """The frame shown at time ``t`` (the last frame starting at or before it)."""
-    return min(info.n_frames - 1, max(0, math.floor(t * info.fps + _EPS)))
 
 
 def _thin(indices: list[int], limit: int) -> list[int]:

@@ -10,27 +10,26 @@ probed once, its failure remembered too), checks spans and applies the paper's f
 of the frames wanted by all samples of that video in the batch, each GOP at most once,
 one frame in memory at a time, written to the content-addressed store.
 
-Across steps (the shards of a build run in one process) two bounded memos keyed by the
-file's path, size and mtime skip repeated work: a video's ``VideoInfo`` (samples of one video
+Across steps (the shards of a build run in one process) two memos of the process's
+``Resources``, bounded in bytes and keyed by the file's path, size and mtime, skip repeated work: a video's ``VideoInfo`` (samples of one video
 are dealt into many shards) and the frames already decoded into the same store.
 """
 
 from __future__ import annotations
 
 import os
-import threading
-from collections import OrderedDict
 from pathlib import Path, PurePath
-from typing import Any
 
 import numpy as np
 
-from stgr_builder.detect.gold import gold_times
+from stgr_builder.core.cache import BoundedCache
+from stgr_builder.core.gold import gold_times
+from stgr_builder.core.resources import Resources
 from stgr_builder.errors import SampleError
 from stgr_builder.models import (
     FilterConfig, Frame, Reject, RejectCode, SamplerConfig, SampleWork, SourceSample, Stage, Task, VideoInfo,
 )
-from stgr_builder.steps import Step
+from stgr_builder.core.steps import Step
 from stgr_builder.video.decode import DecodeError, get_decoder
 from stgr_builder.video.frames import FrameStore
 from stgr_builder.video.plan import FramePlan, plan_frames
@@ -41,35 +40,10 @@ _TEMPORAL_TASKS = (Task.TEMPORAL, Task.TEMPORAL_MCQ)
 _TIME_TOLERANCE = 1e-4
 
 
-class _FrameMemo:
-    """Bounded, thread-safe LRU; ``_FRAME_MEMO``: (video file, its size and mtime, decoder,
-    store, quality, frame idx) -> the stored ``Frame``."""
-
-    def __init__(self, size: int = 100_000):
-        self.size = size
-        self._items: OrderedDict[tuple, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple) -> Any:
-        with self._lock:
-            found = self._items.get(key)
-            if found is not None:
-                self._items.move_to_end(key)
-            return found
-
-    def put(self, key: tuple, value: Any) -> None:
-        with self._lock:
-            self._items[key] = value
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-
-_FRAME_MEMO = _FrameMemo()
-_PROBE_MEMO = _FrameMemo(size=20_000)  # (video file, size, mtime) -> VideoInfo
+#: Byte bounds of the process's memos (``Resources``): probe results per video file, and the
+#: stored ``Frame`` records per decoded frame (a few hundred bytes each).
+PROBE_MEMO_BYTES = 16 << 20
+FRAME_MEMO_BYTES = 32 << 20
 
 
 class ProbeStep(Step):
@@ -78,11 +52,13 @@ class ProbeStep(Step):
 
     stage = Stage.PROBE
 
-    def __init__(self, filters: dict[str, FilterConfig] | None = None, cache_size: int = 4096):
+    def __init__(self, filters: dict[str, FilterConfig] | None = None, resources: Resources | None = None):
         super().__init__()
         self.filters = dict(filters or {})
-        self._cache: OrderedDict[str, VideoInfo | SampleError] = OrderedDict()
-        self._cache_size = cache_size
+        # This step's outcome per file, failures included (a broken file is opened once).
+        self._seen: BoundedCache[VideoInfo | SampleError] = BoundedCache(PROBE_MEMO_BYTES)
+        # The process's probe results (successes only) across steps and shards.
+        self._memo = (resources or Resources()).memo("probes", PROBE_MEMO_BYTES)
         self.videos_opened = 0
 
     def process(self, work: SampleWork) -> SampleWork:
@@ -98,7 +74,8 @@ class ProbeStep(Step):
 
     def _probe(self, path: Path, rel_path: str) -> VideoInfo:
         key = str(path)
-        if key not in self._cache:
+        cached = self._seen.get(key)
+        if cached is None:
             self.videos_opened += 1  # distinct videos this step probed (file or process memo)
             try:
                 stat = path.stat()
@@ -107,19 +84,15 @@ class ProbeStep(Step):
                 memo_key = None
             # Samples of one video are dealt into many shards: probe the file once per process
             # (the same file, size and mtime give the same VideoInfo); failures are not kept.
-            known = _PROBE_MEMO.get(memo_key) if memo_key is not None else None
-            if known is not None:
-                self._cache[key] = known
-            else:
+            cached = self._memo.get(memo_key) if memo_key is not None else None
+            if cached is None:
                 try:
-                    self._cache[key] = probe_video(path, rel_path)
+                    cached = probe_video(path, rel_path)
                     if memo_key is not None:
-                        _PROBE_MEMO.put(memo_key, self._cache[key])
+                        self._memo.put(memo_key, cached)
                 except SampleError as err:
-                    self._cache[key] = err
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        cached = self._cache[key]
+                    cached = err
+            self._seen.put(key, cached)
         if isinstance(cached, SampleError):
             raise SampleError(cached.code, cached.message)
         # The same file may be reached through another media_root / relative path.
@@ -136,10 +109,12 @@ class SampleStep(Step):
     stage = Stage.SAMPLE
     batch_size = 256
 
-    def __init__(self, config: SamplerConfig, store: FrameStore):
+    def __init__(self, config: SamplerConfig, store: FrameStore, resources: Resources | None = None):
         super().__init__()
         self.config = config
         self.store = store
+        # The process's frames already decoded into a store, across steps and shards.
+        self.memo = (resources or Resources()).memo("frames", FRAME_MEMO_BYTES)
         self.decoder = get_decoder(config.decoder)
 
     def process(self, work: SampleWork) -> SampleWork:
@@ -192,7 +167,7 @@ class SampleStep(Step):
             memo_base = None
         if memo_base is not None:
             for idx in wanted:
-                known = _FRAME_MEMO.get((*memo_base, idx))
+                known = self.memo.get((*memo_base, idx))
                 if known is not None and self.store.path(known.path).is_file():
                     frames[idx] = known
         todo = [idx for idx in wanted if idx not in frames]
@@ -210,7 +185,7 @@ class SampleStep(Step):
             frames[item.idx] = Frame(idx=item.idx, time=item.time, path=self.store.put(item.rgb),
                                      width=width, height=height)
             if memo_base is not None:
-                _FRAME_MEMO.put((*memo_base, item.idx), frames[item.idx])
+                self.memo.put((*memo_base, item.idx), frames[item.idx])
         missing = sorted(set(wanted) - frames.keys())
         if missing:
             raise SampleError(RejectCode.DECODE_FAILED, f"{path}: frames {missing[:5]} were not decoded")

@@ -24,10 +24,8 @@ from __future__ import annotations
 
 from statistics import fmean
 
+from stgr_builder.core import geometry, grammar
 from stgr_builder.models import Detection, Evidence, SampleWork, SourceSample
-
-# grammar and the frame plan are imported inside the functions: the sample, detect and
-# annotate steps all import this module, and those packages import each other's steps.
 
 
 def gold_times(sample: SourceSample) -> list[float]:
@@ -39,8 +37,6 @@ def gold_times(sample: SourceSample) -> list[float]:
 
 def gold_detections(work: SampleWork) -> list[Detection]:
     """The sample's gold boxes as detections on the candidate frames at their times."""
-    from stgr_builder.video.plan import frame_at
-
     sample = work.sample
     if not sample.gold_evidence or not work.frames:
         return []
@@ -50,7 +46,7 @@ def gold_detections(work: SampleWork) -> list[Detection]:
             if sample.image_path is not None:
                 frames = work.frames[:1]
             elif work.video is not None:
-                idx = frame_at(work.video, tb.time)
+                idx = work.video.frame_at(tb.time)
                 frames = [f for f in work.frames if f.idx == idx][:1]
             else:
                 frames = []
@@ -68,8 +64,6 @@ def evidence_detections(detections: list[Detection]) -> list[Detection]:
 def detector_agreement(work: SampleWork, evidence: list[Evidence]) -> float | None:
     """Mean best IoU of the detector's boxes against the chosen gold boxes; None when no chosen
     box is gold (then ``verify.rows.agreement_iou`` compares the chosen boxes with the gold)."""
-    from stgr_builder.annotate import grammar
-
     gold = [d for d in work.detections if d.gold]
     if not gold:
         return None
@@ -81,5 +75,5 @@ def detector_agreement(work: SampleWork, evidence: list[Evidence]) -> float | No
             continue
         found = [d.box for d in work.detections
                  if not d.gold and d.frame_idx == ev.frame_idx and d.label == ev.name]
-        ious.append(max((grammar.box_iou(box, b) for b in found), default=0.0))
+        ious.append(max((geometry.box_iou(box, b) for b in found), default=0.0))
     return fmean(ious) if ious else None

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Iterator
 
 from stgr_builder.errors import SampleError
-from stgr_builder.models import Reject, SampleWork, Stage, StepStats
+from stgr_builder.models import LlmUsage, Reject, SampleWork, Stage, StepStats
 
 Item = SampleWork | Reject
 
@@ -24,6 +24,16 @@ class Step:
 
     def __init__(self) -> None:
         self.stats = StepStats(step=self.stage.value)
+
+    @property
+    def llm_usage(self) -> LlmUsage | None:
+        """The LLM requests and tokens this step used so far; None for a step without an LLM."""
+        return None
+
+    def usage_of(self, sample_id: str) -> LlmUsage | None:
+        """The LLM usage of one sample's requests, taken once (the stage store keeps it with the
+        sample's result); None for a step without an LLM."""
+        return None
 
     def process(self, work: SampleWork) -> SampleWork:
         """Fill in this step's part of ``work``; raise ``SampleError`` to reject it."""

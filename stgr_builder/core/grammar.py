@@ -30,6 +30,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from stgr_builder.core.geometry import box_iou
 from stgr_builder.models import RejectCode, Task
 
 BOX_DECIMALS = 3
@@ -111,26 +112,8 @@ def render_box(box: Sequence[float]) -> str:
     return "[" + ", ".join(fmt_coord(v) for v in box) + "]"
 
 
-def to_pixels(box: Sequence[float], size: Sequence[int]) -> list[int]:
-    """A normalized box in integer pixels of an image of ``size = (W, H)``.
-
-    >>> to_pixels([0.1, 0.25, 0.5, 1.0], (640, 480))
-    [64, 120, 320, 480]
-    """
-    width, height = size
-    x1, y1, x2, y2 = box
-    return [round(x1 * width), round(y1 * height), round(x2 * width), round(y2 * height)]
 
 
-def from_pixels(box: Sequence[float], size: Sequence[int]) -> list[float]:
-    """A pixel box normalized by ``size = (W, H)`` (not rounded).
-
-    >>> from_pixels([64, 120, 320, 480], (640, 480))
-    [0.1, 0.25, 0.5, 1.0]
-    """
-    width, height = size
-    x1, y1, x2, y2 = box
-    return [x1 / width, y1 / height, x2 / width, y2 / height]
 
 
 def render_pixel_box(box: Sequence[float]) -> str:
@@ -142,25 +125,8 @@ def render_pixel_box(box: Sequence[float]) -> str:
     return "[" + ", ".join(str(round(v)) for v in box) + "]"
 
 
-def box_area(box: Sequence[float]) -> float:
-    """Area of ``[x1, y1, x2, y2]``; 0 when the box is empty or inverted.
-
-    >>> box_area([0.0, 0.0, 0.5, 0.5])
-    0.25
-    """
-    x1, y1, x2, y2 = box
-    return max(0.0, x2 - x1) * max(0.0, y2 - y1)
 
 
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two boxes in the same units.
-
-    >>> box_iou([0, 0, 2, 2], [1, 0, 3, 2])
-    0.3333333333333333
-    """
-    inter = box_area([max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])])
-    union = box_area(a) + box_area(b) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def clean_text(text: str) -> str:

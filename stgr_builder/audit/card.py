@@ -1,5 +1,4 @@
-"""The dataset card (``README.md`` beside the shards, Hugging Face dataset-card style) and
-``plan.json`` (what ``stgr plan`` expected of the build, for the audit's estimate vs actual).
+"""The dataset card: ``README.md`` beside the shards, Hugging Face dataset-card style.
 
 The card: YAML front matter with a config per dataset (``stgr_cot``, ``stgr_rl``) naming
 its data files, then counts by task and source, the category shares beside the paper's,
@@ -15,10 +14,10 @@ from pathlib import Path
 
 import yaml
 
-from stgr_builder.models import Manifest, Plan, Task
-from stgr_builder.shards.writer import _atomic_write_text
+from stgr_builder.audit.views import connect
+from stgr_builder.core.files import atomic_write_text
+from stgr_builder.models import Manifest, Task
 
-PLAN = "plan.json"
 CARD = "README.md"
 
 #: Category of each task, as the paper reports the mix.
@@ -36,20 +35,6 @@ PAPER_SHARES: dict[str, dict[str, float]] = {
 _TITLES = {"stgr_cot": "STGR-CoT (supervised fine-tuning)", "stgr_rl": "STGR-RL (reinforcement learning)"}
 
 
-def write_plan_json(root: Path, plan: Plan) -> Path:
-    path = Path(root) / PLAN
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(path, plan.model_dump_json(indent=2))
-    return path
-
-
-def read_plan(root: Path) -> Plan | None:
-    path = Path(root) / PLAN
-    try:
-        return Plan.model_validate_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
 
 def category_shares(counts: dict[str, int]) -> dict[str, float]:
     """Percent per category from rows per task value.
@@ -65,8 +50,6 @@ def category_shares(counts: dict[str, int]) -> dict[str, float]:
 
 
 def card_text(root: Path, manifest: Manifest) -> str:
-    from stgr_builder.audit import connect
-
     con = connect(root)
     try:
         by = {view: con.execute(f"SELECT task, source, count(*) FROM {view} GROUP BY ALL ORDER BY 1, 2").fetchall()
@@ -126,5 +109,5 @@ def card_text(root: Path, manifest: Manifest) -> str:
 def write_card(root: Path, manifest: Manifest) -> Path:
     """Write ``README.md`` (the dataset card) beside the shards, atomically."""
     path = Path(root) / CARD
-    _atomic_write_text(path, card_text(root, manifest))
+    atomic_write_text(path, card_text(root, manifest))
     return path

@@ -1,0 +1,117 @@
+"""The one atomic writer: every file stgr writes (shards, records, manifest, key frames, caches,
+exports, galleries) goes through ``atomic_write``.
+
+A file is written under a hidden temporary name in its own folder (``.NAME.<hex>.tmp``, which
+no ``part-*.parquet`` or ``*.json`` glob matches), optionally fsynced, then renamed with
+``os.replace``: a reader sees the old file, the whole new file, or none; two writers of one
+path leave one whole file; a kill at any instant leaves at worst a stray temp file
+(``temp_files`` finds them).
+
+>>> atomic_write_bytes(Path("out/_cache/x.json"), b"{}")  # doctest: +SKIP
+>>> with atomic_write(Path("out/big.json")) as handle:    # doctest: +SKIP
+...     handle.write(b"[...]")
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from stgr_builder.core.hashing import sha256_file
+
+
+def temp_path(path: Path) -> Path:
+    """A fresh hidden temporary name beside ``path``."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
+def temp_glob(path: Path) -> str:
+    """The glob (in ``path``'s folder) that matches ``path``'s temporary names."""
+    return f".{path.name}.*.tmp"
+
+
+def temp_files(folder: Path) -> list[Path]:
+    """Temporary files left in ``folder`` (not recursive), sorted."""
+    return sorted(folder.glob(".*.tmp")) if folder.is_dir() else []
+
+
+@contextmanager
+def atomic_write(path: Path, durable: bool = True) -> Iterator[BinaryIO]:
+    """A binary handle whose content lands at ``path`` whole, or not at all.
+
+    ``durable=False`` skips the fsyncs: still atomic against a process kill (the rename is, and
+    the data is in the page cache), not against power loss, where the file may come back empty
+    or torn; only for stores whose readers treat an unreadable entry as missing.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = temp_path(path)
+    try:
+        with open(temp, "wb") as handle:
+            yield handle
+            handle.flush()
+            if durable:
+                os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically (see ``atomic_write``)."""
+    with atomic_write(path, durable=durable) as handle:
+        handle.write(data)
+
+
+def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"), durable=durable)
+
+
+def atomic_write_with(path: Path, write: Callable[[Path], None]) -> str:
+    """Let ``write`` fill a temporary path (a library that wants a path, e.g. Parquet), then
+    fsync and rename it; returns the sha256 of what landed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = temp_path(path)
+    try:
+        write(temp)
+        _fsync_path(temp)  # the rename must not become visible before the bytes are on disk
+        digest = sha256_file(temp)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return digest
+
+
+def remove_files(paths: Iterable[Path]) -> list[Path]:
+    """Unlink each path (missing ones are fine); returns them, sorted."""
+    removed = []
+    for path in sorted(paths):
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable; some network filesystems cannot fsync a folder,
+    and the rename is still atomic there."""
+    try:
+        _fsync_path(folder)
+    except OSError:
+        pass

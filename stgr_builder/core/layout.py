@@ -1,0 +1,79 @@
+"""Where things live in a dataset folder, and reading the small records there.
+
+    <out>/manifest.json             MANIFEST: the finished build (``load_manifest``)
+    <out>/plan.json                 PLAN: what the plan expected (``read_plan``)
+    <out>/_progress/                PROGRESS_DIR: shard records, the shard count, run specs
+    <out>/stgr_cot/ stgr_rl/ rejects/   part-NNNNN.parquet (``shard_path``)
+    <out>/kfs/                      key-frame JPEGs, content-addressed
+    <out>/_cache/                   stage store and LLM request cache
+
+The write stage (``stgr_builder.shards``) writes these; the audit, re-annotation and the CLI read
+them through this module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from stgr_builder.core.arrow import DATASETS
+from stgr_builder.errors import StgrError
+from stgr_builder.models import Manifest, Plan
+
+PROGRESS_DIR = "_progress"
+MANIFEST = "manifest.json"
+PLAN = "plan.json"
+
+
+def shard_path(root: Path, dataset: str, shard: int) -> Path:
+    """Where one dataset's file of one shard lives.
+
+    >>> shard_path(Path("out"), "stgr_cot", 3)
+    PosixPath('out/stgr_cot/part-00003.parquet')
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}: one of {sorted(DATASETS)}")
+    return Path(root) / dataset / f"part-{shard:05d}.parquet"
+
+
+def record_path(root: Path, shard: int) -> Path:
+    """The completion record of a shard.
+
+    >>> record_path(Path("out"), 3)
+    PosixPath('out/_progress/shard-00003.json')
+    """
+    return Path(root) / PROGRESS_DIR / f"shard-{shard:05d}.json"
+
+
+def shard_index(path: str | Path) -> int:
+    """The shard index of a ``part-NNNNN.parquet`` path.
+
+    >>> shard_index("stgr_cot/part-00012.parquet")
+    12
+    """
+    return int(Path(path).stem.split("-")[1])
+
+
+def load_manifest(root: Path) -> Manifest:
+    """The manifest of a finished build.
+
+    >>> load_manifest(Path("out")).counts["stgr_cot"]  # doctest: +SKIP
+    120
+    """
+    path = Path(root) / MANIFEST
+    try:
+        return Manifest.model_validate_json(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StgrError(f"no {MANIFEST} in {root}: not a finished build (run `stgr build` to finish it)") from None
+    except ValidationError as exc:
+        raise StgrError(f"{path} is not a valid manifest: {exc.error_count()} errors, first: "
+                        f"{exc.errors()[0]['msg']}") from None
+
+
+def read_plan(root: Path) -> Plan | None:
+    """The plan a build recorded (``plan.json``), or None."""
+    try:
+        return Plan.model_validate_json((Path(root) / PLAN).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

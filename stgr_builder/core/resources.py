@@ -1,0 +1,160 @@
+"""Per-process resources, handed explicitly to the steps that need them.
+
+A worker (the build's process with the thread runner, each Dask worker process, a test) holds
+one ``Resources``: the models it loaded, each with the one lock that serializes calls into it;
+its memos, each bounded in bytes; and the LLM budget of each run. Steps receive it when they are
+built; nothing of it lives in a module global.
+
+>>> resources = Resources()
+>>> loaded = resources.model(("ultralytics", "w.pt", "cpu"), lambda: load("w.pt"))  # doctest: +SKIP
+>>> with loaded.lock:                                                               # doctest: +SKIP
+...     loaded.model.predict(frames)
+>>> memo = resources.memo("detect", max_bytes=64 << 20)
+
+Lifetime: the flow makes one per build and hands it to every shard task. With the thread
+runner the tasks share that object. A Dask worker cannot share memory with the client, so a
+pickled ``Resources`` comes back, in each worker process, as that worker's own instance for the
+same build (kept on the ``distributed.Worker`` object): models load once per worker, not once
+per task.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from stgr_builder.core.cache import BoundedCache, approx_size
+
+#: Default byte bound of each memo a step asks for without naming one.
+DEFAULT_MEMO_BYTES = 64 << 20
+
+
+@dataclass
+class LoadedModel:
+    """A model loaded once per process, and the lock every caller holds while using it
+    (predictors keep per-call state; tokenizers are not thread-safe)."""
+
+    model: Any
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class BudgetReached(Exception):
+    """The run's LLM budget is spent: the shard stops, writes nothing, and the next run finishes it."""
+
+
+class Budget:
+    """New (uncached) LLM requests and their tokens in one run, against the config's caps.
+
+    Thread-safe: the shard tasks of a run share one. A request is counted when it is sent;
+    its tokens when its reply comes, so requests already in flight may pass a token cap.
+    """
+
+    def __init__(self, max_requests: int | None, max_tokens: int | None):
+        self.max_requests = max_requests
+        self.max_tokens = max_tokens
+        self.requests = 0
+        self.tokens = 0
+        self.reached = False
+        self._lock = threading.Lock()
+
+    def acquire(self) -> bool:
+        """Count one new request, or return False (for good) once a cap is reached."""
+        with self._lock:
+            if (self.reached or (self.max_requests is not None and self.requests >= self.max_requests)
+                    or (self.max_tokens is not None and self.tokens >= self.max_tokens)):
+                self.reached = True
+                return False
+            self.requests += 1
+            return True
+
+    def add_tokens(self, count: int) -> None:
+        with self._lock:
+            self.tokens += count
+
+
+class Resources:
+    """What one worker process holds for the steps of one build (see the module docstring).
+
+    ``token`` names the build run; ``memo_bytes`` bounds each memo asked for without a bound.
+    """
+
+    __slots__ = ("token", "memo_bytes", "_lock", "_models", "_memos", "_budgets")
+
+    def __init__(self, token: str | None = None, memo_bytes: int = DEFAULT_MEMO_BYTES):
+        self.token = token or uuid.uuid4().hex
+        self.memo_bytes = memo_bytes
+        self._lock = threading.Lock()
+        self._models: dict[Hashable, LoadedModel] = {}
+        self._memos: dict[str, BoundedCache] = {}
+        self._budgets: dict[str, Budget] = {}
+
+    def model(self, key: Hashable, load: Callable[[], Any]) -> LoadedModel:
+        """The model loaded under ``key`` (``load()`` runs once per process, under a lock)."""
+        with self._lock:
+            loaded = self._models.get(key)
+            if loaded is None:
+                loaded = self._models[key] = LoadedModel(load())
+            return loaded
+
+    def memo(self, name: str, max_bytes: int | None = None,
+             weigh: Callable[[Any], int] = approx_size) -> BoundedCache:
+        """The process's memo called ``name``, bounded to ``max_bytes`` (made on first use)."""
+        with self._lock:
+            memo = self._memos.get(name)
+            if memo is None:
+                memo = self._memos[name] = BoundedCache(max_bytes or self.memo_bytes, weigh=weigh)
+            return memo
+
+    def budget(self, run: str, max_requests: int | None, max_tokens: int | None) -> Budget:
+        """The LLM budget of run ``run`` (made on first use with these caps)."""
+        with self._lock:
+            budget = self._budgets.get(run)
+            if budget is None:
+                budget = self._budgets[run] = Budget(max_requests, max_tokens)
+            return budget
+
+    def memo_bytes_used(self) -> dict[str, int]:
+        """Bytes held by each memo (benchmarks and tests)."""
+        with self._lock:
+            return {name: memo.bytes for name, memo in self._memos.items()}
+
+    def __reduce__(self):
+        # Pickled for a Dask worker: rebuilt there as that worker's instance for this token.
+        return (worker_resources, (self.token, self.memo_bytes))
+
+    def __repr__(self) -> str:
+        return f"Resources(token={self.token[:8]}, models={len(self._models)}, memos={len(self._memos)})"
+
+
+def worker_resources(token: str, memo_bytes: int = DEFAULT_MEMO_BYTES) -> Resources:
+    """The ``Resources`` of build ``token`` in this Dask worker process (made on first use),
+    or a new one outside a Dask worker."""
+    worker = _this_worker()
+    if worker is None:
+        return Resources(token, memo_bytes)
+    with _ATTACH_LOCK:
+        held: dict[str, Resources] = worker.__dict__.setdefault("_stgr_resources", {})
+        if token not in held:
+            held[token] = Resources(token, memo_bytes)
+        return held[token]
+
+
+def _this_worker():
+    """The ``distributed.Worker`` of this process, if any. Arguments may be unpickled outside
+    a task's thread, where ``get_worker`` does not answer; a process of a LocalCluster or of
+    ``dask worker`` then holds exactly one Worker."""
+    try:
+        from distributed import Worker, get_worker
+    except ImportError:
+        return None
+    try:
+        return get_worker()
+    except ValueError:
+        workers = list(Worker._instances)
+        return workers[0] if len(workers) == 1 else None
+
+
+_ATTACH_LOCK = threading.Lock()  # guards the Worker attribute above; holds no state itself

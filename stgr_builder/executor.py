@@ -1,0 +1,195 @@
+"""The one shard executor: what a shard task does, for a build and for a re-annotation alike.
+
+A shard runs its samples through the per-sample steps (probe -> sample -> detect -> annotate ->
+verify), each expensive step wrapped in the stage store so a resumed shard runs only what it
+lacks, then writes the shard's files. A re-annotation is the same shard with rows carried over
+from the parent version (``Carried``): the rows it re-does are replaced, the others kept as
+they are.
+
+A *job* is what the flow runs (``flows/build.py``): ``plan`` -> ``run_shard`` per shard (any task
+runner) -> ``finalize``. ``pipeline.BuildJob`` and ``reannotate.ReannotateJob`` are the two jobs;
+``run_job`` runs one in this process, shard after shard, with no orchestrator.
+
+>>> manifest = run_job(BuildJob(ctx), Resources())   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from stgr_builder import __version__
+from stgr_builder.annotate import AnnotateStep, make_annotator
+from stgr_builder.core.hashing import digest, sha256_bytes
+from stgr_builder.core.resources import BudgetReached, Resources
+from stgr_builder.core.steps import Step, run_steps
+from stgr_builder.detect import DetectStep, make_detector
+from stgr_builder.models import (
+    BuildConfig, BuildPlan, CotRow, LlmUsage, Manifest, Reject, RlRow, SampleWork, ShardPlan, ShardResult,
+    Stage,
+)
+from stgr_builder.shards import finished_shard, write_shard
+from stgr_builder.stages import StageStore, stored_steps
+from stgr_builder.verify.steps import VerifyStep
+from stgr_builder.video.frames import FrameStore
+from stgr_builder.video.steps import ProbeStep, SampleStep
+
+#: Config knobs that only pace a build (workers, concurrency, budgets, timeouts): left out of
+#: the build id and of the stage fingerprints, so changing them between runs keeps one build.
+PACING_SETTINGS = {
+    "annotator": {"concurrency", "budget", "budget_tokens", "timeout", "max_retries"},
+    "sharding": {"workers", "runner", "dask_address"},
+    "estimate": True,
+}
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """Everything a shard task needs, small enough to hand to any task runner."""
+
+    config: BuildConfig
+    config_dir: Path
+    out: Path
+    # Tells this run (one `context` call) from a later one: scopes the LLM budget, which is per
+    # run. Never written anywhere, so outputs stay independent of it.
+    run: str = field(default_factory=lambda: uuid.uuid4().hex, compare=False)
+    # Dataset folders whose stage store this build may read (a re-annotated version reads its
+    # parent's frames and detections); results are written under ``out`` only.
+    stage_parents: tuple[Path, ...] = ()
+    # Mixed into the build id when set: a re-annotated version gets its own id (lineage).
+    salt: str = ""
+
+    @property
+    def build_id(self) -> str:
+        """Hash of what decides the rows: derived, never a clock, so a resumed build writes
+        the same rows as an uninterrupted one; pacing knobs are left out."""
+        settings = self.config.model_dump(mode="json", exclude=PACING_SETTINGS)
+        salt = f":{self.salt}" if self.salt else ""
+        return sha256_bytes(f"{digest(settings)}:{__version__}{salt}".encode())[:12]
+
+
+@runtime_checkable
+class Job(Protocol):
+    """What the flow runs: a plan, one task per shard, a finalize step."""
+
+    ctx: BuildContext
+
+    def plan(self) -> BuildPlan: ...
+
+    def run_shard(self, shard: ShardPlan, resources: Resources) -> ShardResult: ...
+
+    def finalize(self, plan: BuildPlan, results: list[ShardResult], resources: Resources) -> Manifest: ...
+
+
+def run_job(job: Job, resources: Resources) -> Manifest:
+    """The whole job in this process, shard after shard (no orchestrator)."""
+    plan = job.plan()
+    return job.finalize(plan, [job.run_shard(shard, resources) for shard in plan.shards], resources)
+
+
+@dataclass
+class Carried:
+    """A parent version's rows of one shard, kept unless their sample is done again.
+
+    ``sample_ids`` are all the shard's ids (the parent's record); ``replaces`` maps a row id to
+    the build id of the row a new one replaces (lineage in ``provenance.replaces``).
+    """
+
+    sample_ids: list[str]
+    cot: list[CotRow]
+    rl: list[RlRow]
+    rejects: list[Reject]
+
+    @property
+    def replaces(self) -> dict[str, str]:
+        return {row.id: row.provenance.build_id for row in [*self.cot, *self.rl]}
+
+
+def execute_shard(ctx: BuildContext, shard: ShardPlan, resources: Resources,
+                  carried: Carried | None = None) -> ShardResult:
+    """Run the shard's samples through every per-sample stage and write its files; a shard
+    already finished by this build is returned as it is. With ``carried``, the parent's rows of
+    the samples not in ``shard.samples`` are kept unchanged."""
+    sample_ids = carried.sample_ids if carried is not None else shard.item_ids
+    done = finished_shard(ctx.out, shard.shard, sample_ids, ctx.build_id)
+    if done is not None:
+        return done
+    steps = shard_steps(ctx, resources)
+    try:
+        items = run_steps((SampleWork(sample=sample) for sample in shard.samples), steps) if shard.samples else []
+    except BudgetReached:
+        # Not a reject: nothing of this shard is written, and the next run finishes it (the
+        # replies it already received are in the request cache, free the next time).
+        return ShardResult(shard=shard.shard, sample_ids=sample_ids, files=[],
+                           stats=[step.stats for step in steps], complete=False, llm=llm_usage(steps))
+    cot, rl, rejects = _rows(shard, items, carried)
+    # A re-annotation shard none of whose samples is re-done reports no step counts.
+    stats = [step.stats for step in steps] if carried is None or shard.samples else []
+    return write_shard(ctx.out, shard.shard, cot_rows=cot, rl_rows=rl, rejects=rejects, sample_ids=sample_ids,
+                       stats=stats, llm=llm_usage(steps), build_id=ctx.build_id)
+
+
+def _rows(shard: ShardPlan, items: list, carried: Carried | None) -> tuple[list, list, list]:
+    """The shard's CoT rows, RL rows and rejects: the new ones, after the carried ones kept."""
+    if carried is None:
+        cot, rl, rejects, replaces = [], [], list(shard.rejects), {}
+    else:
+        redone = {sample.id for sample in shard.samples}
+        replaces = carried.replaces
+        cot = [row for row in carried.cot if row.id not in redone]
+        rl = [row for row in carried.rl if row.id not in redone]
+        rejects = [r for r in carried.rejects if r.id not in redone] + list(shard.rejects)
+    for item in items:
+        if isinstance(item, Reject):
+            rejects.append(item)
+            continue
+        for row, bucket in ((item.cot_row, cot), (item.rl_row, rl)):
+            if row is not None:
+                if carried is not None:
+                    row.provenance.replaces = replaces.get(row.id)
+                bucket.append(row)
+    return cot, rl, rejects
+
+
+def llm_usage(steps: list[Step]) -> LlmUsage | None:
+    """The shard's LLM requests and tokens (None when no step used an LLM)."""
+    return LlmUsage.total([step.llm_usage for step in steps])
+
+
+def detect_fingerprint(ctx: BuildContext, detector) -> list:
+    """Everything of the configuration that decides a frame's boxes (not the batch size, which
+    only paces detection)."""
+    return [ctx.config.detector.model_dump(mode="json", exclude={"batch"}), detector.name, detector.weights_hash]
+
+
+def shard_steps(ctx: BuildContext, resources: Resources) -> list[Step]:
+    """The per-sample steps of a shard, each expensive one wrapped in the stage store
+    (``stgr_builder/stages.py``) so a resumed shard runs only the samples it lacks."""
+    config = ctx.config
+    detector = make_detector(config.detector, ctx.config_dir, resources)
+    annotator = make_annotator(config.annotator, config.verify, root=ctx.out, resources=resources, run=ctx.run)
+    provenance = {"detector_name": detector.name, "detector_weights_hash": detector.weights_hash,
+                  "build_id": ctx.build_id}
+    filters = {source.name: source.filters for source in config.sources}
+    detect_print = detect_fingerprint(ctx, detector)
+    steps: list[Step] = [
+        ProbeStep(filters, resources),
+        SampleStep(config.sampler, FrameStore(ctx.out, config.sampler.jpeg_quality), resources),
+        # Remembers each distinct frame's detections across this process's shards (a frame
+        # path names its bytes; the key holds all that decides the boxes): detected once.
+        DetectStep(detector, ctx.out, batch_size=config.detector.batch, memo_key=digest(detect_print),
+                   resources=resources),
+        AnnotateStep(annotator),
+        VerifyStep(config.verify, provenance),
+    ]
+    fingerprints = {
+        Stage.PROBE: {name: f.model_dump(mode="json") for name, f in filters.items()},
+        Stage.SAMPLE: config.sampler.model_dump(mode="json"),
+        Stage.DETECT: detect_print,
+        Stage.ANNOTATE: [config.annotator.model_dump(mode="json", exclude=PACING_SETTINGS["annotator"]),
+                         [p.model_dump(mode="json") for p in annotator.prompts],
+                         config.verify.model_dump(mode="json")],
+    }
+    return stored_steps(steps, StageStore(ctx.out, ctx.stage_parents), fingerprints, root=ctx.out)
