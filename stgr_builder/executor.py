@@ -32,7 +32,7 @@ from stgr_builder.models import (
 )
 from stgr_builder.shards import finished_shard, write_shard
 from stgr_builder.stages import StageStore, stored_steps
-from stgr_builder.verify.steps import VerifyStep
+from stgr_builder.verify.steps import TrackGateStep, VerifyStep
 from stgr_builder.video.frames import FrameStore
 from stgr_builder.video.steps import ProbeStep, SampleStep
 
@@ -174,22 +174,25 @@ def shard_steps(ctx: BuildContext, resources: Resources) -> list[Step]:
                   "build_id": ctx.build_id}
     filters = {source.name: source.filters for source in config.sources}
     detect_print = detect_fingerprint(ctx, detector)
+    track_window = config.track.window if config.track.enabled else 0
     steps: list[Step] = [
         ProbeStep(filters, resources),
-        SampleStep(config.sampler, FrameStore(ctx.out, config.sampler.jpeg_quality), resources),
+        SampleStep(config.sampler, FrameStore(ctx.out, config.sampler.jpeg_quality), resources,
+                   track_window=track_window),
         # Remembers each distinct frame's detections across this process's shards (a frame
         # path names its bytes; the key holds all that decides the boxes): detected once.
         DetectStep(detector, ctx.out, batch_size=config.detector.batch, memo_key=digest(detect_print),
                    resources=resources),
+        *([TrackGateStep(config.track)] if config.track.enabled else []),
         AnnotateStep(annotator),
         VerifyStep(config.verify, provenance),
     ]
     fingerprints = {
         Stage.PROBE: {name: f.model_dump(mode="json") for name, f in filters.items()},
-        Stage.SAMPLE: config.sampler.model_dump(mode="json"),
+        Stage.SAMPLE: [config.sampler.model_dump(mode="json"), track_window],
         Stage.DETECT: detect_print,
         Stage.ANNOTATE: [config.annotator.model_dump(mode="json", exclude=PACING_SETTINGS["annotator"]),
                          [p.model_dump(mode="json") for p in annotator.prompts],
-                         config.verify.model_dump(mode="json")],
+                         config.verify.model_dump(mode="json"), config.track.model_dump(mode="json")],
     }
     return stored_steps(steps, StageStore(ctx.out, ctx.stage_parents), fingerprints, root=ctx.out)

@@ -63,6 +63,7 @@ class Stage(str, Enum):
     PROBE = "probe"
     SAMPLE = "sample"
     DETECT = "detect"
+    TRACK = "track"
     ANNOTATE = "annotate"
     VERIFY = "verify"
     WRITE = "write"
@@ -86,6 +87,8 @@ class RejectCode(str, Enum):
     FILTERED_ANSWER_FRACTION = "filtered_answer_fraction"
     # sample
     DECODE_FAILED = "decode_failed"
+    # track (the evidence gate)
+    EVIDENCE_UNTRACKED = "evidence_untracked"
     # detect / annotate
     NO_EVIDENCE = "no_evidence"
     ANNOTATION_FAILED = "annotation_failed"
@@ -102,6 +105,7 @@ class RejectCode(str, Enum):
     BOX_TOO_LARGE = "box_too_large"
     TIME_OUTSIDE_VIDEO = "time_outside_video"
     TIME_OUTSIDE_SPAN = "time_outside_span"
+    TIME_NOT_KEY_FRAME = "time_not_key_frame"
     KEY_FRAMES_INVALID = "key_frames_invalid"
     ANSWER_FORM = "answer_form"
     ANSWER_MISMATCH = "answer_mismatch"
@@ -201,6 +205,8 @@ class Frame(_Record):
     path: str = Field(description="JPEG path relative to the dataset root, e.g. kfs/ab/abcd....jpg")
     width: int = Field(gt=0)
     height: int = Field(gt=0)
+    view: Literal["mirror", "zoom"] | None = Field(
+        None, description="a still image's altered view for the track gate (core/geometry.py), else None")
 
 
 class Detection(_Record):
@@ -221,6 +227,19 @@ class Evidence(_Record):
     name: str
     box: Box
     score: float = Field(ge=0, le=1, description="detector confidence of the chosen box")
+
+
+class EvidenceTrack(_Record):
+    """How the track gate saw one evidence box: the boxes linked to it on neighbouring frames."""
+
+    idx: int = Field(ge=0, description="the key frame's index")
+    box: Box
+    label: str = Field(description="the box's label (the detector's, or the gold object's name)")
+    track_id: str = Field(description="a short hash of the linked boxes (same track, same id)")
+    length: int = Field(ge=1, description="frames the track spans, the box's own included")
+    label_agreement: float = Field(ge=0, le=1, description="share of the track's frames whose label is the box's")
+    gold: bool = False
+    confirmed: bool = Field(description="the track passed the gate (a gold box that did not is kept, flagged)")
 
 
 class PromptRef(_Record):
@@ -257,7 +276,12 @@ class SampleWork(_Record):
     video: VideoInfo | None = None
     image: ImageInfo | None = None
     frames: list[Frame] = Field(default_factory=list, description="candidate frames")
-    detections: list[Detection] = Field(default_factory=list)
+    track_frames: list[Frame] = Field(
+        default_factory=list, description="neighbours of the candidate frames, decoded for the track gate")
+    detections: list[Detection] = Field(default_factory=list, description="on the candidate frames")
+    track_detections: list[Detection] = Field(default_factory=list, description="on the track frames")
+    tracks: list[EvidenceTrack] = Field(
+        default_factory=list, description="the track gate's verdict on each candidate box it kept or flagged")
     annotation: Annotation | None = None
     votes: int | None = Field(None, description="crop-verifier yes votes, when that check ran")
     cot_row: CotRow | None = Field(None, description="set by verify when the sample passes")
@@ -301,6 +325,8 @@ class Provenance(_Record):
         None, description="mean IoU of chosen boxes against the source's gold boxes, where the source has them")
     detector_score: float | None = Field(None, description="mean detector confidence of the chosen boxes")
     verifier_votes: int | None = Field(None, description="crop-verifier yes votes, when that check ran")
+    evidence_tracks: list[EvidenceTrack] = Field(
+        default_factory=list, description="the track gate's verdict on each evidence box of the row")
     replaces: str | None = Field(
         None, description="re-annotated rows: the build_id of the row version this row replaces")
 
@@ -514,6 +540,25 @@ class SamplerConfig(_Config):
     jpeg_quality: int = Field(90, ge=50, le=100)
 
 
+class TrackConfig(_Config):
+    """The track gate: every candidate box is checked against its neighbouring frames before
+    any annotator sees it (a signal independent of the one detection that proposed it)."""
+
+    enabled: bool = True
+    window: int = Field(
+        2, ge=1, le=8, description="frames decoded and detected on each side of a candidate frame (a still "
+        "image: altered views of it, at most 2)")
+    link_iou: float = Field(
+        0.3, gt=0, le=1, description="least IoU linking a box to one on the next frame (loose: the stability "
+        "check below is what catches a misplaced box)")
+    min_length: int = Field(3, ge=1, description="least frames a track spans (clipped to the frames there are)")
+    min_agreement: float = Field(
+        0.5, gt=0, le=1, description="least share of the track's frames labelled with the box's own label "
+        "(each frame votes with its best-scoring box on the track)")
+    stability_iou: float = Field(
+        0.5, gt=0, le=1, description="least IoU between the box and its place predicted from its neighbours")
+
+
 class DetectorConfig(_Config):
     backend: Literal["ultralytics", "groundingdino"] = "ultralytics"
     weights: str = Field(
@@ -596,9 +641,58 @@ class BuildConfig(_Config):
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     annotator: AnnotatorConfig = Field(default_factory=AnnotatorConfig)
+    track: TrackConfig = Field(default_factory=TrackConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     sharding: ShardingConfig = Field(default_factory=ShardingConfig)
     estimate: EstimateConfig = Field(default_factory=EstimateConfig)
+
+
+# ---------------------------------------------------------------------------------------
+# Ground truth of generated media (the demo source)
+# ---------------------------------------------------------------------------------------
+
+
+class TruthObject(_Record):
+    name: str
+    colour: str
+    boxes: list[list[int] | None] = Field(description="per frame: [x1, y1, x2, y2] pixels (clipped), or null when absent")
+
+
+class TruthVideo(_Record):
+    path: str = Field(description="relative to media/")
+    fps: float
+    n_frames: int
+    width: int
+    height: int
+    gop: int
+    objects: list[TruthObject]
+
+    @property
+    def duration(self) -> float:
+        return self.n_frames / self.fps
+
+
+class TruthImageObject(_Record):
+    name: str
+    colour: str
+    box: list[int]
+
+
+class TruthImage(_Record):
+    path: str = Field(description="relative to media/")
+    width: int
+    height: int
+    objects: list[TruthImageObject]
+
+
+class DemoTruth(_Record):
+    """``truth.json``: what the demo generator drew, frame by frame (written by the demo source,
+    read by tests and by the audit's evidence-against-truth table)."""
+
+    seed: int
+    classes: list[str]
+    videos: list[TruthVideo]
+    images: list[TruthImage]
 
 
 # ---------------------------------------------------------------------------------------

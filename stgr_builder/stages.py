@@ -37,8 +37,8 @@ STAGES_DIR = Path("_cache") / "stages"
 #: What each stored stage adds to a ``SampleWork``: these fields, and nothing else, are saved.
 STAGE_FIELDS: dict[Stage, tuple[str, ...]] = {
     Stage.PROBE: ("video", "image"),
-    Stage.SAMPLE: ("frames",),
-    Stage.DETECT: ("detections",),
+    Stage.SAMPLE: ("frames", "track_frames"),
+    Stage.DETECT: ("detections", "track_detections"),
     Stage.ANNOTATE: ("annotation", "votes"),
 }
 
@@ -158,7 +158,7 @@ class StoredStep(Step):
             return None
         if self.stage is Stage.SAMPLE and self.root is not None:
             # The frames must still be on disk (a pruned kfs/ means: decode again).
-            if not all((self.root / frame.path).is_file() for frame in updated.frames):
+            if not all((self.root / frame.path).is_file() for frame in [*updated.frames, *updated.track_frames]):
                 return None
         return updated
 

@@ -93,9 +93,12 @@ def test_key_frames_and_boxes_match_the_generator_truth(demo):
                 truths = [o.box for o in image.objects if o.name == item.name]
             truth_boxes = [[b[0] / size[0], b[1] / size[1], b[2] / size[0], b[3] / size[1]] for b in truths]
             for box in item.boxes:
-                ious.append(max((box_iou(box, t) for t in truth_boxes), default=0.0))
+                ious.append((max((box_iou(box, t) for t in truth_boxes), default=0.0), row.id, item.idx, item.name))
     assert len(ious) > 50
-    assert np.mean(ious) >= 0.8, f"mean IoU {np.mean(ious):.3f} over {len(ious)} boxes"
+    # The worst case, not a mean: a mean of 0.9 once hid a dog labelled "bird" on two frames.
+    wrong = [entry for entry in ious if entry[0] < 0.5]
+    assert wrong == [], wrong
+    assert np.mean([entry[0] for entry in ious]) >= 0.85
 
 
 def test_key_frame_jpegs_are_the_frames_at_their_times(demo):
@@ -123,7 +126,7 @@ def test_manifest_accounts_for_every_sample_and_step(demo):
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk["counts"] == manifest.counts
     steps = {stats.step: stats for stats in manifest.stats}
-    assert list(steps) == ["ingest", "probe", "sample", "detect", "annotate", "verify"]
+    assert list(steps) == ["ingest", "probe", "sample", "detect", "track", "annotate", "verify"]
     for before, after in zip(list(steps.values())[1:], list(steps.values())[2:]):
         assert after.seen == before.kept
     assert steps["ingest"].kept == steps["probe"].seen

@@ -25,7 +25,7 @@ DOG_6 = [0.2, 0.2, 0.5, 0.5]
 
 
 def _trace(dog3=DOG_3, t3=3.0, dog6=DOG_6, t6=6.04, extra=""):
-    return (f"The question asks where the dog goes. From {grammar.render_span(2.0, 8.0)} "
+    return (f"The question asks where the dog goes. From {grammar.render_plain_span(2.0, 8.0)} "
             f"I see {grammar.render_evidence('dog', [dog3], t3)} and "
             f"{grammar.render_evidence('ball', BALL_3, t3)}. Then "
             f"{grammar.render_evidence('dog', [dog6], t6)}.{extra} So it chases the ball.")
@@ -51,6 +51,15 @@ def codes(row, *, duration=10.0, span=(2.0, 8.0), gold="It chases the ball.", **
 
 def test_a_good_video_row_passes():
     assert codes(video_row()) == []
+
+
+def test_a_spatio_temporal_trace_states_no_time_that_is_not_a_key_frame():
+    # The released reward reads every <t> of such a trace as a point claim at a key frame: a
+    # span written with tags (its ends are no key frames) would lose points against our own gold.
+    tagged = _trace().replace(grammar.render_plain_span(2.0, 8.0), grammar.render_span(2.0, 8.0))
+    assert codes(video_row(reasoning_process=tagged)) == [RejectCode.TIME_NOT_KEY_FRAME]
+    lone = _trace(extra=" It is still there at <t>7.5</t>s.")
+    assert codes(video_row(reasoning_process=lone)) == [RejectCode.TIME_NOT_KEY_FRAME]
 
 
 @pytest.mark.parametrize(("row", "check", "code"), [

@@ -249,7 +249,12 @@ def _join_names(names: list[str]) -> str:
 def _values(work: SampleWork, names: list[str], span: Sequence[float] | None) -> dict[str, str]:
     """The placeholder values of one sample (free text cleaned of angle brackets)."""
     sample = work.sample
-    span_text = grammar.render_span(*span) if span is not None else ""
+    if span is None:
+        span_text = ""
+    elif sample.task is Task.SPATIO_TEMPORAL:
+        span_text = grammar.render_plain_span(*span)  # its <t> tags are for key frames only
+    else:
+        span_text = grammar.render_span(*span)
     letter = option = ""
     try:
         parsed = grammar.parse_answer(sample.task, sample.answer)

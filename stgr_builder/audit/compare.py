@@ -85,6 +85,18 @@ def _table(con, title: str, sql: str) -> AuditTable:
     return AuditTable(title, [c[0] for c in cursor.description], cursor.fetchall())
 
 
+#: The rows of both versions whose evidence differs: other key frames, or other boxes on them
+#: (``stgr audit NEW --compare OLD --sql`` can run it too, over the views cot and old_cot).
+EVIDENCE_CHANGED = """
+    SELECT n.id, n.task, len(o.key_items) AS old_items, len(n.key_items) AS new_items,
+           list_sort(list_transform(o.key_frames, lambda k: k.idx)) AS old_frames,
+           list_sort(list_transform(n.key_frames, lambda k: k.idx)) AS new_frames
+    FROM cot n JOIN old_cot o USING (id)
+    WHERE CAST(n.key_items AS VARCHAR) <> CAST(o.key_items AS VARCHAR)
+       OR CAST(n.key_frames AS VARCHAR) <> CAST(o.key_frames AS VARCHAR)
+    ORDER BY n.id"""
+
+
 def compare(new: Path, old: Path | None = None) -> list[AuditTable]:
     """Compare a version with an earlier one (default: its manifest's ``parent``): rows
     unchanged / re-annotated / changed / added / removed per dataset, rejects by reason in
@@ -139,6 +151,7 @@ def compare(new: Path, old: Path | None = None) -> list[AuditTable]:
         tables.append(_table(con, "Fidelity of the re-annotated rows",
                              fidelity.format(name="old", p="old_", where=redone) + " UNION ALL "
                              + fidelity.format(name="new", p="", where=redone) + " ORDER BY version DESC"))
+        tables.append(_table(con, "Rows whose evidence changed (CoT: key frames or boxes)", EVIDENCE_CHANGED))
     finally:
         con.close()
     return tables

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import duckdb
 
+from stgr_builder.audit.evidence import evidence_tables
 from stgr_builder.audit.views import VIEWS, AuditTable, connect
 from stgr_builder.errors import StgrError
 from stgr_builder.models import Manifest
@@ -97,6 +98,7 @@ def summary(root: Path) -> list[AuditTable]:
     con = connect(root)
     try:
         tables = [_run(con, title, sql) for title, sql in _CANNED]
+        tables += evidence_tables(con, manifest)
         tables.append(_manifest_table(manifest))
         tables.append(_cost_table(manifest))
         plan_table = _plan_table(root, manifest)

@@ -65,3 +65,43 @@ def image_size(work: SampleWork) -> tuple[int, int] | None:
     if work.frames:
         return work.frames[0].width, work.frames[0].height
     return None
+
+
+#: A still image has no neighbouring frames: the track gate compares each box with the
+#: detector's boxes on altered views of the image instead (``make_view`` / ``box_from_view``).
+IMAGE_VIEWS = ("mirror", "zoom")
+_ZOOM_MARGIN = 0.05  # the zoom view is the middle 90% of the image, scaled back to full size
+
+
+def make_view(rgb, view: str):
+    """The image (an RGB uint8 array) as seen in ``view``: mirrored left-right, or zoomed in."""
+    import numpy as np
+    from PIL import Image
+
+    if view == "mirror":
+        return np.ascontiguousarray(rgb[:, ::-1])
+    if view == "zoom":
+        height, width = rgb.shape[:2]
+        dx, dy = round(width * _ZOOM_MARGIN), round(height * _ZOOM_MARGIN)
+        crop = Image.fromarray(rgb[dy:height - dy, dx:width - dx])
+        return np.asarray(crop.resize((width, height), Image.BILINEAR))
+    raise ValueError(f"unknown image view {view!r}: one of {IMAGE_VIEWS}")
+
+
+def box_from_view(box: Sequence[float], view: str | None, size: Sequence[int] | None = None) -> list[float]:
+    """A normalized box found on a view, placed on the original image (``size``: its W, H).
+
+    >>> box_from_view([0.1, 0.2, 0.3, 0.4], "mirror")
+    [0.7, 0.2, 0.9, 0.4]
+    """
+    x1, y1, x2, y2 = box
+    if view is None:
+        return [x1, y1, x2, y2]
+    if view == "mirror":
+        return [round(1.0 - x2, 12), y1, round(1.0 - x1, 12), y2]
+    if view == "zoom":
+        width, height = size or (1, 1)
+        mx, my = round(width * _ZOOM_MARGIN) / width, round(height * _ZOOM_MARGIN) / height
+        sx, sy = 1 - 2 * mx, 1 - 2 * my
+        return [mx + sx * x1, my + sy * y1, mx + sx * x2, my + sy * y2]
+    raise ValueError(f"unknown image view {view!r}: one of {IMAGE_VIEWS}")

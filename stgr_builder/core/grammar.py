@@ -183,6 +183,16 @@ def render_span(start: float, end: float) -> str:
     return f"<t>{fmt_time(start)}</t>s to <t>{fmt_time(end)}</t>s"
 
 
+def render_plain_span(start: float, end: float) -> str:
+    """A span stated without tags: a spatio-temporal trace's ``<t>`` are point claims at key
+    frames (the released reward reads every one so), and a span's ends are not key frames.
+
+    >>> render_plain_span(3, 7.25)
+    '3.0s to 7.2s'
+    """
+    return f"{fmt_time(start)}s to {fmt_time(end)}s"
+
+
 def option_letter(index: int) -> str:
     """The letter of the option at ``index``.
 

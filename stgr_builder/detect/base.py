@@ -13,7 +13,7 @@ from typing import Protocol
 from stgr_builder.core.gold import gold_detections
 from stgr_builder.core.hashing import sha256_file
 from stgr_builder.core.resources import Resources
-from stgr_builder.models import Detection, SampleWork, Stage
+from stgr_builder.models import Detection, Frame, SampleWork, Stage
 from stgr_builder.core.steps import Step
 
 
@@ -86,7 +86,7 @@ class DetectStep(Step):
         # frames with the same phrases go to the detector together.
         wanted: dict[str, set[str]] = {}
         for work in batch:
-            for frame in work.frames:
+            for frame in [*work.frames, *work.track_frames]:
                 wanted.setdefault(frame.path, set()).update(obj.name for obj in work.sample.objects)
         if not self.detector.uses_phrases:  # closed-set: one batch, phrases unused
             wanted = {path: set() for path in wanted}
@@ -113,9 +113,11 @@ class DetectStep(Step):
                 for path, detections in zip(todo, found):
                     self.memo.put((self.memo_key, path, phrases), detections)
         for work in batch:
-            work.detections = [
-                detection.model_copy(update={"frame_idx": frame.idx})
-                for frame in work.frames
-                for detection in by_path[frame.path]
-            ] + gold_detections(work)  # the source's own boxes, when it has them (core/gold.py)
+            work.detections = _on_frames(work.frames, by_path) + gold_detections(work)  # core/gold.py
+            work.track_detections = _on_frames(work.track_frames, by_path)  # for the track gate
         return batch
+
+
+def _on_frames(frames: list[Frame], by_path: dict[str, list[Detection]]) -> list[Detection]:
+    """The detections of each frame, with the frame's index set."""
+    return [detection.model_copy(update={"frame_idx": frame.idx}) for frame in frames for detection in by_path[frame.path]]

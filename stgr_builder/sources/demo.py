@@ -28,7 +28,9 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from stgr_builder.models import Reject, SourceObject, SourceSample, Span, Task
+from stgr_builder.models import (
+    DemoTruth, Reject, SourceObject, SourceSample, Span, Task, TruthImage, TruthImageObject, TruthObject, TruthVideo,
+)
 from stgr_builder.sources import AdapterContext, describe_error, iter_json_lines, register
 from stgr_builder.sources.demo_sprites import (
     CLASS_COLOURS,
@@ -134,48 +136,6 @@ class DemoRecord(BaseModel):
 
 
 _SPAN_RE = re.compile(r"\[\s*\d+(\.\d+)?\s*,\s*\d+(\.\d+)?\s*\]")
-
-
-class TruthObject(BaseModel):
-    name: str
-    colour: str
-    boxes: list[list[int] | None] = Field(description="per frame: [x1, y1, x2, y2] pixels (clipped), or null when absent")
-
-
-class TruthVideo(BaseModel):
-    path: str = Field(description="relative to media/")
-    fps: float
-    n_frames: int
-    width: int
-    height: int
-    gop: int
-    objects: list[TruthObject]
-
-    @property
-    def duration(self) -> float:
-        return self.n_frames / self.fps
-
-
-class TruthImageObject(BaseModel):
-    name: str
-    colour: str
-    box: list[int]
-
-
-class TruthImage(BaseModel):
-    path: str = Field(description="relative to media/")
-    width: int
-    height: int
-    objects: list[TruthImageObject]
-
-
-class DemoTruth(BaseModel):
-    """``truth.json``: what the generator drew, frame by frame."""
-
-    seed: int
-    classes: list[str]
-    videos: list[TruthVideo]
-    images: list[TruthImage]
 
 
 def load_truth(path: Path) -> DemoTruth:

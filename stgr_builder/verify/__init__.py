@@ -2,6 +2,6 @@
 
 from stgr_builder.verify.rows import build_rows, format_question
 from stgr_builder.verify.rules import Violation, check_row
-from stgr_builder.verify.steps import VerifyStep, verify_work
+from stgr_builder.verify.steps import TrackGateStep, VerifyStep, verify_work
 
-__all__ = ["VerifyStep", "Violation", "build_rows", "check_row", "format_question", "verify_work"]
+__all__ = ["TrackGateStep", "VerifyStep", "Violation", "build_rows", "check_row", "format_question", "verify_work"]

@@ -28,7 +28,7 @@ from stgr_builder.core import geometry, grammar
 from stgr_builder.core.geometry import image_size
 from stgr_builder.errors import SampleError
 from stgr_builder.models import (
-    CotRow, Evidence, KeyFrame, KeyItem, Provenance, RejectCode, RlRow, SampleWork, SourceSample,
+    CotRow, Evidence, EvidenceTrack, KeyFrame, KeyItem, Provenance, RejectCode, RlRow, SampleWork, SourceSample,
 )
 
 
@@ -112,7 +112,15 @@ def _provenance(work: SampleWork, base: dict) -> Provenance:
         "detector_score": fmean(ev.score for ev in evidence) if evidence else None,
         "detector_agreement_iou": _agreement(work, evidence),
         "verifier_votes": work.votes,
+        "evidence_tracks": _evidence_tracks(work, evidence),
     })
+
+
+def _evidence_tracks(work: SampleWork, evidence: list[Evidence]) -> list[EvidenceTrack]:
+    """The track gate's verdict on each evidence box (matched by frame and box), in evidence order."""
+    by_place = {(t.idx, tuple(grammar.round_box(t.box))): t for t in work.tracks}
+    found = (by_place.get((ev.frame_idx, tuple(grammar.round_box(ev.box)))) for ev in evidence)
+    return [track for track in found if track is not None]
 
 
 def build_rows(work: SampleWork, provenance_base: dict) -> tuple[CotRow, RlRow]:

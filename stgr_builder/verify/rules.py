@@ -92,6 +92,19 @@ def _time_rules(row: CotRow | RlRow, duration: float | None, span: Sequence[floa
     return out
 
 
+def _point_claim_rules(row: CotRow | RlRow, trace: grammar.Trace | None, tolerance: float) -> list[Violation]:
+    """Spatio-temporal rows: every ``<t>`` of the trace is a key frame's time (the released
+    reward reads each one as a point claim at a key frame)."""
+    if trace is None or row.task is not Task.SPATIO_TEMPORAL:
+        return []
+    stated = [t for s in trace.spans for t in s] + list(trace.times) + [m.time for m in trace.mentions]
+    frames = [kf.time for kf in row.key_frames]
+    stray = [t for t in stated if t is not None and not any(abs(t - k) <= tolerance + EPS for k in frames)]
+    if not stray:
+        return []
+    return [Violation(RejectCode.TIME_NOT_KEY_FRAME, f"the trace states times {stray} that are no key frame's time")]
+
+
 def _box_problem(box: Sequence[float], max_area: float) -> tuple[RejectCode, str] | None:
     if not all(0.0 <= v <= 1.0 for v in box):
         return RejectCode.BOX_OUT_OF_RANGE, "is not inside [0, 1]"
@@ -221,6 +234,7 @@ def check_row(row: CotRow | RlRow, *, duration: float | None, span: Sequence[flo
     out += _box_rules(row, trace, size, config)
     if trace is not None and (size or not is_image):
         out += _evidence_rules(row, trace, size if is_image else None, tolerance)
+    out += _point_claim_rules(row, trace, tolerance)
     out += _answer_rules(row, gold_answer, trace, tolerance)
     if Task(row.task) in grammar.GROUNDED_TASKS and not row.key_items:
         out.append(Violation(RejectCode.NO_EVIDENCE, f"a {Task(row.task).value} row needs at least one key item"))

@@ -8,12 +8,14 @@
 
 from __future__ import annotations
 
+from stgr_builder.core import grammar
 from stgr_builder.core.geometry import image_size
-from stgr_builder.errors import SampleError
-from stgr_builder.models import DatasetName, SampleWork, Stage, VerifyConfig
 from stgr_builder.core.steps import Step
+from stgr_builder.errors import SampleError
+from stgr_builder.models import DatasetName, RejectCode, SampleWork, Stage, TrackConfig, VerifyConfig
 from stgr_builder.verify.rows import build_rows
 from stgr_builder.verify.rules import Violation, check_row
+from stgr_builder.verify.tracks import gate, sample_names
 
 
 def verify_work(work: SampleWork, config: VerifyConfig, provenance_base: dict) -> list[Violation]:
@@ -54,4 +56,38 @@ class VerifyStep(Step):
             work.cot_row = None
         if DatasetName.RL not in datasets:
             work.rl_row = None
+        return work
+
+
+class TrackGateStep(Step):
+    """The evidence gate (``verify/tracks.py``), before any annotator: drop every candidate box
+    whose track on the neighbouring frames disagrees with it, keep the verdicts in
+    ``work.tracks`` (rows carry those of their evidence in ``provenance.evidence_tracks``).
+
+    A grounded sample (spatio-temporal or visual QA) that had boxes of its objects and lost them
+    all here is rejected as ``evidence_untracked``: no annotator gets to guess instead.
+    ``boxes_checked`` / ``boxes_dropped`` count the detector's boxes for the bench and the audit.
+    """
+
+    stage = Stage.TRACK
+
+    def __init__(self, config: TrackConfig):
+        super().__init__()
+        self.config = config
+        self.boxes_checked = 0
+        self.boxes_dropped = 0
+
+    def process(self, work: SampleWork) -> SampleWork:
+        names = sample_names(work)
+        had = {d.label for d in work.detections} & names
+        verdicts = gate(work, self.config, self.config.window)
+        self.boxes_checked += sum(1 for v in verdicts if not v.gold)
+        self.boxes_dropped += sum(1 for v in verdicts if not v.gold and not v.confirmed)
+        work.tracks = [v for v in verdicts if v.confirmed or v.gold]
+        left = {d.label for d in work.detections} & names
+        if work.sample.task in grammar.GROUNDED_TASKS and had and not left:
+            dropped = sorted({v.label for v in verdicts if not v.confirmed and v.label in names})
+            raise SampleError(RejectCode.EVIDENCE_UNTRACKED,
+                              f"every box of {', '.join(dropped)} failed the track gate (label or place "
+                              f"not confirmed by the {self.config.window} neighbouring frames on each side)")
         return work

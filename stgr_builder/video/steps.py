@@ -23,6 +23,7 @@ from pathlib import Path, PurePath
 import numpy as np
 
 from stgr_builder.core.cache import BoundedCache
+from stgr_builder.core.geometry import IMAGE_VIEWS, make_view
 from stgr_builder.core.gold import gold_times
 from stgr_builder.core.resources import Resources
 from stgr_builder.errors import SampleError
@@ -109,10 +110,14 @@ class SampleStep(Step):
     stage = Stage.SAMPLE
     batch_size = 256
 
-    def __init__(self, config: SamplerConfig, store: FrameStore, resources: Resources | None = None):
+    def __init__(self, config: SamplerConfig, store: FrameStore, resources: Resources | None = None,
+                 track_window: int = 0):
         super().__init__()
         self.config = config
         self.store = store
+        # Neighbours decoded on each side of every candidate frame, for the track gate; they
+        # lie in the GOPs the candidates need, so the same pass decodes them.
+        self.track_window = track_window
         # The process's frames already decoded into a store, across steps and shards.
         self.memo = (resources or Resources()).memo("frames", FRAME_MEMO_BYTES)
         self.decoder = get_decoder(config.decoder)
@@ -150,10 +155,12 @@ class SampleStep(Step):
     def _sample_video(self, path: str, works: list[SampleWork]) -> None:
         info = works[0].video
         plans = [plan_frames(work.video, self.config, work.sample.span, gold_times(work.sample)) for work in works]
-        wanted = sorted(set().union(*(plan.indices for plan in plans)))
+        neighbours = [track_neighbours(plan.indices, info.n_frames, self.track_window) for plan in plans]
+        wanted = sorted(set().union(*(plan.indices for plan in plans), *neighbours))
         frames = self._decode_into_store(Path(path), info, wanted)
-        for work, plan in zip(works, plans):
+        for work, plan, near in zip(works, plans, neighbours):
             work.frames = _frames_of(plan, frames, work.sample.span)
+            work.track_frames = [frames[idx] for idx in near]
 
     def _decode_into_store(self, path: Path, info: VideoInfo, wanted: list[int]) -> dict[int, Frame]:
         frames: dict[int, Frame] = {}
@@ -203,6 +210,10 @@ class SampleStep(Step):
             raise SampleError(RejectCode.DECODE_FAILED, f"{path}: image does not decode ({exc})") from exc
         height, width = rgb.shape[:2]
         work.frames = [Frame(idx=0, time=0.0, path=self.store.put(rgb), width=width, height=height)]
+        # No neighbouring frames: the track gate checks boxes on altered views of the image.
+        work.track_frames = [Frame(idx=k, time=0.0, path=self.store.put(make_view(rgb, view)), width=width,
+                                   height=height, view=view)
+                             for k, view in enumerate(IMAGE_VIEWS[:self.track_window], start=1)]
         return work
 
 
@@ -261,6 +272,16 @@ def _video_key(work: SampleWork) -> str:
     if work.video is None:
         raise ValueError(f"sample {work.sample.id} has no VideoInfo: run ProbeStep before SampleStep")
     return str(media_path(work.sample, work.sample.video_path))
+
+
+def track_neighbours(indices: list[int], n_frames: int, window: int) -> list[int]:
+    """The frames within ``window`` of a candidate frame that are not candidates themselves.
+
+    >>> track_neighbours([10, 11, 40], n_frames=41, window=1)
+    [9, 12, 39]
+    """
+    near = {idx + k for idx in indices for k in range(-window, window + 1) if 0 <= idx + k < n_frames}
+    return sorted(near - set(indices))
 
 
 def _frames_of(plan: FramePlan, frames: dict[int, Frame], span: list[float] | None) -> list[Frame]:
