@@ -159,9 +159,9 @@ def llm_usage(steps: list[Step]) -> LlmUsage | None:
 
 
 def detect_fingerprint(ctx: BuildContext, detector) -> list:
-    """Everything of the configuration that decides a frame's boxes (not the batch size, which
-    only paces detection)."""
-    return [ctx.config.detector.model_dump(mode="json", exclude={"batch"}), detector.name, detector.weights_hash]
+    """Everything of the configuration that decides a frame's boxes, the batch size included:
+    a frame's boxes depend on it (third decimal), never on the frames that share its batch."""
+    return [ctx.config.detector.model_dump(mode="json"), detector.name, detector.weights_hash]
 
 
 def shard_steps(ctx: BuildContext, resources: Resources) -> list[Step]:
