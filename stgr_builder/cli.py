@@ -221,11 +221,13 @@ def serve_llm(
     port: Annotated[int, typer.Option(help="port (0: any free port)")] = 8088,
     latency_ms: Annotated[float, typer.Option(help="delay of every reply")] = 0.0,
     fault_rate: Annotated[float, typer.Option(help="share of requests answered with a fault")] = 0.0,
-    faults: Annotated[str, typer.Option(help="fault kinds: 429,500,timeout,malformed,schema")] =
-        "429,500,timeout,malformed,schema",
+    faults: Annotated[str, typer.Option(
+        help="fault kinds: 429,500,timeout,malformed,schema,truncated,dropped,html,huge,hang")] =
+        "429,500,timeout,malformed,schema,truncated,dropped,html,huge,hang",
     seed: Annotated[int, typer.Option(help="seed of the fault draws")] = 0,
     retry_after: Annotated[float, typer.Option(help="seconds in the Retry-After of a 429")] = 0.1,
-    hang_s: Annotated[float, typer.Option(help="seconds a 'timeout' fault waits before replying")] = 30.0,
+    hang_s: Annotated[float, typer.Option(
+        help="seconds a 'timeout' fault waits before replying, and a 'hang' before closing unanswered")] = 30.0,
     crop_deny: Annotated[str, typer.Option(help="labels the crop check answers 'no' for, comma-separated")] = "",
 ) -> None:
     """A local OpenAI-compatible server with a deterministic policy, for dry runs and tests."""

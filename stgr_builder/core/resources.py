@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stgr_builder.core.cache import BoundedCache, approx_size
+from stgr_builder.core.hashing import media_fingerprint
 
 #: Default byte bound of each memo a step asks for without naming one.
 DEFAULT_MEMO_BYTES = 64 << 20
@@ -115,6 +116,11 @@ class Resources:
             if budget is None:
                 budget = self._budgets[run] = Budget(max_requests, max_tokens)
             return budget
+
+    def media_fingerprint(self, path) -> str:
+        """``core.hashing.media_fingerprint`` of a media file, remembered in this process (a
+        file rewritten in place gets a new ctime, so it is read again). Raises ``OSError``."""
+        return media_fingerprint(path, self.memo("media-fingerprints", 4 << 20))
 
     def memo_bytes_used(self) -> dict[str, int]:
         """Bytes held by each memo (benchmarks and tests)."""

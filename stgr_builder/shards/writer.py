@@ -109,6 +109,7 @@ def write_shard(
     stats: list[StepStats],
     llm: LlmUsage | None = None,
     build_id: str | None = None,
+    inputs: str | None = None,
 ) -> ShardResult:
     """Write one shard's three Parquet files, then its completion record, all atomically.
 
@@ -132,7 +133,8 @@ def write_shard(
         "rejects": sorted(rejects, key=lambda r: (r.id, r.stage.value, r.code.value, r.message)),
     }
     files = [_write_dataset_file(root, dataset, shard, rows) for dataset, rows in ordered.items()]
-    result = ShardResult(shard=shard, sample_ids=ids, files=files, stats=stats, llm=llm, build_id=build_id)
+    result = ShardResult(shard=shard, sample_ids=ids, files=files, stats=stats, llm=llm, build_id=build_id,
+                         inputs=inputs)
     text = result.model_dump_json(indent=2)
     assert_no_secrets(text, where=f"the record of shard {shard}")
     atomic_write_text(record_path(root, shard), text)
@@ -170,13 +172,15 @@ def read_shard_result(root: Path, shard: int) -> ShardResult | None:
         return None
 
 
-def finished_shard(root: Path, shard: int, sample_ids: list[str], build_id: str | None = None) -> ShardResult | None:
+def finished_shard(root: Path, shard: int, sample_ids: list[str], build_id: str | None = None,
+                   inputs: str | None = None) -> ShardResult | None:
     """The shard's result if it is done for exactly these samples, else None (so: rewrite it).
 
     Done means: the record exists, lists the same sample ids (and, when ``build_id`` is
     given, was written by that build: a changed config rewrites the shard, from the stage
-    store where the change left stages untouched), names one file per dataset, and every
-    file is present with the recorded sha256.
+    store where the change left stages untouched; when ``inputs`` is given, was made from the
+    same samples and media content: a replaced video rewrites its shards), names one file per
+    dataset, and every file is present with the recorded sha256.
 
     >>> finished_shard(Path("out"), 0, ids)  # doctest: +SKIP
     ShardResult(shard=0, sample_ids=[...], files=[...], stats=[...])
@@ -188,6 +192,8 @@ def finished_shard(root: Path, shard: int, sample_ids: list[str], build_id: str 
     if result is None or result.shard != shard or result.sample_ids != sorted(sample_ids):
         return None
     if build_id is not None and result.build_id != build_id:
+        return None
+    if inputs is not None and result.inputs != inputs:
         return None
     expected = {shard_path(root, dataset, shard).relative_to(root).as_posix() for dataset in DATASETS}
     if sorted(f.path for f in result.files) != sorted(expected):
@@ -259,8 +265,9 @@ def write_manifest(
     """
     root = Path(root)
     results = _sorted_results(results)
-    # Shards the LLM budget stopped wrote nothing: the manifest lists what is done, says how
-    # many samples are left, and the next run completes it.
+    # Shards the LLM budget stopped, or with samples a transient failure left pending, wrote
+    # nothing: the manifest lists what is done, says how many samples are left and why, and
+    # the next run completes it.
     unfinished = [r for r in results if not r.complete]
     results = [r for r in results if r.complete]
     _check_files_exist(root, results)
@@ -274,12 +281,21 @@ def write_manifest(
         counts=_counts(results), shards=files,
         stats=([ingest] if ingest is not None else []) + merge_stats(results),
         complete=not unfinished, pending=sum(len(r.sample_ids) for r in unfinished),
+        pending_reasons=_pending_reasons(unfinished),
         llm=LlmUsage.total([result.llm for result in results + unfinished]), **extra,
     )
     text = manifest.model_dump_json(indent=2)
     assert_no_secrets(text, where=MANIFEST)
     atomic_write_text(root / MANIFEST, text)
     return manifest
+
+
+def _pending_reasons(unfinished: list[ShardResult]) -> dict[str, int]:
+    reasons: dict[str, int] = {}
+    for result in unfinished:
+        for reason, count in (result.pending or {"budget": len(result.sample_ids)}).items():
+            reasons[reason] = reasons.get(reason, 0) + count
+    return dict(sorted(reasons.items()))
 
 
 def _sorted_results(results: list[ShardResult]) -> list[ShardResult]:
