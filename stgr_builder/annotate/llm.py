@@ -68,6 +68,8 @@ from stgr_builder.models import (
 from stgr_builder.annotate import crops
 
 SCHEMA_NAME = "stgr_cot_reply"
+#: Where each run's budget ledger lives, under the dataset folder.
+BUDGET_DIR = Path("_cache") / "budget"
 #: Header carrying the request-cache key (not a secret: a hash of the request), so a server's
 #: logs can tell a repeated request from a new one.
 KEY_HEADER = "X-Stgr-Request-Key"
@@ -545,8 +547,10 @@ class LlmAnnotator:
         self.max_area = verify.max_box_area
         self.root = Path(root) if root is not None else None
         resources = resources if resources is not None else Resources()
-        # One budget per run, shared by every annotator (shard task) of the run in this process.
-        self.budget = resources.budget(run, config.budget, config.budget_tokens)
+        # One budget per run, shared by every annotator (shard task) of the run in this process,
+        # and, through the run's ledger file, by every process of the run (Dask workers).
+        ledger = self.root / BUDGET_DIR / f"{run}.json" if self.root is not None and run else None
+        self.budget = resources.budget(run, config.budget, config.budget_tokens, ledger)
         self.cache = ResponseCache(self.root) if self.root is not None else None
         # Many times the concurrency: a batch ends with a tail of slow replies while slots idle,
         # so fewer, larger batches (a default shard is one batch) keep the endpoint busy.

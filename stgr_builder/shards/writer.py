@@ -324,15 +324,34 @@ def _counts(results: list[ShardResult]) -> dict[str, int]:
 def prune_orphans(root: Path, results: list[ShardResult]) -> list[Path]:
     """Remove shard files and records of shards not in ``results``; returns what went.
 
+    Only files that the folder's manifest or a shard record lists are removed (an earlier build
+    of the same folder with more shards): a ``part-*.parquet`` that no stgr record names is
+    someone else's and stays.
+
     >>> prune_orphans(Path("out"), results)  # doctest: +SKIP
     [PosixPath('out/rejects/part-00009.parquet'), ...]
     """
     root = Path(root)
     keep = {root / f.path for r in results for f in r.files}
     keep |= {record_path(root, r.shard) for r in results}
-    candidates = [p for dataset in DATASETS for p in (root / dataset).glob("part-*.parquet")]
-    candidates += list((root / PROGRESS_DIR).glob("shard-*.json"))
-    return remove_files(p for p in candidates if p not in keep)
+    records = sorted((root / PROGRESS_DIR).glob("shard-*.json"))
+    listed = {root / f.path for record in records if (result := _read_record(record)) is not None
+              for f in result.files}
+    try:
+        listed |= {root / f["path"] for f in json.loads((root / MANIFEST).read_text(encoding="utf-8"))["shards"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    candidates = [p for dataset in DATASETS for p in (root / dataset).glob("part-*.parquet") if p in listed]
+    removed = remove_files(p for p in candidates if p not in keep)
+    # then the records of the shards that are gone (the files they list went first)
+    return removed + remove_files(p for p in records if p not in keep)
+
+
+def _read_record(path: Path) -> ShardResult | None:
+    try:
+        return ShardResult.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValidationError):
+        return None
 
 
 def write_plan_record(root: Path, n_shards: int) -> None:
