@@ -21,6 +21,7 @@ from stgr_builder.annotate.cache import ResponseCache
 from stgr_builder.annotate.server import serve_llm
 from stgr_builder.audit import query
 from stgr_builder.cli import app
+from stgr_builder.errors import StgrError
 from stgr_builder.pipeline import build
 
 pytestmark = pytest.mark.slow
@@ -98,7 +99,9 @@ def test_a_changed_setting_reruns_only_the_stages_it_decides(tmp_path, tmp_path_
     config, out = copy_build(tmp_path, tmp_path_factory)
     before = query(out, "SELECT DISTINCT provenance.build_id FROM cot").rows
     changed = write_config(config.parent, "changed", verify={"max_box_area": 0.7})
-    manifest = build(changed, out)
+    with pytest.raises(StgrError, match="holds build .* pass --overwrite"):
+        build(changed, out)  # another config is another build: the folder is not its to write
+    manifest = build(changed, out, overwrite=True)
     steps = {s.step: s for s in manifest.stats}
     for step in ("probe", "sample", "detect"):
         assert steps[step].resumed == steps[step].seen > 0, step

@@ -468,7 +468,8 @@ class LlmUnavailable(Exception):
 
 
 class ReplyTooLarge(Exception):
-    """Every try's reply body was over ``MAX_REPLY_BYTES``: never cached, the sample is rejected."""
+    """Every try's reply body (two at least) was over ``MAX_REPLY_BYTES``: never cached, the
+    sample is rejected. Once only (no retries configured) is a fault: the sample is pending."""
 
 
 class _BadReply(Exception):
@@ -776,7 +777,8 @@ class _Asker:
                 return _entry_of(data, images, self.annotator.model)
             except _BadReply as exc:
                 problem = str(exc)
-        if too_large == config.max_retries + 1:
+        if too_large == config.max_retries + 1 and too_large >= 2:
+            # Oversized every time it was asked (twice at least): asking again changes nothing.
             raise ReplyTooLarge(f"{problem}, on each of {too_large} tries")
         raise LlmUnavailable("bad_reply", f"{problem} ({config.max_retries} retries)")
 
