@@ -9,7 +9,9 @@ A build writes only into an empty (or missing) folder or one holding a stgr data
 build id (``_progress/owner.json``, else the manifest's, else a shard record's). Another build
 id, or files a stgr build does not make, are refused; ``--overwrite`` is the explicit way to
 build there anyway. Even then nothing is deleted that the folder's manifest or shard records do
-not list (``shards.writer.prune_orphans``): foreign files stay where they are.
+not list (``shards.writer.prune_orphans``): foreign files stay where they are. Shard files
+(``stgr_cot/part-*.parquet``, ...) that no record lists are refused even with ``--overwrite``:
+every reader would take them as rows of the dataset.
 
 >>> with claim_folder(Path("outputs/run1"), build_id="3f9a0c1d2e4b"):   # doctest: +SKIP
 ...     run_job(job, resources)
@@ -26,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from stgr_builder.core.arrow import DATASETS
 from stgr_builder.core.files import atomic_write_text
 from stgr_builder.core.layout import MANIFEST, PLAN, PROGRESS_DIR
 from stgr_builder.errors import StgrError
@@ -107,6 +110,16 @@ def check_folder(folder: Path, build_id: str, overwrite: bool = False) -> None:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise StgrError(f"--out {folder} is a file, not a folder")
+    owner = folder_build_id(folder)
+    if owner != build_id:
+        # Shard files no record lists would be read as rows of this dataset (readers take every
+        # part-*.parquet), and they are not ours to delete: refused, even with --overwrite. (A
+        # build of this id may have left some of its own, killed while writing: it rewrites them.)
+        strays = unlisted_shards(folder)
+        if strays:
+            raise StgrError(f"{folder} holds shard files no stgr record lists ({', '.join(strays[:3])}"
+                            f"{' ...' if len(strays) > 3 else ''}): readers would take them as rows; move them "
+                            f"away or give another --out")
     if overwrite:
         return
     foreign = foreign_entries(folder)
@@ -114,10 +127,25 @@ def check_folder(folder: Path, build_id: str, overwrite: bool = False) -> None:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise StgrError(f"{folder} holds files a stgr build did not make ({shown}): give an empty or new --out, "
                         f"or pass --overwrite to build there anyway (nothing of those files is deleted)")
-    other = folder_build_id(folder)
-    if other is not None and other != build_id:
-        raise StgrError(f"{folder} holds build {other}, not this config's build {build_id}: give another --out, "
+    if owner is not None and owner != build_id:
+        raise StgrError(f"{folder} holds build {owner}, not this config's build {build_id}: give another --out, "
                         f"or pass --overwrite to replace it")
+
+
+def unlisted_shards(folder: Path) -> list[str]:
+    """``part-*.parquet`` files of the dataset folders that neither the manifest nor a shard
+    record lists (relative paths)."""
+    folder = Path(folder)
+    listed: set[str] = set()
+    for path in [folder / MANIFEST, *sorted((folder / PROGRESS_DIR).glob("shard-*.json"))]:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            listed |= {f["path"] for f in data.get("shards" if path.name == MANIFEST else "files", [])}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+    found = [p.relative_to(folder).as_posix() for dataset in DATASETS
+             for p in sorted((folder / dataset).glob("part-*.parquet"))]
+    return [p for p in found if p not in listed]
 
 
 @contextmanager

@@ -108,15 +108,21 @@ def test_one_build_per_folder_and_only_into_its_own_folder(tmp_path_factory, tmp
         build(other, out)
     # A folder with files no build made is refused, and --overwrite deletes none of them.
     mine = tmp_path / "mine"
-    mine.mkdir()
+    (mine / "stgr_cot").mkdir(parents=True)
     (mine / "notes.txt").write_text("mine")
-    (mine / "stgr_cot").mkdir()
-    (mine / "stgr_cot" / "part-00042.parquet").write_bytes(b"not yours")
     with pytest.raises(StgrError, match=r"holds files a stgr build did not make \(notes.txt\)"):
         build(config, mine)
+    # Shard files no record lists would be read as rows: refused even with --overwrite.
+    (mine / "stgr_cot" / "part-00042.parquet").write_bytes(b"not yours")
+    with pytest.raises(StgrError, match=r"shard files no stgr record lists \(stgr_cot/part-00042.parquet\)"):
+        build(config, mine, overwrite=True)
+    (mine / "stgr_cot" / "part-00042.parquet").rename(mine / "part-00042.parquet")
     build(config, mine, overwrite=True)
     assert (mine / "notes.txt").read_text() == "mine"
-    assert (mine / "stgr_cot" / "part-00042.parquet").read_bytes() == b"not yours"
+    assert (mine / "part-00042.parquet").read_bytes() == b"not yours"
+    # Over another build of the folder (--overwrite): its files go, the new build's stay.
+    build(other, out, overwrite=True)
+    assert CliRunner().invoke(app, ["verify", str(out)]).exit_code == 0
 
 
 def _pad_mp4(path: Path, size: int) -> None:
