@@ -43,6 +43,13 @@ def _writing(out: Path) -> bool:
                for folder in _WRITE_FOLDERS if (out / folder).is_dir() for name in os.listdir(out / folder))
 
 
+def remaining(out: Path, reference: Path, stage: str) -> int:
+    """How much of ``stage`` the build in ``out`` has still to do (shards, for ``write``)."""
+    if stage == "write":
+        return records(reference) - records(out)
+    return stored(reference, stage) - stored(out, stage)
+
+
 def kill_plan(reference: Path, rng: random.Random, kills: int = 5) -> list[str]:
     """The stages of one round's kills: every stage once (in a seeded order), then random ones."""
     stages = list(KILL_STAGES)
@@ -52,9 +59,12 @@ def kill_plan(reference: Path, rng: random.Random, kills: int = 5) -> list[str]:
 
 def run_and_kill(config: Path, out: Path, stage: str, reference: Path, rng: random.Random,
                  timeout: float = 120.0) -> str:
-    """Start the build, SIGKILL it at a random moment of ``stage``; what happened, in words
-    (``killed in detect at 14/40``, or ``finished before the kill`` when the stage had nothing
-    left to do)."""
+    """Start the build, SIGKILL it at a random moment of ``stage`` (or, when that stage has no
+    work left, of the next one that has); what happened, in words (``killed in detect at
+    14/40``, or ``finished before the kill``)."""
+    if remaining(out, reference, stage) <= 0:
+        order = KILL_STAGES[KILL_STAGES.index(stage):] + KILL_STAGES[:KILL_STAGES.index(stage)]
+        stage = next((s for s in order if remaining(out, reference, s) > 0), stage)
     if stage == "write":
         start = records(out)
         done = lambda: _writing(out) or records(out) > start  # noqa: E731
