@@ -708,6 +708,8 @@ class _Asker:
         key = request_key(model=annotator.model, prompt_version=prompt_version, messages=messages,
                           schema_hash=schema_hash(model), sampling=annotator._sampling, digests=digests)
         entry = self.cache.get(key)
+        if entry is not None and entry.kind == "error" and _TRANSIENT_ERROR.match(entry.error or ""):
+            entry = None  # a transient failure cached by an earlier version: ask again
         cached = entry is not None
         if not cached:
             if not self.budget.acquire():
@@ -830,6 +832,10 @@ def _entry_of(data: bytes, images: int, model: str) -> CacheEntry:
         return CacheEntry(kind="error", usage=used, images=images, model=model,
                           error=f"empty reply ({'refusal: ' + str(refusal) if refusal else 'no content'})")
     return CacheEntry(kind="reply", content=content, usage=used, images=images, model=model)
+
+
+#: Final errors an earlier version cached although a retry could cure them (429, 5xx, timeouts).
+_TRANSIENT_ERROR = re.compile(r"HTTP (429|5\d\d|408|409)\b|timed out after ")
 
 
 def _status_message(exc) -> str:
