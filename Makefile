@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/memory.py
 	$(VENV)/bin/python bench/annotate_throughput.py
 	$(VENV)/bin/python bench/full_size.py
+	$(VENV)/bin/python bench/chaos.py
 
 clean:
 	rm -rf outputs/demo .pytest_cache

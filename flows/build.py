@@ -29,6 +29,7 @@ from stgr_builder import pipeline, reannotate
 from stgr_builder.core.resources import Resources
 from stgr_builder.errors import StgrError
 from stgr_builder.executor import Job
+from stgr_builder.ownership import claim_folder, locked_folder
 from stgr_builder.models import BuildPlan, Manifest, ShardingConfig, ShardPlan, ShardResult
 
 # Inputs are whole shards of samples: hashing them for a cache key would cost more than the
@@ -86,21 +87,25 @@ def run_job(job: Job, resources: Resources, name: str = "stgr-build") -> Manifes
     return build_flow.with_options(name=name, task_runner=runner)(job, resources)
 
 
-def run_build(config_path: Path, out: Path, runner: str | None = None) -> Manifest:
-    """Build on the runner the config names (``runner`` overrides ``sharding.runner``)."""
+def run_build(config_path: Path, out: Path, runner: str | None = None, overwrite: bool = False) -> Manifest:
+    """Build on the runner the config names (``runner`` overrides ``sharding.runner``), holding
+    the output folder's lock for the whole flow (``ownership.py``; ``overwrite``: build over a
+    folder holding another build or foreign files)."""
     resources = Resources()
     ctx = pipeline.context(config_path, out, resources)  # a bad config fails here, before the flow starts
     if runner is not None:
         sharding = ctx.config.sharding.model_copy(update={"runner": runner})
         ctx = replace(ctx, config=ctx.config.model_copy(update={"sharding": sharding}))
-    return run_job(pipeline.BuildJob(ctx), resources)
+    with claim_folder(ctx.out, ctx.build_id, overwrite):
+        return run_job(pipeline.BuildJob(ctx), resources)
 
 
 def run_reannotate(root: Path, *, where: str, prompt: str, model: str | None = None,
                    out: Path | None = None) -> tuple[Path, Manifest]:
     """``stgr reannotate``: the re-annotation job as a flow, on the build's task runner."""
     job = reannotate.prepare(root, where=where, prompt=prompt, model=model, out=out)
-    return job.ctx.out, run_job(job, Resources(), name="stgr-reannotate")
+    with locked_folder(job.ctx.out):
+        return job.ctx.out, run_job(job, Resources(), name="stgr-reannotate")
 
 
 if __name__ == "__main__":

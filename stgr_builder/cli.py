@@ -1,7 +1,7 @@
 """The ``stgr`` command: the only module that prints.
 
     stgr demo [--out DIR] | stgr demo --write-config FILE
-    stgr build CONFIG.yaml|RECIPE [--out DIR] [--data-root DIR] [--source NAME=PATH[,MEDIA]] [--scale F]
+    stgr build CONFIG.yaml|RECIPE [--out DIR] [--overwrite] [--data-root DIR] [--source NAME=PATH[,MEDIA]] [--scale F]
     stgr plan CONFIG.yaml|RECIPE [--data-root DIR] [--price-in P] [--price-out P] [--json FILE]
     stgr reannotate DIR --where SQL --prompt NAME [--model M] [--out DIR2]
     stgr audit DIR [--sql QUERY] [--compare OLD_DIR] [--gallery OUT.html]
@@ -72,6 +72,9 @@ def build(
     source: _Sources = None,
     scale: _Scale = None,
     skip_missing: _SkipMissing = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="build into a folder that holds another build or files a build did not make (none of those "
+             "files is deleted unless the folder's records list it)")] = False,
 ) -> None:
     """Build the datasets a config (or recipe) describes. Run again on the same --out to resume."""
     from stgr_builder.recipes import is_recipe, write_config
@@ -85,7 +88,7 @@ def build(
 
         path = Path(config)
         out = out or Path("outputs") / load_config(path.resolve()).name
-    _run_build(path, out)
+    _run_build(path, out, overwrite=overwrite)
     _print_audit(out)
 
 
@@ -182,7 +185,7 @@ def reannotate(
     console.print(f"[bold green]re-annotated[/] {manifest.reannotation.selected} rows of {root} "
                   f"into {target} (build {manifest.build_id})")
     if not manifest.complete:
-        console.print(f"[bold yellow]{manifest.pending} samples left for the next run (budget reached)[/]")
+        console.print(f"[bold yellow]{_pending_line(manifest)}[/]", highlight=False)
     _print_comparison(target, None)
 
 
@@ -221,11 +224,13 @@ def serve_llm(
     port: Annotated[int, typer.Option(help="port (0: any free port)")] = 8088,
     latency_ms: Annotated[float, typer.Option(help="delay of every reply")] = 0.0,
     fault_rate: Annotated[float, typer.Option(help="share of requests answered with a fault")] = 0.0,
-    faults: Annotated[str, typer.Option(help="fault kinds: 429,500,timeout,malformed,schema")] =
-        "429,500,timeout,malformed,schema",
+    faults: Annotated[str, typer.Option(
+        help="fault kinds: 429,500,timeout,malformed,schema,truncated,dropped,html,huge,hang")] =
+        "429,500,timeout,malformed,schema,truncated,dropped,html,huge,hang",
     seed: Annotated[int, typer.Option(help="seed of the fault draws")] = 0,
     retry_after: Annotated[float, typer.Option(help="seconds in the Retry-After of a 429")] = 0.1,
-    hang_s: Annotated[float, typer.Option(help="seconds a 'timeout' fault waits before replying")] = 30.0,
+    hang_s: Annotated[float, typer.Option(
+        help="seconds a 'timeout' fault waits before replying, and a 'hang' before closing unanswered")] = 30.0,
     crop_deny: Annotated[str, typer.Option(help="labels the crop check answers 'no' for, comma-separated")] = "",
 ) -> None:
     """A local OpenAI-compatible server with a deterministic policy, for dry runs and tests."""
@@ -264,7 +269,7 @@ def schemas(write: Annotated[bool, typer.Option(help="rewrite schemas/ from the 
     console.print(f"schemas: {len(stale)} rewritten" if write else "schemas are current")
 
 
-def _run_build(config: Path, out: Path) -> None:
+def _run_build(config: Path, out: Path, overwrite: bool = False) -> None:
     _quiet_orchestrator()
     from flows.build import run_build
 
@@ -272,7 +277,7 @@ def _run_build(config: Path, out: Path) -> None:
     watcher = threading.Thread(target=_watch_progress, args=(out, stop), daemon=True)
     watcher.start()
     try:
-        manifest = run_build(config, out)
+        manifest = run_build(config, out, overwrite=overwrite)
     finally:
         stop.set()
         watcher.join()
@@ -280,7 +285,17 @@ def _run_build(config: Path, out: Path) -> None:
     console.print(f"[bold green]built[/] {out} ({counts})")
     if not manifest.complete:
         # Not a failure: run the same command again to finish (received replies are cached).
-        console.print(f"[bold yellow]{manifest.pending} samples left for the next run (budget reached)[/]")
+        console.print(f"[bold yellow]{_pending_line(manifest)}[/]", highlight=False)
+
+
+def _pending_line(manifest) -> str:
+    """``12 samples left for the next run (budget reached)`` or ``(pending: server_error 2,
+    timeout 1; run the build again)``."""
+    reasons = dict(manifest.pending_reasons)
+    if not reasons or set(reasons) == {"budget"}:
+        return f"{manifest.pending} samples left for the next run (budget reached)"
+    listed = ", ".join(f"{reason} {count}" for reason, count in reasons.items())
+    return f"{manifest.pending} samples left for the next run (pending: {listed}; run the build again)"
 
 
 def _watch_progress(out: Path, stop: threading.Event) -> None:

@@ -16,6 +16,7 @@ runner) -> ``finalize``. ``pipeline.BuildJob`` and ``reannotate.ReannotateJob`` 
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -27,11 +28,11 @@ from stgr_builder.core.resources import BudgetReached, Resources
 from stgr_builder.core.steps import Step, run_steps
 from stgr_builder.detect import DetectStep, make_detector
 from stgr_builder.models import (
-    BuildConfig, BuildPlan, CotRow, LlmUsage, Manifest, Reject, RlRow, SampleWork, ShardPlan, ShardResult,
-    Stage,
+    BuildConfig, BuildPlan, CotRow, LlmUsage, Manifest, Reject, RejectCode, RlRow, SampleWork, ShardPlan,
+    ShardResult, Stage,
 )
 from stgr_builder.shards import finished_shard, write_shard
-from stgr_builder.stages import StageStore, stored_steps
+from stgr_builder.stages import StageStore, sample_inputs, stored_steps
 from stgr_builder.verify.steps import TrackGateStep, VerifyStep
 from stgr_builder.video.frames import FrameStore
 from stgr_builder.video.steps import ProbeStep, SampleStep
@@ -43,6 +44,11 @@ PACING_SETTINGS = {
     "sharding": {"workers", "runner", "dask_address"},
     "estimate": True,
 }
+
+#: Left out of the build id as well: where the sources are read from. What they hold enters each
+#: shard's ``inputs`` digest (records and media fingerprints), so the same data in another folder
+#: or machine is the same build, and changed data rewrites exactly the shards it touches.
+BUILD_ID_EXCLUDES = {**PACING_SETTINGS, "sources": {"__all__": {"path", "media_root"}}}
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,7 @@ class BuildContext:
     def build_id(self) -> str:
         """Hash of what decides the rows: derived, never a clock, so a resumed build writes
         the same rows as an uninterrupted one; pacing knobs are left out."""
-        settings = self.config.model_dump(mode="json", exclude=PACING_SETTINGS)
+        settings = self.config.model_dump(mode="json", exclude=BUILD_ID_EXCLUDES)
         salt = f":{self.salt}" if self.salt else ""
         return sha256_bytes(f"{digest(settings)}:{__version__}{salt}".encode())[:12]
 
@@ -110,10 +116,16 @@ class Carried:
 def execute_shard(ctx: BuildContext, shard: ShardPlan, resources: Resources,
                   carried: Carried | None = None) -> ShardResult:
     """Run the shard's samples through every per-sample stage and write its files; a shard
-    already finished by this build is returned as it is. With ``carried``, the parent's rows of
-    the samples not in ``shard.samples`` are kept unchanged."""
+    already finished by this build for the same inputs (samples and media content) is returned
+    as it is. With ``carried``, the parent's rows of the samples not in ``shard.samples`` are
+    kept unchanged.
+
+    A sample a transient failure left pending (``RejectCode.PENDING``: 429, 5xx, timeout,
+    transport, a broken reply) is never written: the shard returns unfinished, with the
+    reasons, and the next run finishes it from the stage store and the request cache."""
     sample_ids = carried.sample_ids if carried is not None else shard.item_ids
-    done = finished_shard(ctx.out, shard.shard, sample_ids, ctx.build_id)
+    inputs = shard_inputs(shard, resources)
+    done = finished_shard(ctx.out, shard.shard, sample_ids, ctx.build_id, inputs)
     if done is not None:
         return done
     steps = shard_steps(ctx, resources)
@@ -123,12 +135,27 @@ def execute_shard(ctx: BuildContext, shard: ShardPlan, resources: Resources,
         # Not a reject: nothing of this shard is written, and the next run finishes it (the
         # replies it already received are in the request cache, free the next time).
         return ShardResult(shard=shard.shard, sample_ids=sample_ids, files=[],
-                           stats=[step.stats for step in steps], complete=False, llm=llm_usage(steps))
+                           stats=[step.stats for step in steps], complete=False,
+                           pending={"budget": len(shard.samples)}, llm=llm_usage(steps))
+    pending = [item for item in items if isinstance(item, Reject) and item.code is RejectCode.PENDING]
+    if pending:
+        reasons = Counter(item.message.split(":", 1)[0] for item in pending)
+        return ShardResult(shard=shard.shard, sample_ids=sample_ids, files=[],
+                           stats=[step.stats for step in steps], complete=False,
+                           pending=dict(sorted(reasons.items())), llm=llm_usage(steps))
     cot, rl, rejects = _rows(shard, items, carried)
     # A re-annotation shard none of whose samples is re-done reports no step counts.
     stats = [step.stats for step in steps] if carried is None or shard.samples else []
     return write_shard(ctx.out, shard.shard, cot_rows=cot, rl_rows=rl, rejects=rejects, sample_ids=sample_ids,
-                       stats=stats, llm=llm_usage(steps), build_id=ctx.build_id)
+                       stats=stats, llm=llm_usage(steps), build_id=ctx.build_id, inputs=inputs)
+
+
+def shard_inputs(shard: ShardPlan, resources: Resources | None = None) -> str:
+    """Digest of what the shard is made from: each sample's record (less its location) and its
+    media's content fingerprint, and the ingest rejects dealt into it."""
+    samples = sorted((sample_inputs(sample, resources) for sample in shard.samples), key=lambda s: s[0]["id"])
+    rejects = sorted((r.model_dump(mode="json") for r in shard.rejects), key=lambda r: (r["id"], r["code"]))
+    return digest([samples, rejects])
 
 
 def _rows(shard: ShardPlan, items: list, carried: Carried | None) -> tuple[list, list, list]:
@@ -159,9 +186,9 @@ def llm_usage(steps: list[Step]) -> LlmUsage | None:
 
 
 def detect_fingerprint(ctx: BuildContext, detector) -> list:
-    """Everything of the configuration that decides a frame's boxes (not the batch size, which
-    only paces detection)."""
-    return [ctx.config.detector.model_dump(mode="json", exclude={"batch"}), detector.name, detector.weights_hash]
+    """Everything of the configuration that decides a frame's boxes, the batch size included:
+    a frame's boxes depend on it (third decimal), never on the frames that share its batch."""
+    return [ctx.config.detector.model_dump(mode="json"), detector.name, detector.weights_hash]
 
 
 def shard_steps(ctx: BuildContext, resources: Resources) -> list[Step]:
@@ -195,4 +222,5 @@ def shard_steps(ctx: BuildContext, resources: Resources) -> list[Step]:
                          [p.model_dump(mode="json") for p in annotator.prompts],
                          config.verify.model_dump(mode="json"), config.track.model_dump(mode="json")],
     }
-    return stored_steps(steps, StageStore(ctx.out, ctx.stage_parents), fingerprints, root=ctx.out)
+    return stored_steps(steps, StageStore(ctx.out, ctx.stage_parents), fingerprints, root=ctx.out,
+                        resources=resources)

@@ -94,6 +94,7 @@ class RejectCode(str, Enum):
     ANNOTATION_FAILED = "annotation_failed"
     LLM_ERROR = "llm_error"
     LLM_INVALID_REPLY = "llm_invalid_reply"
+    LLM_REPLY_TOO_LARGE = "llm_reply_too_large"
     CROPS_REJECTED = "crops_rejected"
     # verify
     TRACE_GRAMMAR = "trace_grammar"
@@ -109,6 +110,14 @@ class RejectCode(str, Enum):
     KEY_FRAMES_INVALID = "key_frames_invalid"
     ANSWER_FORM = "answer_form"
     ANSWER_MISMATCH = "answer_mismatch"
+    # Never written: a sample a transient failure (transport, 429, 5xx, timeout, a broken
+    # reply) left for the next run. Its message starts with the reason (``PENDING_REASONS``).
+    PENDING = "pending"
+
+
+#: Why a sample is pending (the reason before the colon in a PENDING message; ``budget``: the
+#: run's LLM budget stopped its shard).
+PENDING_REASONS = ("budget", "rate_limited", "server_error", "timeout", "connection", "bad_reply")
 
 
 # ---------------------------------------------------------------------------------------
@@ -437,16 +446,21 @@ class LlmUsage(_Record):
 
 class ShardResult(_Record):
     """What one finished shard task wrote; stored beside the shards so a resumed build
-    can skip it. ``complete=False``: the LLM budget ran out before the shard was annotated;
-    nothing was written and the next run finishes it."""
+    can skip it. ``complete=False``: the LLM budget ran out, or a transient failure left samples
+    pending (``pending``); nothing was written and the next run finishes it."""
 
     shard: int
     sample_ids: list[str]
     files: list[ShardFile]
     stats: list[StepStats]
     complete: bool = True
+    pending: dict[str, int] = Field(
+        default_factory=dict, description="unfinished shard: samples left for the next run, by reason")
     llm: LlmUsage | None = Field(None, description="LLM requests of this shard (openai backend)")
     build_id: str | None = Field(None, description="the build that wrote the shard; another build rewrites it")
+    inputs: str | None = Field(
+        None, description="digest of the shard's samples and of their media's content fingerprints: changed "
+                          "annotations or media rewrite the shard")
 
 
 class Manifest(_Record):
@@ -461,6 +475,9 @@ class Manifest(_Record):
     stats: list[StepStats]
     complete: bool = Field(True, description="false while samples are left for the next run (LLM budget reached)")
     pending: int = Field(0, description="samples of unfinished shards, left for the next run")
+    pending_reasons: dict[str, int] = Field(
+        default_factory=dict, description="why: samples by reason (budget, rate_limited, server_error, timeout, "
+                                           "connection, bad_reply); the other samples of those shards wait with them")
     llm: LlmUsage | None = Field(None, description="LLM requests and tokens, summed over the shards")
     config_dir: str | None = Field(
         None, description="absolute folder the config's relative paths were resolved against (re-annotation "

@@ -20,12 +20,14 @@ from pydantic import ValidationError
 
 from stgr_builder import __version__
 from stgr_builder.annotate import make_annotator
+from stgr_builder.annotate.llm import BUDGET_DIR
 from stgr_builder.audit.card import write_card
 from stgr_builder.core.hashing import sha256_bytes
 from stgr_builder.core.resources import Resources
 from stgr_builder.detect import make_detector
 from stgr_builder.errors import StgrError
 from stgr_builder.executor import BuildContext, execute_shard, run_job
+from stgr_builder.ownership import claim_folder
 from stgr_builder.models import BuildConfig, BuildPlan, Manifest, ShardPlan, ShardResult
 from stgr_builder.planning import draw, draw_stats, plan_of
 from stgr_builder.shards import write_manifest, write_plan_json, write_plan_record
@@ -96,6 +98,7 @@ def finalize(ctx: BuildContext, build_plan: BuildPlan, results: list[ShardResult
                   "weights_hash": detector.weights_hash},
         results=results, ingest=build_plan.ingest, config_dir=str(ctx.config_dir))
     write_card(ctx.out, manifest)
+    (ctx.out / BUDGET_DIR / f"{ctx.run}.json").unlink(missing_ok=True)  # this run's budget ledger
     return manifest
 
 
@@ -116,7 +119,10 @@ class BuildJob:
         return finalize(self.ctx, build_plan, results, resources)
 
 
-def build(config_path: Path, out: Path) -> Manifest:
-    """The whole build in this process, shard after shard (no orchestrator)."""
+def build(config_path: Path, out: Path, overwrite: bool = False) -> Manifest:
+    """The whole build in this process, shard after shard (no orchestrator), holding the
+    output folder's lock (``ownership.py``; ``overwrite``: build over another build's folder)."""
     resources = Resources()
-    return run_job(BuildJob(context(config_path, out, resources)), resources)
+    ctx = context(config_path, out, resources)
+    with claim_folder(ctx.out, ctx.build_id, overwrite):
+        return run_job(BuildJob(ctx), resources)

@@ -47,6 +47,7 @@ from stgr_builder.core.layout import MANIFEST, PROGRESS_DIR, load_manifest, shar
 from stgr_builder.core.resources import Resources
 from stgr_builder.errors import StgrError
 from stgr_builder.executor import BuildContext, Carried, execute_shard, run_job
+from stgr_builder.ownership import locked_folder
 from stgr_builder.models import (
     BuildConfig, BuildPlan, Manifest, ParentRef, Reannotation, ShardPlan, ShardResult, SourceSample, StepStats,
 )
@@ -203,7 +204,8 @@ def reannotate(root: Path, *, where: str, prompt: str, model: str | None = None,
     this process (``stgr reannotate`` runs the same job as a Prefect flow); returns the new
     version's folder and manifest."""
     job = prepare(root, where=where, prompt=prompt, model=model, out=out)
-    return job.ctx.out, run_job(job, Resources())
+    with locked_folder(job.ctx.out):
+        return job.ctx.out, run_job(job, Resources())
 
 
 def _annotator_config(config: BuildConfig, prompt: str, model: str | None):

@@ -1,7 +1,9 @@
 """Per-sample stage results on disk: the store that makes a build resume sample by sample.
 
 Each stage's result for a sample is one small JSON file, addressed by a key that hashes what
-decides the result: the sample (its record and its media file's size and mtime), the stage's
+decides the result: the sample (its record, less where it was read from, and its media file's
+content fingerprint: ``core.hashing.media_fingerprint``, so a replaced file gets new keys and an
+unchanged one copied elsewhere keeps them), the stage's
 configuration, the key of the stage before it, and the code version. A resumed shard task
 loads what is stored and runs only the samples that are missing; re-annotation finds the
 frames and detections of its samples here and runs annotate alone.
@@ -28,8 +30,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from stgr_builder import __version__
 from stgr_builder.core.files import atomic_write_bytes
-from stgr_builder.core.hashing import digest
-from stgr_builder.models import LlmUsage, Reject, SampleWork, Stage
+from stgr_builder.core.hashing import digest, media_fingerprint
+from stgr_builder.core.resources import Resources
+from stgr_builder.models import LlmUsage, Reject, RejectCode, SampleWork, SourceSample, Stage
 from stgr_builder.core.steps import Item, Step
 
 STAGES_DIR = Path("_cache") / "stages"
@@ -92,15 +95,22 @@ class StageStore:
         return len(list(folder.glob("*/*.json"))) if folder.is_dir() else 0
 
 
-def _media_stamp(work: SampleWork) -> list | None:
-    """Size and mtime of the sample's media file: a replaced file gets new keys."""
-    sample = work.sample
+#: Fields of a sample that say where it was read from, not what it is: left out of every key,
+#: so the same media and annotations in another folder or machine resume from the same store.
+LOCATION_FIELDS = {"media_root", "origin"}
+
+
+def sample_inputs(sample: SourceSample, resources: Resources | None = None) -> list:
+    """What of a sample decides its results: the record without its location, and the content
+    fingerprint of its media file (None when it cannot be read: the probe rejects it)."""
     rel = sample.video_path or sample.image_path
     try:
-        stat = (Path(sample.media_root) / rel).stat()
+        path = Path(sample.media_root) / rel
+        fingerprint = (resources.media_fingerprint(path) if resources is not None
+                       else media_fingerprint(path))
     except (OSError, TypeError):
-        return None
-    return [stat.st_size, stat.st_mtime_ns]
+        fingerprint = None
+    return [sample.model_dump(mode="json", exclude=LOCATION_FIELDS), fingerprint]
 
 
 class StoredStep(Step):
@@ -114,7 +124,8 @@ class StoredStep(Step):
     ``fingerprint`` is everything of the configuration that decides this stage's result.
     """
 
-    def __init__(self, step: Step, store: StageStore, fingerprint: Any, *, root: Path | None = None):
+    def __init__(self, step: Step, store: StageStore, fingerprint: Any, *, root: Path | None = None,
+                 resources: Resources | None = None):
         self.stage = step.stage
         super().__init__()
         self.stats = step.stats  # one set of counters: the wrapped step's
@@ -122,6 +133,7 @@ class StoredStep(Step):
         self.store = store
         self.fingerprint = digest([self.stage.value, fingerprint, __version__])
         self.root = root
+        self.resources = resources
         self._loaded_llm: LlmUsage | None = None
         # key of each sample's result at this stage, read by the next stage for its own key
         self.keys: dict[str, str] = {}
@@ -142,7 +154,7 @@ class StoredStep(Step):
         if self.upstream is not None:
             base: Any = self.upstream.keys.get(sample_id) or digest(["unkeyed", work.sample.model_dump(mode="json")])
         else:
-            base = [work.sample.model_dump(mode="json"), _media_stamp(work)]
+            base = sample_inputs(work.sample, self.resources)
         key = digest([self.fingerprint, base])
         self.keys[sample_id] = key
         return key
@@ -173,7 +185,8 @@ class StoredStep(Step):
 
     def _entry(self, item: Item, llm: LlmUsage | None) -> StageEntry | None:
         if isinstance(item, Reject):
-            if item.stage is not self.stage:
+            # A pending sample (transient failure) is never stored: the next run tries it again.
+            if item.stage is not self.stage or item.code is RejectCode.PENDING:
                 return None
             return StageEntry(stage=self.stage, reject=item, llm=llm)
         fields = STAGE_FIELDS[self.stage]
@@ -218,7 +231,7 @@ class StoredStep(Step):
 
 
 def stored_steps(steps: list[Step], store: StageStore, fingerprints: dict[Stage, Any],
-                 root: Path | None = None) -> list[Step]:
+                 root: Path | None = None, resources: Resources | None = None) -> list[Step]:
     """Wrap the steps whose stage has a fingerprint; chain their keys in order.
 
     >>> wrapped = stored_steps(steps, StageStore(out), {Stage.PROBE: {...}})  # doctest: +SKIP
@@ -227,7 +240,7 @@ def stored_steps(steps: list[Step], store: StageStore, fingerprints: dict[Stage,
     previous: StoredStep | None = None
     for step in steps:
         if step.stage in fingerprints and step.stage in STAGE_FIELDS:
-            stored = StoredStep(step, store, fingerprints[step.stage], root=root)
+            stored = StoredStep(step, store, fingerprints[step.stage], root=root, resources=resources)
             stored.upstream = previous
             previous = stored
             wrapped.append(stored)

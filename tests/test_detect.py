@@ -51,3 +51,29 @@ def test_missing_weights_say_what_to_do(tmp_path):
         make_detector(DetectorConfig(weights="yolo11x.pt"), config_dir=tmp_path)
     with pytest.raises(StgrError, match="built-in"):
         make_detector(DetectorConfig(weights="builtin:nope"), config_dir=tmp_path)
+
+
+def test_a_frames_boxes_do_not_depend_on_its_batch(tmp_path_factory):
+    """The shipped demo model on real demo frames of two sizes: detected all at once, one by
+    one, in reverse, and among other companions, every frame gets the same boxes."""
+    from small_demo import small_build
+
+    _, out = small_build(tmp_path_factory)
+    frames = sorted((out / "kfs").rglob("*.jpg"))
+    assert len(frames) >= 18
+    for i, path in enumerate(frames[-6:]):  # a second frame shape: the same pictures, larger
+        with Image.open(path) as image:
+            frames[-6 + i] = tmp_path_factory.mktemp("big") / path.name
+            image.resize((400, 300)).save(frames[-6 + i])
+    detector = make_detector(DetectorConfig(batch=4), config_dir=Path("."))
+
+    def boxes(paths):
+        return {path: [d.model_dump() for d in dets] for path, dets in zip(paths, detector.detect(paths))}
+
+    picked = frames[:12] + frames[-3:]
+    together = boxes(picked)
+    assert any(together.values())  # the demo model finds objects on demo frames
+    assert boxes(picked[::-1]) == together
+    for path in picked[:5]:
+        assert boxes([path]) == {path: together[path]}
+    assert boxes(picked[5:9] + frames[-6:]) == {**boxes(frames[-6:]), **{p: together[p] for p in picked[5:9]}}

@@ -304,14 +304,20 @@ def test_manifest_counts_checksums_and_stats(tmp_path):
 
 def test_manifest_prunes_files_of_shards_not_in_the_build(tmp_path):
     results = write_example(tmp_path)
-    # An earlier build of this folder had a shard 7.
+    # An earlier build of this folder had a shard 7 (its record lists its files).
     for dataset in DATASETS:
         shutil.copy(shard_path(tmp_path, dataset, 0), shard_path(tmp_path, dataset, 7))
-    shutil.copy(record_path(tmp_path, 0), record_path(tmp_path, 7))
+    record = json.loads(record_path(tmp_path, 0).read_text())
+    record.update(shard=7, files=[{**f, "path": f["path"].replace("part-00000", "part-00007")} for f in record["files"]])
+    record_path(tmp_path, 7).write_text(json.dumps(record))
+    # A part file no record or manifest lists is not ours to delete.
+    shutil.copy(shard_path(tmp_path, "stgr_cot", 0), shard_path(tmp_path, "stgr_cot", 9))
     write_manifest(tmp_path, build_id="b", code_version="0", config={}, prompts=[], detector={},
                    results=list(results.values()))
     assert not any(shard_path(tmp_path, d, 7).exists() for d in DATASETS)
     assert not record_path(tmp_path, 7).exists()
+    assert shard_path(tmp_path, "stgr_cot", 9).exists()
+    shard_path(tmp_path, "stgr_cot", 9).unlink()
     assert read_table(tmp_path, "stgr_cot").num_rows == 6
 
 

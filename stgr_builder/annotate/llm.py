@@ -10,14 +10,20 @@ and object names, and its reasoning, which cites boxes as ``[B3]`` and the answe
 detector boxes, so no coordinate is ever typed by the model.
 
 Requests run on ``AsyncOpenAI`` with at most ``concurrency`` in flight (one event loop per
-batch, inside the shard task); the client retries 429 (honouring Retry-After), 5xx and timeouts;
-a reply that is not valid JSON for the schema, or that names an unknown frame or box, is asked
-again with the error (``max_invalid_retries`` times), then the sample is rejected
-(``llm_invalid_reply``). A request that still fails is a reject (``llm_error``), never a crash.
+batch, inside the shard task); the client retries 429 (honouring Retry-After), 5xx and timeouts,
+and a 200 reply that cannot be read (cut short, not JSON, HTML, a dropped connection, a body
+over ``MAX_REPLY_BYTES``) is retried the same way. A transient failure that outlasts the
+retries leaves the sample *pending* (``RejectCode.PENDING``, never written, never cached): its
+shard is not committed and the next run finishes it. A reply that is not valid JSON for the
+schema, or that names an unknown frame or box, is asked again with the error
+(``max_invalid_retries`` times), then the sample is rejected (``llm_invalid_reply``); a refusal
+or a request the endpoint refuses (4xx) is ``llm_error``; a reply still too large after the
+retries is ``llm_reply_too_large``. Never a crash.
 
 Every reply and final error goes to the request cache (``cache.py``) before it is used, and the
-run's budget (requests, tokens) is checked before any new request: when it is spent the shard
-raises ``BudgetReached``, writes nothing and is finished by the next run.
+run's budget (requests, tokens; one ledger per run under ``_cache/budget``, shared by every
+process) is checked before any new request: when it is spent the shard raises
+``BudgetReached``, writes nothing and is finished by the next run.
 
 The endpoint and key come from ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``; the key is read by the
 client and never stored, logged or hashed here.
@@ -36,6 +42,7 @@ import base64
 import contextvars
 import functools
 import io
+import json
 import os
 import re
 import threading
@@ -61,11 +68,18 @@ from stgr_builder.models import (
 from stgr_builder.annotate import crops
 
 SCHEMA_NAME = "stgr_cot_reply"
+#: Where each run's budget ledger lives, under the dataset folder.
+BUDGET_DIR = Path("_cache") / "budget"
 #: Header carrying the request-cache key (not a secret: a hash of the request), so a server's
 #: logs can tell a repeated request from a new one.
 KEY_HEADER = "X-Stgr-Request-Key"
 
 T = TypeVar("T")
+
+try:  # the HTTP library of the openai client (httpx2 in openai 3.x, httpx before)
+    import httpx2 as _http
+except ImportError:  # pragma: no cover
+    import httpx as _http
 
 
 # ---------------------------------------------------------------------------------------
@@ -439,7 +453,37 @@ def evidence_of(kept: dict[int, Chosen]) -> list[Evidence]:
 
 
 class LlmError(Exception):
-    """A request's final failure (after the client's retries); the sample is rejected."""
+    """A request's final failure that no retry can change (a 4xx other than 408/409/429, a
+    refusal, an empty reply); cached, and the sample is rejected."""
+
+
+class LlmUnavailable(Exception):
+    """A transient failure after the retries (429, 5xx, timeout, transport, a broken reply):
+    never cached, and the sample is left pending for the next run. The message starts with
+    the reason (``models.PENDING_REASONS``): ``server_error: HTTP 503 after 3 retries``."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+class ReplyTooLarge(Exception):
+    """Every try's reply body (two at least) was over ``MAX_REPLY_BYTES``: never cached, the
+    sample is rejected. Once only (no retries configured) is a fault: the sample is pending."""
+
+
+class _BadReply(Exception):
+    """A 200 reply that cannot be read as a chat completion (cut short, not JSON, HTML, dropped
+    connection): retried like a 5xx."""
+
+
+class _TooLarge(_BadReply):
+    """A reply body over ``MAX_REPLY_BYTES`` (not read further)."""
+
+
+#: The largest reply body read (a chat completion of a few KB; a gateway's error page or a
+#: runaway generation is not read whole, and never cached).
+MAX_REPLY_BYTES = 1 << 20
 
 
 def _run(coro_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -504,8 +548,10 @@ class LlmAnnotator:
         self.max_area = verify.max_box_area
         self.root = Path(root) if root is not None else None
         resources = resources if resources is not None else Resources()
-        # One budget per run, shared by every annotator (shard task) of the run in this process.
-        self.budget = resources.budget(run, config.budget, config.budget_tokens)
+        # One budget per run, shared by every annotator (shard task) of the run in this process,
+        # and, through the run's ledger file, by every process of the run (Dask workers).
+        ledger = self.root / BUDGET_DIR / f"{run}.json" if self.root is not None and run else None
+        self.budget = resources.budget(run, config.budget, config.budget_tokens, ledger)
         self.cache = ResponseCache(self.root) if self.root is not None else None
         # Many times the concurrency: a batch ends with a tail of slow replies while slots idle,
         # so fewer, larger batches (a default shard is one batch) keep the endpoint busy.
@@ -574,6 +620,10 @@ class LlmAnnotator:
         try:
             reply, chosen = await ask.valid(messages, self.prompt.version, CotReply, SCHEMA_NAME,
                                             lambda text: parse_reply(text, view), self.content.reask, digests)
+        except LlmUnavailable as err:
+            return SampleError(RejectCode.PENDING, str(err))
+        except ReplyTooLarge as err:
+            return SampleError(RejectCode.LLM_REPLY_TOO_LARGE, str(err))
         except LlmError as err:
             return SampleError(RejectCode.LLM_ERROR, str(err))
         except ReplyRejected as err:
@@ -582,6 +632,10 @@ class LlmAnnotator:
         if self.crop_content is not None and chosen:
             try:
                 kept = await self._verify_crops(ask, chosen)
+            except LlmUnavailable as err:
+                return SampleError(RejectCode.PENDING, f"{err} (crop verification)")
+            except ReplyTooLarge as err:
+                return SampleError(RejectCode.LLM_REPLY_TOO_LARGE, f"crop verification: {err}")
             except LlmError as err:
                 return SampleError(RejectCode.LLM_ERROR, f"crop verification: {err}")
             except ReplyRejected as err:
@@ -654,6 +708,8 @@ class _Asker:
         key = request_key(model=annotator.model, prompt_version=prompt_version, messages=messages,
                           schema_hash=schema_hash(model), sampling=annotator._sampling, digests=digests)
         entry = self.cache.get(key)
+        if entry is not None and entry.kind == "error" and _TRANSIENT_ERROR.match(entry.error or ""):
+            entry = None  # a transient failure cached by an earlier version: ask again
         cached = entry is not None
         if not cached:
             if not self.budget.acquire():
@@ -672,9 +728,14 @@ class _Asker:
         return entry.content or ""
 
     async def _send(self, key: str, messages: list[dict], model: type[BaseModel], name: str) -> CacheEntry:
-        import openai
+        """One request: the reply, or a final error that no retry can change (both cached by the
+        caller). Raises ``LlmUnavailable`` for a transient failure after the retries (never
+        cached: the sample stays pending) and ``ReplyTooLarge``.
 
-        from openai.types.chat import ChatCompletion
+        The client retries 429 (Retry-After), 5xx, timeouts and connection errors; a 200 reply
+        that cannot be read (cut short, not JSON, HTML, a dropped connection mid-body, over
+        ``MAX_REPLY_BYTES``) is retried here, ``max_retries`` times with exponential backoff."""
+        import openai
 
         config = self.annotator.config
         body: dict[str, Any] = {"model": self.annotator.model, "messages": messages,
@@ -682,13 +743,14 @@ class _Asker:
         if config.max_tokens is not None:
             body["max_tokens"] = config.max_tokens
         images = _count_images(messages)
-        async with self.semaphore:
+        problem = ""
+        too_large = 0
+        for attempt in range(config.max_retries + 1):
+            if attempt:
+                await asyncio.sleep(min(8.0, 0.25 * 2 ** (attempt - 1)))
             try:
-                # client.post is `chat.completions.create` without its parameter transform, which
-                # walks every message part (and the base64 of every image) in Python: same request,
-                # same retries, timeout and errors, a fraction of the CPU.
-                response = await self.client.post("/chat/completions", cast_to=ChatCompletion, body=body,
-                                                  options={"headers": {KEY_HEADER: key}})
+                async with self.semaphore:
+                    data = await self._post(key, body)
             except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
                 raise StgrError(f"the LLM endpoint refused the API key (HTTP {exc.status_code}): "
                                 f"check OPENAI_API_KEY and OPENAI_BASE_URL") from None
@@ -696,24 +758,84 @@ class _Asker:
                 raise StgrError(f"the LLM endpoint does not know model {self.annotator.model!r} (HTTP 404): "
                                 f"check annotator.model and OPENAI_BASE_URL") from None
             except openai.APITimeoutError:
-                return CacheEntry(kind="error", images=images, model=self.annotator.model,
-                                  error=f"timed out after {config.timeout:g}s ({config.max_retries} retries)")
+                raise LlmUnavailable("timeout", f"no reply within {config.timeout:g}s "
+                                                f"({config.max_retries} retries)") from None
             except openai.APIStatusError as exc:
-                return CacheEntry(kind="error", images=images, model=self.annotator.model,
-                                  error=f"HTTP {exc.status_code} after {config.max_retries} retries: "
-                                        f"{_status_message(exc)}")
+                detail = f"HTTP {exc.status_code} after {config.max_retries} retries: {_status_message(exc)}"
+                if exc.status_code == 429:
+                    raise LlmUnavailable("rate_limited", detail) from None
+                if exc.status_code >= 500 or exc.status_code in (408, 409):
+                    raise LlmUnavailable("server_error", detail) from None
+                # Another 4xx: the request itself is refused; asking again changes nothing.
+                return CacheEntry(kind="error", images=images, model=self.annotator.model, error=detail)
             except openai.APIConnectionError as exc:
-                # No reply at all: not cached, so a later run tries again.
-                raise LlmError(f"cannot reach the LLM endpoint: {type(exc).__name__}") from None
-        choice = response.choices[0] if response.choices else None
-        content = choice.message.content if choice is not None else None
-        used = CachedUsage(prompt_tokens=getattr(response.usage, "prompt_tokens", 0) or 0,
-                           completion_tokens=getattr(response.usage, "completion_tokens", 0) or 0)
-        if content is None:
-            refusal = getattr(choice.message, "refusal", None) if choice is not None else None
-            return CacheEntry(kind="error", usage=used, images=images, model=self.annotator.model,
-                              error=f"empty reply ({'refusal: ' + refusal if refusal else 'no content'})")
-        return CacheEntry(kind="reply", content=content, usage=used, images=images, model=self.annotator.model)
+                raise LlmUnavailable("connection", f"cannot reach the LLM endpoint: {type(exc).__name__} "
+                                                   f"({config.max_retries} retries)") from None
+            except _BadReply as exc:
+                problem = str(exc)
+                too_large += isinstance(exc, _TooLarge)
+                continue
+            try:
+                return _entry_of(data, images, self.annotator.model)
+            except _BadReply as exc:
+                problem = str(exc)
+        if too_large == config.max_retries + 1 and too_large >= 2:
+            # Oversized every time it was asked (twice at least): asking again changes nothing.
+            raise ReplyTooLarge(f"{problem}, on each of {too_large} tries")
+        raise LlmUnavailable("bad_reply", f"{problem} ({config.max_retries} retries)")
+
+    async def _post(self, key: str, body: dict[str, Any]) -> bytes:
+        """The body of a 200 reply, read at most ``MAX_REPLY_BYTES``; ``_BadReply`` when it is
+        over the bound or the connection drops (or stalls past the timeout) mid-body."""
+        response = await self.client.post("/chat/completions", cast_to=_http.Response, body=body,
+                                          options={"headers": {KEY_HEADER: key}}, stream=True)
+        # client.post is `chat.completions.create` without its parameter transform, which walks
+        # every message part (and the base64 of every image) in Python: same request, retries,
+        # timeout and errors, a fraction of the CPU. The body is read here, bounded.
+        try:
+            declared = int(response.headers.get("content-length") or 0)
+            if declared > MAX_REPLY_BYTES:
+                raise _TooLarge(f"reply of {declared} bytes, over the bound of {MAX_REPLY_BYTES}")
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_REPLY_BYTES:
+                    raise _TooLarge(f"reply of more than {MAX_REPLY_BYTES} bytes, over the bound")
+                chunks.append(chunk)
+            return b"".join(chunks)
+        except (_http.TransportError, _http.StreamError) as exc:
+            raise _BadReply(f"the connection failed mid-reply ({type(exc).__name__})") from None
+        finally:
+            await response.aclose()
+
+
+def _entry_of(data: bytes, images: int, model: str) -> CacheEntry:
+    """The cache entry of a 200 reply's body; ``_BadReply`` when it is not a chat completion."""
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        start = data[:40].decode("utf-8", "replace").strip()
+        kind = "HTML" if start.lower().startswith(("<!doctype", "<html")) else "not JSON (cut short?)"
+        raise _BadReply(f"a 200 reply of {len(data)} bytes that is {kind}") from None
+    try:
+        choices = reply["choices"]
+        choice = choices[0] if choices else None
+        message = choice["message"] if choice is not None else {}
+        content = message.get("content")
+        usage = reply.get("usage") or {}
+        used = CachedUsage(prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                           completion_tokens=int(usage.get("completion_tokens") or 0))
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError):
+        raise _BadReply(f"a 200 reply of {len(data)} bytes that is not a chat completion") from None
+    if not isinstance(content, str):
+        refusal = message.get("refusal") if isinstance(message, dict) else None
+        return CacheEntry(kind="error", usage=used, images=images, model=model,
+                          error=f"empty reply ({'refusal: ' + str(refusal) if refusal else 'no content'})")
+    return CacheEntry(kind="reply", content=content, usage=used, images=images, model=model)
+
+
+#: Final errors an earlier version cached although a retry could cure them (429, 5xx, timeouts).
+_TRANSIENT_ERROR = re.compile(r"HTTP (429|5\d\d|408|409)\b|timed out after ")
 
 
 def _status_message(exc) -> str:

@@ -13,7 +13,11 @@ model behind it:
 Faults are injected at ``fault_rate``, evenly spaced, kinds in turn: ``429`` (with ``Retry-After`` and
 ``retry-after-ms``), ``500``, ``timeout`` (the reply comes after ``hang_s``, past the client's
 timeout), ``malformed`` (content that is not JSON), ``schema`` (JSON that breaks the schema or
-cites an unknown box). ``GET /stats`` counts requests, per outcome and per request key.
+cites an unknown box), and faults of the reply itself, as a proxy or gateway makes them:
+``truncated`` (a 200 whose JSON body is cut short), ``dropped`` (the connection closes halfway
+through the body), ``html`` (a 200 with an HTML error page), ``huge`` (a 200 of 5 MB), ``hang``
+(no answer at all; the connection closes after ``hang_s``). ``GET /stats`` counts requests, per
+outcome and per request key.
 
 >>> with serve_llm(latency_ms=0) as server:                     # doctest: +SKIP
 ...     client = OpenAI(base_url=server.base_url, api_key="x")
@@ -35,7 +39,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-FAULT_KINDS = ("429", "500", "timeout", "malformed", "schema")
+FAULT_KINDS = ("429", "500", "timeout", "malformed", "schema", "truncated", "dropped", "html", "huge", "hang")
+#: Size of a ``huge`` fault's body.
+HUGE_BYTES = 5 << 20
 MODEL_ID = "stgr-dry-run"
 KEY_HEADER = "X-Stgr-Request-Key"
 
@@ -192,18 +198,23 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass  # quiet: tests and dry runs read /stats instead
 
-    def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+    def _send(self, status: int, body: Any, headers: dict[str, str] | None = None,
+              content_type: str = "application/json", cut: int | None = None) -> None:
+        """Send a reply; ``cut``: only that many bytes of the body, then close the connection."""
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
             self.end_headers()
-            self.wfile.write(data)
+            self.wfile.write(data if cut is None else data[:cut])
+            if cut is not None:
+                self.wfile.flush()
+                self.close_connection = True
         except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (timeout): nothing to do
+            self.close_connection = True  # the client gave up (timeout, too large): nothing to do
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         path = self.path.rstrip("/")
@@ -261,6 +272,18 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(options.hang_s)
             self._send(504, {"error": {"message": "timed out (injected)", "type": "timeout"}})
             return
+        if fault == "hang":
+            time.sleep(options.hang_s)
+            self.close_connection = True  # no status line, no header, nothing
+            return
+        if fault == "html":
+            page = b"<!DOCTYPE html><html><body><h1>502 Bad Gateway</h1>(injected)</body></html>"
+            self._send(200, page, content_type="text/html")
+            return
+        if fault == "huge":
+            filler = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": ""}}]})
+            self._send(200, filler.encode() + b" " * (HUGE_BYTES - len(filler)))
+            return
         messages = body.get("messages") or []
         user_text = _texts(messages[:2], "user")  # the first user turn holds the prompt
         if schema_name == "crop_verdict":
@@ -279,14 +302,20 @@ class _Handler(BaseHTTPRequestHandler):
         text = _texts(messages, "system") + _texts(messages, "user")
         prompt_tokens = len(text) // 4 + 85 * _images(messages)
         completion_tokens = max(1, len(content) // 4)
-        self._send(200, {
+        reply = json.dumps({
             "id": f"chatcmpl-{stats.total}", "object": "chat.completion", "created": 0,
             "model": body.get("model", MODEL_ID),
             "choices": [{"index": 0, "finish_reason": "stop",
                          "message": {"role": "assistant", "content": content}}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
-        })
+        }).encode()
+        if fault == "truncated":
+            self._send(200, reply[: len(reply) // 2])
+        elif fault == "dropped":
+            self._send(200, reply, cut=len(reply) // 2)
+        else:
+            self._send(200, reply)
 
 
 # ---------------------------------------------------------------------------------------

@@ -20,13 +20,18 @@ per task.
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
 import threading
 import uuid
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from stgr_builder.core.cache import BoundedCache, approx_size
+from stgr_builder.core.hashing import media_fingerprint
 
 #: Default byte bound of each memo a step asks for without naming one.
 DEFAULT_MEMO_BYTES = 64 << 20
@@ -48,31 +53,73 @@ class BudgetReached(Exception):
 class Budget:
     """New (uncached) LLM requests and their tokens in one run, against the config's caps.
 
-    Thread-safe: the shard tasks of a run share one. A request is counted when it is sent;
-    its tokens when its reply comes, so requests already in flight may pass a token cap.
+    Thread-safe: the shard tasks of a run share one. With a ``ledger`` file the counts live
+    there, under an exclusive ``flock``, so every process of the run (each Dask worker) draws
+    from one budget. A request is counted when it is sent, so at most ``max_requests`` are ever
+    sent; its tokens when its reply comes, so requests in flight may pass a token cap.
+
+    >>> budget = Budget(10, None, ledger=Path("out/_cache/budget/<run>.json"))  # doctest: +SKIP
+    >>> budget.acquire()                                                        # doctest: +SKIP
+    True
     """
 
-    def __init__(self, max_requests: int | None, max_tokens: int | None):
+    def __init__(self, max_requests: int | None, max_tokens: int | None, ledger: Path | None = None):
         self.max_requests = max_requests
         self.max_tokens = max_tokens
         self.requests = 0
         self.tokens = 0
         self.reached = False
+        self.ledger = Path(ledger) if ledger is not None and (max_requests is not None or max_tokens is not None) \
+            else None
         self._lock = threading.Lock()
+
+    def _update(self, change: Callable[[dict], bool]) -> bool:
+        """Apply ``change`` to the counts (the ledger's, under its lock) and keep them."""
+        with self._lock:
+            if self.ledger is None:
+                counts = {"requests": self.requests, "tokens": self.tokens}
+                result = change(counts)
+            else:
+                self.ledger.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.ledger, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    try:
+                        counts = {"requests": 0, "tokens": 0, **json.loads(os.pread(fd, 4096, 0) or b"{}")}
+                    except ValueError:  # a torn write cannot happen under the lock; be safe anyway
+                        counts = {"requests": 0, "tokens": 0}
+                    result = change(counts)
+                    data = json.dumps(counts).encode()
+                    os.pwrite(fd, data, 0)
+                    os.ftruncate(fd, len(data))
+                finally:
+                    os.close(fd)  # drops the flock
+            self.requests, self.tokens = counts["requests"], counts["tokens"]
+            return result
 
     def acquire(self) -> bool:
         """Count one new request, or return False (for good) once a cap is reached."""
-        with self._lock:
-            if (self.reached or (self.max_requests is not None and self.requests >= self.max_requests)
-                    or (self.max_tokens is not None and self.tokens >= self.max_tokens)):
-                self.reached = True
+        if self.reached:
+            return False
+
+        def take(counts: dict) -> bool:
+            if ((self.max_requests is not None and counts["requests"] >= self.max_requests)
+                    or (self.max_tokens is not None and counts["tokens"] >= self.max_tokens)):
                 return False
-            self.requests += 1
+            counts["requests"] += 1
             return True
 
+        if not self._update(take):
+            self.reached = True
+            return False
+        return True
+
     def add_tokens(self, count: int) -> None:
-        with self._lock:
-            self.tokens += count
+        def add(counts: dict) -> bool:
+            counts["tokens"] += count
+            return True
+
+        self._update(add)
 
 
 class Resources:
@@ -108,13 +155,20 @@ class Resources:
                 memo = self._memos[name] = BoundedCache(max_bytes or self.memo_bytes, weigh=weigh)
             return memo
 
-    def budget(self, run: str, max_requests: int | None, max_tokens: int | None) -> Budget:
-        """The LLM budget of run ``run`` (made on first use with these caps)."""
+    def budget(self, run: str, max_requests: int | None, max_tokens: int | None,
+               ledger: Path | None = None) -> Budget:
+        """The LLM budget of run ``run`` (made on first use with these caps); with ``ledger``,
+        counted in that file, shared by every process of the run."""
         with self._lock:
             budget = self._budgets.get(run)
             if budget is None:
-                budget = self._budgets[run] = Budget(max_requests, max_tokens)
+                budget = self._budgets[run] = Budget(max_requests, max_tokens, ledger)
             return budget
+
+    def media_fingerprint(self, path) -> str:
+        """``core.hashing.media_fingerprint`` of a media file, remembered in this process (a
+        file rewritten in place gets a new ctime, so it is read again). Raises ``OSError``."""
+        return media_fingerprint(path, self.memo("media-fingerprints", 4 << 20))
 
     def memo_bytes_used(self) -> dict[str, int]:
         """Bytes held by each memo (benchmarks and tests)."""

@@ -81,20 +81,21 @@ class DetectStep(Step):
         self.memo_hits = 0  # frames whose detections came from the memo
 
     def process_batch(self, batch: list[SampleWork]) -> list[SampleWork]:
-        # Each frame is prompted with the object phrases of the samples that use it (open-
-        # vocabulary backends: phrases of other videos would only compete for its boxes);
-        # frames with the same phrases go to the detector together.
-        wanted: dict[str, set[str]] = {}
+        # Each frame is prompted with the object phrases of the sample that uses it (open-
+        # vocabulary backends: phrases of other videos would only compete for its boxes). The
+        # phrases are the sample's own, never a union over the batch: a frame's boxes must not
+        # depend on which samples share its batch (a resumed shard batches differently).
+        def phrases_of(work: SampleWork) -> tuple[str, ...]:
+            if not self.detector.uses_phrases:  # closed-set: one group, phrases unused
+                return ()
+            return tuple(sorted({obj.name for obj in work.sample.objects}))
+
+        groups: dict[tuple[str, ...], set[str]] = {}
         for work in batch:
-            for frame in [*work.frames, *work.track_frames]:
-                wanted.setdefault(frame.path, set()).update(obj.name for obj in work.sample.objects)
-        if not self.detector.uses_phrases:  # closed-set: one batch, phrases unused
-            wanted = {path: set() for path in wanted}
-        groups: dict[tuple[str, ...], list[str]] = {}
-        for path in sorted(wanted):
-            groups.setdefault(tuple(sorted(wanted[path])), []).append(path)
-        by_path = {}
-        for phrases, paths in groups.items():
+            groups.setdefault(phrases_of(work), set()).update(frame.path for frame in [*work.frames, *work.track_frames])
+        found_by: dict[tuple[str, tuple[str, ...]], list] = {}
+        for phrases in sorted(groups):
+            paths = sorted(groups[phrases])
             todo = paths
             if self.memo_key is not None:
                 todo = []
@@ -103,21 +104,24 @@ class DetectStep(Step):
                     if known is None:
                         todo.append(path)
                     else:
-                        by_path[path] = known
+                        found_by[(path, phrases)] = known
                 self.memo_hits += len(paths) - len(todo)
             if not todo:
                 continue
             found = self.detector.detect([self.root / path for path in todo], phrases=list(phrases) or None)
-            by_path.update(zip(todo, found, strict=True))
-            if self.memo_key is not None:
-                for path, detections in zip(todo, found):
+            for path, detections in zip(todo, found, strict=True):
+                found_by[(path, phrases)] = detections
+                if self.memo_key is not None:
                     self.memo.put((self.memo_key, path, phrases), detections)
         for work in batch:
-            work.detections = _on_frames(work.frames, by_path) + gold_detections(work)  # core/gold.py
-            work.track_detections = _on_frames(work.track_frames, by_path)  # for the track gate
+            phrases = phrases_of(work)
+            work.detections = _on_frames(work.frames, found_by, phrases) + gold_detections(work)  # core/gold.py
+            work.track_detections = _on_frames(work.track_frames, found_by, phrases)  # for the track gate
         return batch
 
 
-def _on_frames(frames: list[Frame], by_path: dict[str, list[Detection]]) -> list[Detection]:
-    """The detections of each frame, with the frame's index set."""
-    return [detection.model_copy(update={"frame_idx": frame.idx}) for frame in frames for detection in by_path[frame.path]]
+def _on_frames(frames: list[Frame], found_by: dict[tuple[str, tuple[str, ...]], list[Detection]],
+               phrases: tuple[str, ...]) -> list[Detection]:
+    """The detections of each frame (prompted with ``phrases``), with the frame's index set."""
+    return [detection.model_copy(update={"frame_idx": frame.idx})
+            for frame in frames for detection in found_by[(frame.path, phrases)]]

@@ -109,6 +109,7 @@ def write_shard(
     stats: list[StepStats],
     llm: LlmUsage | None = None,
     build_id: str | None = None,
+    inputs: str | None = None,
 ) -> ShardResult:
     """Write one shard's three Parquet files, then its completion record, all atomically.
 
@@ -132,7 +133,8 @@ def write_shard(
         "rejects": sorted(rejects, key=lambda r: (r.id, r.stage.value, r.code.value, r.message)),
     }
     files = [_write_dataset_file(root, dataset, shard, rows) for dataset, rows in ordered.items()]
-    result = ShardResult(shard=shard, sample_ids=ids, files=files, stats=stats, llm=llm, build_id=build_id)
+    result = ShardResult(shard=shard, sample_ids=ids, files=files, stats=stats, llm=llm, build_id=build_id,
+                         inputs=inputs)
     text = result.model_dump_json(indent=2)
     assert_no_secrets(text, where=f"the record of shard {shard}")
     atomic_write_text(record_path(root, shard), text)
@@ -170,13 +172,15 @@ def read_shard_result(root: Path, shard: int) -> ShardResult | None:
         return None
 
 
-def finished_shard(root: Path, shard: int, sample_ids: list[str], build_id: str | None = None) -> ShardResult | None:
+def finished_shard(root: Path, shard: int, sample_ids: list[str], build_id: str | None = None,
+                   inputs: str | None = None) -> ShardResult | None:
     """The shard's result if it is done for exactly these samples, else None (so: rewrite it).
 
     Done means: the record exists, lists the same sample ids (and, when ``build_id`` is
     given, was written by that build: a changed config rewrites the shard, from the stage
-    store where the change left stages untouched), names one file per dataset, and every
-    file is present with the recorded sha256.
+    store where the change left stages untouched; when ``inputs`` is given, was made from the
+    same samples and media content: a replaced video rewrites its shards), names one file per
+    dataset, and every file is present with the recorded sha256.
 
     >>> finished_shard(Path("out"), 0, ids)  # doctest: +SKIP
     ShardResult(shard=0, sample_ids=[...], files=[...], stats=[...])
@@ -188,6 +192,8 @@ def finished_shard(root: Path, shard: int, sample_ids: list[str], build_id: str 
     if result is None or result.shard != shard or result.sample_ids != sorted(sample_ids):
         return None
     if build_id is not None and result.build_id != build_id:
+        return None
+    if inputs is not None and result.inputs != inputs:
         return None
     expected = {shard_path(root, dataset, shard).relative_to(root).as_posix() for dataset in DATASETS}
     if sorted(f.path for f in result.files) != sorted(expected):
@@ -259,8 +265,9 @@ def write_manifest(
     """
     root = Path(root)
     results = _sorted_results(results)
-    # Shards the LLM budget stopped wrote nothing: the manifest lists what is done, says how
-    # many samples are left, and the next run completes it.
+    # Shards the LLM budget stopped, or with samples a transient failure left pending, wrote
+    # nothing: the manifest lists what is done, says how many samples are left and why, and
+    # the next run completes it.
     unfinished = [r for r in results if not r.complete]
     results = [r for r in results if r.complete]
     _check_files_exist(root, results)
@@ -274,12 +281,21 @@ def write_manifest(
         counts=_counts(results), shards=files,
         stats=([ingest] if ingest is not None else []) + merge_stats(results),
         complete=not unfinished, pending=sum(len(r.sample_ids) for r in unfinished),
+        pending_reasons=_pending_reasons(unfinished),
         llm=LlmUsage.total([result.llm for result in results + unfinished]), **extra,
     )
     text = manifest.model_dump_json(indent=2)
     assert_no_secrets(text, where=MANIFEST)
     atomic_write_text(root / MANIFEST, text)
     return manifest
+
+
+def _pending_reasons(unfinished: list[ShardResult]) -> dict[str, int]:
+    reasons: dict[str, int] = {}
+    for result in unfinished:
+        for reason, count in (result.pending or {"budget": len(result.sample_ids)}).items():
+            reasons[reason] = reasons.get(reason, 0) + count
+    return dict(sorted(reasons.items()))
 
 
 def _sorted_results(results: list[ShardResult]) -> list[ShardResult]:
@@ -308,15 +324,34 @@ def _counts(results: list[ShardResult]) -> dict[str, int]:
 def prune_orphans(root: Path, results: list[ShardResult]) -> list[Path]:
     """Remove shard files and records of shards not in ``results``; returns what went.
 
+    Only files that the folder's manifest or a shard record lists are removed (an earlier build
+    of the same folder with more shards): a ``part-*.parquet`` that no stgr record names is
+    someone else's and stays.
+
     >>> prune_orphans(Path("out"), results)  # doctest: +SKIP
     [PosixPath('out/rejects/part-00009.parquet'), ...]
     """
     root = Path(root)
     keep = {root / f.path for r in results for f in r.files}
     keep |= {record_path(root, r.shard) for r in results}
-    candidates = [p for dataset in DATASETS for p in (root / dataset).glob("part-*.parquet")]
-    candidates += list((root / PROGRESS_DIR).glob("shard-*.json"))
-    return remove_files(p for p in candidates if p not in keep)
+    records = sorted((root / PROGRESS_DIR).glob("shard-*.json"))
+    listed = {root / f.path for record in records if (result := _read_record(record)) is not None
+              for f in result.files}
+    try:
+        listed |= {root / f["path"] for f in json.loads((root / MANIFEST).read_text(encoding="utf-8"))["shards"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    candidates = [p for dataset in DATASETS for p in (root / dataset).glob("part-*.parquet") if p in listed]
+    removed = remove_files(p for p in candidates if p not in keep)
+    # then the records of the shards that are gone (the files they list went first)
+    return removed + remove_files(p for p in records if p not in keep)
+
+
+def _read_record(path: Path) -> ShardResult | None:
+    try:
+        return ShardResult.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValidationError):
+        return None
 
 
 def write_plan_record(root: Path, n_shards: int) -> None:

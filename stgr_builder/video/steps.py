@@ -11,7 +11,9 @@ of the frames wanted by all samples of that video in the batch, each GOP at most
 one frame in memory at a time, written to the content-addressed store.
 
 Across steps (the shards of a build run in one process) two memos of the process's
-``Resources``, bounded in bytes and keyed by the file's path, size and mtime, skip repeated work: a video's ``VideoInfo`` (samples of one video
+``Resources``, bounded in bytes and keyed by the file's content fingerprint
+(``core.hashing.media_fingerprint``: size and sampled blocks, so a same-size replacement with
+its mtime restored is noticed), skip repeated work: a video's ``VideoInfo`` (samples of one video
 are dealt into many shards) and the frames already decoded into the same store.
 """
 
@@ -59,7 +61,8 @@ class ProbeStep(Step):
         # This step's outcome per file, failures included (a broken file is opened once).
         self._seen: BoundedCache[VideoInfo | SampleError] = BoundedCache(PROBE_MEMO_BYTES)
         # The process's probe results (successes only) across steps and shards.
-        self._memo = (resources or Resources()).memo("probes", PROBE_MEMO_BYTES)
+        self.resources = resources or Resources()
+        self._memo = self.resources.memo("probes", PROBE_MEMO_BYTES)
         self.videos_opened = 0
 
     def process(self, work: SampleWork) -> SampleWork:
@@ -79,12 +82,11 @@ class ProbeStep(Step):
         if cached is None:
             self.videos_opened += 1  # distinct videos this step probed (file or process memo)
             try:
-                stat = path.stat()
-                memo_key: tuple | None = (key, stat.st_size, stat.st_mtime_ns)
+                memo_key: tuple | None = ("probe", self.resources.media_fingerprint(path))
             except OSError:
                 memo_key = None
             # Samples of one video are dealt into many shards: probe the file once per process
-            # (the same file, size and mtime give the same VideoInfo); failures are not kept.
+            # (the same content gives the same VideoInfo); failures are not kept.
             cached = self._memo.get(memo_key) if memo_key is not None else None
             if cached is None:
                 try:
@@ -119,7 +121,8 @@ class SampleStep(Step):
         # lie in the GOPs the candidates need, so the same pass decodes them.
         self.track_window = track_window
         # The process's frames already decoded into a store, across steps and shards.
-        self.memo = (resources or Resources()).memo("frames", FRAME_MEMO_BYTES)
+        self.resources = resources or Resources()
+        self.memo = self.resources.memo("frames", FRAME_MEMO_BYTES)
         self.decoder = get_decoder(config.decoder)
 
     def process(self, work: SampleWork) -> SampleWork:
@@ -167,8 +170,7 @@ class SampleStep(Step):
         # Frames of this file already decoded into this store by this process (an earlier
         # batch or shard of samples of the same video) are not decoded again.
         try:
-            stat = path.stat()
-            memo_base: tuple | None = (str(path), stat.st_size, stat.st_mtime_ns, self.config.decoder,
+            memo_base: tuple | None = (self.resources.media_fingerprint(path), self.config.decoder,
                                        str(self.store.root), self.store.quality)
         except OSError:
             memo_base = None
