@@ -69,6 +69,10 @@ def test_reannotating_a_tenth_touches_only_those_rows(tmp_path_factory, tmp_path
                 assert row.provenance.annotator_model == "stgr-dry-run"
                 assert row.provenance.replaces == old[row_id].provenance.build_id
                 assert row.provenance.build_id == manifest.build_id != old[row_id].provenance.build_id
+                # the track gate ran again: a confirmed verdict for every evidence box of the row
+                boxes = [(item.idx, tuple(box)) for item in row.key_items for box in item.boxes]
+                verdicts = [(t.idx, tuple(t.box)) for t in row.provenance.evidence_tracks if t.confirmed]
+                assert len(verdicts) == len(boxes)
             else:
                 assert row == old[row_id]  # carried over unchanged
     # frames and detections came from the parent's stage store: nothing decoded, nothing detected
@@ -89,6 +93,8 @@ def test_reannotating_a_tenth_touches_only_those_rows(tmp_path_factory, tmp_path
     fidelity = tables["Fidelity of the re-annotated rows"]
     assert [row[:2] for row in fidelity.rows] == [("old", len(selected)), ("new", len(selected))]
     assert "Rejects by reason (versions)" in tables
+    evidence = tables["Rows whose evidence changed (CoT: key frames or boxes)"]
+    assert {row[0] for row in evidence.rows} <= selected  # only re-annotated rows can have new evidence
 
 
 def test_a_bad_predicate_or_prompt_is_a_one_line_error(tmp_path_factory, tmp_path):
