@@ -74,11 +74,15 @@ class RejectCode(str, Enum):
     # ingest
     MALFORMED_ROW = "malformed_row"
     DUPLICATE = "duplicate"
+    DUPLICATE_ID = "duplicate_id"
     UNSAFE_PATH = "unsafe_path"
     # probe
     MEDIA_MISSING = "media_missing"
     MEDIA_EMPTY = "media_empty"
     MEDIA_CORRUPT = "media_corrupt"
+    NOT_AN_IMAGE = "not_an_image"
+    MEDIA_TOO_LARGE = "media_too_large"
+    MEDIA_ROTATED = "media_rotated"
     NO_FRAMES = "no_frames"
     SPAN_OUTSIDE_VIDEO = "span_outside_video"
     FILTERED_DURATION = "filtered_duration"

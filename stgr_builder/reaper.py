@@ -1,0 +1,104 @@
+"""The processes a command starts die with it, however it dies.
+
+Prefect's temporary API server (and a Dask LocalCluster's workers) are child processes of
+``stgr build``. When the command exits they are stopped at exit; when it is killed (SIGKILL,
+the OOM killer) nothing stops them: the server went on holding its port and Prefect's
+database, and a build started next could not reach its own temporary API.
+
+``start()`` launches a small watcher process (this file run as a script: stdlib only, no
+project import) in its own session, so a terminal's Ctrl-C does not reach it. Every 0.2 s it
+records the descendants of the command (from ``/proc``, with their start times so a reused
+pid is never mistaken for one of them); once the command is gone (exited, killed, or a
+zombie) it sends each recorded process still alive SIGTERM, then SIGKILL after 2 s, and
+exits. Linux only (``/proc``); elsewhere ``start()`` does nothing.
+
+>>> watcher = start()   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+POLL_S = 0.2
+GRACE_S = 2.0
+
+
+def start(pid: int | None = None) -> subprocess.Popen | None:
+    """Watch ``pid`` (default: this process) and reap its descendants when it ends."""
+    if not Path("/proc/self/stat").is_file():
+        return None
+    try:
+        return subprocess.Popen([sys.executable, "-S", str(Path(__file__).resolve()), str(pid or os.getpid())],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True, close_fds=True)
+    except OSError:
+        return None  # a watcher is a courtesy; never the reason a build cannot start
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, ppid, start time in clock ticks) of ``pid``, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2:].split()  # after "pid (comm) ": field 3 onwards
+    return fields[0].decode(), int(fields[1]), int(fields[19])
+
+
+def _descendants(root: int, skip: int) -> dict[int, int]:
+    """pid -> start time of every process below ``root`` now."""
+    children: dict[int, list[tuple[int, int]]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        stat = _stat(pid)
+        if stat is not None and pid != skip:
+            children.setdefault(stat[1], []).append((pid, stat[2]))
+    found: dict[int, int] = {}
+    frontier = [root]
+    while frontier:
+        for pid, started in children.get(frontier.pop(), []):
+            if pid not in found:
+                found[pid] = started
+                frontier.append(pid)
+    return found
+
+
+def _alive(pid: int, started: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[2] == started and stat[0] not in ("Z", "X")
+
+
+def watch(target: int) -> None:
+    first = _stat(target)
+    if first is None:
+        return
+    started = first[2]
+    known: dict[int, int] = {}
+    me = os.getpid()
+    while _alive(target, started):
+        known.update(_descendants(target, me))
+        time.sleep(POLL_S)
+    left = {pid: t for pid, t in known.items() if _alive(pid, t)}
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid, t in left.items():
+            if _alive(pid, t):
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+        deadline = time.monotonic() + GRACE_S
+        while time.monotonic() < deadline and any(_alive(pid, t) for pid, t in left.items()):
+            time.sleep(0.05)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    watch(int(sys.argv[1]))
