@@ -307,6 +307,11 @@ def _watch_progress(out: Path, stop: threading.Event) -> None:
     """Count finished shard records while the flow runs (the flow itself stays print-free)."""
     from stgr_builder.shards.writer import progress
 
+    # The bar appears once the build is planned: a command that fails before (a config error)
+    # prints its one line and nothing else.
+    while progress(out)[1] is None:
+        if stop.wait(0.5):
+            return
     with Progress(TextColumn("shards"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=True) as bar:
         task = bar.add_task("shards", total=None)

@@ -36,7 +36,8 @@ from pydantic import ValidationError
 from stgr_builder.errors import StgrError
 from stgr_builder.models import BuildConfig, Reject, RejectCode, SourceConfig, SourceSample, Stage, StepStats, sample_id
 
-__all__ = ["Adapter", "AdapterContext", "get_adapter", "ingest", "iter_json_lines", "register", "describe_error"]
+__all__ = ["Adapter", "AdapterContext", "check_sources", "get_adapter", "ingest", "iter_json_lines", "register",
+           "describe_error"]
 
 Adapter = Callable[["AdapterContext"], Iterator[SourceSample | Reject]]
 
@@ -145,6 +146,14 @@ def _context(source: SourceConfig, config_dir: Path, seed: int = 0) -> AdapterCo
         raise StgrError(f"source {source.name!r}: media_root is not a folder: {media_root} "
                         "(paths in the config are relative to the config file's folder)")
     return AdapterContext(source=source, path=path.resolve(), media_root=media_root.resolve(), seed=seed)
+
+
+def check_sources(config: BuildConfig, config_dir: Path) -> None:
+    """``StgrError`` (one line naming the source and the path) unless every source's annotation
+    file and media root exist and its adapter is known: checked before any work starts."""
+    for source in config.sources:
+        _context(source, Path(config_dir), config.seed)
+        get_adapter(source.adapter)
 
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
