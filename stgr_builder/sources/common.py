@@ -85,7 +85,7 @@ def validate(ctx: AdapterContext, origin: str, model: type[Options], data: Any) 
 def load_json(ctx: AdapterContext) -> Any:
     """The whole annotation file as JSON; a file that is not JSON is a config error."""
     try:
-        return json.loads(ctx.path.read_bytes().decode("utf-8"))
+        return json.loads(ctx.path.read_bytes().decode("utf-8-sig"))  # a leading BOM is accepted
     except ValueError as exc:
         raise StgrError(f"source {ctx.source.name!r}: {ctx.source.path} is not a JSON file: {exc}") from exc
 
@@ -115,7 +115,7 @@ def read_records(ctx: AdapterContext, fmt: str | None = None, records_key: str |
         for line, data in iter_json_lines(ctx.path):
             yield ctx.origin(line), data
     elif fmt in ("csv", "tsv"):
-        with ctx.path.open(newline="", encoding="utf-8") as handle:
+        with ctx.path.open(newline="", encoding="utf-8-sig") as handle:  # a leading BOM is accepted
             reader = csv.DictReader(handle, delimiter="\t" if fmt == "tsv" else ",")
             for row in reader:
                 yield ctx.origin(reader.line_num), row
