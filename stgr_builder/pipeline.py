@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from stgr_builder import __version__
 from stgr_builder.annotate import make_annotator
 from stgr_builder.audit.card import write_card
+from stgr_builder.core.files import check_writable
 from stgr_builder.core.hashing import sha256_bytes
 from stgr_builder.core.resources import Resources
 from stgr_builder.detect import make_detector
@@ -59,6 +60,7 @@ def context(config_path: Path, out: Path, resources: Resources | None = None) ->
     check_sources(ctx.config, ctx.config_dir)  # a missing file or media root: one line, before the flow
     make_detector(ctx.config.detector, ctx.config_dir, resources)
     make_annotator(ctx.config.annotator, ctx.config.verify)
+    check_writable(ctx.out)  # read-only or full: one line now, not a failed task later
     return ctx
 
 

@@ -69,8 +69,8 @@ def verify_dataset(root: Path, *, key_frames: bool = True, key_frame_content: bo
         if missing:
             problems.append(f"{len(missing)} key-frame files named by rows are missing, e.g. {missing[0]}")
         if altered:
-            problems.append(f"{len(altered)} key-frame files do not hash to their names (truncated or altered; "
-                            f"rebuild them by running the build again after deleting them), e.g. {altered[0]}")
+            problems.append(f"{len(altered)} key-frame files do not hash to their names (truncated or altered "
+                            f"since they were written), e.g. {altered[0]}")
     return problems
 
 

@@ -248,8 +248,8 @@ def _source_id_key(sample: SourceSample) -> tuple[str, str, str]:
 
 
 def _differences(first: SourceSample, other: SourceSample) -> list[str]:
-    """The fields in which two samples differ (their origins aside)."""
-    a, b = first.model_dump(exclude={"origin"}), other.model_dump(exclude={"origin"})
+    """The fields in which two samples differ (their origins, and the ids derived from the rest, aside)."""
+    a, b = first.model_dump(exclude={"origin", "id"}), other.model_dump(exclude={"origin", "id"})
     return [name for name in a if a[name] != b[name]]
 
 
