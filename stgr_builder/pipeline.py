@@ -58,8 +58,8 @@ def context(config_path: Path, out: Path, resources: Resources | None = None) ->
     config_path = config_path.resolve()
     ctx = BuildContext(config=load_config(config_path), config_dir=config_path.parent, out=out.resolve())
     check_sources(ctx.config, ctx.config_dir)  # a missing file or media root: one line, before the flow
+    make_annotator(ctx.config.annotator, ctx.config.verify)  # cheap checks first: the detector loads a model
     make_detector(ctx.config.detector, ctx.config_dir, resources)
-    make_annotator(ctx.config.annotator, ctx.config.verify)
     check_writable(ctx.out)  # read-only or full: one line now, not a failed task later
     return ctx
 

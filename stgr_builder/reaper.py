@@ -6,11 +6,13 @@ the OOM killer) nothing stops them: the server went on holding its port and Pref
 database, and a build started next could not reach its own temporary API.
 
 ``start()`` launches a small watcher process (this file run as a script: stdlib only, no
-project import) in its own session, so a terminal's Ctrl-C does not reach it. Every 0.2 s it
-records the descendants of the command (from ``/proc``, with their start times so a reused
-pid is never mistaken for one of them); once the command is gone (exited, killed, or a
-zombie) it sends each recorded process still alive SIGTERM, then SIGKILL after 2 s, and
-exits. Linux only (``/proc``); elsewhere ``start()`` does nothing.
+project import) in its own session, so a terminal's Ctrl-C does not reach it. It records the
+descendants of the command (from ``/proc``, with their start times so a reused pid is never
+mistaken for one of them): every second for the first minute, when the server and workers
+start, then every 5 s (a scan of ``/proc`` costs a few ms). It checks every 0.2 s whether the
+command is gone (exited, killed, or a zombie); then it sends each recorded process still alive
+SIGTERM, then SIGKILL after 2 s, and exits. Linux only (``/proc``); elsewhere ``start()`` does
+nothing. One watcher per process, however often ``start()`` is called.
 
 >>> watcher = start()   # doctest: +SKIP
 """
@@ -25,19 +27,26 @@ import time
 from pathlib import Path
 
 POLL_S = 0.2
+SCAN_S = (1.0, 5.0)  # descendants scanned every second for the first minute, then every 5 s
 GRACE_S = 2.0
+
+_watchers: dict[int, subprocess.Popen] = {}
 
 
 def start(pid: int | None = None) -> subprocess.Popen | None:
     """Watch ``pid`` (default: this process) and reap its descendants when it ends."""
+    pid = pid or os.getpid()
+    if pid in _watchers:
+        return _watchers[pid]
     if not Path("/proc/self/stat").is_file():
         return None
     try:
-        return subprocess.Popen([sys.executable, "-S", str(Path(__file__).resolve()), str(pid or os.getpid())],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True, close_fds=True)
+        _watchers[pid] = subprocess.Popen(
+            [sys.executable, "-S", str(Path(__file__).resolve()), str(pid)], stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
     except OSError:
         return None  # a watcher is a courtesy; never the reason a build cannot start
+    return _watchers[pid]
 
 
 def _stat(pid: int) -> tuple[str, int, int] | None:
@@ -83,8 +92,12 @@ def watch(target: int) -> None:
     started = first[2]
     known: dict[int, int] = {}
     me = os.getpid()
+    begun = next_scan = time.monotonic()
     while _alive(target, started):
-        known.update(_descendants(target, me))
+        now = time.monotonic()
+        if now >= next_scan:
+            known.update(_descendants(target, me))
+            next_scan = now + (SCAN_S[0] if now - begun < 60 else SCAN_S[1])
         time.sleep(POLL_S)
     left = {pid: t for pid, t in known.items() if _alive(pid, t)}
     for sig in (signal.SIGTERM, signal.SIGKILL):

@@ -231,6 +231,12 @@ def test_a_bad_config_is_one_line_before_any_work(source, tmp_path, name, sectio
     assert not (tmp_path / "o").exists()  # nothing started
 
 
+def test_debug_shows_the_traceback(source, tmp_path):
+    config = _config(source, tmp_path, "debug", detector={"imgsz": 100_000})
+    result = _stgr("build", str(config), "--out", str(tmp_path / "o"), "--debug", cwd=source)
+    assert result.returncode == 2 and "Traceback" in result.stderr and "detector.imgsz" in result.stderr
+
+
 def test_the_llm_prompt_is_the_default_of_the_openai_backend(source, tmp_path):
     from stgr_builder.pipeline import load_config
 
