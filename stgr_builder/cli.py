@@ -293,6 +293,10 @@ def _run_build(config: Path, out: Path) -> None:
     watcher.start()
     try:
         manifest = run_build(config, out)
+    except OSError as exc:
+        if exc.filename is None:  # ENOSPC from a write says nothing of where: the dataset folder
+            exc.filename = str(out)
+        raise
     finally:
         stop.set()
         watcher.join()
@@ -403,7 +407,7 @@ def _print_table(title: str, columns: list[str], rows: list, width: int | None =
 _OS_FIXES = {
     errno.ENOSPC: "free space there, or choose another --out; run the same command again to resume",
     errno.EDQUOT: "raise the quota or free space, or choose another --out; run the same command again to resume",
-    errno.EROFS: "the file system is read-only: choose another --out",
+    errno.EROFS: "choose another --out",
     errno.EACCES: "no permission to write there: choose another --out, or fix the folder's permissions",
     errno.EPERM: "no permission to write there: choose another --out, or fix the folder's permissions",
     errno.EMFILE: "too many open files: raise the limit (ulimit -n) or lower sharding.workers",
