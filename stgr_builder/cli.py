@@ -59,6 +59,14 @@ def _quiet_orchestrator() -> None:
     reaper.start()
 
 
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option(
+        "--debug", help="show Prefect's logs and the traceback of a failure (anywhere on the command line)")] = False
+             ) -> None:
+    global _debug
+    _debug = _debug or debug
+
+
 _DataRoot = Annotated[Optional[Path], typer.Option(
     help="folder of the sources: fills ${STGR_DATA} in a recipe (default: the STGR_DATA variable)")]
 _Sources = Annotated[Optional[list[str]], typer.Option(
