@@ -166,7 +166,7 @@ def audit(
     compare: Annotated[Optional[Path], typer.Option(
         help="an earlier version to compare with (default: the version's parent, when it has one)")] = None,
     gallery: Annotated[Optional[Path], typer.Option(help="write an HTML gallery of sampled rows here")] = None,
-    n: Annotated[int, typer.Option(help="rows in the gallery")] = 24,
+    n: Annotated[int, typer.Option(min=1, max=10_000, help="rows in the gallery")] = 24,
     where: Annotated[Optional[str], typer.Option(help="gallery: only rows this SQL predicate selects")] = None,
     embed: Annotated[bool, typer.Option(help="gallery: embed the images in the page")] = False,
 ) -> None:

@@ -59,6 +59,15 @@ def test_a_video_with_rotation_metadata_is_rejected_with_its_own_code(tmp_path):
     assert err.value.code is RejectCode.MEDIA_ROTATED and "90-degree" in err.value.message
 
 
+def test_video_frames_over_the_pixel_bound_are_media_too_large(tmp_path, monkeypatch):
+    import stgr_builder.video.probe as probe
+
+    video = tmp_path / "clip.mp4"
+    encode_h264(video, [np.zeros((48, 64, 3), np.uint8)] * 4, fps=10, gop=2)
+    monkeypatch.setattr(probe, "MAX_PIXELS", 64 * 48 - 1)  # a bound just under this video's frames
+    assert _code(lambda: probe_video(video, "clip.mp4")) is RejectCode.MEDIA_TOO_LARGE
+
+
 def test_a_byte_order_mark_costs_no_record(tmp_path):
     path, options = FIXTURE_SOURCES["generic"]
     plain = FIXTURES / path

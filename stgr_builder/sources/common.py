@@ -82,8 +82,18 @@ def validate(ctx: AdapterContext, origin: str, model: type[Options], data: Any) 
 # ---------------------------------------------------------------------------------------
 
 
+#: A whole-file JSON source is parsed in memory (several times its size): past this, JSON Lines.
+MAX_JSON_BYTES = 2 << 30
+
+
 def load_json(ctx: AdapterContext) -> Any:
-    """The whole annotation file as JSON; a file that is not JSON is a config error."""
+    """The whole annotation file as JSON; a file that is not JSON (or too large to parse in
+    memory: ``MAX_JSON_BYTES``) is a config error."""
+    size = ctx.path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise StgrError(f"source {ctx.source.name!r}: {ctx.source.path} is {size / 2**30:.1f} GiB of JSON, over the "
+                        f"{MAX_JSON_BYTES / 2**30:.0f} GiB parsed in memory; write it as JSON Lines (one record per "
+                        f"line, .jsonl), which is read a line at a time")
     try:
         return json.loads(ctx.path.read_bytes().decode("utf-8-sig"))  # a leading BOM is accepted
     except ValueError as exc:
