@@ -48,6 +48,15 @@ def test_bad_images_get_their_own_codes_even_after_ultralytics_patched_pillow(tm
     assert probe_image(good, "good.jpg").width == 40
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "AVIF"])
+def test_every_image_format_read_is_recognised_by_its_signature(tmp_path, fmt):
+    from PIL import Image
+
+    path = tmp_path / f"x.{fmt.lower()}"
+    Image.fromarray(np.full((16, 24, 3), 99, np.uint8)).save(path, format=fmt)
+    assert probe_image(path, path.name).width == 24
+
+
 def test_a_video_with_rotation_metadata_is_rejected_with_its_own_code(tmp_path):
     upright = tmp_path / "upright.mp4"
     encode_h264(upright, [np.full((48, 64, 3), i * 20, np.uint8) for i in range(10)], fps=10, gop=5)

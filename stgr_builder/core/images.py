@@ -40,6 +40,7 @@ _PLUGINS = {
     "BMP": ("PIL.BmpImagePlugin", "BmpImageFile"),
     "TIFF": ("PIL.TiffImagePlugin", "TiffImageFile"),
     "WEBP": ("PIL.WebPImagePlugin", "WebPImageFile"),
+    "AVIF": ("PIL.AvifImagePlugin", "AvifImageFile"),
 }
 
 
@@ -61,6 +62,8 @@ def image_format(head: bytes) -> str | None:
         return "TIFF"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WEBP"
+    if head[4:12] in (b"ftypavif", b"ftypavis"):
+        return "AVIF"
     return None
 
 
@@ -70,6 +73,8 @@ def describe_bytes(head: bytes) -> str:
     >>> describe_bytes(b"\\x00\\x00\\x00\\x18ftypmp42")
     'an MP4/MOV video'
     """
+    if head[4:12] in (b"ftypheic", b"ftypheix", b"ftyphevc", b"ftypmif1", b"ftypmsf1"):
+        return "a HEIC/HEIF image, which Pillow does not read: convert it to JPEG"
     if head[4:8] == b"ftyp":
         return "an MP4/MOV video"
     if head.startswith(b"\x1a\x45\xdf\xa3"):
@@ -100,10 +105,13 @@ def open_image(path: Path, max_pixels: int = MAX_PIXELS) -> Iterator:
     if fmt is None:
         raise SampleError(RejectCode.NOT_AN_IMAGE,
                           f"{path}: not an image (its bytes look like {describe_bytes(head)}); "
-                          f"images must be JPEG, PNG, GIF, BMP, TIFF or WebP")
+                          f"images must be JPEG, PNG, GIF, BMP, TIFF, WebP or AVIF")
     module, name = _PLUGINS[fmt]
     try:
         image = getattr(importlib.import_module(module), name)(str(path))
+    except ImportError as exc:  # a format this Pillow build lacks (AVIF before Pillow 11.3)
+        raise SampleError(RejectCode.NOT_AN_IMAGE, f"{path}: a {fmt} image, which this Pillow cannot read: "
+                                                   f"convert it to JPEG") from exc
     except Exception as exc:  # noqa: BLE001 - Pillow fails on bad headers in many shapes
         raise SampleError(RejectCode.MEDIA_CORRUPT, f"{path}: {fmt} header does not decode ({exc})") from exc
     try:
