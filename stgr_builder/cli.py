@@ -5,16 +5,18 @@
     stgr plan CONFIG.yaml|RECIPE [--data-root DIR] [--price-in P] [--price-out P] [--json FILE]
     stgr reannotate DIR --where SQL --prompt NAME [--model M] [--out DIR2]
     stgr audit DIR [--sql QUERY] [--compare OLD_DIR] [--gallery OUT.html]
-    stgr verify DIR
+    stgr verify DIR [--fast]
     stgr export open-o3 DIR --to DIR2
     stgr serve-llm [--port P] [--latency-ms N] [--fault-rate F]
 
-Exit status 0 on success; non-zero with a one-line reason on failure. Rejected samples are
-not a failure: they are rows of ``rejects/``.
+Exit status 0 on success; non-zero with a one-line reason on failure (2: a problem the user
+can fix, named in that line). Rejected samples are not a failure: they are rows of ``rejects/``.
+``--debug`` (anywhere on the line) shows Prefect's logs and the traceback of a failure.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import threading
@@ -23,8 +25,10 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from stgr_builder.errors import StgrError
 
@@ -33,16 +37,34 @@ console = Console()
 err_console = Console(stderr=True)
 
 DEFAULT_DEMO_OUT = Path("outputs/demo")
+DEBUG_FLAG = "--debug"
+_debug = False
 
 
 def _quiet_orchestrator() -> None:
-    # No telemetry from an offline build, and Prefect's per-task INFO lines would drown the
-    # progress bar; a user can still raise the level through the same variable.
+    # No telemetry from an offline build. Prefect logs a failed task or flow at ERROR with its
+    # traceback; the contract is one line, so below --debug only CRITICAL gets through (the
+    # failure itself still reaches main(), which prints its one line).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    if _debug:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    else:
+        os.environ["PREFECT_LOGGING_LEVEL"] = "CRITICAL"
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    # The temporary Prefect server (and Dask workers) must not outlive a killed command.
+    from stgr_builder import reaper
+
+    reaper.start()
+
+
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option(
+        "--debug", help="show Prefect's logs and the traceback of a failure (anywhere on the command line)")] = False
+             ) -> None:
+    global _debug
+    _debug = _debug or debug
 
 
 _DataRoot = Annotated[Optional[Path], typer.Option(
@@ -133,7 +155,7 @@ def demo(
 
     if write_config is not None:
         path = write_demo_config(write_config)
-        console.print(f"wrote {path} (media beside it); build it with: stgr build {path}")
+        console.print(Text(f"wrote {path} (media beside it); build it with: stgr build {path}"))
         return
     config = write_demo_config(out / "_source" / "CONFIG.yaml")
     _run_build(config, out)
@@ -147,7 +169,7 @@ def audit(
     compare: Annotated[Optional[Path], typer.Option(
         help="an earlier version to compare with (default: the version's parent, when it has one)")] = None,
     gallery: Annotated[Optional[Path], typer.Option(help="write an HTML gallery of sampled rows here")] = None,
-    n: Annotated[int, typer.Option(help="rows in the gallery")] = 24,
+    n: Annotated[int, typer.Option(min=1, max=10_000, help="rows in the gallery")] = 24,
     where: Annotated[Optional[str], typer.Option(help="gallery: only rows this SQL predicate selects")] = None,
     embed: Annotated[bool, typer.Option(help="gallery: embed the images in the page")] = False,
 ) -> None:
@@ -159,7 +181,7 @@ def audit(
         from stgr_builder.audit.gallery import write_gallery
 
         shown = write_gallery(root, gallery, n=n, where=where, embed=embed)
-        console.print(f"wrote {gallery} ({shown} rows)")
+        console.print(Text(f"wrote {gallery} ({shown} rows)"))
         return
     if sql is not None:
         table = query(root, sql)
@@ -182,24 +204,29 @@ def reannotate(
     from flows.build import run_reannotate
 
     target, manifest = run_reannotate(root, where=where, prompt=prompt, model=model, out=out)
-    console.print(f"[bold green]re-annotated[/] {manifest.reannotation.selected} rows of {root} "
-                  f"into {target} (build {manifest.build_id})")
+    console.print(f"[bold green]re-annotated[/] {manifest.reannotation.selected} rows of {escape(str(root))} "
+                  f"into {escape(str(target))} (build {escape(manifest.build_id)})")
     if not manifest.complete:
         console.print(f"[bold yellow]{_pending_line(manifest)}[/]", highlight=False)
     _print_comparison(target, None)
 
 
 @app.command("verify")
-def verify_cmd(root: Annotated[Path, typer.Argument(help="dataset folder")]) -> None:
-    """Check a dataset folder against its manifest: files, checksums, row counts, key frames."""
+def verify_cmd(
+    root: Annotated[Path, typer.Argument(help="dataset folder")],
+    fast: Annotated[bool, typer.Option(help="skip hashing the key-frame JPEGs (only check that they exist)")] = False,
+) -> None:
+    """Check a dataset folder against its manifest: files, checksums, row counts, key frames
+    (each JPEG's bytes against its content-addressed name, unless --fast)."""
     from stgr_builder.shards.check import verify_dataset
 
-    problems = verify_dataset(root)
+    problems = verify_dataset(root, key_frame_content=not fast)
     if problems:
         for problem in problems:
             err_console.print(f"  {problem}", markup=False, highlight=False, soft_wrap=True)
         raise StgrError(f"{root}: {len(problems)} problems (first: {problems[0]})")
-    console.print(f"[bold green]ok[/] {root} matches its manifest")
+    console.print(f"[bold green]ok[/] {escape(str(root))} matches its manifest"
+                  + (" (key-frame contents not checked: --fast)" if fast else ""))
 
 
 export_app = typer.Typer(no_args_is_help=True, help="Write a dataset in another project's layout.")
@@ -215,7 +242,7 @@ def export_open_o3(
     from stgr_builder.shards.export import export_open_o3 as run
 
     written = run(root, to)
-    console.print(f"wrote {to}: " + ", ".join(f"{name} {count} rows" for name, count in written.items()))
+    console.print(Text(f"wrote {to}: " + ", ".join(f"{name} {count} rows" for name, count in written.items())))
 
 
 @app.command("serve-llm")
@@ -244,7 +271,8 @@ def serve_llm(
     except (ValueError, OSError) as exc:
         raise StgrError(f"serve-llm: {exc}") from exc
     console.print(f"listening on {server.base_url}  (export OPENAI_BASE_URL={server.base_url} "
-                  f"OPENAI_API_KEY=anything; GET /stats counts requests)", highlight=False, soft_wrap=True)
+                  f"OPENAI_API_KEY=anything; GET /stats counts requests)", markup=False, highlight=False,
+                  soft_wrap=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -266,7 +294,7 @@ def schemas(write: Annotated[bool, typer.Option(help="rewrite schemas/ from the 
                 path.write_text(text)
     if stale and not write:
         raise StgrError(f"stale schemas: {', '.join(stale)} (run stgr schemas --write)")
-    console.print(f"schemas: {len(stale)} rewritten" if write else "schemas are current")
+    console.print(f"schemas: {len(stale)} rewritten" if write else "schemas are current", markup=False)
 
 
 def _run_build(config: Path, out: Path, overwrite: bool = False) -> None:
@@ -278,11 +306,15 @@ def _run_build(config: Path, out: Path, overwrite: bool = False) -> None:
     watcher.start()
     try:
         manifest = run_build(config, out, overwrite=overwrite)
+    except OSError as exc:
+        if exc.filename is None:  # ENOSPC from a write says nothing of where: the dataset folder
+            exc.filename = str(out)
+        raise
     finally:
         stop.set()
         watcher.join()
     counts = ", ".join(f"{name} {count}" for name, count in manifest.counts.items())
-    console.print(f"[bold green]built[/] {out} ({counts})")
+    console.print(f"[bold green]built[/] {escape(str(out))} ({escape(counts)})")
     if not manifest.complete:
         # Not a failure: run the same command again to finish (received replies are cached).
         console.print(f"[bold yellow]{_pending_line(manifest)}[/]", highlight=False)
@@ -302,6 +334,11 @@ def _watch_progress(out: Path, stop: threading.Event) -> None:
     """Count finished shard records while the flow runs (the flow itself stays print-free)."""
     from stgr_builder.shards.writer import progress
 
+    # The bar appears once the build is planned: a command that fails before (a config error)
+    # prints its one line and nothing else.
+    while progress(out)[1] is None:
+        if stop.wait(0.5):
+            return
     with Progress(TextColumn("shards"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=True) as bar:
         task = bar.add_task("shards", total=None)
@@ -354,35 +391,99 @@ def _print_comparison(root: Path, old: Optional[Path]) -> None:
         _print_table(table.title, table.columns, table.rows)
 
 
-def _print_table(title: str, columns: list[str], rows: list) -> None:
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(str(column))
-    for row in rows:
-        table.add_row(*("" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
-                        for value in row))
+#: A column is "readable" at this many characters; a table whose columns cannot all have
+#: that much (or their whole content, when shorter) is folded into key/value rows.
+_READABLE = 32
+
+
+def _cell(value) -> str:
+    return "" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _print_table(title: str, columns: list[str], rows: list, width: int | None = None) -> None:
+    """A table, every value shown literally (``Text``, never rich markup); folded into one
+    key/value block per row when it is too wide for the terminal."""
+    cells = [[_cell(value) for value in row] for row in rows]
+    heads = [str(column) for column in columns]
+    natural = [max([len(head)] + [max((len(line) for line in row[i].splitlines()), default=0) for row in cells])
+               for i, head in enumerate(heads)]
+    needed = sum(min(n, _READABLE) for n in natural) + 3 * len(heads) + 1  # borders and padding
+    if len(heads) > 2 and needed > (width or console.width):
+        console.print(Text(f"{title} (one block per row)", style="italic"))
+        table = Table(show_header=False)
+        table.add_column(style="bold")
+        table.add_column(overflow="fold")
+        for number, row in enumerate(cells):
+            for i, (head, value) in enumerate(zip(heads, row)):
+                table.add_row(Text(head), Text(value), end_section=i == len(heads) - 1 and number < len(cells) - 1)
+        console.print(table)
+        return
+    table = Table(title=Text(title), title_justify="left")
+    for head in heads:
+        table.add_column(Text(head), overflow="fold")
+    for row in cells:
+        table.add_row(*(Text(value) for value in row))
     console.print(table)
 
 
+#: errno -> what the user should do about it, for file-system failures of a command.
+_OS_FIXES = {
+    errno.ENOSPC: "free space there, or choose another --out; run the same command again to resume",
+    errno.EDQUOT: "raise the quota or free space, or choose another --out; run the same command again to resume",
+    errno.EROFS: "choose another --out",
+    errno.EACCES: "no permission to write there: choose another --out, or fix the folder's permissions",
+    errno.EPERM: "no permission to write there: choose another --out, or fix the folder's permissions",
+    errno.EMFILE: "too many open files: raise the limit (ulimit -n) or lower sharding.workers",
+}
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _fail(message: str, code: int) -> None:
+    err_console.print(f"error: {_one_line(message)}", markup=False, highlight=False, soft_wrap=True)
+    if _debug:
+        import traceback
+
+        traceback.print_exc()
+    sys.exit(code)
+
+
+def _take_debug(argv: list[str]) -> list[str]:
+    """Remove ``--debug`` from anywhere on the command line (after ``--``, it is a value)."""
+    global _debug
+    head, sep, tail = (argv[:argv.index("--")], ["--"], argv[argv.index("--") + 1:]) if "--" in argv \
+        else (argv, [], [])
+    _debug = DEBUG_FLAG in head
+    return [arg for arg in head if arg != DEBUG_FLAG] + sep + tail
+
+
 def main() -> None:
+    args = _take_debug(sys.argv[1:])
     try:
-        app(standalone_mode=False)
+        app(args=args, prog_name="stgr", standalone_mode=False)
     except StgrError as exc:
-        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(exc), 2)
     except (typer.Abort, KeyboardInterrupt):
-        err_console.print("error: interrupted", markup=False, soft_wrap=True)
-        sys.exit(130)
+        _fail("interrupted", 130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except MemoryError:
+        _fail("out of memory: lower sharding.workers, detector.batch or detector.imgsz", 2)
+    except OSError as exc:
+        fix = _OS_FIXES.get(exc.errno)
+        if fix is None:
+            _fail(f"{type(exc).__name__}: {exc}", 1)
+        where = f" ({exc.filename})" if exc.filename else ""
+        _fail(f"{os.strerror(exc.errno)}{where}: {fix}", 2)
     except Exception as exc:  # noqa: BLE001 - the contract is a one-line reason, not a traceback
         import click
 
         if isinstance(exc, click.ClickException):
             exc.show()
             sys.exit(exc.exit_code)
-        err_console.print(f"error: {type(exc).__name__}: {exc}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(1)
+        _fail(f"{type(exc).__name__}: {exc} (run again with --debug for the traceback)", 1)
 
 
 if __name__ == "__main__":

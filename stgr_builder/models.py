@@ -17,16 +17,47 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Box = Annotated[list[float], Field(min_length=4, max_length=4)]
 """``[x_min, y_min, x_max, y_max]``, normalized to [0, 1] unless a field says pixels."""
 
 Span = Annotated[list[float], Field(min_length=2, max_length=2)]
 """``[start, end]`` in seconds."""
+
+#: Bounds on what a source record may hold (a longer one is a MALFORMED_ROW naming the field):
+#: each text goes into every prompt and row, so one runaway field must not cost a fortune.
+MAX_QUESTION_CHARS = 4000
+MAX_ANSWER_CHARS = 4000
+MAX_CAPTION_CHARS = 8000
+MAX_OPTIONS = 26  # lettered A..Z
+MAX_OPTION_CHARS = 1000
+MAX_OBJECTS = 32
+MAX_NAME_CHARS = 200
+MAX_GOLD_BOXES = 1000
+
+PROMPT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+"""A prompt *name* (``prompts/<name>.yaml``): letters, digits, ``_ . -``; no path parts."""
+
+
+def check_prompt(value: str) -> str:
+    """A prompt is a name under ``prompts/`` or an explicit ``.yaml``/``.yml`` file path;
+    anything else (``../../etc/passwd``) is refused before any file is read.
+
+    >>> check_prompt("stgr-cot-llm"), check_prompt("my/prompts/v2.yaml")
+    ('stgr-cot-llm', 'my/prompts/v2.yaml')
+    """
+    text = str(value)
+    if re.fullmatch(PROMPT_NAME, text) and not text.endswith((".yaml", ".yml")) and ".." not in text:
+        return text
+    if text.endswith((".yaml", ".yml")) and "\x00" not in text:
+        return text
+    raise ValueError(f"prompt {text!r} is neither a prompt name (letters, digits, '_', '.', '-': a file "
+                     f"prompts/NAME.yaml) nor an explicit .yaml file path")
 
 
 class _Record(BaseModel):
@@ -75,11 +106,15 @@ class RejectCode(str, Enum):
     # ingest
     MALFORMED_ROW = "malformed_row"
     DUPLICATE = "duplicate"
+    DUPLICATE_ID = "duplicate_id"
     UNSAFE_PATH = "unsafe_path"
     # probe
     MEDIA_MISSING = "media_missing"
     MEDIA_EMPTY = "media_empty"
     MEDIA_CORRUPT = "media_corrupt"
+    NOT_AN_IMAGE = "not_an_image"
+    MEDIA_TOO_LARGE = "media_too_large"
+    MEDIA_ROTATED = "media_rotated"
     NO_FRAMES = "no_frames"
     SPAN_OUTSIDE_VIDEO = "span_outside_video"
     FILTERED_DURATION = "filtered_duration"
@@ -145,8 +180,9 @@ class TimedBox(_Record):
 class SourceObject(_Record):
     """An object phrase the sample is about: what the detector is asked to ground."""
 
-    name: str = Field(min_length=1)
-    boxes: list[TimedBox] = Field(default_factory=list, description="gold boxes from the source, if any")
+    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
+    boxes: list[TimedBox] = Field(default_factory=list, max_length=MAX_GOLD_BOXES,
+                                  description="gold boxes from the source, if any")
 
 
 class SourceSample(_Record):
@@ -156,15 +192,17 @@ class SourceSample(_Record):
     source: str = Field(description="output source name, e.g. STR_activitynet")
     source_id: str = Field(description="the source's own id for the item")
     task: Task
-    question: str = Field(min_length=1, description="the question without its options")
-    options: list[str] = Field(default_factory=list, description="MCQ option texts, lettered A, B, ... in order")
-    answer: str = Field(description="gold answer in the exact form the task requires")
+    question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS, description="the question without its options")
+    options: list[Annotated[str, Field(max_length=MAX_OPTION_CHARS)]] = Field(
+        default_factory=list, max_length=MAX_OPTIONS, description="MCQ option texts, lettered A, B, ... in order")
+    answer: str = Field(max_length=MAX_ANSWER_CHARS, description="gold answer in the exact form the task requires")
     video_path: str | None = Field(None, description="relative to media_root")
     image_path: str | None = Field(None, description="relative to media_root")
     media_root: str = Field(description="folder that media paths are relative to (absolute at build time)")
     span: Span | None = Field(None, description="annotated temporal span in seconds, if the source has one")
-    objects: list[SourceObject] = Field(default_factory=list)
-    caption: str | None = Field(None, description="source annotation text the annotator may use")
+    objects: list[SourceObject] = Field(default_factory=list, max_length=MAX_OBJECTS)
+    caption: str | None = Field(None, max_length=MAX_CAPTION_CHARS,
+                                description="source annotation text the annotator may use")
     datasets: list[DatasetName] = Field(default_factory=lambda: [DatasetName.COT, DatasetName.RL])
     origin: str = Field("", description="file:line the item came from, for error messages")
     gold_evidence: bool = Field(
@@ -549,10 +587,10 @@ class SamplerConfig(_Config):
     """Candidate frames per sample: a fixed rate or uniform N, denser inside annotated spans."""
 
     strategy: Literal["fixed_rate", "uniform"] = "uniform"
-    fps: float = Field(1.0, gt=0, description="fixed_rate: frames per second over the whole video")
-    num_frames: int = Field(8, ge=1, description="uniform: frames over the whole video")
-    span_frames: int = Field(4, ge=0, description="extra frames spread uniformly inside the annotated span")
-    max_frames: int = Field(16, ge=1)
+    fps: float = Field(1.0, gt=0, le=60, description="fixed_rate: frames per second over the whole video")
+    num_frames: int = Field(8, ge=1, le=256, description="uniform: frames over the whole video")
+    span_frames: int = Field(4, ge=0, le=256, description="extra frames spread uniformly inside the annotated span")
+    max_frames: int = Field(16, ge=1, le=256)
     decoder: Literal["decord", "opencv"] = "decord"
     jpeg_quality: int = Field(90, ge=50, le=100)
 
@@ -576,6 +614,10 @@ class TrackConfig(_Config):
         0.5, gt=0, le=1, description="least IoU between the box and its place predicted from its neighbours")
 
 
+#: The most pixels one detector batch may hold (batch x imgsz^2): 64 frames at 1280.
+MAX_DETECTOR_BATCH_PIXELS = 64 * 1280 ** 2
+
+
 class DetectorConfig(_Config):
     backend: Literal["ultralytics", "groundingdino"] = "ultralytics"
     weights: str = Field(
@@ -592,9 +634,24 @@ class DetectorConfig(_Config):
     text_threshold: float = Field(0.25, ge=0, le=1, description="groundingdino: least phrase-token score of a box")
     conf: float = Field(0.25, ge=0, le=1, description="least box score (groundingdino: the box threshold)")
     iou: float = Field(0.5, ge=0, le=1)
-    imgsz: int = Field(320, ge=32)
-    batch: int = Field(16, ge=1)
+    imgsz: int = Field(320, ge=32, le=4096, description="inference size in pixels (memory grows with its square)")
+    batch: int = Field(16, ge=1, le=1024)
     device: str = Field("auto", description="auto (GPU when present), cpu, cuda:0, ...")
+
+    @model_validator(mode="after")
+    def _bounded_memory(self) -> DetectorConfig:
+        # Memory of one batch grows with batch x imgsz^2 (yolo11n on CPU, measured: +1.3 GB at
+        # 16 x 1280^2, +1.8 GB at 8 x 2048^2); imgsz 100000 was an OOM kill at 23 GB.
+        pixels = self.batch * self.imgsz ** 2
+        if pixels > MAX_DETECTOR_BATCH_PIXELS:
+            raise ValueError(f"batch x imgsz^2 is {self.batch} x {self.imgsz}^2 = {pixels:,} pixels, over "
+                             f"{MAX_DETECTOR_BATCH_PIXELS:,} (e.g. batch 64 at imgsz 1280, 6 at 4096): "
+                             f"lower detector.batch or detector.imgsz")
+        return self
+
+
+#: The prompt an annotator backend uses when the config names none.
+DEFAULT_PROMPTS = {"template": "template-cot", "openai": "stgr-cot-llm"}
 
 
 class AnnotatorConfig(_Config):
@@ -603,31 +660,44 @@ class AnnotatorConfig(_Config):
 
     backend: Literal["template", "openai"] = "template"
     model: str | None = Field(None, description="model name for the openai backend")
-    prompt: str = Field("template-cot", description="prompt template name under prompts/")
-    concurrency: int = Field(8, ge=1, description="LLM requests in flight per shard task")
+    prompt: str | None = Field(
+        None, description="prompt name under prompts/ (or an explicit .yaml path); default follows the backend: "
+        "template-cot (template), stgr-cot-llm (openai)")
+    concurrency: int = Field(8, ge=1, le=1024, description="LLM requests in flight per shard task")
     budget: int | None = Field(
         None, ge=0, description="max new (uncached) LLM requests per run; the rest is left for the next run")
     budget_tokens: int | None = Field(
         None, ge=0, description="max prompt+completion tokens of new LLM requests per run")
-    timeout: float = Field(60.0, gt=0, description="seconds per LLM request")
-    max_retries: int = Field(3, ge=0, description="client retries on 429 (honouring Retry-After), 5xx, timeouts")
-    max_invalid_retries: int = Field(2, ge=0, description="re-asks, with the error, after a schema-invalid reply")
+    timeout: float = Field(60.0, gt=0, le=3600, description="seconds per LLM request")
+    max_retries: int = Field(3, ge=0, le=20, description="client retries on 429 (honouring Retry-After), 5xx, timeouts")
+    max_invalid_retries: int = Field(2, ge=0, le=10, description="re-asks, with the error, after a schema-invalid reply")
     temperature: float = Field(0.0, ge=0, le=2)
-    max_tokens: int | None = Field(None, ge=1, description="max completion tokens per reply")
-    image_max_side: int = Field(640, ge=64, description="frames sent to the LLM are downscaled to this side")
-    max_candidates_per_frame: int = Field(8, ge=1, description="detector boxes offered per frame, best scores")
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000, description="max completion tokens per reply")
+    image_max_side: int = Field(640, ge=64, le=4096, description="frames sent to the LLM are downscaled to this side")
+    max_candidates_per_frame: int = Field(8, ge=1, le=100, description="detector boxes offered per frame, best scores")
     crop_verify: bool = Field(False, description="put each chosen box, cropped, to the VLM: 'Is this a NAME?'")
     crop_prompt: str = Field("crop-verify", description="prompt of the crop verification under prompts/")
+
+    @field_validator("prompt", "crop_prompt")
+    @classmethod
+    def _prompt_is_a_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_prompt(value)
+
+    @model_validator(mode="after")
+    def _prompt_follows_backend(self) -> AnnotatorConfig:
+        if self.prompt is None:
+            self.prompt = DEFAULT_PROMPTS[self.backend]
+        return self
 
 
 class VerifyConfig(_Config):
     max_box_area: float = Field(0.8, gt=0, le=1, description="largest share of the frame a box may cover")
-    time_tolerance: float = Field(0.05, ge=0, description="seconds between a trace time and its key frame")
+    time_tolerance: float = Field(0.05, ge=0, le=1, description="seconds between a trace time and its key frame")
 
 
 class ShardingConfig(_Config):
-    samples_per_shard: int = Field(64, ge=1)
-    workers: int = Field(2, ge=1, description="shard tasks in flight (threads, or LocalCluster worker processes)")
+    samples_per_shard: int = Field(64, ge=1, le=100_000)
+    workers: int = Field(2, ge=1, le=256, description="shard tasks in flight (threads, or LocalCluster worker processes)")
     runner: Literal["thread", "dask"] = Field(
         "thread", description="thread: a bounded thread pool in this process; dask: prefect-dask's DaskTaskRunner")
     dask_address: str | None = Field(

@@ -22,6 +22,7 @@ from stgr_builder import __version__
 from stgr_builder.annotate import make_annotator
 from stgr_builder.annotate.llm import BUDGET_DIR
 from stgr_builder.audit.card import write_card
+from stgr_builder.core.files import check_writable
 from stgr_builder.core.hashing import sha256_bytes
 from stgr_builder.core.resources import Resources
 from stgr_builder.detect import make_detector
@@ -31,7 +32,7 @@ from stgr_builder.ownership import claim_folder
 from stgr_builder.models import BuildConfig, BuildPlan, Manifest, ShardPlan, ShardResult
 from stgr_builder.planning import draw, draw_stats, plan_of
 from stgr_builder.shards import write_manifest, write_plan_json, write_plan_record
-from stgr_builder.sources import ingest
+from stgr_builder.sources import check_sources, ingest
 
 
 def load_config(path: Path) -> BuildConfig:
@@ -46,18 +47,22 @@ def load_config(path: Path) -> BuildConfig:
         return BuildConfig.model_validate(raw or {})
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(part) for part in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors())
+            f"{'.'.join(str(part) for part in err['loc']) or '(top)'}: {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors())
         raise StgrError(f"{path}: {problems}") from exc
 
 
 def context(config_path: Path, out: Path, resources: Resources | None = None) -> BuildContext:
     """Load the config and check, before any work starts, what would fail every shard alike
-    (missing weights, unknown prompt): a user's mistake ends the command, not each task. The
+    (missing source files or media roots, missing weights, unknown prompt, a prompt of the other
+    backend): a user's mistake ends the command, not each task. The
     detector's model is loaded into ``resources`` (the build's, when given: loaded once)."""
     config_path = config_path.resolve()
     ctx = BuildContext(config=load_config(config_path), config_dir=config_path.parent, out=out.resolve())
+    check_sources(ctx.config, ctx.config_dir)  # a missing file or media root: one line, before the flow
+    make_annotator(ctx.config.annotator, ctx.config.verify)  # cheap checks first: the detector loads a model
     make_detector(ctx.config.detector, ctx.config_dir, resources)
-    make_annotator(ctx.config.annotator, ctx.config.verify)
+    check_writable(ctx.out)  # read-only or full: one line now, not a failed task later
     return ctx
 
 

@@ -1,27 +1,74 @@
-"""Bad inputs mixed into a source each end as a reject with their own reason code, and the
-rest of the build completes exactly as it would have without them."""
+"""Failing well. Bad inputs mixed into a source each end as one reject with their own reason
+code, and the rest of the build completes exactly as it would have without them; misuse and a
+broken environment end as one line on stderr with exit status 2, naming the fix; a killed
+build leaves no process behind. The corpus is tests/fixtures/bad/ (``bad_corpus.py``)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
 
+from bad_corpus import add_bad_items, source_id_of
 from stgr_builder.audit import query
-from stgr_builder.sources.demo import DEMO_FILE, generate_demo, load_truth
+from stgr_builder.sources.demo import DEMO_FILE, generate_demo
 from stgr_builder.sources.demo_config import demo_config
 
 pytestmark = pytest.mark.slow
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def _stgr(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stgr_builder.cli", *args], cwd=cwd, env=os.environ.copy(),
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, **extra}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _stgr(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stgr_builder.cli", *args], cwd=cwd, env=env or _env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# A file-system fault for paths under OUT, injected into the CLI's own process.
+_FAULT = """
+import builtins, errno, os, sys
+OUT, CODE, PART = os.path.realpath(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+_open = builtins.open
+def _faulty(file, mode="r", *args, **kwargs):
+    if isinstance(file, (str, os.PathLike)) and any(c in mode for c in "wax+"):
+        path = os.path.realpath(os.fspath(file))
+        if path.startswith(OUT + os.sep) and PART in path:
+            raise OSError(CODE, os.strerror(CODE), os.fspath(file))
+    return _open(file, mode, *args, **kwargs)
+builtins.open = _faulty
+sys.argv = ["stgr"] + sys.argv[4:]
+from stgr_builder.cli import main
+main()
+"""
+
+
+def _stgr_with_fault(out: Path, code: int, part: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _FAULT, str(out), str(code), part, *args], cwd=cwd, env=_env(),
                           capture_output=True, text=True, timeout=600)
+
+
+def _one_line(result: subprocess.CompletedProcess) -> str:
+    """The only line of stderr, which must start with 'error:' (no traceback, no Prefect log)."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -33,70 +80,216 @@ def source(tmp_path_factory) -> Path:
     return folder
 
 
-def _add_bad_inputs(folder: Path) -> dict[str, str]:
-    """Append one bad item per kind; return source id -> the reject code it must get."""
-    media = folder / "media"
-    (media / "videos" / "corrupt.mp4").write_bytes(os.urandom(50_000))
-    (media / "videos" / "empty.mp4").write_bytes(b"")
-    good = [json.loads(line) for line in (folder / DEMO_FILE).read_text().splitlines()]
-    template = next(item for item in good if item["task"] == "temporal QA")
-    duration = next(v.duration for v in load_truth(folder).videos if v.path == template["video"])
-    late = [round(duration + 5, 1), round(duration + 9, 1)]
-
-    def item(source_id: str, **changes) -> str:
-        return json.dumps({**template, "id": source_id, "question": f"{template['question']} ({source_id})",
-                           **changes})
-
-    lines = [
-        item("bad#corrupt", video="videos/corrupt.mp4"),
-        item("bad#empty", video="videos/empty.mp4"),
-        item("bad#missing", video="videos/missing.mp4"),
-        item("bad#late", span=late, answer=json.dumps(late)),
-        item("bad#escape", video="../../outside.mp4"),
-        '{"id": "bad#json", "task": "temporal QA", "question": ',
-        json.dumps({"id": "bad#fields", "task": "temporal QA"}),
-    ]
-    with (folder / DEMO_FILE).open("a") as handle:
-        handle.write("\n".join(lines) + "\n")
-    return {"bad#corrupt": "media_corrupt", "bad#empty": "media_empty", "bad#missing": "media_missing",
-            "bad#late": "span_outside_video", "bad#escape": "unsafe_path"}
+@pytest.fixture(scope="module")
+def clean(source, tmp_path_factory) -> Path:
+    """The good items alone, built while another build of them is being killed: the killed
+    build's temporary Prefect server must go with it, and must not stand in this one's way."""
+    out = tmp_path_factory.mktemp("clean") / "out"
+    killed = subprocess.Popen([sys.executable, "-m", "stgr_builder.cli", "build", "CONFIG.yaml", "--out",
+                               str(out.parent / "killed")], cwd=source, env=_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = _wait_for_child(killed.pid, "uvicorn", timeout=120)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    result = _stgr("build", "CONFIG.yaml", "--out", str(out), cwd=source)
+    assert result.returncode == 0, result.stderr
+    assert server is not None, "the build started no temporary Prefect server"
+    deadline = time.monotonic() + 10
+    while _alive(server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(server), "the killed build's Prefect server outlived it"
+    return out
 
 
-def test_each_bad_input_gets_its_own_reason_and_the_rest_is_built(source, tmp_path):
-    clean = _stgr("build", "CONFIG.yaml", "--out", str(tmp_path / "clean"), cwd=source)
-    assert clean.returncode == 0, clean.stderr
-    expected = _add_bad_inputs(source)
-    dirty = _stgr("build", "CONFIG.yaml", "--out", str(tmp_path / "dirty"), cwd=source)
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_bytes()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(b")") + 2:].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2:].split()[0] not in (b"Z", b"X")
+
+
+def _wait_for_child(pid: int, needle: str, timeout: float) -> int | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in _children(pid):
+            try:
+                if needle in Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace"):
+                    return child
+            except OSError:
+                continue
+        time.sleep(0.1)
+    return None
+
+
+# -- bad samples: one reject each, the rest unchanged --------------------------------------------
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_each_bad_input_gets_its_own_reason_and_the_rest_is_built(source, clean, tmp_path):
+    dirty_source = tmp_path / "src"
+    shutil.copytree(source, dirty_source)
+    expected = add_bad_items(dirty_source)
+    dirty = _stgr("build", "CONFIG.yaml", "--out", str(tmp_path / "dirty"), cwd=dirty_source)
     assert dirty.returncode == 0, dirty.stderr  # rejected samples are not a failure
 
+    lines = (dirty_source / DEMO_FILE).read_text(encoding="utf-8").splitlines()
     rejects = query(tmp_path / "dirty", "SELECT origin, stage, code, message FROM rejects").rows
-    by_line = {}
-    lines = (source / DEMO_FILE).read_text().splitlines()
-    for origin, stage, code, message in rejects:
-        line = int(origin.rsplit(":", 1)[1])
-        by_line[lines[line - 1]] = (stage, code, message)
-    got = {}
-    for text, (stage, code, message) in by_line.items():
-        try:
-            got[json.loads(text)["id"]] = code
-        except json.JSONDecodeError:
-            got["bad#json"] = code
-    assert {k: got.get(k) for k in expected} == expected
-    assert got["bad#json"] == "malformed_row" and got["bad#fields"] == "malformed_row"
-    assert len(rejects) == len(expected) + 2
-    assert all(message for _, _, message in by_line.values())
+    got = {source_id_of(lines[int(origin.rsplit(":", 1)[1]) - 1]): (code, message)
+           for origin, _, code, message in rejects}
+    assert {key: got.get(key, (None,))[0] for key in expected} == expected
+    assert len(rejects) == len(expected)  # the BOM cost the first record nothing
+    assert all(message for _, message in got.values())
+    assert "demo_source.jsonl:1" in got[next(k for k, c in expected.items() if c == "duplicate_id")][1]
 
     # the good items become exactly the rows of the clean build
-    sql = "SELECT id, reasoning_process, answer FROM cot ORDER BY id"
-    assert query(tmp_path / "dirty", sql).rows == query(tmp_path / "clean", sql).rows
+    for view in ("cot", "rl"):
+        sql = f"SELECT * EXCLUDE (provenance) FROM {view} ORDER BY id"
+        assert query(tmp_path / "dirty", sql).rows == query(clean, sql).rows
+
+    # `stgr plan` counts the same probe-time rejects as the build
+    plan = _stgr("plan", "CONFIG.yaml", "--json", str(tmp_path / "plan.json"), cwd=dirty_source)
+    assert plan.returncode == 0, plan.stderr
+    filtered = json.loads((tmp_path / "plan.json").read_text())["sources"][0]["filtered"]
+    for code in ("not_an_image", "media_too_large", "media_rotated"):
+        assert filtered.get(code) == list(expected.values()).count(code), (code, filtered)
+
+    # every value reaches the terminal literally: markup in a message, holes in none
+    shown = _stgr("audit", str(tmp_path / "dirty"), "--sql", "SELECT code, message FROM rejects", cwd=tmp_path,
+                  env=_env(COLUMNS="400"))
+    assert shown.returncode == 0, shown.stderr
+    assert "[bold red]x[/x].mp4" in shown.stdout and "must be [start, end] with" in shown.stdout
+    literal = _stgr("audit", str(tmp_path / "dirty"), "--sql", "SELECT '[/x]' AS a, '[bold red]b' AS b",
+                    cwd=tmp_path)
+    assert literal.returncode == 0 and "[/x]" in literal.stdout and "[bold red]b" in literal.stdout
 
 
-def test_a_config_typo_is_a_one_line_error_naming_the_key(source, tmp_path):
+def test_a_wide_table_folds_into_key_value_rows_at_80_columns(clean, tmp_path):
+    audit = _stgr("audit", str(clean), cwd=tmp_path, env=_env(COLUMNS="80"))
+    assert audit.returncode == 0, audit.stderr
+    assert "Provenance (one block per row)" in audit.stdout
+    assert "detector_weights_hash" in audit.stdout and "temporal-spatial free-form QA" in audit.stdout
+    assert max(len(line) for line in audit.stdout.splitlines()) <= 80
+
+
+def test_verify_checks_each_key_frame_against_its_content_address(clean, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(clean, copy)
+    assert _stgr("verify", str(copy), cwd=tmp_path).returncode == 0
+    frame = sorted((copy / "kfs").rglob("*.jpg"))[0]
+    frame.write_bytes(frame.read_bytes()[:100])  # truncated, name unchanged
+    broken = _stgr("verify", str(copy), cwd=tmp_path)
+    assert broken.returncode == 2, broken.stderr
+    listed, last = broken.stderr.strip().splitlines()  # the problem, then the one-line verdict
+    assert "1 key-frame files do not hash to their names" in listed and last.startswith("error: ")
+    assert frame.relative_to(copy).as_posix() in listed
+    assert _stgr("verify", str(copy), "--fast", cwd=tmp_path).returncode == 0
+
+
+# -- misuse and broken environments: one line, exit status 2 -------------------------------------
+
+
+def _config(source: Path, tmp_path: Path, name: str, **sections) -> Path:
     config = yaml.safe_load((source / "CONFIG.yaml").read_text())
-    config["sampler"]["num_frame"] = 4
-    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(config))
-    result = _stgr("build", str(tmp_path / "typo.yaml"), "--out", str(tmp_path / "o"), cwd=source)
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "sampler.num_frame" in lines[0], result.stderr
+    for section, values in sections.items():
+        if isinstance(values, dict) and isinstance(config.get(section), dict):
+            config[section].update(values)
+        else:
+            config[section] = values
+    path = source / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize("name, sections, says", [
+    ("imgsz", {"detector": {"imgsz": 100_000}}, "detector.imgsz"),
+    ("passwd", {"annotator": {"prompt": "../../../etc/passwd"}}, "neither a prompt name"),
+    ("llm-prompt", {"annotator": {"prompt": "stgr-cot-llm", "backend": "template"}}, "'stgr-cot-llm' is a 'llm' prompt"),
+    ("no-file", {"sources": [{"name": "S", "adapter": "demo", "path": "nope.jsonl", "media_root": "media"}]},
+     "annotation file not found"),
+    ("no-media", {"sources": [{"name": "S", "adapter": "demo", "path": DEMO_FILE, "media_root": "nope"}]},
+     "media_root is not a folder"),
+    ("typo", {"sampler": {"num_frame": 4}}, "sampler.num_frame"),
+])
+def test_a_bad_config_is_one_line_before_any_work(source, tmp_path, name, sections, says):
+    config = _config(source, tmp_path, name, **sections)
+    result = _stgr("build", str(config), "--out", str(tmp_path / "o"), cwd=source)
+    assert result.returncode == 2 and says in _one_line(result)
     assert not (tmp_path / "o").exists()  # nothing started
+
+
+def test_debug_shows_the_traceback(source, tmp_path):
+    config = _config(source, tmp_path, "debug", detector={"imgsz": 100_000})
+    result = _stgr("build", str(config), "--out", str(tmp_path / "o"), "--debug", cwd=source)
+    assert result.returncode == 2 and "Traceback" in result.stderr and "detector.imgsz" in result.stderr
+
+
+def test_the_llm_prompt_is_the_default_of_the_openai_backend(source, tmp_path):
+    from stgr_builder.pipeline import load_config
+
+    config = _config(source, tmp_path, "openai", annotator={"backend": "openai", "model": "m"})
+    raw = yaml.safe_load(config.read_text())
+    raw["annotator"].pop("prompt")
+    config.write_text(yaml.safe_dump(raw))
+    assert load_config(config).annotator.prompt == "stgr-cot-llm"
+
+
+def test_a_read_only_out_is_one_line(source, tmp_path):
+    import errno
+
+    out = tmp_path / "ro"
+    result = _stgr_with_fault(out, errno.EROFS, "", "build", "CONFIG.yaml", "--out", str(out), cwd=source)
+    line = _one_line(result)
+    assert result.returncode == 2 and "Read-only file system" in line and "choose another --out" in line
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_half_file(source, tmp_path):
+    import errno
+
+    out = tmp_path / "full"
+    result = _stgr_with_fault(out, errno.ENOSPC, "/kfs/", "build", "CONFIG.yaml", "--out", str(out), cwd=source)
+    line = _one_line(result)
+    assert result.returncode == 2 and "No space left on device" in line and "free space" in line
+    assert not list(out.rglob("*.tmp")) and not (out / "manifest.json").exists()
+
+
+class _Refuse(BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802 - the stdlib's name
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        body = b'{"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}}'
+        self.send_response(401)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_an_endpoint_refusing_the_key_is_one_line(source, tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = _config(source, tmp_path, "refused", annotator={"backend": "openai", "model": "m",
+                                                                 "prompt": "stgr-cot-llm", "max_retries": 0})
+        env = _env(OPENAI_BASE_URL=f"http://127.0.0.1:{server.server_port}/v1", OPENAI_API_KEY="wrong")
+        result = _stgr("build", str(config), "--out", str(tmp_path / "o"), cwd=source, env=env)
+    finally:
+        server.shutdown()
+    line = _one_line(result)
+    assert result.returncode == 2 and "HTTP 401" in line and "OPENAI_API_KEY" in line
+    assert "wrong" not in result.stderr  # the key itself is never shown

@@ -22,6 +22,7 @@ def make_annotator(config: AnnotatorConfig, verify: VerifyConfig, *, root: Path 
     >>> make_annotator(AnnotatorConfig(), VerifyConfig()).prompt.name
     'template-cot'
     """
+    _check_prompt_kind(config)
     if config.backend == "template":
         # Choose only boxes that verify will accept, so no sample is lost to a box the
         # annotator could have skipped.
@@ -31,3 +32,24 @@ def make_annotator(config: AnnotatorConfig, verify: VerifyConfig, *, root: Path 
 
         return LlmAnnotator(config, verify, root=root, resources=resources, run=run)
     raise StgrError(f"annotator backend {config.backend!r} is not available in this version")
+
+
+#: The prompt kind each annotator backend reads.
+_KINDS = {"template": "template", "openai": "llm"}
+
+
+def _check_prompt_kind(config: AnnotatorConfig) -> None:
+    """A prompt written for the other backend is one line naming both, not a schema dump."""
+    wanted = _KINDS.get(config.backend)
+    kind = load_prompt(config.prompt).content.get("kind", "template")
+    if wanted is not None and kind != wanted:
+        fits = ", ".join(name for name in available_prompts() if _kind_of(name) == wanted) or "none shipped"
+        raise StgrError(f"annotator.prompt {config.prompt!r} is a {kind!r} prompt, but annotator.backend "
+                        f"{config.backend!r} needs a {wanted!r} prompt ({fits}); change one of the two")
+
+
+def _kind_of(name: str) -> str | None:
+    try:
+        return load_prompt(name).content.get("kind", "template")
+    except StgrError:
+        return None

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from stgr_builder.errors import StgrError
-from stgr_builder.models import PromptRef
+from stgr_builder.models import PromptRef, check_prompt
 
 PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
 
@@ -56,11 +56,13 @@ def available_prompts(directory: Path = PROMPTS_DIR) -> list[str]:
 
 
 def _looks_like_path(name: str) -> bool:
-    return name.endswith((".yaml", ".yml")) or "/" in name or "\\" in name
+    return name.endswith((".yaml", ".yml"))
 
 
 def load_prompt(name: str | Path, directory: Path = PROMPTS_DIR) -> Prompt:
-    """Load a prompt by name (``prompts/<name>.yaml``) or from a file path.
+    """Load a prompt by name (``prompts/<name>.yaml``) or from an explicit ``.yaml``/``.yml``
+    file path (relative to the current folder). Anything else, e.g. ``../../etc/passwd``, is
+    refused before a file is read.
 
     Unknown names raise ``StgrError`` listing the available prompts.
 
@@ -70,6 +72,10 @@ def load_prompt(name: str | Path, directory: Path = PROMPTS_DIR) -> Prompt:
     stgr_builder.errors.StgrError: unknown prompt 'no-such-prompt': available prompts are ...template-cot... (in .../prompts)
     """
     text_name = str(name)
+    try:
+        check_prompt(text_name)  # a name, or an explicit .yaml path: never any other file
+    except ValueError as exc:
+        raise StgrError(str(exc)) from exc
     if isinstance(name, Path) or _looks_like_path(text_name):
         path = Path(name)
         if not path.is_file():

@@ -91,6 +91,18 @@ def atomic_write_with(path: Path, write: Callable[[Path], None]) -> str:
     return digest
 
 
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and write (then remove) a hidden file in it, so a read-only
+    or full file system fails here, before any work, with its ``OSError`` (errno EROFS,
+    EACCES, ENOSPC, ...) naming the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = temp_path(folder / "write-check")
+    try:
+        atomic_write_bytes(probe, b"stgr", durable=False)
+    finally:
+        probe.unlink(missing_ok=True)
+
+
 def remove_files(paths: Iterable[Path]) -> list[Path]:
     """Unlink each path (missing ones are fine); returns them, sorted."""
     removed = []

@@ -2,7 +2,10 @@
 
 Checks, each a line of the report when it fails: the manifest reads and is complete; every
 file it lists exists with its sha256 and its row count; each dataset folder holds no shard
-file the manifest does not list; every key frame a row names exists; the counts add up.
+file the manifest does not list; every key frame a row names exists and (unless
+``key_frame_content=False``) its bytes hash to its content-addressed name
+(``kfs/<2 hex>/<32 hex>.jpg``, the first 32 hex digits of the JPEG's sha256, see
+``video/frames.py``); the counts add up.
 
 >>> problems = verify_dataset(Path("outputs/demo"))   # doctest: +SKIP
 >>> problems
@@ -11,6 +14,7 @@ file the manifest does not list; every key frame a row names exists; the counts 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -21,7 +25,10 @@ from stgr_builder.core.hashing import sha256_file
 from stgr_builder.core.layout import load_manifest
 
 
-def verify_dataset(root: Path, *, key_frames: bool = True) -> list[str]:
+_KEY_FRAME = re.compile(r"kfs/([0-9a-f]{2})/(\1[0-9a-f]{30})\.jpg")
+
+
+def verify_dataset(root: Path, *, key_frames: bool = True, key_frame_content: bool = True) -> list[str]:
     """Everything wrong with the dataset folder ``root``, one line each (empty: all good)."""
     root = Path(root)
     try:
@@ -58,14 +65,19 @@ def verify_dataset(root: Path, *, key_frames: bool = True) -> list[str]:
             problems.append(f"{dataset}: {counts[dataset]} rows in the files, the manifest counts "
                             f"{manifest.counts.get(dataset, 0)}")
     if key_frames and not problems:
-        missing = _missing_key_frames(root, manifest)
+        missing, altered = _check_key_frames(root, manifest, key_frame_content)
         if missing:
             problems.append(f"{len(missing)} key-frame files named by rows are missing, e.g. {missing[0]}")
+        if altered:
+            problems.append(f"{len(altered)} key-frame files do not hash to their names (truncated or altered "
+                            f"since they were written), e.g. {altered[0]}")
     return problems
 
 
-def _missing_key_frames(root: Path, manifest) -> list[str]:
+def _check_key_frames(root: Path, manifest, content: bool) -> tuple[list[str], list[str]]:
+    """(missing, altered) key-frame paths named by the rows."""
     missing: list[str] = []
+    altered: list[str] = []
     seen: set[str] = set()
     for file in manifest.shards:
         if file.path.startswith("rejects/"):
@@ -74,8 +86,13 @@ def _missing_key_frames(root: Path, manifest) -> list[str]:
         for frames in table.column("key_frames").to_pylist():
             for frame in frames or []:
                 path = frame["path"]
-                if path not in seen:
-                    seen.add(path)
-                    if not (root / path).is_file():
-                        missing.append(path)
-    return missing
+                if path in seen:
+                    continue
+                seen.add(path)
+                if not (root / path).is_file():
+                    missing.append(path)
+                elif content:
+                    match = _KEY_FRAME.fullmatch(path)
+                    if match is None or sha256_file(root / path)[:32] != match.group(2):
+                        altered.append(path)
+    return missing, altered

@@ -36,11 +36,15 @@ from pydantic import ValidationError
 from stgr_builder.errors import StgrError
 from stgr_builder.models import BuildConfig, Reject, RejectCode, SourceConfig, SourceSample, Stage, StepStats, sample_id
 
-__all__ = ["Adapter", "AdapterContext", "get_adapter", "ingest", "iter_json_lines", "register", "describe_error"]
+__all__ = ["Adapter", "AdapterContext", "check_sources", "get_adapter", "ingest", "iter_json_lines", "register",
+           "describe_error"]
 
 Adapter = Callable[["AdapterContext"], Iterator[SourceSample | Reject]]
 
 _ADAPTERS: dict[str, Adapter] = {}
+
+#: The UTF-8 byte-order mark some editors write at the start of a file; accepted and skipped.
+BOM = b"\xef\xbb\xbf"
 
 
 def register(name: str) -> Callable[[Adapter], Adapter]:
@@ -122,6 +126,8 @@ def iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
     UTF-8) gives ``(line number, ValueError)`` instead, so one bad line rejects one item."""
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
+            if number == 1:
+                raw = raw.removeprefix(BOM)  # editors on Windows start UTF-8 files with one
             if not raw.strip():
                 continue
             try:
@@ -145,6 +151,14 @@ def _context(source: SourceConfig, config_dir: Path, seed: int = 0) -> AdapterCo
         raise StgrError(f"source {source.name!r}: media_root is not a folder: {media_root} "
                         "(paths in the config are relative to the config file's folder)")
     return AdapterContext(source=source, path=path.resolve(), media_root=media_root.resolve(), seed=seed)
+
+
+def check_sources(config: BuildConfig, config_dir: Path) -> None:
+    """``StgrError`` (one line naming the source and the path) unless every source's annotation
+    file and media root exist and its adapter is known: checked before any work starts."""
+    for source in config.sources:
+        _context(source, Path(config_dir), config.seed)
+        get_adapter(source.adapter)
 
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -184,9 +198,11 @@ def ingest(config: BuildConfig, config_dir: Path) -> tuple[list[SourceSample], l
     """Read all sources; return the samples (sorted by id), the rejects, and the step's counts.
 
     Rejects: MALFORMED_ROW (from the adapters), UNSAFE_PATH (absolute or ``..`` media
-    paths, or ones resolving outside the media root), DUPLICATE (an id already taken, or the
-    same media file and question as an earlier item: the first in config and file order
-    stays). A missing annotation file or media root is a config error: ``StgrError``.
+    paths, or ones resolving outside the media root), DUPLICATE (a repeat of an earlier item:
+    the same record again, or the same media file and question), DUPLICATE_ID (the source's
+    own id, for the same task, already taken by an item with different content; the message
+    names both origins). The first in config and file order stays. A missing annotation file
+    or media root is a config error: ``StgrError``.
 
     >>> samples, rejects, stats = ingest(BuildConfig.model_validate(yaml.safe_load(text)), Path("."))  # doctest: +SKIP
     """
@@ -194,6 +210,7 @@ def ingest(config: BuildConfig, config_dir: Path) -> tuple[list[SourceSample], l
     contexts = [_context(source, Path(config_dir), config.seed) for source in config.sources]  # fail before any work
     kept: dict[str, SourceSample] = {}
     by_media: dict[tuple[str, str], SourceSample] = {}
+    by_source_id: dict[tuple[str, str, str], SourceSample] = {}
     rejects: list[Reject] = []
     seen = 0
     for ctx in contexts:
@@ -202,12 +219,13 @@ def ingest(config: BuildConfig, config_dir: Path) -> tuple[list[SourceSample], l
             if isinstance(item, Reject):
                 rejects.append(item)
                 continue
-            reject = _check(ctx, item, kept, by_media)
+            reject = _check(ctx, item, kept, by_media, by_source_id)
             if reject is not None:
                 rejects.append(reject)
                 continue
             kept[item.id] = item
             by_media[_media_key(ctx, item)] = item
+            by_source_id[_source_id_key(item)] = item
     samples = sorted(kept.values(), key=lambda s: s.id)
     rejects.sort(key=lambda r: (r.source, r.origin, r.id))
     counts: dict[str, int] = {}
@@ -223,8 +241,21 @@ def _media_key(ctx: AdapterContext, sample: SourceSample) -> tuple[str, str]:
     return str((ctx.media_root / rel).resolve()), sample.question
 
 
+def _source_id_key(sample: SourceSample) -> tuple[str, str, str]:
+    # One source record may give one sample per task (temporal, MCQ, spatio-temporal) under
+    # the same source id; two records may not share it.
+    return sample.source, sample.source_id, sample.task.value
+
+
+def _differences(first: SourceSample, other: SourceSample) -> list[str]:
+    """The fields in which two samples differ (their origins, and the ids derived from the rest, aside)."""
+    a, b = first.model_dump(exclude={"origin", "id"}), other.model_dump(exclude={"origin", "id"})
+    return [name for name in a if a[name] != b[name]]
+
+
 def _check(ctx: AdapterContext, sample: SourceSample, kept: dict[str, SourceSample],
-           by_media: dict[tuple[str, str], SourceSample]) -> Reject | None:
+           by_media: dict[tuple[str, str], SourceSample],
+           by_source_id: dict[tuple[str, str, str], SourceSample]) -> Reject | None:
     def reject(code: RejectCode, message: str, rid: str | None = None) -> Reject:
         return Reject(id=rid or sample.id, stage=Stage.INGEST, code=code, message=message,
                       source=sample.source, origin=sample.origin)
@@ -233,12 +264,19 @@ def _check(ctx: AdapterContext, sample: SourceSample, kept: dict[str, SourceSamp
     why = unsafe_media_path(rel, ctx.media_root)
     if why is not None:
         return reject(RejectCode.UNSAFE_PATH, why)
-    first = kept.get(sample.id)
+    # A reject of a taken id gets an id of its own (from its file and line), so the rejects
+    # never share an id with a good row.
+    own_id = sample_id(sample.source, sample.origin, "")
+    first = kept.get(sample.id) or by_source_id.get(_source_id_key(sample))
     if first is not None:
-        # Same id as a kept row: the reject gets an id of its own (from its file and line),
-        # so the rejects never share an id with a good row.
-        return reject(RejectCode.DUPLICATE, f"duplicate of {first.id} ({first.origin}): same source id and question",
-                      rid=sample_id(sample.source, sample.origin, ""))
+        differ = _differences(first, sample)
+        if not differ:
+            return reject(RejectCode.DUPLICATE, f"duplicate of {first.id} ({first.origin}): the same record again",
+                          rid=own_id)
+        return reject(RejectCode.DUPLICATE_ID,
+                      f"id {sample.source_id!r} ({sample.task.value}) is used by {first.origin} and {sample.origin} "
+                      f"with different {', '.join(differ[:4])}; {first.origin} was kept: give each record its own id",
+                      rid=own_id)
     first = by_media.get(_media_key(ctx, sample))
     if first is not None:
         return reject(RejectCode.DUPLICATE,

@@ -28,7 +28,7 @@ def read_charades_sta(ctx: AdapterContext) -> Iterator[Item]:
         for number, raw in enumerate(handle, start=1):
             origin = ctx.origin(number)
             try:
-                text = raw.decode("utf-8").strip()
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()  # a leading BOM is accepted
             except UnicodeDecodeError as exc:
                 yield ctx.malformed(origin, f"not UTF-8: {exc}")
                 continue

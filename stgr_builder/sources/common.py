@@ -82,10 +82,20 @@ def validate(ctx: AdapterContext, origin: str, model: type[Options], data: Any) 
 # ---------------------------------------------------------------------------------------
 
 
+#: A whole-file JSON source is parsed in memory (several times its size): past this, JSON Lines.
+MAX_JSON_BYTES = 2 << 30
+
+
 def load_json(ctx: AdapterContext) -> Any:
-    """The whole annotation file as JSON; a file that is not JSON is a config error."""
+    """The whole annotation file as JSON; a file that is not JSON (or too large to parse in
+    memory: ``MAX_JSON_BYTES``) is a config error."""
+    size = ctx.path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise StgrError(f"source {ctx.source.name!r}: {ctx.source.path} is {size / 2**30:.1f} GiB of JSON, over the "
+                        f"{MAX_JSON_BYTES / 2**30:.0f} GiB parsed in memory; write it as JSON Lines (one record per "
+                        f"line, .jsonl), which is read a line at a time")
     try:
-        return json.loads(ctx.path.read_bytes().decode("utf-8"))
+        return json.loads(ctx.path.read_bytes().decode("utf-8-sig"))  # a leading BOM is accepted
     except ValueError as exc:
         raise StgrError(f"source {ctx.source.name!r}: {ctx.source.path} is not a JSON file: {exc}") from exc
 
@@ -115,7 +125,7 @@ def read_records(ctx: AdapterContext, fmt: str | None = None, records_key: str |
         for line, data in iter_json_lines(ctx.path):
             yield ctx.origin(line), data
     elif fmt in ("csv", "tsv"):
-        with ctx.path.open(newline="", encoding="utf-8") as handle:
+        with ctx.path.open(newline="", encoding="utf-8-sig") as handle:  # a leading BOM is accepted
             reader = csv.DictReader(handle, delimiter="\t" if fmt == "tsv" else ",")
             for row in reader:
                 yield ctx.origin(reader.line_num), row

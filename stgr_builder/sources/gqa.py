@@ -63,7 +63,7 @@ def read_gqa(ctx: AdapterContext) -> Iterator[Item]:
     opts = parse_options(ctx, GqaOptions)
     graphs_path = ctx.path.parent / opts.scene_graphs
     try:
-        graphs = json.loads(graphs_path.read_text(encoding="utf-8"))
+        graphs = json.loads(graphs_path.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as exc:
         raise StgrError(f"source {ctx.source.name!r}: options.scene_graphs {graphs_path}: {exc}") from exc
     for origin, qid, data in json_entries(ctx):

@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from pydantic import Field
 
 from stgr_builder.core import grammar
+from stgr_builder.core.images import open_image
+from stgr_builder.errors import SampleError
 from stgr_builder.models import SourceObject, Task, TimedBox
 from stgr_builder.sources import AdapterContext, iter_json_lines, register
 from stgr_builder.sources.common import (
@@ -48,13 +50,11 @@ class VisualCotItem(Record):
 
 def image_size(ctx: AdapterContext, rel: str) -> tuple[int, int] | None:
     """(W, H) from the image file's header, or None when it cannot be read."""
-    from PIL import Image
-
     try:
-        with Image.open(ctx.media_root / rel) as image:
+        with open_image(ctx.media_root / rel) as image:  # never PIL.Image.open: core/images.py
             return image.size
-    except (OSError, ValueError):
-        return None
+    except SampleError:
+        return None  # the probe rejects the sample with its reason
 
 
 def name_of(answer: str, question: str, max_words: int) -> str:

@@ -7,7 +7,10 @@ VideoInfo(path='v001.mp4', duration=60.0, fps=30.0, n_frames=1800, width=1280, h
 Bad input never crashes the process; it raises ``SampleError`` with a reject code:
 ``MEDIA_MISSING`` (no such file), ``MEDIA_EMPTY`` (zero bytes), ``MEDIA_CORRUPT`` (not a
 container, truncated, undecodable, codec decord cannot read), ``NO_FRAMES`` (no video
-stream, or a video stream without a single frame).
+stream, or a video stream without a single frame), ``NOT_AN_IMAGE`` (an image path whose
+bytes are no image: ``core/images.py``), ``MEDIA_TOO_LARGE`` (an image or video frame of
+more than ``MAX_PIXELS``), ``MEDIA_ROTATED`` (the container asks players to rotate the
+frames: the decoders here return them unrotated, so boxes would be in the wrong frame).
 
 How corrupt files are kept away from decord: decord is a C++ library whose failures on
 broken input were reported to abort the process (dmlc/decord#25, from a decoder thread).
@@ -31,6 +34,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from stgr_builder.core.images import MAX_PIXELS, open_image
 from stgr_builder.errors import SampleError
 from stgr_builder.models import ImageInfo, RejectCode, VideoInfo
 
@@ -62,15 +66,13 @@ def probe_image(path: Path, rel_path: str) -> ImageInfo:
     Sizes are those of the stored pixels (EXIF orientation is not applied), which is the
     frame that source boxes in pixel coordinates refer to.
     """
-    from PIL import Image, UnidentifiedImageError
-
     check_file(path)
-    try:
-        with Image.open(path) as image:
+    with open_image(path) as image:  # kind and size checked before any pixel is decoded
+        width, height = image.size
+        try:
             image.load()  # a truncated file only fails here
-            width, height = image.size
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise SampleError(RejectCode.MEDIA_CORRUPT, f"{path}: not a readable image ({exc})") from exc
+        except Exception as exc:  # noqa: BLE001 - Pillow's decoders fail in many shapes
+            raise SampleError(RejectCode.MEDIA_CORRUPT, f"{path}: not a readable image ({exc})") from exc
     if width <= 0 or height <= 0:
         raise SampleError(RejectCode.NO_FRAMES, f"{path}: image has no pixels ({width}x{height})")
     return ImageInfo(path=rel_path, width=width, height=height)
@@ -104,7 +106,7 @@ def _guard_container(path: Path) -> str:
         if stream.codec_context is None:
             raise SampleError(RejectCode.MEDIA_CORRUPT, f"{path}: video stream of an unknown codec")
         try:
-            packets, first = _demux_and_decode_first(container, stream)
+            packets, first, rotation = _demux_and_decode_first(container, stream)
         except Exception as exc:  # noqa: BLE001
             # Broad on purpose: garbage makes PyAV fail in many shapes (FFmpegError mostly,
             # but not only), and this guard exists to classify a file, never to crash.
@@ -117,23 +119,46 @@ def _guard_container(path: Path) -> str:
     if declared and packets < declared:
         raise SampleError(RejectCode.MEDIA_CORRUPT,
                           f"{path}: truncated, {packets} of {declared} frames present")
-    if not first:
+    if first is None:
         raise SampleError(RejectCode.NO_FRAMES, f"{path}: no frame of the video stream decodes")
+    width, height = first
+    if width * height > MAX_PIXELS:
+        raise SampleError(RejectCode.MEDIA_TOO_LARGE,
+                          f"{path}: frames are {width}x{height} pixels, over the limit of {MAX_PIXELS:,} "
+                          f"(downscale the video)")
+    if rotation % 360:
+        raise SampleError(RejectCode.MEDIA_ROTATED,
+                          f"{path}: the container asks for a {rotation % 360}-degree rotation on display, which "
+                          f"the decoders here do not apply; re-encode the video upright (e.g. ffmpeg -i IN OUT "
+                          f"applies the rotation)")
     return codec
 
 
-def _demux_and_decode_first(container, stream) -> tuple[int, bool]:
-    """Count the stream's packets (reading, not decoding) and decode until one frame."""
-    packets, first = 0, False
+def _demux_and_decode_first(container, stream) -> tuple[int, tuple[int, int] | None, int]:
+    """Count the stream's packets (reading, not decoding) and decode until one frame; return
+    the count, the first frame's (width, height) and the rotation its display matrix asks
+    for (degrees counter-clockwise; PyAV reads it from the stream's side data)."""
+    packets, first, rotation = 0, None, 0
     for packet in container.demux(stream):
         if packet.size == 0:
             continue  # the demuxer's end-of-stream marker
         packets += 1
-        if not first:
-            first = bool(packet.decode())
-    if packets and not first:
-        first = bool(stream.codec_context.decode(None))  # drain frames the decoder holds back
-    return packets, first
+        if first is None:
+            frames = packet.decode()
+            if frames:
+                first, rotation = (frames[0].width, frames[0].height), _rotation(frames[0])
+    if packets and first is None:
+        frames = stream.codec_context.decode(None)  # drain frames the decoder holds back
+        if frames:
+            first, rotation = (frames[0].width, frames[0].height), _rotation(frames[0])
+    return packets, first, rotation
+
+
+def _rotation(frame) -> int:
+    try:
+        return int(round(float(getattr(frame, "rotation", 0) or 0)))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _probe_with_decord(path: Path, rel_path: str, codec: str) -> VideoInfo:

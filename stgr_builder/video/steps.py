@@ -22,11 +22,10 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePath
 
-import numpy as np
-
 from stgr_builder.core.cache import BoundedCache
 from stgr_builder.core.geometry import IMAGE_VIEWS, make_view
 from stgr_builder.core.gold import gold_times
+from stgr_builder.core.images import load_rgb
 from stgr_builder.core.resources import Resources
 from stgr_builder.errors import SampleError
 from stgr_builder.models import (
@@ -201,15 +200,9 @@ class SampleStep(Step):
         return frames
 
     def _sample_image(self, work: SampleWork) -> SampleWork:
-        from PIL import Image
-
         path = media_path(work.sample, work.sample.image_path)
         check_file(path)
-        try:
-            with Image.open(path) as image:
-                rgb = np.asarray(image.convert("RGB"))
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise SampleError(RejectCode.DECODE_FAILED, f"{path}: image does not decode ({exc})") from exc
+        rgb = load_rgb(path)  # never PIL.Image.open: core/images.py says why
         height, width = rgb.shape[:2]
         work.frames = [Frame(idx=0, time=0.0, path=self.store.put(rgb), width=width, height=height)]
         # No neighbouring frames: the track gate checks boxes on altered views of the image.
