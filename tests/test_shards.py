@@ -269,14 +269,16 @@ def test_temp_files_from_a_killed_run_are_cleaned(tmp_path):
     # What a kill during the write leaves: a complete-looking Parquet file under a temp name.
     stray = tmp_path / "stgr_cot" / ".part-00000.parquet.0123abcd.tmp"
     shutil.copy(shard_path(tmp_path, "stgr_cot", 0), stray)
-    other = tmp_path / "stgr_rl" / ".part-00001.parquet.9999.tmp"
+    other = tmp_path / "stgr_rl" / f".part-00001.parquet.{'9' * 32}.tmp"
     other.write_bytes(b"half a file")
+    users = tmp_path / ".notes.tmp"  # a hidden file of the user's: not a writer's temp name
+    users.write_text("mine")
     assert read_table(tmp_path, "stgr_cot").num_rows == 6  # never read as a shard
 
     write_shard(tmp_path, 0, **example_shards()[0])  # rewriting shard 0 cleans only its own
     assert not stray.exists() and other.exists()
     assert clean_temp_files(tmp_path) == [other]
-    assert not other.exists()
+    assert not other.exists() and users.exists()
 
 
 # ---------------------------------------------------------------------------------------

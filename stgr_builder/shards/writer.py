@@ -62,7 +62,11 @@ def clean_temp_files(root: Path) -> list[Path]:
     """
     root = Path(root)
     folders = [root, root / PROGRESS_DIR, *(root / dataset for dataset in DATASETS)]
-    return remove_files(path for folder in folders for path in temp_files(folder))
+    # Only the writer's own temp names (``.NAME.<32 hex>.tmp``): a user's hidden file stays.
+    return remove_files(path for folder in folders for path in temp_files(folder) if _OUR_TEMP.match(path.name))
+
+
+_OUR_TEMP = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")
 
 
 def _clean_shard_temp_files(root: Path, shard: int) -> list[Path]:
