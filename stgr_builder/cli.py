@@ -1,6 +1,6 @@
 """The ``stgr`` command: the only module that prints.
 
-    stgr demo [--out DIR] | stgr demo --write-config FILE
+    stgr demo [--out DIR] [--overwrite] | stgr demo --write-config FILE
     stgr build CONFIG.yaml|RECIPE [--out DIR] [--overwrite] [--data-root DIR] [--source NAME=PATH[,MEDIA]] [--scale F]
     stgr plan CONFIG.yaml|RECIPE [--data-root DIR] [--price-in P] [--price-out P] [--json FILE]
     stgr reannotate DIR --where SQL --prompt NAME [--model M] [--out DIR2]
@@ -149,6 +149,8 @@ def demo(
     out: Annotated[Path, typer.Option(help="dataset folder")] = DEFAULT_DEMO_OUT,
     write_config: Annotated[Optional[Path], typer.Option(
         help="only write the demo's CONFIG.yaml (and its generated media beside it), then stop")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        help="build into a folder that holds another build (e.g. a demo of an earlier version)")] = False,
 ) -> None:
     """Build the embedded demo set end to end, offline."""
     from stgr_builder.sources.demo_config import write_demo_config
@@ -158,7 +160,7 @@ def demo(
         console.print(Text(f"wrote {path} (media beside it); build it with: stgr build {path}"))
         return
     config = write_demo_config(out / "_source" / "CONFIG.yaml")
-    _run_build(config, out)
+    _run_build(config, out, overwrite=overwrite)
     _print_audit(out)
 
 

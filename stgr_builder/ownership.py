@@ -134,10 +134,11 @@ def check_folder(folder: Path, build_id: str, overwrite: bool = False) -> None:
 
 def unlisted_shards(folder: Path) -> list[str]:
     """``part-*.parquet`` files of the dataset folders that neither the manifest nor a shard
-    record lists (relative paths)."""
+    record (nor the list a shard writes before its files) lists (relative paths)."""
     folder = Path(folder)
     listed: set[str] = set()
-    for path in [folder / MANIFEST, *sorted((folder / PROGRESS_DIR).glob("shard-*.json"))]:
+    for path in [folder / MANIFEST, *sorted((folder / PROGRESS_DIR).glob("shard-*.json")),
+                 *sorted((folder / PROGRESS_DIR).glob("writing-*.json"))]:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             listed |= {f["path"] for f in data.get("shards" if path.name == MANIFEST else "files", [])}

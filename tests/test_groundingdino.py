@@ -156,8 +156,13 @@ def test_detect_step_prompts_each_frame_with_the_phrases_of_its_own_samples(tmp_
     bikes = work("2", "b", [SourceObject(name="bicycle", boxes=[TimedBox(time=0.4, box=[0.2, 0.2, 0.6, 0.9])])], [5, 10])
     both = work("3", "a", [SourceObject(name="man")], [10])
     DetectStep(Recorder(), tmp_path).process_batch([cars, bikes, both])
-    assert sorted(calls) == [(["a-0.jpg"], ["car"]), (["a-10.jpg"], ["car", "man"]),
+    # Each sample's own phrases, never a union over the batch: a frame shared by two samples
+    # (a-10) is prompted once per phrase set, so its boxes do not depend on its companions.
+    assert sorted(calls) == [(["a-0.jpg", "a-10.jpg"], ["car"]), (["a-10.jpg"], ["man"]),
                              (["b-10.jpg", "b-5.jpg"], ["bicycle"])]
+    alone = cars.model_copy(deep=True)
+    DetectStep(Recorder(), tmp_path).process_batch([alone])
+    assert alone.detections == cars.detections
     # the gold box is offered on the frame at its time (0.4 s = frame 10), beside the detector's
     gold = [(d.frame_idx, d.label, d.box, d.score) for d in bikes.detections if d.gold]
     assert gold == [(10, "bicycle", [0.2, 0.2, 0.6, 0.9], 1.0)]

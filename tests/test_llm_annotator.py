@@ -83,7 +83,7 @@ def test_structured_replies_become_traces_from_the_chosen_detector_boxes(root, e
     assert llm.usage.requests == 2 and llm.usage.images == 4 and llm.usage.prompt_tokens > 0
 
 
-def test_rate_limits_are_retried_after_retry_after_then_rejected_and_cached(root, env):
+def test_rate_limits_are_retried_after_retry_after_then_left_pending_uncached(root, env):
     with serve_llm(fault_rate=1.0, faults=["429"], retry_after_s=0.2) as server:
         env(server)
         started = time.perf_counter()
@@ -91,12 +91,36 @@ def test_rate_limits_are_retried_after_retry_after_then_rejected_and_cached(root
         elapsed = time.perf_counter() - started
         assert server.stats()["total"] == 3  # first try + 2 retries
         assert elapsed >= 0.4  # two waits of Retry-After
-        assert isinstance(result, SampleError) and result.code is RejectCode.LLM_ERROR
-        assert "429" in result.message
-        # The final error is cached: a later run does not pay for it again.
+        assert isinstance(result, SampleError) and result.code is RejectCode.PENDING
+        assert result.message.startswith("rate_limited: HTTP 429")
+        # Not cached: a later run asks again (and a healthy server answers).
+        assert not ResponseCache(root).keys()
+    with serve_llm() as server:
+        env(server)
         [again] = annotator(root, run="r2", max_retries=2).annotate_batch([work(0)])
-        assert server.stats()["total"] == 3
-        assert again.code is RejectCode.LLM_ERROR
+        assert server.stats()["total"] == 1 and not isinstance(again, SampleError)
+
+
+@pytest.mark.parametrize(("fault", "reason"), [("500", "server_error"), ("truncated", "bad_reply"),
+                                               ("dropped", "bad_reply"), ("html", "bad_reply"),
+                                               ("hang", "timeout")])
+def test_reply_faults_are_retried_then_left_pending(root, env, fault, reason):
+    with serve_llm(fault_rate=1.0, faults=[fault], hang_s=1.0) as server:
+        env(server)
+        [result] = annotator(root, max_retries=1, timeout=0.3).annotate_batch([work(0)])
+        assert server.stats()["total"] == 2  # the first try and one retry
+    assert isinstance(result, SampleError) and result.code is RejectCode.PENDING
+    assert result.message.startswith(f"{reason}: ")
+    assert not ResponseCache(root).keys()
+
+
+def test_a_reply_too_large_on_every_try_is_a_reject_and_never_cached(root, env):
+    with serve_llm(fault_rate=1.0, faults=["huge"]) as server:
+        env(server)
+        [result] = annotator(root, max_retries=1).annotate_batch([work(0)])
+        assert server.stats()["total"] == 2
+    assert result.code is RejectCode.LLM_REPLY_TOO_LARGE and "over the bound" in result.message
+    assert not ResponseCache(root).keys()
 
 
 @pytest.mark.parametrize("fault", ["schema", "malformed"])
@@ -109,13 +133,13 @@ def test_invalid_replies_are_asked_again_a_bounded_number_of_times(root, env, fa
     assert "3 replies could not be used" in result.message
 
 
-def test_a_hanging_server_is_a_timeout_reject_not_a_hang(root, env):
+def test_a_hanging_server_is_a_timeout_not_a_hang(root, env):
     with serve_llm(fault_rate=1.0, faults=["timeout"], hang_s=3.0) as server:
         env(server)
         started = time.perf_counter()
         [result] = annotator(root, timeout=0.3, max_retries=0).annotate_batch([work(0)])
         assert time.perf_counter() - started < 2.0
-    assert result.code is RejectCode.LLM_ERROR and "timed out" in result.message
+    assert result.code is RejectCode.PENDING and result.message.startswith("timeout: no reply within 0.3s")
 
 
 def test_the_budget_stops_new_requests_and_a_rerun_pays_only_for_the_rest(root, env):

@@ -85,3 +85,50 @@ def test_nothing_of_a_stage_keeps_state_in_module_globals():
             if marker in text:
                 offenders.append(f"{path.relative_to(root)}: {marker}")
     assert offenders == []
+
+
+def test_one_budget_ledger_holds_across_budget_objects_and_threads(tmp_path):
+    from stgr_builder.core.resources import Budget
+
+    ledger = tmp_path / "_cache" / "budget" / "run1.json"
+    # Two Budget objects on one ledger stand for two worker processes of one run.
+    budgets = [Budget(10, None, ledger), Budget(10, None, ledger)]
+    granted = []
+
+    def draw(budget):
+        for _ in range(20):
+            if budget.acquire():
+                granted.append(1)
+
+    threads = [threading.Thread(target=draw, args=(budgets[i % 2],)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(granted) == 10
+    assert not Budget(10, None, ledger).acquire()  # a third process of the run finds it spent
+    assert Budget(10, None, tmp_path / "run2.json").acquire()  # another run has its own
+
+
+def test_a_media_fingerprint_sees_content_not_place_or_time(tmp_path):
+    import os
+    import shutil
+
+    from stgr_builder.core.hashing import media_fingerprint
+
+    memo = BoundedCache(1 << 20)
+    for size in (1000, 1 << 20):  # read whole, and sampled at three places
+        path = tmp_path / f"v{size}.mp4"
+        data = bytearray(np.random.default_rng(size).integers(0, 255, size, dtype=np.uint8).tobytes())
+        path.write_bytes(data)
+        before = media_fingerprint(path, memo)
+        copy = tmp_path / "elsewhere" / path.name
+        copy.parent.mkdir(exist_ok=True)
+        shutil.copy(path, copy)
+        assert media_fingerprint(copy, memo) == before  # another folder, another mtime: the same
+        stat = path.stat()
+        data[size // 2] ^= 0xFF  # same size, other content, mtime restored
+        path.write_bytes(data)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+        assert media_fingerprint(path, memo) != before

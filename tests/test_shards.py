@@ -269,14 +269,16 @@ def test_temp_files_from_a_killed_run_are_cleaned(tmp_path):
     # What a kill during the write leaves: a complete-looking Parquet file under a temp name.
     stray = tmp_path / "stgr_cot" / ".part-00000.parquet.0123abcd.tmp"
     shutil.copy(shard_path(tmp_path, "stgr_cot", 0), stray)
-    other = tmp_path / "stgr_rl" / ".part-00001.parquet.9999.tmp"
+    other = tmp_path / "stgr_rl" / f".part-00001.parquet.{'9' * 32}.tmp"
     other.write_bytes(b"half a file")
+    users = tmp_path / ".notes.tmp"  # a hidden file of the user's: not a writer's temp name
+    users.write_text("mine")
     assert read_table(tmp_path, "stgr_cot").num_rows == 6  # never read as a shard
 
     write_shard(tmp_path, 0, **example_shards()[0])  # rewriting shard 0 cleans only its own
     assert not stray.exists() and other.exists()
     assert clean_temp_files(tmp_path) == [other]
-    assert not other.exists()
+    assert not other.exists() and users.exists()
 
 
 # ---------------------------------------------------------------------------------------
@@ -310,12 +312,20 @@ def test_manifest_prunes_files_of_shards_not_in_the_build(tmp_path):
     record = json.loads(record_path(tmp_path, 0).read_text())
     record.update(shard=7, files=[{**f, "path": f["path"].replace("part-00000", "part-00007")} for f in record["files"]])
     record_path(tmp_path, 7).write_text(json.dumps(record))
+    # A shard killed mid-write: its files are listed by the intent it wrote first.
+    shutil.copy(shard_path(tmp_path, "rejects", 0), shard_path(tmp_path, "rejects", 8))
+    (tmp_path / "_progress" / "writing-00008.json").write_text(
+        json.dumps({"shard": 8, "files": [{"path": "rejects/part-00008.parquet"}]}))
     # A part file no record or manifest lists is not ours to delete.
     shutil.copy(shard_path(tmp_path, "stgr_cot", 0), shard_path(tmp_path, "stgr_cot", 9))
+    from stgr_builder.ownership import unlisted_shards
+
+    assert unlisted_shards(tmp_path) == ["stgr_cot/part-00009.parquet"]
     write_manifest(tmp_path, build_id="b", code_version="0", config={}, prompts=[], detector={},
                    results=list(results.values()))
     assert not any(shard_path(tmp_path, d, 7).exists() for d in DATASETS)
     assert not record_path(tmp_path, 7).exists()
+    assert not shard_path(tmp_path, "rejects", 8).exists() and not list((tmp_path / "_progress").glob("writing-*"))
     assert shard_path(tmp_path, "stgr_cot", 9).exists()
     shard_path(tmp_path, "stgr_cot", 9).unlink()
     assert read_table(tmp_path, "stgr_cot").num_rows == 6

@@ -46,6 +46,17 @@ def record_path(root: Path, shard: int) -> Path:
     return Path(root) / PROGRESS_DIR / f"shard-{shard:05d}.json"
 
 
+def intent_path(root: Path, shard: int) -> Path:
+    """The files a shard is about to write, listed before it writes them (removed once its
+    record is written): what a build killed mid-write left is still listed, so it is ours to
+    remove and never taken for someone else's.
+
+    >>> intent_path(Path("out"), 3)
+    PosixPath('out/_progress/writing-00003.json')
+    """
+    return Path(root) / PROGRESS_DIR / f"writing-{shard:05d}.json"
+
+
 def shard_index(path: str | Path) -> int:
     """The shard index of a ``part-NNNNN.parquet`` path.
 

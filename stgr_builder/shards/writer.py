@@ -32,7 +32,7 @@ from stgr_builder.models import (
 from stgr_builder.core.arrow import DATASETS, rows_to_table, schema_for
 from stgr_builder.core.files import atomic_write_text, atomic_write_with, remove_files, temp_files, temp_glob
 from stgr_builder.core.hashing import digest, sha256_file
-from stgr_builder.core.layout import MANIFEST, PLAN, PROGRESS_DIR, record_path, shard_path
+from stgr_builder.core.layout import MANIFEST, PLAN, PROGRESS_DIR, intent_path, record_path, shard_path
 
 COMPRESSION = "zstd"
 
@@ -62,7 +62,11 @@ def clean_temp_files(root: Path) -> list[Path]:
     """
     root = Path(root)
     folders = [root, root / PROGRESS_DIR, *(root / dataset for dataset in DATASETS)]
-    return remove_files(path for folder in folders for path in temp_files(folder))
+    # Only the writer's own temp names (``.NAME.<32 hex>.tmp``): a user's hidden file stays.
+    return remove_files(path for folder in folders for path in temp_files(folder) if _OUR_TEMP.match(path.name))
+
+
+_OUR_TEMP = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")
 
 
 def _clean_shard_temp_files(root: Path, shard: int) -> list[Path]:
@@ -124,7 +128,10 @@ def write_shard(
     ids = sorted(sample_ids)
     _check_rows(cot_rows, "stgr_cot", set(ids))
     _check_rows(rl_rows, "stgr_rl", set(ids))
-    # The old record goes first: while the files are being replaced the shard is not done.
+    # The old record goes first: while the files are being replaced the shard is not done. The
+    # files about to be written are listed first (a kill mid-write leaves them listed: ours).
+    targets = [shard_path(root, dataset, shard).relative_to(root).as_posix() for dataset in DATASETS]
+    atomic_write_text(intent_path(root, shard), json.dumps({"shard": shard, "files": [{"path": t} for t in targets]}))
     record_path(root, shard).unlink(missing_ok=True)
     _clean_shard_temp_files(root, shard)
     ordered = {
@@ -138,6 +145,7 @@ def write_shard(
     text = result.model_dump_json(indent=2)
     assert_no_secrets(text, where=f"the record of shard {shard}")
     atomic_write_text(record_path(root, shard), text)
+    intent_path(root, shard).unlink(missing_ok=True)
     return result
 
 
@@ -335,8 +343,14 @@ def prune_orphans(root: Path, results: list[ShardResult]) -> list[Path]:
     keep = {root / f.path for r in results for f in r.files}
     keep |= {record_path(root, r.shard) for r in results}
     records = sorted((root / PROGRESS_DIR).glob("shard-*.json"))
+    intents = sorted((root / PROGRESS_DIR).glob("writing-*.json"))  # left by a kill mid-write
     listed = {root / f.path for record in records if (result := _read_record(record)) is not None
               for f in result.files}
+    for intent in intents:
+        try:
+            listed |= {root / f["path"] for f in json.loads(intent.read_text(encoding="utf-8"))["files"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
     try:
         listed |= {root / f["path"] for f in json.loads((root / MANIFEST).read_text(encoding="utf-8"))["shards"]}
     except (OSError, ValueError, KeyError, TypeError):
@@ -344,7 +358,7 @@ def prune_orphans(root: Path, results: list[ShardResult]) -> list[Path]:
     candidates = [p for dataset in DATASETS for p in (root / dataset).glob("part-*.parquet") if p in listed]
     removed = remove_files(p for p in candidates if p not in keep)
     # then the records of the shards that are gone (the files they list went first)
-    return removed + remove_files(p for p in records if p not in keep)
+    return removed + remove_files([*(p for p in records if p not in keep), *intents])
 
 
 def _read_record(path: Path) -> ShardResult | None:
