@@ -75,7 +75,7 @@ def verify_dataset(root: Path, *, key_frames: bool = True, key_frame_content: bo
 
 
 def _check_key_frames(root: Path, manifest, content: bool) -> tuple[list[str], list[str]]:
-    """(missing, altered) key-frame paths named by the rows."""
+    """(missing key frames named by the rows, stored frames whose bytes no longer hash to their name)."""
     missing: list[str] = []
     altered: list[str] = []
     seen: set[str] = set()
@@ -91,8 +91,17 @@ def _check_key_frames(root: Path, manifest, content: bool) -> tuple[list[str], l
                 seen.add(path)
                 if not (root / path).is_file():
                     missing.append(path)
-                elif content:
-                    match = _KEY_FRAME.fullmatch(path)
-                    if match is None or sha256_file(root / path)[:32] != match.group(2):
-                        altered.append(path)
+                elif content and not _hashes_to_name(root, path):
+                    altered.append(path)
+    if content:
+        # The other stored frames too (candidates, the track gate's neighbours): a re-annotation
+        # reads them back instead of decoding again.
+        others = sorted(p.relative_to(root).as_posix() for p in (root / "kfs").rglob("*.jpg")) \
+            if (root / "kfs").is_dir() else []
+        altered += [path for path in others if path not in seen and not _hashes_to_name(root, path)]
     return missing, altered
+
+
+def _hashes_to_name(root: Path, path: str) -> bool:
+    match = _KEY_FRAME.fullmatch(path)
+    return match is not None and sha256_file(root / path)[:32] == match.group(2)
