@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/annotate_throughput.py
 	$(VENV)/bin/python bench/full_size.py
 	$(VENV)/bin/python bench/chaos.py
+	$(VENV)/bin/python bench/track_gate.py
 
 clean:
 	rm -rf outputs/demo .pytest_cache
