@@ -26,6 +26,7 @@ into a ``DECODE_FAILED`` reject.
 from __future__ import annotations
 
 import bisect
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ from stgr_builder.models import VideoInfo
 from stgr_builder.video.plan import GopRead, plan_decode
 from stgr_builder.video.probe import decord_errors
 
-Backend = Literal["decord", "opencv"]
+Backend = Literal["pyav", "decord", "opencv"]
 
 # decord materializes a get_batch call as one array: cap it so a GOP with many wanted
 # frames (dense fixed-rate sampling) does not hold them all at once.
@@ -82,11 +83,13 @@ class FrameDecoder(Protocol):
 
 def get_decoder(name: Backend = "decord") -> FrameDecoder:
     """A fresh decoder of the named backend (each keeps its own ``stats``)."""
+    if name == "pyav":
+        return PyAVDecoder()
     if name == "decord":
         return DecordDecoder()
     if name == "opencv":
         return OpenCVDecoder()
-    raise ValueError(f"unknown decoder backend {name!r}: use 'decord' or 'opencv'")
+    raise ValueError(f"unknown decoder backend {name!r}: use 'pyav', 'decord' or 'opencv'")
 
 
 def read_frames(path: Path, info: VideoInfo, indices: Sequence[int],
@@ -213,6 +216,233 @@ class OpenCVDecoder:
             self.stats.frames_decoded += 1
             position += 1
         return position
+
+
+# Seeking costs about this many frames of sequential decoding (demuxer reposition, decoder
+# flush, refilling the frame-thread pipeline): measured with bench/sample_frames.py. When
+# the next wanted GOP starts fewer frames ahead than this, decoding on is cheaper.
+_PYAV_SEEK_COST = 4
+
+
+class _Irregular(Exception):
+    """The stream's timestamps are not on the constant-rate grid the seek plan assumes."""
+
+
+class PyAVDecoder:
+    """PyAV (FFmpeg) backend: seek to the key frame of each wanted GOP, or decode on when
+    the GOP is only a few frames ahead; decode with FFmpeg's frame and slice threads;
+    colour-convert only the wanted frames.
+
+    No index scan at open: a key frame's position is ``idx / fps`` on the stream's clock,
+    from the probe's key-frame index, and every decoded frame's presentation timestamp is
+    checked against that grid. A stream whose timestamps are off the grid (variable frame
+    rate) is decoded again from its first frame, counting frames, which is exact whatever
+    the timestamps. Pixels are those of decord (both convert with FFmpeg's swscale).
+    """
+
+    name = "pyav"
+
+    def __init__(self, thread_type: str = "SLICE", threads: int = 0) -> None:
+        self.stats = DecodeStats()
+        self.thread_type = thread_type  # FFmpeg's: NONE, SLICE, FRAME or AUTO (frame and slice)
+        self.threads = threads  # 0: FFmpeg picks (one per core)
+
+    def iter_frames(self, path: Path, info: VideoInfo, indices: Sequence[int]) -> Iterator[DecodedFrame]:
+        plan = plan_decode(info.keyframes, _checked(indices, info))
+        if not plan:
+            return
+        container = self._open(path)
+        self.stats.videos += 1
+        done: set[int] = set()
+        try:
+            try:
+                for frame in self._planned(container, path, info, plan):
+                    done.add(frame.idx)
+                    yield frame
+            except _Irregular:
+                container.close()
+                container = self._open(path)
+                left = [idx for read in plan for idx in read.frames if idx not in done]
+                yield from self._sequential(container, path, left)
+        finally:
+            container.close()
+
+    def _open(self, path: Path):
+        import av
+
+        try:
+            container = av.open(str(path))
+            stream = container.streams.video[0]
+        except (av.error.FFmpegError, OSError, IndexError, ValueError) as exc:
+            raise DecodeError(f"{path}: PyAV cannot open it ({_first_line(exc)})") from exc
+        stream.thread_type = self.thread_type
+        stream.thread_count = self.threads
+        return container
+
+    def _planned(self, container, path: Path, info: VideoInfo, plan: list[GopRead]) -> Iterator[DecodedFrame]:
+        stream = container.streams.video[0]
+        clock = _Clock(stream, info)
+        reader: _PacketReader | None = None
+        for pos, read in enumerate(plan):
+            if reader is None and read.key == 0:
+                reader = _PacketReader(container, stream, clock, path, 0)  # a fresh open starts at frame 0
+            elif (reader is None or reader.drained or reader.position > read.frames[0]
+                  or read.key - reader.position > _PYAV_SEEK_COST):
+                reader = self._seek(container, stream, path, clock, read.key)
+                self.stats.seeks += 1
+            self.stats.gop_reads.append(read.key)
+            following = plan[pos + 1] if pos + 1 < len(plan) else None
+            # Decode on into the next GOP when it is close; otherwise, once every packet up
+            # to the last wanted frame is in, drain the decoder instead of feeding it more
+            # (B-frames and frame threads hold frames back until later packets arrive).
+            drain = following is None or following.key - (read.frames[-1] + 1) > _PYAV_SEEK_COST
+            yield from reader.read(read.frames, drain)
+            self.stats.frames_decoded += reader.take_decoded()
+
+    def _seek(self, container, stream, path: Path, clock: "_Clock", key: int) -> "_PacketReader":
+        import av
+
+        try:
+            container.seek(clock.pts(key), stream=stream, backward=True)  # also flushes the decoder
+        except av.error.FFmpegError as exc:
+            raise DecodeError(f"{path}: seeking to frame {key} failed ({_first_line(exc)})") from exc
+        return _PacketReader(container, stream, clock, path, key)
+
+    def _sequential(self, container, path: Path, wanted: list[int]) -> Iterator[DecodedFrame]:
+        """Decode from the first frame counting frames: exact on any timestamps."""
+        stream = container.streams.video[0]
+        frames = _frames(container, stream)
+        self.stats.seeks += 1
+        self.stats.gop_reads.append(0)
+        position = 0
+        for target in wanted:
+            while True:
+                frame = _next(frames, path, position)
+                self.stats.frames_decoded += 1
+                position += 1
+                if position - 1 == target:
+                    yield DecodedFrame(idx=target, time=_seconds(float(frame.time)),
+                                       rgb=frame.to_ndarray(format="rgb24"))
+                    break
+
+
+class _PacketReader:
+    """Feed one video stream's packets to its decoder from a key frame on, and yield the
+    wanted frames in presentation order; ``position`` is the index of the next frame out."""
+
+    def __init__(self, container, stream, clock: "_Clock", path: Path, position: int):
+        self.packets = container.demux(stream)
+        self.codec = stream.codec_context
+        self.clock, self.path = clock, path
+        self.position = position
+        self.sent: set[int] = set()  # frame indices whose packets went in (at or after position)
+        self.complete = position  # every frame before this one has had its packet sent
+        self.drained = False
+        self.decoded = 0
+        self.pending: deque = deque()  # frames out of the decoder, not yet looked at
+
+    def take_decoded(self) -> int:
+        count, self.decoded = self.decoded, 0
+        return count
+
+    def read(self, wanted: Sequence[int], drain: bool) -> Iterator[DecodedFrame]:
+        import av
+
+        targets = iter(wanted)
+        target = next(targets, None)
+        last = wanted[-1]
+        while target is not None:
+            if not self.pending:
+                if self.drained:
+                    raise DecodeError(f"{self.path}: the stream ended at frame {self.position} (wanted {target})")
+                try:
+                    if drain and self.complete > last:
+                        # Frames after ``last`` may come out with gaps (their packets were
+                        # never sent): this reader is done once the wanted frames are out.
+                        self.pending.extend(self.codec.decode(None))
+                        self.drained = True
+                    else:
+                        self.pending.extend(self._feed())
+                except (av.error.FFmpegError, ValueError) as exc:
+                    raise DecodeError(f"{self.path}: decoding frame {self.position} failed "
+                                      f"({_first_line(exc)})") from exc
+                continue
+            frame = self.pending.popleft()
+            idx = self.clock.index(frame)
+            if idx < self.position:
+                continue  # an open GOP's leading frames, shown before its key frame
+            if idx != self.position:
+                raise _Irregular
+            self.position += 1
+            self.decoded += 1
+            if idx == target:
+                yield DecodedFrame(idx=idx, time=self.clock.seconds(frame.pts), rgb=frame.to_ndarray(format="rgb24"))
+                target = next(targets, None)
+
+    def _feed(self) -> list:
+        packet = next(self.packets, None)
+        if packet is None:
+            self.drained = True
+            return []
+        if packet.size == 0:  # the demuxer's end of stream: decoding it drains the decoder
+            self.drained = True
+            return packet.decode()
+        if packet.pts is None:
+            raise _Irregular
+        idx = self.clock.packet_index(packet.pts)
+        if idx >= self.complete:
+            self.sent.add(idx)
+            while self.complete in self.sent:
+                self.sent.discard(self.complete)
+                self.complete += 1
+        return packet.decode()
+
+
+class _Clock:
+    """Frame index <-> presentation timestamp on a constant-rate grid from the first frame."""
+
+    def __init__(self, stream, info: VideoInfo):
+        self.time_base = stream.time_base  # a Fraction: times exact before rounding
+        self.base = float(stream.time_base)
+        self.start = stream.start_time or 0
+        self.fps = info.fps
+
+    def pts(self, idx: int) -> int:
+        """A timestamp inside frame ``idx`` (half a frame past its start)."""
+        return self.start + int(round((idx + 0.5) / self.fps / self.base))
+
+    def index(self, frame) -> int:
+        if frame.pts is None:
+            raise _Irregular
+        return self.packet_index(frame.pts)
+
+    def seconds(self, pts: int) -> float:
+        """The presentation time of a timestamp (frames drained from the decoder carry no
+        time base of their own)."""
+        return _seconds(float(pts * self.time_base))
+
+    def packet_index(self, pts: int) -> int:
+        exact = (pts - self.start) * self.base * self.fps
+        idx = int(round(exact))
+        if abs(exact - idx) > 0.25:
+            raise _Irregular
+        return idx
+
+
+def _frames(container, stream) -> Iterator:
+    for packet in container.demux(stream):
+        yield from packet.decode()
+
+
+def _next(frames: Iterator, path: Path, position: int):
+    import av
+
+    try:
+        return next(frames)
+    except StopIteration:
+        raise DecodeError(f"{path}: the stream ended at frame {position}") from None
+    except (av.error.FFmpegError, ValueError) as exc:
+        raise DecodeError(f"{path}: decoding frame {position} failed ({_first_line(exc)})") from exc
 
 
 def _seconds(value: float) -> float:
