@@ -242,7 +242,7 @@ class PyAVDecoder:
 
     name = "pyav"
 
-    def __init__(self, thread_type: str = "SLICE", threads: int = 0) -> None:
+    def __init__(self, thread_type: str = "AUTO", threads: int = 0) -> None:
         self.stats = DecodeStats()
         self.thread_type = thread_type  # FFmpeg's: NONE, SLICE, FRAME or AUTO (frame and slice)
         self.threads = threads  # 0: FFmpeg picks (one per core)
@@ -321,8 +321,7 @@ class PyAVDecoder:
                 self.stats.frames_decoded += 1
                 position += 1
                 if position - 1 == target:
-                    yield DecodedFrame(idx=target, time=_seconds(float(frame.time)),
-                                       rgb=frame.to_ndarray(format="rgb24"))
+                    yield DecodedFrame(idx=target, time=_seconds(float(frame.time)), rgb=_rgb(frame))
                     break
 
 
@@ -376,7 +375,7 @@ class _PacketReader:
             self.position += 1
             self.decoded += 1
             if idx == target:
-                yield DecodedFrame(idx=idx, time=self.clock.seconds(frame.pts), rgb=frame.to_ndarray(format="rgb24"))
+                yield DecodedFrame(idx=idx, time=self.clock.seconds(frame.pts), rgb=_rgb(frame))
                 target = next(targets, None)
 
     def _feed(self) -> list:
@@ -427,6 +426,14 @@ class _Clock:
         if abs(exact - idx) > 0.25:
             raise _Irregular
         return idx
+
+
+def _rgb(frame) -> np.ndarray:
+    """RGB pixels as shown: turned by the stream's display matrix (phone footage), like
+    OpenCV and the ffmpeg CLI do, at the size the probe reports."""
+    rgb = frame.to_ndarray(format="rgb24")
+    turns = round((frame.rotation or 0) / 90) % 4
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
 def _frames(container, stream) -> Iterator:
