@@ -494,7 +494,9 @@ class SamplerConfig(_Config):
     num_frames: int = Field(8, ge=1, description="uniform: frames over the whole video")
     span_frames: int = Field(4, ge=0, description="extra frames spread uniformly inside the annotated span")
     max_frames: int = Field(16, ge=1)
-    decoder: Literal["pyav", "decord", "opencv"] = "decord"
+    decoder: Literal["pyav", "decord", "opencv"] = Field(
+        "pyav", description="pyav (FFmpeg through PyAV, the default: fastest measured, bench/sample_frames.py), "
+        "decord, or opencv (fallback)")
     jpeg_quality: int = Field(90, ge=50, le=100)
 
 
