@@ -627,6 +627,12 @@ class PlanEstimate(_Record):
     completion_tokens: int = 0
     cost: float = Field(0.0, description="at estimate.price_in / price_out per million tokens")
     seconds: float = Field(0.0, description="requests / concurrency x estimate.latency_s")
+    decoded_frames: int = Field(0, description="frames the sampler decodes: each needed GOP from its key frame "
+                                "to its last needed frame, once per video")
+    decode_seconds: float = Field(0.0, description="CPU seconds of probing, decoding and storing key frames "
+                                  "(per-pixel costs measured by bench/full_size.py --per-sample)")
+    detect_seconds: float = Field(0.0, description="seconds of detection on the CPU, one per distinct frame "
+                                  "(a GPU takes a fraction)")
     assumptions: dict[str, Any] = Field(default_factory=dict)
 
 

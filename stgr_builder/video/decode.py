@@ -311,6 +311,7 @@ class PyAVDecoder:
     def _sequential(self, container, path: Path, wanted: list[int]) -> Iterator[DecodedFrame]:
         """Decode from the first frame counting frames: exact on any timestamps."""
         stream = container.streams.video[0]
+        clock = _Clock(stream, None)
         frames = _frames(container, stream)
         self.stats.seeks += 1
         self.stats.gop_reads.append(0)
@@ -321,7 +322,7 @@ class PyAVDecoder:
                 self.stats.frames_decoded += 1
                 position += 1
                 if position - 1 == target:
-                    yield DecodedFrame(idx=target, time=_seconds(float(frame.time)), rgb=_rgb(frame))
+                    yield DecodedFrame(idx=target, time=clock.seconds(frame.pts), rgb=_rgb(frame))
                     break
 
 
@@ -400,11 +401,11 @@ class _PacketReader:
 class _Clock:
     """Frame index <-> presentation timestamp on a constant-rate grid from the first frame."""
 
-    def __init__(self, stream, info: VideoInfo):
+    def __init__(self, stream, info: VideoInfo | None):
         self.time_base = stream.time_base  # a Fraction: times exact before rounding
         self.base = float(stream.time_base)
         self.start = stream.start_time or 0
-        self.fps = info.fps
+        self.fps = info.fps if info is not None else 0.0
 
     def pts(self, idx: int) -> int:
         """A timestamp inside frame ``idx`` (half a frame past its start)."""
@@ -415,10 +416,10 @@ class _Clock:
             raise _Irregular
         return self.packet_index(frame.pts)
 
-    def seconds(self, pts: int) -> float:
-        """The presentation time of a timestamp (frames drained from the decoder carry no
-        time base of their own)."""
-        return _seconds(float(pts * self.time_base))
+    def seconds(self, pts: int | None) -> float:
+        """Seconds from the stream's start (as decord, OpenCV and players count them; frames
+        drained from the decoder carry no time base of their own)."""
+        return _seconds(float(((pts or 0) - self.start) * self.time_base))
 
     def packet_index(self, pts: int) -> int:
         exact = (pts - self.start) * self.base * self.fps

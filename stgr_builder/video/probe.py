@@ -98,9 +98,9 @@ def check_file(path: Path) -> None:
 class _Demuxed:
     """What one pass over a video stream's packets found."""
 
-    def __init__(self, codec: str, time_base, fps: float, count: int, timestamps: list[int] | None,
-                 keys: list[int], last_duration: int, size: tuple[int, int]):
-        self.codec, self.time_base, self.fps, self.count = codec, time_base, fps, count
+    def __init__(self, codec: str, time_base, start_time: int | None, fps: float, count: int,
+                 timestamps: list[int] | None, keys: list[int], last_duration: int, size: tuple[int, int]):
+        self.codec, self.time_base, self.start_time, self.fps, self.count = codec, time_base, start_time, fps, count
         self.timestamps, self.keys, self.last_duration, self.size = timestamps, keys, last_duration, size
 
     def info(self, path: Path, rel_path: str) -> VideoInfo:
@@ -111,8 +111,10 @@ class _Demuxed:
         keyframes = sorted({rank[pts] for pts in self.keys})
         # Seconds as float32, as the decord probe gave them before: VideoInfo, and every
         # plan made from it, stay what they were for existing builds.
-        start = float(np.float32(order[-1] * self.time_base))
-        end = float(np.float32((order[-1] + self.last_duration) * self.time_base))
+        # Times count from the stream's start, as the decoders give them.
+        zero = self.start_time if self.start_time is not None else order[0]
+        start = float(np.float32((order[-1] - zero) * self.time_base))
+        end = float(np.float32((order[-1] - zero + self.last_duration) * self.time_base))
         fps = self.fps
         if not math.isfinite(fps) or fps <= 0:
             fps = len(order) / end if end > 0 else 0.0
@@ -189,7 +191,7 @@ def _index(container, stream) -> _Demuxed:
         size = (first.height, first.width) if round(first.rotation or 0) % 180 == 90 else (first.width, first.height)
     fps = float(stream.average_rate) if stream.average_rate else 0.0
     codec = stream.codec_context.name
-    return _Demuxed(codec, stream.time_base, fps, count, timestamps, keys, last_duration, size)
+    return _Demuxed(codec, stream.time_base, stream.start_time, fps, count, timestamps, keys, last_duration, size)
 
 
 def _probe_with_decord(path: Path, rel_path: str, codec: str) -> VideoInfo:
