@@ -224,6 +224,19 @@ class OpenCVDecoder:
 _PYAV_SEEK_COST = 4
 
 
+# Frame threads pay when a read decodes many frames in a row; each seek flushes and refills
+# their pipeline, so plans of short reads decode with slice threads (which a stream encoded
+# in slices uses, and which cost nothing otherwise). Measured with bench/sample_frames.py:
+# 720p with a key frame every 2 s (reads of ~30 frames) 0.42 s with slice threads, 0.55 s
+# with frame threads; every 10 s (reads of ~300 frames) 2.3 s against 2.8 s.
+_FRAME_THREADS_FROM = 64
+
+
+def _thread_type(plan: list[GopRead]) -> str:
+    frames = sum(read.frames[-1] + 1 - read.key for read in plan)
+    return "AUTO" if frames >= _FRAME_THREADS_FROM * len(plan) else "SLICE"
+
+
 class _Irregular(Exception):
     """The stream's timestamps are not on the constant-rate grid the seek plan assumes."""
 
@@ -242,16 +255,17 @@ class PyAVDecoder:
 
     name = "pyav"
 
-    def __init__(self, thread_type: str = "AUTO", threads: int = 0) -> None:
+    def __init__(self, thread_type: str | None = None, threads: int = 0) -> None:
         self.stats = DecodeStats()
-        self.thread_type = thread_type  # FFmpeg's: NONE, SLICE, FRAME or AUTO (frame and slice)
+        # FFmpeg's NONE, SLICE, FRAME or AUTO (frame, else slice); None: chosen per video.
+        self.thread_type = thread_type
         self.threads = threads  # 0: FFmpeg picks (one per core)
 
     def iter_frames(self, path: Path, info: VideoInfo, indices: Sequence[int]) -> Iterator[DecodedFrame]:
         plan = plan_decode(info.keyframes, _checked(indices, info))
         if not plan:
             return
-        container = self._open(path)
+        container = self._open(path, self.thread_type or _thread_type(plan))
         self.stats.videos += 1
         done: set[int] = set()
         try:
@@ -261,13 +275,13 @@ class PyAVDecoder:
                     yield frame
             except _Irregular:
                 container.close()
-                container = self._open(path)
+                container = self._open(path, "AUTO")
                 left = [idx for read in plan for idx in read.frames if idx not in done]
                 yield from self._sequential(container, path, left)
         finally:
             container.close()
 
-    def _open(self, path: Path):
+    def _open(self, path: Path, thread_type: str):
         import av
 
         try:
@@ -275,7 +289,7 @@ class PyAVDecoder:
             stream = container.streams.video[0]
         except (av.error.FFmpegError, OSError, IndexError, ValueError) as exc:
             raise DecodeError(f"{path}: PyAV cannot open it ({_first_line(exc)})") from exc
-        stream.thread_type = self.thread_type
+        stream.thread_type = thread_type
         stream.thread_count = self.threads
         return container
 
@@ -342,6 +356,8 @@ class _PacketReader:
         self.packets = container.demux(stream)
         self.codec = stream.codec_context
         self.clock, self.path, self.wanted = clock, path, wanted
+        # Without B-frames every frame is a reference (x264 and most encoders): nothing to skip.
+        self.skip_unwanted = bool(self.codec.has_b_frames)
         self.skipping = False
         self.position = position
         self.sent: set[int] = set()  # frame indices whose packets went in (at or after position)
@@ -404,7 +420,7 @@ class _PacketReader:
             while self.complete in self.sent:
                 self.sent.discard(self.complete)
                 self.complete += 1
-        skip = idx not in self.wanted
+        skip = self.skip_unwanted and idx not in self.wanted
         if skip != self.skipping:
             self.codec.skip_frame = "NONREF" if skip else "DEFAULT"
             self.skipping = skip
