@@ -1,23 +1,23 @@
 """Decode chosen frames with exact presentation timestamps, each GOP at most once.
 
-Two backends with one signature: ``decord`` (default) and ``opencv`` (fallback).
+Three backends with one signature: ``pyav`` (default), ``decord`` and ``opencv`` (fallback).
+They return the same pixels (PyAV and decord bit for bit: both convert with swscale).
 
->>> decoder = get_decoder("decord")
+>>> decoder = get_decoder("pyav")
 >>> frames = list(decoder.iter_frames(Path("v.mp4"), info, [15, 300, 310]))  # doctest: +SKIP
 >>> [(f.idx, f.time, f.rgb.shape) for f in frames]                          # doctest: +SKIP
 [(15, 0.5, (720, 1280, 3)), (300, 10.0, (720, 1280, 3)), (310, 10.333333, (720, 1280, 3))]
 >>> decoder.stats                                                            # doctest: +SKIP
-DecodeStats(videos=1, gop_reads=[0, 300], seeks=2, frames_decoded=27)
+DecodeStats(videos=1, gop_reads=[0, 300], seeks=1, frames_decoded=27)
 
-Both follow the plan of ``plan_decode``: for each GOP that holds a wanted frame, position
-the decoder at its key frame (or keep decoding forward when that is cheaper), decode
-forward to the last wanted frame of the GOP, and move on; frames are yielded GOP by GOP,
-so memory holds one GOP's wanted frames at most, never the video.
+All follow the plan of ``plan_decode``, made from the probe's key-frame index: for each GOP
+that holds a wanted frame, position the decoder at its key frame (or keep decoding forward
+when that is cheaper), decode forward to the last wanted frame of the GOP, and move on;
+frames are yielded GOP by GOP, so memory holds one GOP's wanted frames at most.
 
-Measured on 60 s of 720p H.264 (bench/sample_frames.py): one ``get_batch`` over all
-sorted indices and one ``get_batch`` per GOP cost the same (decord's accurate seek already
-skips forward inside a GOP and seeks once per new GOP); per GOP is kept because it bounds
-memory and lets ``DecodeStats`` count what was done.
+``PyAVDecoder`` goes further (see its docstring): no index scan at open, the decoder drained
+at the end of a read instead of fed past it, B-frames nobody needs not decoded, threads
+chosen by the plan. bench/sample_frames.py compares it with peers and with the limit.
 
 Decoder errors (corrupt data mid-file) raise ``DecodeError``; the sample step turns it
 into a ``DECODE_FAILED`` reject.

@@ -6,15 +6,20 @@ VideoInfo(path='v001.mp4', duration=60.0, fps=30.0, n_frames=1800, width=1280, h
 
 Bad input never crashes the process; it raises ``SampleError`` with a reject code:
 ``MEDIA_MISSING`` (no such file), ``MEDIA_EMPTY`` (zero bytes), ``MEDIA_CORRUPT`` (not a
-container, truncated, undecodable, codec decord cannot read), ``NO_FRAMES`` (no video
-stream, or a video stream without a single frame).
+container, truncated, undecodable), ``NO_FRAMES`` (no video stream, or a video stream
+without a single frame).
 
-How corrupt files are kept away from decord: decord is a C++ library whose failures on
-broken input were reported to abort the process (dmlc/decord#25, from a decoder thread).
-So a file only reaches decord after PyAV (which raises Python exceptions) has opened the
-container, found a video stream, demuxed every packet of it (a file cut short, or whose
-index promises more frames than it holds, is truncated) and decoded its first frame.
-Demuxing reads but does not decode: the whole probe of a minute of 720p takes ~80 ms.
+The probe is one PyAV pass (PyAV raises Python exceptions): open the container, find a
+video stream, demux every packet of it (a file cut short, or whose index promises more
+frames than it holds, is truncated), collecting each packet's timestamp and key flag, and
+decode the first frame. That pass is the index the decoders plan from: nothing scans the
+file again. Demuxing reads but does not decode: the whole probe of a minute of 720p takes
+~80 ms. It gives the same VideoInfo as the decord probe it replaced on 206 files (real,
+generated, B-frames, rotated). decord is still used for streams whose packets carry no
+timestamps, and as a selectable decoder; a file only reaches it after this pass.
+
+decord is a C++ library whose failures on broken input were reported to abort the process
+(dmlc/decord#25, from a decoder thread).
 decord 0.6.0 itself never aborted on the broken files tried here (random bytes, text,
 truncations, a clobbered index, an AV1 stream it has no decoder for, ~470 fuzzed copies:
 random blocks, bit flips, clobbered length fields, cuts at random points, with and

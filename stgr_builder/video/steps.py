@@ -37,7 +37,7 @@ from stgr_builder.video.plan import FramePlan, plan_frames
 from stgr_builder.video.probe import check_file, probe_image, probe_video
 
 _TEMPORAL_TASKS = (Task.TEMPORAL, Task.TEMPORAL_MCQ)
-# Decoder timestamps are float32 (decord): a few microseconds off over minutes of video.
+# decord's timestamps are float32: a few microseconds off over minutes of video.
 _TIME_TOLERANCE = 1e-4
 # Videos of one batch decoded at once: 24 short 640x360 clips on 2 busy cores took 3.6 s one
 # after another, 2.3 s two at a time, 1.5 s three at a time (frame decode and JPEG encode
