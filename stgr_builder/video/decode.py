@@ -224,17 +224,26 @@ class OpenCVDecoder:
 _PYAV_SEEK_COST = 4
 
 
-# Frame threads pay when a read decodes many frames in a row; each seek flushes and refills
-# their pipeline, so plans of short reads decode with slice threads (which a stream encoded
-# in slices uses, and which cost nothing otherwise). Measured with bench/sample_frames.py:
-# 720p with a key frame every 2 s (reads of ~30 frames) 0.42 s with slice threads, 0.55 s
-# with frame threads; every 10 s (reads of ~300 frames) 2.3 s against 2.8 s.
-_FRAME_THREADS_FROM = 64
+# FFmpeg threads one way at a time: with AUTO it takes frame threads, which keep several
+# frames in flight (a pipeline that every seek flushes and refills), and ignores slices. A
+# stream coded in several slices per frame (x264 with sliced threads, many camera encoders)
+# decodes as fast with slice threads and no pipeline: measured with bench/sample_frames.py
+# on 2-slice 720p with a key frame every 2 s, 0.42 s with slice threads against 0.55 s with
+# frame threads. One slice per frame (bikes.mp4): frame threads, 0.06 s against 0.10 s.
 
 
-def _thread_type(plan: list[GopRead]) -> str:
-    frames = sum(read.frames[-1] + 1 - read.key for read in plan)
-    return "AUTO" if frames >= _FRAME_THREADS_FROM * len(plan) else "SLICE"
+def _slices(packet, codec: str, length_size: int = 4) -> int:
+    """Coded slices in one H.264 / HEVC packet (length-prefixed NAL units); 0 if unknown."""
+    if codec not in ("h264", "hevc"):
+        return 0
+    data, pos, count = bytes(packet), 0, 0
+    while pos + length_size < len(data):
+        size = int.from_bytes(data[pos:pos + length_size], "big")
+        header = data[pos + length_size]
+        kind = header & 0x1F if codec == "h264" else (header >> 1) & 0x3F
+        count += kind in (1, 5) if codec == "h264" else kind <= 21
+        pos += length_size + size
+    return count
 
 
 class _Irregular(Exception):
@@ -265,7 +274,7 @@ class PyAVDecoder:
         plan = plan_decode(info.keyframes, _checked(indices, info))
         if not plan:
             return
-        container = self._open(path, self.thread_type or _thread_type(plan))
+        container = self._open(path, self.thread_type)
         self.stats.videos += 1
         done: set[int] = set()
         try:
@@ -281,7 +290,7 @@ class PyAVDecoder:
         finally:
             container.close()
 
-    def _open(self, path: Path, thread_type: str):
+    def _open(self, path: Path, thread_type: str | None):
         import av
 
         try:
@@ -289,9 +298,31 @@ class PyAVDecoder:
             stream = container.streams.video[0]
         except (av.error.FFmpegError, OSError, IndexError, ValueError) as exc:
             raise DecodeError(f"{path}: PyAV cannot open it ({_first_line(exc)})") from exc
-        stream.thread_type = thread_type
+        stream.thread_type = thread_type or self._thread_type(container, stream, path)
         stream.thread_count = self.threads
         return container
+
+    def _thread_type(self, container, stream, path: Path) -> str:
+        """SLICE for a stream coded in several slices per frame, else AUTO (frame threads);
+        looks at the first packet, then goes back to the start."""
+        import av
+
+        codec = stream.codec_context.name
+        extradata = stream.codec_context.extradata or b""
+        length_size = 4
+        if codec == "h264" and len(extradata) > 4 and extradata[0] == 1:
+            length_size = (extradata[4] & 3) + 1  # avcC's lengthSizeMinusOne
+        elif codec == "hevc" and len(extradata) > 21 and extradata[0] == 1:
+            length_size = (extradata[21] & 3) + 1  # hvcC's lengthSizeMinusOne
+        elif codec in ("h264", "hevc"):
+            return "AUTO"  # Annex B start codes (raw streams): not parsed here
+        try:
+            first = next((p for p in container.demux(stream) if p.size), None)
+            slices = _slices(first, codec, length_size) if first is not None else 0
+            container.seek(stream.start_time or 0, stream=stream, backward=True)
+        except (av.error.FFmpegError, ValueError, IndexError) as exc:
+            raise DecodeError(f"{path}: PyAV cannot read it ({_first_line(exc)})") from exc
+        return "SLICE" if slices > 1 else "AUTO"
 
     def _planned(self, container, path: Path, info: VideoInfo, plan: list[GopRead]) -> Iterator[DecodedFrame]:
         stream = container.streams.video[0]
