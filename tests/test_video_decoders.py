@@ -149,3 +149,28 @@ def test_videos_decoded_at_once_give_the_same_frames(media, tmp_path):
         results.append([[(f.idx, f.time, f.path) for f in w.frames] for w in step.process_batch(works())])
         assert step.decoder.stats.videos == 4
     assert results[0] == results[1]
+
+
+def test_threads_follow_the_slices_of_the_stream(tmp_path):
+    from stgr_builder.video.decode import PyAVDecoder
+
+    one = write(tmp_path / "one_slice.mp4")  # libx264 with frame threads: one slice per frame
+    with av.open(str(tmp_path / "sliced.mp4"), "w") as out:  # sliced threads: several per frame
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        stream.options = {"slices": "4", "g": "12", "bf": "2"}
+        for rgb in frames(30):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    decoder = PyAVDecoder()
+    for path, expected in ((one, "AUTO"), (tmp_path / "sliced.mp4", "SLICE")):
+        container = decoder._open(path, None)
+        assert container.streams.video[0].thread_type.name == expected
+        container.close()
+        info = probe_video(path, path.name)
+        wanted = [0, 7, 13, 29]
+        pixels, _ = decord_frames(path, wanted)
+        got = list(decoder.iter_frames(path, info, wanted))
+        assert [f.idx for f in got] == wanted and all(np.array_equal(f.rgb, p) for f, p in zip(got, pixels))

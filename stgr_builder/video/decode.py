@@ -26,6 +26,7 @@ into a ``DECODE_FAILED`` reject.
 from __future__ import annotations
 
 import bisect
+import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -489,10 +490,21 @@ class _Clock:
         return idx
 
 
+_REFORMATTERS = threading.local()
+
+
 def _rgb(frame) -> np.ndarray:
     """RGB pixels as shown: turned by the stream's display matrix (phone footage), like
-    OpenCV and the ffmpeg CLI do, at the size the probe reports."""
-    rgb = frame.to_ndarray(format="rgb24")
+    OpenCV and the ffmpeg CLI do, at the size the probe reports.
+
+    One swscale context per thread, reused (``to_ndarray(format=...)`` builds a new one per
+    frame: 0.47 ms against 0.09 ms for a 176x144 frame); the same pixels."""
+    reformatter = getattr(_REFORMATTERS, "value", None)
+    if reformatter is None:
+        from av.video.reformatter import VideoReformatter
+
+        reformatter = _REFORMATTERS.value = VideoReformatter()
+    rgb = reformatter.reformat(frame, format="rgb24").to_ndarray()
     turns = round((frame.rotation or 0) / 90) % 4
     return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
