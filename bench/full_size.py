@@ -30,6 +30,19 @@ Step seconds summed over shards: ingest 6.5, probe 7.3, sample 24.4, detect 42.2
 10.9, verify 16.9; the rest of the wall time is per-sample bookkeeping (stage-store keys and
 entries: a JSON dump and sha256 of the sample per stored stage, one small file per sample and
 stage), Parquet writing, and the GIL (two threads of mostly Python).
+Measured 2026-11-30 on branch issue-11 (2 cores shared with other work, load ~3, PyAV decoder):
+``--scale 1``: 39,070 samples -> 31,166 CoT + 37,231 RL rows in 118.8 s wall, peak RSS
+1,629 MiB (the bench process 1,668 MiB); step seconds ingest 5.8, probe 6.5, sample 21.5,
+detect 29.4, annotate 6.5, verify 13.3.
+
+``--per-sample 300`` (every sample its own media: 300 generated 320x240 videos of 6-48 s and
+60 stills; load ~5): 360 samples -> 360 + 360 rows in 68.1 s wall, peak RSS 1,473 MiB;
+3,121 distinct frames, 46,085 frames decoded; per frame: sample (decode + RGB + JPEG) 4.9 ms,
+detect 27.0 ms (yolo11n at 320 px on the CPU, two shard threads); probe 12 ms per file. At
+39,070 samples with their own media that is ~0.6 h of probe + decode and ~2.5 h of detection
+(thread time here); ``stgr plan`` prints the same kind of estimate from its per-pixel and
+per-frame constants (stgr_builder/planning.py, calibrated on this run).
+
 Before the process-level memos (detections per frame, decoded frames, probes) and the
 fsync-free stage store: 0.05 scale took 277 s with 455 s in the detector; the pool's ~800
 distinct frames were detected again in every batch of every shard. Caveat: the pool is small
