@@ -18,6 +18,7 @@ import hashlib
 import io
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ class FrameStore:
         self.root = Path(root)
         self.quality = quality
         self.written = 0  # files this store created (others were already there)
+        self._lock = threading.Lock()  # videos of a batch are stored from several threads
 
     def put(self, rgb: np.ndarray) -> str:
         """Encode an RGB uint8 (H, W, 3) array as JPEG, store it, return its relative path."""
@@ -44,7 +46,8 @@ class FrameStore:
         target = self.root / rel
         if not target.exists():
             _write_atomic(target, data)
-            self.written += 1
+            with self._lock:
+                self.written += 1
         return rel
 
     def path(self, rel: str) -> Path:
