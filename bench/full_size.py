@@ -30,6 +30,19 @@ Step seconds summed over shards: ingest 6.5, probe 7.3, sample 24.4, detect 42.2
 10.9, verify 16.9; the rest of the wall time is per-sample bookkeeping (stage-store keys and
 entries: a JSON dump and sha256 of the sample per stored stage, one small file per sample and
 stage), Parquet writing, and the GIL (two threads of mostly Python).
+Measured 2026-11-30 on branch issue-11 (2 cores shared with other work, load ~3, PyAV decoder):
+``--scale 1``: 39,070 samples -> 31,166 CoT + 37,231 RL rows in 118.8 s wall, peak RSS
+1,629 MiB (the bench process 1,668 MiB); step seconds ingest 5.8, probe 6.5, sample 21.5,
+detect 29.4, annotate 6.5, verify 13.3.
+
+``--per-sample 300`` (every sample its own media: 300 generated 320x240 videos of 6-48 s and
+60 stills; load ~5): 360 samples -> 360 + 360 rows in 68.1 s wall, peak RSS 1,473 MiB;
+3,121 distinct frames, 46,085 frames decoded; per frame: sample (decode + RGB + JPEG) 4.9 ms,
+detect 27.0 ms (yolo11n at 320 px on the CPU, two shard threads); probe 12 ms per file. At
+39,070 samples with their own media that is ~0.6 h of probe + decode and ~2.5 h of detection
+(thread time here); ``stgr plan`` prints the same kind of estimate from its per-pixel and
+per-frame constants (stgr_builder/planning.py, calibrated on this run).
+
 Before the process-level memos (detections per frame, decoded frames, probes) and the
 fsync-free stage store: 0.05 scale took 277 s with 455 s in the detector; the pool's ~800
 distinct frames were detected again in every batch of every shard. Caveat: the pool is small
@@ -261,6 +274,82 @@ def check_rows(config: Path, out: Path, pool: Path) -> tuple[int, list]:
     return checked, bad
 
 
+# ---------------------------------------------------------------------------------------
+# Per-sample media: every sample its own generated video or still
+# ---------------------------------------------------------------------------------------
+
+def write_per_sample(folder: Path, n_videos: int, n_images: int, seed: int = 11,
+                     samples_per_shard: int = 100) -> Path:
+    """Generate ``n_videos`` short videos and ``n_images`` stills (cached under ``folder``),
+    keep one QA item per media file (tasks taken in turn), write the config; return it.
+    No two samples share a file, so probe, decode and detect are paid for every sample."""
+    folder = Path(folder)
+    stamp = {"n_videos": n_videos, "n_images": n_images, "seed": seed, "version": __version__}
+    stamp_file = folder / "media.json"
+    if not (stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp):
+        generate_demo(folder, seed=seed, n_videos=n_videos, n_images=n_images)
+        stamp_file.write_text(json.dumps(stamp))
+    by_media: dict[str, list[dict]] = {}
+    for line in (folder / DEMO_FILE).read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            by_media.setdefault(record.get("video") or record.get("image"), []).append(record)
+    lines = [json.dumps(items[k % len(items)], ensure_ascii=False)
+             for k, (_, items) in enumerate(sorted(by_media.items()))]
+    (folder / "per_sample.jsonl").write_text("\n".join(lines) + "\n")
+    config = demo_config().model_dump(mode="json")
+    config["name"] = f"per-sample-{n_videos}v{n_images}i"
+    config["sources"][0].update({"path": "per_sample.jsonl", "media_root": MEDIA_DIR})
+    config["sharding"]["samples_per_shard"] = samples_per_shard
+    path = folder / "CONFIG.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def per_sample(args) -> None:
+    """Build ``--per-sample N`` own-media samples; per-frame costs; the plan's estimate beside."""
+    from stgr_builder.pipeline import context
+    from stgr_builder.planning import make_plan
+
+    started = time.perf_counter()
+    folder = args.out / f"per-sample-{args.per_sample}"
+    config = write_per_sample(folder, args.per_sample, max(1, args.per_sample // 5))
+    print(f"media: {args.per_sample} videos + {max(1, args.per_sample // 5)} stills, one sample each "
+          f"({time.perf_counter() - started:.0f} s incl. generation)", flush=True)
+    out = folder / "out"
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    planning = time.perf_counter()
+    plan = make_plan(context(config, out).config, folder)  # reads the sources and probes every file once
+    planning = time.perf_counter() - planning
+    result = run_build_measured(config, out, flow=not args.plain, profile=args.profile)
+    manifest = result["manifest"]
+    counts, seconds = manifest["counts"], step_seconds(manifest)
+    est = plan.estimate
+    frames = est.frames
+    videos = args.per_sample
+    print(f"per-sample x{args.per_sample}: {counts.get('samples')} samples -> {counts.get('stgr_cot')} CoT, "
+          f"{counts.get('stgr_rl')} RL rows, {counts.get('rejects')} rejects; {frames} distinct frames "
+          f"({est.decoded_frames} decoded)")
+    print(f"wall {result['seconds']:.1f} s (child process, incl. start-up); peak RSS {result['peak_kib'] / 1024:.0f} MiB")
+    print("step seconds (summed over shards): " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
+    probe, sample, detect = seconds.get("probe", 0.0), seconds.get("sample", 0.0), seconds.get("detect", 0.0)
+    # The build plans before its shards (plan.json), probing every file then; its probe step
+    # finds them in the process's probe memo. Probe cost: from stgr plan's run, here.
+    probe = max(probe, planning)
+    print(f"per frame: sample (decode + JPEG) {sample / max(frames, 1) * 1000:.1f} ms, detect "
+          f"{detect / max(frames, 1) * 1000:.1f} ms; probe {probe / max(videos, 1) * 1000:.1f} ms per file "
+          f"(stgr plan's whole run, {planning:.1f} s)")
+    print(f"stgr plan's estimate for this build: probe+decode+store {est.decode_seconds:.1f} s (actual "
+          f"{probe + sample:.1f} s), detect {est.detect_seconds:.1f} s (actual {detect:.1f} s)")
+    scale = sum(RECIPE.values()) / max(counts.get("samples", 1), 1)
+    print(f"at the rehearsal's 39,070 samples, each with its own media (x{scale:.0f}): probe+decode "
+          f"{(probe + sample) * scale / 3600:.2f} h, detect {detect * scale / 3600:.2f} h of thread time here "
+          f"(the LLM's: see stgr plan)")
+
+
 def step_seconds(manifest: dict) -> dict[str, float]:
     seconds: Counter = Counter()
     for stats in manifest["stats"]:
@@ -278,7 +367,13 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="write a cProfile of the build child here")
     parser.add_argument("--check", action="store_true", help="check every written row against the rules again")
     parser.add_argument("--keep", action="store_true", help="keep an earlier build's output (resume) instead of a fresh one")
+    parser.add_argument("--per-sample", type=int, metavar="N",
+                        help="instead: N generated videos (and N/5 stills), one sample each, so probe, decode and "
+                        "detect are paid per sample; prints per-frame costs and stgr plan's estimate beside them")
     args = parser.parse_args()
+    if args.per_sample:
+        per_sample(args)
+        return
 
     started = time.perf_counter()
     pool = make_pool(args.out / "pool", args.videos, args.images)

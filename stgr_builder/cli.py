@@ -367,6 +367,10 @@ def _print_plan(plan) -> None:
         ("cost", f"{e.cost:.2f} (at {e.assumptions.get('price_in')} / {e.assumptions.get('price_out')} per M)"),
         ("time", f"{e.seconds:.0f} s = {e.seconds / 3600:.2f} h (at {e.assumptions.get('concurrency')} in flight, "
                  f"{e.assumptions.get('latency_s')} s each)"),
+        ("decode", f"{e.decode_seconds / 3600:.2f} core-hours ({e.decoded_frames} frames decoded; probe, decode, "
+                   f"store key frames)"),
+        ("detect", f"{e.detect_seconds / 3600:.2f} core-hours on the CPU "
+                   f"({e.assumptions.get('detect_s_per_frame_cpu')} s per frame; a GPU takes a fraction)"),
         ("assumptions", f"text {e.assumptions.get('text_tokens')}; image {e.assumptions.get('image_tokens')}")])
 
 

@@ -114,7 +114,6 @@ class RejectCode(str, Enum):
     MEDIA_CORRUPT = "media_corrupt"
     NOT_AN_IMAGE = "not_an_image"
     MEDIA_TOO_LARGE = "media_too_large"
-    MEDIA_ROTATED = "media_rotated"
     NO_FRAMES = "no_frames"
     SPAN_OUTSIDE_VIDEO = "span_outside_video"
     FILTERED_DURATION = "filtered_duration"
@@ -591,7 +590,9 @@ class SamplerConfig(_Config):
     num_frames: int = Field(8, ge=1, le=256, description="uniform: frames over the whole video")
     span_frames: int = Field(4, ge=0, le=256, description="extra frames spread uniformly inside the annotated span")
     max_frames: int = Field(16, ge=1, le=256)
-    decoder: Literal["decord", "opencv"] = "decord"
+    decoder: Literal["pyav", "decord", "opencv"] = Field(
+        "pyav", description="pyav (FFmpeg through PyAV, the default: fastest measured, bench/sample_frames.py), "
+        "decord, or opencv (fallback)")
     jpeg_quality: int = Field(90, ge=50, le=100)
 
 
@@ -822,6 +823,12 @@ class PlanEstimate(_Record):
     completion_tokens: int = 0
     cost: float = Field(0.0, description="at estimate.price_in / price_out per million tokens")
     seconds: float = Field(0.0, description="requests / concurrency x estimate.latency_s")
+    decoded_frames: int = Field(0, description="frames the sampler decodes: each needed GOP from its key frame "
+                                "to its last needed frame, once per video")
+    decode_seconds: float = Field(0.0, description="CPU seconds of probing, decoding and storing key frames "
+                                  "(per-pixel costs measured by bench/full_size.py --per-sample)")
+    detect_seconds: float = Field(0.0, description="seconds of detection on the CPU, one per distinct frame "
+                                  "(a GPU takes a fraction)")
     assumptions: dict[str, Any] = Field(default_factory=dict)
 
 

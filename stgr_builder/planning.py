@@ -170,6 +170,46 @@ def image_tokens(width: int, height: int, base: int, tile: int) -> int:
     return base + tile * math.ceil(width / 512) * math.ceil(height / 512)
 
 
+# CPU costs of the media stages on this kind of machine (2 cores shared with other work, no
+# GPU), from bench/full_size.py --per-sample 300 (360 samples, each its own 320x240 video or
+# still: probe 4.4 s, sample 15.1 s, detect 84.3 s over 3,121 frames, 46,085 decoded, on 2
+# shard threads) and bench/sample_frames.py (decoding per pixel at 640x360 and 720p); seconds
+# of a thread. Decoding scales with the pixels decoded; storing a key frame (RGB conversion,
+# JPEG at quality 90, write) with its pixels; detection is per frame (letterboxed to
+# detector.imgsz; the builtin yolo11n at 320 px, batch 16).
+DECODE_S_PER_MPX = 0.003
+STORE_S_PER_MPX = 0.02
+PROBE_S_PER_VIDEO = 0.012
+DETECT_S_PER_FRAME = 0.027
+
+
+def media_seconds(config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo | ImageInfo]]
+                  ) -> tuple[int, float, float]:
+    """(frames decoded, decode seconds, detect seconds) of ``rows``: the union of the frames
+    that the samples of one video want, each needed GOP decoded once from its key frame."""
+    from stgr_builder.core.gold import gold_times
+    from stgr_builder.video.plan import plan_decode, plan_frames
+
+    wanted: dict[str, tuple[VideoInfo, set[int]]] = {}
+    images: dict[str, ImageInfo] = {}
+    for sample, info in rows:
+        if isinstance(info, VideoInfo):
+            key = f"{sample.media_root}/{info.path}"
+            entry = wanted.setdefault(key, (info, set()))
+            entry[1].update(plan_frames(info, config.sampler, sample.span, gold_times(sample)).indices)
+        else:
+            images[f"{sample.media_root}/{info.path}"] = info
+    decoded, seconds, frames = 0, 0.0, len(images)
+    for info, indices in wanted.values():
+        mpx = info.width * info.height / 1e6
+        n = sum(read.frames[-1] + 1 - read.key for read in plan_decode(info.keyframes, indices))
+        decoded += n
+        frames += len(indices)
+        seconds += PROBE_S_PER_VIDEO + n * mpx * DECODE_S_PER_MPX + len(indices) * mpx * STORE_S_PER_MPX
+    seconds += sum(i.width * i.height / 1e6 * STORE_S_PER_MPX for i in images.values())
+    return decoded, seconds, frames * DETECT_S_PER_FRAME
+
+
 def estimate(config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo | ImageInfo]]) -> PlanEstimate:
     """Requests, images, pixels, tokens, cost and time of annotating ``rows``.
 
@@ -214,13 +254,16 @@ def estimate(config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo | Ima
             prompt_tokens += k * (30 + image_tokens(224, 224, est.image_tokens_base, est.image_tokens_tile))
             completion_tokens += k * est.crop_completion_tokens
     requests = len(rows) if llm else 0
+    decoded, decode_seconds, detect_seconds = media_seconds(config, rows)
     cost = (prompt_tokens * est.price_in + completion_tokens * est.price_out) / 1e6
     seconds = (requests + crops) / (ann.concurrency * config.sharding.workers) * est.latency_s
     return PlanEstimate(
         backend=ann.backend, requests=requests, crop_requests=crops, frames=frames, images=images, pixels=pixels,
         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost=round(cost, 4),
-        seconds=round(seconds, 1),
-        assumptions={"text_tokens": "characters / 4", "image_tokens": f"{est.image_tokens_base} + "
+        seconds=round(seconds, 1), decoded_frames=decoded, decode_seconds=round(decode_seconds, 1),
+        detect_seconds=round(detect_seconds, 1),
+        assumptions={"decode_s_per_mpx": DECODE_S_PER_MPX, "store_s_per_mpx": STORE_S_PER_MPX,
+                     "probe_s_per_video": PROBE_S_PER_VIDEO, "detect_s_per_frame_cpu": DETECT_S_PER_FRAME,"text_tokens": "characters / 4", "image_tokens": f"{est.image_tokens_base} + "
                      f"{est.image_tokens_tile} per 512x512 tile", "completion_tokens": est.completion_tokens,
                      "price_in": est.price_in, "price_out": est.price_out, "latency_s": est.latency_s,
                      "concurrency": ann.concurrency * config.sharding.workers, "image_max_side": ann.image_max_side})

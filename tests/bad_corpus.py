@@ -92,7 +92,6 @@ def add_bad_items(folder: Path, demo_file: str = "demo_source.jsonl") -> dict[st
     good = [json.loads(line) for line in (folder / demo_file).read_text().splitlines()]
     video = next(item for item in good if item["task"] == "temporal QA")
     image = next(item for item in good if item["task"] == "visual QA")
-    rotated_copy(media / video["video"], media / "videos" / "rotated.mp4")
 
     def item(template: dict, source_id: str, **changes) -> str:
         return json.dumps({**template, "id": source_id, "question": f"{template['question']} ({source_id})",
@@ -103,7 +102,6 @@ def add_bad_items(folder: Path, demo_file: str = "demo_source.jsonl") -> dict[st
         "bad#empty": ("media_empty", item(video, "bad#empty", video="videos/empty.mp4")),
         "bad#missing": ("media_missing", item(video, "bad#missing", video="videos/missing.mp4")),
         "bad#escape": ("unsafe_path", item(video, "bad#escape", video="../../outside.mp4")),
-        "bad#rotated": ("media_rotated", item(video, "bad#rotated", video="videos/rotated.mp4")),
         "bad#text-jpg": ("not_an_image", item(image, "bad#text-jpg", image="images/text.jpg")),
         "bad#mp4-as-image": ("not_an_image", item(image, "bad#mp4-as-image", image=video["video"])),
         "bad#truncated-jpg": ("media_corrupt", item(image, "bad#truncated-jpg", image="images/truncated.jpg")),

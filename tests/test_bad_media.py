@@ -57,15 +57,16 @@ def test_every_image_format_read_is_recognised_by_its_signature(tmp_path, fmt):
     assert probe_image(path, path.name).width == 24
 
 
-def test_a_video_with_rotation_metadata_is_rejected_with_its_own_code(tmp_path):
+def test_a_video_with_rotation_metadata_is_probed_as_the_viewer_sees_it(tmp_path):
+    # Honoured, not rejected: the size is the turned size, and the PyAV and OpenCV decoders
+    # return turned frames (tests/test_video_decoders.py checks the pixels).
     upright = tmp_path / "upright.mp4"
     encode_h264(upright, [np.full((48, 64, 3), i * 20, np.uint8) for i in range(10)], fps=10, gop=5)
     rotated = tmp_path / "rotated.mp4"
     rotated_copy(upright, rotated, degrees=90)
-    assert probe_video(upright, "upright.mp4").width == 64
-    with pytest.raises(SampleError) as err:
-        probe_video(rotated, "rotated.mp4")
-    assert err.value.code is RejectCode.MEDIA_ROTATED and "90-degree" in err.value.message
+    assert (probe_video(upright, "upright.mp4").width, probe_video(upright, "upright.mp4").height) == (64, 48)
+    turned = probe_video(rotated, "rotated.mp4")
+    assert (turned.width, turned.height) == (48, 64)
 
 
 def test_video_frames_over_the_pixel_bound_are_media_too_large(tmp_path, monkeypatch):

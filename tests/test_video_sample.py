@@ -99,7 +99,7 @@ def test_decode_plan_groups_by_gop():
 # --- decoding -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["decord", "opencv"])
+@pytest.mark.parametrize("backend", ["pyav", "decord", "opencv"])
 def test_each_gop_is_decoded_at_most_once(media, info, backend):
     wanted = [3, 20, 24, 25, 60, 74, 130, 131, 240]  # GOPs 0, 25, 50, 125, 225
     decoder = get_decoder(backend)
@@ -110,7 +110,7 @@ def test_each_gop_is_decoded_at_most_once(media, info, backend):
     assert decoder.stats.videos == 1
 
 
-@pytest.mark.parametrize("backend", ["decord", "opencv"])
+@pytest.mark.parametrize("backend", ["pyav", "decord", "opencv"])
 def test_decoded_frames_are_the_right_frames_at_exact_times(media, info, backend):
     wanted = [0, 1, 24, 25, 26, 99, 137, 200, 249]
     got = list(get_decoder(backend).iter_frames(media / "clip.mp4", info, wanted))
@@ -139,7 +139,7 @@ def bframes(media) -> Path:
     return path
 
 
-@pytest.mark.parametrize("backend", ["decord", "opencv"])
+@pytest.mark.parametrize("backend", ["pyav", "decord", "opencv"])
 def test_b_frames_decode_to_the_right_frames_and_times(bframes, backend):
     info = probe_video(bframes, "bframes.mp4")
     assert info.keyframes == list(range(0, N, GOP)) and info.duration == pytest.approx(N / FPS)

@@ -15,6 +15,7 @@ so a build killed mid-write leaves no half JPEG behind a valid name.
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ class FrameStore:
         self.root = Path(root)
         self.quality = quality
         self.written = 0  # files this store created (others were already there)
+        self._lock = threading.Lock()  # videos of a batch are stored from several threads
 
     def put(self, rgb: np.ndarray) -> str:
         """Encode an RGB uint8 (H, W, 3) array as JPEG, store it, return its relative path."""
@@ -45,7 +47,8 @@ class FrameStore:
         if not target.exists():
             # No fsync: a torn frame after a power loss is caught by `stgr verify` (content hash).
             atomic_write_bytes(target, data, durable=False)
-            self.written += 1
+            with self._lock:
+                self.written += 1
         return rel
 
     def path(self, rel: str) -> Path:

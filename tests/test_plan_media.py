@@ -1,0 +1,37 @@
+"""stgr plan estimates the media work (probe, decode, store, detect) beside the LLM's."""
+
+from __future__ import annotations
+
+from stgr_builder.models import VideoInfo
+from stgr_builder.pipeline import context
+from stgr_builder.planning import DECODE_S_PER_MPX, DETECT_S_PER_FRAME, make_plan, media_seconds
+from stgr_builder.sources.demo_config import write_demo_config
+
+
+def test_plan_estimates_decode_and_detect_time_of_the_demo(tmp_path):
+    path = write_demo_config(tmp_path / "CONFIG.yaml")
+    config = context(path, tmp_path / "out").config
+    estimate = make_plan(config, tmp_path).estimate
+    assert estimate.frames > 0 and estimate.decoded_frames >= estimate.frames - 20  # stills are not decoded
+    assert estimate.decode_seconds > 0 and estimate.detect_seconds > 0
+    assert estimate.assumptions["detect_s_per_frame_cpu"] == DETECT_S_PER_FRAME
+
+
+def test_decode_cost_grows_with_the_gop_and_the_pixels(tmp_path):
+    from stgr_builder.models import BuildConfig, SourceSample, Task, sample_id
+
+    config = BuildConfig.model_validate({"sources": [{"name": "STR_x", "adapter": "demo", "path": "x.jsonl",
+                                                       "media_root": "."}]})
+    sample = SourceSample(id=sample_id("STR_x", "1", "q"), source="STR_x", source_id="1", task=Task.VIDEO_MCQ,
+                          question="q", answer="A", video_path="v.mp4", media_root=str(tmp_path))
+
+    def info(gop: int, width: int) -> VideoInfo:
+        return VideoInfo(path="v.mp4", duration=60, fps=30, n_frames=1800, width=width, height=width * 9 // 16,
+                         keyframes=list(range(0, 1800, gop)))
+
+    short, long_gop, large = (media_seconds(config, [(sample, info(gop, width))])
+                              for gop, width in ((30, 640), (300, 640), (30, 1280)))
+    assert short[0] < long_gop[0] and short[1] < long_gop[1]  # more frames decoded per wanted frame
+    assert large[0] == short[0] and large[1] > short[1]  # same frames, four times the pixels
+    assert short[2] == long_gop[2] == large[2]  # detection is per frame
+    assert short[1] >= short[0] * 640 * 360 / 1e6 * DECODE_S_PER_MPX
