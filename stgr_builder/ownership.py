@@ -71,11 +71,14 @@ class FolderLock:
 
 
 def _read_holder(fd: int) -> str:
-    try:
-        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
-        return f"pid {info['pid']} on {info['host']} since {info['started']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process (it is starting)"
+    # The holder writes its name right after taking the lock: give it a moment to appear.
+    for _ in range(20):
+        try:
+            info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            return f"pid {info['pid']} on {info['host']} since {info['started']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            time.sleep(0.05)
+    return "another process (it is starting)"
 
 
 def folder_build_id(folder: Path) -> str | None:
