@@ -172,21 +172,34 @@ def audit(
 @app.command()
 def reannotate(
     root: Annotated[Path, typer.Argument(help="dataset folder (a finished build or version)")],
-    where: Annotated[str, typer.Option(help="SQL predicate over the rows (views cot, rl) selecting what to redo")],
+    where: Annotated[str, typer.Option(
+        help="SQL predicate over the rows (views cot, rl) or the rejects (id, stage, code, message, source) "
+             "selecting what to redo")],
     prompt: Annotated[str, typer.Option(help="prompt name under prompts/ (or a .yaml path)")],
     model: Annotated[Optional[str], typer.Option(help="annotator model (LLM prompts)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="the new version's folder; default DIR-v2, -v3, ...")] = None,
 ) -> None:
-    """Re-annotate the rows a SQL predicate selects; write a new version beside the old one."""
+    """Re-annotate the rows or rejected samples a SQL predicate selects; write a new version beside the old one."""
     _quiet_orchestrator()
     from flows.build import run_reannotate
 
     target, manifest = run_reannotate(root, where=where, prompt=prompt, model=model, out=out)
     console.print(f"[bold green]re-annotated[/] {manifest.reannotation.selected} rows of {root} "
                   f"into {target} (build {manifest.build_id})")
+    _print_rejects_fixed(target, manifest)
     if not manifest.complete:
         console.print(f"[bold yellow]{_pending_line(manifest)}[/]", highlight=False)
     _print_comparison(target, None)
+
+
+def _print_rejects_fixed(target: Path, manifest) -> None:
+    """One line when the selection held rejected samples: how many are rows now."""
+    selected = manifest.reannotation.rejects_selected
+    if selected:
+        from stgr_builder.audit.compare import rejects_fixed
+
+        console.print(f"of them {selected} were rejected samples: {rejects_fixed(target)} fixed (now rows)",
+                      highlight=False)
 
 
 @app.command("verify")

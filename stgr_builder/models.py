@@ -500,7 +500,8 @@ class Reannotation(_Record):
     where: str = Field(description="the SQL predicate that selected the rows")
     prompt: PromptRef
     model: str
-    selected: int = Field(description="rows (ids) selected and re-annotated")
+    selected: int = Field(description="samples (ids) selected and re-annotated: rows and rejected samples")
+    rejects_selected: int = Field(0, description="of them, samples the parent had rejected (the rejects view)")
 
 
 # ---------------------------------------------------------------------------------------
