@@ -7,7 +7,7 @@
     stgr audit DIR [--sql QUERY] [--compare OLD_DIR] [--gallery OUT.html]
     stgr verify DIR
     stgr export open-o3 DIR --to DIR2
-    stgr serve-llm [--port P] [--latency-ms N] [--fault-rate F]
+    stgr serve-llm [--port P] [--latency-ms N] [--fault-rate F] [--rpm N] [--tpm N]
 
 Exit status 0 on success; non-zero with a one-line reason on failure. Rejected samples are
 not a failure: they are rows of ``rejects/``.
@@ -245,6 +245,9 @@ def serve_llm(
     hang_s: Annotated[float, typer.Option(
         help="seconds a 'timeout' fault waits before replying, and a 'hang' before closing unanswered")] = 30.0,
     crop_deny: Annotated[str, typer.Option(help="labels the crop check answers 'no' for, comma-separated")] = "",
+    rpm: Annotated[Optional[float], typer.Option(
+        help="requests per minute; past them a 429 with Retry-After (and x-ratelimit-* headers on every reply)")] = None,
+    tpm: Annotated[Optional[float], typer.Option(help="tokens per minute (prompt tokens + max_tokens), likewise")] = None,
 ) -> None:
     """A local OpenAI-compatible server with a deterministic policy, for dry runs and tests."""
     from stgr_builder.annotate.server import DryRunServer
@@ -253,7 +256,7 @@ def serve_llm(
     try:
         server = DryRunServer(host=host, port=port, latency_ms=latency_ms, fault_rate=fault_rate, faults=kinds,
                               seed=seed, retry_after_s=retry_after, hang_s=hang_s,
-                              crop_deny=[d.strip() for d in crop_deny.split(",") if d.strip()])
+                              crop_deny=[d.strip() for d in crop_deny.split(",") if d.strip()], rpm=rpm, tpm=tpm)
     except (ValueError, OSError) as exc:
         raise StgrError(f"serve-llm: {exc}") from exc
     console.print(f"listening on {server.base_url}  (export OPENAI_BASE_URL={server.base_url} "

@@ -619,6 +619,12 @@ class AnnotatorConfig(_Config):
     max_candidates_per_frame: int = Field(8, ge=1, description="detector boxes offered per frame, best scores")
     crop_verify: bool = Field(False, description="put each chosen box, cropped, to the VLM: 'Is this a NAME?'")
     crop_prompt: str = Field("crop-verify", description="prompt of the crop verification under prompts/")
+    rpm: int | None = Field(
+        None, ge=1, description="requests per minute, shared by every shard task and worker of a build; "
+                                "None: keep to the server's x-ratelimit headers and 429s")
+    tpm: int | None = Field(
+        None, ge=1, description="tokens per minute (estimated: prompt text / 4, 85 an image, max_tokens), "
+                                "shared likewise")
 
 
 class VerifyConfig(_Config):

@@ -62,6 +62,7 @@ from stgr_builder.annotate.cache import CacheEntry, CachedUsage, ResponseCache, 
 from stgr_builder.core.hashing import digest
 from stgr_builder.core.resources import BudgetReached, Resources
 from stgr_builder.annotate.prompts import load_prompt
+from stgr_builder.annotate.ratelimit import limiter_for
 from stgr_builder.errors import SampleError, StgrError
 from stgr_builder.models import (
     AnnotatorConfig, Annotation, Detection, Evidence, Frame, LlmUsage, RejectCode, SampleWork, VerifyConfig)
@@ -562,6 +563,8 @@ class LlmAnnotator:
         self.sample_usage: dict[str, LlmUsage] = {}
         self._sampling = {"temperature": config.temperature, "max_tokens": config.max_tokens}
         self.images = FrameImages(resources)
+        # Requests and tokens per minute, shared by the build's every request (a flock'd file).
+        self.limiter = limiter_for(self.root, config.rpm, config.tpm)
 
     def take_usage(self, sample_id: str) -> LlmUsage | None:
         return self.sample_usage.pop(sample_id, None)
@@ -605,7 +608,8 @@ class LlmAnnotator:
                 finally:
                     self.sample_usage[work.sample.id] = usage
 
-        async with AsyncOpenAI(max_retries=self.config.max_retries, timeout=self.config.timeout) as client:
+        async with AsyncOpenAI(max_retries=self.config.max_retries, timeout=self.config.timeout,
+                               http_client=self.limiter.http_client(self.config.max_tokens)) as client:
             ask = _Asker(client, semaphore, self)
             return await asyncio.gather(*(one(ask, work) for work in batch), return_exceptions=True)
 

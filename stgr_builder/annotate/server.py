@@ -59,6 +59,47 @@ class ServerOptions:
     retry_after_s: float = 0.1
     hang_s: float = 5.0
     crop_deny: Sequence[str] = ()
+    rpm: float | None = None
+    tpm: float | None = None
+
+
+class _Limits:
+    """The server's per-minute limits: a bucket per kind holding one second's worth."""
+
+    def __init__(self, rpm: float | None, tpm: float | None):
+        self.lock = threading.Lock()
+        self.kinds = {kind: [per_minute, max(1.0, per_minute / 60), time.monotonic()]
+                      for kind, per_minute in (("requests", rpm), ("tokens", tpm)) if per_minute}
+
+    def _refill(self, kind: str, now: float) -> tuple[float, float]:
+        per_minute, level, at = self.kinds[kind]
+        rate = per_minute / 60
+        level = min(max(1.0, rate), level + (now - at) * rate)
+        self.kinds[kind][1:] = [level, now]
+        return level, rate
+
+    def take(self, tokens: int) -> tuple[float | None, dict[str, str]]:
+        """Admit a request of ``tokens`` (None) or refuse it (seconds until it would pass), and
+        the rate-limit headers either way."""
+        with self.lock:
+            now = time.monotonic()
+            wait = 0.0
+            for kind, need in (("requests", 1.0), ("tokens", 1e-9)):
+                if kind in self.kinds:
+                    level, rate = self._refill(kind, now)
+                    if level < need:
+                        wait = max(wait, (need - level) / rate)
+            if not wait:
+                for kind, cost in (("requests", 1.0), ("tokens", float(tokens))):
+                    if kind in self.kinds:
+                        self.kinds[kind][1] -= cost
+            headers = {}
+            for kind, (per_minute, level, _) in self.kinds.items():
+                rate, cap = per_minute / 60, max(1.0, per_minute / 60)
+                headers[f"x-ratelimit-limit-{kind}"] = f"{per_minute:g}"
+                headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, int(level)))
+                headers[f"x-ratelimit-reset-{kind}"] = f"{max(0.0, cap - level) / rate:.3f}s"
+            return (wait or None), headers
 
 
 @dataclass
@@ -168,6 +209,7 @@ class _Server(ThreadingHTTPServer):
         self.fault_lock = threading.Lock()
         self.arrivals = 0
         self.faulted = 0
+        self.limits = _Limits(options.rpm, options.tpm) if (options.rpm or options.tpm) else None
 
     def stats_snapshot(self) -> dict[str, Any]:
         return self.stats.snapshot()
@@ -206,7 +248,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
-            for key, value in (headers or {}).items():
+            for key, value in {**(headers or {}), **getattr(self, "limit_headers", {})}.items():
                 self.send_header(key, value)
             self.end_headers()
             self.wfile.write(data if cut is None else data[:cut])
@@ -247,10 +289,31 @@ class _Handler(BaseHTTPRequestHandler):
             stats.in_flight += 1
             stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         try:
+            if not self._admitted(body):
+                return
             self._complete(body, raw, schema_name, key, options)
         finally:
             with stats.lock:
                 stats.in_flight -= 1
+
+    def _admitted(self, body: dict) -> bool:
+        """Within the rate limits (and the headers that say so set on the reply), or refused
+        with a 429 now, before any latency or fault."""
+        self.limit_headers = {}
+        if self.server.limits is None:
+            return True
+        messages = body.get("messages") or []
+        tokens = (len(_texts(messages, "system") + _texts(messages, "user")) // 4 + 85 * _images(messages)
+                  + int(body.get("max_tokens") or 0))
+        wait, self.limit_headers = self.server.limits.take(tokens)
+        if wait is None:
+            return True
+        with self.server.stats.lock:
+            self.server.stats.by_outcome["rate_limited"] += 1
+        self._send(429, {"error": {"message": "rate limit reached (requests or tokens per minute)",
+                                   "type": "rate_limit_error"}},
+                   {"Retry-After": f"{wait:.3f}", "retry-after-ms": str(max(1, round(wait * 1000)))})
+        return False
 
     def _complete(self, body: dict, raw: bytes, schema_name: str, key: str, options: ServerOptions) -> None:
         stats = self.server.stats
