@@ -40,7 +40,8 @@ from stgr_builder.video.steps import ProbeStep, SampleStep
 #: Config knobs that only pace a build (workers, concurrency, budgets, timeouts): left out of
 #: the build id and of the stage fingerprints, so changing them between runs keeps one build.
 PACING_SETTINGS = {
-    "annotator": {"concurrency", "budget", "budget_tokens", "timeout", "max_retries", "rpm", "tpm"},
+    "annotator": {"concurrency", "budget", "budget_tokens", "timeout", "max_retries", "rpm", "tpm",
+                  "prepare_processes"},
     "sharding": {"workers", "runner", "dask_address"},
     "estimate": True,
 }

@@ -625,6 +625,9 @@ class AnnotatorConfig(_Config):
     tpm: int | None = Field(
         None, ge=1, description="tokens per minute (estimated: prompt text / 4, 85 an image, max_tokens), "
                                 "shared likewise")
+    prepare_processes: int | None = Field(
+        None, ge=0, description="processes that draw and encode the frames of LLM requests (off the event loop); "
+                                "None: min(4, cores - 1); 0: threads")
 
 
 class VerifyConfig(_Config):

@@ -41,7 +41,6 @@ import asyncio
 import base64
 import contextvars
 import functools
-import io
 import json
 import os
 import re
@@ -51,7 +50,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from PIL import Image, ImageDraw, ImageFont
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stgr_builder.core import geometry, grammar
@@ -62,6 +60,7 @@ from stgr_builder.annotate.cache import CacheEntry, CachedUsage, ResponseCache, 
 from stgr_builder.core.hashing import digest
 from stgr_builder.core.resources import BudgetReached, Resources
 from stgr_builder.annotate.prompts import load_prompt
+from stgr_builder.annotate.prepare import PreparePool, base_frame, default_processes, draw_frame
 from stgr_builder.annotate.ratelimit import limiter_for
 from stgr_builder.errors import SampleError, StgrError
 from stgr_builder.models import (
@@ -225,62 +224,38 @@ def sample_view(work: SampleWork, *, max_per_frame: int, max_area: float) -> Sam
                       size=image_size(work))
 
 
-_COLORS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
-           (240, 50, 230), (210, 245, 60)]
-
-
-def _base_frame(path: str, max_side: int) -> Image.Image:
-    with Image.open(path) as image:
-        rgb = image.convert("RGB")
-    scale = min(1.0, max_side / max(rgb.size))
-    if scale < 1.0:
-        rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))))
-    return rgb
-
-
-@functools.cache
-def _label_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    # The font ImageDraw uses when given none; loading it per call is most of a frame's drawing.
-    return ImageFont.load_default()
-
-
-def draw_frame(path: Path, candidates: list[Candidate], max_side: int, quality: int = 85,
-               base: Image.Image | None = None) -> bytes:
-    """The frame's JPEG with its candidate boxes drawn and labelled ``B<id>``, downscaled so
-    its longer side is at most ``max_side`` (``base``: that downscaled frame, when the caller
-    has it). Deterministic (its hash is in the cache key)."""
-    rgb = (base if base is not None else _base_frame(str(path), max_side)).copy()
-    draw = ImageDraw.Draw(rgb)
-    font = _label_font()
-    width, height = rgb.size
-    for cand in candidates:
-        x1, y1, x2, y2 = cand.det.box
-        color = _COLORS[cand.id % len(_COLORS)]
-        rect = (round(x1 * width), round(y1 * height), round(x2 * width), round(y2 * height))
-        draw.rectangle(rect, outline=color, width=2)
-        draw.text((rect[0] + 3, rect[1] + 2), f"B{cand.id}", fill=color, font=font)
-    buffer = io.BytesIO()
-    rgb.save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
-
-
 class FrameImages:
     """Drawn frames as ``(data URL, image_digest)``, memoized by frame, size and the candidates
     drawn on it: the samples of one video share frames and detections, so most of their frames
     are decoded once, and drawn, encoded and hashed once. Both memos are the process's
     (``Resources``), bounded in bytes."""
 
-    def __init__(self, resources: Resources):
+    def __init__(self, resources: Resources, pool: PreparePool | None = None):
         # Frames are content-addressed and shared by the samples of a video: decode each once.
         self.bases = resources.memo("llm-base-frames", 128 << 20, weigh=lambda im: im.width * im.height * 3)
         self.drawn = resources.memo("llm-drawn-frames", 128 << 20, weigh=lambda made: len(made[0]) + len(made[1]))
+        # Worker processes that draw the frames not in the memo (``prepare.py``), if any.
+        self.pool = pool
+
+    def get_many(self, frames: list[tuple[Path, list[Candidate]]], max_side: int) -> list[tuple[str, str]]:
+        """``get`` for each frame; the ones not in the memo drawn together in the pool."""
+        keys = [(str(path), max_side, tuple((c.id, tuple(c.det.box)) for c in cands)) for path, cands in frames]
+        found = [self.drawn.get(key) for key in keys]
+        missing = [i for i, made in enumerate(found) if made is None]
+        if missing and self.pool is not None:
+            made = self.pool.render_many([(keys[i][0], keys[i][2], max_side) for i in missing])
+            for i, item in zip(missing, made or []):
+                found[i] = item
+                self.drawn.put(keys[i], item)
+        return [made if made is not None else self.get(path, cands, max_side)
+                for made, (path, cands) in zip(found, frames)]
 
     def get(self, path: Path, candidates: list[Candidate], max_side: int) -> tuple[str, str]:
         key = (str(path), max_side, tuple((c.id, tuple(c.det.box)) for c in candidates))
         found = self.drawn.get(key)
         if found is not None:
             return found
-        base = self.bases.get_or_make((str(path), max_side), lambda: _base_frame(str(path), max_side))
+        base = self.bases.get_or_make((str(path), max_side), lambda: base_frame(str(path), max_side))
         jpeg = draw_frame(path, candidates, max_side, base=base)
         made = (crops.data_url(jpeg), image_digest(jpeg))
         self.drawn.put(key, made)
@@ -317,13 +292,17 @@ def build_request(view: SampleView, content: LlmPromptContent, root: Path, max_s
         span_rule=content.span_rule_temporal if view.temporal else content.span_rule_other)
     parts: list[dict] = [{"type": "text", "text": user}]
     digests: dict[str, str] = {}
+    shown = [[c for c in view.candidates.values() if c.frame_no == number]
+             for number in range(1, len(view.frames) + 1)]
+    drawn = images.get_many([(root / f.path, on) for f, on in zip(view.frames, shown)], max_side) \
+        if images is not None else None
     for number, frame in enumerate(view.frames, start=1):
-        on_frame = [c for c in view.candidates.values() if c.frame_no == number]
+        on_frame = shown[number - 1]
         time = 0.0 if view.size else frame.time
         parts.append({"type": "text", "text": content.frame.format(
             frame=number, time=grammar.fmt_time(time), boxes=", ".join(f"B{c.id}" for c in on_frame) or "none")})
-        if images is not None:
-            url, image_hash = images.get(root / frame.path, on_frame, max_side)
+        if drawn is not None:
+            url, image_hash = drawn[number - 1]
         else:
             jpeg = draw_frame(root / frame.path, on_frame, max_side)
             url, image_hash = crops.data_url(jpeg), image_digest(jpeg)
@@ -562,7 +541,10 @@ class LlmAnnotator:
         # (a batch's total cannot be split after the fact); taken by ``usage_of``.
         self.sample_usage: dict[str, LlmUsage] = {}
         self._sampling = {"temperature": config.temperature, "max_tokens": config.max_tokens}
-        self.images = FrameImages(resources)
+        processes = default_processes(config.prepare_processes)
+        pool = resources.model(("llm-prepare-pool", processes), lambda: PreparePool(processes)).model \
+            if processes else None
+        self.images = FrameImages(resources, pool)
         # Requests and tokens per minute, shared by the build's every request (a flock'd file).
         self.limiter = limiter_for(self.root, config.rpm, config.tpm)
 
