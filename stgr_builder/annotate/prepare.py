@@ -100,6 +100,10 @@ def render_frame(job: FrameJob) -> tuple[str, str]:
     return data_url(jpeg), image_digest(jpeg)
 
 
+def render_frames(jobs: list[FrameJob]) -> list[tuple[str, str]]:
+    return [render_frame(job) for job in jobs]
+
+
 def _warm() -> int:
     _label_font()  # the imports and the font, once, before the first request
     return os.getpid()
@@ -130,12 +134,13 @@ class PreparePool:
             return None
         try:
             pool = self._executor()
-            futures = [pool.submit(render_frame, job) for job in jobs]
+            # One task for the request's frames: one round trip to a worker, not one a frame.
+            future = pool.submit(render_frames, list(jobs))
         except Exception:  # noqa: BLE001 - no pool here (no children allowed, no forkserver): threads
             self.broken = True
             return None
         try:
-            return [future.result() for future in futures]
+            return future.result()
         except BrokenProcessPool:  # a worker died: threads from now on
             self.broken = True
             return None

@@ -199,7 +199,9 @@ class RateLimiter:
 
         def learn(state: dict) -> None:
             now = self.clock()
-            state["learned"] = {"rpm": limit_req, "tpm": limit_tok}
+            if limit_req is not None or limit_tok is not None or "learned" not in state:
+                # A reply without the headers (a proxy's 429, a 5xx) does not forget the limits.
+                state["learned"] = {"rpm": limit_req, "tpm": limit_tok}
             state.pop("probe_until", None)
             rpm, tpm = self.limits(state)
             for key, per_minute, left in (("req", rpm, left_req), ("tok", tpm, left_tok)):
