@@ -248,6 +248,7 @@ def serve_llm(
     rpm: Annotated[Optional[float], typer.Option(
         help="requests per minute; past them a 429 with Retry-After (and x-ratelimit-* headers on every reply)")] = None,
     tpm: Annotated[Optional[float], typer.Option(help="tokens per minute (prompt tokens + max_tokens), likewise")] = None,
+    batch_delay: Annotated[float, typer.Option(help="seconds before a submitted batch is answered (Batch API)")] = 0.2,
 ) -> None:
     """A local OpenAI-compatible server with a deterministic policy, for dry runs and tests."""
     from stgr_builder.annotate.server import DryRunServer
@@ -256,7 +257,8 @@ def serve_llm(
     try:
         server = DryRunServer(host=host, port=port, latency_ms=latency_ms, fault_rate=fault_rate, faults=kinds,
                               seed=seed, retry_after_s=retry_after, hang_s=hang_s,
-                              crop_deny=[d.strip() for d in crop_deny.split(",") if d.strip()], rpm=rpm, tpm=tpm)
+                              crop_deny=[d.strip() for d in crop_deny.split(",") if d.strip()], rpm=rpm, tpm=tpm,
+                              batch_delay_s=batch_delay)
     except (ValueError, OSError) as exc:
         raise StgrError(f"serve-llm: {exc}") from exc
     console.print(f"listening on {server.base_url}  (export OPENAI_BASE_URL={server.base_url} "
