@@ -75,6 +75,8 @@ def build(
     overwrite: Annotated[bool, typer.Option(
         help="build into a folder that holds another build or files a build did not make (none of those "
              "files is deleted unless the folder's records list it)")] = False,
+    no_wait: Annotated[bool, typer.Option(
+        "--no-wait", help="batch mode: return once the batches are submitted; run again to collect")] = False,
 ) -> None:
     """Build the datasets a config (or recipe) describes. Run again on the same --out to resume."""
     from stgr_builder.recipes import is_recipe, write_config
@@ -88,7 +90,7 @@ def build(
 
         path = Path(config)
         out = out or Path("outputs") / load_config(path.resolve()).name
-    _run_build(path, out, overwrite=overwrite)
+    _run_build(path, out, overwrite=overwrite, wait=not no_wait)
     _print_audit(out)
 
 
@@ -287,7 +289,7 @@ def schemas(write: Annotated[bool, typer.Option(help="rewrite schemas/ from the 
     console.print(f"schemas: {len(stale)} rewritten" if write else "schemas are current")
 
 
-def _run_build(config: Path, out: Path, overwrite: bool = False) -> None:
+def _run_build(config: Path, out: Path, overwrite: bool = False, wait: bool = True) -> None:
     _quiet_orchestrator()
     from flows.build import run_build
 
@@ -295,7 +297,7 @@ def _run_build(config: Path, out: Path, overwrite: bool = False) -> None:
     watcher = threading.Thread(target=_watch_progress, args=(out, stop), daemon=True)
     watcher.start()
     try:
-        manifest = run_build(config, out, overwrite=overwrite)
+        manifest = run_build(config, out, overwrite=overwrite, wait=wait)
     finally:
         stop.set()
         watcher.join()
@@ -304,6 +306,16 @@ def _run_build(config: Path, out: Path, overwrite: bool = False) -> None:
     if not manifest.complete:
         # Not a failure: run the same command again to finish (received replies are cached).
         console.print(f"[bold yellow]{_pending_line(manifest)}[/]", highlight=False)
+        _print_pending_batches(out)
+
+
+def _print_pending_batches(out: Path) -> None:
+    """Batch mode: ``N requests in K batches pending; run again to collect``."""
+    from stgr_builder.annotate import pending_batches
+
+    requests, batches = pending_batches(out)
+    if batches:
+        console.print(f"{requests} requests in {batches} batches pending; run again to collect", highlight=False)
 
 
 def _pending_line(manifest) -> str:

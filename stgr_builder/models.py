@@ -117,7 +117,7 @@ class RejectCode(str, Enum):
 
 #: Why a sample is pending (the reason before the colon in a PENDING message; ``budget``: the
 #: run's LLM budget stopped its shard).
-PENDING_REASONS = ("budget", "rate_limited", "server_error", "timeout", "connection", "bad_reply")
+PENDING_REASONS = ("budget", "rate_limited", "server_error", "timeout", "connection", "bad_reply", "batch")
 
 
 # ---------------------------------------------------------------------------------------
@@ -625,6 +625,12 @@ class AnnotatorConfig(_Config):
     tpm: int | None = Field(
         None, ge=1, description="tokens per minute (estimated: prompt text / 4, 85 an image, max_tokens), "
                                 "shared likewise")
+    mode: Literal["online", "batch"] = Field(
+        "online", description="batch: first requests through the Batch API (files, batches) at the batch price; "
+                              "the rows are the online mode's")
+    batch_max_requests: int = Field(50_000, ge=1, description="requests per batch file (the provider's limit)")
+    batch_max_bytes: int = Field(200 << 20, ge=1024, description="bytes per batch file (the provider's limit)")
+    batch_poll_s: float = Field(30.0, gt=0, description="seconds between polls of unfinished batches")
     prepare_processes: int | None = Field(
         None, ge=0, description="processes that draw and encode the frames of LLM requests (off the event loop); "
                                 "None: min(4, cores - 1); 0: threads")

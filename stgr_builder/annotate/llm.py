@@ -60,6 +60,7 @@ from stgr_builder.annotate.cache import CacheEntry, CachedUsage, ResponseCache, 
 from stgr_builder.core.hashing import digest
 from stgr_builder.core.resources import BudgetReached, Resources
 from stgr_builder.annotate.prompts import load_prompt
+from stgr_builder.annotate.batch import BatchJobs
 from stgr_builder.annotate.prepare import PreparePool, base_frame, default_processes, draw_frame
 from stgr_builder.annotate.ratelimit import limiter_for
 from stgr_builder.errors import SampleError, StgrError
@@ -505,7 +506,7 @@ class LlmAnnotator:
     name = "openai"
 
     def __init__(self, config: AnnotatorConfig, verify: VerifyConfig, *, root: Path | None = None,
-                 resources: Resources | None = None, run: str = ""):
+                 resources: Resources | None = None, run: str = "", wait: bool = True):
         if not config.model:
             raise StgrError("annotator.model is required for backend openai (e.g. model: gpt-4o-mini)")
         if not os.environ.get("OPENAI_API_KEY"):
@@ -547,6 +548,8 @@ class LlmAnnotator:
         self.images = FrameImages(resources, pool)
         # Requests and tokens per minute, shared by the build's every request (a flock'd file).
         self.limiter = limiter_for(self.root, config.rpm, config.tpm)
+        # Batch mode: wait for the batches (False: ``--no-wait``, ``BatchPending`` once submitted).
+        self.wait = wait
 
     def take_usage(self, sample_id: str) -> LlmUsage | None:
         return self.sample_usage.pop(sample_id, None)
@@ -562,6 +565,8 @@ class LlmAnnotator:
     def annotate_batch(self, batch: list[SampleWork]) -> list[Annotation | SampleError]:
         if self.root is None or self.cache is None:
             raise StgrError("LlmAnnotator needs the dataset folder (root) to annotate")
+        if self.config.mode == "batch":
+            self._send_as_batches(batch)  # replies into the cache; the online pass below reads them
         results = _run(lambda: self._batch(batch))
         failures = [r for r in results if isinstance(r, BaseException) and not isinstance(r, SampleError)]
         if any(isinstance(r, BudgetReached) for r in failures):
@@ -569,6 +574,54 @@ class LlmAnnotator:
         if failures:
             raise failures[0]
         return results
+
+    # -- batch mode -------------------------------------------------------------------------
+
+    def _send_as_batches(self, batch: list[SampleWork]) -> None:
+        """Each sample's first request (``_one``'s, byte for byte) that the cache lacks, sent
+        through the Batch API (``batch.py``); the replies go into the request cache."""
+        bodies: dict[str, dict] = {}
+        images: dict[str, int] = {}
+        for work in batch:
+            view = sample_view(work, max_per_frame=self.config.max_candidates_per_frame, max_area=self.max_area)
+            if work.sample.task in grammar.GROUNDED_TASKS and not view.candidates:
+                continue  # rejected without a request (no_evidence)
+            messages, digests = build_request(view, self.content, self.root, self.config.image_max_side, self.images)
+            key = request_key(model=self.model, prompt_version=self.prompt.version, messages=messages,
+                              schema_hash=schema_hash(CotReply), sampling=self._sampling, digests=digests)
+            entry = self.cache.get(key)
+            if key in bodies or (entry is not None and not (entry.kind == "error"
+                                                            and _TRANSIENT_ERROR.match(entry.error or ""))):
+                continue
+            if not self.budget.acquire():
+                break  # the rest is asked online, where the budget stops the shard
+            body: dict[str, Any] = {"model": self.model, "messages": messages,
+                                    "response_format": response_format(CotReply, SCHEMA_NAME),
+                                    "temperature": self.config.temperature}
+            if self.config.max_tokens is not None:
+                body["max_tokens"] = self.config.max_tokens
+            bodies[key], images[key] = body, _count_images(messages)
+        if not bodies:
+            return
+        jobs = BatchJobs(self.root, max_requests=self.config.batch_max_requests,
+                         max_bytes=self.config.batch_max_bytes, poll_s=self.config.batch_poll_s)
+        for key, (status, reply) in jobs.run(bodies, wait=self.wait).items():
+            if key not in bodies:
+                continue
+            if status == 200:
+                try:
+                    entry = _entry_of(json.dumps(reply).encode(), images[key], self.model)
+                except _BadReply:
+                    continue  # asked again online
+            elif 400 <= status < 500 and status not in (408, 409, 429):
+                message = (reply or {}).get("error", {}).get("message", "") if isinstance(reply, dict) else ""
+                entry = CacheEntry(kind="error", images=images[key], model=self.model,
+                                   error=f"HTTP {status} (batch): {str(message)[:200]}")
+            else:
+                continue  # transient (429, 5xx): asked again online
+            self.budget.add_tokens(entry.usage.prompt_tokens + entry.usage.completion_tokens)
+            self.cache.put(key, entry)
+        jobs.collected(bodies)
 
     # -- one batch, one sample ------------------------------------------------------------
 

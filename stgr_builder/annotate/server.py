@@ -451,7 +451,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif path.endswith("/stats"):
             self._send(200, self.server.stats_snapshot())
         elif "/files" in path or "/batches" in path:
-            self._send(*self.server.batch_api.get(path))
+            self._send(*self.server.batch_api.get(path.split("?", 1)[0].rstrip("/")))
         else:
             self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
 

@@ -1,0 +1,179 @@
+"""``annotator.mode: batch``: the first request of every sample sent through the OpenAI Batch API
+(OpenAI, Azure, Gemini's compatible endpoint; ``stgr serve-llm`` for dry runs) at the batch
+price, its replies put into the same request cache the online path reads, so the rows are the
+online mode's byte for byte.
+
+A shard's new requests (their cache keys are the ``custom_id``) are written as Batch JSONL,
+split by ``batch_max_requests`` and ``batch_max_bytes``, uploaded (Files API, purpose ``batch``)
+and submitted as batches. What is submitted is recorded under ``<out>/_cache/batches/`` before
+anything is uploaded, and each batch id as soon as the provider returns it; a batch is also
+tagged with ``metadata.stgr_intent``, so a build killed between the two finds it by listing the
+batches. A killed or ``--no-wait`` build started again reattaches to its batches: paid work is
+never submitted twice.
+
+Collecting a finished batch: a line answered 200 becomes a cached reply; a line refused for
+good (a 4xx but 408/409/429) a cached error (the sample is rejected as online); a transient
+failure (429, 5xx, an expired batch) is not cached, and the online path asks it again. Re-asks
+of invalid replies and crop checks go online (they depend on the first reply).
+
+>>> jobs = BatchJobs(Path("out"), max_requests=50_000, max_bytes=200 << 20, poll_s=30)   # doctest: +SKIP
+>>> replies = jobs.run({"<key>": body}, wait=False)                                     # doctest: +SKIP
+BatchPending: 64 requests in 1 batches pending; run again to collect
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from stgr_builder.core.files import atomic_write_text
+from stgr_builder.core.hashing import digest
+
+#: Where the records of submitted batches live, under the dataset folder.
+BATCH_DIR = Path("_cache") / "batches"
+ENDPOINT = "/v1/chat/completions"
+TERMINAL = {"completed", "failed", "expired", "cancelled"}
+
+
+class BatchPending(Exception):
+    """Batches of this shard are submitted and not finished (``--no-wait``): the shard writes
+    nothing, and a later run collects them."""
+
+    def __init__(self, requests: int, batches: int):
+        super().__init__(f"{requests} requests in {batches} batches pending; run again to collect")
+        self.requests = requests
+        self.batches = batches
+
+
+def pending_batches(root: Path) -> tuple[int, int]:
+    """(requests, batches) submitted under ``root`` and not collected yet."""
+    requests = batches = 0
+    for path in sorted((Path(root) / BATCH_DIR).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        for chunk in record.get("chunks", []):
+            if not chunk.get("collected"):
+                requests += len(chunk["keys"])
+                batches += 1
+    return requests, batches
+
+
+def _chunks(lines: list[tuple[str, bytes]], max_requests: int, max_bytes: int) -> list[list[tuple[str, bytes]]]:
+    out: list[list[tuple[str, bytes]]] = [[]]
+    size = 0
+    for key, line in lines:
+        if out[-1] and (len(out[-1]) >= max_requests or size + len(line) > max_bytes):
+            out.append([])
+            size = 0
+        out[-1].append((key, line))
+        size += len(line)
+    return [chunk for chunk in out if chunk]
+
+
+class BatchJobs:
+    """Submit, record, poll and collect the batches of one shard (see the module's docstring)."""
+
+    def __init__(self, root: Path, *, max_requests: int, max_bytes: int, poll_s: float, client_factory=None):
+        self.root = Path(root)
+        self.max_requests = max_requests
+        self.max_bytes = max_bytes
+        self.poll_s = poll_s
+        self._client_factory = client_factory
+        self.submitted = 0  # batches this instance created (a reattached one is not counted)
+
+    def client(self):
+        if self._client_factory is not None:
+            return self._client_factory()
+        from openai import OpenAI
+
+        return OpenAI(max_retries=5, timeout=120.0)
+
+    def run(self, bodies: Mapping[str, dict], *, wait: bool) -> dict[str, tuple[int, Any]]:
+        """Submit ``bodies`` (cache key -> chat completion body), unless this same set was
+        submitted before; wait for the batches (or raise ``BatchPending``); return each key's
+        (status, reply body) from the output and error files."""
+        if not bodies:
+            return {}
+        keys = sorted(bodies)
+        intent = digest(keys)[:16]
+        path = self.root / BATCH_DIR / f"{intent}.json"
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            lines = [(key, (json.dumps({"custom_id": key, "method": "POST", "url": ENDPOINT, "body": bodies[key]},
+                                       separators=(",", ":")) + "\n").encode()) for key in keys]
+            record = {"intent": intent, "chunks": [{"keys": [key for key, _ in chunk], "batch_id": None,
+                                                    "collected": False}
+                                                   for chunk in _chunks(lines, self.max_requests, self.max_bytes)]}
+            self._save(path, record)  # before anything is uploaded
+        client = self.client()
+        for number, chunk in enumerate(record["chunks"]):
+            if chunk["batch_id"] is None:
+                tag = f"{intent}-{number}"
+                chunk["batch_id"] = self._find(client, tag) or self._submit(client, tag, chunk["keys"], bodies)
+                self._save(path, record)
+        while True:
+            batches = {c["batch_id"]: client.batches.retrieve(c["batch_id"]) for c in record["chunks"]
+                       if not c["collected"]}
+            running = [b for b in batches.values() if b.status not in TERMINAL]
+            if not running:
+                break
+            if not wait:
+                raise BatchPending(sum(len(c["keys"]) for c in record["chunks"] if not c["collected"]), len(running))
+            time.sleep(self.poll_s)
+        replies: dict[str, tuple[int, Any]] = {}
+        for chunk in record["chunks"]:
+            batch = batches.get(chunk["batch_id"])
+            if batch is None:
+                continue  # collected by an earlier run: its replies are in the request cache
+            for file_id in (batch.output_file_id, batch.error_file_id):
+                if not file_id:
+                    continue
+                for line in client.files.content(file_id).read().splitlines():
+                    try:
+                        item = json.loads(line)
+                        response = item.get("response") or {}
+                        replies[item["custom_id"]] = (int(response.get("status_code") or 0), response.get("body"))
+                    except (ValueError, KeyError, TypeError, AttributeError):
+                        continue
+        return replies
+
+    def collected(self, bodies: Mapping[str, dict]) -> None:
+        """Mark the batches of ``bodies`` collected (their replies are in the request cache)."""
+        path = self.root / BATCH_DIR / f"{digest(sorted(bodies))[:16]}.json"
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        for chunk in record["chunks"]:
+            chunk["collected"] = True
+        self._save(path, record)
+
+    @staticmethod
+    def _save(path: Path, record: dict) -> None:
+        atomic_write_text(path, json.dumps(record, indent=1))
+
+    @staticmethod
+    def _find(client, tag: str) -> str | None:
+        """A batch submitted with this tag by a run killed before it recorded the id."""
+        for batch in client.batches.list(limit=100):
+            if (batch.metadata or {}).get("stgr_intent") == tag and batch.status != "cancelled":
+                return batch.id
+        return None
+
+    def _submit(self, client, tag: str, keys: list[str], bodies: Mapping[str, dict]) -> str:
+        data = "".join(json.dumps({"custom_id": key, "method": "POST", "url": ENDPOINT, "body": bodies[key]},
+                                  separators=(",", ":")) + "\n" for key in keys).encode()
+        uploaded = client.files.create(file=(f"stgr-{tag}.jsonl", data), purpose="batch")
+        batch = client.batches.create(input_file_id=uploaded.id, endpoint=ENDPOINT, completion_window="24h",
+                                      metadata={"stgr_intent": tag})
+        self.submitted += 1
+        return batch.id
+
+
+__all__ = ["BATCH_DIR", "BatchJobs", "BatchPending", "pending_batches"]

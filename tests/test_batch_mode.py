@@ -1,0 +1,65 @@
+"""annotator.mode: batch against `stgr serve-llm`'s Batch API: no online chat request for
+annotation, rows identical to an online build's; a build that returns after submitting
+(--no-wait) and is run again reattaches to its batch and submits nothing twice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from stgr_builder.annotate.server import serve_llm
+from stgr_builder.cli import app
+from stgr_builder.pipeline import build
+from stgr_builder.sources.demo import generate_demo
+from stgr_builder.sources.demo_config import demo_config
+
+pytestmark = pytest.mark.slow
+
+
+def _config(source: Path, name: str, **annotator) -> Path:
+    config = demo_config().model_dump(mode="json")
+    config["annotator"].update({"backend": "openai", "model": "stgr-dry-run", "prompt": "stgr-cot-llm",
+                                "batch_poll_s": 0.1, **annotator})
+    path = source / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _shards(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes()
+            for folder in ("stgr_cot", "stgr_rl", "rejects") for p in sorted((out / folder).glob("part-*.parquet"))}
+
+
+def test_batch_mode_rows_equal_online_rows_and_nothing_is_submitted_twice(tmp_path, monkeypatch):
+    source = tmp_path / "src"
+    generate_demo(source, seed=0, n_videos=2, n_images=1)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-batch-0123456789")
+    with serve_llm() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        online = build(_config(source, "online"), tmp_path / "online")
+        asked_online = server.stats()["total"]
+    assert online.complete and asked_online > 0
+
+    out = tmp_path / "batch"
+    config = _config(source, "batch", mode="batch", batch_max_requests=10)
+    with serve_llm(batch_delay_s=1.0) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        first = CliRunner().invoke(app, ["build", str(config), "--out", str(out), "--no-wait"])
+        assert first.exit_code == 0, first.output
+        assert "batches pending; run again to collect" in first.output
+        submitted = server.stats()["batches"]
+        assert submitted >= 2 and server.stats()["total"] == 0  # split by batch_max_requests; nothing online
+        assert json.loads((out / "manifest.json").read_text())["complete"] is False
+        records = list((out / "_cache" / "batches").glob("*.json"))
+        assert records and all(c["batch_id"] for r in records for c in json.loads(r.read_text())["chunks"])
+
+        second = build(config, out)  # reattaches, waits, collects
+        stats = server.stats()
+    assert second.complete
+    assert stats["batches"] == submitted  # nothing submitted twice
+    assert stats["batch_lines"] == asked_online and stats["total"] == 0  # each request once, none online
+    assert _shards(out) == _shards(tmp_path / "online")  # the online build's rows, byte for byte
