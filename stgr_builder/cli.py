@@ -106,17 +106,22 @@ def plan_cmd(
     latency: Annotated[Optional[float], typer.Option(help="seconds per LLM request")] = None,
     concurrency: Annotated[Optional[int], typer.Option(help="LLM requests in flight per shard task")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the plan as JSON here")] = None,
+    batch_discount: Annotated[Optional[float], typer.Option(
+        help="estimate at batch prices: the share of the price a batch request costs (0.5: half)")] = None,
 ) -> None:
     """What a build would do, without calling any model or writing a dataset: rows per
     source and task, what is filtered and why, missing media, and the LLM work's estimate."""
     from stgr_builder.planning import make_plan
 
     resolved, config_dir, _ = _resolve(config, data_root, source, scale, skip_missing)
-    est = {k: v for k, v in (("price_in", price_in), ("price_out", price_out), ("latency_s", latency))
-           if v is not None}
+    est = {k: v for k, v in (("price_in", price_in), ("price_out", price_out), ("latency_s", latency),
+                             ("batch_discount", batch_discount)) if v is not None}
     updates = {"estimate": resolved.estimate.model_copy(update=est)}
-    if concurrency is not None:
-        updates["annotator"] = resolved.annotator.model_copy(update={"concurrency": concurrency})
+    annotator = {"concurrency": concurrency} if concurrency is not None else {}
+    if batch_discount is not None:
+        annotator["mode"] = "batch"
+    if annotator:
+        updates["annotator"] = resolved.annotator.model_copy(update=annotator)
     resolved = resolved.model_copy(update=updates)
     plan = make_plan(resolved, config_dir)
     if json_out is not None:

@@ -656,6 +656,8 @@ class EstimateConfig(_Config):
 
     price_in: float = Field(0.0, ge=0, description="price per million prompt tokens")
     price_out: float = Field(0.0, ge=0, description="price per million completion tokens")
+    batch_discount: float = Field(
+        0.5, gt=0, le=1, description="share of the price paid for requests sent in batches (annotator.mode: batch)")
     completion_tokens: int = Field(400, ge=0, description="completion tokens per CoT reply")
     crop_completion_tokens: int = Field(5, ge=0, description="completion tokens per crop-verification reply")
     latency_s: float = Field(8.0, gt=0, description="seconds per LLM request; time = requests / concurrency x this")

@@ -63,3 +63,16 @@ def test_batch_mode_rows_equal_online_rows_and_nothing_is_submitted_twice(tmp_pa
     assert stats["batches"] == submitted  # nothing submitted twice
     assert stats["batch_lines"] == asked_online and stats["total"] == 0  # each request once, none online
     assert _shards(out) == _shards(tmp_path / "online")  # the online build's rows, byte for byte
+
+
+def test_plan_estimates_batch_prices(tmp_path):
+    source = tmp_path / "src"
+    generate_demo(source, seed=0, n_videos=1, n_images=1)
+    config = _config(source, "plan")
+    costs = {}
+    for name, extra in (("online", []), ("batch", ["--batch-discount", "0.5"])):
+        result = CliRunner().invoke(app, ["plan", str(config), "--price-in", "2.5", "--price-out", "10",
+                                          "--json", str(tmp_path / f"{name}.json"), *extra])
+        assert result.exit_code == 0, result.output
+        costs[name] = json.loads((tmp_path / f"{name}.json").read_text())["estimate"]["cost"]
+    assert costs["online"] > 0 and costs["batch"] == pytest.approx(costs["online"] / 2, abs=1e-4)
