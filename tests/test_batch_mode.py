@@ -76,3 +76,25 @@ def test_plan_estimates_batch_prices(tmp_path):
         assert result.exit_code == 0, result.output
         costs[name] = json.loads((tmp_path / f"{name}.json").read_text())["estimate"]["cost"]
     assert costs["online"] > 0 and costs["batch"] == pytest.approx(costs["online"] / 2, abs=1e-4)
+
+
+def test_a_batch_submitted_before_a_kill_is_found_again_not_resubmitted(tmp_path, monkeypatch):
+    """Killed after the provider created the batch but before its id was recorded: the next run
+    finds it by its metadata tag."""
+    from stgr_builder.annotate.batch import BATCH_DIR, BatchJobs, BatchPending
+
+    bodies = {f"key-{i}": {"model": "stgr-dry-run", "messages": [{"role": "user", "content": f"hello {i}"}]}
+              for i in range(3)}
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with serve_llm(batch_delay_s=0.3) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        with pytest.raises(BatchPending, match="3 requests in 1 batches pending"):
+            BatchJobs(tmp_path, max_requests=10, max_bytes=1 << 20, poll_s=0.05).run(bodies, wait=False)
+        [record_path] = (tmp_path / BATCH_DIR).glob("*.json")
+        record = json.loads(record_path.read_text())
+        record["chunks"][0]["batch_id"] = None  # as if killed before the id was written
+        record_path.write_text(json.dumps(record))
+        jobs = BatchJobs(tmp_path, max_requests=10, max_bytes=1 << 20, poll_s=0.05)
+        replies = jobs.run(bodies, wait=True)
+        assert server.stats()["batches"] == 1 and jobs.submitted == 0
+    assert sorted(replies) == sorted(bodies) and {status for status, _ in replies.values()} == {200}
