@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import subprocess
+import time
 import sys
 import urllib.error
 import urllib.request
@@ -46,8 +47,8 @@ def test_two_processes_share_one_pace(tmp_path):
     assert b.reserve() is None  # ... and holds the gate until a reply says what the limits are
     a.observe(200, {})  # a server with no rate-limit header: only the cap paces
     waits = [(a if i % 2 else b).reserve() for i in range(6)]
-    # a burst of one second's worth (2; the probe took one), then 2 a second, whoever asks
-    assert waits == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0, 2.5])
+    # a burst of half a second's worth (1, which the probe took), then 2 a second, whoever asks
+    assert waits == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.5, 3.0])
     state = json.loads(path.read_text())
     assert state["learned"] == {"rpm": None, "tpm": None}
 
@@ -133,3 +134,34 @@ def test_no_cap_keeps_to_the_servers_headers(source, tmp_path, monkeypatch):
     assert refused <= 0.1 * stats["total"], stats
     assert stats["by_outcome"]["ok"] == manifest.counts["samples"]  # every sample annotated, once
     assert query(out, "SELECT count(*) FROM rejects").rows == [(0,)]
+
+
+_WORKER = """
+import asyncio, sys, time
+from pathlib import Path
+from stgr_builder.annotate.ratelimit import RateLimiter
+limiter = RateLimiter(Path(sys.argv[1]), rpm=600)
+async def main():
+    for _ in range(10):
+        await limiter.wait()
+        print(time.time(), flush=True)
+start = float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+asyncio.run(main())
+"""
+
+
+def test_two_real_processes_keep_one_cap_together(tmp_path):
+    """Two processes (two Dask workers, say) drawing from one state file: together they never
+    start more than the cap allows (600 a minute: 10 a second, a burst of 5)."""
+    path = tmp_path / "ratelimit.json"
+    RateLimiter(path, rpm=600).observe(200, {})  # past the slow start: a server without headers
+    start = time.time() + 1.5  # both begin together, after their imports
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(path), str(start)], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+             for _ in range(2)]
+    times = sorted(float(line) for proc in procs for line in proc.communicate(timeout=60)[0].split())
+    assert len(times) == 20
+    assert times[-1] - times[0] >= (20 - 5) / 10 - 0.05  # paced as one: 15 after the burst, at 10 a second
+    for i, t in enumerate(times):  # no second holds more than 10 a second plus the burst
+        assert sum(1 for u in times[i:] if u < t + 1.0) <= 10 + 5

@@ -7,8 +7,8 @@ ledger). It holds two leaky buckets (requests, tokens), what the server said of 
 and until when everyone pauses after a 429.
 
 - ``annotator.rpm`` / ``annotator.tpm``: caps. Requests are spaced so that no more than
-  ``rpm / 60`` start in any second (a burst of at most one second's worth), and their estimated
-  tokens (prompt text / 4, 85 a picture, ``max_tokens``) no more than ``tpm / 60`` a second.
+  ``rpm / 60`` start in any second (a burst of at most half a second's worth), and their
+  estimated tokens (prompt text / 4, 85 a picture, ``max_tokens``) no more than ``tpm / 60`` a second.
 - The server's ``x-ratelimit-limit-requests`` / ``-tokens`` (OpenAI, Azure, ``stgr serve-llm
   --rpm``) are learned from its replies and kept to, at 90%, whether or not a cap is set; the
   ``remaining`` headers pull the buckets down when other clients share the key. Until the first
@@ -42,6 +42,9 @@ STATE_FILE = Path("_cache") / "ratelimit.json"
 LEARNED_SHARE = 0.9
 #: Seconds a slow-start probe holds the gate before another request may try.
 PROBE_S = 5.0
+#: Seconds' worth of requests (tokens) the client may send at once: half the server's usual
+#: one second, so arrival jitter (scheduling, the network) cannot make a burst the server refuses.
+BURST_S = 0.5
 #: Tokens counted per image when estimating a request (the low-detail figure).
 IMAGE_TOKENS = 85
 MAX_PAUSE_S = 30.0
@@ -157,7 +160,7 @@ class RateLimiter:
                 if not per_minute:
                     continue
                 rate = per_minute / 60.0
-                cap = max(1.0, rate) if key == "req" else max(rate, 1.0)
+                cap = max(1.0, rate * BURST_S)
                 level, at = state.get(key, [cap, now])
                 level = min(cap, level + max(0.0, now - at) * rate)
                 if level < need:
@@ -206,7 +209,7 @@ class RateLimiter:
             rpm, tpm = self.limits(state)
             for key, per_minute, left in (("req", rpm, left_req), ("tok", tpm, left_tok)):
                 if per_minute and left is not None:
-                    level, at = state.get(key, [max(1.0, per_minute / 60), now])
+                    level, at = state.get(key, [max(1.0, per_minute / 60 * BURST_S), now])
                     state[key] = [min(level, left), at]
             if status == 429:
                 strikes = state.get("strikes", 0) + 1
