@@ -98,3 +98,26 @@ def test_a_batch_submitted_before_a_kill_is_found_again_not_resubmitted(tmp_path
         replies = jobs.run(bodies, wait=True)
         assert server.stats()["batches"] == 1 and jobs.submitted == 0
     assert sorted(replies) == sorted(bodies) and {status for status, _ in replies.values()} == {200}
+
+
+def test_requests_in_an_uncollected_batch_are_never_submitted_again(tmp_path, monkeypatch):
+    """A later run that needs more (another budget, new samples) submits only what no batch holds."""
+    from stgr_builder.annotate.batch import BatchJobs, BatchPending, pending_batches
+
+    def bodies(n):
+        return {f"key-{i}": {"model": "stgr-dry-run", "messages": [{"role": "user", "content": f"hi {i}"}]}
+                for i in range(n)}
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with serve_llm(batch_delay_s=0.3) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        budget = iter([True, True, False])  # the first run's budget admits two of three
+        with pytest.raises(BatchPending):
+            BatchJobs(tmp_path, max_requests=10, max_bytes=1 << 20, poll_s=0.05).run(
+                bodies(3), wait=False, admit=lambda: next(budget))
+        assert pending_batches(tmp_path) == (2, 1)
+        jobs = BatchJobs(tmp_path, max_requests=10, max_bytes=1 << 20, poll_s=0.05)
+        replies = jobs.run(bodies(4), wait=True)
+        jobs.collected()
+        assert server.stats()["batches"] == 2 and server.stats()["batch_lines"] == 4  # 2, then the other 2
+    assert sorted(replies) == sorted(bodies(4)) and pending_batches(tmp_path) == (0, 0)

@@ -8,8 +8,10 @@ split by ``batch_max_requests`` and ``batch_max_bytes``, uploaded (Files API, pu
 and submitted as batches. What is submitted is recorded under ``<out>/_cache/batches/`` before
 anything is uploaded, and each batch id as soon as the provider returns it; a batch is also
 tagged with ``metadata.stgr_intent``, so a build killed between the two finds it by listing the
-batches. A killed or ``--no-wait`` build started again reattaches to its batches: paid work is
-never submitted twice.
+batches. A request is never submitted while a batch holding it is uncollected: a killed or
+``--no-wait`` build started again (with another budget, or fewer samples left) reattaches to
+the batches that hold its requests and submits only the others. Paid work is never submitted
+twice.
 
 Collecting a finished batch: a line answered 200 becomes a cached reply; a line refused for
 good (a 4xx but 408/409/429) a cached error (the sample is rejected as online); a transient
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,7 @@ class BatchJobs:
         self.poll_s = poll_s
         self._client_factory = client_factory
         self.submitted = 0  # batches this instance created (a reattached one is not counted)
+        self._collecting: list[tuple[Path, dict]] = []
 
     def client(self):
         if self._client_factory is not None:
@@ -93,44 +96,62 @@ class BatchJobs:
 
         return OpenAI(max_retries=5, timeout=120.0)
 
-    def run(self, bodies: Mapping[str, dict], *, wait: bool) -> dict[str, tuple[int, Any]]:
-        """Submit ``bodies`` (cache key -> chat completion body), unless this same set was
-        submitted before; wait for the batches (or raise ``BatchPending``); return each key's
-        (status, reply body) from the output and error files."""
+    def _records(self) -> dict[Path, dict]:
+        records = {}
+        for path in sorted((self.root / BATCH_DIR).glob("*.json")):
+            try:
+                records[path] = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+        return records
+
+    def run(self, bodies: Mapping[str, dict], *, wait: bool,
+            admit: Callable[[], bool] | None = None) -> dict[str, tuple[int, Any]]:
+        """Submit the requests of ``bodies`` (cache key -> chat completion body) that no earlier
+        run submitted (``admit``, the budget, is asked for each new one: those refused are left
+        out), reattach to the batches holding the others, wait for them all (or raise
+        ``BatchPending``), and return each key's (status, reply body)."""
         if not bodies:
             return {}
-        keys = sorted(bodies)
-        intent = digest(keys)[:16]
-        path = self.root / BATCH_DIR / f"{intent}.json"
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            lines = [(key, (json.dumps({"custom_id": key, "method": "POST", "url": ENDPOINT, "body": bodies[key]},
-                                       separators=(",", ":")) + "\n").encode()) for key in keys]
-            record = {"intent": intent, "chunks": [{"keys": [key for key, _ in chunk], "batch_id": None,
-                                                    "collected": False}
-                                                   for chunk in _chunks(lines, self.max_requests, self.max_bytes)]}
-            self._save(path, record)  # before anything is uploaded
+        records = self._records()
+        submitted = {key for record in records.values() for chunk in record["chunks"]
+                     if not chunk.get("collected") for key in chunk["keys"]}
+        new = [key for key in sorted(bodies) if key not in submitted]
+        if admit is not None:
+            new = [key for key in new if admit()]
+        if new:
+            intent = digest(new)[:16]
+            path = self.root / BATCH_DIR / f"{intent}.json"
+            if path not in records:
+                lines = [(key, (json.dumps({"custom_id": key, "method": "POST", "url": ENDPOINT,
+                                            "body": bodies[key]}, separators=(",", ":")) + "\n").encode())
+                         for key in new]
+                records[path] = {"intent": intent, "chunks": [
+                    {"keys": [key for key, _ in chunk], "batch_id": None, "collected": False}
+                    for chunk in _chunks(lines, self.max_requests, self.max_bytes)]}
+                self._save(path, records[path])  # before anything is uploaded
+        wanted = set(bodies)
+        mine = [(path, chunk) for path, record in records.items() for chunk in record["chunks"]
+                if not chunk.get("collected") and wanted.intersection(chunk["keys"])]
+        if not mine:
+            return {}
         client = self.client()
-        for number, chunk in enumerate(record["chunks"]):
+        for path, chunk in mine:
             if chunk["batch_id"] is None:
-                tag = f"{intent}-{number}"
+                record = records[path]
+                tag = f"{record['intent']}-{record['chunks'].index(chunk)}"
                 chunk["batch_id"] = self._find(client, tag) or self._submit(client, tag, chunk["keys"], bodies)
                 self._save(path, record)
         while True:
-            batches = {c["batch_id"]: client.batches.retrieve(c["batch_id"]) for c in record["chunks"]
-                       if not c["collected"]}
+            batches = {chunk["batch_id"]: client.batches.retrieve(chunk["batch_id"]) for _, chunk in mine}
             running = [b for b in batches.values() if b.status not in TERMINAL]
             if not running:
                 break
             if not wait:
-                raise BatchPending(sum(len(c["keys"]) for c in record["chunks"] if not c["collected"]), len(running))
+                raise BatchPending(sum(len(chunk["keys"]) for _, chunk in mine), len(running))
             time.sleep(self.poll_s)
         replies: dict[str, tuple[int, Any]] = {}
-        for chunk in record["chunks"]:
-            batch = batches.get(chunk["batch_id"])
-            if batch is None:
-                continue  # collected by an earlier run: its replies are in the request cache
+        for batch in batches.values():
             for file_id in (batch.output_file_id, batch.error_file_id):
                 if not file_id:
                     continue
@@ -141,18 +162,18 @@ class BatchJobs:
                         replies[item["custom_id"]] = (int(response.get("status_code") or 0), response.get("body"))
                     except (ValueError, KeyError, TypeError, AttributeError):
                         continue
+        self._collecting = mine
         return replies
 
-    def collected(self, bodies: Mapping[str, dict]) -> None:
-        """Mark the batches of ``bodies`` collected (their replies are in the request cache)."""
-        path = self.root / BATCH_DIR / f"{digest(sorted(bodies))[:16]}.json"
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return
-        for chunk in record["chunks"]:
-            chunk["collected"] = True
-        self._save(path, record)
+    def collected(self) -> None:
+        """Mark the batches the last ``run`` returned collected (their replies are cached)."""
+        for path, record in self._records().items():
+            done = {chunk["batch_id"] for _, chunk in getattr(self, "_collecting", [])}
+            if any(chunk["batch_id"] in done for chunk in record["chunks"]):
+                for chunk in record["chunks"]:
+                    if chunk["batch_id"] in done:
+                        chunk["collected"] = True
+                self._save(path, record)
 
     @staticmethod
     def _save(path: Path, record: dict) -> None:

@@ -25,6 +25,11 @@ run's budget (requests, tokens; one ledger per run under ``_cache/budget``, shar
 process) is checked before any new request: when it is spent the shard raises
 ``BudgetReached``, writes nothing and is finished by the next run.
 
+Every request (each retry too) is paced by the build's rate limits (``ratelimit.py``: the
+``rpm``/``tpm`` caps and the server's ``x-ratelimit`` headers, shared by all its processes); the
+frames of a request are drawn in worker processes (``prepare.py``); with ``mode: batch`` the
+first requests go through the Batch API (``batch.py``) and this online path finds them cached.
+
 The endpoint and key come from ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``; the key is read by the
 client and never stored, logged or hashed here.
 
@@ -593,8 +598,6 @@ class LlmAnnotator:
             if key in bodies or (entry is not None and not (entry.kind == "error"
                                                             and _TRANSIENT_ERROR.match(entry.error or ""))):
                 continue
-            if not self.budget.acquire():
-                break  # the rest is asked online, where the budget stops the shard
             body: dict[str, Any] = {"model": self.model, "messages": messages,
                                     "response_format": response_format(CotReply, SCHEMA_NAME),
                                     "temperature": self.config.temperature}
@@ -605,7 +608,9 @@ class LlmAnnotator:
             return
         jobs = BatchJobs(self.root, max_requests=self.config.batch_max_requests,
                          max_bytes=self.config.batch_max_bytes, poll_s=self.config.batch_poll_s)
-        for key, (status, reply) in jobs.run(bodies, wait=self.wait).items():
+        # The budget counts only requests submitted now (not those of batches already submitted);
+        # one it refuses is asked online, where the budget stops the shard.
+        for key, (status, reply) in jobs.run(bodies, wait=self.wait, admit=self.budget.acquire).items():
             if key not in bodies:
                 continue
             if status == 200:
@@ -621,7 +626,7 @@ class LlmAnnotator:
                 continue  # transient (429, 5xx): asked again online
             self.budget.add_tokens(entry.usage.prompt_tokens + entry.usage.completion_tokens)
             self.cache.put(key, entry)
-        jobs.collected(bodies)
+        jobs.collected()
 
     # -- one batch, one sample ------------------------------------------------------------
 
