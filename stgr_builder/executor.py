@@ -41,7 +41,8 @@ from stgr_builder.video.steps import ProbeStep, SampleStep
 #: the build id and of the stage fingerprints, so changing them between runs keeps one build.
 PACING_SETTINGS = {
     "annotator": {"concurrency", "budget", "budget_tokens", "timeout", "max_retries", "rpm", "tpm",
-                  "prepare_processes", "mode", "batch_max_requests", "batch_max_bytes", "batch_poll_s"},
+                  "prepare_processes", "mode", "batch_max_requests", "batch_max_bytes", "batch_poll_s",
+                  "batch_reask"},
     "sharding": {"workers", "runner", "dask_address"},
     "estimate": True,
 }

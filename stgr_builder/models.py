@@ -631,6 +631,8 @@ class AnnotatorConfig(_Config):
     batch_max_requests: int = Field(50_000, ge=1, description="requests per batch file (the provider's limit)")
     batch_max_bytes: int = Field(200 << 20, ge=1024, description="bytes per batch file (the provider's limit)")
     batch_poll_s: float = Field(30.0, gt=0, description="seconds between polls of unfinished batches")
+    batch_reask: Literal["batch", "online"] = Field(
+        "batch", description="batch mode: re-ask an unusable reply in a follow-up batch round, or online")
     prepare_processes: int | None = Field(
         None, ge=0, description="processes that draw and encode the frames of LLM requests (off the event loop); "
                                 "None: min(4, cores - 1); 0: threads")

@@ -121,3 +121,19 @@ def test_requests_in_an_uncollected_batch_are_never_submitted_again(tmp_path, mo
         jobs.collected()
         assert server.stats()["batches"] == 2 and server.stats()["batch_lines"] == 4  # 2, then the other 2
     assert sorted(replies) == sorted(bodies(4)) and pending_batches(tmp_path) == (0, 0)
+
+
+def test_unusable_replies_are_asked_again_in_follow_up_batch_rounds(tmp_path, monkeypatch):
+    source = tmp_path / "src"
+    generate_demo(source, seed=0, n_videos=2, n_images=1)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-batch-0123456789")
+    out = tmp_path / "batch"
+    with serve_llm(batch_delay_s=0.05, fault_rate=0.3, faults=["schema"]) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        manifest = build(_config(source, "reask", mode="batch"), out)
+        stats = server.stats()
+    assert manifest.complete and stats["total"] == 0  # no online request, re-asks included
+    samples = manifest.counts["samples"]
+    assert stats["batches"] >= 2 and stats["batch_lines"] > samples  # follow-up rounds
+    rows, rejects = manifest.counts["stgr_cot"], manifest.counts["rejects"]
+    assert rows + rejects == samples and rows > 0.8 * samples  # most broken replies fixed by a re-ask

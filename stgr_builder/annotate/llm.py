@@ -584,19 +584,47 @@ class LlmAnnotator:
 
     def _send_as_batches(self, batch: list[SampleWork]) -> None:
         """Each sample's first request (``_one``'s, byte for byte) that the cache lacks, sent
-        through the Batch API (``batch.py``); the replies go into the request cache."""
-        bodies: dict[str, dict] = {}
-        images: dict[str, int] = {}
+        through the Batch API (``batch.py``); the replies go into the request cache. With
+        ``batch_reask: batch``, a reply that cannot be used is asked again, with its error, in
+        a follow-up round (up to ``max_invalid_retries``), the very messages the online re-ask
+        would send, so the online pass that follows finds every reply cached."""
+        asking: list[tuple[SampleView, list[dict], dict[str, str]]] = []
         for work in batch:
             view = sample_view(work, max_per_frame=self.config.max_candidates_per_frame, max_area=self.max_area)
             if work.sample.task in grammar.GROUNDED_TASKS and not view.candidates:
                 continue  # rejected without a request (no_evidence)
             messages, digests = build_request(view, self.content, self.root, self.config.image_max_side, self.images)
-            key = request_key(model=self.model, prompt_version=self.prompt.version, messages=messages,
-                              schema_hash=schema_hash(CotReply), sampling=self._sampling, digests=digests)
+            asking.append((view, messages, digests))
+        rounds = 1 + (self.config.max_invalid_retries if self.config.batch_reask == "batch" else 0)
+        for number in range(rounds):
+            keys = [request_key(model=self.model, prompt_version=self.prompt.version, messages=messages,
+                                schema_hash=schema_hash(CotReply), sampling=self._sampling, digests=digests)
+                    for _, messages, digests in asking]
+            self._batch_round({key: messages for key, (_, messages, _) in zip(keys, asking)})
+            if number + 1 == rounds:
+                break
+            again = []
+            for key, (view, messages, digests) in zip(keys, asking):
+                entry = self.cache.get(key)
+                if entry is None or entry.kind != "reply":
+                    continue  # a failure: the online pass deals with it
+                try:
+                    parse_reply(entry.content or "", view)
+                except ValueError as exc:
+                    again.append((view, [*messages, {"role": "assistant", "content": entry.content or ""},
+                                         {"role": "user", "content": self.content.reask.format(error=_short_error(exc))}],
+                                  digests))
+            if not again:
+                break
+            asking = again
+
+    def _batch_round(self, requests: dict[str, list[dict]]) -> None:
+        """Send the requests (cache key -> messages) the cache lacks as batches; cache the replies."""
+        bodies: dict[str, dict] = {}
+        images: dict[str, int] = {}
+        for key, messages in requests.items():
             entry = self.cache.get(key)
-            if key in bodies or (entry is not None and not (entry.kind == "error"
-                                                            and _TRANSIENT_ERROR.match(entry.error or ""))):
+            if entry is not None and not (entry.kind == "error" and _TRANSIENT_ERROR.match(entry.error or "")):
                 continue
             body: dict[str, Any] = {"model": self.model, "messages": messages,
                                     "response_format": response_format(CotReply, SCHEMA_NAME),
