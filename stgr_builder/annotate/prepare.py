@@ -9,7 +9,10 @@ do not depend on where a frame was drawn.
 
 ``annotator.prepare_processes``: None picks ``min(4, cores - 1)`` (none on one core, and none in
 a daemonic process such as a Dask worker, which may not have children); 0 keeps preparation in
-threads. A pool that breaks falls back to threads for good.
+threads. A pool that breaks falls back to threads for good. Workers exit on their own when the
+process that made them is killed. As with any ``multiprocessing`` pool, a script that builds
+must guard its entry point (``if __name__ == "__main__":``): a worker imports the main module;
+without the guard the pool breaks and preparation stays in threads.
 
 >>> pool = PreparePool(2)                                          # doctest: +SKIP
 >>> pool.render_many([("out/kfs/a.jpg", ((1, (0.1, 0.2, 0.5, 0.6)),), 640)])  # doctest: +SKIP
@@ -23,6 +26,7 @@ import io
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -100,6 +104,32 @@ def render_frame(job: FrameJob) -> tuple[str, str]:
     return data_url(jpeg), image_digest(jpeg)
 
 
+def _start_time(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _orphan_guard(parent: int, started: str | None) -> None:
+    """In a worker: exit when the process that made the pool is gone. Killed with SIGKILL, that
+    process never tells its workers to stop, and they (and the forkserver) would wait forever."""
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(parent, 0)
+                gone = started is not None and _start_time(parent) != started  # the pid reused
+            except ProcessLookupError:
+                gone = True
+            except PermissionError:
+                gone = False
+            if gone:
+                os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="stgr-orphan-guard").start()
+
+
 def render_frames(jobs: list[FrameJob]) -> list[tuple[str, str]]:
     return [render_frame(job) for job in jobs]
 
@@ -124,7 +154,8 @@ class PreparePool:
             if self._pool is None:
                 # forkserver: never fork a process that runs threads (Prefect's, the event loop's).
                 context = multiprocessing.get_context("forkserver")
-                self._pool = ProcessPoolExecutor(self.processes, mp_context=context)
+                self._pool = ProcessPoolExecutor(self.processes, mp_context=context, initializer=_orphan_guard,
+                                                 initargs=(os.getpid(), _start_time(os.getpid())))
                 for future in [self._pool.submit(_warm) for _ in range(self.processes)]:
                     future.result()
             return self._pool
