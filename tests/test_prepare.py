@@ -3,6 +3,12 @@ and cached replies do not depend on where a frame was drawn."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
@@ -32,3 +38,31 @@ def test_the_pool_draws_what_a_thread_draws(tmp_path):
     threaded = FrameImages(Resources()).get_many(frames, 640)
     assert pooled == threaded and len({url for url, _ in pooled}) == 3
     assert default_processes(0) == 0 and default_processes(3) == 3
+
+
+_KILLED = """
+import os, signal, sys
+from PIL import Image
+from stgr_builder.annotate.prepare import PreparePool
+
+if __name__ == "__main__":
+    Image.new("RGB", (64, 48)).save(sys.argv[1])
+    pool = PreparePool(1)
+    assert pool.render_many([(sys.argv[1], ((1, (0.1, 0.1, 0.5, 0.5)),), 640)])
+    print(*pool._pool._processes, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_process_leaves_no_pool_worker_behind(tmp_path):
+    script = tmp_path / "killed.py"
+    script.write_text(_KILLED)
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "x.jpg")], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}, timeout=60)
+    assert result.returncode == -9
+    workers = [int(pid) for pid in result.stdout.split()]
+    assert workers
+    deadline = time.time() + 10
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)

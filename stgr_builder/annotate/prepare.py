@@ -111,21 +111,31 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
+def _alive(pid: int, started: str | None) -> bool:
+    """Whether process ``pid`` (started at ``started``, /proc's clock ticks) still runs: not
+    gone, not a zombie its parent has yet to reap, not another process with its pid."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+    return fields[0] not in ("Z", "X") and (started is None or fields[19] == started)
+
+
 def _orphan_guard(parent: int, started: str | None) -> None:
     """In a worker: exit when the process that made the pool is gone. Killed with SIGKILL, that
     process never tells its workers to stop, and they (and the forkserver) would wait forever."""
     def watch() -> None:
-        while True:
+        while _alive(parent, started):
             time.sleep(1.0)
-            try:
-                os.kill(parent, 0)
-                gone = started is not None and _start_time(parent) != started  # the pid reused
-            except ProcessLookupError:
-                gone = True
-            except PermissionError:
-                gone = False
-            if gone:
-                os._exit(0)
+        os._exit(0)
 
     threading.Thread(target=watch, daemon=True, name="stgr-orphan-guard").start()
 
