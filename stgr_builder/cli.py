@@ -335,14 +335,21 @@ def _pending_line(manifest) -> str:
 
 def _watch_progress(out: Path, stop: threading.Event) -> None:
     """Count finished shard records while the flow runs (the flow itself stays print-free)."""
+    from stgr_builder.annotate import batch_progress
     from stgr_builder.shards.writer import progress
 
-    with Progress(TextColumn("shards"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=True) as bar:
         task = bar.add_task("shards", total=None)
+        batches = None
         while not stop.wait(0.5):
             done, total = progress(out)
             bar.update(task, completed=done, total=total)
+            answered, submitted = batch_progress(out)  # batch mode: requests answered in the batches
+            if submitted:
+                if batches is None:
+                    batches = bar.add_task("batch requests", total=submitted)
+                bar.update(batches, completed=answered, total=submitted)
 
 
 def _print_plan(plan) -> None:

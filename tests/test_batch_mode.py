@@ -54,6 +54,9 @@ def test_batch_mode_rows_equal_online_rows_and_nothing_is_submitted_twice(tmp_pa
         submitted = server.stats()["batches"]
         assert submitted >= 2 and server.stats()["total"] == 0  # split by batch_max_requests; nothing online
         assert json.loads((out / "manifest.json").read_text())["complete"] is False
+        from stgr_builder.annotate import pending_batches
+
+        assert pending_batches(out) == (asked_online, submitted)
         records = list((out / "_cache" / "batches").glob("*.json"))
         assert records and all(c["batch_id"] for r in records for c in json.loads(r.read_text())["chunks"])
 
@@ -63,6 +66,9 @@ def test_batch_mode_rows_equal_online_rows_and_nothing_is_submitted_twice(tmp_pa
     assert stats["batches"] == submitted  # nothing submitted twice
     assert stats["batch_lines"] == asked_online and stats["total"] == 0  # each request once, none online
     assert _shards(out) == _shards(tmp_path / "online")  # the online build's rows, byte for byte
+    from stgr_builder.annotate import batch_progress, pending_batches
+
+    assert batch_progress(out) == (asked_online, asked_online) and pending_batches(out) == (0, 0)
 
 
 def test_plan_estimates_batch_prices(tmp_path):

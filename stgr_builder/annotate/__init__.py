@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from stgr_builder.annotate.base import AnnotateStep, Annotator, BatchAnnotator
-from stgr_builder.annotate.batch import BatchPending, pending_batches
+from stgr_builder.annotate.batch import BatchPending, batch_progress, pending_batches
 from stgr_builder.annotate.prompts import Prompt, available_prompts, load_prompt
 from stgr_builder.annotate.template import TemplateAnnotator
 from stgr_builder.core.resources import Resources
@@ -11,7 +11,7 @@ from stgr_builder.errors import StgrError
 from stgr_builder.models import AnnotatorConfig, VerifyConfig
 
 __all__ = ["AnnotateStep", "Annotator", "BatchAnnotator", "BatchPending", "Prompt", "TemplateAnnotator",
-           "available_prompts", "load_prompt", "make_annotator", "pending_batches"]
+           "available_prompts", "batch_progress", "load_prompt", "make_annotator", "pending_batches"]
 
 
 def make_annotator(config: AnnotatorConfig, verify: VerifyConfig, *, root: Path | None = None,

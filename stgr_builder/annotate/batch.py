@@ -65,6 +65,20 @@ def pending_batches(root: Path) -> tuple[int, int]:
     return requests, batches
 
 
+def batch_progress(root: Path) -> tuple[int, int]:
+    """(requests answered, requests submitted) of the batches under ``root``, as last polled."""
+    done = total = 0
+    for path in sorted((Path(root) / BATCH_DIR).glob("*.json")):
+        try:
+            chunks = json.loads(path.read_text()).get("chunks", [])
+        except (OSError, ValueError):
+            continue
+        for chunk in chunks:
+            total += len(chunk["keys"])
+            done += len(chunk["keys"]) if chunk.get("collected") else min(len(chunk["keys"]), chunk.get("done", 0))
+    return done, total
+
+
 def _chunks(lines: list[tuple[str, bytes]], max_requests: int, max_bytes: int) -> list[list[tuple[str, bytes]]]:
     out: list[list[tuple[str, bytes]]] = [[]]
     size = 0
@@ -144,6 +158,13 @@ class BatchJobs:
                 self._save(path, record)
         while True:
             batches = {chunk["batch_id"]: client.batches.retrieve(chunk["batch_id"]) for _, chunk in mine}
+            for path in {path for path, _ in mine}:  # progress, for `stgr build`'s bar
+                for chunk in records[path]["chunks"]:
+                    batch = batches.get(chunk["batch_id"])
+                    counts = getattr(batch, "request_counts", None)
+                    if counts is not None:
+                        chunk["status"], chunk["done"] = batch.status, counts.completed + counts.failed
+                self._save(path, records[path])
             running = [b for b in batches.values() if b.status not in TERMINAL]
             if not running:
                 break
@@ -197,4 +218,4 @@ class BatchJobs:
         return batch.id
 
 
-__all__ = ["BATCH_DIR", "BatchJobs", "BatchPending", "pending_batches"]
+__all__ = ["BATCH_DIR", "BatchJobs", "BatchPending", "batch_progress", "pending_batches"]
