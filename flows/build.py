@@ -87,12 +87,14 @@ def run_job(job: Job, resources: Resources, name: str = "stgr-build") -> Manifes
     return build_flow.with_options(name=name, task_runner=runner)(job, resources)
 
 
-def run_build(config_path: Path, out: Path, runner: str | None = None, overwrite: bool = False) -> Manifest:
+def run_build(config_path: Path, out: Path, runner: str | None = None, overwrite: bool = False,
+              wait: bool = True) -> Manifest:
     """Build on the runner the config names (``runner`` overrides ``sharding.runner``), holding
     the output folder's lock for the whole flow (``ownership.py``; ``overwrite``: build over a
     folder holding another build or foreign files)."""
     resources = Resources()
     ctx = pipeline.context(config_path, out, resources)  # a bad config fails here, before the flow starts
+    ctx = replace(ctx, wait=wait)  # batch mode: False returns once the batches are submitted
     if runner is not None:
         sharding = ctx.config.sharding.model_copy(update={"runner": runner})
         ctx = replace(ctx, config=ctx.config.model_copy(update={"sharding": sharding}))

@@ -7,7 +7,7 @@
     stgr audit DIR [--sql QUERY] [--compare OLD_DIR] [--gallery OUT.html]
     stgr verify DIR [--fast]
     stgr export open-o3 DIR --to DIR2
-    stgr serve-llm [--port P] [--latency-ms N] [--fault-rate F]
+    stgr serve-llm [--port P] [--latency-ms N] [--fault-rate F] [--rpm N] [--tpm N]
 
 Exit status 0 on success; non-zero with a one-line reason on failure (2: a problem the user
 can fix, named in that line). Rejected samples are not a failure: they are rows of ``rejects/``.
@@ -97,6 +97,8 @@ def build(
     overwrite: Annotated[bool, typer.Option(
         help="build into a folder that holds another build or files a build did not make (none of those "
              "files is deleted unless the folder's records list it)")] = False,
+    no_wait: Annotated[bool, typer.Option(
+        "--no-wait", help="batch mode: return once the batches are submitted; run again to collect")] = False,
 ) -> None:
     """Build the datasets a config (or recipe) describes. Run again on the same --out to resume."""
     from stgr_builder.recipes import is_recipe, write_config
@@ -110,7 +112,7 @@ def build(
 
         path = Path(config)
         out = out or Path("outputs") / load_config(path.resolve()).name
-    _run_build(path, out, overwrite=overwrite)
+    _run_build(path, out, overwrite=overwrite, wait=not no_wait)
     _print_audit(out)
 
 
@@ -126,17 +128,22 @@ def plan_cmd(
     latency: Annotated[Optional[float], typer.Option(help="seconds per LLM request")] = None,
     concurrency: Annotated[Optional[int], typer.Option(help="LLM requests in flight per shard task")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the plan as JSON here")] = None,
+    batch_discount: Annotated[Optional[float], typer.Option(
+        help="estimate at batch prices: the share of the price a batch request costs (0.5: half)")] = None,
 ) -> None:
     """What a build would do, without calling any model or writing a dataset: rows per
     source and task, what is filtered and why, missing media, and the LLM work's estimate."""
     from stgr_builder.planning import make_plan
 
     resolved, config_dir, _ = _resolve(config, data_root, source, scale, skip_missing)
-    est = {k: v for k, v in (("price_in", price_in), ("price_out", price_out), ("latency_s", latency))
-           if v is not None}
+    est = {k: v for k, v in (("price_in", price_in), ("price_out", price_out), ("latency_s", latency),
+                             ("batch_discount", batch_discount)) if v is not None}
     updates = {"estimate": resolved.estimate.model_copy(update=est)}
-    if concurrency is not None:
-        updates["annotator"] = resolved.annotator.model_copy(update={"concurrency": concurrency})
+    annotator = {"concurrency": concurrency} if concurrency is not None else {}
+    if batch_discount is not None:
+        annotator["mode"] = "batch"
+    if annotator:
+        updates["annotator"] = resolved.annotator.model_copy(update=annotator)
     resolved = resolved.model_copy(update=updates)
     plan = make_plan(resolved, config_dir)
     if json_out is not None:
@@ -196,21 +203,34 @@ def audit(
 @app.command()
 def reannotate(
     root: Annotated[Path, typer.Argument(help="dataset folder (a finished build or version)")],
-    where: Annotated[str, typer.Option(help="SQL predicate over the rows (views cot, rl) selecting what to redo")],
+    where: Annotated[str, typer.Option(
+        help="SQL predicate over the rows (views cot, rl) or the rejects (id, stage, code, message, source) "
+             "selecting what to redo")],
     prompt: Annotated[str, typer.Option(help="prompt name under prompts/ (or a .yaml path)")],
     model: Annotated[Optional[str], typer.Option(help="annotator model (LLM prompts)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="the new version's folder; default DIR-v2, -v3, ...")] = None,
 ) -> None:
-    """Re-annotate the rows a SQL predicate selects; write a new version beside the old one."""
+    """Re-annotate the rows or rejected samples a SQL predicate selects; write a new version beside the old one."""
     _quiet_orchestrator()
     from flows.build import run_reannotate
 
     target, manifest = run_reannotate(root, where=where, prompt=prompt, model=model, out=out)
     console.print(f"[bold green]re-annotated[/] {manifest.reannotation.selected} rows of {escape(str(root))} "
                   f"into {escape(str(target))} (build {escape(manifest.build_id)})")
+    _print_rejects_fixed(target, manifest)
     if not manifest.complete:
         console.print(f"[bold yellow]{_pending_line(manifest)}[/]", highlight=False)
     _print_comparison(target, None)
+
+
+def _print_rejects_fixed(target: Path, manifest) -> None:
+    """One line when the selection held rejected samples: how many are rows now."""
+    selected = manifest.reannotation.rejects_selected
+    if selected:
+        from stgr_builder.audit.compare import rejects_fixed
+
+        console.print(f"of them {selected} were rejected samples: {rejects_fixed(target)} fixed (now rows)",
+                      highlight=False)
 
 
 @app.command("verify")
@@ -261,6 +281,10 @@ def serve_llm(
     hang_s: Annotated[float, typer.Option(
         help="seconds a 'timeout' fault waits before replying, and a 'hang' before closing unanswered")] = 30.0,
     crop_deny: Annotated[str, typer.Option(help="labels the crop check answers 'no' for, comma-separated")] = "",
+    rpm: Annotated[Optional[float], typer.Option(
+        help="requests per minute; past them a 429 with Retry-After (and x-ratelimit-* headers on every reply)")] = None,
+    tpm: Annotated[Optional[float], typer.Option(help="tokens per minute (prompt tokens + max_tokens), likewise")] = None,
+    batch_delay: Annotated[float, typer.Option(help="seconds before a submitted batch is answered (Batch API)")] = 0.2,
 ) -> None:
     """A local OpenAI-compatible server with a deterministic policy, for dry runs and tests."""
     from stgr_builder.annotate.server import DryRunServer
@@ -269,7 +293,8 @@ def serve_llm(
     try:
         server = DryRunServer(host=host, port=port, latency_ms=latency_ms, fault_rate=fault_rate, faults=kinds,
                               seed=seed, retry_after_s=retry_after, hang_s=hang_s,
-                              crop_deny=[d.strip() for d in crop_deny.split(",") if d.strip()])
+                              crop_deny=[d.strip() for d in crop_deny.split(",") if d.strip()], rpm=rpm, tpm=tpm,
+                              batch_delay_s=batch_delay)
     except (ValueError, OSError) as exc:
         raise StgrError(f"serve-llm: {exc}") from exc
     console.print(f"listening on {server.base_url}  (export OPENAI_BASE_URL={server.base_url} "
@@ -299,7 +324,7 @@ def schemas(write: Annotated[bool, typer.Option(help="rewrite schemas/ from the 
     console.print(f"schemas: {len(stale)} rewritten" if write else "schemas are current", markup=False)
 
 
-def _run_build(config: Path, out: Path, overwrite: bool = False) -> None:
+def _run_build(config: Path, out: Path, overwrite: bool = False, wait: bool = True) -> None:
     _quiet_orchestrator()
     from flows.build import run_build
 
@@ -307,7 +332,7 @@ def _run_build(config: Path, out: Path, overwrite: bool = False) -> None:
     watcher = threading.Thread(target=_watch_progress, args=(out, stop), daemon=True)
     watcher.start()
     try:
-        manifest = run_build(config, out, overwrite=overwrite)
+        manifest = run_build(config, out, overwrite=overwrite, wait=wait)
     except OSError as exc:
         if exc.filename is None:  # ENOSPC from a write says nothing of where: the dataset folder
             exc.filename = str(out)
@@ -320,6 +345,16 @@ def _run_build(config: Path, out: Path, overwrite: bool = False) -> None:
     if not manifest.complete:
         # Not a failure: run the same command again to finish (received replies are cached).
         console.print(f"[bold yellow]{_pending_line(manifest)}[/]", highlight=False)
+        _print_pending_batches(out)
+
+
+def _print_pending_batches(out: Path) -> None:
+    """Batch mode: ``N requests in K batches pending; run again to collect``."""
+    from stgr_builder.annotate import pending_batches
+
+    requests, batches = pending_batches(out)
+    if batches:
+        console.print(f"{requests} requests in {batches} batches pending; run again to collect", highlight=False)
 
 
 def _pending_line(manifest) -> str:
@@ -334,6 +369,7 @@ def _pending_line(manifest) -> str:
 
 def _watch_progress(out: Path, stop: threading.Event) -> None:
     """Count finished shard records while the flow runs (the flow itself stays print-free)."""
+    from stgr_builder.annotate import batch_progress
     from stgr_builder.shards.writer import progress
 
     # The bar appears once the build is planned: a command that fails before (a config error)
@@ -341,12 +377,18 @@ def _watch_progress(out: Path, stop: threading.Event) -> None:
     while progress(out)[1] is None:
         if stop.wait(0.5):
             return
-    with Progress(TextColumn("shards"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, transient=True) as bar:
         task = bar.add_task("shards", total=None)
+        batches = None
         while not stop.wait(0.5):
             done, total = progress(out)
             bar.update(task, completed=done, total=total)
+            answered, submitted = batch_progress(out)  # batch mode: requests answered in the batches
+            if submitted:
+                if batches is None:
+                    batches = bar.add_task("batch requests", total=submitted)
+                bar.update(batches, completed=answered, total=submitted)
 
 
 def _print_plan(plan) -> None:

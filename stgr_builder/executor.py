@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from stgr_builder import __version__
-from stgr_builder.annotate import AnnotateStep, make_annotator
+from stgr_builder.annotate import AnnotateStep, BatchPending, make_annotator
 from stgr_builder.core.hashing import digest, sha256_bytes
 from stgr_builder.core.resources import BudgetReached, Resources
 from stgr_builder.core.steps import Step, run_steps
@@ -40,7 +40,9 @@ from stgr_builder.video.steps import ProbeStep, SampleStep
 #: Config knobs that only pace a build (workers, concurrency, budgets, timeouts): left out of
 #: the build id and of the stage fingerprints, so changing them between runs keeps one build.
 PACING_SETTINGS = {
-    "annotator": {"concurrency", "budget", "budget_tokens", "timeout", "max_retries"},
+    "annotator": {"concurrency", "budget", "budget_tokens", "timeout", "max_retries", "rpm", "tpm",
+                  "prepare_processes", "mode", "batch_max_requests", "batch_max_bytes", "batch_poll_s",
+                  "batch_reask"},
     "sharding": {"workers", "runner", "dask_address"},
     "estimate": True,
 }
@@ -66,6 +68,8 @@ class BuildContext:
     stage_parents: tuple[Path, ...] = ()
     # Mixed into the build id when set: a re-annotated version gets its own id (lineage).
     salt: str = ""
+    # Batch mode: wait for submitted batches (False: ``--no-wait``, their shards stay pending).
+    wait: bool = field(default=True, compare=False)
 
     @property
     def build_id(self) -> str:
@@ -131,6 +135,11 @@ def execute_shard(ctx: BuildContext, shard: ShardPlan, resources: Resources,
     steps = shard_steps(ctx, resources)
     try:
         items = run_steps((SampleWork(sample=sample) for sample in shard.samples), steps) if shard.samples else []
+    except BatchPending:
+        # Submitted and recorded (``_cache/batches``); the next run collects them, and pays nothing twice.
+        return ShardResult(shard=shard.shard, sample_ids=sample_ids, files=[],
+                           stats=[step.stats for step in steps], complete=False,
+                           pending={"batch": len(shard.samples)}, llm=llm_usage(steps))
     except BudgetReached:
         # Not a reject: nothing of this shard is written, and the next run finishes it (the
         # replies it already received are in the request cache, free the next time).
@@ -196,7 +205,8 @@ def shard_steps(ctx: BuildContext, resources: Resources) -> list[Step]:
     (``stgr_builder/stages.py``) so a resumed shard runs only the samples it lacks."""
     config = ctx.config
     detector = make_detector(config.detector, ctx.config_dir, resources)
-    annotator = make_annotator(config.annotator, config.verify, root=ctx.out, resources=resources, run=ctx.run)
+    annotator = make_annotator(config.annotator, config.verify, root=ctx.out, resources=resources, run=ctx.run,
+                               wait=ctx.wait)
     provenance = {"detector_name": detector.name, "detector_weights_hash": detector.weights_hash,
                   "build_id": ctx.build_id}
     filters = {source.name: source.filters for source in config.sources}

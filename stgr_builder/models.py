@@ -151,7 +151,7 @@ class RejectCode(str, Enum):
 
 #: Why a sample is pending (the reason before the colon in a PENDING message; ``budget``: the
 #: run's LLM budget stopped its shard).
-PENDING_REASONS = ("budget", "rate_limited", "server_error", "timeout", "connection", "bad_reply")
+PENDING_REASONS = ("budget", "rate_limited", "server_error", "timeout", "connection", "bad_reply", "batch")
 
 
 # ---------------------------------------------------------------------------------------
@@ -537,7 +537,8 @@ class Reannotation(_Record):
     where: str = Field(description="the SQL predicate that selected the rows")
     prompt: PromptRef
     model: str
-    selected: int = Field(description="rows (ids) selected and re-annotated")
+    selected: int = Field(description="samples (ids) selected and re-annotated: rows and rejected samples")
+    rejects_selected: int = Field(0, description="of them, samples the parent had rejected (the rejects view)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -678,6 +679,23 @@ class AnnotatorConfig(_Config):
     max_candidates_per_frame: int = Field(8, ge=1, le=100, description="detector boxes offered per frame, best scores")
     crop_verify: bool = Field(False, description="put each chosen box, cropped, to the VLM: 'Is this a NAME?'")
     crop_prompt: str = Field("crop-verify", description="prompt of the crop verification under prompts/")
+    rpm: int | None = Field(
+        None, ge=1, description="requests per minute, shared by every shard task and worker of a build; "
+                                "None: keep to the server's x-ratelimit headers and 429s")
+    tpm: int | None = Field(
+        None, ge=1, description="tokens per minute (estimated: prompt text / 4, 85 an image, max_tokens), "
+                                "shared likewise")
+    mode: Literal["online", "batch"] = Field(
+        "online", description="batch: first requests through the Batch API (files, batches) at the batch price; "
+                              "the rows are the online mode's")
+    batch_max_requests: int = Field(50_000, ge=1, description="requests per batch file (the provider's limit)")
+    batch_max_bytes: int = Field(200 << 20, ge=1024, description="bytes per batch file (the provider's limit)")
+    batch_poll_s: float = Field(30.0, gt=0, description="seconds between polls of unfinished batches")
+    batch_reask: Literal["batch", "online"] = Field(
+        "batch", description="batch mode: re-ask an unusable reply in a follow-up batch round, or online")
+    prepare_processes: int | None = Field(
+        None, ge=0, description="processes that draw and encode the frames of LLM requests (off the event loop); "
+                                "None: min(4, cores - 1); 0: threads")
 
     @field_validator("prompt", "crop_prompt")
     @classmethod
@@ -711,6 +729,8 @@ class EstimateConfig(_Config):
 
     price_in: float = Field(0.0, ge=0, description="price per million prompt tokens")
     price_out: float = Field(0.0, ge=0, description="price per million completion tokens")
+    batch_discount: float = Field(
+        0.5, gt=0, le=1, description="share of the price paid for requests sent in batches (annotator.mode: batch)")
     completion_tokens: int = Field(400, ge=0, description="completion tokens per CoT reply")
     crop_completion_tokens: int = Field(5, ge=0, description="completion tokens per crop-verification reply")
     latency_s: float = Field(8.0, gt=0, description="seconds per LLM request; time = requests / concurrency x this")

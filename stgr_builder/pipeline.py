@@ -12,7 +12,7 @@ sample -> detect -> annotate -> verify -> write), then ``finalize`` (the manifes
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -124,10 +124,10 @@ class BuildJob:
         return finalize(self.ctx, build_plan, results, resources)
 
 
-def build(config_path: Path, out: Path, overwrite: bool = False) -> Manifest:
+def build(config_path: Path, out: Path, overwrite: bool = False, wait: bool = True) -> Manifest:
     """The whole build in this process, shard after shard (no orchestrator), holding the
     output folder's lock (``ownership.py``; ``overwrite``: build over another build's folder)."""
     resources = Resources()
-    ctx = context(config_path, out, resources)
+    ctx = replace(context(config_path, out, resources), wait=wait)
     with claim_folder(ctx.out, ctx.build_id, overwrite):
         return run_job(BuildJob(ctx), resources)

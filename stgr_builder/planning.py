@@ -256,6 +256,11 @@ def estimate(config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo | Ima
     requests = len(rows) if llm else 0
     decoded, decode_seconds, detect_seconds = media_seconds(config, rows)
     cost = (prompt_tokens * est.price_in + completion_tokens * est.price_out) / 1e6
+    if ann.mode == "batch":
+        # The first requests go in batches at the batch price; crop checks stay online.
+        crop_cost = (crops * (30 + image_tokens(224, 224, est.image_tokens_base, est.image_tokens_tile)) * est.price_in
+                     + crops * est.crop_completion_tokens * est.price_out) / 1e6 if ann.crop_verify else 0.0
+        cost = (cost - crop_cost) * est.batch_discount + crop_cost
     seconds = (requests + crops) / (ann.concurrency * config.sharding.workers) * est.latency_s
     return PlanEstimate(
         backend=ann.backend, requests=requests, crop_requests=crops, frames=frames, images=images, pixels=pixels,
@@ -266,4 +271,5 @@ def estimate(config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo | Ima
                      "probe_s_per_video": PROBE_S_PER_VIDEO, "detect_s_per_frame_cpu": DETECT_S_PER_FRAME,"text_tokens": "characters / 4", "image_tokens": f"{est.image_tokens_base} + "
                      f"{est.image_tokens_tile} per 512x512 tile", "completion_tokens": est.completion_tokens,
                      "price_in": est.price_in, "price_out": est.price_out, "latency_s": est.latency_s,
+                     "mode": ann.mode, **({"batch_discount": est.batch_discount} if ann.mode == "batch" else {}),
                      "concurrency": ann.concurrency * config.sharding.workers, "image_max_side": ann.image_max_side})

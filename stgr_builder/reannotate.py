@@ -3,6 +3,12 @@ annotated again (new prompt or model), and every other row is carried over uncha
 
     stgr reannotate outputs/demo --where "task = 'temporal QA'" --prompt stgr-cot-llm --model gpt-4o-mini
 
+The predicate may select rejected samples too (the ``rejects`` view: id, stage, code, message,
+source): they go through annotate and verify again, and become rows where the new prompt or
+model fixes them (``audit --compare`` counts the rejects fixed):
+
+    stgr reannotate outputs/demo --where "code IN ('llm_invalid_reply', 'crops_rejected')" --prompt my-v2.yaml
+
 Only annotate, verify and write run for the selected ids: probe, frames and detections come
 from the parent's stage store (``stages.py``), so no video is decoded and no detector runs.
 The new version is a complete dataset folder beside the parent (``DIR-v2``, ``-v3``, ...):
@@ -58,24 +64,64 @@ SPEC_FILE = "reannotate.json"
 _VERSION_SUFFIX = re.compile(r"-v\d+$")
 
 
-def select_ids(root: Path, where: str) -> list[str]:
-    """Ids of the rows (of ``cot`` or ``rl``) that a SQL predicate selects, sorted.
+@dataclass(frozen=True)
+class Selection:
+    """What a ``--where`` predicate selects: ids of rows (``cot``, ``rl``) and ids of rejected
+    samples (``rejects``: id, stage, code, message, source). Ingest rejects are never selected
+    (a malformed or duplicate source row has no sample to annotate: fix the source and rebuild);
+    ``ingest_skipped`` counts those the predicate matched."""
 
-    The predicate sees every column of the rows (``reasoning_process`` is NULL for RL-only rows).
+    rows: tuple[str, ...]
+    rejects: tuple[str, ...]
+    ingest_skipped: int = 0
+
+    @property
+    def ids(self) -> list[str]:
+        return sorted(set(self.rows) | set(self.rejects))
+
+
+def select(root: Path, where: str) -> Selection:
+    """Run the predicate over the rows and over the rejects; it may name the columns of either
+    (``task = 'temporal QA'``, ``code = 'llm_invalid_reply'``) or of both (``source``, ``id``).
+    A predicate that fails on both is the user's error, in one line.
+
+    >>> select(Path("outputs/demo"), "code IN ('llm_invalid_reply', 'crops_rejected')")  # doctest: +SKIP
+    Selection(rows=(), rejects=('0a1b...', ...), ingest_skipped=0)
+    """
+    queries = {
+        "rows": "SELECT DISTINCT id FROM (SELECT * FROM cot UNION ALL BY NAME SELECT * FROM rl) AS rows "
+                f"WHERE ({where}) ORDER BY id",
+        "rejects": f"SELECT id, bool_or(stage = 'ingest') FROM rejects WHERE ({where}) GROUP BY id ORDER BY id",
+    }
+    for sql in queries.values():
+        check_read_only(sql)
+    con = connect(root)
+    found: dict[str, list] = {}
+    errors: dict[str, str] = {}
+    try:
+        for name, sql in queries.items():
+            try:
+                found[name] = con.execute(sql).fetchall()
+            except Exception as exc:  # duckdb.Error: a column of the other view, or a bad predicate
+                errors[name] = str(exc).strip().splitlines()[0]
+    finally:
+        con.close()
+    if not found:  # it fails on the rows and on the rejects: say why for the rows (the usual case)
+        raise StgrError(f"--where {where!r} failed: {errors['rows']} (and over the rejects: {errors['rejects']})")
+    rows = tuple(r[0] for r in found.get("rows", []))
+    rejects = found.get("rejects", [])
+    return Selection(rows=rows, rejects=tuple(r[0] for r in rejects if not r[1]),
+                     ingest_skipped=sum(1 for r in rejects if r[1]))
+
+
+def select_ids(root: Path, where: str) -> list[str]:
+    """Ids of the rows (``cot``, ``rl``) and rejected samples (``rejects``) that a SQL predicate
+    selects, sorted (``select``).
 
     >>> select_ids(Path("outputs/demo"), "task = 'visual QA'")  # doctest: +SKIP
     ['0a1b...', ...]
     """
-    sql = ("SELECT DISTINCT id FROM (SELECT * FROM cot UNION ALL BY NAME SELECT * FROM rl) AS rows "
-           f"WHERE ({where}) ORDER BY id")
-    check_read_only(sql)
-    con = connect(root)
-    try:
-        return [row[0] for row in con.execute(sql).fetchall()]
-    except Exception as exc:  # duckdb.Error: a bad predicate is the user's, say so in one line
-        raise StgrError(f"--where {where!r} failed: {str(exc).strip().splitlines()[0]}") from None
-    finally:
-        con.close()
+    return select(root, where).ids
 
 
 def lineage(root: Path) -> list[Path]:
@@ -126,6 +172,7 @@ class ReannotateJob:
     selected: tuple[str, ...]
     samples: dict[str, SourceSample]
     parent_sha256: str
+    rejects_selected: int = 0  # of ``selected``, samples the parent rejected
 
     def plan(self) -> BuildPlan:
         shards = []
@@ -154,7 +201,8 @@ class ReannotateJob:
             prompts=prompts, detector=parent.detector, results=results, config_dir=parent.config_dir,
             parent=ParentRef(path=str(self.root), build_id=parent.build_id, manifest_sha256=self.parent_sha256),
             reannotation=Reannotation(where=self.where, prompt=annotator.prompt,
-                                      model=config.annotator.model or "template", selected=len(self.selected)))
+                                      model=config.annotator.model or "template", selected=len(self.selected),
+                                      rejects_selected=self.rejects_selected))
         write_card(self.ctx.out, manifest)
         return manifest
 
@@ -177,7 +225,8 @@ def prepare(root: Path, *, where: str, prompt: str, model: str | None = None,
     annotator = _annotator_config(config, prompt, model)
     config = config.model_copy(update={"annotator": annotator})
     new_prompt = load_prompt(annotator.prompt)
-    selected = select_ids(root, where)
+    selection = select(root, where)
+    selected = selection.ids
     manifest_sha = sha256_file(root / MANIFEST)
     spec = {"parent": str(root), "parent_manifest_sha256": manifest_sha, "where": where,
             "prompt": new_prompt.ref.model_dump(), "model": annotator.model or "template"}
@@ -195,7 +244,8 @@ def prepare(root: Path, *, where: str, prompt: str, model: str | None = None,
     make_annotator(annotator, config.verify)  # an unknown prompt or a missing model fails here
     link_tree(root / "kfs", out / "kfs")
     return ReannotateJob(ctx=ctx, root=root, where=where, selected=tuple(selected),
-                         samples=_selected_samples(ctx, set(selected)), parent_sha256=manifest_sha)
+                         samples=_selected_samples(ctx, set(selected)), parent_sha256=manifest_sha,
+                         rejects_selected=len(selection.rejects))
 
 
 def reannotate(root: Path, *, where: str, prompt: str, model: str | None = None,
@@ -264,4 +314,5 @@ def link_tree(source: Path, target: Path) -> int:
     return added
 
 
-__all__ = ["ReannotateJob", "default_out", "lineage", "link_tree", "prepare", "reannotate", "select_ids"]
+__all__ = ["ReannotateJob", "Selection", "default_out", "lineage", "link_tree", "prepare", "reannotate", "select",
+           "select_ids"]

@@ -8,14 +8,18 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from small_demo import small_build
 from stgr_builder.annotate.server import serve_llm
 from stgr_builder.audit import connect, query
-from stgr_builder.audit.compare import compare
+from stgr_builder.audit.compare import compare, rejects_fixed
 from stgr_builder.cli import app
 from stgr_builder.models import CotRow, RlRow
+from stgr_builder.pipeline import build
+from stgr_builder.sources.demo import generate_demo
+from stgr_builder.sources.demo_config import demo_config
 from stgr_builder.reannotate import reannotate
 from stgr_builder.core.arrow import table_to_rows
 
@@ -106,3 +110,58 @@ def test_a_bad_predicate_or_prompt_is_a_one_line_error(tmp_path_factory, tmp_pat
     no_model = runner.invoke(app, ["reannotate", str(base), "--where", "true", "--prompt", "stgr-cot-llm",
                                    "--out", str(tmp_path / "y")])
     assert no_model.exit_code != 0 and "--model" in str(no_model.exception)
+
+
+def test_reannotating_rejects_turns_them_into_rows(tmp_path_factory, tmp_path, monkeypatch):
+    """A build whose LLM broke the schema on some samples (no re-ask: rejected at once), then its
+    ``llm_invalid_reply`` rejects re-annotated with a second prompt against a healthy server."""
+    source = tmp_path_factory.mktemp("reject-demo")
+    generate_demo(source, seed=0, n_videos=2, n_images=1)
+    config = demo_config().model_dump(mode="json")
+    config["annotator"].update({"backend": "openai", "model": "stgr-dry-run", "prompt": "stgr-cot-llm",
+                                "timeout": 5.0, "max_retries": 1, "max_invalid_retries": 0})
+    config_path = source / "llm.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    base, out = tmp_path / "base", tmp_path / "v2"
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-reannotate-0123456789")
+    with serve_llm(fault_rate=0.3, faults=["schema"]) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        manifest = build(config_path, base)
+    assert manifest.complete
+    invalid = {r[0] for r in query(base, "SELECT id FROM rejects WHERE code = 'llm_invalid_reply'").rows}
+    assert len(invalid) >= 3, "the faulty server should have made rejects"
+    old_rows = {r[0] for r in query(base, "SELECT id FROM cot").rows}
+
+    second = tmp_path / "stgr-cot-llm-v2.yaml"
+    prompt = yaml.safe_load((Path(__file__).parents[1] / "prompts" / "stgr-cot-llm.yaml").read_text())
+    prompt.update({"name": "stgr-cot-llm-v2", "description": prompt["description"] + " (second version)"})
+    second.write_text(yaml.safe_dump(prompt))
+    with serve_llm() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        result = CliRunner().invoke(app, ["reannotate", str(base), "--where", "code = 'llm_invalid_reply'",
+                                          "--prompt", str(second), "--model", "stgr-dry-run", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert server.stats()["by_schema"] == {"stgr_cot_reply": len(invalid)}  # the rejects alone are asked
+    assert f"of them {len(invalid)} were rejected samples: {len(invalid)} fixed" in result.output
+
+    version = json.loads((out / "manifest.json").read_text())["reannotation"]
+    assert version["selected"] == version["rejects_selected"] == len(invalid)
+    new_rows = _rows(out, "cot", CotRow)
+    assert set(new_rows) == old_rows | invalid  # every reject fixed became a row; no row lost
+    for row_id in invalid:
+        assert new_rows[row_id].provenance.prompt_name == "stgr-cot-llm-v2"
+    assert not query(out, "SELECT id FROM rejects WHERE code = 'llm_invalid_reply'").rows
+    assert CliRunner().invoke(app, ["verify", str(out)]).exit_code == 0
+
+    tables = {t.title: t for t in compare(out)}
+    fixed = tables["Rejects fixed"]
+    by_code = {row[1]: dict(zip(fixed.columns, row)) for row in fixed.rows}
+    assert by_code["llm_invalid_reply"]["fixed"] == len(invalid)
+    assert by_code["llm_invalid_reply"]["still_rejected"] == 0
+    assert rejects_fixed(out) == len(invalid)
+    changed = {row[0]: dict(zip(tables["Rows changed"].columns, row)) for row in tables["Rows changed"].rows}
+    assert changed["cot"]["added"] == len(invalid) and changed["cot"]["removed"] == 0
+    # A predicate over a column of neither view is still a one-line error.
+    bad = CliRunner().invoke(app, ["reannotate", str(base), "--where", "no_such_column = 1", "--prompt",
+                                   "template-cot", "--out", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "over the rejects" in str(bad.exception)

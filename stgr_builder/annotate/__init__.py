@@ -3,18 +3,19 @@
 from pathlib import Path
 
 from stgr_builder.annotate.base import AnnotateStep, Annotator, BatchAnnotator
+from stgr_builder.annotate.batch import BatchPending, batch_progress, pending_batches
 from stgr_builder.annotate.prompts import Prompt, available_prompts, load_prompt
 from stgr_builder.annotate.template import TemplateAnnotator
 from stgr_builder.core.resources import Resources
 from stgr_builder.errors import StgrError
 from stgr_builder.models import AnnotatorConfig, VerifyConfig
 
-__all__ = ["AnnotateStep", "Annotator", "BatchAnnotator", "Prompt", "TemplateAnnotator",
-           "available_prompts", "load_prompt", "make_annotator"]
+__all__ = ["AnnotateStep", "Annotator", "BatchAnnotator", "BatchPending", "Prompt", "TemplateAnnotator",
+           "available_prompts", "batch_progress", "load_prompt", "make_annotator", "pending_batches"]
 
 
 def make_annotator(config: AnnotatorConfig, verify: VerifyConfig, *, root: Path | None = None,
-                   resources: Resources | None = None, run: str = "") -> Annotator:
+                   resources: Resources | None = None, run: str = "", wait: bool = True) -> Annotator:
     """The annotator a config names. The openai backend (``annotate/llm.py``) keeps its request
     cache under ``root`` (the dataset folder), and takes the budget of ``run`` and its frame
     memos from ``resources`` (the worker's), so the annotators of one run share them.
@@ -30,7 +31,7 @@ def make_annotator(config: AnnotatorConfig, verify: VerifyConfig, *, root: Path 
     if config.backend == "openai":
         from stgr_builder.annotate.llm import LlmAnnotator
 
-        return LlmAnnotator(config, verify, root=root, resources=resources, run=run)
+        return LlmAnnotator(config, verify, root=root, resources=resources, run=run, wait=wait)
     raise StgrError(f"annotator backend {config.backend!r} is not available in this version")
 
 

@@ -25,6 +25,11 @@ run's budget (requests, tokens; one ledger per run under ``_cache/budget``, shar
 process) is checked before any new request: when it is spent the shard raises
 ``BudgetReached``, writes nothing and is finished by the next run.
 
+Every request (each retry too) is paced by the build's rate limits (``ratelimit.py``: the
+``rpm``/``tpm`` caps and the server's ``x-ratelimit`` headers, shared by all its processes); the
+frames of a request are drawn in worker processes (``prepare.py``); with ``mode: batch`` the
+first requests go through the Batch API (``batch.py``) and this online path finds them cached.
+
 The endpoint and key come from ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``; the key is read by the
 client and never stored, logged or hashed here.
 
@@ -41,7 +46,6 @@ import asyncio
 import base64
 import contextvars
 import functools
-import io
 import json
 import os
 import re
@@ -51,7 +55,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from PIL import Image, ImageDraw, ImageFont
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stgr_builder.core import geometry, grammar
@@ -62,6 +65,9 @@ from stgr_builder.annotate.cache import CacheEntry, CachedUsage, ResponseCache, 
 from stgr_builder.core.hashing import digest
 from stgr_builder.core.resources import BudgetReached, Resources
 from stgr_builder.annotate.prompts import load_prompt
+from stgr_builder.annotate.batch import BatchJobs
+from stgr_builder.annotate.prepare import PreparePool, base_frame, default_processes, draw_frame
+from stgr_builder.annotate.ratelimit import limiter_for
 from stgr_builder.errors import SampleError, StgrError
 from stgr_builder.models import (
     AnnotatorConfig, Annotation, Detection, Evidence, Frame, LlmUsage, RejectCode, SampleWork, VerifyConfig)
@@ -224,62 +230,38 @@ def sample_view(work: SampleWork, *, max_per_frame: int, max_area: float) -> Sam
                       size=image_size(work))
 
 
-_COLORS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
-           (240, 50, 230), (210, 245, 60)]
-
-
-def _base_frame(path: str, max_side: int) -> Image.Image:
-    with Image.open(path) as image:
-        rgb = image.convert("RGB")
-    scale = min(1.0, max_side / max(rgb.size))
-    if scale < 1.0:
-        rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))))
-    return rgb
-
-
-@functools.cache
-def _label_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    # The font ImageDraw uses when given none; loading it per call is most of a frame's drawing.
-    return ImageFont.load_default()
-
-
-def draw_frame(path: Path, candidates: list[Candidate], max_side: int, quality: int = 85,
-               base: Image.Image | None = None) -> bytes:
-    """The frame's JPEG with its candidate boxes drawn and labelled ``B<id>``, downscaled so
-    its longer side is at most ``max_side`` (``base``: that downscaled frame, when the caller
-    has it). Deterministic (its hash is in the cache key)."""
-    rgb = (base if base is not None else _base_frame(str(path), max_side)).copy()
-    draw = ImageDraw.Draw(rgb)
-    font = _label_font()
-    width, height = rgb.size
-    for cand in candidates:
-        x1, y1, x2, y2 = cand.det.box
-        color = _COLORS[cand.id % len(_COLORS)]
-        rect = (round(x1 * width), round(y1 * height), round(x2 * width), round(y2 * height))
-        draw.rectangle(rect, outline=color, width=2)
-        draw.text((rect[0] + 3, rect[1] + 2), f"B{cand.id}", fill=color, font=font)
-    buffer = io.BytesIO()
-    rgb.save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
-
-
 class FrameImages:
     """Drawn frames as ``(data URL, image_digest)``, memoized by frame, size and the candidates
     drawn on it: the samples of one video share frames and detections, so most of their frames
     are decoded once, and drawn, encoded and hashed once. Both memos are the process's
     (``Resources``), bounded in bytes."""
 
-    def __init__(self, resources: Resources):
+    def __init__(self, resources: Resources, pool: PreparePool | None = None):
         # Frames are content-addressed and shared by the samples of a video: decode each once.
         self.bases = resources.memo("llm-base-frames", 128 << 20, weigh=lambda im: im.width * im.height * 3)
         self.drawn = resources.memo("llm-drawn-frames", 128 << 20, weigh=lambda made: len(made[0]) + len(made[1]))
+        # Worker processes that draw the frames not in the memo (``prepare.py``), if any.
+        self.pool = pool
+
+    def get_many(self, frames: list[tuple[Path, list[Candidate]]], max_side: int) -> list[tuple[str, str]]:
+        """``get`` for each frame; the ones not in the memo drawn together in the pool."""
+        keys = [(str(path), max_side, tuple((c.id, tuple(c.det.box)) for c in cands)) for path, cands in frames]
+        found = [self.drawn.get(key) for key in keys]
+        missing = [i for i, made in enumerate(found) if made is None]
+        if missing and self.pool is not None:
+            made = self.pool.render_many([(keys[i][0], keys[i][2], max_side) for i in missing])
+            for i, item in zip(missing, made or []):
+                found[i] = item
+                self.drawn.put(keys[i], item)
+        return [made if made is not None else self.get(path, cands, max_side)
+                for made, (path, cands) in zip(found, frames)]
 
     def get(self, path: Path, candidates: list[Candidate], max_side: int) -> tuple[str, str]:
         key = (str(path), max_side, tuple((c.id, tuple(c.det.box)) for c in candidates))
         found = self.drawn.get(key)
         if found is not None:
             return found
-        base = self.bases.get_or_make((str(path), max_side), lambda: _base_frame(str(path), max_side))
+        base = self.bases.get_or_make((str(path), max_side), lambda: base_frame(str(path), max_side))
         jpeg = draw_frame(path, candidates, max_side, base=base)
         made = (crops.data_url(jpeg), image_digest(jpeg))
         self.drawn.put(key, made)
@@ -316,13 +298,17 @@ def build_request(view: SampleView, content: LlmPromptContent, root: Path, max_s
         span_rule=content.span_rule_temporal if view.temporal else content.span_rule_other)
     parts: list[dict] = [{"type": "text", "text": user}]
     digests: dict[str, str] = {}
+    shown = [[c for c in view.candidates.values() if c.frame_no == number]
+             for number in range(1, len(view.frames) + 1)]
+    drawn = images.get_many([(root / f.path, on) for f, on in zip(view.frames, shown)], max_side) \
+        if images is not None else None
     for number, frame in enumerate(view.frames, start=1):
-        on_frame = [c for c in view.candidates.values() if c.frame_no == number]
+        on_frame = shown[number - 1]
         time = 0.0 if view.size else frame.time
         parts.append({"type": "text", "text": content.frame.format(
             frame=number, time=grammar.fmt_time(time), boxes=", ".join(f"B{c.id}" for c in on_frame) or "none")})
-        if images is not None:
-            url, image_hash = images.get(root / frame.path, on_frame, max_side)
+        if drawn is not None:
+            url, image_hash = drawn[number - 1]
         else:
             jpeg = draw_frame(root / frame.path, on_frame, max_side)
             url, image_hash = crops.data_url(jpeg), image_digest(jpeg)
@@ -525,7 +511,7 @@ class LlmAnnotator:
     name = "openai"
 
     def __init__(self, config: AnnotatorConfig, verify: VerifyConfig, *, root: Path | None = None,
-                 resources: Resources | None = None, run: str = ""):
+                 resources: Resources | None = None, run: str = "", wait: bool = True):
         if not config.model:
             raise StgrError("annotator.model is required for backend openai (e.g. model: gpt-4o-mini)")
         if not os.environ.get("OPENAI_API_KEY"):
@@ -561,7 +547,14 @@ class LlmAnnotator:
         # (a batch's total cannot be split after the fact); taken by ``usage_of``.
         self.sample_usage: dict[str, LlmUsage] = {}
         self._sampling = {"temperature": config.temperature, "max_tokens": config.max_tokens}
-        self.images = FrameImages(resources)
+        processes = default_processes(config.prepare_processes)
+        pool = resources.model(("llm-prepare-pool", processes), lambda: PreparePool(processes)).model \
+            if processes else None
+        self.images = FrameImages(resources, pool)
+        # Requests and tokens per minute, shared by the build's every request (a flock'd file).
+        self.limiter = limiter_for(self.root, config.rpm, config.tpm)
+        # Batch mode: wait for the batches (False: ``--no-wait``, ``BatchPending`` once submitted).
+        self.wait = wait
 
     def take_usage(self, sample_id: str) -> LlmUsage | None:
         return self.sample_usage.pop(sample_id, None)
@@ -577,6 +570,8 @@ class LlmAnnotator:
     def annotate_batch(self, batch: list[SampleWork]) -> list[Annotation | SampleError]:
         if self.root is None or self.cache is None:
             raise StgrError("LlmAnnotator needs the dataset folder (root) to annotate")
+        if self.config.mode == "batch":
+            self._send_as_batches(batch)  # replies into the cache; the online pass below reads them
         results = _run(lambda: self._batch(batch))
         failures = [r for r in results if isinstance(r, BaseException) and not isinstance(r, SampleError)]
         if any(isinstance(r, BudgetReached) for r in failures):
@@ -584,6 +579,82 @@ class LlmAnnotator:
         if failures:
             raise failures[0]
         return results
+
+    # -- batch mode -------------------------------------------------------------------------
+
+    def _send_as_batches(self, batch: list[SampleWork]) -> None:
+        """Each sample's first request (``_one``'s, byte for byte) that the cache lacks, sent
+        through the Batch API (``batch.py``); the replies go into the request cache. With
+        ``batch_reask: batch``, a reply that cannot be used is asked again, with its error, in
+        a follow-up round (up to ``max_invalid_retries``), the very messages the online re-ask
+        would send, so the online pass that follows finds every reply cached."""
+        asking: list[tuple[SampleView, list[dict], dict[str, str]]] = []
+        for work in batch:
+            view = sample_view(work, max_per_frame=self.config.max_candidates_per_frame, max_area=self.max_area)
+            if work.sample.task in grammar.GROUNDED_TASKS and not view.candidates:
+                continue  # rejected without a request (no_evidence)
+            messages, digests = build_request(view, self.content, self.root, self.config.image_max_side, self.images)
+            asking.append((view, messages, digests))
+        rounds = 1 + (self.config.max_invalid_retries if self.config.batch_reask == "batch" else 0)
+        for number in range(rounds):
+            keys = [request_key(model=self.model, prompt_version=self.prompt.version, messages=messages,
+                                schema_hash=schema_hash(CotReply), sampling=self._sampling, digests=digests)
+                    for _, messages, digests in asking]
+            self._batch_round({key: messages for key, (_, messages, _) in zip(keys, asking)})
+            if number + 1 == rounds:
+                break
+            again = []
+            for key, (view, messages, digests) in zip(keys, asking):
+                entry = self.cache.get(key)
+                if entry is None or entry.kind != "reply":
+                    continue  # a failure: the online pass deals with it
+                try:
+                    parse_reply(entry.content or "", view)
+                except ValueError as exc:
+                    again.append((view, [*messages, {"role": "assistant", "content": entry.content or ""},
+                                         {"role": "user", "content": self.content.reask.format(error=_short_error(exc))}],
+                                  digests))
+            if not again:
+                break
+            asking = again
+
+    def _batch_round(self, requests: dict[str, list[dict]]) -> None:
+        """Send the requests (cache key -> messages) the cache lacks as batches; cache the replies."""
+        bodies: dict[str, dict] = {}
+        images: dict[str, int] = {}
+        for key, messages in requests.items():
+            entry = self.cache.get(key)
+            if entry is not None and not (entry.kind == "error" and _TRANSIENT_ERROR.match(entry.error or "")):
+                continue
+            body: dict[str, Any] = {"model": self.model, "messages": messages,
+                                    "response_format": response_format(CotReply, SCHEMA_NAME),
+                                    "temperature": self.config.temperature}
+            if self.config.max_tokens is not None:
+                body["max_tokens"] = self.config.max_tokens
+            bodies[key], images[key] = body, _count_images(messages)
+        if not bodies:
+            return
+        jobs = BatchJobs(self.root, max_requests=self.config.batch_max_requests,
+                         max_bytes=self.config.batch_max_bytes, poll_s=self.config.batch_poll_s)
+        # The budget counts only requests submitted now (not those of batches already submitted);
+        # one it refuses is asked online, where the budget stops the shard.
+        for key, (status, reply) in jobs.run(bodies, wait=self.wait, admit=self.budget.acquire).items():
+            if key not in bodies:
+                continue
+            if status == 200:
+                try:
+                    entry = _entry_of(json.dumps(reply).encode(), images[key], self.model)
+                except _BadReply:
+                    continue  # asked again online
+            elif 400 <= status < 500 and status not in (408, 409, 429):
+                message = (reply or {}).get("error", {}).get("message", "") if isinstance(reply, dict) else ""
+                entry = CacheEntry(kind="error", images=images[key], model=self.model,
+                                   error=f"HTTP {status} (batch): {str(message)[:200]}")
+            else:
+                continue  # transient (429, 5xx): asked again online
+            self.budget.add_tokens(entry.usage.prompt_tokens + entry.usage.completion_tokens)
+            self.cache.put(key, entry)
+        jobs.collected()
 
     # -- one batch, one sample ------------------------------------------------------------
 
@@ -605,7 +676,8 @@ class LlmAnnotator:
                 finally:
                     self.sample_usage[work.sample.id] = usage
 
-        async with AsyncOpenAI(max_retries=self.config.max_retries, timeout=self.config.timeout) as client:
+        async with AsyncOpenAI(max_retries=self.config.max_retries, timeout=self.config.timeout,
+                               http_client=self.limiter.http_client(self.config.max_tokens)) as client:
             ask = _Asker(client, semaphore, self)
             return await asyncio.gather(*(one(ask, work) for work in batch), return_exceptions=True)
 

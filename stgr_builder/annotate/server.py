@@ -19,6 +19,20 @@ through the body), ``html`` (a 200 with an HTML error page), ``huge`` (a 200 of 
 (no answer at all; the connection closes after ``hang_s``). ``GET /stats`` counts requests, per
 outcome and per request key.
 
+With ``rpm`` / ``tpm`` the server limits requests and tokens per minute as a provider does (a
+bucket holding one second's worth, refilled continuously; tokens are the prompt's, counted as in
+``usage``, plus ``max_tokens``): past them it answers 429 with ``Retry-After`` / ``retry-after-ms``
+(outcome ``rate_limited``), and every chat reply carries ``x-ratelimit-limit-requests``,
+``-remaining-requests``, ``-reset-requests`` (and ``-tokens``).
+
+The OpenAI Batch API, for batch-mode dry runs: ``POST /v1/files`` (multipart upload, purpose
+``batch``), ``GET /v1/files/{id}`` and ``/content``, ``POST /v1/batches`` (an uploaded JSONL of
+``/v1/chat/completions`` requests; ``metadata`` kept), ``GET /v1/batches/{id}``, ``GET /v1/batches``,
+``POST /v1/batches/{id}/cancel``. A batch is answered line by line with the same policy (and the
+same injected faults: a refused or failed line is an error line) in a background thread, after
+``batch_delay_s``; its output file holds the lines answered 200, its error file the others.
+``/stats`` counts batches, files and batch lines apart from the online requests.
+
 >>> with serve_llm(latency_ms=0) as server:                     # doctest: +SKIP
 ...     client = OpenAI(base_url=server.base_url, api_key="x")
 ...     server.stats()["total"]
@@ -59,6 +73,48 @@ class ServerOptions:
     retry_after_s: float = 0.1
     hang_s: float = 5.0
     crop_deny: Sequence[str] = ()
+    rpm: float | None = None
+    tpm: float | None = None
+    batch_delay_s: float = 0.2
+
+
+class _Limits:
+    """The server's per-minute limits: a bucket per kind holding one second's worth."""
+
+    def __init__(self, rpm: float | None, tpm: float | None):
+        self.lock = threading.Lock()
+        self.kinds = {kind: [per_minute, max(1.0, per_minute / 60), time.monotonic()]
+                      for kind, per_minute in (("requests", rpm), ("tokens", tpm)) if per_minute}
+
+    def _refill(self, kind: str, now: float) -> tuple[float, float]:
+        per_minute, level, at = self.kinds[kind]
+        rate = per_minute / 60
+        level = min(max(1.0, rate), level + (now - at) * rate)
+        self.kinds[kind][1:] = [level, now]
+        return level, rate
+
+    def take(self, tokens: int) -> tuple[float | None, dict[str, str]]:
+        """Admit a request of ``tokens`` (None) or refuse it (seconds until it would pass), and
+        the rate-limit headers either way."""
+        with self.lock:
+            now = time.monotonic()
+            wait = 0.0
+            for kind, need in (("requests", 1.0), ("tokens", 1e-9)):
+                if kind in self.kinds:
+                    level, rate = self._refill(kind, now)
+                    if level < need:
+                        wait = max(wait, (need - level) / rate)
+            if not wait:
+                for kind, cost in (("requests", 1.0), ("tokens", float(tokens))):
+                    if kind in self.kinds:
+                        self.kinds[kind][1] -= cost
+            headers = {}
+            for kind, (per_minute, level, _) in self.kinds.items():
+                rate, cap = per_minute / 60, max(1.0, per_minute / 60)
+                headers[f"x-ratelimit-limit-{kind}"] = f"{per_minute:g}"
+                headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, int(level)))
+                headers[f"x-ratelimit-reset-{kind}"] = f"{max(0.0, cap - level) / rate:.3f}s"
+            return (wait or None), headers
 
 
 @dataclass
@@ -168,9 +224,11 @@ class _Server(ThreadingHTTPServer):
         self.fault_lock = threading.Lock()
         self.arrivals = 0
         self.faulted = 0
+        self.limits = _Limits(options.rpm, options.tpm) if (options.rpm or options.tpm) else None
+        self.batch_api = _BatchApi(self)
 
     def stats_snapshot(self) -> dict[str, Any]:
-        return self.stats.snapshot()
+        return {**self.stats.snapshot(), **self.batch_api.counts()}
 
     def fault(self) -> str | None:
         """The fault for the next request, or None. Evenly spaced, not drawn: of every n requests
@@ -186,6 +244,176 @@ class _Server(ThreadingHTTPServer):
                 return None
             self.faulted += 1
             return kinds[(self.options.seed + self.faulted - 1) % len(kinds)]
+
+
+def chat_reply(body: dict, fault: str | None, rng_seed: bytes) -> tuple[int, dict]:
+    """(status, body) of a chat completion request answered by the policy, for a batch line:
+    a fault that an online request meets as an HTTP failure is a 429 or 500 line here, and one
+    of the reply's content (``malformed``, ``schema``) breaks the content as online."""
+    if fault == "429":
+        return 429, {"error": {"message": "rate limited (injected)", "type": "rate_limit_error"}}
+    if fault in ("500", "timeout", "hang", "truncated", "dropped", "html", "huge"):
+        return 500, {"error": {"message": f"server error (injected {fault})", "type": "server_error"}}
+    messages = body.get("messages") or []
+    schema_name = ((body.get("response_format") or {}).get("json_schema") or {}).get("name", "")
+    user_text = _texts(messages[:2], "user")
+    good = crop_reply(user_text, ()) if schema_name == "crop_verdict" else annotation_reply(user_text)
+    if fault == "malformed":
+        content = json.dumps(good)[: max(1, len(json.dumps(good)) // 2)]
+    elif fault == "schema":
+        content = json.dumps(_broken(schema_name, good, random.Random(rng_seed)))
+    else:
+        content = json.dumps(good)
+    text = _texts(messages, "system") + _texts(messages, "user")
+    prompt_tokens = len(text) // 4 + 85 * _images(messages)
+    completion_tokens = max(1, len(content) // 4)
+    return 200, {"id": "chatcmpl-batch", "object": "chat.completion", "created": 0,
+                 "model": body.get("model", MODEL_ID),
+                 "choices": [{"index": 0, "finish_reason": "stop",
+                              "message": {"role": "assistant", "content": content}}],
+                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                           "total_tokens": prompt_tokens + completion_tokens}}
+
+
+def _multipart(raw: bytes, content_type: str) -> dict[str, tuple[str | None, bytes]]:
+    """The fields of a multipart/form-data body: name -> (filename, bytes)."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw)
+    fields = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        fields[name] = (part.get_filename(), part.get_payload(decode=True) or b"")
+    return fields
+
+
+class _BatchApi:
+    """Files and batches of the OpenAI Batch API, in memory (see the module's docstring)."""
+
+    def __init__(self, server: _Server):
+        self.server = server
+        self.lock = threading.Lock()
+        self.files: dict[str, dict] = {}
+        self.contents: dict[str, bytes] = {}
+        self.batches: dict[str, dict] = {}
+        self.lines = 0
+
+    def counts(self) -> dict[str, int]:
+        with self.lock:
+            return {"files": len(self.files), "batches": len(self.batches), "batch_lines": self.lines}
+
+    def _file(self, data: bytes, filename: str, purpose: str) -> dict:
+        with self.lock:
+            file_id = f"file-{len(self.files) + 1:06d}"
+            record = {"id": file_id, "object": "file", "bytes": len(data), "created_at": int(time.time()),
+                      "filename": filename, "purpose": purpose, "status": "processed"}
+            self.files[file_id] = record
+            self.contents[file_id] = data
+        return record
+
+    @staticmethod
+    def _missing(what: str) -> tuple[int, dict]:
+        return 404, {"error": {"message": f"no such {what}", "type": "invalid_request_error"}}
+
+    def post(self, path: str, raw: bytes, content_type: str) -> tuple[int, Any]:
+        if path.endswith("/files"):
+            try:
+                fields = _multipart(raw, content_type)
+                filename, data = fields["file"]
+                purpose = fields.get("purpose", (None, b"batch"))[1].decode()
+            except (KeyError, ValueError, UnicodeDecodeError) as exc:
+                return 400, {"error": {"message": f"a multipart upload with 'file' and 'purpose': {exc}",
+                                       "type": "invalid_request_error"}}
+            return 200, self._file(data, filename or "upload.jsonl", purpose)
+        if path.endswith("/cancel"):
+            batch_id = path.rsplit("/", 2)[-2]
+            with self.lock:
+                batch = self.batches.get(batch_id)
+                if batch is None:
+                    return self._missing("batch")
+                if batch["status"] in ("validating", "in_progress"):
+                    batch["status"] = "cancelled"
+                return 200, dict(batch)
+        if path.endswith("/batches"):
+            try:
+                request = json.loads(raw)
+                data = self.contents[request["input_file_id"]]
+            except (ValueError, KeyError, TypeError):
+                return 400, {"error": {"message": "input_file_id names no uploaded file",
+                                       "type": "invalid_request_error"}}
+            now = int(time.time())
+            with self.lock:
+                batch_id = f"batch_{len(self.batches) + 1:06d}"
+                batch = {"id": batch_id, "object": "batch",
+                         "endpoint": request.get("endpoint", "/v1/chat/completions"), "errors": None,
+                         "input_file_id": request["input_file_id"],
+                         "completion_window": request.get("completion_window", "24h"), "status": "in_progress",
+                         "output_file_id": None, "error_file_id": None, "created_at": now, "in_progress_at": now,
+                         "completed_at": None, "cancelled_at": None,
+                         "request_counts": {"total": 0, "completed": 0, "failed": 0},
+                         "metadata": request.get("metadata")}
+                self.batches[batch_id] = batch
+            threading.Thread(target=self._run, args=(batch_id, data), daemon=True, name=batch_id).start()
+            return 200, dict(batch)
+        return 404, {"error": {"message": f"no route {path}", "type": "not_found"}}
+
+    def get(self, path: str) -> tuple[int, Any]:
+        parts = path.split("/")
+        if parts[-1] == "batches":
+            with self.lock:
+                data = [dict(b) for b in sorted(self.batches.values(), key=lambda b: b["id"], reverse=True)]
+            return 200, {"object": "list", "data": data, "has_more": False,
+                         "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+        if len(parts) >= 2 and parts[-2] == "batches":
+            with self.lock:
+                batch = self.batches.get(parts[-1])
+            return (200, dict(batch)) if batch is not None else self._missing("batch")
+        if len(parts) >= 3 and parts[-1] == "content" and parts[-3] == "files":
+            with self.lock:
+                data = self.contents.get(parts[-2])
+            return (200, data) if data is not None else self._missing("file")
+        if len(parts) >= 2 and parts[-2] == "files":
+            with self.lock:
+                record = self.files.get(parts[-1])
+            return (200, dict(record)) if record is not None else self._missing("file")
+        return 404, {"error": {"message": f"no route {path}", "type": "not_found"}}
+
+    def _run(self, batch_id: str, data: bytes) -> None:
+        time.sleep(self.server.options.batch_delay_s)
+        ok, failed = [], []
+        for number, line in enumerate(data.splitlines(), start=1):
+            if not line.strip():
+                continue
+            with self.lock:
+                if self.batches[batch_id]["status"] == "cancelled":
+                    return
+                self.lines += 1
+            try:
+                request = json.loads(line)
+                custom_id, body = request["custom_id"], request["body"]
+            except (ValueError, KeyError, TypeError):
+                failed.append({"id": f"batch_req_{number}", "custom_id": None, "response": None,
+                               "error": {"code": "invalid_line", "message": f"line {number} is not a batch request"}})
+                continue
+            status, reply = chat_reply(body, self.server.fault(), line)
+            record = {"id": f"batch_req_{number}", "custom_id": custom_id,
+                      "response": {"status_code": status, "request_id": f"req_{number}", "body": reply},
+                      "error": None}
+            (ok if status == 200 else failed).append(record)
+        outputs = {}
+        for kind, records in (("output", ok), ("error", failed)):
+            if records:
+                text = "".join(json.dumps(r) + "\n" for r in records).encode()
+                outputs[kind] = self._file(text, f"{batch_id}_{kind}.jsonl", "batch_output")["id"]
+        with self.lock:
+            batch = self.batches[batch_id]
+            if batch["status"] == "cancelled":
+                return
+            batch.update(status="completed", completed_at=int(time.time()), output_file_id=outputs.get("output"),
+                         error_file_id=outputs.get("error"),
+                         request_counts={"total": len(ok) + len(failed), "completed": len(ok),
+                                         "failed": len(failed)})
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -206,7 +434,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
-            for key, value in (headers or {}).items():
+            for key, value in {**(headers or {}), **getattr(self, "limit_headers", {})}.items():
                 self.send_header(key, value)
             self.end_headers()
             self.wfile.write(data if cut is None else data[:cut])
@@ -222,13 +450,19 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "owned_by": "stgr"}]})
         elif path.endswith("/stats"):
             self._send(200, self.server.stats_snapshot())
+        elif "/files" in path or "/batches" in path:
+            self._send(*self.server.batch_api.get(path.split("?", 1)[0].rstrip("/")))
         else:
             self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib name
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
-        if not self.path.rstrip("/").endswith("/chat/completions"):
+        path = self.path.rstrip("/")
+        if "/files" in path or "/batches" in path:
+            self._send(*self.server.batch_api.post(path, raw, self.headers.get("Content-Type", "")))
+            return
+        if not path.endswith("/chat/completions"):
             self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
             return
         try:
@@ -247,10 +481,31 @@ class _Handler(BaseHTTPRequestHandler):
             stats.in_flight += 1
             stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         try:
+            if not self._admitted(body):
+                return
             self._complete(body, raw, schema_name, key, options)
         finally:
             with stats.lock:
                 stats.in_flight -= 1
+
+    def _admitted(self, body: dict) -> bool:
+        """Within the rate limits (and the headers that say so set on the reply), or refused
+        with a 429 now, before any latency or fault."""
+        self.limit_headers = {}
+        if self.server.limits is None:
+            return True
+        messages = body.get("messages") or []
+        tokens = (len(_texts(messages, "system") + _texts(messages, "user")) // 4 + 85 * _images(messages)
+                  + int(body.get("max_tokens") or 0))
+        wait, self.limit_headers = self.server.limits.take(tokens)
+        if wait is None:
+            return True
+        with self.server.stats.lock:
+            self.server.stats.by_outcome["rate_limited"] += 1
+        self._send(429, {"error": {"message": "rate limit reached (requests or tokens per minute)",
+                                   "type": "rate_limit_error"}},
+                   {"Retry-After": f"{wait:.3f}", "retry-after-ms": str(max(1, round(wait * 1000)))})
+        return False
 
     def _complete(self, body: dict, raw: bytes, schema_name: str, key: str, options: ServerOptions) -> None:
         stats = self.server.stats

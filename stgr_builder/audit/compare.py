@@ -4,7 +4,7 @@
 ['Box area distribution', 'Box aspect-ratio distribution']
 >>> [t.title for t in compare(Path("out-v2"), Path("out"))]     # doctest: +SKIP
 ['Versions', 'Rows changed', 'Rejects by reason (versions)', 'Fidelity by version',
- 'Fidelity of the re-annotated rows']
+ 'Rejects fixed', 'Fidelity of the re-annotated rows']
 """
 
 from __future__ import annotations
@@ -97,10 +97,32 @@ EVIDENCE_CHANGED = """
     ORDER BY n.id"""
 
 
+#: The old version's rejected samples by reason, and what became of them in the new one: a row
+#: now (``fixed``: a CoT or RL row with that id), still a reject (any code), or neither.
+REJECTS_FIXED = """
+    WITH o AS (SELECT id, min(stage) AS stage, min(code) AS code FROM old_rejects GROUP BY id),
+         fixed AS (SELECT id FROM cot UNION SELECT id FROM rl),
+         still AS (SELECT DISTINCT id FROM rejects)
+    SELECT o.stage, o.code, count(*) AS old_rejects,
+           count(*) FILTER (WHERE o.id IN (SELECT id FROM fixed)) AS fixed,
+           count(*) FILTER (WHERE o.id IN (SELECT id FROM still)) AS still_rejected
+    FROM o GROUP BY ALL ORDER BY o.stage, o.code"""
+
+
+def rejects_fixed(new: Path, old: Path | None = None) -> int:
+    """How many of the old version's rejected samples are rows in the new one.
+
+    >>> rejects_fixed(Path("out-v2"))  # doctest: +SKIP
+    7
+    """
+    table = next(t for t in compare(new, old) if t.title == "Rejects fixed")
+    return sum(row[table.columns.index("fixed")] for row in table.rows)
+
+
 def compare(new: Path, old: Path | None = None) -> list[AuditTable]:
     """Compare a version with an earlier one (default: its manifest's ``parent``): rows
     unchanged / re-annotated / changed / added / removed per dataset, rejects by reason in
-    each, and fidelity figures per version and over the re-annotated rows."""
+    each, the old rejects fixed (now rows) by reason, and fidelity figures per version and over the re-annotated rows."""
     new = Path(new)
     if old is None:
         parent = load_manifest(new).parent
@@ -136,6 +158,7 @@ def compare(new: Path, old: Path | None = None) -> list[AuditTable]:
                  o AS (SELECT stage, code, count(*) AS c FROM old_rejects GROUP BY ALL)
             SELECT stage, code, coalesce(o.c, 0) AS old, coalesce(n.c, 0) AS new
             FROM n FULL OUTER JOIN o USING (stage, code) ORDER BY stage, code"""))
+        tables.append(_table(con, "Rejects fixed", REJECTS_FIXED))
         fidelity = """
             SELECT '{name}' AS version, count(*) AS rows,
                    round(avg(provenance.detector_agreement_iou), 3) AS mean_agreement_iou,

@@ -1,0 +1,145 @@
+"""annotator.mode: batch against `stgr serve-llm`'s Batch API: no online chat request for
+annotation, rows identical to an online build's; a build that returns after submitting
+(--no-wait) and is run again reattaches to its batch and submits nothing twice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from stgr_builder.annotate.server import serve_llm
+from stgr_builder.cli import app
+from stgr_builder.pipeline import build
+from stgr_builder.sources.demo import generate_demo
+from stgr_builder.sources.demo_config import demo_config
+
+pytestmark = pytest.mark.slow
+
+
+def _config(source: Path, name: str, **annotator) -> Path:
+    config = demo_config().model_dump(mode="json")
+    config["annotator"].update({"backend": "openai", "model": "stgr-dry-run", "prompt": "stgr-cot-llm",
+                                "batch_poll_s": 0.1, **annotator})
+    path = source / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _shards(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes()
+            for folder in ("stgr_cot", "stgr_rl", "rejects") for p in sorted((out / folder).glob("part-*.parquet"))}
+
+
+def test_batch_mode_rows_equal_online_rows_and_nothing_is_submitted_twice(tmp_path, monkeypatch):
+    source = tmp_path / "src"
+    generate_demo(source, seed=0, n_videos=2, n_images=1)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-batch-0123456789")
+    with serve_llm() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        online = build(_config(source, "online"), tmp_path / "online")
+        asked_online = server.stats()["total"]
+    assert online.complete and asked_online > 0
+
+    out = tmp_path / "batch"
+    config = _config(source, "batch", mode="batch", batch_max_requests=10)
+    with serve_llm(batch_delay_s=1.0) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        first = CliRunner().invoke(app, ["build", str(config), "--out", str(out), "--no-wait"])
+        assert first.exit_code == 0, first.output
+        assert "batches pending; run again to collect" in first.output
+        submitted = server.stats()["batches"]
+        assert submitted >= 2 and server.stats()["total"] == 0  # split by batch_max_requests; nothing online
+        assert json.loads((out / "manifest.json").read_text())["complete"] is False
+        from stgr_builder.annotate import pending_batches
+
+        assert pending_batches(out) == (asked_online, submitted)
+        records = list((out / "_cache" / "batches").glob("*.json"))
+        assert records and all(c["batch_id"] for r in records for c in json.loads(r.read_text())["chunks"])
+
+        second = build(config, out)  # reattaches, waits, collects
+        stats = server.stats()
+    assert second.complete
+    assert stats["batches"] == submitted  # nothing submitted twice
+    assert stats["batch_lines"] == asked_online and stats["total"] == 0  # each request once, none online
+    assert _shards(out) == _shards(tmp_path / "online")  # the online build's rows, byte for byte
+    from stgr_builder.annotate import batch_progress, pending_batches
+
+    assert batch_progress(out) == (asked_online, asked_online) and pending_batches(out) == (0, 0)
+
+
+def test_plan_estimates_batch_prices(tmp_path):
+    source = tmp_path / "src"
+    generate_demo(source, seed=0, n_videos=1, n_images=1)
+    config = _config(source, "plan")
+    costs = {}
+    for name, extra in (("online", []), ("batch", ["--batch-discount", "0.5"])):
+        result = CliRunner().invoke(app, ["plan", str(config), "--price-in", "2.5", "--price-out", "10",
+                                          "--json", str(tmp_path / f"{name}.json"), *extra])
+        assert result.exit_code == 0, result.output
+        costs[name] = json.loads((tmp_path / f"{name}.json").read_text())["estimate"]["cost"]
+    assert costs["online"] > 0 and costs["batch"] == pytest.approx(costs["online"] / 2, abs=1e-4)
+
+
+def test_a_batch_submitted_before_a_kill_is_found_again_not_resubmitted(tmp_path, monkeypatch):
+    """Killed after the provider created the batch but before its id was recorded: the next run
+    finds it by its metadata tag."""
+    from stgr_builder.annotate.batch import BATCH_DIR, BatchJobs, BatchPending
+
+    bodies = {f"key-{i}": {"model": "stgr-dry-run", "messages": [{"role": "user", "content": f"hello {i}"}]}
+              for i in range(3)}
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with serve_llm(batch_delay_s=0.3) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        with pytest.raises(BatchPending, match="3 requests in 1 batches pending"):
+            BatchJobs(tmp_path, max_requests=10, max_bytes=1 << 20, poll_s=0.05).run(bodies, wait=False)
+        [record_path] = (tmp_path / BATCH_DIR).glob("*.json")
+        record = json.loads(record_path.read_text())
+        record["chunks"][0]["batch_id"] = None  # as if killed before the id was written
+        record_path.write_text(json.dumps(record))
+        jobs = BatchJobs(tmp_path, max_requests=10, max_bytes=1 << 20, poll_s=0.05)
+        replies = jobs.run(bodies, wait=True)
+        assert server.stats()["batches"] == 1 and jobs.submitted == 0
+    assert sorted(replies) == sorted(bodies) and {status for status, _ in replies.values()} == {200}
+
+
+def test_requests_in_an_uncollected_batch_are_never_submitted_again(tmp_path, monkeypatch):
+    """A later run that needs more (another budget, new samples) submits only what no batch holds."""
+    from stgr_builder.annotate.batch import BatchJobs, BatchPending, pending_batches
+
+    def bodies(n):
+        return {f"key-{i}": {"model": "stgr-dry-run", "messages": [{"role": "user", "content": f"hi {i}"}]}
+                for i in range(n)}
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with serve_llm(batch_delay_s=0.3) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        budget = iter([True, True, False])  # the first run's budget admits two of three
+        with pytest.raises(BatchPending):
+            BatchJobs(tmp_path, max_requests=10, max_bytes=1 << 20, poll_s=0.05).run(
+                bodies(3), wait=False, admit=lambda: next(budget))
+        assert pending_batches(tmp_path) == (2, 1)
+        jobs = BatchJobs(tmp_path, max_requests=10, max_bytes=1 << 20, poll_s=0.05)
+        replies = jobs.run(bodies(4), wait=True)
+        jobs.collected()
+        assert server.stats()["batches"] == 2 and server.stats()["batch_lines"] == 4  # 2, then the other 2
+    assert sorted(replies) == sorted(bodies(4)) and pending_batches(tmp_path) == (0, 0)
+
+
+def test_unusable_replies_are_asked_again_in_follow_up_batch_rounds(tmp_path, monkeypatch):
+    source = tmp_path / "src"
+    generate_demo(source, seed=0, n_videos=2, n_images=1)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-batch-0123456789")
+    out = tmp_path / "batch"
+    with serve_llm(batch_delay_s=0.05, fault_rate=0.3, faults=["schema"]) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        manifest = build(_config(source, "reask", mode="batch"), out)
+        stats = server.stats()
+    assert manifest.complete and stats["total"] == 0  # no online request, re-asks included
+    samples = manifest.counts["samples"]
+    assert stats["batches"] >= 2 and stats["batch_lines"] > samples  # follow-up rounds
+    rows, rejects = manifest.counts["stgr_cot"], manifest.counts["rejects"]
+    assert rows + rejects == samples and rows > 0.8 * samples  # most broken replies fixed by a re-ask
