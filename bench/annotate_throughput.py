@@ -87,9 +87,11 @@ def make_samples(root: Path, count: int, distinct: bool = True) -> list[SampleWo
     return works
 
 
-def start_server(latency_ms: float) -> tuple[subprocess.Popen, str]:
+def start_server(latency_ms: float, rpm: float | None = None) -> tuple[subprocess.Popen, str]:
+    """``stgr serve-llm`` in a child process on a free port; (process, base URL)."""
+    limits = ["--rpm", str(rpm)] if rpm is not None else []
     proc = subprocess.Popen([sys.executable, "-m", "stgr_builder.cli", "serve-llm", "--port", "0",
-                             "--latency-ms", str(latency_ms)], stdout=subprocess.PIPE, text=True,
+                             "--latency-ms", str(latency_ms), *limits], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "COLUMNS": "300"})
     line = proc.stdout.readline()
     if "listening on" not in line:

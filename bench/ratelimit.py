@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,17 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stgr_builder.pipeline import build  # noqa: E402
 from stgr_builder.sources.demo import generate_demo  # noqa: E402
 from stgr_builder.sources.demo_config import demo_config  # noqa: E402
+from annotate_throughput import start_server  # noqa: E402  (bench/ is on the path)
 
 
-def start_server(rpm: float, latency_ms: float) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "stgr_builder.cli", "serve-llm", "--port", "0", "--rpm", str(rpm),
-                             "--latency-ms", str(latency_ms)], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "COLUMNS": "300"})
-    line = proc.stdout.readline()
-    if "listening on" not in line:
-        proc.kill()
-        raise SystemExit(f"serve-llm did not start: {line!r}")
-    return proc, line.split("listening on ", 1)[1].split()[0]
 
 
 def stats(base_url: str) -> dict:
@@ -66,7 +57,7 @@ def main() -> None:
                                     "rpm": cap})
         path = work / "src" / f"{'capped' if cap else 'uncapped'}.yaml"
         path.write_text(yaml.safe_dump(config))
-        proc, base_url = start_server(args.server_rpm, args.latency_ms)
+        proc, base_url = start_server(args.latency_ms, rpm=args.server_rpm)
         os.environ["OPENAI_BASE_URL"] = base_url
         try:
             started = time.perf_counter()

@@ -70,11 +70,11 @@ def test_a_video_with_rotation_metadata_is_probed_as_the_viewer_sees_it(tmp_path
 
 
 def test_video_frames_over_the_pixel_bound_are_media_too_large(tmp_path, monkeypatch):
-    import stgr_builder.video.probe as probe
+    import stgr_builder.core.images as images
 
     video = tmp_path / "clip.mp4"
     encode_h264(video, [np.zeros((48, 64, 3), np.uint8)] * 4, fps=10, gop=2)
-    monkeypatch.setattr(probe, "MAX_PIXELS", 64 * 48 - 1)  # a bound just under this video's frames
+    monkeypatch.setattr(images, "MAX_PIXELS", 64 * 48 - 1)  # a bound just under this video's frames
     assert _code(lambda: probe_video(video, "clip.mp4")) is RejectCode.MEDIA_TOO_LARGE
 
 

@@ -92,6 +92,16 @@ def describe_bytes(head: bytes) -> str:
     return "text" if text.isprintable() or text.strip() == "" or "\n" in text else "data of an unknown format"
 
 
+def check_pixels(path: Path, width: int, height: int, *, what: str, max_pixels: int | None = None) -> None:
+    """MEDIA_TOO_LARGE for an image or a video frame (``what``) of more than ``max_pixels``
+    (default ``MAX_PIXELS``, read at call time)."""
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
+    if width * height > max_pixels:
+        raise SampleError(RejectCode.MEDIA_TOO_LARGE,
+                          f"{path}: {what} is {width}x{height} pixels, over the limit of {max_pixels:,} "
+                          f"(downscale it)")
+
+
 @contextmanager
 def open_image(path: Path, max_pixels: int = MAX_PIXELS) -> Iterator:
     """The image at ``path``, opened (header read, pixels not yet decoded) after its kind and
@@ -115,11 +125,7 @@ def open_image(path: Path, max_pixels: int = MAX_PIXELS) -> Iterator:
     except Exception as exc:  # noqa: BLE001 - Pillow fails on bad headers in many shapes
         raise SampleError(RejectCode.MEDIA_CORRUPT, f"{path}: {fmt} header does not decode ({exc})") from exc
     try:
-        width, height = image.size
-        if width * height > max_pixels:
-            raise SampleError(RejectCode.MEDIA_TOO_LARGE,
-                              f"{path}: image is {width}x{height} pixels, over the limit of {max_pixels:,} "
-                              f"(downscale it)")
+        check_pixels(path, *image.size, what="the image", max_pixels=max_pixels)
         yield image
     finally:
         image.close()

@@ -39,7 +39,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from stgr_builder.core.images import MAX_PIXELS, open_image
+from stgr_builder.core.images import check_pixels, open_image
 from stgr_builder.errors import SampleError
 from stgr_builder.models import ImageInfo, RejectCode, VideoInfo
 
@@ -164,11 +164,7 @@ def _demux(path: Path) -> _Demuxed:
                           f"{path}: truncated, {packets} of {declared} frames present")
     if demuxed.size == (0, 0):
         raise SampleError(RejectCode.NO_FRAMES, f"{path}: no frame of the video stream decodes")
-    width, height = demuxed.size
-    if width * height > MAX_PIXELS:
-        raise SampleError(RejectCode.MEDIA_TOO_LARGE,
-                          f"{path}: frames are {width}x{height} pixels, over the limit of {MAX_PIXELS:,} "
-                          f"(downscale the video)")
+    check_pixels(path, *demuxed.size, what="each frame")
     return demuxed
 
 
