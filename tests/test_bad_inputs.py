@@ -138,7 +138,6 @@ def _wait_for_child(pid: int, needle: str, timeout: float) -> int | None:
 # -- bad samples: one reject each, the rest unchanged --------------------------------------------
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_each_bad_input_gets_its_own_reason_and_the_rest_is_built(source, clean, tmp_path):
     dirty_source = tmp_path / "src"
     shutil.copytree(source, dirty_source)

@@ -35,6 +35,7 @@ from types import SimpleNamespace
 
 from PIL import Image, ImageDraw, ImageFont
 
+from stgr_builder.core.cache import BoundedCache
 from stgr_builder.annotate.cache import image_digest
 from stgr_builder.annotate.crops import data_url
 
@@ -90,10 +91,14 @@ def draw_frame(path: Path | str, candidates: Sequence, max_side: int, quality: i
     return buffer.getvalue()
 
 
-@functools.lru_cache(maxsize=32)
+#: Used only inside the pool's worker processes (the parent draws through ``FrameImages`` and its
+#: ``Resources`` memos): the frames of one video are shared by its samples, so each worker keeps
+#: the decoded ones it saw, bounded in bytes like every memo (``core/cache.py``).
+_WORKER_BASES: BoundedCache = BoundedCache(64 << 20, weigh=lambda image: image.width * image.height * 3)
+
+
 def _base(path: str, max_side: int) -> Image.Image:
-    # In a worker: the frames of one video are shared by its samples, so keep a few decoded.
-    return base_frame(path, max_side)
+    return _WORKER_BASES.get_or_make((path, max_side), lambda: base_frame(path, max_side))
 
 
 def render_frame(job: FrameJob) -> tuple[str, str]:

@@ -254,10 +254,17 @@ def chat_reply(body: dict, fault: str | None, rng_seed: bytes) -> tuple[int, dic
         return 429, {"error": {"message": "rate limited (injected)", "type": "rate_limit_error"}}
     if fault in ("500", "timeout", "hang", "truncated", "dropped", "html", "huge"):
         return 500, {"error": {"message": f"server error (injected {fault})", "type": "server_error"}}
-    messages = body.get("messages") or []
     schema_name = ((body.get("response_format") or {}).get("json_schema") or {}).get("name", "")
-    user_text = _texts(messages[:2], "user")
-    good = crop_reply(user_text, ()) if schema_name == "crop_verdict" else annotation_reply(user_text)
+    return 200, completion(body, schema_name, fault, rng_seed, deny=(), reply_id="chatcmpl-batch")
+
+
+def completion(body: dict, schema_name: str, fault: str | None, rng_seed: bytes, *, deny: Sequence[str],
+               reply_id: str) -> dict:
+    """The chat completion the policy answers ``body`` with (online and in batch lines alike);
+    the content faults ``malformed`` (cut short) and ``schema`` (a broken reply) apply here."""
+    messages = body.get("messages") or []
+    user_text = _texts(messages[:2], "user")  # the first user turn holds the prompt
+    good = crop_reply(user_text, deny) if schema_name == "crop_verdict" else annotation_reply(user_text)
     if fault == "malformed":
         content = json.dumps(good)[: max(1, len(json.dumps(good)) // 2)]
     elif fault == "schema":
@@ -267,12 +274,10 @@ def chat_reply(body: dict, fault: str | None, rng_seed: bytes) -> tuple[int, dic
     text = _texts(messages, "system") + _texts(messages, "user")
     prompt_tokens = len(text) // 4 + 85 * _images(messages)
     completion_tokens = max(1, len(content) // 4)
-    return 200, {"id": "chatcmpl-batch", "object": "chat.completion", "created": 0,
-                 "model": body.get("model", MODEL_ID),
-                 "choices": [{"index": 0, "finish_reason": "stop",
-                              "message": {"role": "assistant", "content": content}}],
-                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                           "total_tokens": prompt_tokens + completion_tokens}}
+    return {"id": reply_id, "object": "chat.completion", "created": 0, "model": body.get("model", MODEL_ID),
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens}}
 
 
 def _multipart(raw: bytes, content_type: str) -> dict[str, tuple[str | None, bytes]]:
@@ -539,32 +544,11 @@ class _Handler(BaseHTTPRequestHandler):
             filler = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": ""}}]})
             self._send(200, filler.encode() + b" " * (HUGE_BYTES - len(filler)))
             return
-        messages = body.get("messages") or []
-        user_text = _texts(messages[:2], "user")  # the first user turn holds the prompt
-        if schema_name == "crop_verdict":
-            good = crop_reply(user_text, [d.lower() for d in options.crop_deny])
-        else:
-            good = annotation_reply(user_text)
-        if fault == "malformed":
-            content = json.dumps(good)[: max(1, len(json.dumps(good)) // 2)]
-        elif fault == "schema":
-            content = json.dumps(_broken(schema_name, good, random.Random(raw)))
-        else:
-            content = json.dumps(good)
         if outcome == "ok" and key:
             with stats.lock:
                 stats.ok_keys.add(key)
-        text = _texts(messages, "system") + _texts(messages, "user")
-        prompt_tokens = len(text) // 4 + 85 * _images(messages)
-        completion_tokens = max(1, len(content) // 4)
-        reply = json.dumps({
-            "id": f"chatcmpl-{stats.total}", "object": "chat.completion", "created": 0,
-            "model": body.get("model", MODEL_ID),
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": content}}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
-        }).encode()
+        reply = json.dumps(completion(body, schema_name, fault, raw, deny=[d.lower() for d in options.crop_deny],
+                                      reply_id=f"chatcmpl-{stats.total}")).encode()
         if fault == "truncated":
             self._send(200, reply[: len(reply) // 2])
         elif fault == "dropped":
