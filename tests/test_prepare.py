@@ -40,6 +40,41 @@ def test_the_pool_draws_what_a_thread_draws(tmp_path):
     assert default_processes(0) == 0 and default_processes(3) == 3
 
 
+def test_waiting_for_the_pool_holds_no_thread_of_the_event_loop(tmp_path):
+    """Requests being prepared wait for the pool without a thread each: the loop's other thread
+    work (the reply cache's writes, the openai client's own) does not queue behind them."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = []
+    for index in range(12):
+        path = tmp_path / f"f{index}.jpg"
+        rng = np.random.default_rng(index)
+        Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(path, quality=90)
+        frame = Frame(idx=index, time=float(index), path=path.name, width=640, height=480)
+        jobs.append([(path, [Candidate(1, 1, frame, Detection(frame_idx=index, label="dog", score=0.9,
+                                                               box=[0.1, 0.2, 0.4, 0.7]))])])
+    pool = PreparePool(1)
+    pool.start()
+
+    async def prepare_while_probing():
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=1))
+        images = FrameImages(Resources(), pool)
+        preparing = [asyncio.create_task(images.get_many_async(frames, 640)) for frames in jobs]
+        await asyncio.sleep(0)  # every preparation under way
+        await asyncio.to_thread(time.sleep, 0)  # the loop's one thread is free at once
+        done_when_probed = sum(task.done() for task in preparing)
+        return done_when_probed, await asyncio.gather(*preparing)
+
+    try:
+        done_when_probed, drawn = asyncio.run(prepare_while_probing())
+        assert not pool.broken
+    finally:
+        pool.shutdown()
+    assert done_when_probed < len(jobs)  # the probe did not wait for the preparations
+    assert drawn == [FrameImages(Resources()).get_many(frames, 640) for frames in jobs]  # same bytes
+
+
 _KILLED = """
 import os, signal, sys
 from PIL import Image

@@ -71,6 +71,28 @@ def test_server_headers_are_learned_and_a_429_pauses_everyone(tmp_path):
     assert 185 < estimate_tokens(body) < 240 and estimate_tokens(body, 100) == estimate_tokens(body) + 100
 
 
+def test_with_nothing_to_pace_the_state_file_is_not_rewritten_yet_a_pause_still_reaches_everyone(tmp_path):
+    """No cap and a server that advertises no limits (vLLM, say): two calls a request change
+    nothing, so they write nothing; a 429 seen by another worker still pauses this one."""
+    clock = FakeClock()
+    path = tmp_path / "ratelimit.json"
+    quiet, other = RateLimiter(path, clock=clock), RateLimiter(path, clock=clock)
+    assert quiet.reserve() == 0.0
+    quiet.observe(200, {})
+    before = (path.stat().st_ino, path.stat().st_mtime_ns, path.read_bytes())
+    time.sleep(0.02)  # past the file system's timestamp tick
+    for _ in range(20):
+        assert quiet.reserve() == 0.0
+        quiet.observe(200, {})
+    assert (path.stat().st_ino, path.stat().st_mtime_ns, path.read_bytes()) == before
+    other.observe(429, {"retry-after-ms": "3000"})  # another worker is refused
+    assert quiet.reserve() == pytest.approx(3.0)
+    clock.now += 3.0
+    assert quiet.reserve() == 0.0
+    path.write_bytes(b'{"learned": {"rpm"')  # torn or damaged: started afresh, never an error
+    assert quiet.reserve() == 0.0 and json.loads(path.read_text())["probe_until"] > clock.now
+
+
 def test_serve_llm_refuses_past_its_rpm_with_retry_after():
     with serve_llm(rpm=60) as server:  # one a second, a burst of one
         def ask():

@@ -245,16 +245,45 @@ class FrameImages:
 
     def get_many(self, frames: list[tuple[Path, list[Candidate]]], max_side: int) -> list[tuple[str, str]]:
         """``get`` for each frame; the ones not in the memo drawn together in the pool."""
-        keys = [(str(path), max_side, tuple((c.id, tuple(c.det.box)) for c in cands)) for path, cands in frames]
-        found = [self.drawn.get(key) for key in keys]
-        missing = [i for i, made in enumerate(found) if made is None]
+        keys, found, missing = self._lookup(frames, max_side)
         if missing and self.pool is not None:
-            made = self.pool.render_many([(keys[i][0], keys[i][2], max_side) for i in missing])
-            for i, item in zip(missing, made or []):
-                found[i] = item
-                self.drawn.put(keys[i], item)
+            self._keep(keys, found, missing, self.pool.render_many(self._jobs(keys, missing, max_side)))
         return [made if made is not None else self.get(path, cands, max_side)
                 for made, (path, cands) in zip(found, frames)]
+
+    async def get_many_async(self, frames: list[tuple[Path, list[Candidate]]], max_side: int) -> list[tuple[str, str]]:
+        """``get_many`` for the event loop: it waits for the pool without holding a thread.
+
+        Waiting in ``asyncio.to_thread`` held one of the loop's few default-executor threads
+        per request being prepared; the loop's other thread jobs (the cache writes, the
+        ``openai`` client's own) queued behind them, and each request waited ~300 ms more."""
+        keys, found, missing = self._lookup(frames, max_side)
+        if missing and self.pool is not None:
+            if not self.pool.started:
+                await asyncio.to_thread(self.pool.start)
+            future = self.pool.submit(self._jobs(keys, missing, max_side))
+            if future is not None:
+                await asyncio.wait([asyncio.wrap_future(future)])
+                self._keep(keys, found, missing, self.pool.collect(future))
+        if all(made is not None for made in found):
+            return found
+        return await asyncio.to_thread(lambda: [made if made is not None else self.get(path, cands, max_side)
+                                                for made, (path, cands) in zip(found, frames)])
+
+    def _lookup(self, frames: list[tuple[Path, list[Candidate]]], max_side: int) -> tuple[list, list, list[int]]:
+        """(memo keys, the memo's drawn frames or None, the indices of those missing)."""
+        keys = [(str(path), max_side, tuple((c.id, tuple(c.det.box)) for c in cands)) for path, cands in frames]
+        found = [self.drawn.get(key) for key in keys]
+        return keys, found, [i for i, made in enumerate(found) if made is None]
+
+    @staticmethod
+    def _jobs(keys: list, missing: list[int], max_side: int) -> list:
+        return [(keys[i][0], keys[i][2], max_side) for i in missing]
+
+    def _keep(self, keys: list, found: list, missing: list[int], made: list | None) -> None:
+        for i, item in zip(missing, made or []):
+            found[i] = item
+            self.drawn.put(keys[i], item)
 
     def get(self, path: Path, candidates: list[Candidate], max_side: int) -> tuple[str, str]:
         key = (str(path), max_side, tuple((c.id, tuple(c.det.box)) for c in candidates))
@@ -288,6 +317,25 @@ def build_request(view: SampleView, content: LlmPromptContent, root: Path, max_s
                   images: FrameImages | None = None) -> tuple[list[dict], dict[str, str]]:
     """``build_messages``, and the ``image_digest`` of each image by its data URL (so the request
     key needs not decode them); frames come from ``images`` when given (memoized)."""
+    frames = frames_to_draw(view, root)
+    if images is not None:
+        drawn = images.get_many(frames, max_side)
+    else:
+        drawn = [(crops.data_url(jpeg), image_digest(jpeg))
+                 for jpeg in (draw_frame(path, on_frame, max_side) for path, on_frame in frames)]
+    return compose_request(view, content, drawn)
+
+
+def frames_to_draw(view: SampleView, root: Path) -> list[tuple[Path, list[Candidate]]]:
+    """Each frame of the request with the candidates drawn on it."""
+    return [(root / frame.path, [c for c in view.candidates.values() if c.frame_no == number])
+            for number, frame in enumerate(view.frames, start=1)]
+
+
+def compose_request(view: SampleView, content: LlmPromptContent,
+                    drawn: list[tuple[str, str]]) -> tuple[list[dict], dict[str, str]]:
+    """The messages around the drawn frames (``(data URL, image_digest)`` each, in order), and
+    the digests by data URL."""
     sample = view.work.sample
     options = "\n".join(f"{grammar.option_letter(i)}. {o}" for i, o in enumerate(sample.options))
     user = content.user.format(
@@ -298,20 +346,11 @@ def build_request(view: SampleView, content: LlmPromptContent, root: Path, max_s
         span_rule=content.span_rule_temporal if view.temporal else content.span_rule_other)
     parts: list[dict] = [{"type": "text", "text": user}]
     digests: dict[str, str] = {}
-    shown = [[c for c in view.candidates.values() if c.frame_no == number]
-             for number in range(1, len(view.frames) + 1)]
-    drawn = images.get_many([(root / f.path, on) for f, on in zip(view.frames, shown)], max_side) \
-        if images is not None else None
-    for number, frame in enumerate(view.frames, start=1):
-        on_frame = shown[number - 1]
+    for number, (frame, (url, image_hash)) in enumerate(zip(view.frames, drawn), start=1):
+        on_frame = [c for c in view.candidates.values() if c.frame_no == number]
         time = 0.0 if view.size else frame.time
         parts.append({"type": "text", "text": content.frame.format(
             frame=number, time=grammar.fmt_time(time), boxes=", ".join(f"B{c.id}" for c in on_frame) or "none")})
-        if drawn is not None:
-            url, image_hash = drawn[number - 1]
-        else:
-            jpeg = draw_frame(root / frame.path, on_frame, max_side)
-            url, image_hash = crops.data_url(jpeg), image_digest(jpeg)
         digests[url] = image_hash
         parts.append({"type": "image_url", "image_url": {"url": url}})
     return [{"role": "system", "content": content.system}, {"role": "user", "content": parts}], digests
@@ -687,8 +726,8 @@ class LlmAnnotator:
             listed = ", ".join(repr(n) for n in view.names) or "no named object"
             return SampleError(RejectCode.NO_EVIDENCE,
                                f"no usable detector box on the {len(view.frames)} eligible frames to ground {listed}")
-        messages, digests = await asyncio.to_thread(build_request, view, self.content, self.root,
-                                                    self.config.image_max_side, self.images)
+        drawn = await self.images.get_many_async(frames_to_draw(view, self.root), self.config.image_max_side)
+        messages, digests = compose_request(view, self.content, drawn)
         try:
             reply, chosen = await ask.valid(messages, self.prompt.version, CotReply, SCHEMA_NAME,
                                             lambda text: parse_reply(text, view), self.content.reask, digests)

@@ -5,7 +5,8 @@ That work is ~1 ms of CPU a frame (5-6 frames a request), mostly Python-held (dr
 pixel copies), so in threads it competes for the interpreter lock with the event loop that sends
 and receives the requests: at 32 in flight the loop starves. In worker processes it does not.
 The bytes are the same either way (the same ``draw_frame``), so request keys and cached replies
-do not depend on where a frame was drawn.
+do not depend on where a frame was drawn. The event loop waits for a worker's frames without a
+thread (``submit``, then ``FrameImages.get_many_async``).
 
 ``annotator.prepare_processes``: None picks ``min(4, cores - 1)`` (none on one core, and none in
 a daemonic process such as a Dask worker, which may not have children); 0 keeps preparation in
@@ -28,7 +29,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from types import SimpleNamespace
@@ -175,23 +176,45 @@ class PreparePool:
                     future.result()
             return self._pool
 
-    def render_many(self, jobs: Sequence[FrameJob]) -> list[tuple[str, str]] | None:
+    @property
+    def started(self) -> bool:
+        return self._pool is not None or self.broken
+
+    def start(self) -> None:
+        """Start the workers now (blocking: a fraction of a second); a pool that cannot start
+        is marked broken."""
+        if not self.broken:
+            try:
+                self._executor()
+            except Exception:  # noqa: BLE001 - no pool here (no children allowed, no forkserver): threads
+                self.broken = True
+
+    def submit(self, jobs: Sequence[FrameJob]) -> Future | None:
+        """The frames rendered in a worker, as a future for ``collect``; None when there is no pool."""
         if self.broken or not jobs:
             return None
         try:
-            pool = self._executor()
             # One task for the request's frames: one round trip to a worker, not one a frame.
-            future = pool.submit(render_frames, list(jobs))
+            return self._executor().submit(render_frames, list(jobs))
         except Exception:  # noqa: BLE001 - no pool here (no children allowed, no forkserver): threads
             self.broken = True
             return None
+
+    def collect(self, future: Future) -> list[tuple[str, str]] | None:
+        """A ``submit`` future's frames (waiting for them); None when the pool could not render
+        them: the caller renders in its own thread then (and so raises the frame's own error)."""
         try:
             return future.result()
         except BrokenProcessPool:  # a worker died: threads from now on
             self.broken = True
             return None
-        except Exception:  # noqa: BLE001 - the frame's own error (a missing file): the caller's path raises it
+        except Exception:  # noqa: BLE001 - the frame's own error (a missing file)
             return None
+
+    def render_many(self, jobs: Sequence[FrameJob]) -> list[tuple[str, str]] | None:
+        """``submit`` and ``collect``, blocking."""
+        future = self.submit(jobs)
+        return None if future is None else self.collect(future)
 
     def shutdown(self) -> None:
         with self._lock:
