@@ -271,7 +271,7 @@ def export_open_o3(
 def serve_llm(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port (0: any free port)")] = 8088,
-    latency_ms: Annotated[float, typer.Option(help="delay of every reply")] = 0.0,
+    latency_ms: Annotated[float, typer.Option(help="milliseconds from a request's arrival to its reply")] = 0.0,
     fault_rate: Annotated[float, typer.Option(help="share of requests answered with a fault")] = 0.0,
     faults: Annotated[str, typer.Option(
         help="fault kinds: 429,500,timeout,malformed,schema,truncated,dropped,html,huge,hang")] =

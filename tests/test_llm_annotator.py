@@ -169,3 +169,31 @@ def test_crop_verification_drops_boxes_answered_no(root, env):
     assert "cat" not in {m.name for m in grammar.parse_trace(kept.reasoning).mentions}
     assert both.votes == len(kept.evidence)
     assert results[1].code is RejectCode.CROPS_REJECTED
+
+
+def test_batches_and_annotators_of_a_build_reuse_one_client_and_its_connections(root, env):
+    """The build's annotators in one process share one event loop and client (``Resources``):
+    a later batch, or a later shard's annotator, sends on the connections already open, and the
+    annotator can be driven from several threads at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stgr_builder.core.resources import Resources
+
+    config = AnnotatorConfig(backend="openai", model="stgr-dry-run", prompt="stgr-cot-llm", concurrency=2,
+                             timeout=5.0, max_retries=1, max_invalid_retries=1)
+    resources = Resources()
+    with serve_llm(latency_ms=50) as server:
+        env(server)
+        first = LlmAnnotator(config, VerifyConfig(), root=root, run="r1", resources=resources)
+        assert all(not isinstance(r, Exception) for r in first.annotate_batch([work(n) for n in range(4)]))
+        second = LlmAnnotator(config, VerifyConfig(), root=root, run="r1", resources=resources)
+        with ThreadPoolExecutor(2) as threads:  # two shard tasks at once
+            batches = list(threads.map(second.annotate_batch, [[work(n) for n in range(4, 8)],
+                                                             [work(n) for n in range(8, 12)]]))
+        stats = server.stats()
+    assert second.session is first.session
+    assert all(not isinstance(r, SampleError) for batch in batches for r in batch)
+    assert stats["total"] == 12
+    # at most 2 in flight per batch, so at most 4 connections were ever needed; a client per
+    # batch opened 2 for each of the 3 batches
+    assert stats["connections"] <= 4

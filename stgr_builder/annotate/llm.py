@@ -9,8 +9,8 @@ and object names, and its reasoning, which cites boxes as ``[B3]`` and the answe
 ``[SPAN]``. The trace is then written in the spec's grammar (``grammar.py``) from the chosen
 detector boxes, so no coordinate is ever typed by the model.
 
-Requests run on ``AsyncOpenAI`` with at most ``concurrency`` in flight (one event loop per
-batch, inside the shard task); the client retries 429 (honouring Retry-After), 5xx and timeouts,
+Requests run on ``AsyncOpenAI`` with at most ``concurrency`` in flight per batch (one event loop
+and client per process, kept between batches: ``session.py``); the client retries 429 (honouring Retry-After), 5xx and timeouts,
 and a 200 reply that cannot be read (cut short, not JSON, HTML, a dropped connection, a body
 over ``MAX_REPLY_BYTES``) is retried the same way. A transient failure that outlasts the
 retries leaves the sample *pending* (``RejectCode.PENDING``, never written, never cached): its
@@ -49,8 +49,7 @@ import functools
 import json
 import os
 import re
-import threading
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -67,7 +66,8 @@ from stgr_builder.core.resources import BudgetReached, Resources
 from stgr_builder.annotate.prompts import load_prompt
 from stgr_builder.annotate.batch import BatchJobs
 from stgr_builder.annotate.prepare import PreparePool, base_frame, default_processes, draw_frame
-from stgr_builder.annotate.ratelimit import limiter_for
+from stgr_builder.annotate.ratelimit import RateLimiter, limiter_for
+from stgr_builder.annotate.session import LlmSession
 from stgr_builder.errors import SampleError, StgrError
 from stgr_builder.models import (
     AnnotatorConfig, Annotation, Detection, Evidence, Frame, LlmUsage, RejectCode, SampleWork, VerifyConfig)
@@ -511,27 +511,11 @@ class _TooLarge(_BadReply):
 MAX_REPLY_BYTES = 1 << 20
 
 
-def _run(coro_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a coroutine to completion from sync code: here when no loop runs in this thread
-    (a shard task's worker thread), else in a helper thread with its own loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro_factory())
-    box: dict[str, Any] = {}
+def _async_client(config: AnnotatorConfig, limiter: RateLimiter, base_url: str | None, api_key: str | None):
+    from openai import AsyncOpenAI
 
-    def target() -> None:
-        try:
-            box["value"] = asyncio.run(coro_factory())
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    return AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=config.max_retries, timeout=config.timeout,
+                       http_client=limiter.http_client(config.max_tokens))
 
 
 def _count_images(messages: list[dict]) -> int:
@@ -592,6 +576,13 @@ class LlmAnnotator:
         self.images = FrameImages(resources, pool)
         # Requests and tokens per minute, shared by the build's every request (a flock'd file).
         self.limiter = limiter_for(self.root, config.rpm, config.tpm)
+        # One event loop and client for the build's annotators in this process, kept between
+        # batches (``session.py``); the client reads OPENAI_BASE_URL and OPENAI_API_KEY when made.
+        base_url, api_key = os.environ.get("OPENAI_BASE_URL"), os.environ.get("OPENAI_API_KEY")
+        self.session = resources.model(
+            ("llm-session", base_url, digest(api_key or ""), config.max_retries, config.timeout, config.max_tokens,
+             str(self.root), config.rpm, config.tpm),
+            lambda: LlmSession(functools.partial(_async_client, config, self.limiter, base_url, api_key))).model
         # Batch mode: wait for the batches (False: ``--no-wait``, ``BatchPending`` once submitted).
         self.wait = wait
 
@@ -611,7 +602,7 @@ class LlmAnnotator:
             raise StgrError("LlmAnnotator needs the dataset folder (root) to annotate")
         if self.config.mode == "batch":
             self._send_as_batches(batch)  # replies into the cache; the online pass below reads them
-        results = _run(lambda: self._batch(batch))
+        results = self.session.run(lambda client: self._batch(client, batch))
         failures = [r for r in results if isinstance(r, BaseException) and not isinstance(r, SampleError)]
         if any(isinstance(r, BudgetReached) for r in failures):
             raise BudgetReached(f"LLM budget reached (requests {self.budget.requests}, tokens {self.budget.tokens})")
@@ -697,9 +688,7 @@ class LlmAnnotator:
 
     # -- one batch, one sample ------------------------------------------------------------
 
-    async def _batch(self, batch: list[SampleWork]) -> list:
-        from openai import AsyncOpenAI
-
+    async def _batch(self, client, batch: list[SampleWork]) -> list:
         semaphore = asyncio.Semaphore(self.config.concurrency)
         # Samples under way (prepared, asking, or asked): enough that a freed request slot finds
         # the next sample's messages ready, few enough that preparing them (GIL-bound Python,
@@ -715,10 +704,8 @@ class LlmAnnotator:
                 finally:
                     self.sample_usage[work.sample.id] = usage
 
-        async with AsyncOpenAI(max_retries=self.config.max_retries, timeout=self.config.timeout,
-                               http_client=self.limiter.http_client(self.config.max_tokens)) as client:
-            ask = _Asker(client, semaphore, self)
-            return await asyncio.gather(*(one(ask, work) for work in batch), return_exceptions=True)
+        ask = _Asker(client, semaphore, self)
+        return await asyncio.gather(*(one(ask, work) for work in batch), return_exceptions=True)
 
     async def _one(self, ask: _Asker, work: SampleWork) -> Annotation | SampleError:
         view = sample_view(work, max_per_frame=self.config.max_candidates_per_frame, max_area=self.max_area)

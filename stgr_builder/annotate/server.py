@@ -66,7 +66,7 @@ _CROP_RE = re.compile(r'Is this an? (.+?)\? \(The detector labelled it "(.*?)"\.
 
 @dataclass
 class ServerOptions:
-    latency_ms: float = 0.0
+    latency_ms: float = 0.0  # from a request's arrival (its headers read) to its reply
     fault_rate: float = 0.0
     faults: Sequence[str] = FAULT_KINDS
     seed: int = 0
@@ -127,12 +127,13 @@ class _Stats:
     ok_keys: set = field(default_factory=set)
     in_flight: int = 0
     max_in_flight: int = 0
+    connections: int = 0  # TCP connections accepted (a client that keeps its connections opens few)
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             return {"total": self.total, "by_outcome": dict(self.by_outcome), "by_schema": dict(self.by_schema),
                     "by_key": dict(self.by_key), "ok_keys": sorted(self.ok_keys),
-                    "max_in_flight": self.max_in_flight}
+                    "max_in_flight": self.max_in_flight, "connections": self.connections}
 
 
 # ---------------------------------------------------------------------------------------
@@ -229,6 +230,11 @@ class _Server(ThreadingHTTPServer):
 
     def stats_snapshot(self) -> dict[str, Any]:
         return {**self.stats.snapshot(), **self.batch_api.counts()}
+
+    def process_request(self, request, client_address) -> None:
+        with self.stats.lock:
+            self.stats.connections += 1
+        super().process_request(request, client_address)
 
     def fault(self) -> str | None:
         """The fault for the next request, or None. Evenly spaced, not drawn: of every n requests
@@ -461,6 +467,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib name
+        self.arrived = time.monotonic()
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
         path = self.path.rstrip("/")
@@ -515,7 +522,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _complete(self, body: dict, raw: bytes, schema_name: str, key: str, options: ServerOptions) -> None:
         stats = self.server.stats
         if options.latency_ms:
-            time.sleep(options.latency_ms / 1000)
+            # The latency is from the request's arrival, as a provider's is measured: reading and
+            # parsing the body are part of it, not added to it.
+            time.sleep(max(0.0, options.latency_ms / 1000 - (time.monotonic() - self.arrived)))
         fault = self.server.fault()
         outcome = fault or "ok"
         with stats.lock:
