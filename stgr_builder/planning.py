@@ -189,6 +189,8 @@ def media_seconds(config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo 
     that the samples of one video want, each needed GOP decoded once from its key frame."""
     from stgr_builder.core.gold import gold_times
     from stgr_builder.video.plan import plan_decode, plan_frames
+    from stgr_builder.core.geometry import IMAGE_VIEWS
+    from stgr_builder.video.steps import track_neighbours
 
     wanted: dict[str, tuple[VideoInfo, set[int]]] = {}
     images: dict[str, ImageInfo] = {}
@@ -199,14 +201,20 @@ def media_seconds(config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo 
             entry[1].update(plan_frames(info, config.sampler, sample.span, gold_times(sample)).indices)
         else:
             images[f"{sample.media_root}/{info.path}"] = info
-    decoded, seconds, frames = 0, 0.0, len(images)
+    # The track gate decodes, stores and detects the frames around each candidate frame too
+    # (a still: altered views of it), in the same pass over each GOP.
+    window = config.track.window if config.track.enabled else 0
+    views = 1 + min(window, len(IMAGE_VIEWS))
+    decoded, seconds, frames = 0, 0.0, len(images) * views
     for info, indices in wanted.values():
         mpx = info.width * info.height / 1e6
-        n = sum(read.frames[-1] + 1 - read.key for read in plan_decode(info.keyframes, indices))
+        shown = sorted(indices | set(track_neighbours(sorted(indices), info.n_frames, window))) if window \
+            else sorted(indices)
+        n = sum(read.frames[-1] + 1 - read.key for read in plan_decode(info.keyframes, shown))
         decoded += n
-        frames += len(indices)
-        seconds += PROBE_S_PER_VIDEO + n * mpx * DECODE_S_PER_MPX + len(indices) * mpx * STORE_S_PER_MPX
-    seconds += sum(i.width * i.height / 1e6 * STORE_S_PER_MPX for i in images.values())
+        frames += len(shown)
+        seconds += PROBE_S_PER_VIDEO + n * mpx * DECODE_S_PER_MPX + len(shown) * mpx * STORE_S_PER_MPX
+    seconds += sum(i.width * i.height / 1e6 * STORE_S_PER_MPX * views for i in images.values())
     return decoded, seconds, frames * DETECT_S_PER_FRAME
 
 

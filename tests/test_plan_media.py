@@ -35,3 +35,27 @@ def test_decode_cost_grows_with_the_gop_and_the_pixels(tmp_path):
     assert large[0] == short[0] and large[1] > short[1]  # same frames, four times the pixels
     assert short[2] == long_gop[2] == large[2]  # detection is per frame
     assert short[1] >= short[0] * 640 * 360 / 1e6 * DECODE_S_PER_MPX
+
+
+def test_the_track_gates_neighbour_frames_are_planned_as_decoded_and_detected(tmp_path):
+    from stgr_builder.models import BuildConfig, ImageInfo, SourceSample, Task, sample_id
+    from stgr_builder.video.plan import plan_frames
+
+    def config(track: bool) -> BuildConfig:
+        return BuildConfig.model_validate({"sources": [{"name": "STR_x", "adapter": "demo", "path": "x.jsonl",
+                                                         "media_root": "."}], "track": {"enabled": track}})
+
+    sample = SourceSample(id=sample_id("STR_x", "1", "q"), source="STR_x", source_id="1", task=Task.VIDEO_MCQ,
+                          question="q", answer="A", video_path="v.mp4", media_root=str(tmp_path))
+    still = SourceSample(id=sample_id("STR_x", "2", "q"), source="STR_x", source_id="2", task=Task.VIDEO_MCQ,
+                         question="q", answer="A", image_path="i.jpg", media_root=str(tmp_path))
+    video = VideoInfo(path="v.mp4", duration=60, fps=30, n_frames=1800, width=640, height=360,
+                      keyframes=list(range(0, 1800, 30)))
+    image = ImageInfo(path="i.jpg", width=640, height=480)
+    rows = [(sample, video), (still, image)]
+    wanted = len(plan_frames(video, config(True).sampler, None, []).indices)  # spread far apart
+    off, on = media_seconds(config(False), rows), media_seconds(config(True), rows)
+    # window 2: each candidate frame and the 2 on each side; the still and its 2 altered views
+    assert on[2] == (wanted * 5 + 3) * DETECT_S_PER_FRAME
+    assert off[2] == (wanted + 1) * DETECT_S_PER_FRAME
+    assert on[0] > off[0] and on[1] > off[1]
