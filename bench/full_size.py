@@ -36,12 +36,14 @@ Measured 2026-11-30 on branch issue-11 (2 cores shared with other work, load ~3,
 detect 29.4, annotate 6.5, verify 13.3.
 
 ``--per-sample 300`` (every sample its own media: 300 generated 320x240 videos of 6-48 s and
-60 stills; load ~5): 360 samples -> 360 + 360 rows in 68.1 s wall, peak RSS 1,473 MiB;
-3,121 distinct frames, 46,085 frames decoded; per frame: sample (decode + RGB + JPEG) 4.9 ms,
-detect 27.0 ms (yolo11n at 320 px on the CPU, two shard threads); probe 12 ms per file. At
-39,070 samples with their own media that is ~0.6 h of probe + decode and ~2.5 h of detection
-(thread time here); ``stgr plan`` prints the same kind of estimate from its per-pixel and
-per-frame constants (stgr_builder/planning.py, calibrated on this run).
+60 stills), 2026-11-30 on main, load ~1: 360 samples -> 360 + 360 rows in 152.3 s wall, peak
+RSS 1,587 MiB; 3,121 candidate frames, 11,915 frames stored and detected with the track gate's
+neighbours, 54,724 decoded; per stored frame: sample (decode + RGB + JPEG) 2.3 ms, detect
+20.7 ms (yolo11n at 320 px on the CPU, two shard threads sharing the model); probe 8 ms per
+file. ``stgr plan``: 30.4 s probe + decode + store (actual 29.9 s), 234.5 s detect (actual
+246.8 s), from its per-pixel and per-frame constants (stgr_builder/planning.py, calibrated on
+this run). At 39,070 samples with their own media: ~0.9 h of probe + decode and ~7.4 h of
+detection (thread time here).
 
 Before the process-level memos (detections per frame, decoded frames, probes) and the
 fsync-free stage store: 0.05 scale took 277 s with 455 s in the detector; the pool's ~800
@@ -328,11 +330,13 @@ def per_sample(args) -> None:
     manifest = result["manifest"]
     counts, seconds = manifest["counts"], step_seconds(manifest)
     est = plan.estimate
-    frames = est.frames
+    # Every frame stored (candidates and the track gate's neighbours; identical frames share a
+    # file) is detected once: the per-frame costs are over these.
+    frames = sum(1 for _ in out.glob("kfs/**/*.jpg"))
     videos = args.per_sample
     print(f"per-sample x{args.per_sample}: {counts.get('samples')} samples -> {counts.get('stgr_cot')} CoT, "
-          f"{counts.get('stgr_rl')} RL rows, {counts.get('rejects')} rejects; {frames} distinct frames "
-          f"({est.decoded_frames} decoded)")
+          f"{counts.get('stgr_rl')} RL rows, {counts.get('rejects')} rejects; {est.frames} candidate frames, "
+          f"{frames} frames stored and detected with the track gate's ({est.decoded_frames} decoded)")
     print(f"wall {result['seconds']:.1f} s (child process, incl. start-up); peak RSS {result['peak_kib'] / 1024:.0f} MiB")
     print("step seconds (summed over shards): " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
     probe, sample, detect = seconds.get("probe", 0.0), seconds.get("sample", 0.0), seconds.get("detect", 0.0)

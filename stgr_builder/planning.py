@@ -172,15 +172,16 @@ def image_tokens(width: int, height: int, base: int, tile: int) -> int:
 
 # CPU costs of the media stages on this kind of machine (2 cores shared with other work, no
 # GPU), from bench/full_size.py --per-sample 300 (360 samples, each its own 320x240 video or
-# still: probe 4.4 s, sample 15.1 s, detect 84.3 s over 3,121 frames, 46,085 decoded, on 2
-# shard threads) and bench/sample_frames.py (decoding per pixel at 640x360 and 720p); seconds
-# of a thread. Decoding scales with the pixels decoded; storing a key frame (RGB conversion,
-# JPEG at quality 90, write) with its pixels; detection is per frame (letterboxed to
-# detector.imgsz; the builtin yolo11n at 320 px, batch 16).
+# still; with the track gate: 14,655 frames planned (11,915 distinct after identical frames
+# share a file), 54,724 decoded; probe 2.4 s, sample 27.9 s, detect 234.6 s on 2 shard threads
+# sharing one model) and bench/sample_frames.py (decoding per pixel at 640x360 and 720p);
+# seconds of a thread. Decoding scales with the pixels decoded; storing a frame (RGB
+# conversion, JPEG at quality 90, write) with its pixels; detection is per planned frame
+# (letterboxed to detector.imgsz; the builtin yolo11n at 320 px, batch 16).
 DECODE_S_PER_MPX = 0.003
-STORE_S_PER_MPX = 0.02
+STORE_S_PER_MPX = 0.0125
 PROBE_S_PER_VIDEO = 0.012
-DETECT_S_PER_FRAME = 0.027
+DETECT_S_PER_FRAME = 0.016
 
 
 def media_seconds(config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo | ImageInfo]]
