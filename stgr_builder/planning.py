@@ -209,8 +209,7 @@ def media_seconds(config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo 
     decoded, seconds, frames = 0, 0.0, len(images) * views
     for info, indices in wanted.values():
         mpx = info.width * info.height / 1e6
-        shown = sorted(indices | set(track_neighbours(sorted(indices), info.n_frames, window))) if window \
-            else sorted(indices)
+        shown = sorted(indices | set(track_neighbours(sorted(indices), info.n_frames, window)))
         n = sum(read.frames[-1] + 1 - read.key for read in plan_decode(info.keyframes, shown))
         decoded += n
         frames += len(shown)

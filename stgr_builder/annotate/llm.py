@@ -248,8 +248,7 @@ class FrameImages:
         keys, found, missing = self._lookup(frames, max_side)
         if missing and self.pool is not None:
             self._keep(keys, found, missing, self.pool.render_many(self._jobs(keys, missing, max_side)))
-        return [made if made is not None else self.get(path, cands, max_side)
-                for made, (path, cands) in zip(found, frames)]
+        return self._fill(found, frames, max_side)
 
     async def get_many_async(self, frames: list[tuple[Path, list[Candidate]]], max_side: int) -> list[tuple[str, str]]:
         """``get_many`` for the event loop: it waits for the pool without holding a thread.
@@ -267,12 +266,15 @@ class FrameImages:
                 self._keep(keys, found, missing, self.pool.collect(future))
         if all(made is not None for made in found):
             return found
-        return await asyncio.to_thread(lambda: [made if made is not None else self.get(path, cands, max_side)
-                                                for made, (path, cands) in zip(found, frames)])
+        return await asyncio.to_thread(self._fill, found, frames, max_side)
+
+    @staticmethod
+    def _key(path: Path, candidates: list[Candidate], max_side: int) -> tuple:
+        return str(path), max_side, tuple((c.id, tuple(c.det.box)) for c in candidates)
 
     def _lookup(self, frames: list[tuple[Path, list[Candidate]]], max_side: int) -> tuple[list, list, list[int]]:
         """(memo keys, the memo's drawn frames or None, the indices of those missing)."""
-        keys = [(str(path), max_side, tuple((c.id, tuple(c.det.box)) for c in cands)) for path, cands in frames]
+        keys = [self._key(path, cands, max_side) for path, cands in frames]
         found = [self.drawn.get(key) for key in keys]
         return keys, found, [i for i, made in enumerate(found) if made is None]
 
@@ -285,8 +287,13 @@ class FrameImages:
             found[i] = item
             self.drawn.put(keys[i], item)
 
+    def _fill(self, found: list, frames: list[tuple[Path, list[Candidate]]], max_side: int) -> list[tuple[str, str]]:
+        """``found`` with the frames still missing drawn here (no pool, or it could not)."""
+        return [made if made is not None else self.get(path, cands, max_side)
+                for made, (path, cands) in zip(found, frames)]
+
     def get(self, path: Path, candidates: list[Candidate], max_side: int) -> tuple[str, str]:
-        key = (str(path), max_side, tuple((c.id, tuple(c.det.box)) for c in candidates))
+        key = self._key(path, candidates, max_side)
         found = self.drawn.get(key)
         if found is not None:
             return found
@@ -323,7 +330,7 @@ def build_request(view: SampleView, content: LlmPromptContent, root: Path, max_s
     else:
         drawn = [(crops.data_url(jpeg), image_digest(jpeg))
                  for jpeg in (draw_frame(path, on_frame, max_side) for path, on_frame in frames)]
-    return compose_request(view, content, drawn)
+    return compose_request(view, content, frames, drawn)
 
 
 def frames_to_draw(view: SampleView, root: Path) -> list[tuple[Path, list[Candidate]]]:
@@ -332,10 +339,10 @@ def frames_to_draw(view: SampleView, root: Path) -> list[tuple[Path, list[Candid
             for number, frame in enumerate(view.frames, start=1)]
 
 
-def compose_request(view: SampleView, content: LlmPromptContent,
+def compose_request(view: SampleView, content: LlmPromptContent, frames: list[tuple[Path, list[Candidate]]],
                     drawn: list[tuple[str, str]]) -> tuple[list[dict], dict[str, str]]:
-    """The messages around the drawn frames (``(data URL, image_digest)`` each, in order), and
-    the digests by data URL."""
+    """The messages around the drawn frames (``frames_to_draw``'s, and each one's ``(data URL,
+    image_digest)`` in order), and the digests by data URL."""
     sample = view.work.sample
     options = "\n".join(f"{grammar.option_letter(i)}. {o}" for i, o in enumerate(sample.options))
     user = content.user.format(
@@ -346,8 +353,7 @@ def compose_request(view: SampleView, content: LlmPromptContent,
         span_rule=content.span_rule_temporal if view.temporal else content.span_rule_other)
     parts: list[dict] = [{"type": "text", "text": user}]
     digests: dict[str, str] = {}
-    for number, (frame, (url, image_hash)) in enumerate(zip(view.frames, drawn), start=1):
-        on_frame = [c for c in view.candidates.values() if c.frame_no == number]
+    for number, (frame, (_, on_frame), (url, image_hash)) in enumerate(zip(view.frames, frames, drawn), start=1):
         time = 0.0 if view.size else frame.time
         parts.append({"type": "text", "text": content.frame.format(
             frame=number, time=grammar.fmt_time(time), boxes=", ".join(f"B{c.id}" for c in on_frame) or "none")})
@@ -713,8 +719,9 @@ class LlmAnnotator:
             listed = ", ".join(repr(n) for n in view.names) or "no named object"
             return SampleError(RejectCode.NO_EVIDENCE,
                                f"no usable detector box on the {len(view.frames)} eligible frames to ground {listed}")
-        drawn = await self.images.get_many_async(frames_to_draw(view, self.root), self.config.image_max_side)
-        messages, digests = compose_request(view, self.content, drawn)
+        frames = frames_to_draw(view, self.root)
+        drawn = await self.images.get_many_async(frames, self.config.image_max_side)
+        messages, digests = compose_request(view, self.content, frames, drawn)
         try:
             reply, chosen = await ask.valid(messages, self.prompt.version, CotReply, SCHEMA_NAME,
                                             lambda text: parse_reply(text, view), self.content.reask, digests)

@@ -23,7 +23,8 @@ T = TypeVar("T")
 
 
 class LlmSession:
-    """A long-lived event loop (in a daemon thread) and the client made in it on first use."""
+    """A long-lived event loop (in a daemon thread) and the client made in it on first use; both
+    last as long as the process (a kept client is the point)."""
 
     def __init__(self, make_client: Callable[[], Any]):
         self._make_client = make_client
@@ -43,17 +44,6 @@ class LlmSession:
             return await work(self._client)
 
         return asyncio.run_coroutine_threadsafe(with_client(), self._loop).result()
-
-    def close(self) -> None:
-        """Close the client and stop the loop (the process's end does as much)."""
-        if self._loop.is_closed():
-            return
-        if self._client is not None:
-            asyncio.run_coroutine_threadsafe(self._client.close(), self._loop).result()
-            self._client = None
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-        self._loop.close()
 
 
 __all__ = ["LlmSession"]
