@@ -8,12 +8,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from PIL import Image
 
 from stgr_builder.annotate.llm import Candidate, FrameImages
-from stgr_builder.annotate.prepare import PreparePool, default_processes
+from stgr_builder.annotate import prepare
+from stgr_builder.annotate.cache import image_digest
+from stgr_builder.annotate.crops import data_url
+from stgr_builder.annotate.prepare import PreparePool, default_processes, draw_frame, render_frame
 from stgr_builder.core.resources import Resources
 from stgr_builder.models import Detection, Frame
 
@@ -38,6 +42,36 @@ def test_the_pool_draws_what_a_thread_draws(tmp_path):
     threaded = FrameImages(Resources()).get_many(frames, 640)
     assert pooled == threaded and len({url for url, _ in pooled}) == 3
     assert default_processes(0) == 0 and default_processes(3) == 3
+
+
+def test_a_worker_keeps_a_frame_from_its_second_use_and_never_draws_on_the_kept_one(tmp_path):
+    """A worker draws a frame's first use on the decoded pixels themselves (no copy), keeps the
+    frame once it is asked again, and from then on draws on copies: every use gives the bytes a
+    fresh decode gives, whatever the order, and the kept pixels stay clean."""
+    paths = []
+    for index, (mode, suffix) in enumerate((("RGB", "jpg"), ("L", "png"), ("RGB", "png"))):
+        rng = np.random.default_rng(index)
+        path = tmp_path / f"f{index}.{suffix}"
+        Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)).convert(mode).save(path)
+        paths.append(str(path))
+    boxes = [((1, (0.1, 0.2, 0.4, 0.7)),), ((2, (0.5, 0.1, 0.9, 0.5)), (3, (0.0, 0.0, 1.0, 1.0)))]
+
+    def fresh(path, drawn):
+        cands = [SimpleNamespace(id=cid, det=SimpleNamespace(box=list(box))) for cid, box in drawn]
+        jpeg = draw_frame(path, cands, 640)
+        return data_url(jpeg), image_digest(jpeg)
+
+    for path in paths:
+        key = (path, 640)
+        assert render_frame((path, boxes[0], 640)) == fresh(path, boxes[0])
+        assert prepare._WORKER_BASES.get(key) is None  # seen once: not kept
+        assert render_frame((path, boxes[1], 640)) == fresh(path, boxes[1])
+        kept = prepare._WORKER_BASES.get(key)
+        assert kept is not None
+        pixels = kept.tobytes()
+        for drawn in (boxes[0], boxes[1], boxes[0]):
+            assert render_frame((path, drawn, 640)) == fresh(path, drawn)
+        assert prepare._WORKER_BASES.get(key).tobytes() == pixels
 
 
 def test_waiting_for_the_pool_holds_no_thread_of_the_event_loop(tmp_path):
@@ -101,3 +135,33 @@ def test_a_killed_process_leaves_no_pool_worker_behind(tmp_path):
     while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
         time.sleep(0.2)
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+
+
+def test_a_request_body_is_the_bytes_the_openai_client_would_write(tmp_path):
+    """The body is serialized with the image data URLs spliced in, not escaped byte by byte;
+    the bytes are those of the openai client's own serializer, for every kind of part (a URL
+    that needs escaping, and text holding the splice's marker, go the plain way)."""
+    from openai._utils._json import openapi_dumps
+
+    from stgr_builder.annotate.llm import json_body
+
+    jpeg = (tmp_path / "f.jpg")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(jpeg)
+    url = data_url(jpeg.read_bytes())
+    text = 'Where is the "dog"? Ünïcode, a tab\t, a newline\n and \\ a backslash'
+    bodies = [
+        {"model": "m", "messages": [{"role": "system", "content": "You annotate."},
+                                    {"role": "user", "content": [{"type": "text", "text": text},
+                                                                 {"type": "image_url", "image_url": {"url": url}},
+                                                                 {"type": "text", "text": "B1"},
+                                                                 {"type": "image_url", "image_url": {"url": url[:-8]}}]}],
+         "temperature": 0.0, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "strict": True}}},
+        {"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": 'data:image/jpeg;base64,"AA\\'}},
+            {"type": "image_url", "image_url": {"url": "https://example.invalid/a.jpg", "detail": "low"}}]}]},
+        {"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "a \ue000stgr-image\ue000 marker"},
+            {"type": "image_url", "image_url": {"url": url}}]}]},
+    ]
+    for body in bodies:
+        assert json_body(body) == openapi_dumps(body)

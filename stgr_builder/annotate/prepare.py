@@ -59,7 +59,9 @@ _COLORS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30
 
 def base_frame(path: str, max_side: int) -> Image.Image:
     with Image.open(path) as image:
-        rgb = image.convert("RGB")
+        image.load()
+        # convert() copies even an RGB image; the decoded one is ours already.
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
     scale = min(1.0, max_side / max(rgb.size))
     if scale < 1.0:
         rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))))
@@ -73,11 +75,14 @@ def _label_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def draw_frame(path: Path | str, candidates: Sequence, max_side: int, quality: int = 85,
-               base: Image.Image | None = None) -> bytes:
+               base: Image.Image | None = None, copy: bool = True) -> bytes:
     """The frame's JPEG with its candidate boxes drawn and labelled ``B<id>``, downscaled so
     its longer side is at most ``max_side`` (``base``: that downscaled frame, when the caller
-    has it). Deterministic (its hash is in the cache key)."""
-    rgb = (base if base is not None else base_frame(str(path), max_side)).copy()
+    has it; drawn on in place with ``copy=False``). Deterministic (its hash is in the cache key)."""
+    if base is None:
+        rgb = base_frame(str(path), max_side)
+    else:
+        rgb = base.copy() if copy else base
     draw = ImageDraw.Draw(rgb)
     font = _label_font()
     width, height = rgb.size
@@ -98,15 +103,33 @@ def draw_frame(path: Path | str, candidates: Sequence, max_side: int, quality: i
 _WORKER_BASES: BoundedCache = BoundedCache(64 << 20, weigh=lambda image: image.width * image.height * 3)
 
 
-def _base(path: str, max_side: int) -> Image.Image:
-    return _WORKER_BASES.get_or_make((path, max_side), lambda: base_frame(path, max_side))
+#: Frames a worker has decoded once: a frame is kept in ``_WORKER_BASES`` from its second use on.
+#: Most frames are drawn once (one sample a video, or the video's samples drawn on other workers);
+#: keeping each would cost a copy of its pixels per use (``draw_frame`` draws on a copy), ~15% of
+#: a frame's work, for nothing. A frame asked again costs one decode more, once.
+_WORKER_SEEN: BoundedCache = BoundedCache(1 << 20, weigh=lambda _: 64)
+
+
+def _drawable_base(path: str, max_side: int) -> tuple[Image.Image, bool]:
+    """(the downscaled frame, whether it is the memo's and must be copied before drawing)."""
+    key = (path, max_side)
+    kept = _WORKER_BASES.get(key)
+    if kept is not None:
+        return kept, True
+    if _WORKER_SEEN.get(key) is None:
+        _WORKER_SEEN.put(key, True)
+        return base_frame(path, max_side), False
+    kept = base_frame(path, max_side)
+    _WORKER_BASES.put(key, kept)
+    return kept, True
 
 
 def render_frame(job: FrameJob) -> tuple[str, str]:
     """(data URL, image digest) of one frame with its boxes drawn: ``draw_frame``'s bytes."""
     path, boxes, max_side = job
     candidates = [SimpleNamespace(id=cid, det=SimpleNamespace(box=list(box))) for cid, box in boxes]
-    jpeg = draw_frame(path, candidates, max_side, base=_base(path, max_side))
+    base, shared = _drawable_base(path, max_side)
+    jpeg = draw_frame(path, candidates, max_side, base=base, copy=shared)
     return data_url(jpeg), image_digest(jpeg)
 
 
