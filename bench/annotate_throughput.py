@@ -1,6 +1,6 @@
 """Benchmark: LLM annotation throughput against the shipped server at a fixed latency.
 
-    python bench/annotate_throughput.py [--latency-ms 200] [--concurrency 32,128] [--samples 480] [--shared-frames]
+    python bench/annotate_throughput.py [--latency-ms 200] [--concurrency 32,128] [--samples 480] [--repeats 3] [--shared-frames]
 
 Starts ``stgr serve-llm --latency-ms L`` in its own process (so the server does not share this
 process's interpreter lock), makes ``--samples`` synthetic samples, each with its own frames
@@ -13,7 +13,9 @@ so every request is sent) over them in batches as the annotate step does.
 
 Prints, per level of concurrency, achieved requests per second, the ratio to the ideal
 (concurrency / latency: every slot always busy, zero overhead) and the client's CPU milliseconds
-per request (the event loop's process and the message-preparation pool's workers). Goal: ratio
+per request (the event loop's process and the message-preparation pool's workers). Each level
+runs ``--repeats`` times, each on new samples with a new cache and pool, and the median is the
+figure: on a shared 2-core machine single runs of the same code spread by +-0.02. Goal: ratio
 >= 0.9 at 200 ms and 32 in flight.
 """
 
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,9 +63,10 @@ def _picture(width: int, height: int, seed: int) -> np.ndarray:
     return rgb.clip(0, 255).astype(np.uint8)
 
 
-def make_samples(root: Path, count: int, distinct: bool = True) -> list[SampleWork]:
+def make_samples(root: Path, count: int, distinct: bool = True, seed: int = 0) -> list[SampleWork]:
     """``count`` samples; with ``distinct`` each has its own frames (4 to 8, the demo's sizes),
-    so no memo hides the per-request work; else all share 4 frames of 320x240 (the old bench)."""
+    so no memo hides the per-request work; else all share 4 frames of 320x240 (the old bench).
+    ``seed`` varies the pictures between repeats."""
     shared: list[Frame] = []
     works = []
     for n in range(count):
@@ -72,7 +77,7 @@ def make_samples(root: Path, count: int, distinct: bool = True) -> list[SampleWo
             for index in range(n_frames):
                 rel = f"kfs/bench/s{n:05d}/f{index}.jpg" if distinct else f"kfs/bench/f{index}.jpg"
                 (root / rel).parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(_picture(width, height, n * 16 + index)).save(root / rel, quality=90)
+                Image.fromarray(_picture(width, height, seed * 1_000_003 + n * 16 + index)).save(root / rel, quality=90)
                 frames.append(Frame(idx=index * 10, time=index * 1.0, path=rel, width=width, height=height))
             shared = frames
         frames = shared
@@ -150,6 +155,7 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument("--concurrency", default="32,128", help="requests in flight; a comma-separated list")
     parser.add_argument("--samples", type=int, default=480, help="timed samples per run (plus a warm-up batch)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per level, on new samples; the median is reported")
     parser.add_argument("--shared-frames", action="store_true",
                         help="the old bench: every sample shows the same 4 frames (the frame memo hides their cost)")
     parser.add_argument("--prepare-processes", type=int, default=None,
@@ -165,24 +171,34 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             root = Path(folder)
             for level in levels:
-                works = make_samples(root / f"c{level}", args.samples + level, distinct=not args.shared_frames)
-                reports.append(run(works, root / f"c{level}", level, args.latency_ms, proc.pid,
-                                   args.prepare_processes))
+                runs = []
+                for repeat in range(args.repeats):
+                    folder = root / f"c{level}-r{repeat}"
+                    works = make_samples(folder, args.samples + level, distinct=not args.shared_frames, seed=repeat)
+                    runs.append(run(works, folder, level, args.latency_ms, proc.pid, args.prepare_processes))
+                    shutil.rmtree(folder)
+                reports.append(runs)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
     server_cpu = os.times().children_user + os.times().children_system  # whole server life
+    requests = sum(r["requests"] for runs in reports for r in runs)
     frames = "the same 4 frames" if args.shared_frames else "distinct frames"
     processes = default_processes(args.prepare_processes)
     print(f"{frames} per sample; preparation in {f'{processes} processes' if processes else 'threads'}; latency {args.latency_ms:g} ms; cores here: {os.cpu_count()}, "
-          f"load {os.getloadavg()[0]:.1f}; server CPU {1000 * server_cpu / sum(r['requests'] for r in reports):.1f} "
+          f"load {os.getloadavg()[0]:.1f}; server CPU {1000 * server_cpu / requests:.1f} "
           f"ms a request (its whole life)")
-    for r in reports:
-        print(f"{r['concurrency']:>4} in flight: {r['requests']} requests ({r['images'] / r['requests']:.1f} images "
-              f"each, {r['failed']} samples not annotated) in {r['elapsed']:.2f}s, batches of {r['batch']}: "
-              f"{r['achieved']:.1f} req/s of ideal {r['ideal']:.1f}: ratio {r['ratio']:.3f}; client CPU "
-              f"{r['cpu_ms'] + r['pool_cpu_ms']:.1f} ms a request ({r['cpu_ms']:.1f} event loop process, "
-              f"{r['pool_cpu_ms']:.1f} preparation pool)", flush=True)
+    for runs in reports:
+        for r in runs:
+            print(f"{r['concurrency']:>4} in flight: {r['requests']} requests ({r['images'] / r['requests']:.1f} images "
+                  f"each, {r['failed']} samples not annotated) in {r['elapsed']:.2f}s, batches of {r['batch']}: "
+                  f"{r['achieved']:.1f} req/s of ideal {r['ideal']:.1f}: ratio {r['ratio']:.3f}; client CPU "
+                  f"{r['cpu_ms'] + r['pool_cpu_ms']:.1f} ms a request ({r['cpu_ms']:.1f} event loop process, "
+                  f"{r['pool_cpu_ms']:.1f} preparation pool)", flush=True)
+        ratios = sorted(r["ratio"] for r in runs)
+        cpu = statistics.median(r["cpu_ms"] + r["pool_cpu_ms"] for r in runs)
+        print(f"{runs[0]['concurrency']:>4} in flight, median of {len(runs)}: ratio {statistics.median(ratios):.3f} "
+              f"(runs {ratios[0]:.3f}-{ratios[-1]:.3f}); client CPU {cpu:.1f} ms a request", flush=True)
 
 
 if __name__ == "__main__":
