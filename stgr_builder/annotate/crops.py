@@ -87,9 +87,13 @@ def crop_jpeg(frame_path: Path, box: Sequence[float], *, pad: float = 0.1, min_s
     return buffer.getvalue()
 
 
+#: What every image URL of a request starts with (``data_url``); base64 follows.
+DATA_URL_PREFIX = "data:image/jpeg;base64,"
+
+
 def data_url(jpeg: bytes) -> str:
     """A JPEG as a ``data:`` URL for an image part of a chat message."""
-    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+    return DATA_URL_PREFIX + base64.b64encode(jpeg).decode("ascii")
 
 
 def crop_messages(content: CropPromptContent, name: str, label: str, jpeg: bytes) -> list[dict]:

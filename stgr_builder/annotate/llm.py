@@ -532,7 +532,11 @@ def _async_client(config: AnnotatorConfig, limiter: RateLimiter, base_url: str |
 
 #: Stands for an image's data URL while the rest of a request body is serialized (``json_body``).
 _IMAGE_SLOT = "\ue000stgr-image\ue000"
-_DATA_URL_PREFIX = "data:image/jpeg;base64,"
+
+
+def _compact_json(value: Any) -> str:
+    # The openai client's own settings (``openapi_dumps``).
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def json_body(body: dict[str, Any]) -> bytes:
@@ -547,7 +551,7 @@ def json_body(body: dict[str, Any]) -> bytes:
 
     def slotted(part: dict) -> dict:
         url = part.get("image_url", {}).get("url") if part.get("type") == "image_url" else None
-        if (isinstance(url, str) and url.startswith(_DATA_URL_PREFIX) and url.isascii()
+        if (isinstance(url, str) and url.startswith(crops.DATA_URL_PREFIX) and url.isascii()
                 and '"' not in url and "\\" not in url):
             urls.append(url)
             return {**part, "image_url": {**part["image_url"], "url": _IMAGE_SLOT}}
@@ -555,10 +559,10 @@ def json_body(body: dict[str, Any]) -> bytes:
 
     messages = [{**m, "content": [slotted(part) for part in m["content"]]} if isinstance(m.get("content"), list)
                 else m for m in body["messages"]]
-    text = json.dumps({**body, "messages": messages}, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    text = _compact_json({**body, "messages": messages})
     pieces = text.split(_IMAGE_SLOT)
     if len(pieces) != len(urls) + 1:  # the slot's characters in the request's own text
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        return _compact_json(body).encode()
     out = [pieces[0].encode()]
     for url, piece in zip(urls, pieces[1:]):
         out += [url.encode("ascii"), piece.encode()]
