@@ -24,6 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import chaos  # noqa: E402
 from small_demo import write_config  # noqa: E402
+
 from stgr_builder.annotate.cache import ResponseCache  # noqa: E402
 from stgr_builder.annotate.server import serve_llm  # noqa: E402
 from stgr_builder.pipeline import build  # noqa: E402
@@ -43,9 +44,18 @@ def main() -> int:
         os.environ["OPENAI_BASE_URL"] = server.base_url
         source = Path(tmp) / "source"
         generate_demo(source, seed=0, n_videos=args.videos, n_images=1)
-        config = write_config(source, "chaos", annotator={
-            "backend": "openai", "model": "stgr-dry-run", "prompt": "stgr-cot-llm", "concurrency": 2,
-            "timeout": 5.0}, sharding={"samples_per_shard": 12})
+        config = write_config(
+            source,
+            "chaos",
+            annotator={
+                "backend": "openai",
+                "model": "stgr-dry-run",
+                "prompt": "stgr-cot-llm",
+                "concurrency": 2,
+                "timeout": 5.0,
+            },
+            sharding={"samples_per_shard": 12},
+        )
         reference = Path(tmp) / "reference"
         started = time.perf_counter()
         build(config, reference)
@@ -66,8 +76,10 @@ def main() -> int:
             asked_again += len(set(server.stats()["by_key"]) & received)
             same = chaos.digests(out) == chaos.digests(reference)
             failures += not same or asked_again > 0
-            print(f"round {round_no}: shards {'identical' if same else 'DIFFERENT'} to the uninterrupted build, "
-                  f"replies asked again {asked_again}, {time.perf_counter() - started:.1f} s")
+            print(
+                f"round {round_no}: shards {'identical' if same else 'DIFFERENT'} to the uninterrupted build, "
+                f"replies asked again {asked_again}, {time.perf_counter() - started:.1f} s"
+            )
     return 1 if failures else 0
 
 

@@ -112,6 +112,7 @@ def expected_rows(scale: float) -> dict[str, Counter]:
 # The pool: generated media and their calibrated QA items
 # ---------------------------------------------------------------------------------------
 
+
 def _child_env() -> dict:
     env = dict(os.environ)
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -140,15 +141,20 @@ def make_pool(folder: Path, n_videos: int = 40, n_images: int = 20, seed: int = 
     build(folder / "CONFIG.yaml", out)
     import duckdb
 
-    passed = {source_id for (source_id,) in duckdb.sql(
-        f"SELECT DISTINCT id FROM read_parquet('{out}/stgr_cot/*.parquet')").fetchall()}
+    passed = {
+        source_id
+        for (source_id,) in duckdb.sql(f"SELECT DISTINCT id FROM read_parquet('{out}/stgr_cot/*.parquet')").fetchall()
+    }
     from stgr_builder.pipeline import context
     from stgr_builder.sources import ingest
 
     samples, _, _ = ingest(context(folder / "CONFIG.yaml", out).config, folder)
     kept_ids = {sample.source_id for sample in samples if sample.id in passed}
-    lines = [line for line in (folder / DEMO_FILE).read_text().splitlines()
-             if line.strip() and json.loads(line)["id"] in kept_ids]
+    lines = [
+        line
+        for line in (folder / DEMO_FILE).read_text().splitlines()
+        if line.strip() and json.loads(line)["id"] in kept_ids
+    ]
     calibrated.write_text("\n".join(lines) + "\n")
     stamp_file.write_text(json.dumps(stamp))
     return calibrated
@@ -186,8 +192,9 @@ def write_recipe(pool: Path, folder: Path, scale: float, samples_per_shard: int 
     for datasets, lines in per_source.items():
         name = SOURCE_NAMES[datasets]
         (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
-        source = SourceConfig.model_validate({**template, "name": name, "path": f"{name}.jsonl",
-                                              "media_root": media, "datasets": list(datasets)})
+        source = SourceConfig.model_validate(
+            {**template, "name": name, "path": f"{name}.jsonl", "media_root": media, "datasets": list(datasets)}
+        )
         sources.append(source.model_dump(mode="json"))
     config["name"] = f"rehearsal-x{scale:g}"
     config["sources"] = sources
@@ -224,8 +231,13 @@ print(json.dumps({"peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 def run_build_measured(config: Path, out: Path, flow: bool = True, profile: Path | None = None) -> dict:
     """Build in a child process; wall seconds, peak RSS (KiB) and the manifest."""
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", _CHILD, str(config), str(out), "flow" if flow else "plain",
-                           str(profile or "")], capture_output=True, text=True, cwd=ROOT, env=_child_env())
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(config), str(out), "flow" if flow else "plain", str(profile or "")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=_child_env(),
+    )
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"build failed ({done.returncode}):\n{done.stderr[-4000:]}")
@@ -251,9 +263,9 @@ def check_rows(config: Path, out: Path, pool: Path) -> tuple[int, list]:
     (rows checked, the first violations found)."""
     import duckdb
 
+    from stgr_builder.core.arrow import table_to_rows
     from stgr_builder.models import CotRow, RlRow
     from stgr_builder.pipeline import context
-    from stgr_builder.core.arrow import table_to_rows
     from stgr_builder.sources import ingest
     from stgr_builder.sources.demo import load_truth
     from stgr_builder.verify import check_row
@@ -268,8 +280,9 @@ def check_rows(config: Path, out: Path, pool: Path) -> tuple[int, list]:
             table = duckdb.sql(f"SELECT * FROM read_parquet('{shard}')").to_arrow_table()
             for row in table_to_rows(table, model):
                 sample = by_id[row.id]
-                violations = check_row(row, duration=durations.get(row.video_path), span=sample.span,
-                                       gold_answer=sample.answer)
+                violations = check_row(
+                    row, duration=durations.get(row.video_path), span=sample.span, gold_answer=sample.answer
+                )
                 checked += 1
                 if violations and len(bad) < 10:
                     bad.append((folder, row.id, violations))
@@ -280,8 +293,8 @@ def check_rows(config: Path, out: Path, pool: Path) -> tuple[int, list]:
 # Per-sample media: every sample its own generated video or still
 # ---------------------------------------------------------------------------------------
 
-def write_per_sample(folder: Path, n_videos: int, n_images: int, seed: int = 11,
-                     samples_per_shard: int = 100) -> Path:
+
+def write_per_sample(folder: Path, n_videos: int, n_images: int, seed: int = 11, samples_per_shard: int = 100) -> Path:
     """Generate ``n_videos`` short videos and ``n_images`` stills (cached under ``folder``),
     keep one QA item per media file (tasks taken in turn), write the config; return it.
     No two samples share a file, so probe, decode and detect are paid for every sample."""
@@ -296,8 +309,9 @@ def write_per_sample(folder: Path, n_videos: int, n_images: int, seed: int = 11,
         if line.strip():
             record = json.loads(line)
             by_media.setdefault(record.get("video") or record.get("image"), []).append(record)
-    lines = [json.dumps(items[k % len(items)], ensure_ascii=False)
-             for k, (_, items) in enumerate(sorted(by_media.items()))]
+    lines = [
+        json.dumps(items[k % len(items)], ensure_ascii=False) for k, (_, items) in enumerate(sorted(by_media.items()))
+    ]
     (folder / "per_sample.jsonl").write_text("\n".join(lines) + "\n")
     config = demo_config().model_dump(mode="json")
     config["name"] = f"per-sample-{n_videos}v{n_images}i"
@@ -316,8 +330,11 @@ def per_sample(args) -> None:
     started = time.perf_counter()
     folder = args.out / f"per-sample-{args.per_sample}"
     config = write_per_sample(folder, args.per_sample, max(1, args.per_sample // 5))
-    print(f"media: {args.per_sample} videos + {max(1, args.per_sample // 5)} stills, one sample each "
-          f"({time.perf_counter() - started:.0f} s incl. generation)", flush=True)
+    print(
+        f"media: {args.per_sample} videos + {max(1, args.per_sample // 5)} stills, one sample each "
+        f"({time.perf_counter() - started:.0f} s incl. generation)",
+        flush=True,
+    )
     out = folder / "out"
     if out.exists():
         import shutil
@@ -334,24 +351,34 @@ def per_sample(args) -> None:
     # file) is detected once: the per-frame costs are over these.
     frames = sum(1 for _ in out.glob("kfs/**/*.jpg"))
     videos = args.per_sample
-    print(f"per-sample x{args.per_sample}: {counts.get('samples')} samples -> {counts.get('stgr_cot')} CoT, "
-          f"{counts.get('stgr_rl')} RL rows, {counts.get('rejects')} rejects; {est.frames} candidate frames, "
-          f"{frames} frames stored and detected with the track gate's ({est.decoded_frames} decoded)")
-    print(f"wall {result['seconds']:.1f} s (child process, incl. start-up); peak RSS {result['peak_kib'] / 1024:.0f} MiB")
+    print(
+        f"per-sample x{args.per_sample}: {counts.get('samples')} samples -> {counts.get('stgr_cot')} CoT, "
+        f"{counts.get('stgr_rl')} RL rows, {counts.get('rejects')} rejects; {est.frames} candidate frames, "
+        f"{frames} frames stored and detected with the track gate's ({est.decoded_frames} decoded)"
+    )
+    print(
+        f"wall {result['seconds']:.1f} s (child process, incl. start-up); peak RSS {result['peak_kib'] / 1024:.0f} MiB"
+    )
     print("step seconds (summed over shards): " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
     probe, sample, detect = seconds.get("probe", 0.0), seconds.get("sample", 0.0), seconds.get("detect", 0.0)
     # The build plans before its shards (plan.json), probing every file then; its probe step
     # finds them in the process's probe memo. Probe cost: from stgr plan's run, here.
     probe = max(probe, planning)
-    print(f"per frame: sample (decode + JPEG) {sample / max(frames, 1) * 1000:.1f} ms, detect "
-          f"{detect / max(frames, 1) * 1000:.1f} ms; probe {probe / max(videos, 1) * 1000:.1f} ms per file "
-          f"(stgr plan's whole run, {planning:.1f} s)")
-    print(f"stgr plan's estimate for this build: probe+decode+store {est.decode_seconds:.1f} s (actual "
-          f"{probe + sample:.1f} s), detect {est.detect_seconds:.1f} s (actual {detect:.1f} s)")
+    print(
+        f"per frame: sample (decode + JPEG) {sample / max(frames, 1) * 1000:.1f} ms, detect "
+        f"{detect / max(frames, 1) * 1000:.1f} ms; probe {probe / max(videos, 1) * 1000:.1f} ms per file "
+        f"(stgr plan's whole run, {planning:.1f} s)"
+    )
+    print(
+        f"stgr plan's estimate for this build: probe+decode+store {est.decode_seconds:.1f} s (actual "
+        f"{probe + sample:.1f} s), detect {est.detect_seconds:.1f} s (actual {detect:.1f} s)"
+    )
     scale = sum(RECIPE.values()) / max(counts.get("samples", 1), 1)
-    print(f"at the rehearsal's 39,070 samples, each with its own media (x{scale:.0f}): probe+decode "
-          f"{(probe + sample) * scale / 3600:.2f} h, detect {detect * scale / 3600:.2f} h of thread time here "
-          f"(the LLM's: see stgr plan)")
+    print(
+        f"at the rehearsal's 39,070 samples, each with its own media (x{scale:.0f}): probe+decode "
+        f"{(probe + sample) * scale / 3600:.2f} h, detect {detect * scale / 3600:.2f} h of thread time here "
+        f"(the LLM's: see stgr plan)"
+    )
 
 
 def step_seconds(manifest: dict) -> dict[str, float]:
@@ -370,10 +397,16 @@ def main() -> None:
     parser.add_argument("--plain", action="store_true", help="pipeline.build in a loop, not the Prefect flow")
     parser.add_argument("--profile", type=Path, help="write a cProfile of the build child here")
     parser.add_argument("--check", action="store_true", help="check every written row against the rules again")
-    parser.add_argument("--keep", action="store_true", help="keep an earlier build's output (resume) instead of a fresh one")
-    parser.add_argument("--per-sample", type=int, metavar="N",
-                        help="instead: N generated videos (and N/5 stills), one sample each, so probe, decode and "
-                        "detect are paid per sample; prints per-frame costs and stgr plan's estimate beside them")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep an earlier build's output (resume) instead of a fresh one"
+    )
+    parser.add_argument(
+        "--per-sample",
+        type=int,
+        metavar="N",
+        help="instead: N generated videos (and N/5 stills), one sample each, so probe, decode and "
+        "detect are paid per sample; prints per-frame costs and stgr plan's estimate beside them",
+    )
     args = parser.parse_args()
     if args.per_sample:
         per_sample(args)
@@ -381,8 +414,10 @@ def main() -> None:
 
     started = time.perf_counter()
     pool = make_pool(args.out / "pool", args.videos, args.images)
-    print(f"pool: {args.videos} videos, {args.images} stills, "
-          f"{sum(1 for _ in pool.open())} calibrated items ({time.perf_counter() - started:.0f} s incl. generation)")
+    print(
+        f"pool: {args.videos} videos, {args.images} stills, "
+        f"{sum(1 for _ in pool.open())} calibrated items ({time.perf_counter() - started:.0f} s incl. generation)"
+    )
     recipe_dir = args.out / f"recipe-x{args.scale:g}"
     config = write_recipe(args.out / "pool", recipe_dir, args.scale)
     out = recipe_dir / "out"
@@ -396,20 +431,28 @@ def main() -> None:
     seconds = step_seconds(manifest)
     model = seconds.get("detect", 0.0)
     rows = counts.get("stgr_cot", 0) + counts.get("stgr_rl", 0)
-    print(f"recipe x{args.scale:g}: {counts.get('samples')} samples -> {counts.get('stgr_cot')} CoT rows, "
-          f"{counts.get('stgr_rl')} RL rows, {counts.get('rejects')} rejects, {len(manifest['shards'])} shard files")
+    print(
+        f"recipe x{args.scale:g}: {counts.get('samples')} samples -> {counts.get('stgr_cot')} CoT rows, "
+        f"{counts.get('stgr_rl')} RL rows, {counts.get('rejects')} rejects, {len(manifest['shards'])} shard files"
+    )
     # The flow runs shards on `workers` threads at once: its detect seconds (summed over shards)
     # overlap in wall time, so the wall time spent in the model is estimated as their sum over
     # the threads; --plain gives it exactly.
     threads = 1 if args.plain else max(1, min(manifest["config"]["sharding"]["workers"], len(manifest["shards"])))
     outside = max(result["seconds"] - model / threads, 1e-9)
-    print(f"wall {result['seconds']:.1f} s (child process, incl. start-up), model (detector) time {model:.1f} s "
-          f"summed over {threads} thread(s)")
-    print(f"rows/s outside model time: {rows / outside:.0f} (samples/s {counts.get('samples', 0) / outside:.0f}; "
-          f"{outside:.1f} s outside the model{' (estimate)' if threads > 1 else ''})")
+    print(
+        f"wall {result['seconds']:.1f} s (child process, incl. start-up), model (detector) time {model:.1f} s "
+        f"summed over {threads} thread(s)"
+    )
+    print(
+        f"rows/s outside model time: {rows / outside:.0f} (samples/s {counts.get('samples', 0) / outside:.0f}; "
+        f"{outside:.1f} s outside the model{' (estimate)' if threads > 1 else ''})"
+    )
     print("step seconds (summed over shards): " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
-    print(f"peak RSS: build process {result['peak_kib'] / 1024:.0f} MiB, "
-          f"largest child of the bench {result['children_peak_kib'] / 1024:.0f} MiB")
+    print(
+        f"peak RSS: build process {result['peak_kib'] / 1024:.0f} MiB, "
+        f"largest child of the bench {result['children_peak_kib'] / 1024:.0f} MiB"
+    )
     got, want = rows_per_task(out), expected_rows(args.scale)
     for dataset in ("cot", "rl"):
         total_got, total_want = sum(got[dataset].values()), sum(want[dataset].values())
@@ -420,10 +463,14 @@ def main() -> None:
     if args.check:
         started = time.perf_counter()
         checked, bad = check_rows(config, out, args.out / "pool")
-        print(f"consistency rules, checked again outside the build: {checked} rows, "
-              f"{'all pass' if not bad else f'violations: {bad}'} ({time.perf_counter() - started:.0f} s)")
-    print("goal: < 600 s and < 2048 MiB at --scale 1: "
-          f"{'met' if result['seconds'] < 600 and result['peak_kib'] < 2 * 1024 * 1024 else 'not met'} at this scale")
+        print(
+            f"consistency rules, checked again outside the build: {checked} rows, "
+            f"{'all pass' if not bad else f'violations: {bad}'} ({time.perf_counter() - started:.0f} s)"
+        )
+    print(
+        "goal: < 600 s and < 2048 MiB at --scale 1: "
+        f"{'met' if result['seconds'] < 600 and result['peak_kib'] < 2 * 1024 * 1024 else 'not met'} at this scale"
+    )
 
 
 if __name__ == "__main__":

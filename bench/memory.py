@@ -47,8 +47,13 @@ def measure(folder: Path, scale: int, mode: str) -> dict:
     config = source / "CONFIG.yaml"
     config.write_text(yaml.safe_dump(demo_config().model_dump(mode="json")))
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", _CHILD, str(config), str(folder / f"out-x{scale}"), mode],
-                          capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(config), str(folder / f"out-x{scale}"), mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     import json
 
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -66,8 +71,10 @@ def main() -> None:
         base = measure(Path(tmp), 1, mode)
         big = measure(Path(tmp), args.scale, mode)
     for name, result in (("x1", base), (f"x{args.scale}", big)):
-        print(f"{name}: {result['counts']['samples']} samples, {result['counts']['stgr_cot']} rows, "
-              f"peak RSS {result['peak_kib'] / 1024:.0f} MiB, {result['seconds']:.0f} s")
+        print(
+            f"{name}: {result['counts']['samples']} samples, {result['counts']['stgr_cot']} rows, "
+            f"peak RSS {result['peak_kib'] / 1024:.0f} MiB, {result['seconds']:.0f} s"
+        )
     ratio = big["peak_kib"] / base["peak_kib"]
     print(f"peak RSS ratio x{args.scale} / x1: {ratio:.2f} (goal < 1.3)")
 

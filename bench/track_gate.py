@@ -55,11 +55,18 @@ def measure(config: Path, out: Path) -> dict:
         rows = con.execute("SELECT id, source, video_path, image_path, key_items FROM cot").fetchall()
     judged = judge(load_truths(load_manifest(out)), rows)
     frames = sum(1 for p in (out / "kfs").rglob("*.jpg"))
-    return {"wall": wall, "samples": manifest.counts["samples"], "rows": manifest.counts["stgr_cot"],
-            "frames": frames, "sample_s": steps["sample"].seconds, "detect_s": steps["detect"].seconds,
-            "track_s": steps["track"].seconds if "track" in steps else 0.0,
-            "boxes": len(judged), "wrong": sum(1 for j in judged if j[4] < 0.5),
-            "mean_iou": sum(j[4] for j in judged) / max(1, len(judged))}
+    return {
+        "wall": wall,
+        "samples": manifest.counts["samples"],
+        "rows": manifest.counts["stgr_cot"],
+        "frames": frames,
+        "sample_s": steps["sample"].seconds,
+        "detect_s": steps["detect"].seconds,
+        "track_s": steps["track"].seconds if "track" in steps else 0.0,
+        "boxes": len(judged),
+        "wrong": sum(1 for j in judged if j[4] < 0.5),
+        "mean_iou": sum(j[4] for j in judged) / max(1, len(judged)),
+    }
 
 
 def main() -> None:
@@ -79,19 +86,28 @@ def main() -> None:
                 results[name].append(measure(config, work / f"out-{name}"))
         best = {name: min(runs, key=lambda r: r["wall"]) for name, runs in results.items()}
         print(f"demo seed {args.seed}: {args.videos} videos, {args.images} stills, {best['on']['samples']} samples")
-        print(f"{'gate':5} {'wall s':>7} {'s/sample':>9} {'frames':>7} {'sample s':>9} {'detect s':>9} "
-              f"{'track s':>8} {'rows':>5} {'boxes':>6} {'wrong':>6} {'mean IoU':>9}")
+        print(
+            f"{'gate':5} {'wall s':>7} {'s/sample':>9} {'frames':>7} {'sample s':>9} {'detect s':>9} "
+            f"{'track s':>8} {'rows':>5} {'boxes':>6} {'wrong':>6} {'mean IoU':>9}"
+        )
         for name, r in best.items():
-            print(f"{name:5} {r['wall']:7.1f} {r['wall'] / r['samples']:9.3f} {r['frames']:7d} {r['sample_s']:9.2f} "
-                  f"{r['detect_s']:9.2f} {r['track_s']:8.2f} {r['rows']:5d} {r['boxes']:6d} {r['wrong']:6d} "
-                  f"{r['mean_iou']:9.3f}")
+            print(
+                f"{name:5} {r['wall']:7.1f} {r['wall'] / r['samples']:9.3f} {r['frames']:7d} {r['sample_s']:9.2f} "
+                f"{r['detect_s']:9.2f} {r['track_s']:8.2f} {r['rows']:5d} {r['boxes']:6d} {r['wrong']:6d} "
+                f"{r['mean_iou']:9.3f}"
+            )
         on, off = best["on"], best["off"]
         extra = (on["frames"] - off["frames"]) / on["samples"]
-        print(f"gate cost: {extra:.1f} extra frames decoded and detected per sample, "
-              f"{(on['wall'] - off['wall']) / on['samples']:.3f} s per sample")
-        print(f"ratios on/off: frames {on['frames'] / off['frames']:.2f}x, detect {on['detect_s'] / off['detect_s']:.2f}x, "
-              f"decode {on['sample_s'] / max(off['sample_s'], 1e-9):.2f}x, wall {on['wall'] / off['wall']:.2f}x; "
-              f"wrong boxes {off['wrong']} -> {on['wrong']}")
+        print(
+            f"gate cost: {extra:.1f} extra frames decoded and detected per sample, "
+            f"{(on['wall'] - off['wall']) / on['samples']:.3f} s per sample"
+        )
+        print(
+            f"ratios on/off: frames {on['frames'] / off['frames']:.2f}x, "
+            f"detect {on['detect_s'] / off['detect_s']:.2f}x, "
+            f"decode {on['sample_s'] / max(off['sample_s'], 1e-9):.2f}x, wall {on['wall'] / off['wall']:.2f}x; "
+            f"wrong boxes {off['wrong']} -> {on['wrong']}"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -29,8 +29,8 @@ from stgr_builder import pipeline, reannotate
 from stgr_builder.core.resources import Resources
 from stgr_builder.errors import StgrError
 from stgr_builder.executor import Job
-from stgr_builder.ownership import claim_folder, locked_folder
 from stgr_builder.models import BuildPlan, Manifest, ShardingConfig, ShardPlan, ShardResult
+from stgr_builder.ownership import claim_folder, locked_folder
 
 # Inputs are whole shards of samples: hashing them for a cache key would cost more than the
 # work it saves, and resume is handled by the shard files themselves.
@@ -76,9 +76,15 @@ def task_runner(sharding: ShardingConfig):
         return DaskTaskRunner(address=sharding.dask_address)
     # One thread per worker process: a shard task already uses the cores it gets (decoding,
     # detection), and the LLM annotator runs its own event loop inside the task.
-    return DaskTaskRunner(cluster_class="distributed.LocalCluster",
-                          cluster_kwargs={"n_workers": sharding.workers, "threads_per_worker": 1,
-                                          "processes": True, "dashboard_address": None})
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={
+            "n_workers": sharding.workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+        },
+    )
 
 
 def run_job(job: Job, resources: Resources, name: str = "stgr-build") -> Manifest:
@@ -87,8 +93,9 @@ def run_job(job: Job, resources: Resources, name: str = "stgr-build") -> Manifes
     return build_flow.with_options(name=name, task_runner=runner)(job, resources)
 
 
-def run_build(config_path: Path, out: Path, runner: str | None = None, overwrite: bool = False,
-              wait: bool = True) -> Manifest:
+def run_build(
+    config_path: Path, out: Path, runner: str | None = None, overwrite: bool = False, wait: bool = True
+) -> Manifest:
     """Build on the runner the config names (``runner`` overrides ``sharding.runner``), holding
     the output folder's lock for the whole flow (``ownership.py``; ``overwrite``: build over a
     folder holding another build or foreign files)."""
@@ -102,8 +109,9 @@ def run_build(config_path: Path, out: Path, runner: str | None = None, overwrite
         return run_job(pipeline.BuildJob(ctx), resources)
 
 
-def run_reannotate(root: Path, *, where: str, prompt: str, model: str | None = None,
-                   out: Path | None = None) -> tuple[Path, Manifest]:
+def run_reannotate(
+    root: Path, *, where: str, prompt: str, model: str | None = None, out: Path | None = None
+) -> tuple[Path, Manifest]:
     """``stgr reannotate``: the re-annotation job as a flow, on the build's task runner."""
     job = reannotate.prepare(root, where=where, prompt=prompt, model=model, out=out)
     with locked_folder(job.ctx.out):

@@ -21,7 +21,7 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -60,18 +60,27 @@ def _quiet_orchestrator() -> None:
 
 
 @app.callback()
-def _options(debug: Annotated[bool, typer.Option(
-        "--debug", help="show Prefect's logs and the traceback of a failure (anywhere on the command line)")] = False
-             ) -> None:
+def _options(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", help="show Prefect's logs and the traceback of a failure (anywhere on the command line)"
+        ),
+    ] = False,
+) -> None:
     global _debug
     _debug = _debug or debug
 
 
-_DataRoot = Annotated[Optional[Path], typer.Option(
-    help="folder of the sources: fills ${STGR_DATA} in a recipe (default: the STGR_DATA variable)")]
-_Sources = Annotated[Optional[list[str]], typer.Option(
-    "--source", help="NAME=PATH[,MEDIA_ROOT]: one source's annotation file (and media folder)")]
-_Scale = Annotated[Optional[float], typer.Option(help="multiply every source's `sample` (rounded up, at least 1)")]
+_DataRoot = Annotated[
+    Path | None,
+    typer.Option(help="folder of the sources: fills ${STGR_DATA} in a recipe (default: the STGR_DATA variable)"),
+]
+_Sources = Annotated[
+    list[str] | None,
+    typer.Option("--source", help="NAME=PATH[,MEDIA_ROOT]: one source's annotation file (and media folder)"),
+]
+_Scale = Annotated[float | None, typer.Option(help="multiply every source's `sample` (rounded up, at least 1)")]
 _SkipMissing = Annotated[bool, typer.Option(help="leave out sources whose annotation file is missing")]
 
 
@@ -79,8 +88,13 @@ def _resolve(config: str, data_root, source, scale, skip_missing):
     """A recipe name or CONFIG.yaml with the flags applied: (config, config_dir, skipped)."""
     from stgr_builder.recipes import parse_source_overrides, resolve_config
 
-    resolved = resolve_config(config, data_root=data_root, sources=parse_source_overrides(source or []),
-                              scale=scale, skip_missing=skip_missing)
+    resolved = resolve_config(
+        config,
+        data_root=data_root,
+        sources=parse_source_overrides(source or []),
+        scale=scale,
+        skip_missing=skip_missing,
+    )
     if resolved[2]:
         err_console.print(f"skipped (annotation file missing): {', '.join(resolved[2])}", markup=False)
     return resolved
@@ -89,16 +103,21 @@ def _resolve(config: str, data_root, source, scale, skip_missing):
 @app.command()
 def build(
     config: Annotated[str, typer.Argument(help="CONFIG.yaml, or a recipe name (stgr-cot-30k, stgr-rl-36k)")],
-    out: Annotated[Optional[Path], typer.Option(help="dataset folder; default outputs/<config name>")] = None,
+    out: Annotated[Path | None, typer.Option(help="dataset folder; default outputs/<config name>")] = None,
     data_root: _DataRoot = None,
     source: _Sources = None,
     scale: _Scale = None,
     skip_missing: _SkipMissing = False,
-    overwrite: Annotated[bool, typer.Option(
-        help="build into a folder that holds another build or files a build did not make (none of those "
-             "files is deleted unless the folder's records list it)")] = False,
-    no_wait: Annotated[bool, typer.Option(
-        "--no-wait", help="batch mode: return once the batches are submitted; run again to collect")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="build into a folder that holds another build or files a build did not make (none of those "
+            "files is deleted unless the folder's records list it)"
+        ),
+    ] = False,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="batch mode: return once the batches are submitted; run again to collect")
+    ] = False,
 ) -> None:
     """Build the datasets a config (or recipe) describes. Run again on the same --out to resume."""
     from stgr_builder.recipes import is_recipe, write_config
@@ -123,21 +142,31 @@ def plan_cmd(
     source: _Sources = None,
     scale: _Scale = None,
     skip_missing: _SkipMissing = False,
-    price_in: Annotated[Optional[float], typer.Option(help="price per million prompt tokens")] = None,
-    price_out: Annotated[Optional[float], typer.Option(help="price per million completion tokens")] = None,
-    latency: Annotated[Optional[float], typer.Option(help="seconds per LLM request")] = None,
-    concurrency: Annotated[Optional[int], typer.Option(help="LLM requests in flight per shard task")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the plan as JSON here")] = None,
-    batch_discount: Annotated[Optional[float], typer.Option(
-        help="estimate at batch prices: the share of the price a batch request costs (0.5: half)")] = None,
+    price_in: Annotated[float | None, typer.Option(help="price per million prompt tokens")] = None,
+    price_out: Annotated[float | None, typer.Option(help="price per million completion tokens")] = None,
+    latency: Annotated[float | None, typer.Option(help="seconds per LLM request")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="LLM requests in flight per shard task")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the plan as JSON here")] = None,
+    batch_discount: Annotated[
+        float | None,
+        typer.Option(help="estimate at batch prices: the share of the price a batch request costs (0.5: half)"),
+    ] = None,
 ) -> None:
     """What a build would do, without calling any model or writing a dataset: rows per
     source and task, what is filtered and why, missing media, and the LLM work's estimate."""
     from stgr_builder.planning import make_plan
 
     resolved, config_dir, _ = _resolve(config, data_root, source, scale, skip_missing)
-    est = {k: v for k, v in (("price_in", price_in), ("price_out", price_out), ("latency_s", latency),
-                             ("batch_discount", batch_discount)) if v is not None}
+    est = {
+        k: v
+        for k, v in (
+            ("price_in", price_in),
+            ("price_out", price_out),
+            ("latency_s", latency),
+            ("batch_discount", batch_discount),
+        )
+        if v is not None
+    }
     updates = {"estimate": resolved.estimate.model_copy(update=est)}
     annotator = {"concurrency": concurrency} if concurrency is not None else {}
     if batch_discount is not None:
@@ -154,10 +183,13 @@ def plan_cmd(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="dataset folder")] = DEFAULT_DEMO_OUT,
-    write_config: Annotated[Optional[Path], typer.Option(
-        help="only write the demo's CONFIG.yaml (and its generated media beside it), then stop")] = None,
-    overwrite: Annotated[bool, typer.Option(
-        help="build into a folder that holds another build (e.g. a demo of an earlier version)")] = False,
+    write_config: Annotated[
+        Path | None,
+        typer.Option(help="only write the demo's CONFIG.yaml (and its generated media beside it), then stop"),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="build into a folder that holds another build (e.g. a demo of an earlier version)")
+    ] = False,
 ) -> None:
     """Build the embedded demo set end to end, offline."""
     from stgr_builder.sources.demo_config import write_demo_config
@@ -174,12 +206,14 @@ def demo(
 @app.command()
 def audit(
     root: Annotated[Path, typer.Argument(help="dataset folder")],
-    sql: Annotated[Optional[str], typer.Option(help="read-only query over the views cot, rl, rejects")] = None,
-    compare: Annotated[Optional[Path], typer.Option(
-        help="an earlier version to compare with (default: the version's parent, when it has one)")] = None,
-    gallery: Annotated[Optional[Path], typer.Option(help="write an HTML gallery of sampled rows here")] = None,
+    sql: Annotated[str | None, typer.Option(help="read-only query over the views cot, rl, rejects")] = None,
+    compare: Annotated[
+        Path | None,
+        typer.Option(help="an earlier version to compare with (default: the version's parent, when it has one)"),
+    ] = None,
+    gallery: Annotated[Path | None, typer.Option(help="write an HTML gallery of sampled rows here")] = None,
     n: Annotated[int, typer.Option(min=1, max=10_000, help="rows in the gallery")] = 24,
-    where: Annotated[Optional[str], typer.Option(help="gallery: only rows this SQL predicate selects")] = None,
+    where: Annotated[str | None, typer.Option(help="gallery: only rows this SQL predicate selects")] = None,
     embed: Annotated[bool, typer.Option(help="gallery: embed the images in the page")] = False,
 ) -> None:
     """The canned audit summary (and the comparison with the parent version), any read-only
@@ -203,20 +237,26 @@ def audit(
 @app.command()
 def reannotate(
     root: Annotated[Path, typer.Argument(help="dataset folder (a finished build or version)")],
-    where: Annotated[str, typer.Option(
-        help="SQL predicate over the rows (views cot, rl) or the rejects (id, stage, code, message, source) "
-             "selecting what to redo")],
+    where: Annotated[
+        str,
+        typer.Option(
+            help="SQL predicate over the rows (views cot, rl) or the rejects (id, stage, code, message, source) "
+            "selecting what to redo"
+        ),
+    ],
     prompt: Annotated[str, typer.Option(help="prompt name under prompts/ (or a .yaml path)")],
-    model: Annotated[Optional[str], typer.Option(help="annotator model (LLM prompts)")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="the new version's folder; default DIR-v2, -v3, ...")] = None,
+    model: Annotated[str | None, typer.Option(help="annotator model (LLM prompts)")] = None,
+    out: Annotated[Path | None, typer.Option(help="the new version's folder; default DIR-v2, -v3, ...")] = None,
 ) -> None:
     """Re-annotate the rows or rejected samples a SQL predicate selects; write a new version beside the old one."""
     _quiet_orchestrator()
     from flows.build import run_reannotate
 
     target, manifest = run_reannotate(root, where=where, prompt=prompt, model=model, out=out)
-    console.print(f"[bold green]re-annotated[/] {manifest.reannotation.selected} rows of {escape(str(root))} "
-                  f"into {escape(str(target))} (build {escape(manifest.build_id)})")
+    console.print(
+        f"[bold green]re-annotated[/] {manifest.reannotation.selected} rows of {escape(str(root))} "
+        f"into {escape(str(target))} (build {escape(manifest.build_id)})"
+    )
     _print_rejects_fixed(target, manifest)
     if not manifest.complete:
         console.print(f"[bold yellow]{_pending_line(manifest)}[/]", highlight=False)
@@ -229,8 +269,9 @@ def _print_rejects_fixed(target: Path, manifest) -> None:
     if selected:
         from stgr_builder.audit.compare import rejects_fixed
 
-        console.print(f"of them {selected} were rejected samples: {rejects_fixed(target)} fixed (now rows)",
-                      highlight=False)
+        console.print(
+            f"of them {selected} were rejected samples: {rejects_fixed(target)} fixed (now rows)", highlight=False
+        )
 
 
 @app.command("verify")
@@ -247,8 +288,10 @@ def verify_cmd(
         for problem in problems:
             err_console.print(f"  {problem}", markup=False, highlight=False, soft_wrap=True)
         raise StgrError(f"{root}: {len(problems)} problems (first: {problems[0]})")
-    console.print(f"[bold green]ok[/] {escape(str(root))} matches its manifest"
-                  + (" (key-frame contents not checked: --fast)" if fast else ""))
+    console.print(
+        f"[bold green]ok[/] {escape(str(root))} matches its manifest"
+        + (" (key-frame contents not checked: --fast)" if fast else "")
+    )
 
 
 export_app = typer.Typer(no_args_is_help=True, help="Write a dataset in another project's layout.")
@@ -273,17 +316,23 @@ def serve_llm(
     port: Annotated[int, typer.Option(help="port (0: any free port)")] = 8088,
     latency_ms: Annotated[float, typer.Option(help="milliseconds from a request's arrival to its reply")] = 0.0,
     fault_rate: Annotated[float, typer.Option(help="share of requests answered with a fault")] = 0.0,
-    faults: Annotated[str, typer.Option(
-        help="fault kinds: 429,500,timeout,malformed,schema,truncated,dropped,html,huge,hang")] =
-        "429,500,timeout,malformed,schema,truncated,dropped,html,huge,hang",
+    faults: Annotated[
+        str, typer.Option(help="fault kinds: 429,500,timeout,malformed,schema,truncated,dropped,html,huge,hang")
+    ] = "429,500,timeout,malformed,schema,truncated,dropped,html,huge,hang",
     seed: Annotated[int, typer.Option(help="seed of the fault draws")] = 0,
     retry_after: Annotated[float, typer.Option(help="seconds in the Retry-After of a 429")] = 0.1,
-    hang_s: Annotated[float, typer.Option(
-        help="seconds a 'timeout' fault waits before replying, and a 'hang' before closing unanswered")] = 30.0,
+    hang_s: Annotated[
+        float,
+        typer.Option(help="seconds a 'timeout' fault waits before replying, and a 'hang' before closing unanswered"),
+    ] = 30.0,
     crop_deny: Annotated[str, typer.Option(help="labels the crop check answers 'no' for, comma-separated")] = "",
-    rpm: Annotated[Optional[float], typer.Option(
-        help="requests per minute; past them a 429 with Retry-After (and x-ratelimit-* headers on every reply)")] = None,
-    tpm: Annotated[Optional[float], typer.Option(help="tokens per minute (prompt tokens + max_tokens), likewise")] = None,
+    rpm: Annotated[
+        float | None,
+        typer.Option(
+            help="requests per minute; past them a 429 with Retry-After (and x-ratelimit-* headers on every reply)"
+        ),
+    ] = None,
+    tpm: Annotated[float | None, typer.Option(help="tokens per minute (prompt tokens + max_tokens), likewise")] = None,
     batch_delay: Annotated[float, typer.Option(help="seconds before a submitted batch is answered (Batch API)")] = 0.2,
 ) -> None:
     """A local OpenAI-compatible server with a deterministic policy, for dry runs and tests."""
@@ -291,15 +340,29 @@ def serve_llm(
 
     kinds = [k.strip() for k in faults.split(",") if k.strip()]
     try:
-        server = DryRunServer(host=host, port=port, latency_ms=latency_ms, fault_rate=fault_rate, faults=kinds,
-                              seed=seed, retry_after_s=retry_after, hang_s=hang_s,
-                              crop_deny=[d.strip() for d in crop_deny.split(",") if d.strip()], rpm=rpm, tpm=tpm,
-                              batch_delay_s=batch_delay)
+        server = DryRunServer(
+            host=host,
+            port=port,
+            latency_ms=latency_ms,
+            fault_rate=fault_rate,
+            faults=kinds,
+            seed=seed,
+            retry_after_s=retry_after,
+            hang_s=hang_s,
+            crop_deny=[d.strip() for d in crop_deny.split(",") if d.strip()],
+            rpm=rpm,
+            tpm=tpm,
+            batch_delay_s=batch_delay,
+        )
     except (ValueError, OSError) as exc:
         raise StgrError(f"serve-llm: {exc}") from exc
-    console.print(f"listening on {server.base_url}  (export OPENAI_BASE_URL={server.base_url} "
-                  f"OPENAI_API_KEY=anything; GET /stats counts requests)", markup=False, highlight=False,
-                  soft_wrap=True)
+    console.print(
+        f"listening on {server.base_url}  (export OPENAI_BASE_URL={server.base_url} "
+        f"OPENAI_API_KEY=anything; GET /stats counts requests)",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -377,8 +440,14 @@ def _watch_progress(out: Path, stop: threading.Event) -> None:
     while progress(out)[1] is None:
         if stop.wait(0.5):
             return
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
         task = bar.add_task("shards", total=None)
         batches = None
         while not stop.wait(0.5):
@@ -392,28 +461,77 @@ def _watch_progress(out: Path, stop: threading.Event) -> None:
 
 
 def _print_plan(plan) -> None:
-    _print_table(f"Plan {plan.name}: sources", ["source", "adapter", "read", "ingest rejects", "probed", "filtered",
-                                                "media missing", "wanted", "rows", "shortfall"],
-                 [(s.source, s.adapter, s.read, s.ingest_rejects, s.probed,
-                   ", ".join(f"{code} {n}" for code, n in s.filtered.items()), s.media_missing,
-                   s.wanted, s.rows, s.shortfall) for s in plan.sources])
-    _print_table("Plan: rows per dataset, source and task", ["dataset", "source", "task", "rows"],
-                 [(c.dataset.value, c.source, c.task.value, c.rows) for c in plan.counts]
-                 + [(d.value, "(all)", "(all)", plan.rows(d)) for d in sorted({c.dataset for c in plan.counts},
-                                                                               key=lambda d: d.value)])
+    _print_table(
+        f"Plan {plan.name}: sources",
+        [
+            "source",
+            "adapter",
+            "read",
+            "ingest rejects",
+            "probed",
+            "filtered",
+            "media missing",
+            "wanted",
+            "rows",
+            "shortfall",
+        ],
+        [
+            (
+                s.source,
+                s.adapter,
+                s.read,
+                s.ingest_rejects,
+                s.probed,
+                ", ".join(f"{code} {n}" for code, n in s.filtered.items()),
+                s.media_missing,
+                s.wanted,
+                s.rows,
+                s.shortfall,
+            )
+            for s in plan.sources
+        ],
+    )
+    _print_table(
+        "Plan: rows per dataset, source and task",
+        ["dataset", "source", "task", "rows"],
+        [(c.dataset.value, c.source, c.task.value, c.rows) for c in plan.counts]
+        + [
+            (d.value, "(all)", "(all)", plan.rows(d))
+            for d in sorted({c.dataset for c in plan.counts}, key=lambda d: d.value)
+        ],
+    )
     e = plan.estimate
-    _print_table("Plan: estimate", ["key", "value"], [
-        ("annotator backend", e.backend), ("LLM requests", e.requests), ("crop requests", e.crop_requests),
-        ("candidate frames", e.frames), ("images sent", e.images), ("pixels sent", e.pixels),
-        ("prompt tokens", e.prompt_tokens), ("completion tokens", e.completion_tokens),
-        ("cost", f"{e.cost:.2f} (at {e.assumptions.get('price_in')} / {e.assumptions.get('price_out')} per M)"),
-        ("time", f"{e.seconds:.0f} s = {e.seconds / 3600:.2f} h (at {e.assumptions.get('concurrency')} in flight, "
-                 f"{e.assumptions.get('latency_s')} s each)"),
-        ("decode", f"{e.decode_seconds / 3600:.2f} core-hours ({e.decoded_frames} frames decoded; probe, decode, "
-                   f"store key frames)"),
-        ("detect", f"{e.detect_seconds / 3600:.2f} core-hours on the CPU "
-                   f"({e.assumptions.get('detect_s_per_frame_cpu')} s per frame; a GPU takes a fraction)"),
-        ("assumptions", f"text {e.assumptions.get('text_tokens')}; image {e.assumptions.get('image_tokens')}")])
+    _print_table(
+        "Plan: estimate",
+        ["key", "value"],
+        [
+            ("annotator backend", e.backend),
+            ("LLM requests", e.requests),
+            ("crop requests", e.crop_requests),
+            ("candidate frames", e.frames),
+            ("images sent", e.images),
+            ("pixels sent", e.pixels),
+            ("prompt tokens", e.prompt_tokens),
+            ("completion tokens", e.completion_tokens),
+            ("cost", f"{e.cost:.2f} (at {e.assumptions.get('price_in')} / {e.assumptions.get('price_out')} per M)"),
+            (
+                "time",
+                f"{e.seconds:.0f} s = {e.seconds / 3600:.2f} h (at {e.assumptions.get('concurrency')} in flight, "
+                f"{e.assumptions.get('latency_s')} s each)",
+            ),
+            (
+                "decode",
+                f"{e.decode_seconds / 3600:.2f} core-hours ({e.decoded_frames} frames decoded; probe, decode, "
+                f"store key frames)",
+            ),
+            (
+                "detect",
+                f"{e.detect_seconds / 3600:.2f} core-hours on the CPU "
+                f"({e.assumptions.get('detect_s_per_frame_cpu')} s per frame; a GPU takes a fraction)",
+            ),
+            ("assumptions", f"text {e.assumptions.get('text_tokens')}; image {e.assumptions.get('image_tokens')}"),
+        ],
+    )
 
 
 def _print_audit(root: Path) -> None:
@@ -424,7 +542,7 @@ def _print_audit(root: Path) -> None:
         _print_table(table.title, table.columns, table.rows)
 
 
-def _print_comparison(root: Path, old: Optional[Path]) -> None:
+def _print_comparison(root: Path, old: Path | None) -> None:
     """The version comparison: with ``old``, or with the version's parent when it has one."""
     from stgr_builder.audit.compare import compare
     from stgr_builder.core.layout import load_manifest
@@ -453,8 +571,10 @@ def _print_table(title: str, columns: list[str], rows: list, width: int | None =
     key/value block per row when it is too wide for the terminal."""
     cells = [[_cell(value) for value in row] for row in rows]
     heads = [str(column) for column in columns]
-    natural = [max([len(head)] + [max((len(line) for line in row[i].splitlines()), default=0) for row in cells])
-               for i, head in enumerate(heads)]
+    natural = [
+        max([len(head)] + [max((len(line) for line in row[i].splitlines()), default=0) for row in cells])
+        for i, head in enumerate(heads)
+    ]
     needed = sum(min(n, _READABLE) for n in natural) + 3 * len(heads) + 1  # borders and padding
     if len(heads) > 2 and needed > (width or console.width):
         console.print(Text(f"{title} (one block per row)", style="italic"))
@@ -462,7 +582,7 @@ def _print_table(title: str, columns: list[str], rows: list, width: int | None =
         table.add_column(style="bold")
         table.add_column(overflow="fold")
         for number, row in enumerate(cells):
-            for i, (head, value) in enumerate(zip(heads, row)):
+            for i, (head, value) in enumerate(zip(heads, row, strict=False)):
                 table.add_row(Text(head), Text(value), end_section=i == len(heads) - 1 and number < len(cells) - 1)
         console.print(table)
         return
@@ -501,8 +621,9 @@ def _fail(message: str, code: int) -> None:
 def _take_debug(argv: list[str]) -> list[str]:
     """Remove ``--debug`` from anywhere on the command line (after ``--``, it is a value)."""
     global _debug
-    head, sep, tail = (argv[:argv.index("--")], ["--"], argv[argv.index("--") + 1:]) if "--" in argv \
-        else (argv, [], [])
+    head, sep, tail = (
+        (argv[: argv.index("--")], ["--"], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [], [])
+    )
     _debug = DEBUG_FLAG in head
     return [arg for arg in head if arg != DEBUG_FLAG] + sep + tail
 

@@ -28,8 +28,18 @@ from stgr_builder.core.resources import BudgetReached, Resources
 from stgr_builder.core.steps import Step, run_steps
 from stgr_builder.detect import DetectStep, make_detector
 from stgr_builder.models import (
-    BuildConfig, BuildPlan, CotRow, LlmUsage, Manifest, Reject, RejectCode, RlRow, SampleWork, ShardPlan,
-    ShardResult, Stage,
+    BuildConfig,
+    BuildPlan,
+    CotRow,
+    LlmUsage,
+    Manifest,
+    Reject,
+    RejectCode,
+    RlRow,
+    SampleWork,
+    ShardPlan,
+    ShardResult,
+    Stage,
 )
 from stgr_builder.shards import finished_shard, write_shard
 from stgr_builder.stages import StageStore, sample_inputs, stored_steps
@@ -40,9 +50,21 @@ from stgr_builder.video.steps import ProbeStep, SampleStep
 #: Config knobs that only pace a build (workers, concurrency, budgets, timeouts): left out of
 #: the build id and of the stage fingerprints, so changing them between runs keeps one build.
 PACING_SETTINGS = {
-    "annotator": {"concurrency", "budget", "budget_tokens", "timeout", "max_retries", "rpm", "tpm",
-                  "prepare_processes", "mode", "batch_max_requests", "batch_max_bytes", "batch_poll_s",
-                  "batch_reask"},
+    "annotator": {
+        "concurrency",
+        "budget",
+        "budget_tokens",
+        "timeout",
+        "max_retries",
+        "rpm",
+        "tpm",
+        "prepare_processes",
+        "mode",
+        "batch_max_requests",
+        "batch_max_bytes",
+        "batch_poll_s",
+        "batch_reask",
+    },
     "sharding": {"workers", "runner", "dask_address"},
     "estimate": True,
 }
@@ -117,8 +139,9 @@ class Carried:
         return {row.id: row.provenance.build_id for row in [*self.cot, *self.rl]}
 
 
-def execute_shard(ctx: BuildContext, shard: ShardPlan, resources: Resources,
-                  carried: Carried | None = None) -> ShardResult:
+def execute_shard(
+    ctx: BuildContext, shard: ShardPlan, resources: Resources, carried: Carried | None = None
+) -> ShardResult:
     """Run the shard's samples through every per-sample stage and write its files; a shard
     already finished by this build for the same inputs (samples and media content) is returned
     as it is. With ``carried``, the parent's rows of the samples not in ``shard.samples`` are
@@ -137,26 +160,54 @@ def execute_shard(ctx: BuildContext, shard: ShardPlan, resources: Resources,
         items = run_steps((SampleWork(sample=sample) for sample in shard.samples), steps) if shard.samples else []
     except BatchPending:
         # Submitted and recorded (``_cache/batches``); the next run collects them, and pays nothing twice.
-        return ShardResult(shard=shard.shard, sample_ids=sample_ids, files=[],
-                           stats=[step.stats for step in steps], complete=False,
-                           pending={"batch": len(shard.samples)}, llm=llm_usage(steps))
+        return ShardResult(
+            shard=shard.shard,
+            sample_ids=sample_ids,
+            files=[],
+            stats=[step.stats for step in steps],
+            complete=False,
+            pending={"batch": len(shard.samples)},
+            llm=llm_usage(steps),
+        )
     except BudgetReached:
         # Not a reject: nothing of this shard is written, and the next run finishes it (the
         # replies it already received are in the request cache, free the next time).
-        return ShardResult(shard=shard.shard, sample_ids=sample_ids, files=[],
-                           stats=[step.stats for step in steps], complete=False,
-                           pending={"budget": len(shard.samples)}, llm=llm_usage(steps))
+        return ShardResult(
+            shard=shard.shard,
+            sample_ids=sample_ids,
+            files=[],
+            stats=[step.stats for step in steps],
+            complete=False,
+            pending={"budget": len(shard.samples)},
+            llm=llm_usage(steps),
+        )
     pending = [item for item in items if isinstance(item, Reject) and item.code is RejectCode.PENDING]
     if pending:
         reasons = Counter(item.message.split(":", 1)[0] for item in pending)
-        return ShardResult(shard=shard.shard, sample_ids=sample_ids, files=[],
-                           stats=[step.stats for step in steps], complete=False,
-                           pending=dict(sorted(reasons.items())), llm=llm_usage(steps))
+        return ShardResult(
+            shard=shard.shard,
+            sample_ids=sample_ids,
+            files=[],
+            stats=[step.stats for step in steps],
+            complete=False,
+            pending=dict(sorted(reasons.items())),
+            llm=llm_usage(steps),
+        )
     cot, rl, rejects = _rows(shard, items, carried)
     # A re-annotation shard none of whose samples is re-done reports no step counts.
     stats = [step.stats for step in steps] if carried is None or shard.samples else []
-    return write_shard(ctx.out, shard.shard, cot_rows=cot, rl_rows=rl, rejects=rejects, sample_ids=sample_ids,
-                       stats=stats, llm=llm_usage(steps), build_id=ctx.build_id, inputs=inputs)
+    return write_shard(
+        ctx.out,
+        shard.shard,
+        cot_rows=cot,
+        rl_rows=rl,
+        rejects=rejects,
+        sample_ids=sample_ids,
+        stats=stats,
+        llm=llm_usage(steps),
+        build_id=ctx.build_id,
+        inputs=inputs,
+    )
 
 
 def shard_inputs(shard: ShardPlan, resources: Resources | None = None) -> str:
@@ -205,21 +256,27 @@ def shard_steps(ctx: BuildContext, resources: Resources) -> list[Step]:
     (``stgr_builder/stages.py``) so a resumed shard runs only the samples it lacks."""
     config = ctx.config
     detector = make_detector(config.detector, ctx.config_dir, resources)
-    annotator = make_annotator(config.annotator, config.verify, root=ctx.out, resources=resources, run=ctx.run,
-                               wait=ctx.wait)
-    provenance = {"detector_name": detector.name, "detector_weights_hash": detector.weights_hash,
-                  "build_id": ctx.build_id}
+    annotator = make_annotator(
+        config.annotator, config.verify, root=ctx.out, resources=resources, run=ctx.run, wait=ctx.wait
+    )
+    provenance = {
+        "detector_name": detector.name,
+        "detector_weights_hash": detector.weights_hash,
+        "build_id": ctx.build_id,
+    }
     filters = {source.name: source.filters for source in config.sources}
     detect_print = detect_fingerprint(ctx, detector)
     track_window = config.track.window if config.track.enabled else 0
     steps: list[Step] = [
         ProbeStep(filters, resources),
-        SampleStep(config.sampler, FrameStore(ctx.out, config.sampler.jpeg_quality), resources,
-                   track_window=track_window),
+        SampleStep(
+            config.sampler, FrameStore(ctx.out, config.sampler.jpeg_quality), resources, track_window=track_window
+        ),
         # Remembers each distinct frame's detections across this process's shards (a frame
         # path names its bytes; the key holds all that decides the boxes): detected once.
-        DetectStep(detector, ctx.out, batch_size=config.detector.batch, memo_key=digest(detect_print),
-                   resources=resources),
+        DetectStep(
+            detector, ctx.out, batch_size=config.detector.batch, memo_key=digest(detect_print), resources=resources
+        ),
         *([TrackGateStep(config.track)] if config.track.enabled else []),
         AnnotateStep(annotator),
         VerifyStep(config.verify, provenance),
@@ -228,9 +285,11 @@ def shard_steps(ctx: BuildContext, resources: Resources) -> list[Step]:
         Stage.PROBE: {name: f.model_dump(mode="json") for name, f in filters.items()},
         Stage.SAMPLE: [config.sampler.model_dump(mode="json"), track_window],
         Stage.DETECT: detect_print,
-        Stage.ANNOTATE: [config.annotator.model_dump(mode="json", exclude=PACING_SETTINGS["annotator"]),
-                         [p.model_dump(mode="json") for p in annotator.prompts],
-                         config.verify.model_dump(mode="json"), config.track.model_dump(mode="json")],
+        Stage.ANNOTATE: [
+            config.annotator.model_dump(mode="json", exclude=PACING_SETTINGS["annotator"]),
+            [p.model_dump(mode="json") for p in annotator.prompts],
+            config.verify.model_dump(mode="json"),
+            config.track.model_dump(mode="json"),
+        ],
     }
-    return stored_steps(steps, StageStore(ctx.out, ctx.stage_parents), fingerprints, root=ctx.out,
-                        resources=resources)
+    return stored_steps(steps, StageStore(ctx.out, ctx.stage_parents), fingerprints, root=ctx.out, resources=resources)

@@ -56,8 +56,10 @@ def check_prompt(value: str) -> str:
         return text
     if text.endswith((".yaml", ".yml")) and "\x00" not in text:
         return text
-    raise ValueError(f"prompt {text!r} is neither a prompt name (letters, digits, '_', '.', '-': a file "
-                     f"prompts/NAME.yaml) nor an explicit .yaml file path")
+    raise ValueError(
+        f"prompt {text!r} is neither a prompt name (letters, digits, '_', '.', '-': a file "
+        f"prompts/NAME.yaml) nor an explicit .yaml file path"
+    )
 
 
 class _Record(BaseModel):
@@ -180,8 +182,9 @@ class SourceObject(_Record):
     """An object phrase the sample is about: what the detector is asked to ground."""
 
     name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
-    boxes: list[TimedBox] = Field(default_factory=list, max_length=MAX_GOLD_BOXES,
-                                  description="gold boxes from the source, if any")
+    boxes: list[TimedBox] = Field(
+        default_factory=list, max_length=MAX_GOLD_BOXES, description="gold boxes from the source, if any"
+    )
 
 
 class SourceSample(_Record):
@@ -193,19 +196,22 @@ class SourceSample(_Record):
     task: Task
     question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS, description="the question without its options")
     options: list[Annotated[str, Field(max_length=MAX_OPTION_CHARS)]] = Field(
-        default_factory=list, max_length=MAX_OPTIONS, description="MCQ option texts, lettered A, B, ... in order")
+        default_factory=list, max_length=MAX_OPTIONS, description="MCQ option texts, lettered A, B, ... in order"
+    )
     answer: str = Field(max_length=MAX_ANSWER_CHARS, description="gold answer in the exact form the task requires")
     video_path: str | None = Field(None, description="relative to media_root")
     image_path: str | None = Field(None, description="relative to media_root")
     media_root: str = Field(description="folder that media paths are relative to (absolute at build time)")
     span: Span | None = Field(None, description="annotated temporal span in seconds, if the source has one")
     objects: list[SourceObject] = Field(default_factory=list, max_length=MAX_OBJECTS)
-    caption: str | None = Field(None, max_length=MAX_CAPTION_CHARS,
-                                description="source annotation text the annotator may use")
+    caption: str | None = Field(
+        None, max_length=MAX_CAPTION_CHARS, description="source annotation text the annotator may use"
+    )
     datasets: list[DatasetName] = Field(default_factory=lambda: [DatasetName.COT, DatasetName.RL])
     origin: str = Field("", description="file:line the item came from, for error messages")
     gold_evidence: bool = Field(
-        False, description="the objects' gold boxes are offered as evidence at frames at their times (core/gold.py)")
+        False, description="the objects' gold boxes are offered as evidence at frames at their times (core/gold.py)"
+    )
 
     @model_validator(mode="after")
     def _one_media(self) -> SourceSample:
@@ -252,7 +258,8 @@ class Frame(_Record):
     width: int = Field(gt=0)
     height: int = Field(gt=0)
     view: Literal["mirror", "zoom"] | None = Field(
-        None, description="a still image's altered view for the track gate (core/geometry.py), else None")
+        None, description="a still image's altered view for the track gate (core/geometry.py), else None"
+    )
 
 
 class Detection(_Record):
@@ -262,7 +269,9 @@ class Detection(_Record):
     label: str
     score: float = Field(ge=0, le=1)
     box: Box
-    gold: bool = Field(False, description="a source's gold box offered as evidence (core/gold.py), not a detector output")
+    gold: bool = Field(
+        False, description="a source's gold box offered as evidence (core/gold.py), not a detector output"
+    )
 
 
 class Evidence(_Record):
@@ -323,11 +332,13 @@ class SampleWork(_Record):
     image: ImageInfo | None = None
     frames: list[Frame] = Field(default_factory=list, description="candidate frames")
     track_frames: list[Frame] = Field(
-        default_factory=list, description="neighbours of the candidate frames, decoded for the track gate")
+        default_factory=list, description="neighbours of the candidate frames, decoded for the track gate"
+    )
     detections: list[Detection] = Field(default_factory=list, description="on the candidate frames")
     track_detections: list[Detection] = Field(default_factory=list, description="on the track frames")
     tracks: list[EvidenceTrack] = Field(
-        default_factory=list, description="the track gate's verdict on each candidate box it kept or flagged")
+        default_factory=list, description="the track gate's verdict on each candidate box it kept or flagged"
+    )
     annotation: Annotation | None = None
     votes: int | None = Field(None, description="crop-verifier yes votes, when that check ran")
     cot_row: CotRow | None = Field(None, description="set by verify when the sample passes")
@@ -335,8 +346,12 @@ class SampleWork(_Record):
 
     def reject(self, stage: Stage, code: RejectCode, message: str) -> Reject:
         return Reject(
-            id=self.sample.id, stage=stage, code=code, message=message,
-            source=self.sample.source, origin=self.sample.origin,
+            id=self.sample.id,
+            stage=stage,
+            code=code,
+            message=message,
+            source=self.sample.source,
+            origin=self.sample.origin,
         )
 
 
@@ -368,13 +383,16 @@ class Provenance(_Record):
     detector_weights_hash: str
     build_id: str
     detector_agreement_iou: float | None = Field(
-        None, description="mean IoU of chosen boxes against the source's gold boxes, where the source has them")
+        None, description="mean IoU of chosen boxes against the source's gold boxes, where the source has them"
+    )
     detector_score: float | None = Field(None, description="mean detector confidence of the chosen boxes")
     verifier_votes: int | None = Field(None, description="crop-verifier yes votes, when that check ran")
     evidence_tracks: list[EvidenceTrack] = Field(
-        default_factory=list, description="the track gate's verdict on each evidence box of the row")
+        default_factory=list, description="the track gate's verdict on each evidence box of the row"
+    )
     replaces: str | None = Field(
-        None, description="re-annotated rows: the build_id of the row version this row replaces")
+        None, description="re-annotated rows: the build_id of the row version this row replaces"
+    )
 
 
 class _RowBase(_Record):
@@ -421,9 +439,14 @@ class StepStats(_Record):
         rejected = dict(self.rejected)
         for code, count in other.rejected.items():
             rejected[code] = rejected.get(code, 0) + count
-        return StepStats(step=self.step, seen=self.seen + other.seen, kept=self.kept + other.kept,
-                         rejected=rejected, seconds=self.seconds + other.seconds,
-                         resumed=self.resumed + other.resumed)
+        return StepStats(
+            step=self.step,
+            seen=self.seen + other.seen,
+            kept=self.kept + other.kept,
+            rejected=rejected,
+            seconds=self.seconds + other.seconds,
+            resumed=self.resumed + other.resumed,
+        )
 
 
 class ShardPlan(_Record):
@@ -492,12 +515,15 @@ class ShardResult(_Record):
     stats: list[StepStats]
     complete: bool = True
     pending: dict[str, int] = Field(
-        default_factory=dict, description="unfinished shard: samples left for the next run, by reason")
+        default_factory=dict, description="unfinished shard: samples left for the next run, by reason"
+    )
     llm: LlmUsage | None = Field(None, description="LLM requests of this shard (openai backend)")
     build_id: str | None = Field(None, description="the build that wrote the shard; another build rewrites it")
     inputs: str | None = Field(
-        None, description="digest of the shard's samples and of their media's content fingerprints: changed "
-                          "annotations or media rewrite the shard")
+        None,
+        description="digest of the shard's samples and of their media's content fingerprints: changed "
+        "annotations or media rewrite the shard",
+    )
 
 
 class Manifest(_Record):
@@ -513,12 +539,16 @@ class Manifest(_Record):
     complete: bool = Field(True, description="false while samples are left for the next run (LLM budget reached)")
     pending: int = Field(0, description="samples of unfinished shards, left for the next run")
     pending_reasons: dict[str, int] = Field(
-        default_factory=dict, description="why: samples by reason (budget, rate_limited, server_error, timeout, "
-                                           "connection, bad_reply); the other samples of those shards wait with them")
+        default_factory=dict,
+        description="why: samples by reason (budget, rate_limited, server_error, timeout, "
+        "connection, bad_reply); the other samples of those shards wait with them",
+    )
     llm: LlmUsage | None = Field(None, description="LLM requests and tokens, summed over the shards")
     config_dir: str | None = Field(
-        None, description="absolute folder the config's relative paths were resolved against (re-annotation "
-                          "reads the sources from there)")
+        None,
+        description="absolute folder the config's relative paths were resolved against (re-annotation "
+        "reads the sources from there)",
+    )
     parent: ParentRef | None = Field(None, description="the version this one was derived from (re-annotation)")
     reannotation: Reannotation | None = Field(None, description="what re-annotation made this version")
 
@@ -546,8 +576,20 @@ class Reannotation(_Record):
 # ---------------------------------------------------------------------------------------
 
 AdapterName = Literal[
-    "activitynet_captions", "charades_sta", "qvhighlights", "didemo", "tacos", "plm_rdcap",
-    "hcstvg", "videor1", "gqa", "visual_cot", "videoespresso", "coin", "generic", "demo",
+    "activitynet_captions",
+    "charades_sta",
+    "qvhighlights",
+    "didemo",
+    "tacos",
+    "plm_rdcap",
+    "hcstvg",
+    "videor1",
+    "gqa",
+    "visual_cot",
+    "videoespresso",
+    "coin",
+    "generic",
+    "demo",
 ]
 
 
@@ -557,9 +599,11 @@ class FilterConfig(_Config):
     min_video_s: float | None = Field(10.0, description="drop videos shorter than this")
     max_video_s: float | None = Field(180.0, description="drop videos longer than this")
     max_action_fraction: float | None = Field(
-        0.5, description="drop samples whose annotated span covers this fraction of the video or more")
+        0.5, description="drop samples whose annotated span covers this fraction of the video or more"
+    )
     max_answer_fraction: float | None = Field(
-        0.7, description="drop temporal samples whose answer span covers this fraction of the video or more")
+        0.7, description="drop temporal samples whose answer span covers this fraction of the video or more"
+    )
 
 
 class SourceConfig(_Config):
@@ -571,16 +615,23 @@ class SourceConfig(_Config):
     datasets: list[DatasetName] = Field(default_factory=lambda: [DatasetName.COT, DatasetName.RL])
     limit: int | None = Field(None, ge=1, description="take at most this many items")
     sample: int | None = Field(
-        None, ge=0, description="draw this many samples (seeded by the build seed and the source name) among those "
+        None,
+        ge=0,
+        description="draw this many samples (seeded by the build seed and the source name) among those "
         "that pass ingest and the probe-time checks and filters; fewer when fewer pass (the plan reports the "
-        "shortfall). Unlike limit, which truncates reading, sample draws from the whole file")
+        "shortfall). Unlike limit, which truncates reading, sample draws from the whole file",
+    )
     gold_evidence: bool = Field(
-        True, description="sources with boxes (hcstvg, plm_rdcap, videoespresso, gqa, visual_cot): their boxes are "
+        True,
+        description="sources with boxes (hcstvg, plm_rdcap, videoespresso, gqa, visual_cot): their boxes are "
         "the evidence, at frames sampled at the boxes' times; the detector still runs and "
-        "provenance.detector_agreement_iou measures it against them")
+        "provenance.detector_agreement_iou measures it against them",
+    )
     options: dict[str, Any] = Field(
-        default_factory=dict, description="adapter options, validated by the adapter (unknown keys are errors); "
-        "see the README's Sources section")
+        default_factory=dict,
+        description="adapter options, validated by the adapter (unknown keys are errors); "
+        "see the README's Sources section",
+    )
 
 
 class SamplerConfig(_Config):
@@ -592,8 +643,10 @@ class SamplerConfig(_Config):
     span_frames: int = Field(4, ge=0, le=256, description="extra frames spread uniformly inside the annotated span")
     max_frames: int = Field(16, ge=1, le=256)
     decoder: Literal["pyav", "decord", "opencv"] = Field(
-        "pyav", description="pyav (FFmpeg through PyAV, the default: fastest measured, bench/sample_frames.py), "
-        "decord, or opencv (fallback)")
+        "pyav",
+        description="pyav (FFmpeg through PyAV, the default: fastest measured, bench/sample_frames.py), "
+        "decord, or opencv (fallback)",
+    )
     jpeg_quality: int = Field(90, ge=50, le=100)
 
 
@@ -603,21 +656,34 @@ class TrackConfig(_Config):
 
     enabled: bool = True
     window: int = Field(
-        2, ge=1, le=8, description="frames decoded and detected on each side of a candidate frame (a still "
-        "image: altered views of it, at most 2)")
+        2,
+        ge=1,
+        le=8,
+        description="frames decoded and detected on each side of a candidate frame (a still "
+        "image: altered views of it, at most 2)",
+    )
     link_iou: float = Field(
-        0.3, gt=0, le=1, description="least IoU linking a box to one on the next frame (loose: the stability "
-        "check below is what catches a misplaced box)")
+        0.3,
+        gt=0,
+        le=1,
+        description="least IoU linking a box to one on the next frame (loose: the stability "
+        "check below is what catches a misplaced box)",
+    )
     min_length: int = Field(3, ge=1, description="least frames a track spans (clipped to the frames there are)")
     min_agreement: float = Field(
-        0.5, gt=0, le=1, description="least share of the track's frames labelled with the box's own label "
-        "(each frame votes with its best-scoring box on the track)")
+        0.5,
+        gt=0,
+        le=1,
+        description="least share of the track's frames labelled with the box's own label "
+        "(each frame votes with its best-scoring box on the track)",
+    )
     stability_iou: float = Field(
-        0.5, gt=0, le=1, description="least IoU between the box and its place predicted from its neighbours")
+        0.5, gt=0, le=1, description="least IoU between the box and its place predicted from its neighbours"
+    )
 
 
 #: The most pixels one detector batch may hold (batch x imgsz^2): 64 frames at 1280.
-MAX_DETECTOR_BATCH_PIXELS = 64 * 1280 ** 2
+MAX_DETECTOR_BATCH_PIXELS = 64 * 1280**2
 
 
 class DetectorConfig(_Config):
@@ -625,14 +691,19 @@ class DetectorConfig(_Config):
     weights: str = Field(
         "builtin:stgr-demo-yolo11n",
         description="a .pt path (relative to the config file), or builtin:NAME for a shipped model; groundingdino: "
-        "the IDEA .pth checkpoint (format idea) or a Hugging Face model folder (format hf)")
+        "the IDEA .pth checkpoint (format idea) or a Hugging Face model folder (format hf)",
+    )
     format: Literal["idea", "hf"] = Field(
-        "idea", description="groundingdino checkpoint format: idea (groundingdino-py) or hf (transformers)")
+        "idea", description="groundingdino checkpoint format: idea (groundingdino-py) or hf (transformers)"
+    )
     model_config_file: str | None = Field(
-        None, description="groundingdino idea: the model's config .py (e.g. GroundingDINO_SwinT_OGC.py)")
+        None, description="groundingdino idea: the model's config .py (e.g. GroundingDINO_SwinT_OGC.py)"
+    )
     text_encoder: str | None = Field(
-        None, description="groundingdino idea: a local BERT folder (config, weights, vocab.txt) replacing "
-        "text_encoder_type, so nothing is fetched")
+        None,
+        description="groundingdino idea: a local BERT folder (config, weights, vocab.txt) replacing "
+        "text_encoder_type, so nothing is fetched",
+    )
     text_threshold: float = Field(0.25, ge=0, le=1, description="groundingdino: least phrase-token score of a box")
     conf: float = Field(0.25, ge=0, le=1, description="least box score (groundingdino: the box threshold)")
     iou: float = Field(0.5, ge=0, le=1)
@@ -644,11 +715,13 @@ class DetectorConfig(_Config):
     def _bounded_memory(self) -> DetectorConfig:
         # Memory of one batch grows with batch x imgsz^2 (yolo11n on CPU, measured: +1.3 GB at
         # 16 x 1280^2, +1.8 GB at 8 x 2048^2); imgsz 100000 was an OOM kill at 23 GB.
-        pixels = self.batch * self.imgsz ** 2
+        pixels = self.batch * self.imgsz**2
         if pixels > MAX_DETECTOR_BATCH_PIXELS:
-            raise ValueError(f"batch x imgsz^2 is {self.batch} x {self.imgsz}^2 = {pixels:,} pixels, over "
-                             f"{MAX_DETECTOR_BATCH_PIXELS:,} (e.g. batch 64 at imgsz 1280, 6 at 4096): "
-                             f"lower detector.batch or detector.imgsz")
+            raise ValueError(
+                f"batch x imgsz^2 is {self.batch} x {self.imgsz}^2 = {pixels:,} pixels, over "
+                f"{MAX_DETECTOR_BATCH_PIXELS:,} (e.g. batch 64 at imgsz 1280, 6 at 4096): "
+                f"lower detector.batch or detector.imgsz"
+            )
         return self
 
 
@@ -663,16 +736,22 @@ class AnnotatorConfig(_Config):
     backend: Literal["template", "openai"] = "template"
     model: str | None = Field(None, description="model name for the openai backend")
     prompt: str | None = Field(
-        None, description="prompt name under prompts/ (or an explicit .yaml path); default follows the backend: "
-        "template-cot (template), stgr-cot-llm (openai)")
+        None,
+        description="prompt name under prompts/ (or an explicit .yaml path); default follows the backend: "
+        "template-cot (template), stgr-cot-llm (openai)",
+    )
     concurrency: int = Field(8, ge=1, le=1024, description="LLM requests in flight per shard task")
     budget: int | None = Field(
-        None, ge=0, description="max new (uncached) LLM requests per run; the rest is left for the next run")
+        None, ge=0, description="max new (uncached) LLM requests per run; the rest is left for the next run"
+    )
     budget_tokens: int | None = Field(
-        None, ge=0, description="max prompt+completion tokens of new LLM requests per run")
+        None, ge=0, description="max prompt+completion tokens of new LLM requests per run"
+    )
     timeout: float = Field(60.0, gt=0, le=3600, description="seconds per LLM request")
     max_retries: int = Field(3, ge=0, le=20, description="client retries on 429 (honouring Retry-After), 5xx, timeouts")
-    max_invalid_retries: int = Field(2, ge=0, le=10, description="re-asks, with the error, after a schema-invalid reply")
+    max_invalid_retries: int = Field(
+        2, ge=0, le=10, description="re-asks, with the error, after a schema-invalid reply"
+    )
     temperature: float = Field(0.0, ge=0, le=2)
     max_tokens: int | None = Field(None, ge=1, le=1_000_000, description="max completion tokens per reply")
     image_max_side: int = Field(640, ge=64, le=4096, description="frames sent to the LLM are downscaled to this side")
@@ -680,22 +759,33 @@ class AnnotatorConfig(_Config):
     crop_verify: bool = Field(False, description="put each chosen box, cropped, to the VLM: 'Is this a NAME?'")
     crop_prompt: str = Field("crop-verify", description="prompt of the crop verification under prompts/")
     rpm: int | None = Field(
-        None, ge=1, description="requests per minute, shared by every shard task and worker of a build; "
-                                "None: keep to the server's x-ratelimit headers and 429s")
+        None,
+        ge=1,
+        description="requests per minute, shared by every shard task and worker of a build; "
+        "None: keep to the server's x-ratelimit headers and 429s",
+    )
     tpm: int | None = Field(
-        None, ge=1, description="tokens per minute (estimated: prompt text / 4, 85 an image, max_tokens), "
-                                "shared likewise")
+        None,
+        ge=1,
+        description="tokens per minute (estimated: prompt text / 4, 85 an image, max_tokens), shared likewise",
+    )
     mode: Literal["online", "batch"] = Field(
-        "online", description="batch: first requests through the Batch API (files, batches) at the batch price; "
-                              "the rows are the online mode's")
+        "online",
+        description="batch: first requests through the Batch API (files, batches) at the batch price; "
+        "the rows are the online mode's",
+    )
     batch_max_requests: int = Field(50_000, ge=1, description="requests per batch file (the provider's limit)")
     batch_max_bytes: int = Field(200 << 20, ge=1024, description="bytes per batch file (the provider's limit)")
     batch_poll_s: float = Field(30.0, gt=0, description="seconds between polls of unfinished batches")
     batch_reask: Literal["batch", "online"] = Field(
-        "batch", description="batch mode: re-ask an unusable reply in a follow-up batch round, or online")
+        "batch", description="batch mode: re-ask an unusable reply in a follow-up batch round, or online"
+    )
     prepare_processes: int | None = Field(
-        None, ge=0, description="processes that draw and encode the frames of LLM requests (off the event loop); "
-                                "None: min(4, cores - 1); 0: threads")
+        None,
+        ge=0,
+        description="processes that draw and encode the frames of LLM requests (off the event loop); "
+        "None: min(4, cores - 1); 0: threads",
+    )
 
     @field_validator("prompt", "crop_prompt")
     @classmethod
@@ -716,12 +806,17 @@ class VerifyConfig(_Config):
 
 class ShardingConfig(_Config):
     samples_per_shard: int = Field(64, ge=1, le=100_000)
-    workers: int = Field(2, ge=1, le=256, description="shard tasks in flight (threads, or LocalCluster worker processes)")
+    workers: int = Field(
+        2, ge=1, le=256, description="shard tasks in flight (threads, or LocalCluster worker processes)"
+    )
     runner: Literal["thread", "dask"] = Field(
-        "thread", description="thread: a bounded thread pool in this process; dask: prefect-dask's DaskTaskRunner")
+        "thread", description="thread: a bounded thread pool in this process; dask: prefect-dask's DaskTaskRunner"
+    )
     dask_address: str | None = Field(
-        None, description="scheduler address of an existing Dask cluster (tcp://host:8786); "
-                          "None with runner dask: a LocalCluster of `workers` processes")
+        None,
+        description="scheduler address of an existing Dask cluster (tcp://host:8786); "
+        "None with runner dask: a LocalCluster of `workers` processes",
+    )
 
 
 class EstimateConfig(_Config):
@@ -730,14 +825,16 @@ class EstimateConfig(_Config):
     price_in: float = Field(0.0, ge=0, description="price per million prompt tokens")
     price_out: float = Field(0.0, ge=0, description="price per million completion tokens")
     batch_discount: float = Field(
-        0.5, gt=0, le=1, description="share of the price paid for requests sent in batches (annotator.mode: batch)")
+        0.5, gt=0, le=1, description="share of the price paid for requests sent in batches (annotator.mode: batch)"
+    )
     completion_tokens: int = Field(400, ge=0, description="completion tokens per CoT reply")
     crop_completion_tokens: int = Field(5, ge=0, description="completion tokens per crop-verification reply")
     latency_s: float = Field(8.0, gt=0, description="seconds per LLM request; time = requests / concurrency x this")
     image_tokens_base: int = Field(85, ge=0, description="tokens per image, plus image_tokens_tile per 512x512 tile")
     image_tokens_tile: int = Field(170, ge=0, description="tokens per 512x512 tile of an image as sent")
     candidates_per_frame: float = Field(
-        3.0, ge=0, description="detector candidates listed per frame in the prompt (for its text length)")
+        3.0, ge=0, description="detector candidates listed per frame in the prompt (for its text length)"
+    )
 
 
 class BuildConfig(_Config):
@@ -763,7 +860,9 @@ class BuildConfig(_Config):
 class TruthObject(_Record):
     name: str
     colour: str
-    boxes: list[list[int] | None] = Field(description="per frame: [x1, y1, x2, y2] pixels (clipped), or null when absent")
+    boxes: list[list[int] | None] = Field(
+        description="per frame: [x1, y1, x2, y2] pixels (clipped), or null when absent"
+    )
 
 
 class TruthVideo(_Record):
@@ -843,12 +942,19 @@ class PlanEstimate(_Record):
     completion_tokens: int = 0
     cost: float = Field(0.0, description="at estimate.price_in / price_out per million tokens")
     seconds: float = Field(0.0, description="requests / concurrency x estimate.latency_s")
-    decoded_frames: int = Field(0, description="frames the sampler decodes: each needed GOP from its key frame "
-                                "to its last needed frame, once per video")
-    decode_seconds: float = Field(0.0, description="CPU seconds of probing, decoding and storing key frames "
-                                  "(per-pixel costs measured by bench/full_size.py --per-sample)")
-    detect_seconds: float = Field(0.0, description="seconds of detection on the CPU, one per distinct frame "
-                                  "(a GPU takes a fraction)")
+    decoded_frames: int = Field(
+        0,
+        description="frames the sampler decodes: each needed GOP from its key frame "
+        "to its last needed frame, once per video",
+    )
+    decode_seconds: float = Field(
+        0.0,
+        description="CPU seconds of probing, decoding and storing key frames "
+        "(per-pixel costs measured by bench/full_size.py --per-sample)",
+    )
+    detect_seconds: float = Field(
+        0.0, description="seconds of detection on the CPU, one per distinct frame (a GPU takes a fraction)"
+    )
     assumptions: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -896,5 +1002,7 @@ def json_schemas() -> dict[str, str]:
     """
     import json
 
-    return {name: json.dumps(model.model_json_schema(), indent=2, sort_keys=True) + "\n"
-            for name, model in SCHEMA_MODELS.items()}
+    return {
+        name: json.dumps(model.model_json_schema(), indent=2, sort_keys=True) + "\n"
+        for name, model in SCHEMA_MODELS.items()
+    }

@@ -36,8 +36,20 @@ from stgr_builder.errors import StgrError
 LOCK_FILE = ".stgr-lock"
 OWNER_FILE = "owner.json"
 #: What a stgr build (or the CLI around it) puts at the top of a dataset folder.
-KNOWN_ENTRIES = {MANIFEST, PLAN, "README.md", PROGRESS_DIR, "_cache", "_recipe", "_source", "stgr_cot", "stgr_rl",
-                 "rejects", "kfs", LOCK_FILE}
+KNOWN_ENTRIES = {
+    MANIFEST,
+    PLAN,
+    "README.md",
+    PROGRESS_DIR,
+    "_cache",
+    "_recipe",
+    "_source",
+    "stgr_cot",
+    "stgr_rl",
+    "rejects",
+    "kfs",
+    LOCK_FILE,
+}
 
 
 class FolderLock:
@@ -56,11 +68,21 @@ class FolderLock:
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
-            raise StgrError(f"{self.folder} is being built by {holder}; wait for it to finish "
-                            f"(the lock goes with that process)") from None
+            raise StgrError(
+                f"{self.folder} is being built by {holder}; wait for it to finish (the lock goes with that process)"
+            ) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                  "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode(), 0)
+        os.pwrite(
+            fd,
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                }
+            ).encode(),
+            0,
+        )
         self._fd = fd
         return self
 
@@ -85,8 +107,11 @@ def folder_build_id(folder: Path) -> str | None:
     """The build id of the dataset in ``folder``: its owner record, else its manifest's, else a
     shard record's; None when it holds none."""
     folder = Path(folder)
-    candidates = [folder / PROGRESS_DIR / OWNER_FILE, folder / MANIFEST,
-                  *sorted((folder / PROGRESS_DIR).glob("shard-*.json"))]
+    candidates = [
+        folder / PROGRESS_DIR / OWNER_FILE,
+        folder / MANIFEST,
+        *sorted((folder / PROGRESS_DIR).glob("shard-*.json")),
+    ]
     for path in candidates:
         try:
             found = json.loads(path.read_text(encoding="utf-8")).get("build_id")
@@ -103,8 +128,9 @@ def foreign_entries(folder: Path) -> list[str]:
         names = sorted(entry.name for entry in Path(folder).iterdir())
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return [name for name in names if name not in KNOWN_ENTRIES
-            and not (name.startswith(".") and name.endswith(".tmp"))]
+    return [
+        name for name in names if name not in KNOWN_ENTRIES and not (name.startswith(".") and name.endswith(".tmp"))
+    ]
 
 
 def check_folder(folder: Path, build_id: str, overwrite: bool = False) -> None:
@@ -120,19 +146,25 @@ def check_folder(folder: Path, build_id: str, overwrite: bool = False) -> None:
         # build of this id may have left some of its own, killed while writing: it rewrites them.)
         strays = unlisted_shards(folder)
         if strays:
-            raise StgrError(f"{folder} holds shard files no stgr record lists ({', '.join(strays[:3])}"
-                            f"{' ...' if len(strays) > 3 else ''}): readers would take them as rows; move them "
-                            f"away or give another --out")
+            raise StgrError(
+                f"{folder} holds shard files no stgr record lists ({', '.join(strays[:3])}"
+                f"{' ...' if len(strays) > 3 else ''}): readers would take them as rows; move them "
+                f"away or give another --out"
+            )
     if overwrite:
         return
     foreign = foreign_entries(folder)
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise StgrError(f"{folder} holds files a stgr build did not make ({shown}): give an empty or new --out, "
-                        f"or pass --overwrite to build there anyway (nothing of those files is deleted)")
+        raise StgrError(
+            f"{folder} holds files a stgr build did not make ({shown}): give an empty or new --out, "
+            f"or pass --overwrite to build there anyway (nothing of those files is deleted)"
+        )
     if owner is not None and owner != build_id:
-        raise StgrError(f"{folder} holds build {owner}, not this config's build {build_id}: give another --out, "
-                        f"or pass --overwrite to replace it")
+        raise StgrError(
+            f"{folder} holds build {owner}, not this config's build {build_id}: give another --out, "
+            f"or pass --overwrite to replace it"
+        )
 
 
 def unlisted_shards(folder: Path) -> list[str]:
@@ -140,15 +172,21 @@ def unlisted_shards(folder: Path) -> list[str]:
     record (nor the list a shard writes before its files) lists (relative paths)."""
     folder = Path(folder)
     listed: set[str] = set()
-    for path in [folder / MANIFEST, *sorted((folder / PROGRESS_DIR).glob("shard-*.json")),
-                 *sorted((folder / PROGRESS_DIR).glob("writing-*.json"))]:
+    for path in [
+        folder / MANIFEST,
+        *sorted((folder / PROGRESS_DIR).glob("shard-*.json")),
+        *sorted((folder / PROGRESS_DIR).glob("writing-*.json")),
+    ]:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             listed |= {f["path"] for f in data.get("shards" if path.name == MANIFEST else "files", [])}
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
-    found = [p.relative_to(folder).as_posix() for dataset in DATASETS
-             for p in sorted((folder / dataset).glob("part-*.parquet"))]
+    found = [
+        p.relative_to(folder).as_posix()
+        for dataset in DATASETS
+        for p in sorted((folder / dataset).glob("part-*.parquet"))
+    ]
     return [p for p in found if p not in listed]
 
 

@@ -28,8 +28,8 @@ from stgr_builder.core.resources import Resources
 from stgr_builder.detect import make_detector
 from stgr_builder.errors import StgrError
 from stgr_builder.executor import BuildContext, execute_shard, run_job
-from stgr_builder.ownership import claim_folder
 from stgr_builder.models import BuildConfig, BuildPlan, Manifest, ShardPlan, ShardResult
+from stgr_builder.ownership import claim_folder
 from stgr_builder.planning import draw, draw_stats, plan_of
 from stgr_builder.shards import write_manifest, write_plan_json, write_plan_record
 from stgr_builder.sources import check_sources, ingest
@@ -48,7 +48,8 @@ def load_config(path: Path) -> BuildConfig:
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in err['loc']) or '(top)'}: {err['msg'].removeprefix('Value error, ')}"
-            for err in exc.errors())
+            for err in exc.errors()
+        )
         raise StgrError(f"{path}: {problems}") from exc
 
 
@@ -90,18 +91,23 @@ def shard_of(item_id: str, n_shards: int) -> int:
     return int(sha256_bytes(item_id.encode())[:8], 16) % n_shards
 
 
-
-def finalize(ctx: BuildContext, build_plan: BuildPlan, results: list[ShardResult],
-             resources: Resources | None = None) -> Manifest:
+def finalize(
+    ctx: BuildContext, build_plan: BuildPlan, results: list[ShardResult], resources: Resources | None = None
+) -> Manifest:
     """Write the manifest once every shard is done."""
     detector = make_detector(ctx.config.detector, ctx.config_dir, resources)
     annotator = make_annotator(ctx.config.annotator, ctx.config.verify)
     manifest = write_manifest(
-        ctx.out, build_id=ctx.build_id, code_version=__version__,
-        config=ctx.config.model_dump(mode="json"), prompts=annotator.prompts,
-        detector={"name": detector.name, "weights": ctx.config.detector.weights,
-                  "weights_hash": detector.weights_hash},
-        results=results, ingest=build_plan.ingest, config_dir=str(ctx.config_dir))
+        ctx.out,
+        build_id=ctx.build_id,
+        code_version=__version__,
+        config=ctx.config.model_dump(mode="json"),
+        prompts=annotator.prompts,
+        detector={"name": detector.name, "weights": ctx.config.detector.weights, "weights_hash": detector.weights_hash},
+        results=results,
+        ingest=build_plan.ingest,
+        config_dir=str(ctx.config_dir),
+    )
     write_card(ctx.out, manifest)
     (ctx.out / BUDGET_DIR / f"{ctx.run}.json").unlink(missing_ok=True)  # this run's budget ledger
     return manifest

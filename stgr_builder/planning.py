@@ -25,8 +25,20 @@ from pathlib import Path
 
 from stgr_builder.errors import SampleError
 from stgr_builder.models import (
-    BuildConfig, ImageInfo, Plan, PlanCount, PlanEstimate, PlanSource, Reject, RejectCode, SampleWork, SourceSample,
-    Stage, StepStats, VideoInfo)
+    BuildConfig,
+    ImageInfo,
+    Plan,
+    PlanCount,
+    PlanEstimate,
+    PlanSource,
+    Reject,
+    RejectCode,
+    SampleWork,
+    SourceSample,
+    Stage,
+    StepStats,
+    VideoInfo,
+)
 
 Probed = dict[str, VideoInfo | ImageInfo]
 
@@ -52,8 +64,9 @@ class _Prober:
         return work.video if work.video is not None else work.image
 
 
-def draw(config: BuildConfig, samples: list[SourceSample],
-         prober: _Prober | None = None) -> tuple[list[SourceSample], list[Reject], Probed]:
+def draw(
+    config: BuildConfig, samples: list[SourceSample], prober: _Prober | None = None
+) -> tuple[list[SourceSample], list[Reject], Probed]:
     """The samples the build keeps: every sample of an unsampled source, and for a source
     with ``sample: N`` the first N (in seeded-hash order) that pass the probe-time checks.
 
@@ -105,8 +118,12 @@ def make_plan(config: BuildConfig, config_dir: Path) -> Plan:
     return plan_of(config, samples, ingest_rejects)
 
 
-def plan_of(config: BuildConfig, samples: list[SourceSample], ingest_rejects: Iterable[Reject],
-            drawn: tuple[list[SourceSample], list[Reject], Probed] | None = None) -> Plan:
+def plan_of(
+    config: BuildConfig,
+    samples: list[SourceSample],
+    ingest_rejects: Iterable[Reject],
+    drawn: tuple[list[SourceSample], list[Reject], Probed] | None = None,
+) -> Plan:
     """The plan of ingested samples (``drawn``: the result of ``draw`` when already made)."""
     prober = _Prober(config)
     read = Counter(s.source for s in samples)
@@ -128,22 +145,34 @@ def plan_of(config: BuildConfig, samples: list[SourceSample], ingest_rejects: It
     for source in config.sources:
         mine = [r for r in probe_rejects if r.source == source.name]
         n_rows = sum(1 for s, _ in rows if s.source == source.name)
-        sources.append(PlanSource(
-            source=source.name, adapter=source.adapter, read=read.get(source.name, 0),
-            ingest_rejects=sum(1 for r in ingest_rejects if r.source == source.name),
-            probed=n_rows + len(mine), filtered=dict(sorted(Counter(r.code.value for r in mine).items())),
-            media_missing=sum(1 for r in mine if r.code is RejectCode.MEDIA_MISSING),
-            wanted=source.sample, rows=n_rows,
-            shortfall=max(0, source.sample - n_rows) if source.sample is not None else 0))
+        sources.append(
+            PlanSource(
+                source=source.name,
+                adapter=source.adapter,
+                read=read.get(source.name, 0),
+                ingest_rejects=sum(1 for r in ingest_rejects if r.source == source.name),
+                probed=n_rows + len(mine),
+                filtered=dict(sorted(Counter(r.code.value for r in mine).items())),
+                media_missing=sum(1 for r in mine if r.code is RejectCode.MEDIA_MISSING),
+                wanted=source.sample,
+                rows=n_rows,
+                shortfall=max(0, source.sample - n_rows) if source.sample is not None else 0,
+            )
+        )
     counts: Counter = Counter()
     for sample, _ in rows:
         for dataset in sample.datasets:
             counts[(dataset, sample.source, sample.task)] += 1
-    return Plan(name=config.name, seed=config.seed, sources=sources,
-                counts=[PlanCount(dataset=d, source=s, task=t, rows=n)
-                        for (d, s, t), n in sorted(counts.items(), key=lambda kv: (kv[0][0].value, kv[0][1],
-                                                                                     kv[0][2].value))],
-                estimate=estimate(config, rows))
+    return Plan(
+        name=config.name,
+        seed=config.seed,
+        sources=sources,
+        counts=[
+            PlanCount(dataset=d, source=s, task=t, rows=n)
+            for (d, s, t), n in sorted(counts.items(), key=lambda kv: (kv[0][0].value, kv[0][1], kv[0][2].value))
+        ],
+        estimate=estimate(config, rows),
+    )
 
 
 def _prompt_chars(config: BuildConfig) -> tuple[int, int]:
@@ -155,8 +184,12 @@ def _prompt_chars(config: BuildConfig) -> tuple[int, int]:
     from stgr_builder.annotate.llm import parse_llm_prompt
 
     content = parse_llm_prompt(load_prompt(config.annotator.prompt))
-    fixed = len(content.system) + len(content.user) + len(content.reask) // 4 + max(
-        len(content.span_rule_temporal), len(content.span_rule_other))
+    fixed = (
+        len(content.system)
+        + len(content.user)
+        + len(content.reask) // 4
+        + max(len(content.span_rule_temporal), len(content.span_rule_other))
+    )
     return fixed, len(content.frame) + 16
 
 
@@ -184,13 +217,14 @@ PROBE_S_PER_VIDEO = 0.012
 DETECT_S_PER_FRAME = 0.016
 
 
-def media_seconds(config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo | ImageInfo]]
-                  ) -> tuple[int, float, float]:
+def media_seconds(
+    config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo | ImageInfo]]
+) -> tuple[int, float, float]:
     """(frames decoded, decode seconds, detect seconds) of ``rows``: the union of the frames
     that the samples of one video want, each needed GOP decoded once from its key frame."""
+    from stgr_builder.core.geometry import IMAGE_VIEWS
     from stgr_builder.core.gold import gold_times
     from stgr_builder.video.plan import plan_decode, plan_frames
-    from stgr_builder.core.geometry import IMAGE_VIEWS
     from stgr_builder.video.steps import track_neighbours
 
     wanted: dict[str, tuple[VideoInfo, set[int]]] = {}
@@ -239,8 +273,11 @@ def estimate(config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo | Ima
             indices = plan_frames(info, config.sampler, sample.span, gold_times(sample)).indices
             frames += len(indices)
             # The LLM is shown the frames inside the sample's span (all of them without one).
-            n = len(indices) if sample.span is None else sum(
-                1 for i in indices if sample.span[0] - 1e-4 <= nominal_time(info, i) <= sample.span[1] + 1e-4)
+            n = (
+                len(indices)
+                if sample.span is None
+                else sum(1 for i in indices if sample.span[0] - 1e-4 <= nominal_time(info, i) <= sample.span[1] + 1e-4)
+            )
         else:
             frames, n = frames + 1, 1
         if not llm:
@@ -249,9 +286,15 @@ def estimate(config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo | Ima
         w, h = max(1, round(info.width * scale)), max(1, round(info.height * scale))
         images += n
         pixels += n * w * h
-        chars = (fixed_chars + len(sample.question) + len(sample.answer) + len(sample.caption or "")
-                 + sum(len(o) + 4 for o in sample.options) + n * frame_chars
-                 + int(n * est.candidates_per_frame * 40))
+        chars = (
+            fixed_chars
+            + len(sample.question)
+            + len(sample.answer)
+            + len(sample.caption or "")
+            + sum(len(o) + 4 for o in sample.options)
+            + n * frame_chars
+            + int(n * est.candidates_per_frame * 40)
+        )
         prompt_tokens += chars // 4 + n * image_tokens(w, h, est.image_tokens_base, est.image_tokens_tile)
         completion_tokens += est.completion_tokens
         if ann.crop_verify:
@@ -266,18 +309,45 @@ def estimate(config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo | Ima
     cost = (prompt_tokens * est.price_in + completion_tokens * est.price_out) / 1e6
     if ann.mode == "batch":
         # The first requests go in batches at the batch price; crop checks stay online.
-        crop_cost = (crops * (30 + image_tokens(224, 224, est.image_tokens_base, est.image_tokens_tile)) * est.price_in
-                     + crops * est.crop_completion_tokens * est.price_out) / 1e6 if ann.crop_verify else 0.0
+        crop_cost = (
+            (
+                crops * (30 + image_tokens(224, 224, est.image_tokens_base, est.image_tokens_tile)) * est.price_in
+                + crops * est.crop_completion_tokens * est.price_out
+            )
+            / 1e6
+            if ann.crop_verify
+            else 0.0
+        )
         cost = (cost - crop_cost) * est.batch_discount + crop_cost
     seconds = (requests + crops) / (ann.concurrency * config.sharding.workers) * est.latency_s
     return PlanEstimate(
-        backend=ann.backend, requests=requests, crop_requests=crops, frames=frames, images=images, pixels=pixels,
-        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost=round(cost, 4),
-        seconds=round(seconds, 1), decoded_frames=decoded, decode_seconds=round(decode_seconds, 1),
+        backend=ann.backend,
+        requests=requests,
+        crop_requests=crops,
+        frames=frames,
+        images=images,
+        pixels=pixels,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cost=round(cost, 4),
+        seconds=round(seconds, 1),
+        decoded_frames=decoded,
+        decode_seconds=round(decode_seconds, 1),
         detect_seconds=round(detect_seconds, 1),
-        assumptions={"decode_s_per_mpx": DECODE_S_PER_MPX, "store_s_per_mpx": STORE_S_PER_MPX,
-                     "probe_s_per_video": PROBE_S_PER_VIDEO, "detect_s_per_frame_cpu": DETECT_S_PER_FRAME,"text_tokens": "characters / 4", "image_tokens": f"{est.image_tokens_base} + "
-                     f"{est.image_tokens_tile} per 512x512 tile", "completion_tokens": est.completion_tokens,
-                     "price_in": est.price_in, "price_out": est.price_out, "latency_s": est.latency_s,
-                     "mode": ann.mode, **({"batch_discount": est.batch_discount} if ann.mode == "batch" else {}),
-                     "concurrency": ann.concurrency * config.sharding.workers, "image_max_side": ann.image_max_side})
+        assumptions={
+            "decode_s_per_mpx": DECODE_S_PER_MPX,
+            "store_s_per_mpx": STORE_S_PER_MPX,
+            "probe_s_per_video": PROBE_S_PER_VIDEO,
+            "detect_s_per_frame_cpu": DETECT_S_PER_FRAME,
+            "text_tokens": "characters / 4",
+            "image_tokens": f"{est.image_tokens_base} + {est.image_tokens_tile} per 512x512 tile",
+            "completion_tokens": est.completion_tokens,
+            "price_in": est.price_in,
+            "price_out": est.price_out,
+            "latency_s": est.latency_s,
+            "mode": ann.mode,
+            **({"batch_discount": est.batch_discount} if ann.mode == "batch" else {}),
+            "concurrency": ann.concurrency * config.sharding.workers,
+            "image_max_side": ann.image_max_side,
+        },
+    )

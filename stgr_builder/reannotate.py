@@ -53,10 +53,18 @@ from stgr_builder.core.layout import MANIFEST, PROGRESS_DIR, load_manifest, shar
 from stgr_builder.core.resources import Resources
 from stgr_builder.errors import StgrError
 from stgr_builder.executor import BuildContext, Carried, execute_shard, run_job
-from stgr_builder.ownership import locked_folder
 from stgr_builder.models import (
-    BuildConfig, BuildPlan, Manifest, ParentRef, Reannotation, ShardPlan, ShardResult, SourceSample, StepStats,
+    BuildConfig,
+    BuildPlan,
+    Manifest,
+    ParentRef,
+    Reannotation,
+    ShardPlan,
+    ShardResult,
+    SourceSample,
+    StepStats,
 )
+from stgr_builder.ownership import locked_folder
 from stgr_builder.shards import read_shard_result, write_manifest
 from stgr_builder.sources import ingest
 
@@ -90,7 +98,7 @@ def select(root: Path, where: str) -> Selection:
     """
     queries = {
         "rows": "SELECT DISTINCT id FROM (SELECT * FROM cot UNION ALL BY NAME SELECT * FROM rl) AS rows "
-                f"WHERE ({where}) ORDER BY id",
+        f"WHERE ({where}) ORDER BY id",
         "rejects": f"SELECT id, bool_or(stage = 'ingest') FROM rejects WHERE ({where}) GROUP BY id ORDER BY id",
     }
     for sql in queries.values():
@@ -110,8 +118,9 @@ def select(root: Path, where: str) -> Selection:
         raise StgrError(f"--where {where!r} failed: {errors['rows']} (and over the rejects: {errors['rejects']})")
     rows = tuple(r[0] for r in found.get("rows", []))
     rejects = found.get("rejects", [])
-    return Selection(rows=rows, rejects=tuple(r[0] for r in rejects if not r[1]),
-                     ingest_skipped=sum(1 for r in rejects if r[1]))
+    return Selection(
+        rows=rows, rejects=tuple(r[0] for r in rejects if not r[1]), ingest_skipped=sum(1 for r in rejects if r[1])
+    )
 
 
 def select_ids(root: Path, where: str) -> list[str]:
@@ -180,15 +189,19 @@ class ReannotateJob:
             record = read_shard_result(self.root, index)
             if record is None:
                 raise StgrError(f"{self.root}: the record of shard {index} is missing; run `stgr verify {self.root}`")
-            shards.append(ShardPlan(shard=index, samples=[self.samples[i] for i in record.sample_ids
-                                                          if i in self.samples]))
+            shards.append(
+                ShardPlan(shard=index, samples=[self.samples[i] for i in record.sample_ids if i in self.samples])
+            )
         return BuildPlan(shards=shards, ingest=StepStats(step="ingest"))
 
     def run_shard(self, shard: ShardPlan, resources: Resources) -> ShardResult:
         record = read_shard_result(self.root, shard.shard)
-        carried = Carried(sample_ids=record.sample_ids, cot=_read_rows(self.root, "stgr_cot", shard.shard),
-                          rl=_read_rows(self.root, "stgr_rl", shard.shard),
-                          rejects=_read_rows(self.root, "rejects", shard.shard))
+        carried = Carried(
+            sample_ids=record.sample_ids,
+            cot=_read_rows(self.root, "stgr_cot", shard.shard),
+            rl=_read_rows(self.root, "stgr_rl", shard.shard),
+            rejects=_read_rows(self.root, "rejects", shard.shard),
+        )
         return execute_shard(self.ctx, shard, resources, carried)
 
     def finalize(self, plan: BuildPlan, results: list[ShardResult], resources: Resources) -> Manifest:
@@ -197,18 +210,28 @@ class ReannotateJob:
         annotator = make_annotator(config.annotator, config.verify)
         prompts = list(parent.prompts) + [p for p in annotator.prompts if p not in parent.prompts]
         manifest = write_manifest(
-            self.ctx.out, build_id=self.ctx.build_id, code_version=__version__, config=config.model_dump(mode="json"),
-            prompts=prompts, detector=parent.detector, results=results, config_dir=parent.config_dir,
+            self.ctx.out,
+            build_id=self.ctx.build_id,
+            code_version=__version__,
+            config=config.model_dump(mode="json"),
+            prompts=prompts,
+            detector=parent.detector,
+            results=results,
+            config_dir=parent.config_dir,
             parent=ParentRef(path=str(self.root), build_id=parent.build_id, manifest_sha256=self.parent_sha256),
-            reannotation=Reannotation(where=self.where, prompt=annotator.prompt,
-                                      model=config.annotator.model or "template", selected=len(self.selected),
-                                      rejects_selected=self.rejects_selected))
+            reannotation=Reannotation(
+                where=self.where,
+                prompt=annotator.prompt,
+                model=config.annotator.model or "template",
+                selected=len(self.selected),
+                rejects_selected=self.rejects_selected,
+            ),
+        )
         write_card(self.ctx.out, manifest)
         return manifest
 
 
-def prepare(root: Path, *, where: str, prompt: str, model: str | None = None,
-            out: Path | None = None) -> ReannotateJob:
+def prepare(root: Path, *, where: str, prompt: str, model: str | None = None, out: Path | None = None) -> ReannotateJob:
     """Check the request, claim the new version's folder, and return the job that writes it.
 
     Running it again with the same arguments finds the same folder: finished shards are kept
@@ -219,8 +242,10 @@ def prepare(root: Path, *, where: str, prompt: str, model: str | None = None,
     if not parent.complete:
         raise StgrError(f"{root} is not complete ({parent.pending} samples pending): finish the build first")
     if parent.config_dir is None or not Path(parent.config_dir).is_dir():
-        raise StgrError(f"{root}/{MANIFEST} does not say where the build's sources are (config_dir); "
-                        "rebuild it with this version of stgr")
+        raise StgrError(
+            f"{root}/{MANIFEST} does not say where the build's sources are (config_dir); "
+            "rebuild it with this version of stgr"
+        )
     config = BuildConfig.model_validate(parent.config)
     annotator = _annotator_config(config, prompt, model)
     config = config.model_copy(update={"annotator": annotator})
@@ -228,8 +253,13 @@ def prepare(root: Path, *, where: str, prompt: str, model: str | None = None,
     selection = select(root, where)
     selected = selection.ids
     manifest_sha = sha256_file(root / MANIFEST)
-    spec = {"parent": str(root), "parent_manifest_sha256": manifest_sha, "where": where,
-            "prompt": new_prompt.ref.model_dump(), "model": annotator.model or "template"}
+    spec = {
+        "parent": str(root),
+        "parent_manifest_sha256": manifest_sha,
+        "where": where,
+        "prompt": new_prompt.ref.model_dump(),
+        "model": annotator.model or "template",
+    }
     out = Path(out).resolve() if out is not None else default_out(root, spec)
     if out == root or out in lineage(root):
         raise StgrError(f"--out {out} is the dataset itself or one of its ancestors: give a new folder")
@@ -239,17 +269,25 @@ def prepare(root: Path, *, where: str, prompt: str, model: str | None = None,
     atomic_write_text(out / PROGRESS_DIR / SPEC_FILE, json.dumps(spec, indent=2, sort_keys=True))
 
     salt = sha256_bytes(json.dumps([parent.build_id, where, selected]).encode())[:16]
-    ctx = BuildContext(config=config, config_dir=Path(parent.config_dir), out=out,
-                       stage_parents=tuple(lineage(root)), salt=salt)
+    ctx = BuildContext(
+        config=config, config_dir=Path(parent.config_dir), out=out, stage_parents=tuple(lineage(root)), salt=salt
+    )
     make_annotator(annotator, config.verify)  # an unknown prompt or a missing model fails here
     link_tree(root / "kfs", out / "kfs")
-    return ReannotateJob(ctx=ctx, root=root, where=where, selected=tuple(selected),
-                         samples=_selected_samples(ctx, set(selected)), parent_sha256=manifest_sha,
-                         rejects_selected=len(selection.rejects))
+    return ReannotateJob(
+        ctx=ctx,
+        root=root,
+        where=where,
+        selected=tuple(selected),
+        samples=_selected_samples(ctx, set(selected)),
+        parent_sha256=manifest_sha,
+        rejects_selected=len(selection.rejects),
+    )
 
 
-def reannotate(root: Path, *, where: str, prompt: str, model: str | None = None,
-               out: Path | None = None) -> tuple[Path, Manifest]:
+def reannotate(
+    root: Path, *, where: str, prompt: str, model: str | None = None, out: Path | None = None
+) -> tuple[Path, Manifest]:
     """Write a new version of the dataset in ``root`` with the selected rows re-annotated, in
     this process (``stgr reannotate`` runs the same job as a Prefect flow); returns the new
     version's folder and manifest."""
@@ -267,10 +305,9 @@ def _annotator_config(config: BuildConfig, prompt: str, model: str | None):
         model = model or (config.annotator.model if config.annotator.backend == "openai" else None)
         if model is None:
             raise StgrError(f"prompt {prompt!r} is an LLM prompt: give --model")
-    return config.annotator.model_copy(update={"backend": backend, "prompt": prompt,
-                                               "model": model if backend == "openai" else None})
-
-
+    return config.annotator.model_copy(
+        update={"backend": backend, "prompt": prompt, "model": model if backend == "openai" else None}
+    )
 
 
 def _selected_samples(ctx: BuildContext, selected: set[str]) -> dict:
@@ -278,19 +315,17 @@ def _selected_samples(ctx: BuildContext, selected: set[str]) -> dict:
     found = {s.id: s for s in samples if s.id in selected}
     missing = selected - found.keys()
     if missing:
-        raise StgrError(f"{len(missing)} selected rows are no longer in the sources (e.g. {sorted(missing)[0]}): "
-                        "the sources changed since the build")
+        raise StgrError(
+            f"{len(missing)} selected rows are no longer in the sources (e.g. {sorted(missing)[0]}): "
+            "the sources changed since the build"
+        )
     return found
-
-
 
 
 def _read_rows(root: Path, dataset: str, shard: int) -> list:
     path = root / dataset / f"part-{shard:05d}.parquet"
     model = DATASETS[dataset]
     return table_to_rows(pq.read_table(path, schema=schema_for(model)), model)
-
-
 
 
 def link_tree(source: Path, target: Path) -> int:
@@ -314,5 +349,14 @@ def link_tree(source: Path, target: Path) -> int:
     return added
 
 
-__all__ = ["ReannotateJob", "Selection", "default_out", "lineage", "link_tree", "prepare", "reannotate", "select",
-           "select_ids"]
+__all__ = [
+    "ReannotateJob",
+    "Selection",
+    "default_out",
+    "lineage",
+    "link_tree",
+    "prepare",
+    "reannotate",
+    "select",
+    "select_ids",
+]

@@ -49,8 +49,13 @@ def start(pid: int | None = None) -> subprocess.Popen | None:
     os.environ[TOKEN] = token  # inherited by every process started from here on
     try:
         _watchers[pid] = subprocess.Popen(
-            [sys.executable, "-S", str(Path(__file__).resolve()), str(pid), token], stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+            [sys.executable, "-S", str(Path(__file__).resolve()), str(pid), token],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
     except OSError:
         return None  # a watcher is a courtesy; never the reason a build cannot start
     return _watchers[pid]
@@ -63,7 +68,7 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
             data = handle.read()
     except OSError:
         return None
-    fields = data[data.rindex(b")") + 2:].split()  # after "pid (comm) ": field 3 onwards
+    fields = data[data.rindex(b")") + 2 :].split()  # after "pid (comm) ": field 3 onwards
     return fields[0].decode(), int(fields[1]), int(fields[19])
 
 

@@ -32,8 +32,8 @@ from stgr_builder import __version__
 from stgr_builder.core.files import atomic_write_bytes
 from stgr_builder.core.hashing import digest, media_fingerprint
 from stgr_builder.core.resources import Resources
-from stgr_builder.models import LlmUsage, Reject, RejectCode, SampleWork, SourceSample, Stage
 from stgr_builder.core.steps import Item, Step
+from stgr_builder.models import LlmUsage, Reject, RejectCode, SampleWork, SourceSample, Stage
 
 STAGES_DIR = Path("_cache") / "stages"
 
@@ -55,8 +55,6 @@ class StageEntry(BaseModel):
     work: dict[str, Any] | None = None
     reject: Reject | None = None
     llm: LlmUsage | None = None
-
-
 
 
 class StageStore:
@@ -86,8 +84,9 @@ class StageStore:
         # No fsync (one per sample and stage was ~0.5 ms, 4 x the samples): the rename keeps
         # the entry whole against a kill; after a power loss a torn entry fails validation in
         # ``get`` and the stage runs again. Finished shards are written durably (shards/writer.py).
-        atomic_write_bytes(self.path(entry.stage, key), entry.model_dump_json(exclude_none=True).encode("utf-8"),
-                           durable=False)
+        atomic_write_bytes(
+            self.path(entry.stage, key), entry.model_dump_json(exclude_none=True).encode("utf-8"), durable=False
+        )
 
     def count(self, stage: Stage) -> int:
         """Entries stored for a stage in this folder (tests and audits)."""
@@ -106,8 +105,7 @@ def sample_inputs(sample: SourceSample, resources: Resources | None = None) -> l
     rel = sample.video_path or sample.image_path
     try:
         path = Path(sample.media_root) / rel
-        fingerprint = (resources.media_fingerprint(path) if resources is not None
-                       else media_fingerprint(path))
+        fingerprint = resources.media_fingerprint(path) if resources is not None else media_fingerprint(path)
     except (OSError, TypeError):
         fingerprint = None
     return [sample.model_dump(mode="json", exclude=LOCATION_FIELDS), fingerprint]
@@ -124,8 +122,15 @@ class StoredStep(Step):
     ``fingerprint`` is everything of the configuration that decides this stage's result.
     """
 
-    def __init__(self, step: Step, store: StageStore, fingerprint: Any, *, root: Path | None = None,
-                 resources: Resources | None = None):
+    def __init__(
+        self,
+        step: Step,
+        store: StageStore,
+        fingerprint: Any,
+        *,
+        root: Path | None = None,
+        resources: Resources | None = None,
+    ):
         self.stage = step.stage
         super().__init__()
         self.stats = step.stats  # one set of counters: the wrapped step's
@@ -168,10 +173,14 @@ class StoredStep(Step):
             updated = SampleWork.model_validate({**work.model_dump(), **entry.work})
         except ValidationError:
             return None
-        if self.stage is Stage.SAMPLE and self.root is not None:
-            # The frames must still be on disk (a pruned kfs/ means: decode again).
-            if not all((self.root / frame.path).is_file() for frame in [*updated.frames, *updated.track_frames]):
-                return None
+        # The frames must still be on disk (a pruned kfs/ means: decode again).
+        frames = [*updated.frames, *updated.track_frames]
+        if (
+            self.stage is Stage.SAMPLE
+            and self.root is not None
+            and not all((self.root / frame.path).is_file() for frame in frames)
+        ):
+            return None
         return updated
 
     def _count(self, item: Item) -> None:
@@ -230,8 +239,13 @@ class StoredStep(Step):
             yield ready.popleft()
 
 
-def stored_steps(steps: list[Step], store: StageStore, fingerprints: dict[Stage, Any],
-                 root: Path | None = None, resources: Resources | None = None) -> list[Step]:
+def stored_steps(
+    steps: list[Step],
+    store: StageStore,
+    fingerprints: dict[Stage, Any],
+    root: Path | None = None,
+    resources: Resources | None = None,
+) -> list[Step]:
     """Wrap the steps whose stage has a fingerprint; chain their keys in order.
 
     >>> wrapped = stored_steps(steps, StageStore(out), {Stage.PROBE: {...}})  # doctest: +SKIP

@@ -83,9 +83,20 @@ def write_data_yaml(root: Path, train: str = "images/train", val: str = "images/
     return path
 
 
-def train(out: Path, *, seed: int = 0, n_train: int = 1500, n_val: int = 160, epochs: int = 12,
-          imgsz: int = 320, batch: int = 16, workers: int = 1, model_cfg: str = "yolo11n.yaml",
-          lr0: float = 0.002, workdir: Path | None = None) -> dict[str, float]:
+def train(
+    out: Path,
+    *,
+    seed: int = 0,
+    n_train: int = 1500,
+    n_val: int = 160,
+    epochs: int = 12,
+    imgsz: int = 320,
+    batch: int = 16,
+    workers: int = 1,
+    model_cfg: str = "yolo11n.yaml",
+    lr0: float = 0.002,
+    workdir: Path | None = None,
+) -> dict[str, float]:
     """Render the data, train, copy the stripped best weights to ``out``; return the val metrics."""
     own_tmp = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="stgr-train-")) if workdir is None else workdir
@@ -101,20 +112,52 @@ def train(out: Path, *, seed: int = 0, n_train: int = 1500, n_val: int = 160, ep
 
     model = YOLO(model_cfg)
     fit_started = time.perf_counter()
-    model.train(data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, device="cpu", workers=workers,
-                seed=seed, deterministic=True, pretrained=False, amp=False, plots=False, cache="ram",
-                # A short run from random init: AdamW at a fixed rate, one warm-up epoch, and
-                # the last quarter without mosaic so it ends on whole frames like the videos.
-                optimizer="AdamW", lr0=lr0, warmup_epochs=1, close_mosaic=max(1, epochs // 4),
-                project=str(workdir / "runs"), name="train", exist_ok=True, patience=epochs, verbose=False)
+    model.train(
+        data=str(data),
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=batch,
+        device="cpu",
+        workers=workers,
+        seed=seed,
+        deterministic=True,
+        pretrained=False,
+        amp=False,
+        plots=False,
+        cache="ram",
+        # A short run from random init: AdamW at a fixed rate, one warm-up epoch, and
+        # the last quarter without mosaic so it ends on whole frames like the videos.
+        optimizer="AdamW",
+        lr0=lr0,
+        warmup_epochs=1,
+        close_mosaic=max(1, epochs // 4),
+        project=str(workdir / "runs"),
+        name="train",
+        exist_ok=True,
+        patience=epochs,
+        verbose=False,
+    )
     log.info("trained %d epochs in %.1f min", epochs, (time.perf_counter() - fit_started) / 60)
     best = workdir / "runs" / "train" / "weights" / "best.pt"  # already stripped (fp16, no optimizer)
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(best, out)
-    metrics = YOLO(str(out)).val(data=str(data), imgsz=imgsz, batch=batch, device="cpu", workers=0,
-                                 plots=False, verbose=False, project=str(workdir / "runs"), name="val")
-    result = {"mAP50": float(metrics.box.map50), "mAP50-95": float(metrics.box.map),
-              "minutes": (time.perf_counter() - started) / 60, "bytes": out.stat().st_size}
+    metrics = YOLO(str(out)).val(
+        data=str(data),
+        imgsz=imgsz,
+        batch=batch,
+        device="cpu",
+        workers=0,
+        plots=False,
+        verbose=False,
+        project=str(workdir / "runs"),
+        name="val",
+    )
+    result = {
+        "mAP50": float(metrics.box.map50),
+        "mAP50-95": float(metrics.box.map),
+        "minutes": (time.perf_counter() - started) / 60,
+        "bytes": out.stat().st_size,
+    }
     log.info("saved %s (%d bytes): %s", out, out.stat().st_size, result)
     if own_tmp:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -136,9 +179,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="keep the data and runs here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    train(args.out, seed=args.seed, n_train=args.n_train, n_val=args.n_val, epochs=args.epochs,
-          imgsz=args.imgsz, batch=args.batch, workers=args.workers, model_cfg=args.model, lr0=args.lr0,
-          workdir=args.workdir)
+    train(
+        args.out,
+        seed=args.seed,
+        n_train=args.n_train,
+        n_val=args.n_val,
+        epochs=args.epochs,
+        imgsz=args.imgsz,
+        batch=args.batch,
+        workers=args.workers,
+        model_cfg=args.model,
+        lr0=args.lr0,
+        workdir=args.workdir,
+    )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,12 @@ def huge_png(width: int = 60_000, height: int = 60_000) -> bytes:
     """A valid PNG header announcing width x height pixels (3.6 G) with almost no data: a
     decompression bomb as far as anything that trusts the header is concerned."""
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
-            + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def truncated_jpeg() -> bytes:
@@ -94,8 +98,7 @@ def add_bad_items(folder: Path, demo_file: str = "demo_source.jsonl") -> dict[st
     image = next(item for item in good if item["task"] == "visual QA")
 
     def item(template: dict, source_id: str, **changes) -> str:
-        return json.dumps({**template, "id": source_id, "question": f"{template['question']} ({source_id})",
-                           **changes})
+        return json.dumps({**template, "id": source_id, "question": f"{template['question']} ({source_id})", **changes})
 
     cases = {
         "bad#corrupt": ("media_corrupt", item(video, "bad#corrupt", video="videos/corrupt.mp4")),

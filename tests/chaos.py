@@ -19,8 +19,10 @@ import time
 from pathlib import Path
 
 KILL_STAGES = ("probe", "sample", "detect", "annotate", "write")
-_SCRIPT = ("import sys; from pathlib import Path; from stgr_builder.pipeline import build; "
-           "build(Path(sys.argv[1]), Path(sys.argv[2]))")
+_SCRIPT = (
+    "import sys; from pathlib import Path; from stgr_builder.pipeline import build; "
+    "build(Path(sys.argv[1]), Path(sys.argv[2]))"
+)
 _WRITE_FOLDERS = ("stgr_cot", "stgr_rl", "rejects", "_progress")
 
 
@@ -39,8 +41,12 @@ def records(out: Path) -> int:
 
 
 def _writing(out: Path) -> bool:
-    return any(name.startswith(".") and name.endswith(".tmp")
-               for folder in _WRITE_FOLDERS if (out / folder).is_dir() for name in os.listdir(out / folder))
+    return any(
+        name.startswith(".") and name.endswith(".tmp")
+        for folder in _WRITE_FOLDERS
+        if (out / folder).is_dir()
+        for name in os.listdir(out / folder)
+    )
 
 
 def remaining(out: Path, reference: Path, stage: str) -> int:
@@ -57,13 +63,14 @@ def kill_plan(reference: Path, rng: random.Random, kills: int = 5) -> list[str]:
     return (stages + [rng.choice(KILL_STAGES) for _ in range(kills)])[:kills]
 
 
-def run_and_kill(config: Path, out: Path, stage: str, reference: Path, rng: random.Random,
-                 timeout: float = 120.0) -> str:
+def run_and_kill(
+    config: Path, out: Path, stage: str, reference: Path, rng: random.Random, timeout: float = 120.0
+) -> str:
     """Start the build, SIGKILL it at a random moment of ``stage`` (or, when that stage has no
     work left, of the next one that has); what happened, in words (``killed in detect at
     14/40``, or ``finished before the kill``)."""
     if remaining(out, reference, stage) <= 0:
-        order = KILL_STAGES[KILL_STAGES.index(stage):] + KILL_STAGES[:KILL_STAGES.index(stage)]
+        order = KILL_STAGES[KILL_STAGES.index(stage) :] + KILL_STAGES[: KILL_STAGES.index(stage)]
         stage = next((s for s in order if remaining(out, reference, s) > 0), stage)
     if stage == "write":
         start = records(out)

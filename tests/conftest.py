@@ -5,12 +5,14 @@ import tempfile
 from pathlib import Path
 
 _STATE = Path(tempfile.mkdtemp(prefix="stgr-tests-"))
-os.environ.update({
-    "YOLO_OFFLINE": "1",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "PREFECT_HOME": str(_STATE / "prefect"),
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_LOGGING_LEVEL": "WARNING",
-    "YOLO_CONFIG_DIR": str(_STATE / "ultralytics"),
-})
+os.environ.update(
+    {
+        "YOLO_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PREFECT_HOME": str(_STATE / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "YOLO_CONFIG_DIR": str(_STATE / "ultralytics"),
+    }
+)

@@ -46,8 +46,10 @@ def true_boxes(truth, work: SampleWork, frame_idx: int, name: str) -> list[list[
     """The generator's boxes of ``name`` on that frame, normalized."""
     if work.sample.video_path:
         video = {v.path: v for v in truth.videos}[work.sample.video_path]
-        size, boxes = (video.width, video.height), [o.boxes[frame_idx] for o in video.objects
-                                                   if o.name == name and o.boxes[frame_idx]]
+        size, boxes = (
+            (video.width, video.height),
+            [o.boxes[frame_idx] for o in video.objects if o.name == name and o.boxes[frame_idx]],
+        )
     else:
         image = {i.path: i for i in truth.images}[work.sample.image_path]
         size, boxes = (image.width, image.height), [o.box for o in image.objects if o.name == name]
@@ -58,8 +60,7 @@ def is_right(truth, work: SampleWork, det: Detection) -> bool:
     return any(box_iou(det.box, t) >= 0.5 for t in true_boxes(truth, work, det.frame_idx, det.label))
 
 
-def measure_gate(config_path: Path, out: Path, track: TrackConfig,
-                 wrap: Callable | None = None) -> GateCounts:
+def measure_gate(config_path: Path, out: Path, track: TrackConfig, wrap: Callable | None = None) -> GateCounts:
     """Gate verdicts on the candidate boxes of every sample of a demo config, against truth."""
     resources = Resources()
     ctx = context(config_path, out, resources)
@@ -67,12 +68,19 @@ def measure_gate(config_path: Path, out: Path, track: TrackConfig,
     detector = make_detector(ctx.config.detector, ctx.config_dir, resources)
     if wrap is not None:
         detector = wrap(detector)
-    steps = [ProbeStep({}, resources),
-             SampleStep(ctx.config.sampler, FrameStore(out, 90), resources, track_window=track.window),
-             DetectStep(detector, out, batch_size=ctx.config.detector.batch, resources=resources)]
+    steps = [
+        ProbeStep({}, resources),
+        SampleStep(ctx.config.sampler, FrameStore(out, 90), resources, track_window=track.window),
+        DetectStep(detector, out, batch_size=ctx.config.detector.batch, resources=resources),
+    ]
     works = [w for w in run_steps([SampleWork(sample=s) for s in samples], steps) if isinstance(w, SampleWork)]
-    truth = load_truth(Path(ctx.config.sources[0].path if Path(ctx.config.sources[0].path).is_absolute()
-                            else ctx.config_dir / ctx.config.sources[0].path).parent)
+    truth = load_truth(
+        Path(
+            ctx.config.sources[0].path
+            if Path(ctx.config.sources[0].path).is_absolute()
+            else ctx.config_dir / ctx.config.sources[0].path
+        ).parent
+    )
     counts = GateCounts()
     seen: set[tuple] = set()
     for work in works:
@@ -112,7 +120,7 @@ class Corrupting:
         import hashlib
 
         out = []
-        for path, found in zip(images, self.inner.detect(images, phrases)):
+        for path, found in zip(images, self.inner.detect(images, phrases), strict=False):
             boxes = []
             for rank, det in enumerate(found):
                 roll = int(hashlib.sha256(f"{self.seed}:{Path(path).name}:{rank}".encode()).hexdigest()[:8], 16) / 2**32

@@ -10,10 +10,20 @@ from skvideo_media import FIXTURE_MEDIA, FIXTURES, place
 
 #: recipe folder under STGR_DATA -> fixture folder (annotation files copied as they are).
 LAYOUT = {
-    "plm_rdcap": "plm_rdcap", "qvhighlights": "qvhighlights", "activitynet": "activitynet_captions",
-    "coin": "coin", "didemo": "didemo", "queryd": "queryd", "tacos": "tacos",
-    "internvid_vtime": "internvid_vtime", "hirest": "hirest", "treevgr": "treevgr", "videor1": "videor1",
-    "videoespresso": "videoespresso", "timer1": "timer1", "gqa": "gqa",
+    "plm_rdcap": "plm_rdcap",
+    "qvhighlights": "qvhighlights",
+    "activitynet": "activitynet_captions",
+    "coin": "coin",
+    "didemo": "didemo",
+    "queryd": "queryd",
+    "tacos": "tacos",
+    "internvid_vtime": "internvid_vtime",
+    "hirest": "hirest",
+    "treevgr": "treevgr",
+    "videor1": "videor1",
+    "videoespresso": "videoespresso",
+    "timer1": "timer1",
+    "gqa": "gqa",
 }
 MEDIA_DIRS = {"gqa": "images", "treevgr": "images"}
 

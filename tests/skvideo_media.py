@@ -89,6 +89,11 @@ FIXTURE_SOURCES = {
     "gqa": ("gqa/train_balanced_questions.json", {"scene_graphs": "train_sceneGraphs.json"}),
     "visual_cot": ("visual_cot/gqa_cot_train.jsonl", {"image": "{dataset}/{image}"}),
     "videoespresso": ("videoespresso/videoespresso_train.json", {"fps": 25}),
-    "generic": ("generic/moments.csv", {"task": "temporal QA", "fields": {
-        "id": "clip_id", "question": "query", "video": "file", "start": "t0", "end": "t1"}}),
+    "generic": (
+        "generic/moments.csv",
+        {
+            "task": "temporal QA",
+            "fields": {"id": "clip_id", "question": "query", "video": "file", "start": "t0", "end": "t1"},
+        },
+    ),
 }

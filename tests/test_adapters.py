@@ -32,8 +32,10 @@ EXPECTED = {
     "hcstvg": ({ST, T}, ["hcstvg/train_v2.json:broken.mp4"]),
     "plm_rdcap": ({ST, T, MCQ}, ["plm_rdcap/rdcap_train.jsonl:2", "plm_rdcap/rdcap_train.jsonl:3"]),
     "videor1": ({Task.VIDEO_MCQ, Task.VIDEO_FREE}, ["videor1/Video-R1-260k.json:[3]"]),
-    "gqa": ({Task.VISUAL}, ["gqa/train_balanced_questions.json:201307253",
-                            "gqa/train_balanced_questions.json:201307254"]),
+    "gqa": (
+        {Task.VISUAL},
+        ["gqa/train_balanced_questions.json:201307253", "gqa/train_balanced_questions.json:201307254"],
+    ),
     "visual_cot": ({Task.VISUAL}, ["visual_cot/gqa_cot_train.jsonl:3"]),
     "videoespresso": ({ST}, ["videoespresso/videoespresso_train.json:[2]"]),
     "generic": ({T}, ["generic/moments.csv:4"]),
@@ -54,8 +56,14 @@ def _config(sources: list[dict], **extra) -> BuildConfig:
 
 def _source(adapter: str, name: str | None = None, **over) -> dict:
     path, options = FIXTURE_SOURCES[adapter]
-    return {"name": name or f"SRC_{adapter}", "adapter": adapter, "path": f"sources/{path}", "media_root": "media",
-            "options": options, **over}
+    return {
+        "name": name or f"SRC_{adapter}",
+        "adapter": adapter,
+        "path": f"sources/{path}",
+        "media_root": "media",
+        "options": options,
+        **over,
+    }
 
 
 def _ingest(workdir: Path, *sources: dict, seed: int = 0):
@@ -92,8 +100,10 @@ def test_temporal_sources_give_spans_and_mcq_options_from_the_same_video(workdir
     tasks = _by_task(samples)
     temporal = {(s.video_path, s.source_id): s for s in tasks[T]}
     assert temporal[("v_QOlSCBRmfWY.mp4", "v_QOlSCBRmfWY#1")].answer == "[3.1, 5.4]"
-    assert temporal[("v_QOlSCBRmfWY.mp4", "v_QOlSCBRmfWY#1")].question == \
-        'When does "A man in a black shirt sits on a bicycle and looks around" happen in the video?'
+    assert (
+        temporal[("v_QOlSCBRmfWY.mp4", "v_QOlSCBRmfWY#1")].question
+        == 'When does "A man in a black shirt sits on a bicycle and looks around" happen in the video?'
+    )
     for mcq in tasks[MCQ]:
         parsed = grammar.parse_answer(MCQ, mcq.answer)
         same_video = {s.answer for s in tasks[T] if s.video_path == mcq.video_path}
@@ -142,6 +152,7 @@ def test_hcstvg_tube_becomes_gold_boxes_of_the_subject(workdir):
     [obj] = st.objects
     assert obj.name == "man" and len(obj.boxes) == 8
     import json
+
     raw = json.loads((FIXTURES / "hcstvg/train_v2.json").read_text())["bikes.mp4"]
     for tb in obj.boxes:
         frame = round(tb.time * 25)
@@ -176,12 +187,15 @@ def test_videor1_items(workdir):
 def test_image_grounding_answers_are_pixel_boxes_and_gold(workdir):
     gqa, _, _ = _ingest(workdir, _source("gqa"))
     assert [(s.question, s.answer) for s in gqa] == [
-        ("What is leaning against the wall?", "<obj>bicycle</obj><box>[270, 13, 535, 218]</box>")]  # yes/no skipped
+        ("What is leaning against the wall?", "<obj>bicycle</obj><box>[270, 13, 535, 218]</box>")
+    ]  # yes/no skipped
     assert gqa[0].objects[0].boxes[0].box == pytest.approx([270 / 640, 13 / 272, 535 / 640, 218 / 272])
     vcot, _, _ = _ingest(workdir, _source("visual_cot"))
     answers = sorted(s.answer for s in vcot)
-    assert answers == ["<obj>bicycle</obj><box>[270, 13, 535, 218]</box>",
-                       "<obj>grey bag</obj><box>[275, 25, 350, 135]</box>"]
+    assert answers == [
+        "<obj>bicycle</obj><box>[270, 13, 535, 218]</box>",
+        "<obj>grey bag</obj><box>[275, 25, 350, 135]</box>",
+    ]
     bag = next(s for s in vcot if "bag" in s.answer)  # no width/height: read from the image
     assert bag.objects[0].boxes[0].box == pytest.approx([275 / 640, 25 / 272, 350 / 640, 135 / 272])
 
@@ -191,7 +205,7 @@ def test_videoespresso_centre_boxes_in_thousandths(workdir):
     cars = next(s for s in samples if "fence" in s.question)
     [car] = cars.objects
     hand = [[290, 90, 392, 183], [527, 103, 600, 163]]  # the same cars, labelled in pixels
-    for tb, px in zip(car.boxes, hand):
+    for tb, px in zip(car.boxes, hand, strict=False):
         assert tb.time == 6.0
         assert tb.box == pytest.approx([px[0] / 640, px[1] / 272, px[2] / 640, px[3] / 272], abs=0.002)
     bike = next(s for s in samples if "wall" in s.question)
@@ -203,20 +217,31 @@ def test_videoespresso_centre_boxes_in_thousandths(workdir):
 def test_generic_adapter_reads_csv_parquet_and_json_by_config(workdir, tmp_path):
     csv_samples, _, _ = _ingest(workdir, _source("generic"))
     assert sorted(s.answer for s in csv_samples) == ["[3.1, 5.4]", "[5.6, 7.4]"]
-    table = pacsv.read_csv(FIXTURES / "generic/moments.csv",
-                           convert_options=pacsv.ConvertOptions(column_types={"t0": pa.string()}))
+    table = pacsv.read_csv(
+        FIXTURES / "generic/moments.csv", convert_options=pacsv.ConvertOptions(column_types={"t0": pa.string()})
+    )
     pq.write_table(table, workdir / "sources/generic/moments.parquet")
     pq_samples, pq_rejects, _ = _ingest(workdir, _source("generic", path="sources/generic/moments.parquet"))
     assert [s.answer for s in pq_samples] == [s.answer for s in csv_samples]
     assert [r.origin for r in pq_rejects] == ["sources/generic/moments.parquet:row 2"]
     (workdir / "sources/generic/mcq.json").write_text(
         '{"data": {"items": [{"q": {"text": "What is he riding?"}, "choices": ["a horse", "a bicycle"],'
-        ' "correct": "a bicycle", "clip": "clips/street_0001.mp4"}]}}')
-    mcq, _, _ = _ingest(workdir, {"name": "G", "adapter": "generic", "path": "sources/generic/mcq.json",
-                                  "media_root": "media", "options": {
-                                      "records": "data.items", "task": "General video QA MCQ",
-                                      "fields": {"question": "q.text", "options": "choices", "answer": "correct",
-                                                 "video": "clip"}}})
+        ' "correct": "a bicycle", "clip": "clips/street_0001.mp4"}]}}'
+    )
+    mcq, _, _ = _ingest(
+        workdir,
+        {
+            "name": "G",
+            "adapter": "generic",
+            "path": "sources/generic/mcq.json",
+            "media_root": "media",
+            "options": {
+                "records": "data.items",
+                "task": "General video QA MCQ",
+                "fields": {"question": "q.text", "options": "choices", "answer": "correct", "video": "clip"},
+            },
+        },
+    )
     assert [(s.question, s.options, s.answer) for s in mcq] == [("What is he riding?", ["a horse", "a bicycle"], "B")]
 
 
@@ -226,17 +251,30 @@ def test_adapter_options_are_validated_naming_the_key(workdir):
     with pytest.raises(StgrError, match=r"options\.tasks\.0"):
         _ingest(workdir, _source("qvhighlights", options={"tasks": ["grounding"]}))
     with pytest.raises(StgrError, match="fields"):
-        _ingest(workdir, {"name": "G", "adapter": "generic", "path": "sources/generic/moments.csv",
-                          "media_root": "media", "options": {"task": "temporal QA"}})
+        _ingest(
+            workdir,
+            {
+                "name": "G",
+                "adapter": "generic",
+                "path": "sources/generic/moments.csv",
+                "media_root": "media",
+                "options": {"task": "temporal QA"},
+            },
+        )
 
 
 def test_duplicate_video_question_pairs_across_sources_are_dropped(workdir):
     (workdir / "sources/generic/dupes.csv").write_text(
         "id,question,video,start,end\n"
-        'd1,"When does ""a person is sitting on a bicycle"" happen in the video?",AO8RW.mp4,3.1,5.4\n')
-    generic = {"name": "TVG_other", "adapter": "generic", "path": "sources/generic/dupes.csv", "media_root": "media",
-               "options": {"task": "temporal QA", "fields": {"id": "id", "video": "video", "start": "start",
-                                                             "end": "end"}}}
+        'd1,"When does ""a person is sitting on a bicycle"" happen in the video?",AO8RW.mp4,3.1,5.4\n'
+    )
+    generic = {
+        "name": "TVG_other",
+        "adapter": "generic",
+        "path": "sources/generic/dupes.csv",
+        "media_root": "media",
+        "options": {"task": "temporal QA", "fields": {"id": "id", "video": "video", "start": "start", "end": "end"}},
+    }
     samples, rejects, stats = _ingest(workdir, _source("charades_sta", name="TVG_charades"), generic)
     [dup] = [r for r in rejects if r.code is RejectCode.DUPLICATE]
     assert dup.source == "TVG_other" and dup.origin == "sources/generic/dupes.csv:2"
@@ -259,9 +297,18 @@ def test_spatio_temporal_samples_from_captions_name_the_sentence_objects(workdir
 
 #: adapter -> tasks its rows must cover in the build
 BUILD_TASKS = {
-    "activitynet_captions": {T, MCQ}, "charades_sta": {T, MCQ}, "qvhighlights": {T, MCQ}, "didemo": {T, MCQ},
-    "tacos": {T, MCQ}, "hcstvg": {ST, T}, "plm_rdcap": {ST, T, MCQ}, "videor1": {Task.VIDEO_MCQ, Task.VIDEO_FREE},
-    "gqa": {Task.VISUAL}, "visual_cot": {Task.VISUAL}, "videoespresso": {ST}, "generic": {T},
+    "activitynet_captions": {T, MCQ},
+    "charades_sta": {T, MCQ},
+    "qvhighlights": {T, MCQ},
+    "didemo": {T, MCQ},
+    "tacos": {T, MCQ},
+    "hcstvg": {ST, T},
+    "plm_rdcap": {ST, T, MCQ},
+    "videor1": {Task.VIDEO_MCQ, Task.VIDEO_FREE},
+    "gqa": {Task.VISUAL},
+    "visual_cot": {Task.VISUAL},
+    "videoespresso": {ST},
+    "generic": {T},
 }
 
 
@@ -276,10 +323,14 @@ def all_formats_build(workdir):
         if adapter == "activitynet_captions":
             src["filters"] = {}  # the paper's defaults: bigbuckbunny (5.3 s) is too short
         sources.append(src)
-    config = {"name": "all-formats", "sources": sources,
-              "sampler": {"strategy": "uniform", "num_frames": 4, "span_frames": 2, "max_frames": 8},
-              "detector": {"backend": "ultralytics", "weights": "builtin:stgr-demo-yolo11n", "imgsz": 256},
-              "annotator": {"backend": "template"}, "sharding": {"samples_per_shard": 200, "workers": 1}}
+    config = {
+        "name": "all-formats",
+        "sources": sources,
+        "sampler": {"strategy": "uniform", "num_frames": 4, "span_frames": 2, "max_frames": 8},
+        "detector": {"backend": "ultralytics", "weights": "builtin:stgr-demo-yolo11n", "imgsz": 256},
+        "annotator": {"backend": "template"},
+        "sharding": {"samples_per_shard": 200, "workers": 1},
+    }
     path = workdir / "CONFIG.yaml"
     path.write_text(yaml.safe_dump(config))
     out = workdir / "out"
@@ -322,9 +373,13 @@ def test_gold_rows_carry_the_source_boxes_and_measure_the_detector(all_formats_b
 
     out, _, samples = all_formats_build
     with connect(out) as con:
-        rows = table_to_rows(con.sql("SELECT * FROM rl WHERE task IN ('visual QA', 'temporal-spatial free-form QA')"
-                                     " AND source IN ('SRC_gqa', 'SRC_hcstvg', 'SRC_videoespresso')").to_arrow_table(),
-                             CotRow.__base__)
+        rows = table_to_rows(
+            con.sql(
+                "SELECT * FROM rl WHERE task IN ('visual QA', 'temporal-spatial free-form QA')"
+                " AND source IN ('SRC_gqa', 'SRC_hcstvg', 'SRC_videoespresso')"
+            ).to_arrow_table(),
+            CotRow.__base__,
+        )
     assert rows
     for row in rows:
         sample = samples[row.id]

@@ -10,39 +10,85 @@ from statistics import mean
 import pytest
 
 from stgr_builder.audit import connect, query, summary
+from stgr_builder.core.layout import shard_path
 from stgr_builder.errors import StgrError
 from stgr_builder.models import (
-    CotRow, KeyFrame, KeyItem, PromptRef, Provenance, Reject, RejectCode, RlRow, Stage, StepStats, Task,
+    CotRow,
+    KeyFrame,
+    KeyItem,
+    PromptRef,
+    Provenance,
+    Reject,
+    RejectCode,
+    RlRow,
+    Stage,
+    StepStats,
+    Task,
 )
-from stgr_builder.core.layout import shard_path
 from stgr_builder.shards import write_manifest, write_shard
 
 
-def _rows(id: str, task: Task, source: str, frames: list[tuple[int, float]],
-          items: list[tuple[int, str, list[list[float]]]], trace: str, model: str = "template", **media):
+def _rows(
+    id: str,
+    task: Task,
+    source: str,
+    frames: list[tuple[int, float]],
+    items: list[tuple[int, str, list[list[float]]]],
+    trace: str,
+    model: str = "template",
+    **media,
+):
     fields = dict(
-        id=id, task=task, source=source, question=f"question {id}?", answer="answer",
+        id=id,
+        task=task,
+        source=source,
+        question=f"question {id}?",
+        answer="answer",
         key_frames=[KeyFrame(idx=i, time=t, path=f"kfs/{id}/{i}.jpg") for i, t in frames],
         key_items=[KeyItem(idx=i, name=n, boxes=b) for i, n, b in items],
-        provenance=Provenance(prompt_name="template-cot", prompt_version="v1", annotator_model=model,
-                              detector_name="yolo11n", detector_weights_hash="abc", build_id="b1",
-                              detector_score=0.5),
+        provenance=Provenance(
+            prompt_name="template-cot",
+            prompt_version="v1",
+            annotator_model=model,
+            detector_name="yolo11n",
+            detector_weights_hash="abc",
+            build_id="b1",
+            detector_score=0.5,
+        ),
         **(media or {"video_path": f"v/{id}.mp4"}),
     )
     return CotRow(**fields, reasoning_process=trace), RlRow(**fields)
 
 
 ROWS = [
-    _rows("r1", Task.TEMPORAL, "TVG_charades", [(0, 1.0), (30, 3.0)],
-          [(0, "door", [[0.0, 0.0, 0.5, 0.5]]), (30, "door", [[0.2, 0.2, 0.4, 0.6]])],
-          "<obj>door</obj><box>[0.0, 0.0, 0.5, 0.5]</box>at<t>1.0</t>s to "
-          "<obj>door</obj><box>[0.2, 0.2, 0.4, 0.6]</box>at<t>3.0</t>s"),
-    _rows("r2", Task.SPATIO_TEMPORAL, "STR_activitynet", [(50, 2.0)],
-          [(50, "man", [[0.1, 0.1, 0.2, 0.3], [0.5, 0.5, 0.9, 0.7]])],
-          "<obj>man</obj><box>[0.1, 0.1, 0.2, 0.3]</box><box>[0.5, 0.5, 0.9, 0.7]</box>at<t>2.0</t>s"),
-    _rows("r3", Task.VISUAL, "STR_gqa", [(0, 0.0)], [(0, "cat", [[0.0, 0.0, 0.8, 0.4]])],
-          "<obj>cat</obj><box>[0, 0, 512, 192]</box>", model="gpt-4o-mini",
-          image_path="img/cat.jpg", image_size=[640, 480]),
+    _rows(
+        "r1",
+        Task.TEMPORAL,
+        "TVG_charades",
+        [(0, 1.0), (30, 3.0)],
+        [(0, "door", [[0.0, 0.0, 0.5, 0.5]]), (30, "door", [[0.2, 0.2, 0.4, 0.6]])],
+        "<obj>door</obj><box>[0.0, 0.0, 0.5, 0.5]</box>at<t>1.0</t>s to "
+        "<obj>door</obj><box>[0.2, 0.2, 0.4, 0.6]</box>at<t>3.0</t>s",
+    ),
+    _rows(
+        "r2",
+        Task.SPATIO_TEMPORAL,
+        "STR_activitynet",
+        [(50, 2.0)],
+        [(50, "man", [[0.1, 0.1, 0.2, 0.3], [0.5, 0.5, 0.9, 0.7]])],
+        "<obj>man</obj><box>[0.1, 0.1, 0.2, 0.3]</box><box>[0.5, 0.5, 0.9, 0.7]</box>at<t>2.0</t>s",
+    ),
+    _rows(
+        "r3",
+        Task.VISUAL,
+        "STR_gqa",
+        [(0, 0.0)],
+        [(0, "cat", [[0.0, 0.0, 0.8, 0.4]])],
+        "<obj>cat</obj><box>[0, 0, 512, 192]</box>",
+        model="gpt-4o-mini",
+        image_path="img/cat.jpg",
+        image_size=[640, 480],
+    ),
 ]
 REJECTS = [
     Reject(id="x1", stage=Stage.VERIFY, code=RejectCode.BOX_TOO_LARGE, message="91%"),
@@ -56,14 +102,26 @@ def built(tmp_path) -> Path:
     """Two shards and a manifest."""
     shards = {0: (ROWS[:2], REJECTS[:2]), 1: (ROWS[2:], REJECTS[2:])}
     results = [
-        write_shard(tmp_path, shard, cot_rows=[c for c, _ in rows], rl_rows=[r for _, r in rows],
-                    rejects=rejects, sample_ids=[c.id for c, _ in rows] + [r.id for r in rejects],
-                    stats=[StepStats(step="verify", seen=len(rows), kept=len(rows))])
+        write_shard(
+            tmp_path,
+            shard,
+            cot_rows=[c for c, _ in rows],
+            rl_rows=[r for _, r in rows],
+            rejects=rejects,
+            sample_ids=[c.id for c, _ in rows] + [r.id for r in rejects],
+            stats=[StepStats(step="verify", seen=len(rows), kept=len(rows))],
+        )
         for shard, (rows, rejects) in shards.items()
     ]
-    write_manifest(tmp_path, build_id="b1", code_version="0.1.0", config={"name": "t"},
-                   prompts=[PromptRef(name="template-cot", version="v1")],
-                   detector={"name": "yolo11n"}, results=results)
+    write_manifest(
+        tmp_path,
+        build_id="b1",
+        code_version="0.1.0",
+        config={"name": "t"},
+        prompts=[PromptRef(name="template-cot", version="v1")],
+        detector={"name": "yolo11n"},
+        results=results,
+    )
     return tmp_path
 
 
@@ -104,7 +162,9 @@ def test_summary_counts_match_what_was_written(built):
     by_task = {(d, t, s): n for d, t, s, n in _table(tables, "Rows by task and source").rows}
     assert by_task == {(d, c.task.value, c.source): 1 for c, _ in ROWS for d in ("cot", "rl")}
     assert _table(tables, "Rejects by stage and code").rows == [
-        ("verify", "box_too_large", 2), ("probe", "media_corrupt", 1)]
+        ("verify", "box_too_large", 2),
+        ("probe", "media_corrupt", 1),
+    ]
 
 
 def test_summary_box_statistics_match_the_boxes(built):
@@ -132,8 +192,12 @@ def test_summary_key_frames_traces_and_provenance(built):
 
     provenance = _table(tables, "Provenance")
     models = {(row[0], row[3]): row[7] for row in provenance.rows}
-    assert models == {("cot", "template"): 2, ("cot", "gpt-4o-mini"): 1,
-                      ("rl", "template"): 2, ("rl", "gpt-4o-mini"): 1}
+    assert models == {
+        ("cot", "template"): 2,
+        ("cot", "gpt-4o-mini"): 1,
+        ("rl", "template"): 2,
+        ("rl", "gpt-4o-mini"): 1,
+    }
     assert provenance.columns[:2] == ["dataset", "prompt_name"]
 
 
@@ -161,16 +225,19 @@ def test_checks_catch_an_extra_shard_and_a_corrupted_file(built):
     assert checks["rows in rl = manifest"][2] is True
 
 
-@pytest.mark.parametrize("sql", [
-    "DROP VIEW cot",
-    "COPY (SELECT * FROM cot) TO 'out.csv'",
-    "INSERT INTO cot SELECT * FROM cot",
-    "CREATE TABLE t AS SELECT 1",
-    "SELECT 1; DROP VIEW cot",
-    "ATTACH 'other.db'",
-    "SET enable_external_access = true",
-    "EXPLAIN ANALYZE SELECT 1",
-])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "DROP VIEW cot",
+        "COPY (SELECT * FROM cot) TO 'out.csv'",
+        "INSERT INTO cot SELECT * FROM cot",
+        "CREATE TABLE t AS SELECT 1",
+        "SELECT 1; DROP VIEW cot",
+        "ATTACH 'other.db'",
+        "SET enable_external_access = true",
+        "EXPLAIN ANALYZE SELECT 1",
+    ],
+)
 def test_query_refuses_anything_but_a_query(built, sql):
     with pytest.raises(StgrError, match="read-only|exactly one"):
         query(built, sql)
@@ -182,7 +249,10 @@ def test_query_runs_selects_and_cannot_read_outside_the_dataset(built):
     result = query(built, "WITH t AS (SELECT task, count(*) AS n FROM rl GROUP BY task) SELECT * FROM t ORDER BY task")
     assert result.columns == ["task", "n"] and len(result.rows) == 3
     assert query(built, "FROM rejects SELECT code ORDER BY id").rows == [
-        ("box_too_large",), ("box_too_large",), ("media_corrupt",)]
+        ("box_too_large",),
+        ("box_too_large",),
+        ("media_corrupt",),
+    ]
     with pytest.raises(StgrError, match="query failed"):
         query(built, "SELECT * FROM read_text('/etc/hostname')")
     with pytest.raises(StgrError, match="query failed"):

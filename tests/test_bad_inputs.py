@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from bad_corpus import add_bad_items, source_id_of
+
 from stgr_builder.audit import query
 from stgr_builder.sources.demo import DEMO_FILE, generate_demo
 from stgr_builder.sources.demo_config import demo_config
@@ -36,8 +36,14 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _stgr(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stgr_builder.cli", *args], cwd=cwd, env=env or _env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "stgr_builder.cli", *args],
+        cwd=cwd,
+        env=env or _env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # A file-system fault for paths under OUT, injected into the CLI's own process.
@@ -59,8 +65,14 @@ main()
 
 
 def _stgr_with_fault(out: Path, code: int, part: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", _FAULT, str(out), str(code), part, *args], cwd=cwd, env=_env(),
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", _FAULT, str(out), str(code), part, *args],
+        cwd=cwd,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _one_line(result: subprocess.CompletedProcess) -> str:
@@ -85,9 +97,13 @@ def clean(source, tmp_path_factory) -> Path:
     """The good items alone, built while another build of them is being killed: the killed
     build's temporary Prefect server must go with it, and must not stand in this one's way."""
     out = tmp_path_factory.mktemp("clean") / "out"
-    killed = subprocess.Popen([sys.executable, "-m", "stgr_builder.cli", "build", "CONFIG.yaml", "--out",
-                               str(out.parent / "killed")], cwd=source, env=_env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "stgr_builder.cli", "build", "CONFIG.yaml", "--out", str(out.parent / "killed")],
+        cwd=source,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     server = _wait_for_child(killed.pid, "uvicorn", timeout=120)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
@@ -109,7 +125,7 @@ def _children(pid: int) -> list[int]:
                 stat = Path(f"/proc/{entry}/stat").read_bytes()
             except OSError:
                 continue
-            if int(stat[stat.rindex(b")") + 2:].split()[1]) == pid:
+            if int(stat[stat.rindex(b")") + 2 :].split()[1]) == pid:
                 found.append(int(entry))
     return found
 
@@ -119,7 +135,7 @@ def _alive(pid: int) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
         return False
-    return stat[stat.rindex(b")") + 2:].split()[0] not in (b"Z", b"X")
+    return stat[stat.rindex(b")") + 2 :].split()[0] not in (b"Z", b"X")
 
 
 def _wait_for_child(pid: int, needle: str, timeout: float) -> int | None:
@@ -147,8 +163,9 @@ def test_each_bad_input_gets_its_own_reason_and_the_rest_is_built(source, clean,
 
     lines = (dirty_source / DEMO_FILE).read_text(encoding="utf-8").splitlines()
     rejects = query(tmp_path / "dirty", "SELECT origin, stage, code, message FROM rejects").rows
-    got = {source_id_of(lines[int(origin.rsplit(":", 1)[1]) - 1]): (code, message)
-           for origin, _, code, message in rejects}
+    got = {
+        source_id_of(lines[int(origin.rsplit(":", 1)[1]) - 1]): (code, message) for origin, _, code, message in rejects
+    }
     assert {key: got.get(key, (None,))[0] for key in expected} == expected
     assert len(rejects) == len(expected)  # the BOM cost the first record nothing
     assert all(message for _, message in got.values())
@@ -167,12 +184,17 @@ def test_each_bad_input_gets_its_own_reason_and_the_rest_is_built(source, clean,
         assert filtered.get(code) == list(expected.values()).count(code), (code, filtered)
 
     # every value reaches the terminal literally: markup in a message, holes in none
-    shown = _stgr("audit", str(tmp_path / "dirty"), "--sql", "SELECT code, message FROM rejects", cwd=tmp_path,
-                  env=_env(COLUMNS="400"))
+    shown = _stgr(
+        "audit",
+        str(tmp_path / "dirty"),
+        "--sql",
+        "SELECT code, message FROM rejects",
+        cwd=tmp_path,
+        env=_env(COLUMNS="400"),
+    )
     assert shown.returncode == 0, shown.stderr
     assert "[bold red]x[/x].mp4" in shown.stdout and "must be [start, end] with" in shown.stdout
-    literal = _stgr("audit", str(tmp_path / "dirty"), "--sql", "SELECT '[/x]' AS a, '[bold red]b' AS b",
-                    cwd=tmp_path)
+    literal = _stgr("audit", str(tmp_path / "dirty"), "--sql", "SELECT '[/x]' AS a, '[bold red]b' AS b", cwd=tmp_path)
     assert literal.returncode == 0 and "[/x]" in literal.stdout and "[bold red]b" in literal.stdout
 
 
@@ -213,16 +235,29 @@ def _config(source: Path, tmp_path: Path, name: str, **sections) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name, sections, says", [
-    ("imgsz", {"detector": {"imgsz": 100_000}}, "detector.imgsz"),
-    ("passwd", {"annotator": {"prompt": "../../../etc/passwd"}}, "neither a prompt name"),
-    ("llm-prompt", {"annotator": {"prompt": "stgr-cot-llm", "backend": "template"}}, "'stgr-cot-llm' is a 'llm' prompt"),
-    ("no-file", {"sources": [{"name": "S", "adapter": "demo", "path": "nope.jsonl", "media_root": "media"}]},
-     "annotation file not found"),
-    ("no-media", {"sources": [{"name": "S", "adapter": "demo", "path": DEMO_FILE, "media_root": "nope"}]},
-     "media_root is not a folder"),
-    ("typo", {"sampler": {"num_frame": 4}}, "sampler.num_frame"),
-])
+@pytest.mark.parametrize(
+    "name, sections, says",
+    [
+        ("imgsz", {"detector": {"imgsz": 100_000}}, "detector.imgsz"),
+        ("passwd", {"annotator": {"prompt": "../../../etc/passwd"}}, "neither a prompt name"),
+        (
+            "llm-prompt",
+            {"annotator": {"prompt": "stgr-cot-llm", "backend": "template"}},
+            "'stgr-cot-llm' is a 'llm' prompt",
+        ),
+        (
+            "no-file",
+            {"sources": [{"name": "S", "adapter": "demo", "path": "nope.jsonl", "media_root": "media"}]},
+            "annotation file not found",
+        ),
+        (
+            "no-media",
+            {"sources": [{"name": "S", "adapter": "demo", "path": DEMO_FILE, "media_root": "nope"}]},
+            "media_root is not a folder",
+        ),
+        ("typo", {"sampler": {"num_frame": 4}}, "sampler.num_frame"),
+    ],
+)
 def test_a_bad_config_is_one_line_before_any_work(source, tmp_path, name, sections, says):
     config = _config(source, tmp_path, name, **sections)
     result = _stgr("build", str(config), "--out", str(tmp_path / "o"), cwd=source)
@@ -283,8 +318,12 @@ def test_an_endpoint_refusing_the_key_is_one_line(source, tmp_path):
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Refuse)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        config = _config(source, tmp_path, "refused", annotator={"backend": "openai", "model": "m",
-                                                                 "prompt": "stgr-cot-llm", "max_retries": 0})
+        config = _config(
+            source,
+            tmp_path,
+            "refused",
+            annotator={"backend": "openai", "model": "m", "prompt": "stgr-cot-llm", "max_retries": 0},
+        )
         env = _env(OPENAI_BASE_URL=f"http://127.0.0.1:{server.server_port}/v1", OPENAI_API_KEY="wrong")
         result = _stgr("build", str(config), "--out", str(tmp_path / "o"), cwd=source, env=env)
     finally:

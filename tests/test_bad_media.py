@@ -29,21 +29,27 @@ def _code(call) -> RejectCode | None:
 
 def test_the_checked_in_corpus_is_what_the_generator_writes(tmp_path):
     write_static(tmp_path)
-    assert {name: (tmp_path / name).read_bytes() for name in STATIC} == \
-           {name: (BAD / name).read_bytes() for name in STATIC}
+    assert {name: (tmp_path / name).read_bytes() for name in STATIC} == {
+        name: (BAD / name).read_bytes() for name in STATIC
+    }
 
 
 def test_bad_images_get_their_own_codes_even_after_ultralytics_patched_pillow(tmp_path):
     import ultralytics  # noqa: F401  (a dependency) replaces PIL.Image.open (NOTES.md): the probe must not use it
+
     video = tmp_path / "clip.mp4"
     encode_h264(video, [np.zeros((48, 64, 3), np.uint8)] * 4, fps=10, gop=2)
     good = tmp_path / "good.jpg"
     from PIL import Image
 
     Image.fromarray(np.full((30, 40, 3), 128, np.uint8)).save(good)
-    cases = {BAD / "text.jpg": RejectCode.NOT_AN_IMAGE, video: RejectCode.NOT_AN_IMAGE,
-             BAD / "truncated.jpg": RejectCode.MEDIA_CORRUPT, BAD / "huge.png": RejectCode.MEDIA_TOO_LARGE,
-             good: None}
+    cases = {
+        BAD / "text.jpg": RejectCode.NOT_AN_IMAGE,
+        video: RejectCode.NOT_AN_IMAGE,
+        BAD / "truncated.jpg": RejectCode.MEDIA_CORRUPT,
+        BAD / "huge.png": RejectCode.MEDIA_TOO_LARGE,
+        good: None,
+    }
     assert {path: _code(lambda p=path: probe_image(p, p.name)) for path in cases} == cases
     assert probe_image(good, "good.jpg").width == 40
 
@@ -86,35 +92,60 @@ def test_a_byte_order_mark_costs_no_record(tmp_path):
     (tmp_path / "media").mkdir()
 
     def read(file: Path):
-        config = BuildConfig.model_validate({"sources": [
-            {"name": "G", "adapter": "generic", "path": str(file), "media_root": "media", "options": options}]})
+        config = BuildConfig.model_validate(
+            {
+                "sources": [
+                    {"name": "G", "adapter": "generic", "path": str(file), "media_root": "media", "options": options}
+                ]
+            }
+        )
         samples, rejects, _ = ingest(config, tmp_path)
         return [s.answer for s in samples], [r.origin.rsplit(":", 1)[1] for r in rejects]
 
     assert read(with_bom) == read(plain)
 
-    record = {"id": "v#0", "task": "temporal QA", "question": "When?", "options": [], "answer": "[1.0, 2.5]",
-              "video": "v.mp4", "span": [1.0, 2.5], "objects": ["ball"]}
+    record = {
+        "id": "v#0",
+        "task": "temporal QA",
+        "question": "When?",
+        "options": [],
+        "answer": "[1.0, 2.5]",
+        "video": "v.mp4",
+        "span": [1.0, 2.5],
+        "objects": ["ball"],
+    }
     jsonl = tmp_path / "demo.jsonl"
     jsonl.write_bytes(b"\xef\xbb\xbf" + json.dumps(record).encode() + b"\n")
-    config = BuildConfig.model_validate({"sources": [
-        {"name": "D", "adapter": "demo", "path": "demo.jsonl", "media_root": "media"}]})
+    config = BuildConfig.model_validate(
+        {"sources": [{"name": "D", "adapter": "demo", "path": "demo.jsonl", "media_root": "media"}]}
+    )
     samples, rejects, _ = ingest(config, tmp_path)
     assert [s.source_id for s in samples] == ["v#0"] and rejects == []
 
 
 def test_a_reused_source_id_with_other_content_is_duplicate_id_naming_both_origins(tmp_path):
     (tmp_path / "media").mkdir()
-    first = {"id": "v#0", "task": "temporal QA", "question": "When?", "options": [], "answer": "[1.0, 2.5]",
-             "video": "v.mp4", "span": [1.0, 2.5], "objects": ["ball"]}
+    first = {
+        "id": "v#0",
+        "task": "temporal QA",
+        "question": "When?",
+        "options": [],
+        "answer": "[1.0, 2.5]",
+        "video": "v.mp4",
+        "span": [1.0, 2.5],
+        "objects": ["ball"],
+    }
     lines = [first, {**first, "question": "When, again?"}, first]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    config = BuildConfig.model_validate({"sources": [
-        {"name": "D", "adapter": "demo", "path": "d.jsonl", "media_root": "media"}]})
+    config = BuildConfig.model_validate(
+        {"sources": [{"name": "D", "adapter": "demo", "path": "d.jsonl", "media_root": "media"}]}
+    )
     samples, rejects, _ = ingest(config, tmp_path)
     assert [s.question for s in samples] == ["When?"]
-    assert [(r.code, r.origin) for r in rejects] == [(RejectCode.DUPLICATE_ID, "d.jsonl:2"),
-                                                    (RejectCode.DUPLICATE, "d.jsonl:3")]
+    assert [(r.code, r.origin) for r in rejects] == [
+        (RejectCode.DUPLICATE_ID, "d.jsonl:2"),
+        (RejectCode.DUPLICATE, "d.jsonl:3"),
+    ]
     assert "d.jsonl:1" in rejects[0].message and "question" in rejects[0].message
 
 

@@ -22,16 +22,20 @@ pytestmark = pytest.mark.slow
 
 def _config(source: Path, name: str, **annotator) -> Path:
     config = demo_config().model_dump(mode="json")
-    config["annotator"].update({"backend": "openai", "model": "stgr-dry-run", "prompt": "stgr-cot-llm",
-                                "batch_poll_s": 0.1, **annotator})
+    config["annotator"].update(
+        {"backend": "openai", "model": "stgr-dry-run", "prompt": "stgr-cot-llm", "batch_poll_s": 0.1, **annotator}
+    )
     path = source / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
 
 def _shards(out: Path) -> dict[str, bytes]:
-    return {p.relative_to(out).as_posix(): p.read_bytes()
-            for folder in ("stgr_cot", "stgr_rl", "rejects") for p in sorted((out / folder).glob("part-*.parquet"))}
+    return {
+        p.relative_to(out).as_posix(): p.read_bytes()
+        for folder in ("stgr_cot", "stgr_rl", "rejects")
+        for p in sorted((out / folder).glob("part-*.parquet"))
+    }
 
 
 def test_batch_mode_rows_equal_online_rows_and_nothing_is_submitted_twice(tmp_path, monkeypatch):
@@ -77,8 +81,20 @@ def test_plan_estimates_batch_prices(tmp_path):
     config = _config(source, "plan")
     costs = {}
     for name, extra in (("online", []), ("batch", ["--batch-discount", "0.5"])):
-        result = CliRunner().invoke(app, ["plan", str(config), "--price-in", "2.5", "--price-out", "10",
-                                          "--json", str(tmp_path / f"{name}.json"), *extra])
+        result = CliRunner().invoke(
+            app,
+            [
+                "plan",
+                str(config),
+                "--price-in",
+                "2.5",
+                "--price-out",
+                "10",
+                "--json",
+                str(tmp_path / f"{name}.json"),
+                *extra,
+            ],
+        )
         assert result.exit_code == 0, result.output
         costs[name] = json.loads((tmp_path / f"{name}.json").read_text())["estimate"]["cost"]
     assert costs["online"] > 0 and costs["batch"] == pytest.approx(costs["online"] / 2, abs=1e-4)
@@ -89,8 +105,9 @@ def test_a_batch_submitted_before_a_kill_is_found_again_not_resubmitted(tmp_path
     finds it by its metadata tag."""
     from stgr_builder.annotate.batch import BATCH_DIR, BatchJobs, BatchPending
 
-    bodies = {f"key-{i}": {"model": "stgr-dry-run", "messages": [{"role": "user", "content": f"hello {i}"}]}
-              for i in range(3)}
+    bodies = {
+        f"key-{i}": {"model": "stgr-dry-run", "messages": [{"role": "user", "content": f"hello {i}"}]} for i in range(3)
+    }
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     with serve_llm(batch_delay_s=0.3) as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
@@ -111,8 +128,10 @@ def test_requests_in_an_uncollected_batch_are_never_submitted_again(tmp_path, mo
     from stgr_builder.annotate.batch import BatchJobs, BatchPending, pending_batches
 
     def bodies(n):
-        return {f"key-{i}": {"model": "stgr-dry-run", "messages": [{"role": "user", "content": f"hi {i}"}]}
-                for i in range(n)}
+        return {
+            f"key-{i}": {"model": "stgr-dry-run", "messages": [{"role": "user", "content": f"hi {i}"}]}
+            for i in range(n)
+        }
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     with serve_llm(batch_delay_s=0.3) as server:
@@ -120,7 +139,8 @@ def test_requests_in_an_uncollected_batch_are_never_submitted_again(tmp_path, mo
         budget = iter([True, True, False])  # the first run's budget admits two of three
         with pytest.raises(BatchPending):
             BatchJobs(tmp_path, max_requests=10, max_bytes=1 << 20, poll_s=0.05).run(
-                bodies(3), wait=False, admit=lambda: next(budget))
+                bodies(3), wait=False, admit=lambda: next(budget)
+            )
         assert pending_batches(tmp_path) == (2, 1)
         jobs = BatchJobs(tmp_path, max_requests=10, max_bytes=1 << 20, poll_s=0.05)
         replies = jobs.run(bodies(4), wait=True)

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from flows.build import run_build
-from stgr_builder.core.geometry import box_iou
 from stgr_builder.audit import connect
+from stgr_builder.core.arrow import table_to_rows
+from stgr_builder.core.geometry import box_iou
 from stgr_builder.models import CotRow, RlRow, Task
 from stgr_builder.pipeline import build, context
-from stgr_builder.core.arrow import table_to_rows
 from stgr_builder.sources import ingest
 from stgr_builder.sources.demo import load_truth
 from stgr_builder.sources.demo_config import write_demo_config
@@ -66,8 +66,9 @@ def test_every_written_row_passes_every_consistency_rule(demo):
         assert rows
         for row in rows:
             sample = samples[row.id]
-            violations = check_row(row, duration=durations.get(row.video_path), span=sample.span,
-                                   gold_answer=sample.answer)
+            violations = check_row(
+                row, duration=durations.get(row.video_path), span=sample.span, gold_answer=sample.answer
+            )
             assert violations == [], (view, row.id, violations)
 
 
@@ -127,7 +128,7 @@ def test_manifest_accounts_for_every_sample_and_step(demo):
     assert on_disk["counts"] == manifest.counts
     steps = {stats.step: stats for stats in manifest.stats}
     assert list(steps) == ["ingest", "probe", "sample", "detect", "track", "annotate", "verify"]
-    for before, after in zip(list(steps.values())[1:], list(steps.values())[2:]):
+    for before, after in zip(list(steps.values())[1:], list(steps.values())[2:], strict=False):
         assert after.seen == before.kept
     assert steps["ingest"].kept == steps["probe"].seen
     assert steps["verify"].kept == manifest.counts["stgr_cot"] == manifest.counts["stgr_rl"]

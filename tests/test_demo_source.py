@@ -152,7 +152,7 @@ def test_objects_of_a_video_barely_overlap(truth):
         for frame in range(0, video.n_frames, 3):
             boxes = [o.boxes[frame] for o in video.objects if o.boxes[frame] is not None]
             for i, a in enumerate(boxes):
-                for b in boxes[i + 1:]:
+                for b in boxes[i + 1 :]:
                     ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
                     iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
                     smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
@@ -189,8 +189,9 @@ def test_demo_mcq_answers_agree_with_truth(records, truth):
 
 
 def test_the_demo_adapter_ingests_every_item(demo, records):
-    config = BuildConfig(sources=[{"name": "STR_demo", "adapter": "demo", "path": "demo_source.jsonl",
-                                   "media_root": "media"}])
+    config = BuildConfig(
+        sources=[{"name": "STR_demo", "adapter": "demo", "path": "demo_source.jsonl", "media_root": "media"}]
+    )
     samples, rejects, stats = ingest(config, demo)
     assert rejects == [] and stats.kept == len(records) == len(samples)
     by_source_id = {s.source_id: s for s in samples}

@@ -12,8 +12,8 @@ import pytest
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from stgr_builder.train_demo import offline_ultralytics_env, write_data_yaml, write_yolo_split  # noqa: E402
 from stgr_builder.sources.demo import DEMO_CLASSES, generate_demo, load_truth  # noqa: E402
+from stgr_builder.train_demo import offline_ultralytics_env, write_data_yaml, write_yolo_split  # noqa: E402
 
 WEIGHTS = Path(__file__).parents[1] / "stgr_builder" / "detect" / "weights" / "stgr-demo-yolo11n.pt"
 HELD_OUT_SEED = 1000  # training renders with seeds 0 (train) and 1 (val)
@@ -38,8 +38,17 @@ def model(tmp_path_factory):
 def test_map50_on_held_out_rendered_frames(model, tmp_path):
     write_yolo_split(tmp_path, "val", 100, seed=HELD_OUT_SEED)
     data = write_data_yaml(tmp_path, train="images/val", val="images/val")
-    metrics = model.val(data=str(data), imgsz=320, batch=16, device="cpu", workers=0, plots=False,
-                        verbose=False, project=str(tmp_path / "runs"), name="val")
+    metrics = model.val(
+        data=str(data),
+        imgsz=320,
+        batch=16,
+        device="cpu",
+        workers=0,
+        plots=False,
+        verbose=False,
+        project=str(tmp_path / "runs"),
+        name="val",
+    )
     assert list(model.names.values()) == list(DEMO_CLASSES)
     assert metrics.box.map50 >= 0.9, f"mAP50 {metrics.box.map50:.3f}"
 
@@ -65,9 +74,15 @@ def test_finds_the_objects_in_decoded_demo_video(model, tmp_path):
     assert len(frames) >= 20
     found = matched = predicted = correct = 0
     for start in range(0, len(frames), 16):
-        for result, boxes in zip(model.predict(frames[start:start + 16], imgsz=320, conf=0.25, device="cpu",
-                                               verbose=False), gold[start:start + 16]):
-            preds = [(model.names[int(c)], b) for c, b in zip(result.boxes.cls.tolist(), result.boxes.xyxy.tolist())]
+        for result, boxes in zip(
+            model.predict(frames[start : start + 16], imgsz=320, conf=0.25, device="cpu", verbose=False),
+            gold[start : start + 16],
+            strict=False,
+        ):
+            preds = [
+                (model.names[int(c)], b)
+                for c, b in zip(result.boxes.cls.tolist(), result.boxes.xyxy.tolist(), strict=False)
+            ]
             found += len(boxes)
             matched += sum(any(n == name and _iou(b, box) >= 0.5 for n, b in preds) for name, box in boxes)
             predicted += len(preds)

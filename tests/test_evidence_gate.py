@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from gate_eval import Corrupting, measure_gate
 from small_demo import write_config
+
 from stgr_builder.audit import connect
 from stgr_builder.audit.evidence import judge, load_truths
 from stgr_builder.audit.summary import summary
@@ -64,13 +64,26 @@ def test_a_box_shifted_off_its_object_is_dropped_though_its_track_runs_beside_it
 
 
 def test_a_gold_box_without_a_track_is_flagged_not_dropped():
-    sample = SourceSample(id="s", source="S", source_id="s", task=Task.SPATIO_TEMPORAL, question="q", answer="a",
-                          video_path="v.mp4", media_root="/m", gold_evidence=True,
-                          objects=[SourceObject(name="dog", boxes=[TimedBox(time=0.4, box=[0.5, 0.1, 0.7, 0.3])])])
+    sample = SourceSample(
+        id="s",
+        source="S",
+        source_id="s",
+        task=Task.SPATIO_TEMPORAL,
+        question="q",
+        answer="a",
+        video_path="v.mp4",
+        media_root="/m",
+        gold_evidence=True,
+        objects=[SourceObject(name="dog", boxes=[TimedBox(time=0.4, box=[0.5, 0.1, 0.7, 0.3])])],
+    )
     frame = lambda idx: Frame(idx=idx, time=idx / 25, path=f"kfs/{idx}.jpg", width=64, height=64)  # noqa: E731
-    work = SampleWork(sample=sample, frames=[frame(10)], track_frames=[frame(i) for i in (8, 9, 11, 12)],
-                      detections=[_det(10, "dog", [0.5, 0.1, 0.7, 0.3], score=1.0, gold=True)],
-                      track_detections=[_det(i, "dog", _dog(i)) for i in (8, 9, 11, 12)])
+    work = SampleWork(
+        sample=sample,
+        frames=[frame(10)],
+        track_frames=[frame(i) for i in (8, 9, 11, 12)],
+        detections=[_det(10, "dog", [0.5, 0.1, 0.7, 0.3], score=1.0, gold=True)],
+        track_detections=[_det(i, "dog", _dog(i)) for i in (8, 9, 11, 12)],
+    )
     verdicts = gate(work, TrackConfig(window=2), 2)
     assert [v.confirmed for v in verdicts] == [False] and verdicts[0].gold
     assert [d.gold for d in work.detections] == [True]  # kept, flagged in its verdict
@@ -112,8 +125,12 @@ def test_the_gate_removes_corrupted_evidence_and_keeps_the_right(tmp_path):
     for seed in (11, 12, 13):
         source = tmp_path / f"source{seed}"
         generate_demo(source, seed=seed, n_videos=3, n_images=2)
-        counts = measure_gate(write_config(source, name=f"s{seed}"), tmp_path / f"out{seed}", TrackConfig(),
-                              wrap=lambda det, seed=seed: Corrupting(det, list(DEMO_CLASSES), seed))
+        counts = measure_gate(
+            write_config(source, name=f"s{seed}"),
+            tmp_path / f"out{seed}",
+            TrackConfig(),
+            wrap=lambda det, seed=seed: Corrupting(det, list(DEMO_CLASSES), seed),
+        )
         assert counts.wrong_kept + counts.wrong_dropped > 0 and counts.keep_rate >= 0.85, (seed, counts)
         totals += [counts.correct_kept, counts.correct_dropped, counts.wrong_kept, counts.wrong_dropped]
     kept, dropped, wrong_kept, wrong_dropped = totals

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from small_demo import small_source, write_config
 from typer.testing import CliRunner
 
-from small_demo import small_source, write_config
 from stgr_builder.annotate.cache import ResponseCache
 from stgr_builder.annotate.server import FAULT_KINDS, serve_llm
 from stgr_builder.audit import connect
@@ -47,14 +47,25 @@ def api_key(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-exactly-once-0123456789")
 
 
-def test_faults_of_every_kind_leave_samples_pending_and_a_rerun_finishes_them(tmp_path_factory, tmp_path,
-                                                                              monkeypatch, api_key):
+def test_faults_of_every_kind_leave_samples_pending_and_a_rerun_finishes_them(
+    tmp_path_factory, tmp_path, monkeypatch, api_key
+):
     source = tmp_path_factory.mktemp("faults-source")
     generate_demo(source, seed=0, n_videos=3, n_images=1)
     # No retries: every transient fault the server injects reaches the build. Crop checks make
     # enough requests (over 50, all pending ones included) for every kind to come up at 0.2.
-    config = write_config(source, "faulty", annotator={**LLM, "concurrency": 4, "timeout": 0.5, "max_retries": 0,
-                                                       "max_invalid_retries": 3, "crop_verify": True})
+    config = write_config(
+        source,
+        "faulty",
+        annotator={
+            **LLM,
+            "concurrency": 4,
+            "timeout": 0.5,
+            "max_retries": 0,
+            "max_invalid_retries": 3,
+            "crop_verify": True,
+        },
+    )
     clean, out = tmp_path / "clean", tmp_path / "out"
     with serve_llm() as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
@@ -71,7 +82,8 @@ def test_faults_of_every_kind_leave_samples_pending_and_a_rerun_finishes_them(tm
     assert f"{manifest['pending']} samples left for the next run (pending: " in result.output
     assert not {code for _, _, code in _rejects(out)} & {"llm_error", "llm_invalid_reply", "llm_reply_too_large"}
     assert not (out / "_cache" / "stages" / "annotate").is_dir() or not any(
-        '"pending"' in p.read_text() for p in (out / "_cache" / "stages" / "annotate").rglob("*.json"))
+        '"pending"' in p.read_text() for p in (out / "_cache" / "stages" / "annotate").rglob("*.json")
+    )
 
     received = ResponseCache(out).keys()
     with serve_llm() as server:
@@ -85,9 +97,13 @@ def test_faults_of_every_kind_leave_samples_pending_and_a_rerun_finishes_them(tm
 
 
 def _cli_build(config: Path, out: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "stgr_builder.cli", "build", str(config), "--out", str(out),
-                             *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "COLUMNS": "200"})
+    return subprocess.Popen(
+        [sys.executable, "-m", "stgr_builder.cli", "build", str(config), "--out", str(out), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
 
 
 def test_one_build_per_folder_and_only_into_its_own_folder(tmp_path_factory, tmp_path):
@@ -133,8 +149,7 @@ def _pad_mp4(path: Path, size: int) -> None:
 
 def test_changed_media_are_built_again_and_moved_media_are_not(tmp_path_factory, tmp_path):
     source = tmp_path / "source"
-    shutil.copytree(small_source(tmp_path_factory), source,
-                    ignore=shutil.ignore_patterns("*.yaml"))
+    shutil.copytree(small_source(tmp_path_factory), source, ignore=shutil.ignore_patterns("*.yaml"))
     videos = source / "media" / "videos"
     v0, v1 = videos / "v000.mp4", videos / "v001.mp4"
     replacement = tmp_path / "replacement.mp4"
@@ -178,8 +193,12 @@ def test_one_budget_across_the_dask_workers_of_a_run(tmp_path_factory, tmp_path,
 
     monkeypatch.setenv("DASK_LOGGING__DISTRIBUTED", "warning")
     source = small_source(tmp_path_factory)
-    config = write_config(source, "budget-dask", annotator={**LLM, "concurrency": 2, "budget": 10},
-                          sharding={"samples_per_shard": 6, "workers": 2})
+    config = write_config(
+        source,
+        "budget-dask",
+        annotator={**LLM, "concurrency": 2, "budget": 10},
+        sharding={"samples_per_shard": 6, "workers": 2},
+    )
     with serve_llm(latency_ms=30) as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         manifest = run_build(config, tmp_path / "out", runner="dask")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from small_demo import small_build
 from typer.testing import CliRunner
 
-from small_demo import small_build
 from stgr_builder.audit import query
 from stgr_builder.cli import app
 from stgr_builder.models import Task
@@ -24,12 +24,14 @@ def test_export_open_o3_writes_the_released_layout(tmp_path_factory, tmp_path):
     result = CliRunner().invoke(app, ["export", "open-o3", str(out), "--to", str(target)])
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
-    for name, view, count in (("STGR-SFT.json", "cot", manifest["counts"]["stgr_cot"]),
-                              ("STGR-RL.json", "rl", manifest["counts"]["stgr_rl"])):
+    for name, view, count in (
+        ("STGR-SFT.json", "cot", manifest["counts"]["stgr_cot"]),
+        ("STGR-RL.json", "rl", manifest["counts"]["stgr_rl"]),
+    ):
         records = json.loads((target / "json_data" / name).read_text())
         assert len(records) == count > 0
         for record in records:
-            assert SPEC_FIELDS <= record.keys() and "provenance" not in record
+            assert record.keys() >= SPEC_FIELDS and "provenance" not in record
             assert ("reasoning_process" in record) == (name == "STGR-SFT.json")
             assert Task(record["task"])
             assert ("image_path" in record) != ("video_path" in record)

@@ -10,9 +10,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from small_demo import small_build
 from typer.testing import CliRunner
 
-from small_demo import small_build
 from stgr_builder.audit import query
 from stgr_builder.cli import app
 
@@ -26,10 +26,26 @@ def render(page: Path) -> str:
     profile = tempfile.mkdtemp(prefix="stgr-chromium-")
     try:
         done = subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
-            capture_output=True, text=True, timeout=90, check=True)
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--virtual-time-budget=5000",
+                "--dump-dom",
+                page.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=True,
+        )
     finally:
         shutil.rmtree(profile, ignore_errors=True)
     return done.stdout
@@ -67,8 +83,9 @@ def test_the_audit_shows_box_area_and_aspect_distributions(tmp_path_factory):
     from stgr_builder.audit.compare import distributions
 
     _, out = small_build(tmp_path_factory)
-    boxes = query(out, "SELECT count(*) FROM (SELECT unnest(item.boxes) FROM "
-                       "(SELECT unnest(key_items) AS item FROM cot))").rows[0][0]
+    boxes = query(
+        out, "SELECT count(*) FROM (SELECT unnest(item.boxes) FROM (SELECT unnest(key_items) AS item FROM cot))"
+    ).rows[0][0]
     tables = {t.title: t for t in distributions(out)}
     for title in ("Box area distribution", "Box aspect-ratio distribution"):
         cot = [row for row in tables[title].rows if row[0] == "cot"]

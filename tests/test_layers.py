@@ -81,7 +81,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         stack.pop()
@@ -133,16 +133,35 @@ def _write(root: Path, files: dict[str, str]) -> None:
         path.write_text(text)
 
 
-@pytest.mark.parametrize("files, expected", [
-    ({"p/detect/base.py": "def f():\n    from p.video import steps\n"}, "stage detect: p.detect.base imports p.video.steps"),
-    ({"p/core/grammar.py": "from p.annotate import llm\n"}, "core module p.core.grammar imports p.annotate.llm"),
-    ({"p/pipeline.py": "from p.executor import run\n", "p/executor.py": "import p.pipeline\n"}, "module import cycle"),
-    ({"p/video/steps.py": "from p.video.plan import _index_at\n"}, "imports private _index_at"),
-])
+@pytest.mark.parametrize(
+    "files, expected",
+    [
+        (
+            {"p/detect/base.py": "def f():\n    from p.video import steps\n"},
+            "stage detect: p.detect.base imports p.video.steps",
+        ),
+        ({"p/core/grammar.py": "from p.annotate import llm\n"}, "core module p.core.grammar imports p.annotate.llm"),
+        (
+            {"p/pipeline.py": "from p.executor import run\n", "p/executor.py": "import p.pipeline\n"},
+            "module import cycle",
+        ),
+        ({"p/video/steps.py": "from p.video.plan import _index_at\n"}, "imports private _index_at"),
+    ],
+)
 def test_the_checker_catches_each_kind_of_violation(tmp_path, files, expected):
-    base = {"p/__init__.py": "", "p/core/__init__.py": "", "p/models.py": "", "p/video/__init__.py": "",
-            "p/video/steps.py": "", "p/video/plan.py": "def _index_at():\n    pass\n", "p/annotate/__init__.py": "",
-            "p/annotate/llm.py": "", "p/detect/__init__.py": "", "p/pipeline.py": "", "p/executor.py": ""}
+    base = {
+        "p/__init__.py": "",
+        "p/core/__init__.py": "",
+        "p/models.py": "",
+        "p/video/__init__.py": "",
+        "p/video/steps.py": "",
+        "p/video/plan.py": "def _index_at():\n    pass\n",
+        "p/annotate/__init__.py": "",
+        "p/annotate/llm.py": "",
+        "p/detect/__init__.py": "",
+        "p/pipeline.py": "",
+        "p/executor.py": "",
+    }
     _write(tmp_path / "clean", base)
     assert violations(tmp_path / "clean", "p") == []
     _write(tmp_path / "broken", {**base, **files})

@@ -12,14 +12,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stgr_builder.core import grammar
 from stgr_builder.annotate.cache import ResponseCache
 from stgr_builder.annotate.llm import BudgetReached, LlmAnnotator
 from stgr_builder.annotate.server import serve_llm
+from stgr_builder.core import grammar
 from stgr_builder.errors import SampleError
 from stgr_builder.models import (
-    AnnotatorConfig, Detection, Frame, RejectCode, SampleWork, SourceObject, SourceSample, Task, VerifyConfig,
-    VideoInfo, sample_id)
+    AnnotatorConfig,
+    Detection,
+    Frame,
+    RejectCode,
+    SampleWork,
+    SourceObject,
+    SourceSample,
+    Task,
+    VerifyConfig,
+    VideoInfo,
+    sample_id,
+)
 from stgr_builder.verify import verify_work
 
 FRAMES = [(0, 0.0), (10, 1.0), (20, 2.0), (30, 3.0)]
@@ -41,25 +51,41 @@ def env(monkeypatch):
 
     def point_at(server):
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+
     return point_at
 
 
 def work(n: int, names=("dog",), task=Task.SPATIO_TEMPORAL) -> SampleWork:
     question = f"What does the animal do in clip {n}?"
     sample = SourceSample(
-        id=sample_id("STR_t", str(n), question), source="STR_t", source_id=str(n), task=task, question=question,
-        answer="It walks." if task is Task.SPATIO_TEMPORAL else "[0.5, 2.5]", video_path="v.mp4", media_root=".",
-        span=[0.5, 2.5] if task is Task.SPATIO_TEMPORAL else None, objects=[SourceObject(name=x) for x in names])
+        id=sample_id("STR_t", str(n), question),
+        source="STR_t",
+        source_id=str(n),
+        task=task,
+        question=question,
+        answer="It walks." if task is Task.SPATIO_TEMPORAL else "[0.5, 2.5]",
+        video_path="v.mp4",
+        media_root=".",
+        span=[0.5, 2.5] if task is Task.SPATIO_TEMPORAL else None,
+        objects=[SourceObject(name=x) for x in names],
+    )
     frames = [Frame(idx=idx, time=t, path=f"kfs/f{idx}.jpg", width=160, height=120) for idx, t in FRAMES]
-    dets = [Detection(frame_idx=idx, label=name, score=0.5 + idx / 100, box=BOXES[name])
-            for idx, _ in FRAMES for name in BOXES]
+    dets = [
+        Detection(frame_idx=idx, label=name, score=0.5 + idx / 100, box=BOXES[name])
+        for idx, _ in FRAMES
+        for name in BOXES
+    ]
     video = VideoInfo(path="v.mp4", duration=4.0, fps=10, n_frames=40, width=160, height=120, keyframes=[0])
     return SampleWork(sample=sample, video=video, frames=frames, detections=dets)
 
 
 def annotator(root: Path, run: str = "r1", **options) -> LlmAnnotator:
-    config = AnnotatorConfig(backend="openai", model="stgr-dry-run", prompt="stgr-cot-llm",
-                             **{"timeout": 5.0, "max_retries": 1, "max_invalid_retries": 1, **options})
+    config = AnnotatorConfig(
+        backend="openai",
+        model="stgr-dry-run",
+        prompt="stgr-cot-llm",
+        **{"timeout": 5.0, "max_retries": 1, "max_invalid_retries": 1, **options},
+    )
     return LlmAnnotator(config, VerifyConfig(), root=root, run=run)
 
 
@@ -101,9 +127,16 @@ def test_rate_limits_are_retried_after_retry_after_then_left_pending_uncached(ro
         assert server.stats()["total"] == 1 and not isinstance(again, SampleError)
 
 
-@pytest.mark.parametrize(("fault", "reason"), [("500", "server_error"), ("truncated", "bad_reply"),
-                                               ("dropped", "bad_reply"), ("html", "bad_reply"),
-                                               ("hang", "timeout")])
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ("500", "server_error"),
+        ("truncated", "bad_reply"),
+        ("dropped", "bad_reply"),
+        ("html", "bad_reply"),
+        ("hang", "timeout"),
+    ],
+)
 def test_reply_faults_are_retried_then_left_pending(root, env, fault, reason):
     with serve_llm(fault_rate=1.0, faults=[fault], hang_s=1.0) as server:
         env(server)
@@ -179,8 +212,15 @@ def test_batches_and_annotators_of_a_build_reuse_one_client_and_its_connections(
 
     from stgr_builder.core.resources import Resources
 
-    config = AnnotatorConfig(backend="openai", model="stgr-dry-run", prompt="stgr-cot-llm", concurrency=2,
-                             timeout=5.0, max_retries=1, max_invalid_retries=1)
+    config = AnnotatorConfig(
+        backend="openai",
+        model="stgr-dry-run",
+        prompt="stgr-cot-llm",
+        concurrency=2,
+        timeout=5.0,
+        max_retries=1,
+        max_invalid_retries=1,
+    )
     resources = Resources()
     with serve_llm(latency_ms=50) as server:
         env(server)
@@ -188,8 +228,9 @@ def test_batches_and_annotators_of_a_build_reuse_one_client_and_its_connections(
         assert all(not isinstance(r, Exception) for r in first.annotate_batch([work(n) for n in range(4)]))
         second = LlmAnnotator(config, VerifyConfig(), root=root, run="r1", resources=resources)
         with ThreadPoolExecutor(2) as threads:  # two shard tasks at once
-            batches = list(threads.map(second.annotate_batch, [[work(n) for n in range(4, 8)],
-                                                             [work(n) for n in range(8, 12)]]))
+            batches = list(
+                threads.map(second.annotate_batch, [[work(n) for n in range(4, 8)], [work(n) for n in range(8, 12)]])
+            )
         stats = server.stats()
     assert second.session is first.session
     assert all(not isinstance(r, SampleError) for batch in batches for r in batch)

@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 from stgr_builder.annotate.cache import ResponseCache
 from stgr_builder.annotate.server import FAULT_KINDS, serve_llm
 from stgr_builder.audit import connect, summary
+from stgr_builder.core.arrow import table_to_rows
 from stgr_builder.models import PENDING_REASONS, CotRow, RejectCode, RlRow
 from stgr_builder.pipeline import build, context
-from stgr_builder.core.arrow import table_to_rows
 from stgr_builder.sources import ingest
 from stgr_builder.sources.demo import generate_demo
 from stgr_builder.sources.demo_config import demo_config
@@ -44,8 +44,16 @@ def source(tmp_path_factory) -> Path:
 
 def write_config(source: Path, name: str, **annotator) -> Path:
     config = demo_config().model_dump(mode="json")
-    config["annotator"].update({"backend": "openai", "model": "stgr-dry-run", "prompt": "stgr-cot-llm",
-                                "timeout": 2.0, "max_retries": 1, **annotator})
+    config["annotator"].update(
+        {
+            "backend": "openai",
+            "model": "stgr-dry-run",
+            "prompt": "stgr-cot-llm",
+            "timeout": 2.0,
+            "max_retries": 1,
+            **annotator,
+        }
+    )
     path = source / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -59,6 +67,7 @@ def llm_env(monkeypatch):
     def point_at(server):
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         return key
+
     return point_at
 
 
@@ -120,8 +129,9 @@ def test_demo_build_through_the_flow_passes_every_rule_and_leaks_no_key(source, 
 
 
 def test_faults_of_every_kind_end_each_sample_as_a_row_a_reject_or_pending(source, llm_env, tmp_path):
-    config = write_config(source, "faults", concurrency=4, timeout=0.5, max_retries=1, max_invalid_retries=1,
-                          crop_verify=True)
+    config = write_config(
+        source, "faults", concurrency=4, timeout=0.5, max_retries=1, max_invalid_retries=1, crop_verify=True
+    )
     out = tmp_path / "out"
     with serve_llm(fault_rate=0.2, retry_after_s=0.05, hang_s=1.0) as server:
         llm_env(server)
@@ -159,8 +169,10 @@ def test_a_build_killed_mid_annotation_resumes_without_paying_twice(source, llm_
 
     with serve_llm(latency_ms=150) as server:
         llm_env(server)
-        script = "import sys; from pathlib import Path; from stgr_builder.pipeline import build; " \
-                 "build(Path(sys.argv[1]), Path(sys.argv[2]))"
+        script = (
+            "import sys; from pathlib import Path; from stgr_builder.pipeline import build; "
+            "build(Path(sys.argv[1]), Path(sys.argv[2]))"
+        )
         proc = subprocess.Popen([sys.executable, "-c", script, str(config), str(out)], env=os.environ.copy())
         deadline = time.monotonic() + 120
         while _cache_count(out) < 4 and proc.poll() is None and time.monotonic() < deadline:

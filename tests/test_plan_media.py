@@ -20,17 +20,34 @@ def test_plan_estimates_decode_and_detect_time_of_the_demo(tmp_path):
 def test_decode_cost_grows_with_the_gop_and_the_pixels(tmp_path):
     from stgr_builder.models import BuildConfig, SourceSample, Task, sample_id
 
-    config = BuildConfig.model_validate({"sources": [{"name": "STR_x", "adapter": "demo", "path": "x.jsonl",
-                                                       "media_root": "."}]})
-    sample = SourceSample(id=sample_id("STR_x", "1", "q"), source="STR_x", source_id="1", task=Task.VIDEO_MCQ,
-                          question="q", answer="A", video_path="v.mp4", media_root=str(tmp_path))
+    config = BuildConfig.model_validate(
+        {"sources": [{"name": "STR_x", "adapter": "demo", "path": "x.jsonl", "media_root": "."}]}
+    )
+    sample = SourceSample(
+        id=sample_id("STR_x", "1", "q"),
+        source="STR_x",
+        source_id="1",
+        task=Task.VIDEO_MCQ,
+        question="q",
+        answer="A",
+        video_path="v.mp4",
+        media_root=str(tmp_path),
+    )
 
     def info(gop: int, width: int) -> VideoInfo:
-        return VideoInfo(path="v.mp4", duration=60, fps=30, n_frames=1800, width=width, height=width * 9 // 16,
-                         keyframes=list(range(0, 1800, gop)))
+        return VideoInfo(
+            path="v.mp4",
+            duration=60,
+            fps=30,
+            n_frames=1800,
+            width=width,
+            height=width * 9 // 16,
+            keyframes=list(range(0, 1800, gop)),
+        )
 
-    short, long_gop, large = (media_seconds(config, [(sample, info(gop, width))])
-                              for gop, width in ((30, 640), (300, 640), (30, 1280)))
+    short, long_gop, large = (
+        media_seconds(config, [(sample, info(gop, width))]) for gop, width in ((30, 640), (300, 640), (30, 1280))
+    )
     assert short[0] < long_gop[0] and short[1] < long_gop[1]  # more frames decoded per wanted frame
     assert large[0] == short[0] and large[1] > short[1]  # same frames, four times the pixels
     assert short[2] == long_gop[2] == large[2]  # detection is per frame
@@ -42,15 +59,36 @@ def test_the_track_gates_neighbour_frames_are_planned_as_decoded_and_detected(tm
     from stgr_builder.video.plan import plan_frames
 
     def config(track: bool) -> BuildConfig:
-        return BuildConfig.model_validate({"sources": [{"name": "STR_x", "adapter": "demo", "path": "x.jsonl",
-                                                         "media_root": "."}], "track": {"enabled": track}})
+        return BuildConfig.model_validate(
+            {
+                "sources": [{"name": "STR_x", "adapter": "demo", "path": "x.jsonl", "media_root": "."}],
+                "track": {"enabled": track},
+            }
+        )
 
-    sample = SourceSample(id=sample_id("STR_x", "1", "q"), source="STR_x", source_id="1", task=Task.VIDEO_MCQ,
-                          question="q", answer="A", video_path="v.mp4", media_root=str(tmp_path))
-    still = SourceSample(id=sample_id("STR_x", "2", "q"), source="STR_x", source_id="2", task=Task.VIDEO_MCQ,
-                         question="q", answer="A", image_path="i.jpg", media_root=str(tmp_path))
-    video = VideoInfo(path="v.mp4", duration=60, fps=30, n_frames=1800, width=640, height=360,
-                      keyframes=list(range(0, 1800, 30)))
+    sample = SourceSample(
+        id=sample_id("STR_x", "1", "q"),
+        source="STR_x",
+        source_id="1",
+        task=Task.VIDEO_MCQ,
+        question="q",
+        answer="A",
+        video_path="v.mp4",
+        media_root=str(tmp_path),
+    )
+    still = SourceSample(
+        id=sample_id("STR_x", "2", "q"),
+        source="STR_x",
+        source_id="2",
+        task=Task.VIDEO_MCQ,
+        question="q",
+        answer="A",
+        image_path="i.jpg",
+        media_root=str(tmp_path),
+    )
+    video = VideoInfo(
+        path="v.mp4", duration=60, fps=30, n_frames=1800, width=640, height=360, keyframes=list(range(0, 1800, 30))
+    )
     image = ImageInfo(path="i.jpg", width=640, height=480)
     rows = [(sample, video), (still, image)]
     wanted = len(plan_frames(video, config(True).sampler, None, []).indices)  # spread far apart

@@ -13,10 +13,10 @@ from types import SimpleNamespace
 import numpy as np
 from PIL import Image
 
-from stgr_builder.annotate.llm import Candidate, FrameImages
 from stgr_builder.annotate import prepare
 from stgr_builder.annotate.cache import image_digest
 from stgr_builder.annotate.crops import data_url
+from stgr_builder.annotate.llm import Candidate, FrameImages
 from stgr_builder.annotate.prepare import PreparePool, default_processes, draw_frame, render_frame
 from stgr_builder.core.resources import Resources
 from stgr_builder.models import Detection, Frame
@@ -29,9 +29,15 @@ def test_the_pool_draws_what_a_thread_draws(tmp_path):
         rng = np.random.default_rng(index)
         Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path, quality=90)
         frame = Frame(idx=index, time=float(index), path=path.name, width=size[0], height=size[1])
-        cands = [Candidate(k + 1, index + 1, frame, Detection(frame_idx=index, label="dog", score=0.9,
-                                                              box=[0.1 * k, 0.2, 0.1 * k + 0.3, 0.7]))
-                 for k in range(2)]
+        cands = [
+            Candidate(
+                k + 1,
+                index + 1,
+                frame,
+                Detection(frame_idx=index, label="dog", score=0.9, box=[0.1 * k, 0.2, 0.1 * k + 0.3, 0.7]),
+            )
+            for k in range(2)
+        ]
         frames.append((path, cands))
     pool = PreparePool(1)
     try:
@@ -86,8 +92,18 @@ def test_waiting_for_the_pool_holds_no_thread_of_the_event_loop(tmp_path):
         rng = np.random.default_rng(index)
         Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(path, quality=90)
         frame = Frame(idx=index, time=float(index), path=path.name, width=640, height=480)
-        jobs.append([(path, [Candidate(1, 1, frame, Detection(frame_idx=index, label="dog", score=0.9,
-                                                               box=[0.1, 0.2, 0.4, 0.7]))])])
+        jobs.append(
+            [
+                (
+                    path,
+                    [
+                        Candidate(
+                            1, 1, frame, Detection(frame_idx=index, label="dog", score=0.9, box=[0.1, 0.2, 0.4, 0.7])
+                        )
+                    ],
+                )
+            ]
+        )
     pool = PreparePool(1)
     pool.start()
 
@@ -126,8 +142,13 @@ if __name__ == "__main__":
 def test_a_killed_process_leaves_no_pool_worker_behind(tmp_path):
     script = tmp_path / "killed.py"
     script.write_text(_KILLED)
-    result = subprocess.run([sys.executable, str(script), str(tmp_path / "x.jpg")], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}, timeout=60)
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "x.jpg")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        timeout=60,
+    )
     assert result.returncode == -9
     workers = [int(pid) for pid in result.stdout.split()]
     assert workers
@@ -145,23 +166,52 @@ def test_a_request_body_is_the_bytes_the_openai_client_would_write(tmp_path):
 
     from stgr_builder.annotate.llm import json_body
 
-    jpeg = (tmp_path / "f.jpg")
+    jpeg = tmp_path / "f.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(jpeg)
     url = data_url(jpeg.read_bytes())
     text = 'Where is the "dog"? Ünïcode, a tab\t, a newline\n and \\ a backslash'
     bodies = [
-        {"model": "m", "messages": [{"role": "system", "content": "You annotate."},
-                                    {"role": "user", "content": [{"type": "text", "text": text},
-                                                                 {"type": "image_url", "image_url": {"url": url}},
-                                                                 {"type": "text", "text": "B1"},
-                                                                 {"type": "image_url", "image_url": {"url": url[:-8]}}]}],
-         "temperature": 0.0, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "strict": True}}},
-        {"model": "m", "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": 'data:image/jpeg;base64,"AA\\'}},
-            {"type": "image_url", "image_url": {"url": "https://example.invalid/a.jpg", "detail": "low"}}]}]},
-        {"model": "m", "messages": [{"role": "user", "content": [
-            {"type": "text", "text": "a \ue000stgr-image\ue000 marker"},
-            {"type": "image_url", "image_url": {"url": url}}]}]},
+        {
+            "model": "m",
+            "messages": [
+                {"role": "system", "content": "You annotate."},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": text},
+                        {"type": "image_url", "image_url": {"url": url}},
+                        {"type": "text", "text": "B1"},
+                        {"type": "image_url", "image_url": {"url": url[:-8]}},
+                    ],
+                },
+            ],
+            "temperature": 0.0,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "strict": True}},
+        },
+        {
+            "model": "m",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": 'data:image/jpeg;base64,"AA\\'}},
+                        {"type": "image_url", "image_url": {"url": "https://example.invalid/a.jpg", "detail": "low"}},
+                    ],
+                }
+            ],
+        },
+        {
+            "model": "m",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "a \ue000stgr-image\ue000 marker"},
+                        {"type": "image_url", "image_url": {"url": url}},
+                    ],
+                }
+            ],
+        },
     ]
     for body in bodies:
         assert json_body(body) == openapi_dumps(body)

@@ -11,8 +11,8 @@ import json
 import os
 import secrets
 import subprocess
-import time
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -57,17 +57,33 @@ def test_server_headers_are_learned_and_a_429_pauses_everyone(tmp_path):
     clock = FakeClock()
     limiter = RateLimiter(tmp_path / "state.json", clock=clock)  # no cap
     assert limiter.reserve() == 0.0
-    limiter.observe(200, {"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "0",
-                          "x-ratelimit-reset-requests": "100ms"})
+    limiter.observe(
+        200,
+        {
+            "x-ratelimit-limit-requests": "600",
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "100ms",
+        },
+    )
     # kept to 90% of 600 a minute (9 a second), starting from what the server said remains
     assert limiter.reserve() == pytest.approx(1 / 9)
     limiter.observe(429, {"retry-after-ms": "2000"})
     assert limiter.reserve() == pytest.approx(2.0)
     assert limiter.stats["refused"] == 1
     assert parse_duration("6m0s") == 360 and parse_duration("1.5s") == 1.5 and parse_duration("20ms") == 0.02
-    body = json.dumps({"messages": [{"role": "user", "content": [
-        {"type": "text", "text": "x" * 400},
-        {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + "A" * 40_000}}]}]}).encode()
+    body = json.dumps(
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "x" * 400},
+                        {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + "A" * 40_000}},
+                    ],
+                }
+            ]
+        }
+    ).encode()
     assert 185 < estimate_tokens(body) < 240 and estimate_tokens(body, 100) == estimate_tokens(body) + 100
 
 
@@ -95,10 +111,13 @@ def test_with_nothing_to_pace_the_state_file_is_not_rewritten_yet_a_pause_still_
 
 def test_serve_llm_refuses_past_its_rpm_with_retry_after():
     with serve_llm(rpm=60) as server:  # one a second, a burst of one
+
         def ask():
-            request = urllib.request.Request(server.base_url + "/chat/completions", method="POST",
-                                             data=json.dumps({"model": "m", "messages": [
-                                                 {"role": "user", "content": "hi"}]}).encode())
+            request = urllib.request.Request(
+                server.base_url + "/chat/completions",
+                method="POST",
+                data=json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode(),
+            )
             try:
                 with urllib.request.urlopen(request, timeout=5) as reply:
                     return reply.status, dict(reply.headers)
@@ -114,8 +133,12 @@ def test_serve_llm_refuses_past_its_rpm_with_retry_after():
 
 
 def test_the_cli_server_takes_rpm_and_tpm():
-    result = subprocess.run([sys.executable, "-m", "stgr_builder.cli", "serve-llm", "--help"],
-                            capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    result = subprocess.run(
+        [sys.executable, "-m", "stgr_builder.cli", "serve-llm", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert "--rpm" in result.stdout and "--tpm" in result.stdout
 
 
@@ -128,8 +151,9 @@ def source(tmp_path_factory) -> Path:
 
 def _build(source: Path, out: Path, monkeypatch, **annotator):
     config = demo_config().model_dump(mode="json")
-    config["annotator"].update({"backend": "openai", "model": "stgr-dry-run", "prompt": "stgr-cot-llm",
-                                "concurrency": 8, **annotator})
+    config["annotator"].update(
+        {"backend": "openai", "model": "stgr-dry-run", "prompt": "stgr-cot-llm", "concurrency": 8, **annotator}
+    )
     config["sharding"].update({"samples_per_shard": 8, "workers": 2})  # 16 requests could be in flight
     path = source / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -179,9 +203,15 @@ def test_two_real_processes_keep_one_cap_together(tmp_path):
     path = tmp_path / "ratelimit.json"
     RateLimiter(path, rpm=600).observe(200, {})  # past the slow start: a server without headers
     start = time.time() + 1.5  # both begin together, after their imports
-    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(path), str(start)], stdout=subprocess.PIPE,
-                              text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, str(path), str(start)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        )
+        for _ in range(2)
+    ]
     times = sorted(float(line) for proc in procs for line in proc.communicate(timeout=60)[0].split())
     assert len(times) == 20
     assert times[-1] - times[0] >= (20 - 5) / 10 - 0.05  # paced as one: 15 after the burst, at 10 a second

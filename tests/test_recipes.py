@@ -12,22 +12,46 @@ from recipe_data import make_data_root
 from typer.testing import CliRunner
 
 from stgr_builder.audit import connect, summary
+from stgr_builder.audit.card import PAPER_SHARES, category_shares
 from stgr_builder.cli import app
 from stgr_builder.models import AnnotatorConfig, DetectorConfig, Plan, Task
 from stgr_builder.pipeline import build
 from stgr_builder.planning import make_plan
 from stgr_builder.recipes import available_recipes, resolve_config, write_config
-from stgr_builder.audit.card import PAPER_SHARES, category_shares
 
 RELEASED = {
-    "stgr-cot-30k": ("cot", 31166, {Task.SPATIO_TEMPORAL: 7047, Task.TEMPORAL: 4119, Task.VISUAL: 5000,
-                                    Task.VIDEO_MCQ: 13000, Task.VIDEO_FREE: 2000}),
-    "stgr-rl-36k": ("rl", 37231, {Task.SPATIO_TEMPORAL: 12047, Task.TEMPORAL: 2280, Task.TEMPORAL_MCQ: 2904,
-                                  Task.VISUAL: 5000, Task.VIDEO_MCQ: 13000, Task.VIDEO_FREE: 2000}),
+    "stgr-cot-30k": (
+        "cot",
+        31166,
+        {
+            Task.SPATIO_TEMPORAL: 7047,
+            Task.TEMPORAL: 4119,
+            Task.VISUAL: 5000,
+            Task.VIDEO_MCQ: 13000,
+            Task.VIDEO_FREE: 2000,
+        },
+    ),
+    "stgr-rl-36k": (
+        "rl",
+        37231,
+        {
+            Task.SPATIO_TEMPORAL: 12047,
+            Task.TEMPORAL: 2280,
+            Task.TEMPORAL_MCQ: 2904,
+            Task.VISUAL: 5000,
+            Task.VIDEO_MCQ: 13000,
+            Task.VIDEO_FREE: 2000,
+        },
+    ),
 }
 # Which task each source of a recipe becomes (from its adapter options).
-_TASK_OPTION = {"spatio_temporal": Task.SPATIO_TEMPORAL, "temporal": Task.TEMPORAL, "temporal_mcq": Task.TEMPORAL_MCQ,
-                "mcq": Task.VIDEO_MCQ, "free": Task.VIDEO_FREE}
+_TASK_OPTION = {
+    "spatio_temporal": Task.SPATIO_TEMPORAL,
+    "temporal": Task.TEMPORAL,
+    "temporal_mcq": Task.TEMPORAL_MCQ,
+    "mcq": Task.VIDEO_MCQ,
+    "free": Task.VIDEO_FREE,
+}
 
 
 def _task_of(source) -> Task:
@@ -75,17 +99,36 @@ def data_root(tmp_path_factory) -> Path:
 def _rows(root: Path) -> Counter:
     con = connect(root)
     try:
-        return Counter({(dataset, source, task): n for view, dataset in (("cot", "cot"), ("rl", "rl"))
-                        for source, task, n in con.execute(
-                            f"SELECT source, task, count(*) FROM {view} GROUP BY ALL").fetchall()})
+        return Counter(
+            {
+                (dataset, source, task): n
+                for view, dataset in (("cot", "cot"), ("rl", "rl"))
+                for source, task, n in con.execute(f"SELECT source, task, count(*) FROM {view} GROUP BY ALL").fetchall()
+            }
+        )
     finally:
         con.close()
 
 
 @pytest.mark.parametrize("name", sorted(RELEASED))
 def test_plan_counts_equal_the_build_over_fixtures(name, data_root, tmp_path):
-    result = CliRunner().invoke(app, ["plan", name, "--data-root", str(data_root), "--scale", "0.001",
-                                      "--price-in", "2.5", "--price-out", "10", "--json", str(tmp_path / "p.json")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "plan",
+            name,
+            "--data-root",
+            str(data_root),
+            "--scale",
+            "0.001",
+            "--price-in",
+            "2.5",
+            "--price-out",
+            "10",
+            "--json",
+            str(tmp_path / "p.json"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "Plan: rows per dataset, source and task" in result.output and "LLM requests" in result.output
     plan = Plan.model_validate_json((tmp_path / "p.json").read_text())
@@ -103,14 +146,20 @@ def test_plan_counts_equal_the_build_over_fixtures(name, data_root, tmp_path):
     config_path = write_config(config, tmp_path / "CONFIG.yaml")
     planned = make_plan(config, config_dir)
     assert Counter({(c.dataset.value, c.source, c.task.value): c.rows for c in planned.counts}) == Counter(
-        {(c.dataset.value, c.source, c.task.value): c.rows for c in plan.counts})
+        {(c.dataset.value, c.source, c.task.value): c.rows for c in plan.counts}
+    )
     out = tmp_path / "out"
     manifest = build(config_path, out)
     rows = _rows(out)
     with connect(out) as con:
-        lost = Counter(dict(con.execute(
-            "SELECT source, count(*) FROM rejects WHERE stage IN ('sample', 'detect', 'annotate', 'verify') "
-            "GROUP BY ALL").fetchall()))
+        lost = Counter(
+            dict(
+                con.execute(
+                    "SELECT source, count(*) FROM rejects WHERE stage IN ('sample', 'detect', 'annotate', 'verify') "
+                    "GROUP BY ALL"
+                ).fetchall()
+            )
+        )
     # Every planned sample reaches annotation (nothing is filtered after the plan): per source,
     # the build's rows plus what annotation and verification rejected (offline: the demo
     # detector finds no evidence for some spatio-temporal samples) are the plan's rows.
@@ -138,15 +187,28 @@ def test_plan_counts_equal_the_build_over_fixtures(name, data_root, tmp_path):
         assert f"| {task} | {source} | {n} |" in card
     paper = PAPER_SHARES[f"stgr_{dataset}"]
     assert "| temporal |" in card and f"{paper['temporal']:.1f}%" in card
-    assert "load_dataset(\"parquet\"" in card and "## Rejects by reason" in card and "## Provenance" in card
+    assert 'load_dataset("parquet"' in card and "## Rejects by reason" in card and "## Provenance" in card
 
 
 def test_plan_source_override_and_skip_missing(data_root, tmp_path):
     other = tmp_path / "tacos.json"
     other.write_text((data_root / "tacos" / "train.json").read_text())
-    result = CliRunner().invoke(app, [
-        "plan", "stgr-cot-30k", "--data-root", str(tmp_path / "nowhere"), "--skip-missing", "--scale", "0.001",
-        "--source", f"TVG_tacos={other},{data_root / 'tacos' / 'videos'}", "--json", str(tmp_path / "p.json")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "plan",
+            "stgr-cot-30k",
+            "--data-root",
+            str(tmp_path / "nowhere"),
+            "--skip-missing",
+            "--scale",
+            "0.001",
+            "--source",
+            f"TVG_tacos={other},{data_root / 'tacos' / 'videos'}",
+            "--json",
+            str(tmp_path / "p.json"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     plan = Plan.model_validate_json((tmp_path / "p.json").read_text())
     assert [s.source for s in plan.sources] == ["TVG_tacos"] and plan.sources[0].rows == 2
@@ -164,8 +226,9 @@ def test_estimate_beside_the_measured_llm_work(tmp_path, monkeypatch):
 
     generate_demo(tmp_path, seed=0, n_videos=2, n_images=1)
     config = demo_config().model_dump(mode="json")
-    config["annotator"].update({"backend": "openai", "model": "stgr-dry-run", "prompt": "stgr-cot-llm",
-                                "timeout": 5.0, "max_retries": 1})
+    config["annotator"].update(
+        {"backend": "openai", "model": "stgr-dry-run", "prompt": "stgr-cot-llm", "timeout": 5.0, "max_retries": 1}
+    )
     config["sources"][0]["sample"] = 6
     # The dry-run server counts characters / 4 + 85 per image: the same rule, without tiles.
     config["estimate"] = {"image_tokens_tile": 0, "completion_tokens": 100}

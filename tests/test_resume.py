@@ -8,11 +8,11 @@ import json
 import os
 import random
 
+import chaos
 import pytest
+from small_demo import copy_build, small_source, write_config
 from typer.testing import CliRunner
 
-import chaos
-from small_demo import copy_build, small_source, write_config
 from stgr_builder.annotate.cache import ResponseCache
 from stgr_builder.annotate.server import serve_llm
 from stgr_builder.audit import query
@@ -30,9 +30,18 @@ def test_sigkills_in_every_stage_end_with_the_uninterrupted_rows(tmp_path, tmp_p
     reply received is asked for again. ``bench/chaos.py`` runs more rounds."""
     source = small_source(tmp_path_factory)
     # Three shards of ~12 samples: kills land inside shards and between them.
-    config = write_config(source, "kill5", annotator={"backend": "openai", "model": "stgr-dry-run",
-                                                      "prompt": "stgr-cot-llm", "concurrency": 2, "timeout": 5.0},
-                          sharding={"samples_per_shard": 12})
+    config = write_config(
+        source,
+        "kill5",
+        annotator={
+            "backend": "openai",
+            "model": "stgr-dry-run",
+            "prompt": "stgr-cot-llm",
+            "concurrency": 2,
+            "timeout": 5.0,
+        },
+        sharding={"samples_per_shard": 12},
+    )
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-resume-0123456789")
     reference, out = tmp_path / "reference", tmp_path / "killed"
     with serve_llm(latency_ms=40) as server:
@@ -52,8 +61,10 @@ def test_sigkills_in_every_stage_end_with_the_uninterrupted_rows(tmp_path, tmp_p
             return result
 
         rng = random.Random(int(os.environ.get("STGR_CHAOS_SEED", "9")))
-        landed = [paid_once(lambda: chaos.run_and_kill(config, out, stage, reference, rng))
-                  for stage in chaos.kill_plan(reference, rng)]
+        landed = [
+            paid_once(lambda stage=stage: chaos.run_and_kill(config, out, stage, reference, rng))
+            for stage in chaos.kill_plan(reference, rng)
+        ]
         manifest = paid_once(lambda: build(config, out))
     assert sum(what.startswith("killed") for what in landed) >= 4, landed
     assert {what.split()[2] for what in landed if what.startswith("killed")} >= {"detect", "annotate"}, landed

@@ -9,11 +9,13 @@ SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 
 def test_checked_in_schemas_are_current():
     expected = json_schemas()
-    stale = [name for name, text in expected.items()
-             if not (SCHEMAS / f"{name}.json").is_file() or (SCHEMAS / f"{name}.json").read_text() != text]
+    stale = [
+        name
+        for name, text in expected.items()
+        if not (SCHEMAS / f"{name}.json").is_file() or (SCHEMAS / f"{name}.json").read_text() != text
+    ]
     extra = sorted({p.stem for p in SCHEMAS.glob("*.json")} - set(expected))
-    assert not stale and not extra, (
-        f"stale schemas {stale}, unexpected {extra}: run `stgr schemas --write`")
+    assert not stale and not extra, f"stale schemas {stale}, unexpected {extra}: run `stgr schemas --write`"
 
 
 def test_config_schema_forbids_unknown_keys():

@@ -13,29 +13,56 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stgr_builder.errors import StgrError
-from stgr_builder.models import (
-    CotRow, KeyFrame, KeyItem, PromptRef, Provenance, Reject, RejectCode, RlRow, Stage, StepStats, Task,
-    sample_id,
-)
 from stgr_builder.core.arrow import DATASETS, arrow_type, rows_to_table, schema_for, table_to_rows
 from stgr_builder.core.hashing import digest as config_hash
 from stgr_builder.core.hashing import sha256_file
 from stgr_builder.core.layout import load_manifest, record_path, shard_path
+from stgr_builder.errors import StgrError
+from stgr_builder.models import (
+    CotRow,
+    KeyFrame,
+    KeyItem,
+    PromptRef,
+    Provenance,
+    Reject,
+    RejectCode,
+    RlRow,
+    Stage,
+    StepStats,
+    Task,
+    sample_id,
+)
 from stgr_builder.shards import clean_temp_files, finished_shard, read_table, write_manifest, write_shard
 
 # ---------------------------------------------------------------------------------------
 # A small hand-made dataset: every task type, an image row, several boxes per key item
 # ---------------------------------------------------------------------------------------
 
-PROV = dict(prompt_name="template-cot", prompt_version="p1a2b3", annotator_model="template",
-            detector_name="yolo11n", detector_weights_hash="w9f8e7", build_id="build-1")
+PROV = dict(
+    prompt_name="template-cot",
+    prompt_version="p1a2b3",
+    annotator_model="template",
+    detector_name="yolo11n",
+    detector_weights_hash="w9f8e7",
+    build_id="build-1",
+)
 
 
-def _row(source: str, task: Task, question: str, answer: str, trace: str, frames: list[tuple[int, float]],
-         items: list[tuple[int, str, list[list[float]]]], **extra) -> tuple[CotRow, RlRow]:
+def _row(
+    source: str,
+    task: Task,
+    question: str,
+    answer: str,
+    trace: str,
+    frames: list[tuple[int, float]],
+    items: list[tuple[int, str, list[list[float]]]],
+    **extra,
+) -> tuple[CotRow, RlRow]:
     fields = dict(
-        id=sample_id(source, question[:8], question), task=task, source=source, question=question,
+        id=sample_id(source, question[:8], question),
+        task=task,
+        source=source,
+        question=question,
         answer=answer,
         key_frames=[KeyFrame(idx=i, time=t, path=f"kfs/{source}/{i:06d}.jpg") for i, t in frames],
         key_items=[KeyItem(idx=i, name=name, boxes=boxes) for i, name, boxes in items],
@@ -50,30 +77,66 @@ def _row(source: str, task: Task, question: str, answer: str, trace: str, frames
 def example_rows() -> list[tuple[CotRow, RlRow]]:
     """Six rows, one per task type."""
     return [
-        _row("STR_activitynet", Task.SPATIO_TEMPORAL, "What does the man throw?", "a red ball",
-             "<obj>man</obj><box>[0.1, 0.2, 0.3, 0.9]</box><box>[0.5, 0.2, 0.7, 0.9]</box>at<t>2.0</t>s "
-             "then <obj>ball</obj><box>[0.4, 0.1, 0.45, 0.16]</box>at<t>4.5</t>s.",
-             [(48, 2.0), (108, 4.5)],
-             [(48, "man", [[0.1, 0.2, 0.3, 0.9], [0.5, 0.2, 0.7, 0.9]]), (108, "ball", [[0.4, 0.1, 0.45, 0.16]])],
-             iou=0.71),
-        _row("TVG_charades", Task.TEMPORAL, "When does the person open the door?", "[3.0, 7.5]",
-             "The door moves from <t>3.0</t>s to <t>7.5</t>s; "
-             "<obj>door</obj><box>[0.6, 0.1, 0.9, 0.95]</box>at<t>5.0</t>s.",
-             [(120, 5.0)], [(120, "door", [[0.6, 0.1, 0.9, 0.95]])]),
-        _row("TVG_charades", Task.TEMPORAL_MCQ, "When is the light on?\nA. [0.0, 2.0]\nB. [3.0, 7.5]", "B\n[3.0, 7.5]",
-             "<obj>lamp</obj><box>[0.2, 0.2, 0.3, 0.4]</box>at<t>4.0</t>s glows from <t>3.0</t>s to <t>7.5</t>s.",
-             [(96, 4.0)], [(96, "lamp", [[0.2, 0.2, 0.3, 0.4]])]),
-        _row("STR_gqa", Task.VISUAL, "Where is the cat?", "<obj>cat</obj><box>[64, 48, 320, 240]</box>",
-             "The <obj>cat</obj><box>[64, 48, 320, 240]</box> sits on the sofa.",
-             [(0, 0.0)], [(0, "cat", [[0.1, 0.1, 0.5, 0.5]])],
-             image_path="images/cat.jpg", image_size=[640, 480]),
-        _row("videor1_mcq", Task.VIDEO_MCQ, "What colour is the car?\nA. red\nB. blue\nC. green", "C",
-             "<obj>car</obj><box>[0.3, 0.5, 0.6, 0.8]</box><box>[0.7, 0.5, 0.9, 0.7]</box>at<t>1.2</t>s is green.",
-             [(30, 1.2)], [(30, "car", [[0.3, 0.5, 0.6, 0.8], [0.7, 0.5, 0.9, 0.7]])]),
-        _row("videor1_free", Task.VIDEO_FREE, "What is the dog doing?", "running",
-             "<obj>dog</obj><box>[0.1, 0.6, 0.3, 0.9]</box>at<t>0.5</t>s and <obj>dog</obj>"
-             "<box>[0.4, 0.6, 0.6, 0.9]</box>at<t>1.5</t>s: it runs.",
-             [(12, 0.5), (36, 1.5)], [(12, "dog", [[0.1, 0.6, 0.3, 0.9]]), (36, "dog", [[0.4, 0.6, 0.6, 0.9]])]),
+        _row(
+            "STR_activitynet",
+            Task.SPATIO_TEMPORAL,
+            "What does the man throw?",
+            "a red ball",
+            "<obj>man</obj><box>[0.1, 0.2, 0.3, 0.9]</box><box>[0.5, 0.2, 0.7, 0.9]</box>at<t>2.0</t>s "
+            "then <obj>ball</obj><box>[0.4, 0.1, 0.45, 0.16]</box>at<t>4.5</t>s.",
+            [(48, 2.0), (108, 4.5)],
+            [(48, "man", [[0.1, 0.2, 0.3, 0.9], [0.5, 0.2, 0.7, 0.9]]), (108, "ball", [[0.4, 0.1, 0.45, 0.16]])],
+            iou=0.71,
+        ),
+        _row(
+            "TVG_charades",
+            Task.TEMPORAL,
+            "When does the person open the door?",
+            "[3.0, 7.5]",
+            "The door moves from <t>3.0</t>s to <t>7.5</t>s; "
+            "<obj>door</obj><box>[0.6, 0.1, 0.9, 0.95]</box>at<t>5.0</t>s.",
+            [(120, 5.0)],
+            [(120, "door", [[0.6, 0.1, 0.9, 0.95]])],
+        ),
+        _row(
+            "TVG_charades",
+            Task.TEMPORAL_MCQ,
+            "When is the light on?\nA. [0.0, 2.0]\nB. [3.0, 7.5]",
+            "B\n[3.0, 7.5]",
+            "<obj>lamp</obj><box>[0.2, 0.2, 0.3, 0.4]</box>at<t>4.0</t>s glows from <t>3.0</t>s to <t>7.5</t>s.",
+            [(96, 4.0)],
+            [(96, "lamp", [[0.2, 0.2, 0.3, 0.4]])],
+        ),
+        _row(
+            "STR_gqa",
+            Task.VISUAL,
+            "Where is the cat?",
+            "<obj>cat</obj><box>[64, 48, 320, 240]</box>",
+            "The <obj>cat</obj><box>[64, 48, 320, 240]</box> sits on the sofa.",
+            [(0, 0.0)],
+            [(0, "cat", [[0.1, 0.1, 0.5, 0.5]])],
+            image_path="images/cat.jpg",
+            image_size=[640, 480],
+        ),
+        _row(
+            "videor1_mcq",
+            Task.VIDEO_MCQ,
+            "What colour is the car?\nA. red\nB. blue\nC. green",
+            "C",
+            "<obj>car</obj><box>[0.3, 0.5, 0.6, 0.8]</box><box>[0.7, 0.5, 0.9, 0.7]</box>at<t>1.2</t>s is green.",
+            [(30, 1.2)],
+            [(30, "car", [[0.3, 0.5, 0.6, 0.8], [0.7, 0.5, 0.9, 0.7]])],
+        ),
+        _row(
+            "videor1_free",
+            Task.VIDEO_FREE,
+            "What is the dog doing?",
+            "running",
+            "<obj>dog</obj><box>[0.1, 0.6, 0.3, 0.9]</box>at<t>0.5</t>s and <obj>dog</obj>"
+            "<box>[0.4, 0.6, 0.6, 0.9]</box>at<t>1.5</t>s: it runs.",
+            [(12, 0.5), (36, 1.5)],
+            [(12, "dog", [[0.1, 0.6, 0.3, 0.9]]), (36, "dog", [[0.4, 0.6, 0.6, 0.9]])],
+        ),
     ]
 
 
@@ -83,20 +146,32 @@ def example_shards() -> dict[int, dict]:
     rows = example_rows()
     rejected = [
         Reject(id="a" * 16, stage=Stage.VERIFY, code=RejectCode.BOX_TOO_LARGE, message="box covers 91%"),
-        Reject(id="b" * 16, stage=Stage.PROBE, code=RejectCode.MEDIA_CORRUPT, message="moov atom not found",
-               source="TVG_charades", origin="charades.txt:7"),
+        Reject(
+            id="b" * 16,
+            stage=Stage.PROBE,
+            code=RejectCode.MEDIA_CORRUPT,
+            message="moov atom not found",
+            source="TVG_charades",
+            origin="charades.txt:7",
+        ),
     ]
     stats = lambda seen, kept, rejected: [  # noqa: E731
         StepStats(step="probe", seen=seen, kept=kept, rejected=rejected, seconds=0.5),
-        StepStats(step="verify", seen=kept, kept=kept, seconds=0.25)]
+        StepStats(step="verify", seen=kept, kept=kept, seconds=0.25),
+    ]
     shards = {
         0: (rows[:3], rejected[:1], stats(4, 3, {"box_too_large": 1})),
         1: (rows[3:], [], stats(3, 3, {})),
         2: ([], rejected[1:], stats(1, 0, {"media_corrupt": 1})),
     }
     return {
-        shard: dict(cot_rows=[c for c, _ in pairs], rl_rows=[r for _, r in pairs], rejects=rejects,
-                    sample_ids=[c.id for c, _ in pairs] + [r.id for r in rejects], stats=st)
+        shard: dict(
+            cot_rows=[c for c, _ in pairs],
+            rl_rows=[r for _, r in pairs],
+            rejects=rejects,
+            sample_ids=[c.id for c, _ in pairs] + [r.id for r in rejects],
+            stats=st,
+        )
         for shard, (pairs, rejects, st) in shards.items()
     }
 
@@ -107,11 +182,15 @@ def write_example(root: Path) -> dict[int, object]:
 
 def write_example_with_manifest(root: Path):
     results = write_example(root)
-    return write_manifest(root, build_id="build-1", code_version="0.1.0",
-                          config={"name": "demo", "seed": 0, "sharding": {"samples_per_shard": 4}},
-                          prompts=[PromptRef(name="template-cot", version="p1a2b3")],
-                          detector={"name": "yolo11n", "weights_hash": "w9f8e7"},
-                          results=list(results.values()))
+    return write_manifest(
+        root,
+        build_id="build-1",
+        code_version="0.1.0",
+        config={"name": "demo", "seed": 0, "sharding": {"samples_per_shard": 4}},
+        prompts=[PromptRef(name="template-cot", version="p1a2b3")],
+        detector={"name": "yolo11n", "weights_hash": "w9f8e7"},
+        results=list(results.values()),
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -126,12 +205,18 @@ def test_schema_is_derived_from_the_models():
     assert schema_for(Reject).names == list(Reject.model_fields)
 
     box = pa.list_(pa.field("item", pa.float64(), nullable=False))
-    key_item = pa.struct([pa.field("idx", pa.int64(), False), pa.field("name", pa.string(), False),
-                          pa.field("boxes", pa.list_(pa.field("item", box, False)), False)])
+    key_item = pa.struct(
+        [
+            pa.field("idx", pa.int64(), False),
+            pa.field("name", pa.string(), False),
+            pa.field("boxes", pa.list_(pa.field("item", box, False)), False),
+        ]
+    )
     assert cot.field("key_items").type == pa.list_(pa.field("item", key_item, nullable=False))
     assert cot.field("task").type == pa.string()  # Enum -> its exact spelling
     assert cot.field("image_size").nullable and cot.field("image_size").type == pa.list_(
-        pa.field("item", pa.int64(), False))
+        pa.field("item", pa.int64(), False)
+    )
     assert not cot.field("id").nullable
     provenance = cot.field("provenance").type
     assert provenance.field("detector_agreement_iou").nullable
@@ -167,8 +252,11 @@ def test_every_shard_has_three_files_with_one_schema_each(tmp_path):
 def test_rows_round_trip_through_parquet(tmp_path):
     write_example(tmp_path)
     for shard, parts in example_shards().items():
-        for dataset, key, model in (("stgr_cot", "cot_rows", CotRow), ("stgr_rl", "rl_rows", RlRow),
-                                    ("rejects", "rejects", Reject)):
+        for dataset, key, model in (
+            ("stgr_cot", "cot_rows", CotRow),
+            ("stgr_rl", "rl_rows", RlRow),
+            ("rejects", "rejects", Reject),
+        ):
             back = table_to_rows(pq.read_table(shard_path(tmp_path, dataset, shard)), model)
             assert sorted(back, key=lambda r: r.id) == sorted(parts[key], key=lambda r: r.id)
     image_row = next(r for r in table_to_rows(read_table(tmp_path, "stgr_cot"), CotRow) if r.task == Task.VISUAL)
@@ -310,19 +398,23 @@ def test_manifest_prunes_files_of_shards_not_in_the_build(tmp_path):
     for dataset in DATASETS:
         shutil.copy(shard_path(tmp_path, dataset, 0), shard_path(tmp_path, dataset, 7))
     record = json.loads(record_path(tmp_path, 0).read_text())
-    record.update(shard=7, files=[{**f, "path": f["path"].replace("part-00000", "part-00007")} for f in record["files"]])
+    record.update(
+        shard=7, files=[{**f, "path": f["path"].replace("part-00000", "part-00007")} for f in record["files"]]
+    )
     record_path(tmp_path, 7).write_text(json.dumps(record))
     # A shard killed mid-write: its files are listed by the intent it wrote first.
     shutil.copy(shard_path(tmp_path, "rejects", 0), shard_path(tmp_path, "rejects", 8))
     (tmp_path / "_progress" / "writing-00008.json").write_text(
-        json.dumps({"shard": 8, "files": [{"path": "rejects/part-00008.parquet"}]}))
+        json.dumps({"shard": 8, "files": [{"path": "rejects/part-00008.parquet"}]})
+    )
     # A part file no record or manifest lists is not ours to delete.
     shutil.copy(shard_path(tmp_path, "stgr_cot", 0), shard_path(tmp_path, "stgr_cot", 9))
     from stgr_builder.ownership import unlisted_shards
 
     assert unlisted_shards(tmp_path) == ["stgr_cot/part-00009.parquet"]
-    write_manifest(tmp_path, build_id="b", code_version="0", config={}, prompts=[], detector={},
-                   results=list(results.values()))
+    write_manifest(
+        tmp_path, build_id="b", code_version="0", config={}, prompts=[], detector={}, results=list(results.values())
+    )
     assert not any(shard_path(tmp_path, d, 7).exists() for d in DATASETS)
     assert not record_path(tmp_path, 7).exists()
     assert not shard_path(tmp_path, "rejects", 8).exists() and not list((tmp_path / "_progress").glob("writing-*"))
@@ -336,13 +428,27 @@ def test_manifest_never_holds_an_api_key(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", secret)
     results = list(write_example(tmp_path).values())
     with pytest.raises(StgrError, match=r"\$OPENAI_API_KEY") as err:
-        write_manifest(tmp_path, build_id="b", code_version="0", config={"annotator": {"key": secret}},
-                       prompts=[], detector={}, results=results)
+        write_manifest(
+            tmp_path,
+            build_id="b",
+            code_version="0",
+            config={"annotator": {"key": secret}},
+            prompts=[],
+            detector={},
+            results=results,
+        )
     assert secret not in str(err.value)
     assert not (tmp_path / "manifest.json").exists()
 
-    write_manifest(tmp_path, build_id="b", code_version="0", config={"annotator": {"model": "gpt-4o"}},
-                   prompts=[], detector={}, results=results)
+    write_manifest(
+        tmp_path,
+        build_id="b",
+        code_version="0",
+        config={"annotator": {"model": "gpt-4o"}},
+        prompts=[],
+        detector={},
+        results=results,
+    )
     assert secret not in (tmp_path / "manifest.json").read_text()
 
 

@@ -7,12 +7,23 @@ import pytest
 
 from stgr_builder.annotate import AnnotateStep, TemplateAnnotator, available_prompts, load_prompt
 from stgr_builder.core import grammar
+from stgr_builder.core.steps import run_steps
 from stgr_builder.errors import SampleError, StgrError
 from stgr_builder.models import (
-    Detection, Frame, ImageInfo, Reject, RejectCode, SampleWork, SourceObject, SourceSample, Stage, Task,
-    VerifyConfig, VideoInfo, sample_id,
+    Detection,
+    Frame,
+    ImageInfo,
+    Reject,
+    RejectCode,
+    SampleWork,
+    SourceObject,
+    SourceSample,
+    Stage,
+    Task,
+    VerifyConfig,
+    VideoInfo,
+    sample_id,
 )
-from stgr_builder.core.steps import run_steps
 from stgr_builder.verify import VerifyStep, build_rows, check_row
 
 PROVENANCE_BASE = {"detector_name": "yolo-test", "detector_weights_hash": "w123", "build_id": "b1"}
@@ -32,9 +43,18 @@ def det(t, label, box, score=0.8, fps=25):
 def video_work(task, answer, *, objects=("dog",), span=None, options=(), caption=None, detections=()) -> SampleWork:
     question = "What does the dog do?"
     sample = SourceSample(
-        id=sample_id("STR_test", "v#1", question), source="STR_test", source_id="v#1", task=task,
-        question=question, options=list(options), answer=answer, video_path="v.mp4", media_root="/m",
-        span=list(span) if span else None, objects=[SourceObject(name=n) for n in objects], caption=caption,
+        id=sample_id("STR_test", "v#1", question),
+        source="STR_test",
+        source_id="v#1",
+        task=task,
+        question=question,
+        options=list(options),
+        answer=answer,
+        video_path="v.mp4",
+        media_root="/m",
+        span=list(span) if span else None,
+        objects=[SourceObject(name=n) for n in objects],
+        caption=caption,
     )
     video = VideoInfo(path="v.mp4", duration=DURATION, fps=25, n_frames=500, width=640, height=360, keyframes=[0])
     return SampleWork(sample=sample, video=video, frames=frames(), detections=list(detections))
@@ -43,13 +63,23 @@ def video_work(task, answer, *, objects=("dog",), span=None, options=(), caption
 def image_work(answer="<obj>cup</obj><box>[64, 90, 320, 270]</box>", detections=()) -> SampleWork:
     question = "Where is the cup?"
     sample = SourceSample(
-        id=sample_id("STR_gqa", "i1", question), source="STR_gqa", source_id="i1", task=Task.VISUAL,
-        question=question, answer=answer, image_path="cup.jpg", media_root="/m",
+        id=sample_id("STR_gqa", "i1", question),
+        source="STR_gqa",
+        source_id="i1",
+        task=Task.VISUAL,
+        question=question,
+        answer=answer,
+        image_path="cup.jpg",
+        media_root="/m",
         objects=[SourceObject(name="cup")],
     )
     frame = Frame(idx=0, time=0.0, path="kfs/cup.jpg", width=640, height=360)
-    return SampleWork(sample=sample, image=ImageInfo(path="cup.jpg", width=640, height=360), frames=[frame],
-                      detections=list(detections))
+    return SampleWork(
+        sample=sample,
+        image=ImageInfo(path="cup.jpg", width=640, height=360),
+        frames=[frame],
+        detections=list(detections),
+    )
 
 
 def verified(work: SampleWork):
@@ -57,32 +87,51 @@ def verified(work: SampleWork):
     work.annotation = TemplateAnnotator().annotate(work)
     cot, rl = build_rows(work, PROVENANCE_BASE)
     for row in (cot, rl):
-        violations = check_row(row, duration=work.video.duration if work.video else None,
-                               span=work.sample.span, gold_answer=work.sample.answer)
+        violations = check_row(
+            row,
+            duration=work.video.duration if work.video else None,
+            span=work.sample.span,
+            gold_answer=work.sample.answer,
+        )
         assert violations == [], [str(v) for v in violations]
     return cot
 
 
 DOG = [0.1, 0.2, 0.4, 0.6]
 BALL = [0.5, 0.55, 0.62, 0.7]
-DETECTIONS = [det(3, "dog", DOG, 0.9), det(5, "dog", [0.2, 0.2, 0.5, 0.6], 0.7), det(5, "ball", BALL, 0.6),
-              det(9, "dog", [0.3, 0.25, 0.6, 0.65]), det(12, "dog", [0.4, 0.2, 0.7, 0.6]),
-              det(14, "cat", [0, 0, 0.2, 0.2])]
+DETECTIONS = [
+    det(3, "dog", DOG, 0.9),
+    det(5, "dog", [0.2, 0.2, 0.5, 0.6], 0.7),
+    det(5, "ball", BALL, 0.6),
+    det(9, "dog", [0.3, 0.25, 0.6, 0.65]),
+    det(12, "dog", [0.4, 0.2, 0.7, 0.6]),
+    det(14, "cat", [0, 0, 0.2, 0.2]),
+]
 
 
 # -- every task produces rows that pass verification ---------------------------------------------
 
 
-@pytest.mark.parametrize(("task", "answer", "options", "span"), [
-    (Task.SPATIO_TEMPORAL, "The dog chases the ball.", (), (2.0, 13.0)),
-    (Task.TEMPORAL, "[2.5, 12.5]", (), (2.5, 12.5)),
-    (Task.TEMPORAL_MCQ, "B\n[2.5, 12.5]", ("0 to 2 s", "2.5 to 12.5 s"), (2.5, 12.5)),
-    (Task.VIDEO_MCQ, "A", ("it runs", "it sleeps"), None),
-    (Task.VIDEO_FREE, "It runs after a ball.", (), None),
-])
+@pytest.mark.parametrize(
+    ("task", "answer", "options", "span"),
+    [
+        (Task.SPATIO_TEMPORAL, "The dog chases the ball.", (), (2.0, 13.0)),
+        (Task.TEMPORAL, "[2.5, 12.5]", (), (2.5, 12.5)),
+        (Task.TEMPORAL_MCQ, "B\n[2.5, 12.5]", ("0 to 2 s", "2.5 to 12.5 s"), (2.5, 12.5)),
+        (Task.VIDEO_MCQ, "A", ("it runs", "it sleeps"), None),
+        (Task.VIDEO_FREE, "It runs after a ball.", (), None),
+    ],
+)
 def test_every_video_task_gives_rows_that_pass_check_row(task, answer, options, span):
-    work = video_work(task, answer, objects=("dog", "ball"), span=span, options=options,
-                      caption="A dog <runs> in a park.", detections=DETECTIONS)
+    work = video_work(
+        task,
+        answer,
+        objects=("dog", "ball"),
+        span=span,
+        options=options,
+        caption="A dog <runs> in a park.",
+        detections=DETECTIONS,
+    )
     row = verified(work)
     assert row.answer == answer
     assert row.key_items, "the detected dog and ball are shown as evidence"
@@ -134,8 +183,12 @@ def test_key_frames_respect_the_span():
 
 
 def test_several_instances_on_a_frame_become_several_boxes_best_first():
-    dets = [det(4, "dog", [0.1, 0.1, 0.2, 0.2], 0.5), det(4, "dog", [0.6, 0.6, 0.7, 0.7], 0.9),
-            det(4, "dog", [0.3, 0.3, 0.4, 0.4], 0.7), det(4, "dog", [0.8, 0.1, 0.9, 0.2], 0.3)]
+    dets = [
+        det(4, "dog", [0.1, 0.1, 0.2, 0.2], 0.5),
+        det(4, "dog", [0.6, 0.6, 0.7, 0.7], 0.9),
+        det(4, "dog", [0.3, 0.3, 0.4, 0.4], 0.7),
+        det(4, "dog", [0.8, 0.1, 0.9, 0.2], 0.3),
+    ]
     row = verified(video_work(Task.SPATIO_TEMPORAL, "It runs.", detections=dets))
     [item] = row.key_items
     assert item.boxes == [[0.6, 0.6, 0.7, 0.7], [0.3, 0.3, 0.4, 0.4], [0.1, 0.1, 0.2, 0.2]]  # capped at 3
@@ -154,22 +207,36 @@ def test_key_frames_are_few_spread_over_time_and_cover_every_object():
 
 
 def test_unusable_detections_are_skipped():
-    dets = [det(3, "dog", [0.0, 0.0, 0.95, 0.95], 0.99), det(4, "dog", [0.2, 0.2, 0.2, 0.5], 0.9),
-            det(6, "dog", DOG, 0.3)]
+    dets = [
+        det(3, "dog", [0.0, 0.0, 0.95, 0.95], 0.99),
+        det(4, "dog", [0.2, 0.2, 0.2, 0.5], 0.9),
+        det(6, "dog", DOG, 0.3),
+    ]
     row = verified(video_work(Task.SPATIO_TEMPORAL, "It runs.", detections=dets))
-    assert [(k.time, i.boxes) for k, i in zip(row.key_frames, row.key_items)] == [(6.0, [DOG])]
+    assert [(k.time, i.boxes) for k, i in zip(row.key_frames, row.key_items, strict=False)] == [(6.0, [DOG])]
 
 
 def test_non_round_frame_times_are_written_within_the_tolerance():
-    row = verified(video_work(Task.SPATIO_TEMPORAL, "It runs.", detections=[
-        Detection(frame_idx=188, label="dog", score=0.8, box=[0.123456, 0.2, 0.4, 0.6])]))
+    row = verified(
+        video_work(
+            Task.SPATIO_TEMPORAL,
+            "It runs.",
+            detections=[Detection(frame_idx=188, label="dog", score=0.8, box=[0.123456, 0.2, 0.4, 0.6])],
+        )
+    )
     assert "<obj>dog</obj><box>[0.123, 0.2, 0.4, 0.6]</box>at<t>7.5</t>s" in row.reasoning_process
     assert row.key_frames[0].time == 7.52
 
 
 def test_the_annotation_is_deterministic():
-    make = lambda: video_work(Task.SPATIO_TEMPORAL, "It runs.", objects=("dog", "ball"),  # noqa: E731
-                              detections=DETECTIONS[::-1])
+    def make():
+        return video_work(
+            Task.SPATIO_TEMPORAL,
+            "It runs.",
+            objects=("dog", "ball"),
+            detections=DETECTIONS[::-1],
+        )
+
     first, second = TemplateAnnotator().annotate(make()), TemplateAnnotator().annotate(make())
     assert first == second
     assert first.model == "template" and first.prompt == load_prompt("template-cot").ref
@@ -178,13 +245,16 @@ def test_the_annotation_is_deterministic():
 # -- no evidence --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("work", "words"), [
-    (video_work(Task.SPATIO_TEMPORAL, "It runs."), "'dog'"),
-    (video_work(Task.SPATIO_TEMPORAL, "It runs.", detections=[det(14, "cat", BALL)]), "'dog'"),
-    (video_work(Task.SPATIO_TEMPORAL, "It runs.", span=(13.0, 20.0), detections=DETECTIONS), "inside span"),
-    (video_work(Task.SPATIO_TEMPORAL, "It runs.", objects=()), "names no object"),
-    (image_work(), "'cup'"),
-])
+@pytest.mark.parametrize(
+    ("work", "words"),
+    [
+        (video_work(Task.SPATIO_TEMPORAL, "It runs."), "'dog'"),
+        (video_work(Task.SPATIO_TEMPORAL, "It runs.", detections=[det(14, "cat", BALL)]), "'dog'"),
+        (video_work(Task.SPATIO_TEMPORAL, "It runs.", span=(13.0, 20.0), detections=DETECTIONS), "inside span"),
+        (video_work(Task.SPATIO_TEMPORAL, "It runs.", objects=()), "names no object"),
+        (image_work(), "'cup'"),
+    ],
+)
 def test_grounded_tasks_without_a_detected_object_are_no_evidence(work, words):
     with pytest.raises(SampleError) as caught:
         TemplateAnnotator().annotate(work)
@@ -202,7 +272,8 @@ def test_annotate_and_verify_steps_keep_good_samples_and_reject_the_rest():
     kept, rejected = run_steps([good, empty], [annotate, VerifyStep(VerifyConfig(), PROVENANCE_BASE)])
     assert kept.cot_row is not None and kept.cot_row.provenance.prompt_name == "template-cot"
     assert kept.cot_row.provenance.detector_score == pytest.approx(
-        sum(d.score for d in DETECTIONS if d.label == "dog") / 4)
+        sum(d.score for d in DETECTIONS if d.label == "dog") / 4
+    )
     assert isinstance(rejected, Reject) and (rejected.stage, rejected.code) == (Stage.ANNOTATE, RejectCode.NO_EVIDENCE)
     assert annotate.stats.rejected == {"no_evidence": 1}
 

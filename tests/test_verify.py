@@ -7,17 +7,35 @@ import pyarrow.parquet as pq
 import pytest
 
 from stgr_builder.core import geometry, grammar
-from stgr_builder.models import (
-    Annotation, CotRow, DatasetName, Evidence, Frame, ImageInfo, KeyFrame, KeyItem, PromptRef, Provenance,
-    Reject, RejectCode, RlRow, SampleWork, SourceObject, SourceSample, Stage, Task, TimedBox, VerifyConfig,
-    VideoInfo, sample_id,
-)
 from stgr_builder.core.steps import run_steps
+from stgr_builder.models import (
+    Annotation,
+    CotRow,
+    DatasetName,
+    Evidence,
+    Frame,
+    ImageInfo,
+    KeyFrame,
+    KeyItem,
+    PromptRef,
+    Provenance,
+    Reject,
+    RejectCode,
+    RlRow,
+    SampleWork,
+    SourceObject,
+    SourceSample,
+    Stage,
+    Task,
+    TimedBox,
+    VerifyConfig,
+    VideoInfo,
+    sample_id,
+)
 from stgr_builder.verify import VerifyStep, build_rows, check_row
 
 PROVENANCE_BASE = {"detector_name": "yolo-test", "detector_weights_hash": "w123", "build_id": "b1"}
-PROVENANCE = Provenance(prompt_name="template-cot", prompt_version="v1", annotator_model="template",
-                        **PROVENANCE_BASE)
+PROVENANCE = Provenance(prompt_name="template-cot", prompt_version="v1", annotator_model="template", **PROVENANCE_BASE)
 
 DOG_3 = [0.1, 0.2, 0.4, 0.5]
 BALL_3 = [[0.5, 0.5, 0.6, 0.6], [0.7, 0.7, 0.8, 0.8]]
@@ -25,21 +43,31 @@ DOG_6 = [0.2, 0.2, 0.5, 0.5]
 
 
 def _trace(dog3=DOG_3, t3=3.0, dog6=DOG_6, t6=6.04, extra=""):
-    return (f"The question asks where the dog goes. From {grammar.render_plain_span(2.0, 8.0)} "
-            f"I see {grammar.render_evidence('dog', [dog3], t3)} and "
-            f"{grammar.render_evidence('ball', BALL_3, t3)}. Then "
-            f"{grammar.render_evidence('dog', [dog6], t6)}.{extra} So it chases the ball.")
+    return (
+        f"The question asks where the dog goes. From {grammar.render_plain_span(2.0, 8.0)} "
+        f"I see {grammar.render_evidence('dog', [dog3], t3)} and "
+        f"{grammar.render_evidence('ball', BALL_3, t3)}. Then "
+        f"{grammar.render_evidence('dog', [dog6], t6)}.{extra} So it chases the ball."
+    )
 
 
 def video_row(**changes) -> CotRow:
     """A good spatio-temporal row: two key frames (3.0 s, 6.04 s), a dog twice, two balls."""
     fields = dict(
-        id="row1", task=Task.SPATIO_TEMPORAL, source="STR_test", question="Where does the dog go?",
-        answer="It chases the ball.", video_path="v/dog.mp4",
+        id="row1",
+        task=Task.SPATIO_TEMPORAL,
+        source="STR_test",
+        question="Where does the dog go?",
+        answer="It chases the ball.",
+        video_path="v/dog.mp4",
         key_frames=[KeyFrame(idx=30, time=3.0, path="kfs/a.jpg"), KeyFrame(idx=60, time=6.04, path="kfs/b.jpg")],
-        key_items=[KeyItem(idx=30, name="dog", boxes=[DOG_3]), KeyItem(idx=30, name="ball", boxes=BALL_3),
-                   KeyItem(idx=60, name="dog", boxes=[DOG_6])],
-        provenance=PROVENANCE, reasoning_process=_trace(),
+        key_items=[
+            KeyItem(idx=30, name="dog", boxes=[DOG_3]),
+            KeyItem(idx=30, name="ball", boxes=BALL_3),
+            KeyItem(idx=60, name="dog", boxes=[DOG_6]),
+        ],
+        provenance=PROVENANCE,
+        reasoning_process=_trace(),
     )
     fields.update(changes)
     return CotRow(**fields)
@@ -62,34 +90,90 @@ def test_a_spatio_temporal_trace_states_no_time_that_is_not_a_key_frame():
     assert codes(video_row(reasoning_process=lone)) == [RejectCode.TIME_NOT_KEY_FRAME]
 
 
-@pytest.mark.parametrize(("row", "check", "code"), [
-    (video_row(reasoning_process=_trace().replace("</obj>", "", 1)), {}, RejectCode.TAGS_UNBALANCED),
-    (video_row(reasoning_process=_trace().replace("</box>at<t>", "</box> at <t>", 1)), {}, RejectCode.TRACE_GRAMMAR),
-    (video_row(reasoning_process=_trace().replace("[0.1, 0.2, 0.4, 0.5]", "[0.1001, 0.2, 0.4, 0.5]")), {},
-     RejectCode.TRACE_GRAMMAR),
-    (video_row(reasoning_process=_trace(extra=" " + grammar.render_evidence("cat", [[0.1, 0.1, 0.2, 0.2]], 3.0))),
-     {}, RejectCode.EVIDENCE_NOT_IN_KEY_ITEMS),
-    (video_row(reasoning_process=_trace(dog3=[0.1, 0.2, 0.4, 0.51])), {}, RejectCode.EVIDENCE_NOT_IN_KEY_ITEMS),
-    (video_row(reasoning_process=_trace(t3=3.1)), {}, RejectCode.EVIDENCE_NOT_IN_KEY_ITEMS),
-    (video_row(key_items=[*video_row().key_items, KeyItem(idx=60, name="ball", boxes=[[0.3, 0.3, 0.4, 0.4]])]), {},
-     RejectCode.KEY_ITEM_NOT_IN_TRACE),
-    (video_row(key_items=[KeyItem(idx=30, name="dog", boxes=[[0.0, 0.0, 0.95, 0.95]]), *video_row().key_items[1:]],
-               reasoning_process=_trace(dog3=[0.0, 0.0, 0.95, 0.95])), {}, RejectCode.BOX_TOO_LARGE),
-    (video_row(key_items=[KeyItem(idx=30, name="dog", boxes=[[0.3, 0.2, 0.3, 0.5]]), *video_row().key_items[1:]],
-               reasoning_process=_trace(dog3=[0.3, 0.2, 0.3, 0.5])), {}, RejectCode.BOX_EMPTY),
-    (video_row(key_items=[KeyItem(idx=30, name="dog", boxes=[[0.5, 0.2, 1.2, 0.5]]), *video_row().key_items[1:]],
-               reasoning_process=_trace(dog3=[0.5, 0.2, 1.2, 0.5])), {}, RejectCode.BOX_OUT_OF_RANGE),
-    (video_row(), {"span": (4.0, 8.0)}, RejectCode.TIME_OUTSIDE_SPAN),
-    (video_row(), {"duration": 5.0}, RejectCode.TIME_OUTSIDE_VIDEO),
-    (video_row(key_frames=video_row().key_frames[::-1]), {}, RejectCode.KEY_FRAMES_INVALID),
-    (video_row(key_frames=[*video_row().key_frames, KeyFrame(idx=60, time=7.0, path="kfs/c.jpg")]), {},
-     RejectCode.KEY_FRAMES_INVALID),
-    (video_row(answer="It <obj>chases</obj> the ball."), {}, RejectCode.ANSWER_FORM),
-    (video_row(answer="It sleeps."), {}, RejectCode.ANSWER_MISMATCH),
-    (video_row(key_items=[], reasoning_process="The dog chases the ball."), {}, RejectCode.NO_EVIDENCE),
-], ids=["unbalanced", "space-around-at", "4-decimals", "unknown-object", "box-not-in-items", "time-off-0.1s",
-        "item-not-in-trace", "box-over-80pct", "zero-area", "out-of-range", "outside-span", "outside-duration",
-        "unsorted-key-frames", "repeated-idx", "answer-form", "answer-mismatch", "grounded-without-evidence"])
+@pytest.mark.parametrize(
+    ("row", "check", "code"),
+    [
+        (video_row(reasoning_process=_trace().replace("</obj>", "", 1)), {}, RejectCode.TAGS_UNBALANCED),
+        (
+            video_row(reasoning_process=_trace().replace("</box>at<t>", "</box> at <t>", 1)),
+            {},
+            RejectCode.TRACE_GRAMMAR,
+        ),
+        (
+            video_row(reasoning_process=_trace().replace("[0.1, 0.2, 0.4, 0.5]", "[0.1001, 0.2, 0.4, 0.5]")),
+            {},
+            RejectCode.TRACE_GRAMMAR,
+        ),
+        (
+            video_row(
+                reasoning_process=_trace(extra=" " + grammar.render_evidence("cat", [[0.1, 0.1, 0.2, 0.2]], 3.0))
+            ),
+            {},
+            RejectCode.EVIDENCE_NOT_IN_KEY_ITEMS,
+        ),
+        (video_row(reasoning_process=_trace(dog3=[0.1, 0.2, 0.4, 0.51])), {}, RejectCode.EVIDENCE_NOT_IN_KEY_ITEMS),
+        (video_row(reasoning_process=_trace(t3=3.1)), {}, RejectCode.EVIDENCE_NOT_IN_KEY_ITEMS),
+        (
+            video_row(key_items=[*video_row().key_items, KeyItem(idx=60, name="ball", boxes=[[0.3, 0.3, 0.4, 0.4]])]),
+            {},
+            RejectCode.KEY_ITEM_NOT_IN_TRACE,
+        ),
+        (
+            video_row(
+                key_items=[KeyItem(idx=30, name="dog", boxes=[[0.0, 0.0, 0.95, 0.95]]), *video_row().key_items[1:]],
+                reasoning_process=_trace(dog3=[0.0, 0.0, 0.95, 0.95]),
+            ),
+            {},
+            RejectCode.BOX_TOO_LARGE,
+        ),
+        (
+            video_row(
+                key_items=[KeyItem(idx=30, name="dog", boxes=[[0.3, 0.2, 0.3, 0.5]]), *video_row().key_items[1:]],
+                reasoning_process=_trace(dog3=[0.3, 0.2, 0.3, 0.5]),
+            ),
+            {},
+            RejectCode.BOX_EMPTY,
+        ),
+        (
+            video_row(
+                key_items=[KeyItem(idx=30, name="dog", boxes=[[0.5, 0.2, 1.2, 0.5]]), *video_row().key_items[1:]],
+                reasoning_process=_trace(dog3=[0.5, 0.2, 1.2, 0.5]),
+            ),
+            {},
+            RejectCode.BOX_OUT_OF_RANGE,
+        ),
+        (video_row(), {"span": (4.0, 8.0)}, RejectCode.TIME_OUTSIDE_SPAN),
+        (video_row(), {"duration": 5.0}, RejectCode.TIME_OUTSIDE_VIDEO),
+        (video_row(key_frames=video_row().key_frames[::-1]), {}, RejectCode.KEY_FRAMES_INVALID),
+        (
+            video_row(key_frames=[*video_row().key_frames, KeyFrame(idx=60, time=7.0, path="kfs/c.jpg")]),
+            {},
+            RejectCode.KEY_FRAMES_INVALID,
+        ),
+        (video_row(answer="It <obj>chases</obj> the ball."), {}, RejectCode.ANSWER_FORM),
+        (video_row(answer="It sleeps."), {}, RejectCode.ANSWER_MISMATCH),
+        (video_row(key_items=[], reasoning_process="The dog chases the ball."), {}, RejectCode.NO_EVIDENCE),
+    ],
+    ids=[
+        "unbalanced",
+        "space-around-at",
+        "4-decimals",
+        "unknown-object",
+        "box-not-in-items",
+        "time-off-0.1s",
+        "item-not-in-trace",
+        "box-over-80pct",
+        "zero-area",
+        "out-of-range",
+        "outside-span",
+        "outside-duration",
+        "unsorted-key-frames",
+        "repeated-idx",
+        "answer-form",
+        "answer-mismatch",
+        "grounded-without-evidence",
+    ],
+)
 def test_each_broken_rule_rejects_with_its_own_code(row, check, code):
     found = codes(row, **check)
     assert found, "the row should have been rejected"
@@ -161,9 +245,15 @@ CUP = [0.1, 0.25, 0.5, 0.75]  # 640 x 480: [64, 120, 320, 360]
 
 def image_row(pixels=(64, 120, 320, 360), **changes) -> CotRow:
     fields = dict(
-        id="img1", task=Task.VISUAL, source="STR_gqa", question="Where is the cup?",
-        answer="<obj>cup</obj><box>[60, 118, 322, 362]</box>", image_path="i/cup.jpg", image_size=[640, 480],
-        key_frames=[KeyFrame(idx=0, time=0.0, path="kfs/cup.jpg")], key_items=[KeyItem(idx=0, name="cup", boxes=[CUP])],
+        id="img1",
+        task=Task.VISUAL,
+        source="STR_gqa",
+        question="Where is the cup?",
+        answer="<obj>cup</obj><box>[60, 118, 322, 362]</box>",
+        image_path="i/cup.jpg",
+        image_size=[640, 480],
+        key_frames=[KeyFrame(idx=0, time=0.0, path="kfs/cup.jpg")],
+        key_items=[KeyItem(idx=0, name="cup", boxes=[CUP])],
         provenance=PROVENANCE,
         reasoning_process=f"I find {grammar.render_pixel_evidence('cup', [list(pixels)])}. So the cup is there.",
     )
@@ -185,8 +275,9 @@ def test_image_rows_write_pixels_that_match_key_items_within_a_pixel():
 def test_image_rows_need_their_size_and_a_single_frame_at_zero():
     assert image_codes(image_row(image_size=None)) == [RejectCode.KEY_FRAMES_INVALID]
     assert image_codes(image_row(image_size=None), image_size=(640, 480)) == []
-    moved = image_row(key_frames=[KeyFrame(idx=3, time=1.0, path="x.jpg")],
-                      key_items=[KeyItem(idx=3, name="cup", boxes=[CUP])])
+    moved = image_row(
+        key_frames=[KeyFrame(idx=3, time=1.0, path="x.jpg")], key_items=[KeyItem(idx=3, name="cup", boxes=[CUP])]
+    )
     assert image_codes(moved)[0] is RejectCode.KEY_FRAMES_INVALID
 
 
@@ -226,36 +317,63 @@ def test_rows_read_back_from_parquet_check_the_same(tmp_path):
 # -- build_rows and the verify step -------------------------------------------------------------
 
 
-def _work(*, task=Task.VIDEO_MCQ, answer="B", options=("a cat", "a dog"), evidence=None, datasets=None,
-          gold_boxes=()) -> SampleWork:
+def _work(
+    *, task=Task.VIDEO_MCQ, answer="B", options=("a cat", "a dog"), evidence=None, datasets=None, gold_boxes=()
+) -> SampleWork:
     question = "Which animal runs?"
     sample = SourceSample(
-        id=sample_id("STR_test", "v1#0", question), source="STR_test", source_id="v1#0", task=task,
-        question=question, options=list(options), answer=answer, video_path="v1.mp4", media_root="/media",
-        span=[2.0, 8.0], objects=[SourceObject(name="dog", boxes=list(gold_boxes))],
+        id=sample_id("STR_test", "v1#0", question),
+        source="STR_test",
+        source_id="v1#0",
+        task=task,
+        question=question,
+        options=list(options),
+        answer=answer,
+        video_path="v1.mp4",
+        media_root="/media",
+        span=[2.0, 8.0],
+        objects=[SourceObject(name="dog", boxes=list(gold_boxes))],
         **({"datasets": datasets} if datasets else {}),
     )
-    frames = [Frame(idx=60, time=6.0, path="kfs/b.jpg", width=320, height=240),
-              Frame(idx=30, time=3.0, path="kfs/a.jpg", width=320, height=240)]
+    frames = [
+        Frame(idx=60, time=6.0, path="kfs/b.jpg", width=320, height=240),
+        Frame(idx=30, time=3.0, path="kfs/a.jpg", width=320, height=240),
+    ]
     if evidence is None:
-        evidence = [Evidence(frame_idx=60, time=6.0, name="dog", box=DOG_6, score=0.6),
-                    Evidence(frame_idx=30, time=3.0, name="dog", box=[0.1, 0.2, 0.4, 0.50004], score=0.9),
-                    Evidence(frame_idx=30, time=3.0, name="dog", box=[0.6, 0.2, 0.9, 0.5], score=0.6)]
-    trace = ("The dog runs: " + grammar.render_evidence("dog", [DOG_3, [0.6, 0.2, 0.9, 0.5]], 3.0) + " then "
-             + grammar.render_evidence("dog", [DOG_6], 6.0) + ".")
-    annotation = Annotation(key_frames=frames, evidence=evidence, reasoning=trace, answer=answer,
-                            prompt=PromptRef(name="template-cot", version="abc"), model="template")
+        evidence = [
+            Evidence(frame_idx=60, time=6.0, name="dog", box=DOG_6, score=0.6),
+            Evidence(frame_idx=30, time=3.0, name="dog", box=[0.1, 0.2, 0.4, 0.50004], score=0.9),
+            Evidence(frame_idx=30, time=3.0, name="dog", box=[0.6, 0.2, 0.9, 0.5], score=0.6),
+        ]
+    trace = (
+        "The dog runs: "
+        + grammar.render_evidence("dog", [DOG_3, [0.6, 0.2, 0.9, 0.5]], 3.0)
+        + " then "
+        + grammar.render_evidence("dog", [DOG_6], 6.0)
+        + "."
+    )
+    annotation = Annotation(
+        key_frames=frames,
+        evidence=evidence,
+        reasoning=trace,
+        answer=answer,
+        prompt=PromptRef(name="template-cot", version="abc"),
+        model="template",
+    )
     video = VideoInfo(path="v1.mp4", duration=10.0, fps=10.0, n_frames=100, width=320, height=240, keyframes=[0])
     return SampleWork(sample=sample, video=video, frames=frames, annotation=annotation)
 
 
 def test_build_rows_writes_the_contract_fields():
-    cot, rl = build_rows(_work(gold_boxes=[TimedBox(time=2.9, box=DOG_3), TimedBox(time=9.5, box=[0, 0, 0.1, 0.1])]),
-                         PROVENANCE_BASE)
+    cot, rl = build_rows(
+        _work(gold_boxes=[TimedBox(time=2.9, box=DOG_3), TimedBox(time=9.5, box=[0, 0, 0.1, 0.1])]), PROVENANCE_BASE
+    )
     assert cot.question == "Which animal runs?\nA. a cat\nB. a dog"
     assert [(k.idx, k.time) for k in cot.key_frames] == [(30, 3.0), (60, 6.0)]
     assert [(i.idx, i.name, i.boxes) for i in cot.key_items] == [
-        (30, "dog", [DOG_3, [0.6, 0.2, 0.9, 0.5]]), (60, "dog", [DOG_6])]
+        (30, "dog", [DOG_3, [0.6, 0.2, 0.9, 0.5]]),
+        (60, "dog", [DOG_6]),
+    ]
     assert cot.video_path == "v1.mp4" and cot.image_path is None and cot.image_size is None
     prov = cot.provenance
     assert (prov.prompt_name, prov.prompt_version, prov.annotator_model) == ("template-cot", "abc", "template")

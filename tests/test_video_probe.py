@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from stgr_builder.core.encode import encode_h264
+from stgr_builder.core.steps import run_steps
 from stgr_builder.errors import SampleError
 from stgr_builder.models import FilterConfig, Reject, RejectCode, SampleWork, SourceSample, Task, sample_id
-from stgr_builder.core.steps import run_steps
 from stgr_builder.video import ProbeStep, probe_image, probe_video, read_frames
-from stgr_builder.core.encode import encode_h264
 
 FPS, GOP, N = 25, 10, 75  # 3.0 s
 
@@ -28,7 +28,7 @@ def frames(n: int, width: int = 128, height: int = 96):
     """Frame i has its own grey level and a white bar at x = 4 i: easy to tell apart."""
     for i in range(n):
         rgb = np.full((height, width, 3), (i * 37) % 200 + 20, dtype=np.uint8)
-        rgb[:, (i * 4) % (width - 8):(i * 4) % (width - 8) + 8] = 255
+        rgb[:, (i * 4) % (width - 8) : (i * 4) % (width - 8) + 8] = 255
         yield rgb
 
 
@@ -40,13 +40,28 @@ def media(tmp_path_factory) -> Path:
     return root
 
 
-def work(media_root: Path, video: str | None = None, image: str | None = None, span=None,
-         task: Task = Task.SPATIO_TEMPORAL, source: str = "STR_test", n: int = 0) -> SampleWork:
+def work(
+    media_root: Path,
+    video: str | None = None,
+    image: str | None = None,
+    span=None,
+    task: Task = Task.SPATIO_TEMPORAL,
+    source: str = "STR_test",
+    n: int = 0,
+) -> SampleWork:
     question = f"q{n}"
     sample = SourceSample(
-        id=sample_id(source, str(n), question), source=source, source_id=str(n), task=task,
-        question=question, answer="a", video_path=video, image_path=image, media_root=str(media_root),
-        span=span)
+        id=sample_id(source, str(n), question),
+        source=source,
+        source_id=str(n),
+        task=task,
+        question=question,
+        answer="a",
+        video_path=video,
+        image_path=image,
+        media_root=str(media_root),
+        span=span,
+    )
     return SampleWork(sample=sample)
 
 
@@ -113,17 +128,20 @@ def bad(media, tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("name, code", [
-    ("missing.mp4", RejectCode.MEDIA_MISSING),
-    ("folder.mp4", RejectCode.MEDIA_MISSING),
-    ("zero.mp4", RejectCode.MEDIA_EMPTY),
-    ("random.mp4", RejectCode.MEDIA_CORRUPT),
-    ("text.mp4", RejectCode.MEDIA_CORRUPT),
-    ("truncated.mp4", RejectCode.MEDIA_CORRUPT),
-    ("truncated_faststart.mp4", RejectCode.MEDIA_CORRUPT),
-    ("garbled_data.mp4", RejectCode.MEDIA_CORRUPT),
-    ("audio.mp4", RejectCode.NO_FRAMES),
-])
+@pytest.mark.parametrize(
+    "name, code",
+    [
+        ("missing.mp4", RejectCode.MEDIA_MISSING),
+        ("folder.mp4", RejectCode.MEDIA_MISSING),
+        ("zero.mp4", RejectCode.MEDIA_EMPTY),
+        ("random.mp4", RejectCode.MEDIA_CORRUPT),
+        ("text.mp4", RejectCode.MEDIA_CORRUPT),
+        ("truncated.mp4", RejectCode.MEDIA_CORRUPT),
+        ("truncated_faststart.mp4", RejectCode.MEDIA_CORRUPT),
+        ("garbled_data.mp4", RejectCode.MEDIA_CORRUPT),
+        ("audio.mp4", RejectCode.NO_FRAMES),
+    ],
+)
 def test_bad_video_gives_its_reject_code(bad, name, code):
     with pytest.raises(SampleError) as caught:
         probe_video(bad / name, name)
@@ -146,14 +164,14 @@ def test_corrupt_files_never_kill_the_process(media, tmp_path):
         rng, data = random.Random(seed), bytearray(good)
         for _ in range(1 + seed % 4):
             at = rng.randrange(start, end - 64)
-            if seed % 3 == 0:    # a random block
+            if seed % 3 == 0:  # a random block
                 size = rng.randrange(4, 64)
-                data[at:at + size] = rng.randbytes(size)
+                data[at : at + size] = rng.randbytes(size)
             elif seed % 3 == 1:  # flipped bytes
                 for _ in range(10):
                     data[rng.randrange(start, end)] ^= 0xFF
-            else:                # a clobbered 4-byte length field
-                data[at:at + 4] = rng.randbytes(4)
+            else:  # a clobbered 4-byte length field
+                data[at : at + 4] = rng.randbytes(4)
         paths.append(tmp_path / f"fuzz{seed}.mp4")
         paths[-1].write_bytes(bytes(data))
     script = textwrap.dedent("""
@@ -173,8 +191,13 @@ def test_corrupt_files_never_kill_the_process(media, tmp_path):
                 out.append("decode_error")
         print(json.dumps(out))
     """)
-    child = subprocess.run([sys.executable, "-c", script, *map(str, paths)], capture_output=True, text=True,
-                           timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    child = subprocess.run(
+        [sys.executable, "-c", script, *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
     assert child.returncode == 0, child.stderr[-2000:]
     outcomes = json.loads(child.stdout.strip().splitlines()[-1])
     assert len(outcomes) == len(paths)
@@ -191,8 +214,11 @@ def test_probe_image_reports_original_size_and_rejects_bad_images(tmp_path):
     (tmp_path / "cut.jpg").write_bytes((tmp_path / "full.jpg").read_bytes()[:300])
     (tmp_path / "empty.png").write_bytes(b"")
     assert probe_image(tmp_path / "ok.png", "ok.png").model_dump() == {"path": "ok.png", "width": 50, "height": 30}
-    for name, code in [("cut.jpg", RejectCode.MEDIA_CORRUPT), ("empty.png", RejectCode.MEDIA_EMPTY),
-                       ("none.png", RejectCode.MEDIA_MISSING)]:
+    for name, code in [
+        ("cut.jpg", RejectCode.MEDIA_CORRUPT),
+        ("empty.png", RejectCode.MEDIA_EMPTY),
+        ("none.png", RejectCode.MEDIA_MISSING),
+    ]:
         with pytest.raises(SampleError) as caught:
             probe_image(tmp_path / name, name)
         assert caught.value.code == code
@@ -212,7 +238,7 @@ def test_probe_step_opens_a_shared_video_once(media):
 
 def test_probe_step_turns_bad_media_and_spans_into_rejects(media, bad):
     items = [
-        work(media, "clip.mp4", span=[0.5, 1.0], n=0),            # kept
+        work(media, "clip.mp4", span=[0.5, 1.0], n=0),  # kept
         work(media, "clip.mp4", span=[2.5, 3.0 + 0.5 / FPS], n=1),  # end within one frame: kept
         work(media, "clip.mp4", span=[-0.1, 1.0], n=2),
         work(media, "clip.mp4", span=[1.0, 3.2], n=3),
@@ -226,9 +252,18 @@ def test_probe_step_turns_bad_media_and_spans_into_rejects(media, bad):
     step = ProbeStep()
     out = run_steps(items, [step])
     codes = [item.code if isinstance(item, Reject) else "kept" for item in out]
-    assert codes == ["kept", "kept", RejectCode.SPAN_OUTSIDE_VIDEO, RejectCode.SPAN_OUTSIDE_VIDEO,
-                     RejectCode.SPAN_OUTSIDE_VIDEO, RejectCode.MEDIA_CORRUPT, RejectCode.MEDIA_CORRUPT,
-                     RejectCode.MEDIA_MISSING, RejectCode.UNSAFE_PATH, RejectCode.MEDIA_MISSING]
+    assert codes == [
+        "kept",
+        "kept",
+        RejectCode.SPAN_OUTSIDE_VIDEO,
+        RejectCode.SPAN_OUTSIDE_VIDEO,
+        RejectCode.SPAN_OUTSIDE_VIDEO,
+        RejectCode.MEDIA_CORRUPT,
+        RejectCode.MEDIA_CORRUPT,
+        RejectCode.MEDIA_MISSING,
+        RejectCode.UNSAFE_PATH,
+        RejectCode.MEDIA_MISSING,
+    ]
     assert [r.id for r in out[2:]] == [w.sample.id for w in items[2:]]
     assert all(r.stage.value == "probe" for r in out[2:])
     assert step.stats.kept == 2
@@ -237,28 +272,41 @@ def test_probe_step_turns_bad_media_and_spans_into_rejects(media, bad):
 
 
 def test_probe_step_applies_the_paper_filters_per_source(media):
-    filters = {"STR_test": FilterConfig(min_video_s=10, max_video_s=180),
-               "TVG_test": FilterConfig(min_video_s=5, max_video_s=20, max_action_fraction=0.5,
-                                        max_answer_fraction=0.7)}
+    filters = {
+        "STR_test": FilterConfig(min_video_s=10, max_video_s=180),
+        "TVG_test": FilterConfig(min_video_s=5, max_video_s=20, max_action_fraction=0.5, max_answer_fraction=0.7),
+    }
     items = [
-        work(media, "clip.mp4", n=0),                                                  # 3 s < 10 s
-        work(media, "clip.mp4", source="unfiltered", n=1),                             # no filters
-        work(media, "long.mp4", span=[0.0, 5.9], source="TVG_test", n=2),             # 49%: kept
-        work(media, "long.mp4", span=[0.0, 6.0], source="TVG_test", n=3),             # 50%: action
+        work(media, "clip.mp4", n=0),  # 3 s < 10 s
+        work(media, "clip.mp4", source="unfiltered", n=1),  # no filters
+        work(media, "long.mp4", span=[0.0, 5.9], source="TVG_test", n=2),  # 49%: kept
+        work(media, "long.mp4", span=[0.0, 6.0], source="TVG_test", n=3),  # 50%: action
         work(media, "long.mp4", span=[0.0, 8.0], source="TVG_test", task=Task.TEMPORAL, n=4),  # 67%: answer, kept
         work(media, "long.mp4", span=[0.0, 8.4], source="TVG_test", task=Task.TEMPORAL_MCQ, n=5),  # 70%: answer
-        work(media, "long.mp4", span=[0.0, 8.4], source="TVG_test", n=6),             # not temporal: action
-        work(media, "long.mp4", source="STR_test", n=7),                               # 12 s: kept
+        work(media, "long.mp4", span=[0.0, 8.4], source="TVG_test", n=6),  # not temporal: action
+        work(media, "long.mp4", source="STR_test", n=7),  # 12 s: kept
     ]
     step = ProbeStep(filters)
     out = run_steps(items, [step])
     codes = [item.code if isinstance(item, Reject) else "kept" for item in out]
-    assert codes == [RejectCode.FILTERED_DURATION, "kept", "kept", RejectCode.FILTERED_ACTION_FRACTION,
-                     "kept", RejectCode.FILTERED_ANSWER_FRACTION,
-                     RejectCode.FILTERED_ACTION_FRACTION, "kept"]
+    assert codes == [
+        RejectCode.FILTERED_DURATION,
+        "kept",
+        "kept",
+        RejectCode.FILTERED_ACTION_FRACTION,
+        "kept",
+        RejectCode.FILTERED_ANSWER_FRACTION,
+        RejectCode.FILTERED_ACTION_FRACTION,
+        "kept",
+    ]
     assert "shorter than 10" in out[0].message
-    off = ProbeStep({"TVG_test": FilterConfig(min_video_s=None, max_video_s=None, max_action_fraction=None,
-                                              max_answer_fraction=None)})
+    off = ProbeStep(
+        {
+            "TVG_test": FilterConfig(
+                min_video_s=None, max_video_s=None, max_action_fraction=None, max_answer_fraction=None
+            )
+        }
+    )
     assert all(isinstance(item, SampleWork) for item in run_steps(items[2:7], [off]))
 
 
@@ -266,4 +314,3 @@ def test_probe_step_sets_image_info(tmp_path):
     Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(tmp_path / "pic.png")
     (out,) = run_steps([work(tmp_path, image="pic.png")], [ProbeStep()])
     assert (out.image.width, out.image.height, out.video) == (60, 40, None)
-

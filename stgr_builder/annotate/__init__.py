@@ -10,12 +10,30 @@ from stgr_builder.core.resources import Resources
 from stgr_builder.errors import StgrError
 from stgr_builder.models import AnnotatorConfig, VerifyConfig
 
-__all__ = ["AnnotateStep", "Annotator", "BatchAnnotator", "BatchPending", "Prompt", "TemplateAnnotator",
-           "available_prompts", "batch_progress", "load_prompt", "make_annotator", "pending_batches"]
+__all__ = [
+    "AnnotateStep",
+    "Annotator",
+    "BatchAnnotator",
+    "BatchPending",
+    "Prompt",
+    "TemplateAnnotator",
+    "available_prompts",
+    "batch_progress",
+    "load_prompt",
+    "make_annotator",
+    "pending_batches",
+]
 
 
-def make_annotator(config: AnnotatorConfig, verify: VerifyConfig, *, root: Path | None = None,
-                   resources: Resources | None = None, run: str = "", wait: bool = True) -> Annotator:
+def make_annotator(
+    config: AnnotatorConfig,
+    verify: VerifyConfig,
+    *,
+    root: Path | None = None,
+    resources: Resources | None = None,
+    run: str = "",
+    wait: bool = True,
+) -> Annotator:
     """The annotator a config names. The openai backend (``annotate/llm.py``) keeps its request
     cache under ``root`` (the dataset folder), and takes the budget of ``run`` and its frame
     memos from ``resources`` (the worker's), so the annotators of one run share them.
@@ -45,8 +63,10 @@ def _check_prompt_kind(config: AnnotatorConfig) -> None:
     kind = load_prompt(config.prompt).content.get("kind", "template")
     if wanted is not None and kind != wanted:
         fits = ", ".join(name for name in available_prompts() if _kind_of(name) == wanted) or "none shipped"
-        raise StgrError(f"annotator.prompt {config.prompt!r} is a {kind!r} prompt, but annotator.backend "
-                        f"{config.backend!r} needs a {wanted!r} prompt ({fits}); change one of the two")
+        raise StgrError(
+            f"annotator.prompt {config.prompt!r} is a {kind!r} prompt, but annotator.backend "
+            f"{config.backend!r} needs a {wanted!r} prompt ({fits}); change one of the two"
+        )
 
 
 def _kind_of(name: str) -> str | None:

@@ -16,9 +16,9 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from stgr_builder.core import grammar
+from stgr_builder.core.steps import Step
 from stgr_builder.errors import SampleError
 from stgr_builder.models import Annotation, LlmUsage, PromptRef, Reject, RejectCode, SampleWork, Stage, Task
-from stgr_builder.core.steps import Step
 
 
 @runtime_checkable
@@ -38,8 +38,7 @@ class Annotator(Protocol):
     #: LLM requests and tokens so far (None without an LLM).
     usage: LlmUsage | None
 
-    def annotate(self, work: SampleWork) -> Annotation:
-        ...
+    def annotate(self, work: SampleWork) -> Annotation: ...
 
     def take_usage(self, sample_id: str) -> LlmUsage | None:
         """The LLM usage of one sample's requests, once (None without an LLM)."""
@@ -54,8 +53,7 @@ class BatchAnnotator(Annotator, Protocol):
     that rejects it: one failing request must not take the batch down.
     """
 
-    def annotate_batch(self, batch: list[SampleWork]) -> list[Annotation | SampleError]:
-        ...
+    def annotate_batch(self, batch: list[SampleWork]) -> list[Annotation | SampleError]: ...
 
 
 class AnnotateStep(Step):

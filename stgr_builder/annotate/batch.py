@@ -119,8 +119,9 @@ class BatchJobs:
                 continue
         return records
 
-    def run(self, bodies: Mapping[str, dict], *, wait: bool,
-            admit: Callable[[], bool] | None = None) -> dict[str, tuple[int, Any]]:
+    def run(
+        self, bodies: Mapping[str, dict], *, wait: bool, admit: Callable[[], bool] | None = None
+    ) -> dict[str, tuple[int, Any]]:
         """Submit the requests of ``bodies`` (cache key -> chat completion body) that no earlier
         run submitted (``admit``, the budget, is asked for each new one: those refused are left
         out), reattach to the batches holding the others, wait for them all (or raise
@@ -128,8 +129,13 @@ class BatchJobs:
         if not bodies:
             return {}
         records = self._records()
-        submitted = {key for record in records.values() for chunk in record["chunks"]
-                     if not chunk.get("collected") for key in chunk["keys"]}
+        submitted = {
+            key
+            for record in records.values()
+            for chunk in record["chunks"]
+            if not chunk.get("collected")
+            for key in chunk["keys"]
+        }
         new = [key for key in sorted(bodies) if key not in submitted]
         if admit is not None:
             new = [key for key in new if admit()]
@@ -137,16 +143,34 @@ class BatchJobs:
             intent = digest(new)[:16]
             path = self.root / BATCH_DIR / f"{intent}.json"
             if path not in records:
-                lines = [(key, (json.dumps({"custom_id": key, "method": "POST", "url": ENDPOINT,
-                                            "body": bodies[key]}, separators=(",", ":")) + "\n").encode())
-                         for key in new]
-                records[path] = {"intent": intent, "chunks": [
-                    {"keys": [key for key, _ in chunk], "batch_id": None, "collected": False}
-                    for chunk in _chunks(lines, self.max_requests, self.max_bytes)]}
+                lines = [
+                    (
+                        key,
+                        (
+                            json.dumps(
+                                {"custom_id": key, "method": "POST", "url": ENDPOINT, "body": bodies[key]},
+                                separators=(",", ":"),
+                            )
+                            + "\n"
+                        ).encode(),
+                    )
+                    for key in new
+                ]
+                records[path] = {
+                    "intent": intent,
+                    "chunks": [
+                        {"keys": [key for key, _ in chunk], "batch_id": None, "collected": False}
+                        for chunk in _chunks(lines, self.max_requests, self.max_bytes)
+                    ],
+                }
                 self._save(path, records[path])  # before anything is uploaded
         wanted = set(bodies)
-        mine = [(path, chunk) for path, record in records.items() for chunk in record["chunks"]
-                if not chunk.get("collected") and wanted.intersection(chunk["keys"])]
+        mine = [
+            (path, chunk)
+            for path, record in records.items()
+            for chunk in record["chunks"]
+            if not chunk.get("collected") and wanted.intersection(chunk["keys"])
+        ]
         if not mine:
             return {}
         client = self.client()
@@ -209,11 +233,17 @@ class BatchJobs:
         return None
 
     def _submit(self, client, tag: str, keys: list[str], bodies: Mapping[str, dict]) -> str:
-        data = "".join(json.dumps({"custom_id": key, "method": "POST", "url": ENDPOINT, "body": bodies[key]},
-                                  separators=(",", ":")) + "\n" for key in keys).encode()
+        data = "".join(
+            json.dumps(
+                {"custom_id": key, "method": "POST", "url": ENDPOINT, "body": bodies[key]}, separators=(",", ":")
+            )
+            + "\n"
+            for key in keys
+        ).encode()
         uploaded = client.files.create(file=(f"stgr-{tag}.jsonl", data), purpose="batch")
-        batch = client.batches.create(input_file_id=uploaded.id, endpoint=ENDPOINT, completion_window="24h",
-                                      metadata={"stgr_intent": tag})
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint=ENDPOINT, completion_window="24h", metadata={"stgr_intent": tag}
+        )
         self.submitted += 1
         return batch.id
 

@@ -55,8 +55,6 @@ class CacheEntry(BaseModel):
     model: str = ""
 
 
-
-
 def image_digest(data: bytes) -> str:
     """What an image stands for in a request key: ``sha256:`` and the hex sha256 of its bytes."""
     return "sha256:" + sha256_bytes(data)
@@ -79,8 +77,15 @@ def _digest_images(value: Any, known: Mapping[str, str] | None = None) -> Any:
     return value
 
 
-def request_key(*, model: str, prompt_version: str, messages: list[dict], schema_hash: str,
-                sampling: dict[str, Any], digests: Mapping[str, str] | None = None) -> str:
+def request_key(
+    *,
+    model: str,
+    prompt_version: str,
+    messages: list[dict],
+    schema_hash: str,
+    sampling: dict[str, Any],
+    digests: Mapping[str, str] | None = None,
+) -> str:
     """The cache key of one request: sha256 hex over its reply-determining inputs.
 
     ``digests`` (data URL to ``image_digest`` of its bytes), when given, saves decoding the
@@ -92,8 +97,13 @@ def request_key(*, model: str, prompt_version: str, messages: list[dict], schema
     ...                          schema_hash="s1", sampling={"temperature": 0.0})
     (64, False)
     """
-    payload = {"model": model, "prompt_version": prompt_version, "messages": _digest_images(messages, digests),
-               "schema_hash": schema_hash, "sampling": sampling}
+    payload = {
+        "model": model,
+        "prompt_version": prompt_version,
+        "messages": _digest_images(messages, digests),
+        "schema_hash": schema_hash,
+        "sampling": sampling,
+    }
     return digest(payload)
 
 

@@ -60,8 +60,9 @@ def parse_crop_prompt(prompt: Prompt) -> CropPromptContent:
     return content
 
 
-def crop_jpeg(frame_path: Path, box: Sequence[float], *, pad: float = 0.1, min_side: int = 32,
-              quality: int = 90) -> bytes:
+def crop_jpeg(
+    frame_path: Path, box: Sequence[float], *, pad: float = 0.1, min_side: int = 32, quality: int = 90
+) -> bytes:
     """The JPEG bytes of ``box`` (normalized) cut from the frame, with ``pad`` of the box's
     size added on each side, scaled up so its shorter side is at least ``min_side`` pixels.
 
@@ -100,10 +101,13 @@ def crop_messages(content: CropPromptContent, name: str, label: str, jpeg: bytes
     """The chat messages that ask whether the crop shows ``name``."""
     return [
         {"role": "system", "content": content.system},
-        {"role": "user", "content": [
-            {"type": "text", "text": content.user.format(name=name, label=label)},
-            {"type": "image_url", "image_url": {"url": data_url(jpeg)}},
-        ]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": content.user.format(name=name, label=label)},
+                {"type": "image_url", "image_url": {"url": data_url(jpeg)}},
+            ],
+        },
     ]
 
 

@@ -10,7 +10,8 @@ and object names, and its reasoning, which cites boxes as ``[B3]`` and the answe
 detector boxes, so no coordinate is ever typed by the model.
 
 Requests run on ``AsyncOpenAI`` with at most ``concurrency`` in flight per batch (one event loop
-and client per process, kept between batches: ``session.py``); the client retries 429 (honouring Retry-After), 5xx and timeouts,
+and client per process, kept between batches: ``session.py``); the client retries 429 (honouring
+Retry-After), 5xx and timeouts,
 and a 200 reply that cannot be read (cut short, not JSON, HTML, a dropped connection, a body
 over ``MAX_REPLY_BYTES``) is retried the same way. A transient failure that outlasts the
 retries leaves the sample *pending* (``RejectCode.PENDING``, never written, never cached): its
@@ -56,22 +57,31 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from stgr_builder.core import geometry, grammar
+from stgr_builder.annotate import crops
 from stgr_builder.annotate.base import object_names, trace_span
-from stgr_builder.core.geometry import image_size
-from stgr_builder.core.gold import evidence_detections
-from stgr_builder.annotate.cache import CacheEntry, CachedUsage, ResponseCache, image_digest, request_key
-from stgr_builder.core.hashing import digest
-from stgr_builder.core.resources import BudgetReached, Resources
-from stgr_builder.annotate.prompts import load_prompt
 from stgr_builder.annotate.batch import BatchJobs
+from stgr_builder.annotate.cache import CachedUsage, CacheEntry, ResponseCache, image_digest, request_key
 from stgr_builder.annotate.prepare import PreparePool, base_frame, default_processes, draw_frame
+from stgr_builder.annotate.prompts import load_prompt
 from stgr_builder.annotate.ratelimit import RateLimiter, limiter_for
 from stgr_builder.annotate.session import LlmSession
+from stgr_builder.core import geometry, grammar
+from stgr_builder.core.geometry import image_size
+from stgr_builder.core.gold import evidence_detections
+from stgr_builder.core.hashing import digest
+from stgr_builder.core.resources import BudgetReached, Resources
 from stgr_builder.errors import SampleError, StgrError
 from stgr_builder.models import (
-    AnnotatorConfig, Annotation, Detection, Evidence, Frame, LlmUsage, RejectCode, SampleWork, VerifyConfig)
-from stgr_builder.annotate import crops
+    Annotation,
+    AnnotatorConfig,
+    Detection,
+    Evidence,
+    Frame,
+    LlmUsage,
+    RejectCode,
+    SampleWork,
+    VerifyConfig,
+)
 
 SCHEMA_NAME = "stgr_cot_reply"
 #: Where each run's budget ledger lives, under the dataset folder.
@@ -120,18 +130,17 @@ class CotReply(BaseModel):
     reasoning: str = Field(description="plain text citing every chosen box as [Bn], the span as [SPAN]")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _schema(model: type[BaseModel]) -> dict[str, Any]:
     return model.model_json_schema()
 
 
 def response_format(model: type[BaseModel], name: str) -> dict[str, Any]:
     """The ``response_format`` of a chat request asking for JSON of ``model``'s schema."""
-    return {"type": "json_schema", "json_schema": {"name": name, "schema": _schema(model),
-                                                   "strict": True}}
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": _schema(model), "strict": True}}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def schema_hash(model: type[BaseModel]) -> str:
     """Short sha256 of a reply model's JSON Schema (part of every request-cache key)."""
     return digest(_schema(model))[:16]
@@ -232,8 +241,9 @@ def sample_view(work: SampleWork, *, max_per_frame: int, max_area: float) -> Sam
             seen.add(key)
             cid = len(candidates) + 1
             candidates[cid] = Candidate(cid, number, frame, det)
-    return SampleView(work=work, names=object_names(work), span=span, frames=frames, candidates=candidates,
-                      size=image_size(work))
+    return SampleView(
+        work=work, names=object_names(work), span=span, frames=frames, candidates=candidates, size=image_size(work)
+    )
 
 
 class FrameImages:
@@ -289,14 +299,16 @@ class FrameImages:
         return [(keys[i][0], keys[i][2], max_side) for i in missing]
 
     def _keep(self, keys: list, found: list, missing: list[int], made: list | None) -> None:
-        for i, item in zip(missing, made or []):
+        for i, item in zip(missing, made or [], strict=False):
             found[i] = item
             self.drawn.put(keys[i], item)
 
     def _fill(self, found: list, frames: list[tuple[Path, list[Candidate]]], max_side: int) -> list[tuple[str, str]]:
         """``found`` with the frames still missing drawn here (no pool, or it could not)."""
-        return [made if made is not None else self.get(path, cands, max_side)
-                for made, (path, cands) in zip(found, frames)]
+        return [
+            made if made is not None else self.get(path, cands, max_side)
+            for made, (path, cands) in zip(found, frames, strict=False)
+        ]
 
     def get(self, path: Path, candidates: list[Candidate], max_side: int) -> tuple[str, str]:
         key = self._key(path, candidates, max_side)
@@ -326,43 +338,65 @@ def build_messages(view: SampleView, content: LlmPromptContent, root: Path, max_
     return build_request(view, content, root, max_side)[0]
 
 
-def build_request(view: SampleView, content: LlmPromptContent, root: Path, max_side: int,
-                  images: FrameImages | None = None) -> tuple[list[dict], dict[str, str]]:
+def build_request(
+    view: SampleView, content: LlmPromptContent, root: Path, max_side: int, images: FrameImages | None = None
+) -> tuple[list[dict], dict[str, str]]:
     """``build_messages``, and the ``image_digest`` of each image by its data URL (so the request
     key needs not decode them); frames come from ``images`` when given (memoized)."""
     frames = frames_to_draw(view, root)
     if images is not None:
         drawn = images.get_many(frames, max_side)
     else:
-        drawn = [(crops.data_url(jpeg), image_digest(jpeg))
-                 for jpeg in (draw_frame(path, on_frame, max_side) for path, on_frame in frames)]
+        drawn = [
+            (crops.data_url(jpeg), image_digest(jpeg))
+            for jpeg in (draw_frame(path, on_frame, max_side) for path, on_frame in frames)
+        ]
     return compose_request(view, content, frames, drawn)
 
 
 def frames_to_draw(view: SampleView, root: Path) -> list[tuple[Path, list[Candidate]]]:
     """Each frame of the request with the candidates drawn on it."""
-    return [(root / frame.path, [c for c in view.candidates.values() if c.frame_no == number])
-            for number, frame in enumerate(view.frames, start=1)]
+    return [
+        (root / frame.path, [c for c in view.candidates.values() if c.frame_no == number])
+        for number, frame in enumerate(view.frames, start=1)
+    ]
 
 
-def compose_request(view: SampleView, content: LlmPromptContent, frames: list[tuple[Path, list[Candidate]]],
-                    drawn: list[tuple[str, str]]) -> tuple[list[dict], dict[str, str]]:
+def compose_request(
+    view: SampleView,
+    content: LlmPromptContent,
+    frames: list[tuple[Path, list[Candidate]]],
+    drawn: list[tuple[str, str]],
+) -> tuple[list[dict], dict[str, str]]:
     """The messages around the drawn frames (``frames_to_draw``'s, and each one's ``(data URL,
     image_digest)`` in order), and the digests by data URL."""
     sample = view.work.sample
     options = "\n".join(f"{grammar.option_letter(i)}. {o}" for i, o in enumerate(sample.options))
     user = content.user.format(
-        task=sample.task.value, question=sample.question, options=f"Options:\n{options}" if options else "",
-        answer=sample.answer, caption=sample.caption or "(none)",
+        task=sample.task.value,
+        question=sample.question,
+        options=f"Options:\n{options}" if options else "",
+        answer=sample.answer,
+        caption=sample.caption or "(none)",
         span=(f"{grammar.fmt_time(view.span[0])}s to {grammar.fmt_time(view.span[1])}s" if view.span else "(none)"),
-        objects=", ".join(view.names) or "(none named)", candidates=candidate_lines(view),
-        span_rule=content.span_rule_temporal if view.temporal else content.span_rule_other)
+        objects=", ".join(view.names) or "(none named)",
+        candidates=candidate_lines(view),
+        span_rule=content.span_rule_temporal if view.temporal else content.span_rule_other,
+    )
     parts: list[dict] = [{"type": "text", "text": user}]
     digests: dict[str, str] = {}
-    for number, (frame, (_, on_frame), (url, image_hash)) in enumerate(zip(view.frames, frames, drawn), start=1):
+    for number, (frame, (_, on_frame), (url, image_hash)) in enumerate(
+        zip(view.frames, frames, drawn, strict=False), start=1
+    ):
         time = 0.0 if view.size else frame.time
-        parts.append({"type": "text", "text": content.frame.format(
-            frame=number, time=grammar.fmt_time(time), boxes=", ".join(f"B{c.id}" for c in on_frame) or "none")})
+        parts.append(
+            {
+                "type": "text",
+                "text": content.frame.format(
+                    frame=number, time=grammar.fmt_time(time), boxes=", ".join(f"B{c.id}" for c in on_frame) or "none"
+                ),
+            }
+        )
         digests[url] = image_hash
         parts.append({"type": "image_url", "image_url": {"url": url}})
     return [{"role": "system", "content": content.system}, {"role": "user", "content": parts}], digests
@@ -399,8 +433,11 @@ def parse_reply(text: str, view: SampleView) -> tuple[CotReply, dict[int, Chosen
         for box in kf.boxes:
             cand = view.candidates.get(box.id)
             if cand is None:
-                raise ReplyError(f"B{box.id} is not a candidate box (ids are B1 to B{len(view.candidates)})"
-                                 if view.candidates else f"B{box.id} is not a candidate box: there are none")
+                raise ReplyError(
+                    f"B{box.id} is not a candidate box (ids are B1 to B{len(view.candidates)})"
+                    if view.candidates
+                    else f"B{box.id} is not a candidate box: there are none"
+                )
             if cand.frame_no != kf.frame:
                 raise ReplyError(f"B{box.id} is on frame {cand.frame_no}, not on frame {kf.frame}")
             if box.id in chosen:
@@ -444,7 +481,7 @@ def render_trace(reasoning: str, view: SampleView, kept: dict[int, Chosen]) -> s
     out: list[str] = []
     pos = 0
     for match in _REF_RE.finditer(reasoning):
-        out.append(_plain(reasoning[pos:match.start()]))
+        out.append(_plain(reasoning[pos : match.start()]))
         pos = match.end()
         if match.group(1) == "SPAN":
             out.append(grammar.render_span(*view.span) if view.span else "")
@@ -456,8 +493,11 @@ def render_trace(reasoning: str, view: SampleView, kept: dict[int, Chosen]) -> s
             continue
         name = boxes[0].name
         if view.size is not None:
-            out.append(grammar.render_pixel_evidence(
-                name, [geometry.to_pixels(grammar.round_box(b.cand.det.box), view.size) for b in boxes]))
+            out.append(
+                grammar.render_pixel_evidence(
+                    name, [geometry.to_pixels(grammar.round_box(b.cand.det.box), view.size) for b in boxes]
+                )
+            )
         else:
             out.append(grammar.render_evidence(name, [b.cand.det.box for b in boxes], boxes[0].cand.frame.time))
     out.append(_plain(reasoning[pos:]))
@@ -479,8 +519,15 @@ def evidence_of(kept: dict[int, Chosen]) -> list[Evidence]:
     out = []
     for cid in sorted(kept, key=lambda c: (kept[c].cand.frame.time, c)):
         cand, name = kept[cid].cand, kept[cid].name
-        out.append(Evidence(frame_idx=cand.frame.idx, time=cand.frame.time, name=name,
-                            box=grammar.round_box(cand.det.box), score=cand.det.score))
+        out.append(
+            Evidence(
+                frame_idx=cand.frame.idx,
+                time=cand.frame.time,
+                name=name,
+                box=grammar.round_box(cand.det.box),
+                score=cand.det.score,
+            )
+        )
     return out
 
 
@@ -526,8 +573,13 @@ MAX_REPLY_BYTES = 1 << 20
 def _async_client(config: AnnotatorConfig, limiter: RateLimiter, base_url: str | None, api_key: str | None):
     from openai import AsyncOpenAI
 
-    return AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=config.max_retries, timeout=config.timeout,
-                       http_client=limiter.http_client(config.max_tokens))
+    return AsyncOpenAI(
+        base_url=base_url,
+        api_key=api_key,
+        max_retries=config.max_retries,
+        timeout=config.timeout,
+        http_client=limiter.http_client(config.max_tokens),
+    )
 
 
 #: Stands for an image's data URL while the rest of a request body is serialized (``json_body``).
@@ -551,27 +603,39 @@ def json_body(body: dict[str, Any]) -> bytes:
 
     def slotted(part: dict) -> dict:
         url = part.get("image_url", {}).get("url") if part.get("type") == "image_url" else None
-        if (isinstance(url, str) and url.startswith(crops.DATA_URL_PREFIX) and url.isascii()
-                and '"' not in url and "\\" not in url):
+        if (
+            isinstance(url, str)
+            and url.startswith(crops.DATA_URL_PREFIX)
+            and url.isascii()
+            and '"' not in url
+            and "\\" not in url
+        ):
             urls.append(url)
             return {**part, "image_url": {**part["image_url"], "url": _IMAGE_SLOT}}
         return part
 
-    messages = [{**m, "content": [slotted(part) for part in m["content"]]} if isinstance(m.get("content"), list)
-                else m for m in body["messages"]]
+    messages = [
+        {**m, "content": [slotted(part) for part in m["content"]]} if isinstance(m.get("content"), list) else m
+        for m in body["messages"]
+    ]
     text = _compact_json({**body, "messages": messages})
     pieces = text.split(_IMAGE_SLOT)
     if len(pieces) != len(urls) + 1:  # the slot's characters in the request's own text
         return _compact_json(body).encode()
     out = [pieces[0].encode()]
-    for url, piece in zip(urls, pieces[1:]):
+    for url, piece in zip(urls, pieces[1:], strict=False):
         out += [url.encode("ascii"), piece.encode()]
     return b"".join(out)
 
 
 def _count_images(messages: list[dict]) -> int:
-    return sum(1 for m in messages if isinstance(m.get("content"), list)
-               for part in m["content"] if part.get("type") == "image_url")
+    return sum(
+        1
+        for m in messages
+        if isinstance(m.get("content"), list)
+        for part in m["content"]
+        if part.get("type") == "image_url"
+    )
 
 
 class LlmAnnotator:
@@ -584,13 +648,23 @@ class LlmAnnotator:
 
     name = "openai"
 
-    def __init__(self, config: AnnotatorConfig, verify: VerifyConfig, *, root: Path | None = None,
-                 resources: Resources | None = None, run: str = "", wait: bool = True):
+    def __init__(
+        self,
+        config: AnnotatorConfig,
+        verify: VerifyConfig,
+        *,
+        root: Path | None = None,
+        resources: Resources | None = None,
+        run: str = "",
+        wait: bool = True,
+    ):
         if not config.model:
             raise StgrError("annotator.model is required for backend openai (e.g. model: gpt-4o-mini)")
         if not os.environ.get("OPENAI_API_KEY"):
-            raise StgrError("set OPENAI_API_KEY for the openai annotator (any value for a local server such as "
-                            "`stgr serve-llm`), and OPENAI_BASE_URL for an endpoint other than OpenAI's")
+            raise StgrError(
+                "set OPENAI_API_KEY for the openai annotator (any value for a local server such as "
+                "`stgr serve-llm`), and OPENAI_BASE_URL for an endpoint other than OpenAI's"
+            )
         import openai  # noqa: F401 - fail here, with the config, when the client is missing
 
         self.config = config
@@ -622,8 +696,11 @@ class LlmAnnotator:
         self.sample_usage: dict[str, LlmUsage] = {}
         self._sampling = {"temperature": config.temperature, "max_tokens": config.max_tokens}
         processes = default_processes(config.prepare_processes)
-        pool = resources.model(("llm-prepare-pool", processes), lambda: PreparePool(processes)).model \
-            if processes else None
+        pool = (
+            resources.model(("llm-prepare-pool", processes), lambda: PreparePool(processes)).model
+            if processes
+            else None
+        )
         self.images = FrameImages(resources, pool)
         # Requests and tokens per minute, shared by the build's every request (a flock'd file).
         self.limiter = limiter_for(self.root, config.rpm, config.tpm)
@@ -631,9 +708,19 @@ class LlmAnnotator:
         # batches (``session.py``); the client reads OPENAI_BASE_URL and OPENAI_API_KEY when made.
         base_url, api_key = os.environ.get("OPENAI_BASE_URL"), os.environ.get("OPENAI_API_KEY")
         self.session = resources.model(
-            ("llm-session", base_url, digest(api_key or ""), config.max_retries, config.timeout, config.max_tokens,
-             str(self.root), config.rpm, config.tpm),
-            lambda: LlmSession(functools.partial(_async_client, config, self.limiter, base_url, api_key))).model
+            (
+                "llm-session",
+                base_url,
+                digest(api_key or ""),
+                config.max_retries,
+                config.timeout,
+                config.max_tokens,
+                str(self.root),
+                config.rpm,
+                config.tpm,
+            ),
+            lambda: LlmSession(functools.partial(_async_client, config, self.limiter, base_url, api_key)),
+        ).model
         # Batch mode: wait for the batches (False: ``--no-wait``, ``BatchPending`` once submitted).
         self.wait = wait
 
@@ -678,23 +765,39 @@ class LlmAnnotator:
             asking.append((view, messages, digests))
         rounds = 1 + (self.config.max_invalid_retries if self.config.batch_reask == "batch" else 0)
         for number in range(rounds):
-            keys = [request_key(model=self.model, prompt_version=self.prompt.version, messages=messages,
-                                schema_hash=schema_hash(CotReply), sampling=self._sampling, digests=digests)
-                    for _, messages, digests in asking]
-            self._batch_round({key: messages for key, (_, messages, _) in zip(keys, asking)})
+            keys = [
+                request_key(
+                    model=self.model,
+                    prompt_version=self.prompt.version,
+                    messages=messages,
+                    schema_hash=schema_hash(CotReply),
+                    sampling=self._sampling,
+                    digests=digests,
+                )
+                for _, messages, digests in asking
+            ]
+            self._batch_round({key: messages for key, (_, messages, _) in zip(keys, asking, strict=False)})
             if number + 1 == rounds:
                 break
             again = []
-            for key, (view, messages, digests) in zip(keys, asking):
+            for key, (view, messages, digests) in zip(keys, asking, strict=False):
                 entry = self.cache.get(key)
                 if entry is None or entry.kind != "reply":
                     continue  # a failure: the online pass deals with it
                 try:
                     parse_reply(entry.content or "", view)
                 except ValueError as exc:
-                    again.append((view, [*messages, {"role": "assistant", "content": entry.content or ""},
-                                         {"role": "user", "content": self.content.reask.format(error=_short_error(exc))}],
-                                  digests))
+                    again.append(
+                        (
+                            view,
+                            [
+                                *messages,
+                                {"role": "assistant", "content": entry.content or ""},
+                                {"role": "user", "content": self.content.reask.format(error=_short_error(exc))},
+                            ],
+                            digests,
+                        )
+                    )
             if not again:
                 break
             asking = again
@@ -707,16 +810,23 @@ class LlmAnnotator:
             entry = self.cache.get(key)
             if entry is not None and not (entry.kind == "error" and _TRANSIENT_ERROR.match(entry.error or "")):
                 continue
-            body: dict[str, Any] = {"model": self.model, "messages": messages,
-                                    "response_format": response_format(CotReply, SCHEMA_NAME),
-                                    "temperature": self.config.temperature}
+            body: dict[str, Any] = {
+                "model": self.model,
+                "messages": messages,
+                "response_format": response_format(CotReply, SCHEMA_NAME),
+                "temperature": self.config.temperature,
+            }
             if self.config.max_tokens is not None:
                 body["max_tokens"] = self.config.max_tokens
             bodies[key], images[key] = body, _count_images(messages)
         if not bodies:
             return
-        jobs = BatchJobs(self.root, max_requests=self.config.batch_max_requests,
-                         max_bytes=self.config.batch_max_bytes, poll_s=self.config.batch_poll_s)
+        jobs = BatchJobs(
+            self.root,
+            max_requests=self.config.batch_max_requests,
+            max_bytes=self.config.batch_max_bytes,
+            poll_s=self.config.batch_poll_s,
+        )
         # The budget counts only requests submitted now (not those of batches already submitted);
         # one it refuses is asked online, where the budget stops the shard.
         for key, (status, reply) in jobs.run(bodies, wait=self.wait, admit=self.budget.acquire).items():
@@ -729,8 +839,12 @@ class LlmAnnotator:
                     continue  # asked again online
             elif 400 <= status < 500 and status not in (408, 409, 429):
                 message = (reply or {}).get("error", {}).get("message", "") if isinstance(reply, dict) else ""
-                entry = CacheEntry(kind="error", images=images[key], model=self.model,
-                                   error=f"HTTP {status} (batch): {str(message)[:200]}")
+                entry = CacheEntry(
+                    kind="error",
+                    images=images[key],
+                    model=self.model,
+                    error=f"HTTP {status} (batch): {str(message)[:200]}",
+                )
             else:
                 continue  # transient (429, 5xx): asked again online
             self.budget.add_tokens(entry.usage.prompt_tokens + entry.usage.completion_tokens)
@@ -762,14 +876,23 @@ class LlmAnnotator:
         view = sample_view(work, max_per_frame=self.config.max_candidates_per_frame, max_area=self.max_area)
         if work.sample.task in grammar.GROUNDED_TASKS and not view.candidates:
             listed = ", ".join(repr(n) for n in view.names) or "no named object"
-            return SampleError(RejectCode.NO_EVIDENCE,
-                               f"no usable detector box on the {len(view.frames)} eligible frames to ground {listed}")
+            return SampleError(
+                RejectCode.NO_EVIDENCE,
+                f"no usable detector box on the {len(view.frames)} eligible frames to ground {listed}",
+            )
         frames = frames_to_draw(view, self.root)
         drawn = await self.images.get_many_async(frames, self.config.image_max_side)
         messages, digests = compose_request(view, self.content, frames, drawn)
         try:
-            reply, chosen = await ask.valid(messages, self.prompt.version, CotReply, SCHEMA_NAME,
-                                            lambda text: parse_reply(text, view), self.content.reask, digests)
+            reply, chosen = await ask.valid(
+                messages,
+                self.prompt.version,
+                CotReply,
+                SCHEMA_NAME,
+                lambda text: parse_reply(text, view),
+                self.content.reask,
+                digests,
+            )
         except LlmUnavailable as err:
             return SampleError(RejectCode.PENDING, str(err))
         except ReplyTooLarge as err:
@@ -793,29 +916,44 @@ class LlmAnnotator:
             work.votes = len(kept)
             if not kept:
                 names = sorted({c.name for c in chosen.values()})
-                return SampleError(RejectCode.CROPS_REJECTED,
-                                   f"the crop verifier answered no for all {len(chosen)} chosen boxes ({', '.join(names)})")
+                return SampleError(
+                    RejectCode.CROPS_REJECTED,
+                    f"the crop verifier answered no for all {len(chosen)} chosen boxes ({', '.join(names)})",
+                )
         evidence = evidence_of(kept)
-        key_frames = sorted({c.cand.frame.idx: c.cand.frame for c in kept.values()}.values(),
-                            key=lambda f: (f.time, f.idx))
+        key_frames = sorted(
+            {c.cand.frame.idx: c.cand.frame for c in kept.values()}.values(), key=lambda f: (f.time, f.idx)
+        )
         try:
             reasoning = render_trace(reply.reasoning, view, kept)
         except ValueError as err:  # a name the grammar cannot write
             return SampleError(RejectCode.LLM_INVALID_REPLY, f"cannot write the trace: {err}")
-        return Annotation(key_frames=key_frames, evidence=evidence, reasoning=reasoning,
-                          answer=work.sample.answer, prompt=self.prompt, model=self.model)
+        return Annotation(
+            key_frames=key_frames,
+            evidence=evidence,
+            reasoning=reasoning,
+            answer=work.sample.answer,
+            prompt=self.prompt,
+            model=self.model,
+        )
 
     async def _verify_crops(self, ask: _Asker, chosen: dict[int, Chosen]) -> dict[int, Chosen]:
         async def one(cid: int) -> bool:
             item = chosen[cid]
             jpeg = await asyncio.to_thread(crops.crop_jpeg, self.root / item.cand.frame.path, item.cand.det.box)
             messages = crops.crop_messages(self.crop_content, item.name, item.cand.det.label, jpeg)
-            verdict = await ask.valid(messages, self.crop_prompt.version, crops.CropVerdict, crops.SCHEMA_NAME,
-                                      crops.parse_verdict, self.content.reask)
+            verdict = await ask.valid(
+                messages,
+                self.crop_prompt.version,
+                crops.CropVerdict,
+                crops.SCHEMA_NAME,
+                crops.parse_verdict,
+                self.content.reask,
+            )
             return verdict.answer == "yes"
 
         answers = await asyncio.gather(*(one(cid) for cid in chosen))
-        return {cid: chosen[cid] for cid, yes in zip(chosen, answers) if yes}
+        return {cid: chosen[cid] for cid, yes in zip(chosen, answers, strict=False) if yes}
 
 
 _SAMPLE_USAGE: contextvars.ContextVar[LlmUsage] = contextvars.ContextVar("stgr_sample_llm_usage")
@@ -835,8 +973,16 @@ class _Asker:
         self.budget = annotator.budget
         self.annotator = annotator
 
-    async def valid(self, messages: list[dict], prompt_version: str, model: type[BaseModel], name: str,
-                    parse: Callable[[str], T], reask: str, digests: Mapping[str, str] | None = None) -> T:
+    async def valid(
+        self,
+        messages: list[dict],
+        prompt_version: str,
+        model: type[BaseModel],
+        name: str,
+        parse: Callable[[str], T],
+        reask: str,
+        digests: Mapping[str, str] | None = None,
+    ) -> T:
         """Ask until ``parse`` accepts a reply (at most 1 + max_invalid_retries requests); what
         ``parse`` returns. A rejected reply is sent back with the error, so the model can fix it."""
         config = self.annotator.config
@@ -847,16 +993,31 @@ class _Asker:
                 return parse(text)
             except ValueError as exc:
                 error = _short_error(exc)
-                messages = [*messages, {"role": "assistant", "content": text},
-                            {"role": "user", "content": reask.format(error=error)}]
+                messages = [
+                    *messages,
+                    {"role": "assistant", "content": text},
+                    {"role": "user", "content": reask.format(error=error)},
+                ]
         raise ReplyRejected(f"{config.max_invalid_retries + 1} replies could not be used; last: {error}")
 
-    async def request(self, messages: list[dict], prompt_version: str, model: type[BaseModel], name: str,
-                      digests: Mapping[str, str] | None = None) -> str:
+    async def request(
+        self,
+        messages: list[dict],
+        prompt_version: str,
+        model: type[BaseModel],
+        name: str,
+        digests: Mapping[str, str] | None = None,
+    ) -> str:
         """One chat completion's content: from the cache, or sent (budget permitting) and cached."""
         annotator = self.annotator
-        key = request_key(model=annotator.model, prompt_version=prompt_version, messages=messages,
-                          schema_hash=schema_hash(model), sampling=annotator._sampling, digests=digests)
+        key = request_key(
+            model=annotator.model,
+            prompt_version=prompt_version,
+            messages=messages,
+            schema_hash=schema_hash(model),
+            sampling=annotator._sampling,
+            digests=digests,
+        )
         entry = self.cache.get(key)
         if entry is not None and entry.kind == "error" and _TRANSIENT_ERROR.match(entry.error or ""):
             entry = None  # a transient failure cached by an earlier version: ask again
@@ -867,9 +1028,14 @@ class _Asker:
             entry = await self._send(key, messages, model, name)
             self.budget.add_tokens(entry.usage.prompt_tokens + entry.usage.completion_tokens)
             await asyncio.to_thread(self.cache.put, key, entry)  # before the reply is used
-        used = LlmUsage(requests=1, cached=int(cached), failed=int(entry.kind == "error"),
-                        prompt_tokens=entry.usage.prompt_tokens, completion_tokens=entry.usage.completion_tokens,
-                        images=entry.images)
+        used = LlmUsage(
+            requests=1,
+            cached=int(cached),
+            failed=int(entry.kind == "error"),
+            prompt_tokens=entry.usage.prompt_tokens,
+            completion_tokens=entry.usage.completion_tokens,
+            images=entry.images,
+        )
         for usage in (annotator.usage, _SAMPLE_USAGE.get(None)):
             if usage is not None:
                 usage.add(used)
@@ -888,8 +1054,12 @@ class _Asker:
         import openai
 
         config = self.annotator.config
-        body: dict[str, Any] = {"model": self.annotator.model, "messages": messages,
-                                "response_format": response_format(model, name), "temperature": config.temperature}
+        body: dict[str, Any] = {
+            "model": self.annotator.model,
+            "messages": messages,
+            "response_format": response_format(model, name),
+            "temperature": config.temperature,
+        }
         if config.max_tokens is not None:
             body["max_tokens"] = config.max_tokens
         images = _count_images(messages)
@@ -902,14 +1072,19 @@ class _Asker:
                 async with self.semaphore:
                     data = await self._post(key, body)
             except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
-                raise StgrError(f"the LLM endpoint refused the API key (HTTP {exc.status_code}): "
-                                f"check OPENAI_API_KEY and OPENAI_BASE_URL") from None
+                raise StgrError(
+                    f"the LLM endpoint refused the API key (HTTP {exc.status_code}): "
+                    f"check OPENAI_API_KEY and OPENAI_BASE_URL"
+                ) from None
             except openai.NotFoundError:
-                raise StgrError(f"the LLM endpoint does not know model {self.annotator.model!r} (HTTP 404): "
-                                f"check annotator.model and OPENAI_BASE_URL") from None
+                raise StgrError(
+                    f"the LLM endpoint does not know model {self.annotator.model!r} (HTTP 404): "
+                    f"check annotator.model and OPENAI_BASE_URL"
+                ) from None
             except openai.APITimeoutError:
-                raise LlmUnavailable("timeout", f"no reply within {config.timeout:g}s "
-                                                f"({config.max_retries} retries)") from None
+                raise LlmUnavailable(
+                    "timeout", f"no reply within {config.timeout:g}s ({config.max_retries} retries)"
+                ) from None
             except openai.APIStatusError as exc:
                 detail = f"HTTP {exc.status_code} after {config.max_retries} retries: {_status_message(exc)}"
                 if exc.status_code == 429:
@@ -919,8 +1094,9 @@ class _Asker:
                 # Another 4xx: the request itself is refused; asking again changes nothing.
                 return CacheEntry(kind="error", images=images, model=self.annotator.model, error=detail)
             except openai.APIConnectionError as exc:
-                raise LlmUnavailable("connection", f"cannot reach the LLM endpoint: {type(exc).__name__} "
-                                                   f"({config.max_retries} retries)") from None
+                raise LlmUnavailable(
+                    "connection", f"cannot reach the LLM endpoint: {type(exc).__name__} ({config.max_retries} retries)"
+                ) from None
             except _BadReply as exc:
                 problem = str(exc)
                 too_large += isinstance(exc, _TooLarge)
@@ -937,8 +1113,13 @@ class _Asker:
     async def _post(self, key: str, body: dict[str, Any]) -> bytes:
         """The body of a 200 reply, read at most ``MAX_REPLY_BYTES``; ``_BadReply`` when it is
         over the bound or the connection drops (or stalls past the timeout) mid-body."""
-        response = await self.client.post("/chat/completions", cast_to=_http.Response, body=json_body(body),
-                                          options={"headers": {KEY_HEADER: key}}, stream=True)
+        response = await self.client.post(
+            "/chat/completions",
+            cast_to=_http.Response,
+            body=json_body(body),
+            options={"headers": {KEY_HEADER: key}},
+            stream=True,
+        )
         # client.post is `chat.completions.create` without its parameter transform, which walks
         # every message part (and the base64 of every image) in Python: same request, retries,
         # timeout and errors, a fraction of the CPU. The body is read here, bounded.
@@ -973,14 +1154,21 @@ def _entry_of(data: bytes, images: int, model: str) -> CacheEntry:
         message = choice["message"] if choice is not None else {}
         content = message.get("content")
         usage = reply.get("usage") or {}
-        used = CachedUsage(prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                           completion_tokens=int(usage.get("completion_tokens") or 0))
+        used = CachedUsage(
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+        )
     except (KeyError, TypeError, AttributeError, IndexError, ValueError):
         raise _BadReply(f"a 200 reply of {len(data)} bytes that is not a chat completion") from None
     if not isinstance(content, str):
         refusal = message.get("refusal") if isinstance(message, dict) else None
-        return CacheEntry(kind="error", usage=used, images=images, model=model,
-                          error=f"empty reply ({'refusal: ' + str(refusal) if refusal else 'no content'})")
+        return CacheEntry(
+            kind="error",
+            usage=used,
+            images=images,
+            model=model,
+            error=f"empty reply ({'refusal: ' + str(refusal) if refusal else 'no content'})",
+        )
     return CacheEntry(kind="reply", content=content, usage=used, images=images, model=model)
 
 

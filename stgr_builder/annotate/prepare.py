@@ -36,9 +36,9 @@ from types import SimpleNamespace
 
 from PIL import Image, ImageDraw, ImageFont
 
-from stgr_builder.core.cache import BoundedCache
 from stgr_builder.annotate.cache import image_digest
 from stgr_builder.annotate.crops import data_url
+from stgr_builder.core.cache import BoundedCache
 
 #: One frame to render: (path, ((candidate id, box), ...), max_side).
 FrameJob = tuple[str, tuple[tuple[int, tuple[float, ...]], ...], int]
@@ -53,8 +53,16 @@ def default_processes(configured: int | None) -> int:
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
-_COLORS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
-           (240, 50, 230), (210, 245, 60)]
+_COLORS = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+]
 
 
 def base_frame(path: str, max_side: int) -> Image.Image:
@@ -74,8 +82,14 @@ def _label_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default()
 
 
-def draw_frame(path: Path | str, candidates: Sequence, max_side: int, quality: int = 85,
-               base: Image.Image | None = None, copy: bool = True) -> bytes:
+def draw_frame(
+    path: Path | str,
+    candidates: Sequence,
+    max_side: int,
+    quality: int = 85,
+    base: Image.Image | None = None,
+    copy: bool = True,
+) -> bytes:
     """The frame's JPEG with its candidate boxes drawn and labelled ``B<id>``, downscaled so
     its longer side is at most ``max_side`` (``base``: that downscaled frame, when the caller
     has it; drawn on in place with ``copy=False``). Deterministic (its hash is in the cache key)."""
@@ -161,6 +175,7 @@ def _alive(pid: int, started: str | None) -> bool:
 def _orphan_guard(parent: int, started: str | None) -> None:
     """In a worker: exit when the process that made the pool is gone. Killed with SIGKILL, that
     process never tells its workers to stop, and they (and the forkserver) would wait forever."""
+
     def watch() -> None:
         while _alive(parent, started):
             time.sleep(1.0)
@@ -193,8 +208,12 @@ class PreparePool:
             if self._pool is None:
                 # forkserver: never fork a process that runs threads (Prefect's, the event loop's).
                 context = multiprocessing.get_context("forkserver")
-                self._pool = ProcessPoolExecutor(self.processes, mp_context=context, initializer=_orphan_guard,
-                                                 initargs=(os.getpid(), _start_time(os.getpid())))
+                self._pool = ProcessPoolExecutor(
+                    self.processes,
+                    mp_context=context,
+                    initializer=_orphan_guard,
+                    initargs=(os.getpid(), _start_time(os.getpid())),
+                )
                 for future in [self._pool.submit(_warm) for _ in range(self.processes)]:
                     future.result()
             return self._pool

@@ -69,7 +69,7 @@ def load_prompt(name: str | Path, directory: Path = PROMPTS_DIR) -> Prompt:
     >>> load_prompt("no-such-prompt")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    stgr_builder.errors.StgrError: unknown prompt 'no-such-prompt': available prompts are ...template-cot... (in .../prompts)
+    stgr_builder.errors.StgrError: unknown prompt 'no-such-prompt': available prompts are ...template-cot...
     """
     text_name = str(name)
     try:

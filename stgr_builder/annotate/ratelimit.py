@@ -100,8 +100,9 @@ class RateLimiter:
     """The build's pace (see the module's docstring). Thread- and process-safe; cheap to make
     (state lives in ``path``, or in memory when ``path`` is None)."""
 
-    def __init__(self, path: Path | None, rpm: int | None = None, tpm: int | None = None,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self, path: Path | None, rpm: int | None = None, tpm: int | None = None, clock: Callable[[], float] = time.time
+    ):
         self.path = Path(path) if path is not None else None
         self.rpm = rpm
         self.tpm = tpm
@@ -173,6 +174,7 @@ class RateLimiter:
     def reserve(self, tokens: int = 0) -> float | None:
         """Take a place for one request of ``tokens``; the seconds to wait before sending it, or
         None when the slow-start gate is held (ask again shortly)."""
+
         def take(state: dict) -> float | None:
             now = self.clock()
             if "learned" not in state:
@@ -252,6 +254,7 @@ class RateLimiter:
 
     def event_hooks(self, max_tokens: int | None = None) -> dict[str, list]:
         """httpx event hooks that pace every chat request (each retry too) and read every reply."""
+
         async def on_request(request) -> None:
             if request.method == "POST" and request.url.path.endswith("/chat/completions"):
                 await self.wait(estimate_tokens(request.content, max_tokens))

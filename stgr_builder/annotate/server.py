@@ -83,8 +83,11 @@ class _Limits:
 
     def __init__(self, rpm: float | None, tpm: float | None):
         self.lock = threading.Lock()
-        self.kinds = {kind: [per_minute, max(1.0, per_minute / 60), time.monotonic()]
-                      for kind, per_minute in (("requests", rpm), ("tokens", tpm)) if per_minute}
+        self.kinds = {
+            kind: [per_minute, max(1.0, per_minute / 60), time.monotonic()]
+            for kind, per_minute in (("requests", rpm), ("tokens", tpm))
+            if per_minute
+        }
 
     def _refill(self, kind: str, now: float) -> tuple[float, float]:
         per_minute, level, at = self.kinds[kind]
@@ -131,9 +134,15 @@ class _Stats:
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
-            return {"total": self.total, "by_outcome": dict(self.by_outcome), "by_schema": dict(self.by_schema),
-                    "by_key": dict(self.by_key), "ok_keys": sorted(self.ok_keys),
-                    "max_in_flight": self.max_in_flight, "connections": self.connections}
+            return {
+                "total": self.total,
+                "by_outcome": dict(self.by_outcome),
+                "by_schema": dict(self.by_schema),
+                "by_key": dict(self.by_key),
+                "ok_keys": sorted(self.ok_keys),
+                "max_in_flight": self.max_in_flight,
+                "connections": self.connections,
+            }
 
 
 # ---------------------------------------------------------------------------------------
@@ -155,8 +164,13 @@ def _texts(messages: list[dict], role: str) -> str:
 
 
 def _images(messages: list[dict]) -> int:
-    return sum(1 for m in messages if isinstance(m.get("content"), list)
-               for part in m["content"] if part.get("type") == "image_url")
+    return sum(
+        1
+        for m in messages
+        if isinstance(m.get("content"), list)
+        for part in m["content"]
+        if part.get("type") == "image_url"
+    )
 
 
 def annotation_reply(user_text: str) -> dict[str, Any]:
@@ -189,8 +203,7 @@ def annotation_reply(user_text: str) -> dict[str, Any]:
     if "as [SPAN]" in user_text:
         sentences.append("The event therefore spans [SPAN].")
     sentences.append("This supports the given answer.")
-    return {"key_frames": [{"frame": f, "boxes": frames[f]} for f in sorted(frames)],
-            "reasoning": " ".join(sentences)}
+    return {"key_frames": [{"frame": f, "boxes": frames[f]} for f in sorted(frames)], "reasoning": " ".join(sentences)}
 
 
 def crop_reply(user_text: str, deny: Sequence[str]) -> dict[str, Any]:
@@ -264,8 +277,9 @@ def chat_reply(body: dict, fault: str | None, rng_seed: bytes) -> tuple[int, dic
     return 200, completion(body, schema_name, fault, rng_seed, deny=(), reply_id="chatcmpl-batch")
 
 
-def completion(body: dict, schema_name: str, fault: str | None, rng_seed: bytes, *, deny: Sequence[str],
-               reply_id: str) -> dict:
+def completion(
+    body: dict, schema_name: str, fault: str | None, rng_seed: bytes, *, deny: Sequence[str], reply_id: str
+) -> dict:
     """The chat completion the policy answers ``body`` with (online and in batch lines alike);
     the content faults ``malformed`` (cut short) and ``schema`` (a broken reply) apply here."""
     messages = body.get("messages") or []
@@ -280,10 +294,18 @@ def completion(body: dict, schema_name: str, fault: str | None, rng_seed: bytes,
     text = _texts(messages, "system") + _texts(messages, "user")
     prompt_tokens = len(text) // 4 + 85 * _images(messages)
     completion_tokens = max(1, len(content) // 4)
-    return {"id": reply_id, "object": "chat.completion", "created": 0, "model": body.get("model", MODEL_ID),
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens}}
+    return {
+        "id": reply_id,
+        "object": "chat.completion",
+        "created": 0,
+        "model": body.get("model", MODEL_ID),
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
 
 
 def _multipart(raw: bytes, content_type: str) -> dict[str, tuple[str | None, bytes]]:
@@ -317,8 +339,15 @@ class _BatchApi:
     def _file(self, data: bytes, filename: str, purpose: str) -> dict:
         with self.lock:
             file_id = f"file-{len(self.files) + 1:06d}"
-            record = {"id": file_id, "object": "file", "bytes": len(data), "created_at": int(time.time()),
-                      "filename": filename, "purpose": purpose, "status": "processed"}
+            record = {
+                "id": file_id,
+                "object": "file",
+                "bytes": len(data),
+                "created_at": int(time.time()),
+                "filename": filename,
+                "purpose": purpose,
+                "status": "processed",
+            }
             self.files[file_id] = record
             self.contents[file_id] = data
         return record
@@ -334,8 +363,12 @@ class _BatchApi:
                 filename, data = fields["file"]
                 purpose = fields.get("purpose", (None, b"batch"))[1].decode()
             except (KeyError, ValueError, UnicodeDecodeError) as exc:
-                return 400, {"error": {"message": f"a multipart upload with 'file' and 'purpose': {exc}",
-                                       "type": "invalid_request_error"}}
+                return 400, {
+                    "error": {
+                        "message": f"a multipart upload with 'file' and 'purpose': {exc}",
+                        "type": "invalid_request_error",
+                    }
+                }
             return 200, self._file(data, filename or "upload.jsonl", purpose)
         if path.endswith("/cancel"):
             batch_id = path.rsplit("/", 2)[-2]
@@ -351,19 +384,29 @@ class _BatchApi:
                 request = json.loads(raw)
                 data = self.contents[request["input_file_id"]]
             except (ValueError, KeyError, TypeError):
-                return 400, {"error": {"message": "input_file_id names no uploaded file",
-                                       "type": "invalid_request_error"}}
+                return 400, {
+                    "error": {"message": "input_file_id names no uploaded file", "type": "invalid_request_error"}
+                }
             now = int(time.time())
             with self.lock:
                 batch_id = f"batch_{len(self.batches) + 1:06d}"
-                batch = {"id": batch_id, "object": "batch",
-                         "endpoint": request.get("endpoint", "/v1/chat/completions"), "errors": None,
-                         "input_file_id": request["input_file_id"],
-                         "completion_window": request.get("completion_window", "24h"), "status": "in_progress",
-                         "output_file_id": None, "error_file_id": None, "created_at": now, "in_progress_at": now,
-                         "completed_at": None, "cancelled_at": None,
-                         "request_counts": {"total": 0, "completed": 0, "failed": 0},
-                         "metadata": request.get("metadata")}
+                batch = {
+                    "id": batch_id,
+                    "object": "batch",
+                    "endpoint": request.get("endpoint", "/v1/chat/completions"),
+                    "errors": None,
+                    "input_file_id": request["input_file_id"],
+                    "completion_window": request.get("completion_window", "24h"),
+                    "status": "in_progress",
+                    "output_file_id": None,
+                    "error_file_id": None,
+                    "created_at": now,
+                    "in_progress_at": now,
+                    "completed_at": None,
+                    "cancelled_at": None,
+                    "request_counts": {"total": 0, "completed": 0, "failed": 0},
+                    "metadata": request.get("metadata"),
+                }
                 self.batches[batch_id] = batch
             threading.Thread(target=self._run, args=(batch_id, data), daemon=True, name=batch_id).start()
             return 200, dict(batch)
@@ -374,8 +417,13 @@ class _BatchApi:
         if parts[-1] == "batches":
             with self.lock:
                 data = [dict(b) for b in sorted(self.batches.values(), key=lambda b: b["id"], reverse=True)]
-            return 200, {"object": "list", "data": data, "has_more": False,
-                         "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+            return 200, {
+                "object": "list",
+                "data": data,
+                "has_more": False,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+            }
         if len(parts) >= 2 and parts[-2] == "batches":
             with self.lock:
                 batch = self.batches.get(parts[-1])
@@ -404,13 +452,22 @@ class _BatchApi:
                 request = json.loads(line)
                 custom_id, body = request["custom_id"], request["body"]
             except (ValueError, KeyError, TypeError):
-                failed.append({"id": f"batch_req_{number}", "custom_id": None, "response": None,
-                               "error": {"code": "invalid_line", "message": f"line {number} is not a batch request"}})
+                failed.append(
+                    {
+                        "id": f"batch_req_{number}",
+                        "custom_id": None,
+                        "response": None,
+                        "error": {"code": "invalid_line", "message": f"line {number} is not a batch request"},
+                    }
+                )
                 continue
             status, reply = chat_reply(body, self.server.fault(), line)
-            record = {"id": f"batch_req_{number}", "custom_id": custom_id,
-                      "response": {"status_code": status, "request_id": f"req_{number}", "body": reply},
-                      "error": None}
+            record = {
+                "id": f"batch_req_{number}",
+                "custom_id": custom_id,
+                "response": {"status_code": status, "request_id": f"req_{number}", "body": reply},
+                "error": None,
+            }
             (ok if status == 200 else failed).append(record)
         outputs = {}
         for kind, records in (("output", ok), ("error", failed)):
@@ -421,10 +478,13 @@ class _BatchApi:
             batch = self.batches[batch_id]
             if batch["status"] == "cancelled":
                 return
-            batch.update(status="completed", completed_at=int(time.time()), output_file_id=outputs.get("output"),
-                         error_file_id=outputs.get("error"),
-                         request_counts={"total": len(ok) + len(failed), "completed": len(ok),
-                                         "failed": len(failed)})
+            batch.update(
+                status="completed",
+                completed_at=int(time.time()),
+                output_file_id=outputs.get("output"),
+                error_file_id=outputs.get("error"),
+                request_counts={"total": len(ok) + len(failed), "completed": len(ok), "failed": len(failed)},
+            )
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -437,8 +497,14 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass  # quiet: tests and dry runs read /stats instead
 
-    def _send(self, status: int, body: Any, headers: dict[str, str] | None = None,
-              content_type: str = "application/json", cut: int | None = None) -> None:
+    def _send(
+        self,
+        status: int,
+        body: Any,
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
+        cut: int | None = None,
+    ) -> None:
         """Send a reply; ``cut``: only that many bytes of the body, then close the connection."""
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         try:
@@ -507,16 +573,21 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.limits is None:
             return True
         messages = body.get("messages") or []
-        tokens = (len(_texts(messages, "system") + _texts(messages, "user")) // 4 + 85 * _images(messages)
-                  + int(body.get("max_tokens") or 0))
+        tokens = (
+            len(_texts(messages, "system") + _texts(messages, "user")) // 4
+            + 85 * _images(messages)
+            + int(body.get("max_tokens") or 0)
+        )
         wait, self.limit_headers = self.server.limits.take(tokens)
         if wait is None:
             return True
         with self.server.stats.lock:
             self.server.stats.by_outcome["rate_limited"] += 1
-        self._send(429, {"error": {"message": "rate limit reached (requests or tokens per minute)",
-                                   "type": "rate_limit_error"}},
-                   {"Retry-After": f"{wait:.3f}", "retry-after-ms": str(max(1, round(wait * 1000)))})
+        self._send(
+            429,
+            {"error": {"message": "rate limit reached (requests or tokens per minute)", "type": "rate_limit_error"}},
+            {"Retry-After": f"{wait:.3f}", "retry-after-ms": str(max(1, round(wait * 1000)))},
+        )
         return False
 
     def _complete(self, body: dict, raw: bytes, schema_name: str, key: str, options: ServerOptions) -> None:
@@ -531,8 +602,11 @@ class _Handler(BaseHTTPRequestHandler):
             stats.by_outcome[outcome] += 1
         if fault == "429":
             retry = options.retry_after_s
-            self._send(429, {"error": {"message": "rate limited (injected)", "type": "rate_limit_error"}},
-                       {"Retry-After": f"{retry:g}", "retry-after-ms": str(round(retry * 1000))})
+            self._send(
+                429,
+                {"error": {"message": "rate limited (injected)", "type": "rate_limit_error"}},
+                {"Retry-After": f"{retry:g}", "retry-after-ms": str(round(retry * 1000))},
+            )
             return
         if fault == "500":
             self._send(500, {"error": {"message": "server error (injected)", "type": "server_error"}})
@@ -556,8 +630,16 @@ class _Handler(BaseHTTPRequestHandler):
         if outcome == "ok" and key:
             with stats.lock:
                 stats.ok_keys.add(key)
-        reply = json.dumps(completion(body, schema_name, fault, raw, deny=[d.lower() for d in options.crop_deny],
-                                      reply_id=f"chatcmpl-{stats.total}")).encode()
+        reply = json.dumps(
+            completion(
+                body,
+                schema_name,
+                fault,
+                raw,
+                deny=[d.lower() for d in options.crop_deny],
+                reply_id=f"chatcmpl-{stats.total}",
+            )
+        ).encode()
         if fault == "truncated":
             self._send(200, reply[: len(reply) // 2])
         elif fault == "dropped":
@@ -594,8 +676,9 @@ class DryRunServer:
         return f"http://{host}:{port}/v1"
 
     def start(self) -> DryRunServer:
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True, name="stgr-serve-llm")
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True, name="stgr-serve-llm"
+        )
         self._thread.start()
         return self
 

@@ -19,10 +19,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from stgr_builder.core import geometry, grammar
-from stgr_builder.core.geometry import image_size
 from stgr_builder.annotate.base import object_names, trace_span
 from stgr_builder.annotate.prompts import Prompt, load_prompt
+from stgr_builder.core import geometry, grammar
+from stgr_builder.core.geometry import image_size
 from stgr_builder.core.gold import evidence_detections
 from stgr_builder.errors import SampleError, StgrError
 from stgr_builder.models import Annotation, Detection, Evidence, Frame, RejectCode, SampleWork, Task
@@ -67,8 +67,10 @@ def _parse_templates(prompt: Prompt) -> dict[Task, TaskTemplates]:
             try:
                 sentence.format(**dummy)
             except (KeyError, IndexError, ValueError) as exc:
-                raise StgrError(f"prompt {prompt.path}, task {task.value!r}: bad placeholder in "
-                                f"{sentence!r} ({exc!r}); known: {', '.join(PLACEHOLDERS)}") from exc
+                raise StgrError(
+                    f"prompt {prompt.path}, task {task.value!r}: bad placeholder in "
+                    f"{sentence!r} ({exc!r}); known: {', '.join(PLACEHOLDERS)}"
+                ) from exc
     return content.tasks
 
 
@@ -96,8 +98,14 @@ class TemplateAnnotator:
     name = "template"
     model = "template"
 
-    def __init__(self, prompt_name: str = "template-cot", *, max_key_frames: int = 4,
-                 max_boxes_per_name: int = 3, max_box_area: float = 0.8):
+    def __init__(
+        self,
+        prompt_name: str = "template-cot",
+        *,
+        max_key_frames: int = 4,
+        max_boxes_per_name: int = 3,
+        max_box_area: float = 0.8,
+    ):
         loaded = load_prompt(prompt_name)
         self.templates = _parse_templates(loaded)
         self.prompt = loaded.ref
@@ -128,8 +136,12 @@ class TemplateAnnotator:
             raise SampleError(RejectCode.NO_EVIDENCE, _no_evidence_message(work, names))
         reasoning = self._compose(work, names, span, chosen, evidence)
         return Annotation(
-            key_frames=[fe.frame for fe in chosen], evidence=evidence, reasoning=reasoning,
-            answer=sample.answer, prompt=self.prompt, model=self.model,
+            key_frames=[fe.frame for fe in chosen],
+            evidence=evidence,
+            reasoning=reasoning,
+            answer=sample.answer,
+            prompt=self.prompt,
+            model=self.model,
         )
 
     # -- choosing frames and boxes --------------------------------------------------------
@@ -139,8 +151,7 @@ class TemplateAnnotator:
         inside = all(0.0 <= v <= 1.0 for v in box)
         return inside and box[2] > box[0] and box[3] > box[1] and geometry.box_area(box) <= self.max_box_area
 
-    def _candidates(self, work: SampleWork, names: list[str],
-                    span: Sequence[float] | None) -> list[_FrameEvidence]:
+    def _candidates(self, work: SampleWork, names: list[str], span: Sequence[float] | None) -> list[_FrameEvidence]:
         """Eligible frames (inside ``span``; the image's one frame) with usable named boxes."""
         frames = sorted(work.frames, key=lambda f: (f.time, f.idx))
         frames = list({f.idx: f for f in frames}.values())  # one candidate per frame idx
@@ -189,8 +200,14 @@ class TemplateAnnotator:
 
     # -- composing the trace --------------------------------------------------------------
 
-    def _compose(self, work: SampleWork, names: list[str], span: Sequence[float] | None,
-                 chosen: list[_FrameEvidence], evidence: list[Evidence]) -> str:
+    def _compose(
+        self,
+        work: SampleWork,
+        names: list[str],
+        span: Sequence[float] | None,
+        chosen: list[_FrameEvidence],
+        evidence: list[Evidence],
+    ) -> str:
         sample = work.sample
         templates = self.templates[sample.task]
         values = _values(work, names, span)
@@ -212,10 +229,6 @@ class TemplateAnnotator:
 # ---------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------
-
-
-
-
 
 
 def _spread(items: list, count: int) -> list:
@@ -303,5 +316,7 @@ def _no_evidence_message(work: SampleWork, names: list[str]) -> str:
         return f"{work.sample.task.value} sample names no object to ground"
     where = f" inside span {list(work.sample.span)}" if work.sample.span and work.sample.image_path is None else ""
     listed = ", ".join(repr(n) for n in names)
-    return (f"none of {listed} was detected (usable box) on the {len(work.frames)} candidate frames{where} "
-            f"({len(work.detections)} detections in all)")
+    return (
+        f"none of {listed} was detected (usable box) on the {len(work.frames)} candidate frames{where} "
+        f"({len(work.detections)} detections in all)"
+    )

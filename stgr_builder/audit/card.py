@@ -22,8 +22,12 @@ CARD = "README.md"
 
 #: Category of each task, as the paper reports the mix.
 CATEGORIES: dict[Task, str] = {
-    Task.TEMPORAL: "temporal", Task.TEMPORAL_MCQ: "temporal", Task.VISUAL: "spatial",
-    Task.SPATIO_TEMPORAL: "spatio-temporal", Task.VIDEO_MCQ: "general", Task.VIDEO_FREE: "general",
+    Task.TEMPORAL: "temporal",
+    Task.TEMPORAL_MCQ: "temporal",
+    Task.VISUAL: "spatial",
+    Task.SPATIO_TEMPORAL: "spatio-temporal",
+    Task.VIDEO_MCQ: "general",
+    Task.VIDEO_FREE: "general",
 }
 CATEGORY_ORDER = ["temporal", "spatial", "spatio-temporal", "general"]
 
@@ -33,7 +37,6 @@ PAPER_SHARES: dict[str, dict[str, float]] = {
     "stgr_rl": {"temporal": 14.4, "spatial": 13.9, "spatio-temporal": 30.3, "general": 41.7},
 }
 _TITLES = {"stgr_cot": "STGR-CoT (supervised fine-tuning)", "stgr_rl": "STGR-RL (reinforcement learning)"}
-
 
 
 def category_shares(counts: dict[str, int]) -> dict[str, float]:
@@ -52,8 +55,10 @@ def category_shares(counts: dict[str, int]) -> dict[str, float]:
 def card_text(root: Path, manifest: Manifest) -> str:
     con = connect(root)
     try:
-        by = {view: con.execute(f"SELECT task, source, count(*) FROM {view} GROUP BY ALL ORDER BY 1, 2").fetchall()
-              for view in ("cot", "rl")}
+        by = {
+            view: con.execute(f"SELECT task, source, count(*) FROM {view} GROUP BY ALL ORDER BY 1, 2").fetchall()
+            for view in ("cot", "rl")
+        }
         rejects = con.execute("SELECT stage, code, count(*) FROM rejects GROUP BY ALL ORDER BY 3 DESC, 1, 2").fetchall()
     finally:
         con.close()
@@ -63,13 +68,21 @@ def card_text(root: Path, manifest: Manifest) -> str:
         "pretty_name": f"STGR ({manifest.config.get('name', 'stgr')})",
         "task_categories": ["video-text-to-text", "visual-question-answering"],
         "tags": ["video", "grounding", "chain-of-thought", "spatio-temporal"],
-        "configs": [{"config_name": d, "data_files": [{"split": "train", "path": f"{d}/part-*.parquet"}]}
-                    for d in present],
+        "configs": [
+            {"config_name": d, "data_files": [{"split": "train", "path": f"{d}/part-*.parquet"}]} for d in present
+        ],
     }
-    out = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "",
-           f"# {front['pretty_name']}", "",
-           "Spatio-temporally grounded chain-of-thought data in the layout of Open-o3 Video's STGR-CoT and "
-           f"STGR-RL, built by stgr-builder {manifest.code_version} (build `{manifest.build_id}`).", ""]
+    out = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False).rstrip(),
+        "---",
+        "",
+        f"# {front['pretty_name']}",
+        "",
+        "Spatio-temporally grounded chain-of-thought data in the layout of Open-o3 Video's STGR-CoT and "
+        f"STGR-RL, built by stgr-builder {manifest.code_version} (build `{manifest.build_id}`).",
+        "",
+    ]
     for dataset in present:
         rows = datasets[dataset]
         total = sum(n for _, _, n in rows)
@@ -82,27 +95,41 @@ def card_text(root: Path, manifest: Manifest) -> str:
         shares = category_shares(per_task)
         out += ["", "| category | share | paper |", "|---|---:|---:|"]
         out += [f"| {c} | {shares[c]:.1f}% | {PAPER_SHARES[dataset][c]:.1f}% |" for c in CATEGORY_ORDER]
-        out += ["", "Categories: temporal = temporal QA + temporal QA (MCQ); spatial = visual QA; spatio-temporal "
-                "= temporal-spatial free-form QA; general = General video QA MCQ + Free-form.", ""]
+        out += [
+            "",
+            "Categories: temporal = temporal QA + temporal QA (MCQ); spatial = visual QA; spatio-temporal "
+            "= temporal-spatial free-form QA; general = General video QA MCQ + Free-form.",
+            "",
+        ]
     out += ["## Rejects by reason", "", "| stage | code | rejects |", "|---|---|---:|"]
     out += [f"| {stage} | {code} | {n} |" for stage, code, n in rejects] or ["| | (none) | 0 |"]
     annotator = manifest.config.get("annotator", {})
     detector = manifest.detector
-    out += ["", "## Provenance", "",
-            f"- build id: `{manifest.build_id}`; config hash: `{manifest.config_hash}`; seed: "
-            f"{manifest.config.get('seed')}",
-            "- prompts: " + ", ".join(f"`{p.name}@{p.version}`" for p in manifest.prompts),
-            f"- annotator: {annotator.get('backend')} (model: {annotator.get('model') or 'none'})",
-            f"- detector: {detector.get('name')}, weights `{detector.get('weights')}` "
-            f"(sha256 `{detector.get('weights_hash')}`)",
-            "- sources: " + ", ".join(f"{s['name']} ({s['adapter']})" for s in manifest.config.get("sources", [])),
-            "- every row carries its own `provenance` struct; `manifest.json` lists the shards and checksums.", ""]
+    out += [
+        "",
+        "## Provenance",
+        "",
+        f"- build id: `{manifest.build_id}`; config hash: `{manifest.config_hash}`; seed: "
+        f"{manifest.config.get('seed')}",
+        "- prompts: " + ", ".join(f"`{p.name}@{p.version}`" for p in manifest.prompts),
+        f"- annotator: {annotator.get('backend')} (model: {annotator.get('model') or 'none'})",
+        f"- detector: {detector.get('name')}, weights `{detector.get('weights')}` "
+        f"(sha256 `{detector.get('weights_hash')}`)",
+        "- sources: " + ", ".join(f"{s['name']} ({s['adapter']})" for s in manifest.config.get("sources", [])),
+        "- every row carries its own `provenance` struct; `manifest.json` lists the shards and checksums.",
+        "",
+    ]
     out += ["## How to load", "", "```python", "from datasets import load_dataset", ""]
     out += [f'{d} = load_dataset("parquet", data_files="{d}/part-*.parquet", split="train")' for d in present]
     out += ["```", "", "```sql", "-- DuckDB, from this folder"]
     out += [f"SELECT task, count(*) FROM '{d}/part-*.parquet' GROUP BY task;" for d in present]
-    out += ["```", "", "`stgr audit .` prints the canned audit; `stgr export open-o3 . --to DIR` writes the JSON "
-            "files the released Open-o3 Video training code reads. Key-frame JPEGs are under `kfs/`.", ""]
+    out += [
+        "```",
+        "",
+        "`stgr audit .` prints the canned audit; `stgr export open-o3 . --to DIR` writes the JSON "
+        "files the released Open-o3 Video training code reads. Key-frame JPEGs are under `kfs/`.",
+        "",
+    ]
     return "\n".join(out)
 
 

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import duckdb
 
-from stgr_builder.audit.views import VIEWS, AuditTable, create_view, sql_literal, connect
-from stgr_builder.errors import StgrError
+from stgr_builder.audit.views import VIEWS, AuditTable, connect, create_view, sql_literal
 from stgr_builder.core.layout import load_manifest
+from stgr_builder.errors import StgrError
 
-_BOTH = "(SELECT 'cot' AS dataset, * EXCLUDE (reasoning_process) FROM {p}cot UNION ALL BY NAME " \
-        "SELECT 'rl' AS dataset, * FROM {p}rl)"
+_BOTH = (
+    "(SELECT 'cot' AS dataset, * EXCLUDE (reasoning_process) FROM {p}cot UNION ALL BY NAME "
+    "SELECT 'rl' AS dataset, * FROM {p}rl)"
+)
 
 # Histogram buckets of box area (share of the frame) and aspect ratio (w / h, normalized units).
 _AREA_EDGES = [0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.0]
@@ -37,10 +39,10 @@ def _label(edges: list[float], i: int) -> str:
 
 def _histogram(con, title: str, value: str, edges: list[float]) -> AuditTable:
     sql = f"""
-        WITH items AS (SELECT dataset, unnest(key_items) AS item FROM {_BOTH.format(p='')}),
+        WITH items AS (SELECT dataset, unnest(key_items) AS item FROM {_BOTH.format(p="")}),
              boxes AS (SELECT dataset, unnest(item.boxes) AS b FROM items),
              v AS (SELECT dataset, {value} AS x FROM boxes)
-        SELECT dataset, {_buckets('x', edges)} AS bucket, count(*) AS boxes
+        SELECT dataset, {_buckets("x", edges)} AS bucket, count(*) AS boxes
         FROM v WHERE x IS NOT NULL GROUP BY ALL ORDER BY dataset, bucket"""
     rows = con.execute(sql).fetchall()
     totals: dict[str, int] = {}
@@ -56,8 +58,7 @@ def distributions(root: Path) -> list[AuditTable]:
     try:
         return [
             _histogram(con, "Box area distribution", "(b[3] - b[1]) * (b[4] - b[2])", _AREA_EDGES),
-            _histogram(con, "Box aspect-ratio distribution", "(b[3] - b[1]) / nullif(b[4] - b[2], 0)",
-                       _ASPECT_EDGES),
+            _histogram(con, "Box aspect-ratio distribution", "(b[3] - b[1]) / nullif(b[4] - b[2], 0)", _ASPECT_EDGES),
         ]
     finally:
         con.close()
@@ -122,7 +123,8 @@ def rejects_fixed(new: Path, old: Path | None = None) -> int:
 def compare(new: Path, old: Path | None = None) -> list[AuditTable]:
     """Compare a version with an earlier one (default: its manifest's ``parent``): rows
     unchanged / re-annotated / changed / added / removed per dataset, rejects by reason in
-    each, the old rejects fixed (now rows) by reason, and fidelity figures per version and over the re-annotated rows."""
+    each, the old rejects fixed (now rows) by reason, and fidelity figures per version and over the re-annotated
+    rows."""
     new = Path(new)
     if old is None:
         parent = load_manifest(new).parent
@@ -151,13 +153,22 @@ def compare(new: Path, old: Path | None = None) -> list[AuditTable]:
                        count(*) FILTER (WHERE n.id IS NULL) AS removed
                 FROM n FULL OUTER JOIN o USING (id)"""
             changed.extend(con.execute(sql).fetchall())
-        tables.append(AuditTable("Rows changed", ["dataset", "unchanged", "reannotated", "content_changed",
-                                                  "added", "removed"], changed))
-        tables.append(_table(con, "Rejects by reason (versions)", """
+        tables.append(
+            AuditTable(
+                "Rows changed", ["dataset", "unchanged", "reannotated", "content_changed", "added", "removed"], changed
+            )
+        )
+        tables.append(
+            _table(
+                con,
+                "Rejects by reason (versions)",
+                """
             WITH n AS (SELECT stage, code, count(*) AS c FROM rejects GROUP BY ALL),
                  o AS (SELECT stage, code, count(*) AS c FROM old_rejects GROUP BY ALL)
             SELECT stage, code, coalesce(o.c, 0) AS old, coalesce(n.c, 0) AS new
-            FROM n FULL OUTER JOIN o USING (stage, code) ORDER BY stage, code"""))
+            FROM n FULL OUTER JOIN o USING (stage, code) ORDER BY stage, code""",
+            )
+        )
         tables.append(_table(con, "Rejects fixed", REJECTS_FIXED))
         fidelity = """
             SELECT '{name}' AS version, count(*) AS rows,
@@ -167,13 +178,30 @@ def compare(new: Path, old: Path | None = None) -> list[AuditTable]:
                    round(avg(len(key_frames)), 2) AS mean_key_frames,
                    round(avg(len(reasoning_process)), 1) AS mean_trace_chars
             FROM {p}cot {where}"""
-        tables.append(_table(con, "Fidelity by version", fidelity.format(name="old", p="old_", where="")
-                             + " UNION ALL " + fidelity.format(name="new", p="", where="") + " ORDER BY version DESC"))
-        redone = ("WHERE id IN (SELECT n.id FROM cot n JOIN old_cot o USING (id) "
-                  "WHERE n.provenance.build_id <> o.provenance.build_id)")
-        tables.append(_table(con, "Fidelity of the re-annotated rows",
-                             fidelity.format(name="old", p="old_", where=redone) + " UNION ALL "
-                             + fidelity.format(name="new", p="", where=redone) + " ORDER BY version DESC"))
+        tables.append(
+            _table(
+                con,
+                "Fidelity by version",
+                fidelity.format(name="old", p="old_", where="")
+                + " UNION ALL "
+                + fidelity.format(name="new", p="", where="")
+                + " ORDER BY version DESC",
+            )
+        )
+        redone = (
+            "WHERE id IN (SELECT n.id FROM cot n JOIN old_cot o USING (id) "
+            "WHERE n.provenance.build_id <> o.provenance.build_id)"
+        )
+        tables.append(
+            _table(
+                con,
+                "Fidelity of the re-annotated rows",
+                fidelity.format(name="old", p="old_", where=redone)
+                + " UNION ALL "
+                + fidelity.format(name="new", p="", where=redone)
+                + " ORDER BY version DESC",
+            )
+        )
         tables.append(_table(con, "Rows whose evidence changed (CoT: key frames or boxes)", EVIDENCE_CHANGED))
     finally:
         con.close()
@@ -189,6 +217,15 @@ def _versions(new: Path, old: Path) -> AuditTable:
             rows.append((name, str(root), None, None, None, None, None))
             continue
         prompts = ", ".join(f"{p.name}@{p.version}" for p in manifest.prompts)
-        rows.append((name, str(root), manifest.build_id, manifest.counts.get("stgr_cot", 0),
-                     manifest.counts.get("stgr_rl", 0), manifest.counts.get("rejects", 0), prompts))
+        rows.append(
+            (
+                name,
+                str(root),
+                manifest.build_id,
+                manifest.counts.get("stgr_cot", 0),
+                manifest.counts.get("stgr_rl", 0),
+                manifest.counts.get("rejects", 0),
+                prompts,
+            )
+        )
     return AuditTable("Versions", ["version", "folder", "build_id", "cot", "rl", "rejects", "prompts"], rows)

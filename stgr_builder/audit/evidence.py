@@ -32,8 +32,13 @@ FROM (SELECT unnest(provenance.evidence_tracks) AS t FROM cot) GROUP BY ALL ORDE
 def evidence_tables(con: duckdb.DuckDBPyConnection, manifest: Manifest | None) -> list[AuditTable]:
     """The track gate's verdicts on the rows' evidence, and the evidence against truth."""
     cursor = con.execute(_TRACKS)
-    tables = [AuditTable("Evidence tracks (track gate verdicts on the CoT rows' evidence)",
-                         [c[0] for c in cursor.description], cursor.fetchall())]
+    tables = [
+        AuditTable(
+            "Evidence tracks (track gate verdicts on the CoT rows' evidence)",
+            [c[0] for c in cursor.description],
+            cursor.fetchall(),
+        )
+    ]
     truth = load_truths(manifest)
     if truth:
         tables += truth_tables(con, truth)
@@ -70,8 +75,11 @@ def judge(truths: dict[str, DemoTruth], rows: list[tuple]) -> list[tuple[str, st
         size = (item_of.width, item_of.height)
         for item in key_items:
             if video_path:
-                truths_px = [o.boxes[item["idx"]] for o in item_of.objects
-                             if o.name == item["name"] and item["idx"] < len(o.boxes) and o.boxes[item["idx"]]]
+                truths_px = [
+                    o.boxes[item["idx"]]
+                    for o in item_of.objects
+                    if o.name == item["name"] and item["idx"] < len(o.boxes) and o.boxes[item["idx"]]
+                ]
             else:
                 truths_px = [o.box for o in item_of.objects if o.name == item["name"]]
             true_boxes = [[b[0] / size[0], b[1] / size[1], b[2] / size[0], b[3] / size[1]] for b in truths_px]
@@ -88,14 +96,23 @@ def truth_tables(con: duckdb.DuckDBPyConnection, truths: dict[str, DemoTruth]) -
         judged = judge(truths, rows)
         wrong = [j for j in judged if j[4] < RIGHT_IOU]
         ious = [j[4] for j in judged]
-        out_rows.append((view, len(judged), len(wrong),
-                         round(1 - len(wrong) / len(judged), 4) if judged else None,
-                         round(sum(ious) / len(ious), 3) if ious else None,
-                         round(min(ious), 3) if ious else None))
+        out_rows.append(
+            (
+                view,
+                len(judged),
+                len(wrong),
+                round(1 - len(wrong) / len(judged), 4) if judged else None,
+                round(sum(ious) / len(ious), 3) if ious else None,
+                round(min(ious), 3) if ious else None,
+            )
+        )
         if view == "cot":
             wrong_rows = [(i, m, idx, name, round(iou, 3)) for i, m, idx, name, iou in sorted(wrong)[:20]]
     return [
-        AuditTable(f"Evidence against truth (right: IoU >= {RIGHT_IOU} with a true object of its name)",
-                   ["view", "boxes", "wrong", "precision", "mean_iou", "min_iou"], out_rows),
+        AuditTable(
+            f"Evidence against truth (right: IoU >= {RIGHT_IOU} with a true object of its name)",
+            ["view", "boxes", "wrong", "precision", "mean_iou", "min_iou"],
+            out_rows,
+        ),
         AuditTable("Wrong evidence boxes (CoT, first 20)", ["id", "media", "frame", "name", "iou"], wrong_rows),
     ]

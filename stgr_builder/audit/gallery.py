@@ -58,8 +58,11 @@ _TAGGED = re.compile(r"&lt;(obj|box|t)&gt;(.*?)&lt;/\1&gt;")
 def highlight(trace: str) -> str:
     """The trace as HTML: escaped, each ``<obj>``, ``<box>``, ``<t>`` element in a coloured span.
 
-    >>> highlight("a <obj>dog</obj><box>[0.1, 0.2, 0.3, 0.4]</box>at<t>2.0</t>s")
-    'a <span class="tag-obj">&lt;obj&gt;dog&lt;/obj&gt;</span><span class="tag-box">&lt;box&gt;[0.1, 0.2, 0.3, 0.4]&lt;/box&gt;</span>at<span class="tag-t">&lt;t&gt;2.0&lt;/t&gt;</span>s'
+    >>> print(highlight("a <obj>dog</obj><box>[0.1, 0.2, 0.3, 0.4]</box>at<t>2.0</t>s").replace("</span>", "</span>\n"))
+    a <span class="tag-obj">&lt;obj&gt;dog&lt;/obj&gt;</span>
+    <span class="tag-box">&lt;box&gt;[0.1, 0.2, 0.3, 0.4]&lt;/box&gt;</span>
+    at<span class="tag-t">&lt;t&gt;2.0&lt;/t&gt;</span>
+    s
     """
     escaped = html.escape(trace, quote=False)
     return _TAGGED.sub(lambda m: f'<span class="tag-{m.group(1)}">{m.group(0)}</span>', escaped)
@@ -89,26 +92,30 @@ def _row_html(row: dict, root: Path, page_dir: Path, embed: bool) -> str:
                 boxes.append(
                     f'<div class="box" style="left:{x1 * 100:.2f}%;top:{y1 * 100:.2f}%;'
                     f'width:{(x2 - x1) * 100:.2f}%;height:{(y2 - y1) * 100:.2f}%;border-color:{color}">'
-                    f'<span style="background:{color}">{html.escape(item["name"])}</span></div>')
+                    f'<span style="background:{color}">{html.escape(item["name"])}</span></div>'
+                )
         src = html.escape(_src(root, frame["path"], page_dir, embed))
         figures.append(
             f'<figure><div class="frame"><img src="{src}" alt="frame {frame["idx"]}">{"".join(boxes)}</div>'
-            f'<figcaption>frame {frame["idx"]} at {frame["time"]:.2f}s</figcaption></figure>')
+            f"<figcaption>frame {frame['idx']} at {frame['time']:.2f}s</figcaption></figure>"
+        )
     media = row.get("video_path") or row.get("image_path") or ""
     prov = row["provenance"] or {}
     return (
         f'<section class="row" id="row-{html.escape(row["id"])}">'
         f'<div class="meta">{html.escape(row["id"])} · {html.escape(row["task"])} · {html.escape(row["source"])}'
-        f' · {html.escape(media)} · prompt {html.escape(str(prov.get("prompt_name")))}@'
-        f'{html.escape(str(prov.get("prompt_version")))} · build {html.escape(str(prov.get("build_id")))}</div>'
+        f" · {html.escape(media)} · prompt {html.escape(str(prov.get('prompt_name')))}@"
+        f"{html.escape(str(prov.get('prompt_version')))} · build {html.escape(str(prov.get('build_id')))}</div>"
         f'<p class="question">{html.escape(row["question"]).replace(chr(10), "<br>")}</p>'
         f'<div class="frames">{"".join(figures)}</div>'
         f'<div class="trace">{highlight(row.get("reasoning_process") or "")}</div>'
-        f'<p class="answer">Answer: {highlight(row["answer"])}</p></section>')
+        f'<p class="answer">Answer: {highlight(row["answer"])}</p></section>'
+    )
 
 
-def write_gallery(root: Path, out: Path, *, n: int = 24, seed: int = 0, where: str | None = None,
-                  embed: bool = False) -> int:
+def write_gallery(
+    root: Path, out: Path, *, n: int = 24, seed: int = 0, where: str | None = None, embed: bool = False
+) -> int:
     """Write an HTML page of ``n`` rows of ``cot`` sampled by a seeded hash of their id
     (optionally only those a SQL predicate selects); returns how many rows it shows."""
     root, out = Path(root).resolve(), Path(out).resolve()
@@ -118,16 +125,18 @@ def write_gallery(root: Path, out: Path, *, n: int = 24, seed: int = 0, where: s
     try:
         cursor = con.execute(sql)
         columns = [c[0] for c in cursor.description]
-        rows = [dict(zip(columns, values)) for values in cursor.fetchall()]
+        rows = [dict(zip(columns, values, strict=False)) for values in cursor.fetchall()]
     except Exception as exc:  # duckdb.Error
         raise StgrError(f"gallery query failed: {str(exc).strip().splitlines()[0]}") from None
     finally:
         con.close()
     body = "".join(_row_html(row, root, out.parent, embed) for row in rows)
-    page = (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>stgr gallery: {html.escape(root.name)}</title>'
-            f'<style>{_STYLE}</style></head><body data-images-loaded="0" data-images-total="0">'
-            f'<h1>{html.escape(root.name)}: {len(rows)} sampled rows</h1><p id="status">loading images...</p>'
-            f'{body}<script>{_SCRIPT}</script></body></html>')
+    page = (
+        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>stgr gallery: {html.escape(root.name)}</title>'
+        f'<style>{_STYLE}</style></head><body data-images-loaded="0" data-images-total="0">'
+        f'<h1>{html.escape(root.name)}: {len(rows)} sampled rows</h1><p id="status">loading images...</p>'
+        f"{body}<script>{_SCRIPT}</script></body></html>"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, page)
     return len(rows)

@@ -14,49 +14,68 @@ import duckdb
 
 from stgr_builder.audit.evidence import evidence_tables
 from stgr_builder.audit.views import VIEWS, AuditTable, connect
-from stgr_builder.errors import StgrError
-from stgr_builder.models import Manifest
 from stgr_builder.core.arrow import DATASETS
 from stgr_builder.core.hashing import sha256_file
 from stgr_builder.core.layout import load_manifest, read_plan
+from stgr_builder.errors import StgrError
+from stgr_builder.models import Manifest
 
 # Rows of both row datasets with a `dataset` column, for per-dataset statistics.
-_BOTH = "(SELECT 'cot' AS dataset, * EXCLUDE (reasoning_process) FROM cot UNION ALL BY NAME " \
-        "SELECT 'rl' AS dataset, * FROM rl)"
+_BOTH = (
+    "(SELECT 'cot' AS dataset, * EXCLUDE (reasoning_process) FROM cot UNION ALL BY NAME "
+    "SELECT 'rl' AS dataset, * FROM rl)"
+)
 _DATASETS = "(VALUES ('cot'), ('rl')) AS d(dataset)"
 
 _CANNED: list[tuple[str, str]] = [
-    ("Rows by task and source", f"""
+    (
+        "Rows by task and source",
+        f"""
         SELECT dataset, task, source, count(*) AS rows
-        FROM {_BOTH} GROUP BY ALL ORDER BY dataset, task, source"""),
-    ("Rejects by stage and code", """
+        FROM {_BOTH} GROUP BY ALL ORDER BY dataset, task, source""",
+    ),
+    (
+        "Rejects by stage and code",
+        """
         SELECT stage, code, count(*) AS rejects
-        FROM rejects GROUP BY ALL ORDER BY rejects DESC, stage, code"""),
+        FROM rejects GROUP BY ALL ORDER BY rejects DESC, stage, code""",
+    ),
     # Area and aspect in normalized units (the rows do not carry every frame's pixel size).
-    ("Boxes (normalized)", f"""
+    (
+        "Boxes (normalized)",
+        f"""
         WITH items AS (SELECT dataset, unnest(key_items) AS item FROM {_BOTH}),
              boxes AS (SELECT dataset, unnest(item.boxes) AS b FROM items),
              dims AS (SELECT dataset, b[3] - b[1] AS w, b[4] - b[2] AS h FROM boxes)
         SELECT dataset, count(w) AS boxes,
                round(avg(w * h), 4) AS mean_area, round(min(w * h), 4) AS min_area,
                round(max(w * h), 4) AS max_area, round(avg(w / nullif(h, 0)), 4) AS mean_aspect_w_h
-        FROM {_DATASETS} LEFT JOIN dims USING (dataset) GROUP BY dataset ORDER BY dataset"""),
-    ("Key frames per row", f"""
+        FROM {_DATASETS} LEFT JOIN dims USING (dataset) GROUP BY dataset ORDER BY dataset""",
+    ),
+    (
+        "Key frames per row",
+        f"""
         WITH kf AS (SELECT dataset, len(key_frames) AS n,
                            list_max(list_transform(key_frames, lambda k: k.time))
                          - list_min(list_transform(key_frames, lambda k: k.time)) AS spread
                     FROM {_BOTH})
         SELECT dataset, count(n) AS rows, min(n) AS min_key_frames, round(avg(n), 2) AS mean_key_frames,
                max(n) AS max_key_frames, round(avg(spread), 2) AS mean_time_spread_s
-        FROM {_DATASETS} LEFT JOIN kf USING (dataset) GROUP BY dataset ORDER BY dataset"""),
-    ("Trace length (cot)", """
+        FROM {_DATASETS} LEFT JOIN kf USING (dataset) GROUP BY dataset ORDER BY dataset""",
+    ),
+    (
+        "Trace length (cot)",
+        """
         SELECT task, count(*) AS rows,
                min(len(reasoning_process)) AS min_chars, round(avg(len(reasoning_process)), 1) AS mean_chars,
                max(len(reasoning_process)) AS max_chars,
                round(avg(len(regexp_extract_all(reasoning_process, '<obj>'))), 2) AS mean_obj_mentions,
                round(avg(len(regexp_extract_all(reasoning_process, '<box>'))), 2) AS mean_box_mentions
-        FROM cot GROUP BY task ORDER BY task"""),
-    ("Provenance", f"""
+        FROM cot GROUP BY task ORDER BY task""",
+    ),
+    (
+        "Provenance",
+        f"""
         SELECT dataset, provenance.prompt_name AS prompt_name, provenance.prompt_version AS prompt_version,
                provenance.annotator_model AS annotator_model, provenance.detector_name AS detector_name,
                provenance.detector_weights_hash AS detector_weights_hash, provenance.build_id AS build_id,
@@ -64,24 +83,31 @@ _CANNED: list[tuple[str, str]] = [
                round(avg(provenance.detector_agreement_iou), 3) AS mean_agreement_iou,
                round(avg(provenance.detector_score), 3) AS mean_detector_score,
                round(avg(provenance.verifier_votes), 2) AS mean_verifier_votes
-        FROM {_BOTH} GROUP BY ALL ORDER BY ALL"""),
+        FROM {_BOTH} GROUP BY ALL ORDER BY ALL""",
+    ),
 ]
 
 # Each check counts offending items; 0 is healthy.
 _CHECKS: list[tuple[str, str]] = [
     ("duplicate ids in cot", "SELECT count(*) - count(DISTINCT id) FROM cot"),
     ("duplicate ids in rl", "SELECT count(*) - count(DISTINCT id) FROM rl"),
-    ("boxes outside [0, 1] or with no area", f"""
+    (
+        "boxes outside [0, 1] or with no area",
+        f"""
         WITH boxes AS (SELECT unnest(item.boxes) AS b
                        FROM (SELECT unnest(key_items) AS item FROM {_BOTH}))
         SELECT count(*) FROM boxes
         WHERE least(b[1], b[2], b[3], b[4]) < 0 OR greatest(b[1], b[2], b[3], b[4]) > 1
-           OR b[3] <= b[1] OR b[4] <= b[2]"""),
-    ("rows whose key frames are unsorted or repeat an idx", f"""
+           OR b[3] <= b[1] OR b[4] <= b[2]""",
+    ),
+    (
+        "rows whose key frames are unsorted or repeat an idx",
+        f"""
         SELECT count(*) FROM {_BOTH}
         WHERE list_transform(key_frames, lambda k: k.time)
                   <> list_sort(list_transform(key_frames, lambda k: k.time))
-           OR len(list_distinct(list_transform(key_frames, lambda k: k.idx))) <> len(key_frames)"""),
+           OR len(list_distinct(list_transform(key_frames, lambda k: k.idx))) <> len(key_frames)""",
+    ),
 ]
 
 
@@ -161,10 +187,12 @@ def _plan_table(root: Path, manifest: Manifest | None) -> AuditTable | None:
     usage = manifest.llm if manifest is not None else None
     rows: list[tuple] = [(f"rows: stgr_{d}", plan.rows(d), counts.get(f"stgr_{d}", 0)) for d in ("cot", "rl")]
     est = plan.estimate
-    for label, planned, field in (("LLM requests", est.requests + est.crop_requests, "requests"),
-                                  ("images sent", est.images, "images"),
-                                  ("prompt tokens", est.prompt_tokens, "prompt_tokens"),
-                                  ("completion tokens", est.completion_tokens, "completion_tokens")):
+    for label, planned, field in (
+        ("LLM requests", est.requests + est.crop_requests, "requests"),
+        ("images sent", est.images, "images"),
+        ("prompt tokens", est.prompt_tokens, "prompt_tokens"),
+        ("completion tokens", est.completion_tokens, "completion_tokens"),
+    ):
         rows.append((label, planned, getattr(usage, field) if usage is not None else 0))
     return AuditTable("Plan: estimate vs actual", ["figure", "estimate", "actual"], rows)
 
@@ -173,12 +201,20 @@ def _checks_table(con: duckdb.DuckDBPyConnection, root: Path, manifest: Manifest
     rows = [(name, 0, _scalar(con, sql)) for name, sql in _CHECKS]
     if manifest is not None:
         for view, dataset in VIEWS.items():
-            rows.append((f"rows in {view} = manifest", manifest.counts.get(dataset, 0),
-                         _scalar(con, f"SELECT count(*) FROM {view}")))
+            rows.append(
+                (
+                    f"rows in {view} = manifest",
+                    manifest.counts.get(dataset, 0),
+                    _scalar(con, f"SELECT count(*) FROM {view}"),
+                )
+            )
         rows.append(("shard files not in the manifest", 0, len(_unlisted_files(root, manifest))))
         rows.append(("manifest files missing or with another sha256", 0, _bad_checksums(root, manifest)))
-    return AuditTable("Checks", ["check", "expected", "actual", "ok"],
-                      [(name, expected, actual, expected == actual) for name, expected, actual in rows])
+    return AuditTable(
+        "Checks",
+        ["check", "expected", "actual", "ok"],
+        [(name, expected, actual, expected == actual) for name, expected, actual in rows],
+    )
 
 
 def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> int:
@@ -192,5 +228,4 @@ def _unlisted_files(root: Path, manifest: Manifest) -> list[str]:
 
 
 def _bad_checksums(root: Path, manifest: Manifest) -> int:
-    return sum(1 for f in manifest.shards
-               if not (root / f.path).is_file() or sha256_file(root / f.path) != f.sha256)
+    return sum(1 for f in manifest.shards if not (root / f.path).is_file() or sha256_file(root / f.path) != f.sha256)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import duckdb
 
-from stgr_builder.errors import StgrError
 from stgr_builder.core.arrow import DATASETS, schema_for
+from stgr_builder.errors import StgrError
 
 #: View name -> dataset folder.
 VIEWS: dict[str, str] = {"cot": "stgr_cot", "rl": "stgr_rl", "rejects": "rejects"}
@@ -90,8 +90,7 @@ def check_read_only(sql: str) -> None:
     kind = statements[0].type
     if kind != duckdb.StatementType.SELECT:
         # EXPLAIN is refused too: EXPLAIN ANALYZE runs the statement it explains.
-        raise StgrError("the audit runs read-only queries only (SELECT, WITH, ...); "
-                        f"refused a {kind.name} statement")
+        raise StgrError(f"the audit runs read-only queries only (SELECT, WITH, ...); refused a {kind.name} statement")
 
 
 def query(root: Path, sql: str) -> AuditTable:

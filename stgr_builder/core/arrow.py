@@ -62,7 +62,8 @@ def arrow_type(annotation: Any) -> tuple[pa.DataType, bool]:
             return _SCALARS[annotation], False
     raise TypeError(
         f"no Arrow type for {annotation!r}: use str, int, float, bool, an Enum, a list or a "
-        "nested model (dict would need a map type, which the Hugging Face viewer cannot show)")
+        "nested model (dict would need a map type, which the Hugging Face viewer cannot show)"
+    )
 
 
 def _optional_type(annotation: Any) -> tuple[pa.DataType, bool]:

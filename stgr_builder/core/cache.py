@@ -43,8 +43,7 @@ class BoundedCache(Generic[V]):
     """Least-recently-used entries go first once ``max_bytes`` (sum of ``weigh(value)``) or
     ``max_entries`` is passed. An entry heavier than ``max_bytes`` is not kept."""
 
-    def __init__(self, max_bytes: int, *, max_entries: int | None = None,
-                 weigh: Callable[[V], int] = approx_size):
+    def __init__(self, max_bytes: int, *, max_entries: int | None = None, weigh: Callable[[V], int] = approx_size):
         self.max_bytes = max_bytes
         self.max_entries = max_entries
         self.weigh = weigh
@@ -74,8 +73,9 @@ class BoundedCache(Generic[V]):
                 return
             self._items[key] = (value, size)
             self.bytes += size
-            while self._items and (self.bytes > self.max_bytes or
-                                   (self.max_entries is not None and len(self._items) > self.max_entries)):
+            while self._items and (
+                self.bytes > self.max_bytes or (self.max_entries is not None and len(self._items) > self.max_entries)
+            ):
                 _, (_, dropped) = self._items.popitem(last=False)
                 self.bytes -= dropped
 

@@ -31,8 +31,14 @@ def encode_h264(path: Path, frames: Iterable[np.ndarray], *, fps: float, gop: in
                 stream.width, stream.height = width, height
                 stream.pix_fmt = "yuv420p"
                 stream.thread_count = 1
-                stream.options = {"crf": str(crf), "g": str(gop), "keyint_min": str(gop),
-                                  "sc_threshold": "0", "bf": "0", "preset": "veryfast"}
+                stream.options = {
+                    "crf": str(crf),
+                    "g": str(gop),
+                    "keyint_min": str(gop),
+                    "sc_threshold": "0",
+                    "bf": "0",
+                    "preset": "veryfast",
+                }
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
             for packet in stream.encode(frame):
                 container.mux(packet)

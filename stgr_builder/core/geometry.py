@@ -83,7 +83,7 @@ def make_view(rgb, view: str):
     if view == "zoom":
         height, width = rgb.shape[:2]
         dx, dy = round(width * _ZOOM_MARGIN), round(height * _ZOOM_MARGIN)
-        crop = Image.fromarray(rgb[dy:height - dy, dx:width - dx])
+        crop = Image.fromarray(rgb[dy : height - dy, dx : width - dx])
         return np.asarray(crop.resize((width, height), Image.BILINEAR))
     raise ValueError(f"unknown image view {view!r}: one of {IMAGE_VIEWS}")
 

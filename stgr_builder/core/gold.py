@@ -50,8 +50,7 @@ def gold_detections(work: SampleWork) -> list[Detection]:
                 frames = [f for f in work.frames if f.idx == idx][:1]
             else:
                 frames = []
-            out += [Detection(frame_idx=f.idx, label=obj.name, score=1.0, box=list(tb.box), gold=True)
-                    for f in frames]
+            out += [Detection(frame_idx=f.idx, label=obj.name, score=1.0, box=list(tb.box), gold=True) for f in frames]
     return out
 
 
@@ -70,10 +69,10 @@ def detector_agreement(work: SampleWork, evidence: list[Evidence]) -> float | No
     ious = []
     for ev in evidence:
         box = grammar.round_box(ev.box)
-        if not any(d.frame_idx == ev.frame_idx and d.label == ev.name and grammar.round_box(d.box) == box
-                   for d in gold):
+        if not any(
+            d.frame_idx == ev.frame_idx and d.label == ev.name and grammar.round_box(d.box) == box for d in gold
+        ):
             continue
-        found = [d.box for d in work.detections
-                 if not d.gold and d.frame_idx == ev.frame_idx and d.label == ev.name]
+        found = [d.box for d in work.detections if not d.gold and d.frame_idx == ev.frame_idx and d.label == ev.name]
         ious.append(max((geometry.box_iou(box, b) for b in found), default=0.0))
     return fmean(ious) if ious else None

@@ -112,10 +112,6 @@ def render_box(box: Sequence[float]) -> str:
     return "[" + ", ".join(fmt_coord(v) for v in box) + "]"
 
 
-
-
-
-
 def render_pixel_box(box: Sequence[float]) -> str:
     """A pixel box, integers.
 
@@ -123,10 +119,6 @@ def render_pixel_box(box: Sequence[float]) -> str:
     '[64, 120, 320, 480]'
     """
     return "[" + ", ".join(str(round(v)) for v in box) + "]"
-
-
-
-
 
 
 def clean_text(text: str) -> str:
@@ -266,13 +258,15 @@ def check_tags(text: str) -> None:
         closing, tag = match.group(1) == "/", match.group(2)
         if not closing:
             if stack and stack[-1] in _LEAF_TAGS:
-                raise TraceError(RejectCode.TAGS_UNBALANCED,
-                                 f"<{tag}> opens inside <{stack[-1]}> at character {match.start()}")
+                raise TraceError(
+                    RejectCode.TAGS_UNBALANCED, f"<{tag}> opens inside <{stack[-1]}> at character {match.start()}"
+                )
             stack.append(tag)
         elif not stack or stack[-1] != tag:
             expected = f"</{stack[-1]}>" if stack else "no closing tag"
-            raise TraceError(RejectCode.TAGS_UNBALANCED,
-                             f"</{tag}> at character {match.start()} where {expected} was due")
+            raise TraceError(
+                RejectCode.TAGS_UNBALANCED, f"</{tag}> at character {match.start()} where {expected} was due"
+            )
         else:
             stack.pop()
     if stack:
@@ -338,7 +332,7 @@ def _parse_time(content: str) -> float:
 
 def _expect_unit(text: str, pos: int) -> None:
     # Every time is followed by its unit, "s", so the trainer's regexes find it.
-    if text[pos:pos + 1] != "s":
+    if text[pos : pos + 1] != "s":
         raise _grammar(f"time ending at character {pos} is not followed by 's'")
 
 
@@ -370,7 +364,7 @@ def _evidence(text: str, els: list[_Element], i: int, *, pixels: bool) -> tuple[
     if not boxes:
         raise _grammar(f"<obj>{name}</obj> is not followed by a <box>")
     nxt = els[j] if j < len(els) and els[j].tag == "t" else None
-    gap = text[pos:nxt.start] if nxt else ""
+    gap = text[pos : nxt.start] if nxt else ""
     if nxt and gap.strip() == "at":
         if pixels:
             raise _grammar(f"still-image evidence <obj>{name}</obj> must not carry a time")
@@ -415,7 +409,7 @@ def parse_trace(text: str, *, pixels: bool = False) -> Trace:
             _expect_unit(text, el.end)
             start = _parse_time(el.content)
             nxt = els[i + 1] if i + 1 < len(els) else None
-            if nxt is not None and nxt.tag == "t" and text[el.end:nxt.start] == "s to ":
+            if nxt is not None and nxt.tag == "t" and text[el.end : nxt.start] == "s to ":
                 _expect_unit(text, nxt.end)
                 end = _parse_time(nxt.content)
                 if end < start:

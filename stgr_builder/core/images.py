@@ -97,9 +97,10 @@ def check_pixels(path: Path, width: int, height: int, *, what: str, max_pixels: 
     (default ``MAX_PIXELS``, read at call time)."""
     max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     if width * height > max_pixels:
-        raise SampleError(RejectCode.MEDIA_TOO_LARGE,
-                          f"{path}: {what} is {width}x{height} pixels, over the limit of {max_pixels:,} "
-                          f"(downscale it)")
+        raise SampleError(
+            RejectCode.MEDIA_TOO_LARGE,
+            f"{path}: {what} is {width}x{height} pixels, over the limit of {max_pixels:,} (downscale it)",
+        )
 
 
 @contextmanager
@@ -113,15 +114,18 @@ def open_image(path: Path, max_pixels: int = MAX_PIXELS) -> Iterator:
         raise SampleError(RejectCode.MEDIA_MISSING, f"{path}: cannot read ({exc.strerror or exc})") from exc
     fmt = image_format(head)
     if fmt is None:
-        raise SampleError(RejectCode.NOT_AN_IMAGE,
-                          f"{path}: not an image (its bytes look like {describe_bytes(head)}); "
-                          f"images must be JPEG, PNG, GIF, BMP, TIFF, WebP or AVIF")
+        raise SampleError(
+            RejectCode.NOT_AN_IMAGE,
+            f"{path}: not an image (its bytes look like {describe_bytes(head)}); "
+            f"images must be JPEG, PNG, GIF, BMP, TIFF, WebP or AVIF",
+        )
     module, name = _PLUGINS[fmt]
     try:
         image = getattr(importlib.import_module(module), name)(str(path))
     except ImportError as exc:  # a format this Pillow build lacks (AVIF before Pillow 11.3)
-        raise SampleError(RejectCode.NOT_AN_IMAGE, f"{path}: a {fmt} image, which this Pillow cannot read: "
-                                                   f"convert it to JPEG") from exc
+        raise SampleError(
+            RejectCode.NOT_AN_IMAGE, f"{path}: a {fmt} image, which this Pillow cannot read: convert it to JPEG"
+        ) from exc
     except Exception as exc:  # noqa: BLE001 - Pillow fails on bad headers in many shapes
         raise SampleError(RejectCode.MEDIA_CORRUPT, f"{path}: {fmt} header does not decode ({exc})") from exc
     try:

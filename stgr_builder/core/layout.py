@@ -78,8 +78,9 @@ def load_manifest(root: Path) -> Manifest:
     except FileNotFoundError:
         raise StgrError(f"no {MANIFEST} in {root}: not a finished build (run `stgr build` to finish it)") from None
     except ValidationError as exc:
-        raise StgrError(f"{path} is not a valid manifest: {exc.error_count()} errors, first: "
-                        f"{exc.errors()[0]['msg']}") from None
+        raise StgrError(
+            f"{path} is not a valid manifest: {exc.error_count()} errors, first: {exc.errors()[0]['msg']}"
+        ) from None
 
 
 def read_plan(root: Path) -> Plan | None:

@@ -69,8 +69,9 @@ class Budget:
         self.requests = 0
         self.tokens = 0
         self.reached = False
-        self.ledger = Path(ledger) if ledger is not None and (max_requests is not None or max_tokens is not None) \
-            else None
+        self.ledger = (
+            Path(ledger) if ledger is not None and (max_requests is not None or max_tokens is not None) else None
+        )
         self._lock = threading.Lock()
 
     def _update(self, change: Callable[[dict], bool]) -> bool:
@@ -103,8 +104,9 @@ class Budget:
             return False
 
         def take(counts: dict) -> bool:
-            if ((self.max_requests is not None and counts["requests"] >= self.max_requests)
-                    or (self.max_tokens is not None and counts["tokens"] >= self.max_tokens)):
+            if (self.max_requests is not None and counts["requests"] >= self.max_requests) or (
+                self.max_tokens is not None and counts["tokens"] >= self.max_tokens
+            ):
                 return False
             counts["requests"] += 1
             return True
@@ -146,8 +148,7 @@ class Resources:
                 loaded = self._models[key] = LoadedModel(load())
             return loaded
 
-    def memo(self, name: str, max_bytes: int | None = None,
-             weigh: Callable[[Any], int] = approx_size) -> BoundedCache:
+    def memo(self, name: str, max_bytes: int | None = None, weigh: Callable[[Any], int] = approx_size) -> BoundedCache:
         """The process's memo called ``name``, bounded to ``max_bytes`` (made on first use)."""
         with self._lock:
             memo = self._memos.get(name)
@@ -155,8 +156,7 @@ class Resources:
                 memo = self._memos[name] = BoundedCache(max_bytes or self.memo_bytes, weigh=weigh)
             return memo
 
-    def budget(self, run: str, max_requests: int | None, max_tokens: int | None,
-               ledger: Path | None = None) -> Budget:
+    def budget(self, run: str, max_requests: int | None, max_tokens: int | None, ledger: Path | None = None) -> Budget:
         """The LLM budget of run ``run`` (made on first use with these caps); with ``ledger``,
         counted in that file, shared by every process of the run."""
         with self._lock:

@@ -13,8 +13,8 @@ from typing import Protocol
 from stgr_builder.core.gold import gold_detections
 from stgr_builder.core.hashing import sha256_file
 from stgr_builder.core.resources import Resources
-from stgr_builder.models import Detection, Frame, SampleWork, Stage
 from stgr_builder.core.steps import Step
+from stgr_builder.models import Detection, Frame, SampleWork, Stage
 
 
 class Detector(Protocol):
@@ -70,8 +70,14 @@ class DetectStep(Step):
 
     stage = Stage.DETECT
 
-    def __init__(self, detector: Detector, root: Path, batch_size: int = 32, memo_key: str | None = None,
-                 resources: Resources | None = None):
+    def __init__(
+        self,
+        detector: Detector,
+        root: Path,
+        batch_size: int = 32,
+        memo_key: str | None = None,
+        resources: Resources | None = None,
+    ):
         super().__init__()
         self.detector = detector
         self.root = root
@@ -92,7 +98,9 @@ class DetectStep(Step):
 
         groups: dict[tuple[str, ...], set[str]] = {}
         for work in batch:
-            groups.setdefault(phrases_of(work), set()).update(frame.path for frame in [*work.frames, *work.track_frames])
+            groups.setdefault(phrases_of(work), set()).update(
+                frame.path for frame in [*work.frames, *work.track_frames]
+            )
         found_by: dict[tuple[str, tuple[str, ...]], list] = {}
         for phrases in sorted(groups):
             paths = sorted(groups[phrases])
@@ -120,8 +128,12 @@ class DetectStep(Step):
         return batch
 
 
-def _on_frames(frames: list[Frame], found_by: dict[tuple[str, tuple[str, ...]], list[Detection]],
-               phrases: tuple[str, ...]) -> list[Detection]:
+def _on_frames(
+    frames: list[Frame], found_by: dict[tuple[str, tuple[str, ...]], list[Detection]], phrases: tuple[str, ...]
+) -> list[Detection]:
     """The detections of each frame (prompted with ``phrases``), with the frame's index set."""
-    return [detection.model_copy(update={"frame_idx": frame.idx})
-            for frame in frames for detection in found_by[(frame.path, phrases)]]
+    return [
+        detection.model_copy(update={"frame_idx": frame.idx})
+        for frame in frames
+        for detection in found_by[(frame.path, phrases)]
+    ]

@@ -81,8 +81,9 @@ def build_prompts(phrases: Sequence[str], tokenize) -> list[Prompt]:
     return prompts
 
 
-def _label_boxes(probs, boxes, prompt: Prompt, labels: dict[str, str], box_threshold: float,
-                 text_threshold: float) -> list[Detection]:
+def _label_boxes(
+    probs, boxes, prompt: Prompt, labels: dict[str, str], box_threshold: float, text_threshold: float
+) -> list[Detection]:
     """Query boxes (``probs``: queries x tokens, sigmoid; ``boxes``: cx, cy, w, h normalized)
     -> detections labelled with their best phrase."""
     import torch
@@ -90,12 +91,18 @@ def _label_boxes(probs, boxes, prompt: Prompt, labels: dict[str, str], box_thres
     per_phrase = torch.stack([probs[:, s:e].max(dim=1).values for s, e in prompt.spans], dim=1)
     best, which = per_phrase.max(dim=1)
     out = []
-    for score, k, (cx, cy, w, h) in zip(best.tolist(), which.tolist(), boxes.tolist()):
+    for score, k, (cx, cy, w, h) in zip(best.tolist(), which.tolist(), boxes.tolist(), strict=False):
         if score <= box_threshold or score <= text_threshold:  # as GroundingDINO: kept above the thresholds
             continue
         box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
-        out.append(Detection(frame_idx=0, label=labels[prompt.phrases[k]], score=round(float(score), 4),
-                             box=[min(max(float(v), 0.0), 1.0) for v in box]))
+        out.append(
+            Detection(
+                frame_idx=0,
+                label=labels[prompt.phrases[k]],
+                score=round(float(score), 4),
+                box=[min(max(float(v), 0.0), 1.0) for v in box],
+            )
+        )
     return out
 
 
@@ -119,8 +126,11 @@ def _resolve(path: str, config_dir: Path, *, folder: bool, what: str) -> Path:
 
 
 def _folder_hash(folder: Path) -> str:
-    files = [path for path in sorted(folder.iterdir())
-             if path.is_file() and path.suffix in {".json", ".safetensors", ".bin", ".txt", ".pth"}]
+    files = [
+        path
+        for path in sorted(folder.iterdir())
+        if path.is_file() and path.suffix in {".json", ".safetensors", ".bin", ".txt", ".pth"}
+    ]
     return digest([f"{path.name}:{weights_hash(path)}" for path in files])[:16]
 
 
@@ -144,15 +154,19 @@ def _load_idea(weights: Path, model_config: Path, text_encoder: Path | None, dev
         with contextlib.redirect_stdout(io.StringIO()):  # groundingdino-py prints while loading
             model = build_model(args)
     except OSError as exc:
-        raise StgrError(f"groundingdino could not load its text encoder {args.text_encoder_type!r} ({exc}); "
-                        "set detector.text_encoder to a local bert-base-uncased folder") from exc
+        raise StgrError(
+            f"groundingdino could not load its text encoder {args.text_encoder_type!r} ({exc}); "
+            "set detector.text_encoder to a local bert-base-uncased folder"
+        ) from exc
     checkpoint = torch.load(str(weights), map_location="cpu", weights_only=True)
     state = clean_state_dict(checkpoint.get("model", checkpoint))
     result = model.load_state_dict(state, strict=False)
     expected = len(model.state_dict())
     if len(result.missing_keys) > 0.1 * expected:
-        raise StgrError(f"{weights} does not fit {model_config}: {len(result.missing_keys)} of {expected} "
-                        f"weights missing (e.g. {result.missing_keys[:3]})")
+        raise StgrError(
+            f"{weights} does not fit {model_config}: {len(result.missing_keys)} of {expected} "
+            f"weights missing (e.g. {result.missing_keys[:3]})"
+        )
     return model.to(device).eval()
 
 
@@ -163,8 +177,10 @@ def _load_hf(folder: Path, device: str):
         processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
         model = AutoModelForZeroShotObjectDetection.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise StgrError(f"{folder} is not a Hugging Face GroundingDINO folder (config.json, weights, "
-                        f"tokenizer, preprocessor_config.json): {exc}") from exc
+        raise StgrError(
+            f"{folder} is not a Hugging Face GroundingDINO folder (config.json, weights, "
+            f"tokenizer, preprocessor_config.json): {exc}"
+        ) from exc
     return processor, model.to(device).eval()
 
 
@@ -179,23 +195,30 @@ class GroundingDinoDetector:
         self.format = config.format
         if config.format == "idea":
             if not config.model_config_file:
-                raise StgrError("detector.format idea needs detector.model_config_file "
-                                "(the checkpoint's config .py, e.g. GroundingDINO_SwinT_OGC.py)")
+                raise StgrError(
+                    "detector.format idea needs detector.model_config_file "
+                    "(the checkpoint's config .py, e.g. GroundingDINO_SwinT_OGC.py)"
+                )
             self.weights = _resolve(config.weights, config_dir, folder=False, what="checkpoint")
             model_config = _resolve(config.model_config_file, config_dir, folder=False, what="config file")
-            text_encoder = (_resolve(config.text_encoder, config_dir, folder=True, what="text encoder")
-                            if config.text_encoder else None)
+            text_encoder = (
+                _resolve(config.text_encoder, config_dir, folder=True, what="text encoder")
+                if config.text_encoder
+                else None
+            )
             self.weights_hash = weights_hash(self.weights)
             self._loaded = resources.model(
                 ("groundingdino-idea", str(self.weights), str(model_config), str(text_encoder), self.device),
-                lambda: _load_idea(self.weights, model_config, text_encoder, self.device))
+                lambda: _load_idea(self.weights, model_config, text_encoder, self.device),
+            )
             self._model = self._loaded.model
             self._tokenizer = self._model.tokenizer
         else:
             self.weights = _resolve(config.weights, config_dir, folder=True, what="model folder")
             self.weights_hash = _folder_hash(self.weights)
-            self._loaded = resources.model(("groundingdino-hf", str(self.weights), self.device),
-                                           lambda: _load_hf(self.weights, self.device))
+            self._loaded = resources.model(
+                ("groundingdino-hf", str(self.weights), self.device), lambda: _load_hf(self.weights, self.device)
+            )
             self._processor, self._model = self._loaded.model
             self._tokenizer = self._processor.tokenizer
         self.name = f"groundingdino-{config.format}:{self.weights.stem}"

@@ -39,8 +39,6 @@ def resolve_weights(weights: str, config_dir: Path) -> Path:
     return path
 
 
-
-
 def _load_model(weights: Path, device: str):
     ultralytics = require("ultralytics", extra="ultralytics")
     model = ultralytics.YOLO(str(weights))
@@ -66,8 +64,9 @@ class UltralyticsDetector:
         self.device = pick_device(config.device)
         # Loaded once per worker process; shard tasks in threads share it and take turns on its
         # one lock (Ultralytics keeps per-call state on the predictor).
-        self._loaded = resources.model(("ultralytics", str(self.weights), self.device),
-                                       lambda: _load_model(self.weights, self.device))
+        self._loaded = resources.model(
+            ("ultralytics", str(self.weights), self.device), lambda: _load_model(self.weights, self.device)
+        )
 
     def detect(self, images: list[Path], phrases: list[str] | None = None) -> list[list[Detection]]:
         """Boxes that do not depend on the batching: frames are grouped by shape (Ultralytics
@@ -89,14 +88,19 @@ class UltralyticsDetector:
         for shape in sorted(by_shape):
             group = by_shape[shape]
             for start in range(0, len(group), size):
-                chunk = group[start:start + size]
+                chunk = group[start : start + size]
                 frames = [frame for _, frame in chunk]
                 frames += [frames[-1]] * (size - len(frames))  # padding: predictions dropped
                 with self._loaded.lock:
                     predictions = self._loaded.model.predict(
-                        frames, imgsz=self.config.imgsz, conf=self.config.conf, iou=self.config.iou,
-                        device=self.device, verbose=False)
-                for (pos, _), prediction in zip(chunk, predictions):
+                        frames,
+                        imgsz=self.config.imgsz,
+                        conf=self.config.conf,
+                        iou=self.config.iou,
+                        device=self.device,
+                        verbose=False,
+                    )
+                for (pos, _), prediction in zip(chunk, predictions, strict=False):
                     results[pos] = self._to_detections(prediction)
         return results  # type: ignore[return-value]  # every slot is filled above
 
@@ -104,8 +108,11 @@ class UltralyticsDetector:
         names = prediction.names
         boxes = prediction.boxes
         return [
-            Detection(frame_idx=0, label=names[int(cls)], score=round(float(score), 4),
-                      box=[min(max(float(v), 0.0), 1.0) for v in xyxyn])
+            Detection(
+                frame_idx=0,
+                label=names[int(cls)],
+                score=round(float(score), 4),
+                box=[min(max(float(v), 0.0), 1.0) for v in xyxyn],
+            )
             for xyxyn, score, cls in zip(boxes.xyxyn.tolist(), boxes.conf.tolist(), boxes.cls.tolist(), strict=True)
         ]
-

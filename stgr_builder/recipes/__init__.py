@@ -61,13 +61,19 @@ def _substitute(value: str, variables: Mapping[str, str], where: str) -> str:
             hint = " (give --data-root DIR or set STGR_DATA)" if name == "STGR_DATA" else f" (set {name})"
             raise StgrError(f"{where}: {match.group(0)} is not set{hint}")
         return variables[name]
+
     return _PLACEHOLDER.sub(one, value)
 
 
-def resolve_config(spec: str | Path, *, data_root: str | Path | None = None,
-                   sources: Mapping[str, tuple[str, str | None]] | None = None, scale: float | None = None,
-                   skip_missing: bool = False, env: Mapping[str, str] | None = None
-                   ) -> tuple[BuildConfig, Path, list[str]]:
+def resolve_config(
+    spec: str | Path,
+    *,
+    data_root: str | Path | None = None,
+    sources: Mapping[str, tuple[str, str | None]] | None = None,
+    scale: float | None = None,
+    skip_missing: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> tuple[BuildConfig, Path, list[str]]:
     """The config a recipe name or CONFIG.yaml describes, with placeholders filled in,
     per-source paths overridden, ``sample`` counts scaled (rounded up, at least 1) and, with
     ``skip_missing``, the sources whose annotation file is missing left out (their names are
@@ -111,8 +117,7 @@ def resolve_config(spec: str | Path, *, data_root: str | Path | None = None,
     try:
         config = BuildConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
-                             for err in exc.errors())
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors())
         raise StgrError(f"{spec}: {problems}") from exc
     return config, config_dir, skipped
 

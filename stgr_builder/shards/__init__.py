@@ -16,6 +16,15 @@ from stgr_builder.shards.writer import (
 )
 
 __all__ = [
-    "assert_no_secrets", "clean_temp_files", "finished_shard", "merge_stats", "prune_orphans",
-    "read_shard_result", "read_table", "write_manifest", "write_plan_json", "write_plan_record", "write_shard",
+    "assert_no_secrets",
+    "clean_temp_files",
+    "finished_shard",
+    "merge_stats",
+    "prune_orphans",
+    "read_shard_result",
+    "read_table",
+    "write_manifest",
+    "write_plan_json",
+    "write_plan_record",
+    "write_shard",
 ]

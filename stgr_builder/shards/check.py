@@ -19,11 +19,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from stgr_builder.errors import StgrError
 from stgr_builder.core.arrow import DATASETS
 from stgr_builder.core.hashing import sha256_file
 from stgr_builder.core.layout import load_manifest
-
+from stgr_builder.errors import StgrError
 
 _KEY_FRAME = re.compile(r"kfs/([0-9a-f]{2})/(\1[0-9a-f]{30})\.jpg")
 
@@ -62,15 +61,18 @@ def verify_dataset(root: Path, *, key_frames: bool = True, key_frame_content: bo
             if rel not in listed:
                 problems.append(f"{rel}: not in the manifest")
         if dataset not in broken and counts[dataset] != manifest.counts.get(dataset, 0):
-            problems.append(f"{dataset}: {counts[dataset]} rows in the files, the manifest counts "
-                            f"{manifest.counts.get(dataset, 0)}")
+            problems.append(
+                f"{dataset}: {counts[dataset]} rows in the files, the manifest counts {manifest.counts.get(dataset, 0)}"
+            )
     if key_frames and not problems:
         missing, altered = _check_key_frames(root, manifest, key_frame_content)
         if missing:
             problems.append(f"{len(missing)} key-frame files named by rows are missing, e.g. {missing[0]}")
         if altered:
-            problems.append(f"{len(altered)} key-frame files do not hash to their names (truncated or altered "
-                            f"since they were written), e.g. {altered[0]}")
+            problems.append(
+                f"{len(altered)} key-frame files do not hash to their names (truncated or altered "
+                f"since they were written), e.g. {altered[0]}"
+            )
     return problems
 
 
@@ -96,8 +98,11 @@ def _check_key_frames(root: Path, manifest, content: bool) -> tuple[list[str], l
     if content:
         # The other stored frames too (candidates, the track gate's neighbours): a re-annotation
         # reads them back instead of decoding again.
-        others = sorted(p.relative_to(root).as_posix() for p in (root / "kfs").rglob("*.jpg")) \
-            if (root / "kfs").is_dir() else []
+        others = (
+            sorted(p.relative_to(root).as_posix() for p in (root / "kfs").rglob("*.jpg"))
+            if (root / "kfs").is_dir()
+            else []
+        )
         altered += [path for path in others if path not in seen and not _hashes_to_name(root, path)]
     return missing, altered
 

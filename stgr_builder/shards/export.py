@@ -56,8 +56,7 @@ def data_files(root: Path, dataset: str) -> list[str]:
     >>> load_dataset("parquet", data_files={"train": data_files(Path("out"), "rejects")})  # doctest: +SKIP
     """
     root = Path(root).resolve()
-    return [str(root / f.path) for f in load_manifest(root).shards
-            if f.path.startswith(f"{dataset}/") and f.rows > 0]
+    return [str(root / f.path) for f in load_manifest(root).shards if f.path.startswith(f"{dataset}/") and f.rows > 0]
 
 
 def kfs_root(source: str) -> str:
@@ -79,19 +78,24 @@ def open_o3_record(row: dict, *, sft: bool) -> dict:
     ...                 "reasoning_process": "r", "provenance": {}}, sft=True)["key_items"]
     {'3': {'dog': [[0.1, 0.2, 0.3, 0.4]]}}
     """
-    record: dict = {"id": row["id"], "task": row["task"], "source": row["source"],
-                    "question": row["question"], "answer": row["answer"]}
+    record: dict = {
+        "id": row["id"],
+        "task": row["task"],
+        "source": row["source"],
+        "question": row["question"],
+        "answer": row["answer"],
+    }
     if row.get("video_path"):
         record["video_path"] = row["video_path"]
     if row.get("image_path"):
         record["image_path"] = row["image_path"]
         record["image_size"] = list(row["image_size"]) if row.get("image_size") else None
-    record["key_frames"] = [{"idx": kf["idx"], "time": kf["time"], "path": _kf_rel(kf["path"])}
-                            for kf in row["key_frames"] or []]
+    record["key_frames"] = [
+        {"idx": kf["idx"], "time": kf["time"], "path": _kf_rel(kf["path"])} for kf in row["key_frames"] or []
+    ]
     items: dict[str, dict[str, list]] = {}
     for item in row["key_items"] or []:
-        items.setdefault(str(item["idx"]), {}).setdefault(item["name"], []).extend(
-            [list(box) for box in item["boxes"]])
+        items.setdefault(str(item["idx"]), {}).setdefault(item["name"], []).extend([list(box) for box in item["boxes"]])
     record["key_items"] = items
     if sft:
         record["reasoning_process"] = row["reasoning_process"]
@@ -99,7 +103,7 @@ def open_o3_record(row: dict, *, sft: bool) -> dict:
 
 
 def _kf_rel(path: str) -> str:
-    return path[len(_KFS_PREFIX):] if path.startswith(_KFS_PREFIX) else path
+    return path[len(_KFS_PREFIX) :] if path.startswith(_KFS_PREFIX) else path
 
 
 def export_open_o3(root: Path, to: Path) -> dict[str, int]:

@@ -25,14 +25,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ValidationError
 
-from stgr_builder.errors import StgrError
-from stgr_builder.models import (
-    CotRow, LlmUsage, Manifest, Plan, PromptRef, Reject, RlRow, ShardFile, ShardResult, StepStats,
-)
 from stgr_builder.core.arrow import DATASETS, rows_to_table, schema_for
 from stgr_builder.core.files import atomic_write_text, atomic_write_with, remove_files, temp_files, temp_glob
 from stgr_builder.core.hashing import digest, sha256_file
 from stgr_builder.core.layout import MANIFEST, PLAN, PROGRESS_DIR, intent_path, record_path, shard_path
+from stgr_builder.errors import StgrError
+from stgr_builder.models import (
+    CotRow,
+    LlmUsage,
+    Manifest,
+    Plan,
+    PromptRef,
+    Reject,
+    RlRow,
+    ShardFile,
+    ShardResult,
+    StepStats,
+)
 
 COMPRESSION = "zstd"
 
@@ -72,9 +81,9 @@ _OUR_TEMP = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")
 def _clean_shard_temp_files(root: Path, shard: int) -> list[Path]:
     # Only this shard's names: other shard tasks may be writing beside it right now.
     targets = [shard_path(root, dataset, shard) for dataset in DATASETS] + [record_path(root, shard)]
-    return remove_files(p for target in targets if target.parent.is_dir() for p in target.parent.glob(temp_glob(target)))
-
-
+    return remove_files(
+        p for target in targets if target.parent.is_dir() for p in target.parent.glob(temp_glob(target))
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -140,8 +149,9 @@ def write_shard(
         "rejects": sorted(rejects, key=lambda r: (r.id, r.stage.value, r.code.value, r.message)),
     }
     files = [_write_dataset_file(root, dataset, shard, rows) for dataset, rows in ordered.items()]
-    result = ShardResult(shard=shard, sample_ids=ids, files=files, stats=stats, llm=llm, build_id=build_id,
-                         inputs=inputs)
+    result = ShardResult(
+        shard=shard, sample_ids=ids, files=files, stats=stats, llm=llm, build_id=build_id, inputs=inputs
+    )
     text = result.model_dump_json(indent=2)
     assert_no_secrets(text, where=f"the record of shard {shard}")
     atomic_write_text(record_path(root, shard), text)
@@ -180,8 +190,9 @@ def read_shard_result(root: Path, shard: int) -> ShardResult | None:
         return None
 
 
-def finished_shard(root: Path, shard: int, sample_ids: list[str], build_id: str | None = None,
-                   inputs: str | None = None) -> ShardResult | None:
+def finished_shard(
+    root: Path, shard: int, sample_ids: list[str], build_id: str | None = None, inputs: str | None = None
+) -> ShardResult | None:
     """The shard's result if it is done for exactly these samples, else None (so: rewrite it).
 
     Done means: the record exists, lists the same sample ids (and, when ``build_id`` is
@@ -228,8 +239,6 @@ def read_table(root: Path, dataset: str) -> pa.Table:
 # ---------------------------------------------------------------------------------------
 # Manifest
 # ---------------------------------------------------------------------------------------
-
-
 
 
 def merge_stats(results: list[ShardResult]) -> list[StepStats]:
@@ -284,13 +293,20 @@ def write_manifest(
         prune_orphans(root, results)
     files = sorted((f for r in results for f in r.files), key=lambda f: f.path)
     manifest = Manifest(
-        build_id=build_id, code_version=code_version, config=config,
-        config_hash=digest(config), prompts=prompts, detector=detector,
-        counts=_counts(results), shards=files,
+        build_id=build_id,
+        code_version=code_version,
+        config=config,
+        config_hash=digest(config),
+        prompts=prompts,
+        detector=detector,
+        counts=_counts(results),
+        shards=files,
         stats=([ingest] if ingest is not None else []) + merge_stats(results),
-        complete=not unfinished, pending=sum(len(r.sample_ids) for r in unfinished),
+        complete=not unfinished,
+        pending=sum(len(r.sample_ids) for r in unfinished),
         pending_reasons=_pending_reasons(unfinished),
-        llm=LlmUsage.total([result.llm for result in results + unfinished]), **extra,
+        llm=LlmUsage.total([result.llm for result in results + unfinished]),
+        **extra,
     )
     text = manifest.model_dump_json(indent=2)
     assert_no_secrets(text, where=MANIFEST)
@@ -344,8 +360,7 @@ def prune_orphans(root: Path, results: list[ShardResult]) -> list[Path]:
     keep |= {record_path(root, r.shard) for r in results}
     records = sorted((root / PROGRESS_DIR).glob("shard-*.json"))
     intents = sorted((root / PROGRESS_DIR).glob("writing-*.json"))  # left by a kill mid-write
-    listed = {root / f.path for record in records if (result := _read_record(record)) is not None
-              for f in result.files}
+    listed = {root / f.path for record in records if (result := _read_record(record)) is not None for f in result.files}
     for intent in intents:
         try:
             listed |= {root / f["path"] for f in json.loads(intent.read_text(encoding="utf-8"))["files"]}

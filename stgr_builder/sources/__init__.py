@@ -36,8 +36,16 @@ from pydantic import ValidationError
 from stgr_builder.errors import StgrError
 from stgr_builder.models import BuildConfig, Reject, RejectCode, SourceConfig, SourceSample, Stage, StepStats, sample_id
 
-__all__ = ["Adapter", "AdapterContext", "check_sources", "get_adapter", "ingest", "iter_json_lines", "register",
-           "describe_error"]
+__all__ = [
+    "Adapter",
+    "AdapterContext",
+    "check_sources",
+    "get_adapter",
+    "ingest",
+    "iter_json_lines",
+    "register",
+    "describe_error",
+]
 
 Adapter = Callable[["AdapterContext"], Iterator[SourceSample | Reject]]
 
@@ -93,17 +101,28 @@ class AdapterContext:
         MALFORMED_ROW reject when the fields do not make a valid sample."""
         try:
             return SourceSample(
-                id=sample_id(self.source.name, source_id, question), source=self.source.name,
-                source_id=source_id, question=question, media_root=str(self.media_root),
-                datasets=list(self.source.datasets), origin=origin, **fields,
+                id=sample_id(self.source.name, source_id, question),
+                source=self.source.name,
+                source_id=source_id,
+                question=question,
+                media_root=str(self.media_root),
+                datasets=list(self.source.datasets),
+                origin=origin,
+                **fields,
             )
         except ValidationError as err:
             return self.malformed(origin, describe_error(err))
 
     def malformed(self, origin: str, message: str) -> Reject:
         """A MALFORMED_ROW reject whose id is stable for this file and line."""
-        return Reject(id=sample_id(self.source.name, origin, ""), stage=Stage.INGEST, code=RejectCode.MALFORMED_ROW,
-                      message=message, source=self.source.name, origin=origin)
+        return Reject(
+            id=sample_id(self.source.name, origin, ""),
+            stage=Stage.INGEST,
+            code=RejectCode.MALFORMED_ROW,
+            message=message,
+            source=self.source.name,
+            origin=origin,
+        )
 
 
 def describe_error(err: ValidationError, limit: int = 400) -> str:
@@ -118,7 +137,7 @@ def describe_error(err: ValidationError, limit: int = 400) -> str:
         msg = item["msg"].removeprefix("Value error, ")
         parts.append(f"field {loc!r}: {msg}" if loc else msg)
     text = "; ".join(parts)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
@@ -144,12 +163,16 @@ def iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
 def _context(source: SourceConfig, config_dir: Path, seed: int = 0) -> AdapterContext:
     path = (config_dir / source.path).expanduser()
     if not path.is_file():
-        raise StgrError(f"source {source.name!r}: annotation file not found: {path} "
-                        "(paths in the config are relative to the config file's folder)")
+        raise StgrError(
+            f"source {source.name!r}: annotation file not found: {path} "
+            "(paths in the config are relative to the config file's folder)"
+        )
     media_root = (config_dir / source.media_root).expanduser()
     if not media_root.is_dir():
-        raise StgrError(f"source {source.name!r}: media_root is not a folder: {media_root} "
-                        "(paths in the config are relative to the config file's folder)")
+        raise StgrError(
+            f"source {source.name!r}: media_root is not a folder: {media_root} "
+            "(paths in the config are relative to the config file's folder)"
+        )
     return AdapterContext(source=source, path=path.resolve(), media_root=media_root.resolve(), seed=seed)
 
 
@@ -231,8 +254,9 @@ def ingest(config: BuildConfig, config_dir: Path) -> tuple[list[SourceSample], l
     counts: dict[str, int] = {}
     for reject in rejects:
         counts[reject.code.value] = counts.get(reject.code.value, 0) + 1
-    stats = StepStats(step=Stage.INGEST.value, seen=seen, kept=len(samples), rejected=counts,
-                      seconds=time.perf_counter() - started)
+    stats = StepStats(
+        step=Stage.INGEST.value, seen=seen, kept=len(samples), rejected=counts, seconds=time.perf_counter() - started
+    )
     return samples, rejects, stats
 
 
@@ -253,12 +277,22 @@ def _differences(first: SourceSample, other: SourceSample) -> list[str]:
     return [name for name in a if a[name] != b[name]]
 
 
-def _check(ctx: AdapterContext, sample: SourceSample, kept: dict[str, SourceSample],
-           by_media: dict[tuple[str, str], SourceSample],
-           by_source_id: dict[tuple[str, str, str], SourceSample]) -> Reject | None:
+def _check(
+    ctx: AdapterContext,
+    sample: SourceSample,
+    kept: dict[str, SourceSample],
+    by_media: dict[tuple[str, str], SourceSample],
+    by_source_id: dict[tuple[str, str, str], SourceSample],
+) -> Reject | None:
     def reject(code: RejectCode, message: str, rid: str | None = None) -> Reject:
-        return Reject(id=rid or sample.id, stage=Stage.INGEST, code=code, message=message,
-                      source=sample.source, origin=sample.origin)
+        return Reject(
+            id=rid or sample.id,
+            stage=Stage.INGEST,
+            code=code,
+            message=message,
+            source=sample.source,
+            origin=sample.origin,
+        )
 
     rel = sample.video_path if sample.video_path is not None else sample.image_path
     why = unsafe_media_path(rel, ctx.media_root)
@@ -271,14 +305,19 @@ def _check(ctx: AdapterContext, sample: SourceSample, kept: dict[str, SourceSamp
     if first is not None:
         differ = _differences(first, sample)
         if not differ:
-            return reject(RejectCode.DUPLICATE, f"duplicate of {first.id} ({first.origin}): the same record again",
-                          rid=own_id)
-        return reject(RejectCode.DUPLICATE_ID,
-                      f"id {sample.source_id!r} ({sample.task.value}) is used by {first.origin} and {sample.origin} "
-                      f"with different {', '.join(differ[:4])}; {first.origin} was kept: give each record its own id",
-                      rid=own_id)
+            return reject(
+                RejectCode.DUPLICATE, f"duplicate of {first.id} ({first.origin}): the same record again", rid=own_id
+            )
+        return reject(
+            RejectCode.DUPLICATE_ID,
+            f"id {sample.source_id!r} ({sample.task.value}) is used by {first.origin} and {sample.origin} "
+            f"with different {', '.join(differ[:4])}; {first.origin} was kept: give each record its own id",
+            rid=own_id,
+        )
     first = by_media.get(_media_key(ctx, sample))
     if first is not None:
-        return reject(RejectCode.DUPLICATE,
-                      f"duplicate of {first.id} ({first.source}, {first.origin}): same media file and question")
+        return reject(
+            RejectCode.DUPLICATE,
+            f"duplicate of {first.id} ({first.source}, {first.origin}): same media file and question",
+        )
     return None

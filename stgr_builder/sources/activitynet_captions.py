@@ -20,7 +20,14 @@ from pydantic import Field, model_validator
 from stgr_builder.models import Span
 from stgr_builder.sources import AdapterContext, register
 from stgr_builder.sources.common import (
-    Item, Record, TemporalOptions, json_entries, parse_options, temporal_samples, validate, video_name,
+    Item,
+    Record,
+    TemporalOptions,
+    json_entries,
+    parse_options,
+    temporal_samples,
+    validate,
+    video_name,
 )
 
 
@@ -44,7 +51,8 @@ def read_activitynet_captions(ctx: AdapterContext) -> Iterator[Item]:
         if not isinstance(record, ActivityNetVideo):
             yield record
             continue
-        sentences = [(f"{origin}#{i}", sentence, [start, min(end, record.duration)])
-                     for i, (sentence, (start, end)) in enumerate(zip(record.sentences, record.timestamps))]
-        yield from temporal_samples(ctx, opts, vid=vid, video_path=video_name(opts.video, vid=vid),
-                                    sentences=sentences)
+        sentences = [
+            (f"{origin}#{i}", sentence, [start, min(end, record.duration)])
+            for i, (sentence, (start, end)) in enumerate(zip(record.sentences, record.timestamps, strict=False))
+        ]
+        yield from temporal_samples(ctx, opts, vid=vid, video_path=video_name(opts.video, vid=vid), sentences=sentences)

@@ -39,7 +39,7 @@ def read_charades_sta(ctx: AdapterContext) -> Iterator[Item]:
                 yield ctx.malformed(origin, f"expected 'VID START END##SENTENCE', got {text[:80]!r}")
                 continue
             videos.setdefault(match["vid"], []).append(
-                (origin, match["sentence"], [float(match["start"]), float(match["end"])]))
+                (origin, match["sentence"], [float(match["start"]), float(match["end"])])
+            )
     for vid, sentences in videos.items():
-        yield from temporal_samples(ctx, opts, vid=vid, video_path=video_name(opts.video, vid=vid),
-                                    sentences=sentences)
+        yield from temporal_samples(ctx, opts, vid=vid, video_path=video_name(opts.video, vid=vid), sentences=sentences)

@@ -20,12 +20,20 @@ from collections.abc import Iterator
 
 from pydantic import Field
 
+from stgr_builder.errors import StgrError
 from stgr_builder.models import Span
 from stgr_builder.sources import AdapterContext, register
 from stgr_builder.sources.common import (
-    Item, Record, TemporalOptions, json_entries, load_json, parse_options, temporal_samples, validate, video_name,
+    Item,
+    Record,
+    TemporalOptions,
+    json_entries,
+    load_json,
+    parse_options,
+    temporal_samples,
+    validate,
+    video_name,
 )
-from stgr_builder.errors import StgrError
 
 
 class CoinOptions(TemporalOptions):
@@ -51,14 +59,15 @@ def read_coin(ctx: AdapterContext) -> Iterator[Item]:
         data = data["database"]
     if not isinstance(data, dict):
         raise StgrError(f"source {ctx.source.name!r}: {ctx.source.path} is not COIN's {{'database': {{vid: ...}}}}")
-    for origin, vid, data in json_entries(ctx, data):
-        record = validate(ctx, origin, CoinVideo, data)
+    for origin, vid, entry in json_entries(ctx, data):
+        record = validate(ctx, origin, CoinVideo, entry)
         if not isinstance(record, CoinVideo):
             yield record
             continue
         if opts.subset is not None and record.subset not in (None, opts.subset):
             continue
-        sentences = [(f"{origin}#{i}", step.label, [step.segment[0], min(step.segment[1], record.duration)])
-                     for i, step in enumerate(record.annotation)]
-        yield from temporal_samples(ctx, opts, vid=vid, video_path=video_name(opts.video, vid=vid),
-                                    sentences=sentences)
+        sentences = [
+            (f"{origin}#{i}", step.label, [step.segment[0], min(step.segment[1], record.duration)])
+            for i, step in enumerate(record.annotation)
+        ]
+        yield from temporal_samples(ctx, opts, vid=vid, video_path=video_name(opts.video, vid=vid), sentences=sentences)

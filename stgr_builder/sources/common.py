@@ -60,8 +60,7 @@ def parse_options(ctx: AdapterContext, model: type[Options]) -> Options:
     try:
         return model.model_validate(ctx.source.options)
     except ValidationError as err:
-        problems = "; ".join(
-            f"options.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        problems = "; ".join(f"options.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
         raise StgrError(f"source {ctx.source.name!r} ({ctx.source.adapter}): {problems}") from err
 
 
@@ -91,9 +90,11 @@ def load_json(ctx: AdapterContext) -> Any:
     memory: ``MAX_JSON_BYTES``) is a config error."""
     size = ctx.path.stat().st_size
     if size > MAX_JSON_BYTES:
-        raise StgrError(f"source {ctx.source.name!r}: {ctx.source.path} is {size / 2**30:.1f} GiB of JSON, over the "
-                        f"{MAX_JSON_BYTES / 2**30:.0f} GiB parsed in memory; write it as JSON Lines (one record per "
-                        f"line, .jsonl), which is read a line at a time")
+        raise StgrError(
+            f"source {ctx.source.name!r}: {ctx.source.path} is {size / 2**30:.1f} GiB of JSON, over the "
+            f"{MAX_JSON_BYTES / 2**30:.0f} GiB parsed in memory; write it as JSON Lines (one record per "
+            f"line, .jsonl), which is read a line at a time"
+        )
     try:
         return json.loads(ctx.path.read_bytes().decode("utf-8-sig"))  # a leading BOM is accepted
     except ValueError as exc:
@@ -111,16 +112,20 @@ def json_entries(ctx: AdapterContext, data: Any | None = None) -> Iterator[tuple
         for key, record in data.items():
             yield ctx.origin(key), str(key), record
     else:
-        raise StgrError(f"source {ctx.source.name!r}: {ctx.source.path} holds a {type(data).__name__}, "
-                        "expected a list or an object of records")
+        raise StgrError(
+            f"source {ctx.source.name!r}: {ctx.source.path} holds a {type(data).__name__}, "
+            "expected a list or an object of records"
+        )
 
 
-def read_records(ctx: AdapterContext, fmt: str | None = None, records_key: str | None = None
-                 ) -> Iterator[tuple[str, Any]]:
+def read_records(
+    ctx: AdapterContext, fmt: str | None = None, records_key: str | None = None
+) -> Iterator[tuple[str, Any]]:
     """``(origin, record)`` of a JSON, JSONL, CSV or Parquet file (format from ``fmt`` or the
     extension). A record that does not parse is a ``ValueError`` in place of the record."""
-    fmt = fmt or {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv",
-                  ".parquet": "parquet"}.get(ctx.path.suffix.lower(), "json")
+    fmt = fmt or {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}.get(
+        ctx.path.suffix.lower(), "json"
+    )
     if fmt == "jsonl":
         for line, data in iter_json_lines(ctx.path):
             yield ctx.origin(line), data
@@ -203,7 +208,8 @@ class TemporalOptions(AdapterOptions):
 
     tasks: list[TemporalTask] = Field(
         default_factory=lambda: ["temporal", "temporal_mcq"],
-        description="samples made from each (video, sentence, span); spatio_temporal needs an open-vocabulary detector")
+        description="samples made from each (video, sentence, span); spatio_temporal needs an open-vocabulary detector",
+    )
     video: str = Field("{vid}.mp4", description="media path of a video from its id")
     mcq_options: int = Field(4, ge=2, le=10, description="options of a temporal MCQ (the answer and distractors)")
     question: str = 'When does "{sentence}" happen in the video?'
@@ -213,9 +219,15 @@ class TemporalOptions(AdapterOptions):
     extra_nouns: list[str] = Field(default_factory=list, description="more nouns for the phrase extractor")
 
 
-def temporal_samples(ctx: AdapterContext, opts: TemporalOptions, *, vid: str, video_path: str,
-                     sentences: Sequence[tuple[str, str, Sequence[float]]],
-                     objects: dict[int, list[SourceObject]] | None = None) -> Iterator[Item]:
+def temporal_samples(
+    ctx: AdapterContext,
+    opts: TemporalOptions,
+    *,
+    vid: str,
+    video_path: str,
+    sentences: Sequence[tuple[str, str, Sequence[float]]],
+    objects: dict[int, list[SourceObject]] | None = None,
+) -> Iterator[Item]:
     """The samples of one video's ``(origin, sentence, span)`` list, as ``opts.tasks`` asks.
 
     ``objects`` (by sentence position) replaces the extracted phrases of a spatio-temporal
@@ -232,29 +244,53 @@ def temporal_samples(ctx: AdapterContext, opts: TemporalOptions, *, vid: str, vi
             continue
         source_id = f"{vid}#{i}"
         if "temporal" in opts.tasks:
-            yield ctx.sample(origin, source_id=source_id, question=opts.question.format(sentence=text),
-                             task=Task.TEMPORAL, answer=grammar.temporal_answer(span), video_path=video_path,
-                             span=span)
+            yield ctx.sample(
+                origin,
+                source_id=source_id,
+                question=opts.question.format(sentence=text),
+                task=Task.TEMPORAL,
+                answer=grammar.temporal_answer(span),
+                video_path=video_path,
+                span=span,
+            )
         if "temporal_mcq" in opts.tasks:
             mcq = _mcq(ctx, opts, vid, i, span, spans)
             if mcq is not None:
                 options, letter = mcq
-                yield ctx.sample(origin, source_id=source_id, question=opts.mcq_question.format(sentence=text),
-                                 task=Task.TEMPORAL_MCQ, options=options,
-                                 answer=grammar.temporal_mcq_answer(letter, span), video_path=video_path, span=span)
+                yield ctx.sample(
+                    origin,
+                    source_id=source_id,
+                    question=opts.mcq_question.format(sentence=text),
+                    task=Task.TEMPORAL_MCQ,
+                    options=options,
+                    answer=grammar.temporal_mcq_answer(letter, span),
+                    video_path=video_path,
+                    span=span,
+                )
         if "spatio_temporal" in opts.tasks:
             objs = _inside((objects or {}).get(i), span) or [
-                SourceObject(name=p) for p in object_phrases(text, extra_nouns=opts.extra_nouns, limit=opts.max_objects)]
+                SourceObject(name=p) for p in object_phrases(text, extra_nouns=opts.extra_nouns, limit=opts.max_objects)
+            ]
             if objs:
-                question = opts.st_question.format(start=grammar.fmt_time(span[0]), end=grammar.fmt_time(span[1]),
-                                                   sentence=text)
-                yield ctx.sample(origin, source_id=source_id, question=question, task=Task.SPATIO_TEMPORAL,
-                                 answer=text, video_path=video_path, span=span, objects=objs,
-                                 gold_evidence=ctx.source.gold_evidence)
+                question = opts.st_question.format(
+                    start=grammar.fmt_time(span[0]), end=grammar.fmt_time(span[1]), sentence=text
+                )
+                yield ctx.sample(
+                    origin,
+                    source_id=source_id,
+                    question=question,
+                    task=Task.SPATIO_TEMPORAL,
+                    answer=text,
+                    video_path=video_path,
+                    span=span,
+                    objects=objs,
+                    gold_evidence=ctx.source.gold_evidence,
+                )
 
 
-def _mcq(ctx: AdapterContext, opts: TemporalOptions, vid: str, i: int, span: list[float],
-         spans: list[list[float]]) -> tuple[list[str], str] | None:
+def _mcq(
+    ctx: AdapterContext, opts: TemporalOptions, vid: str, i: int, span: list[float], spans: list[list[float]]
+) -> tuple[list[str], str] | None:
     """Options (span texts) and the answer's letter; None without a distinct other span."""
     others = sorted({tuple(s) for j, s in enumerate(spans) if j != i and s != span and s[0] < s[1]})
     if not others:

@@ -28,8 +28,18 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from stgr_builder.core.encode import encode_h264
 from stgr_builder.models import (
-    DemoTruth, Reject, SourceObject, SourceSample, Span, Task, TruthImage, TruthImageObject, TruthObject, TruthVideo,
+    DemoTruth,
+    Reject,
+    SourceObject,
+    SourceSample,
+    Span,
+    Task,
+    TruthImage,
+    TruthImageObject,
+    TruthObject,
+    TruthVideo,
 )
 from stgr_builder.sources import AdapterContext, describe_error, iter_json_lines, register
 from stgr_builder.sources.demo_sprites import (
@@ -47,11 +57,18 @@ from stgr_builder.sources.demo_sprites import (
     render_training_frame,
     sprite_box,
 )
-from stgr_builder.core.encode import encode_h264
 
 __all__ = [
-    "DEMO_CLASSES", "DEMO_FILE", "MEDIA_DIR", "TRUTH_FILE", "DemoRecord", "DemoTruth", "generate_demo",
-    "load_truth", "read_demo", "render_training_frame",
+    "DEMO_CLASSES",
+    "DEMO_FILE",
+    "MEDIA_DIR",
+    "TRUTH_FILE",
+    "DemoRecord",
+    "DemoTruth",
+    "generate_demo",
+    "load_truth",
+    "read_demo",
+    "render_training_frame",
 ]
 
 DEMO_FILE = "demo_source.jsonl"
@@ -126,8 +143,10 @@ class DemoRecord(BaseModel):
             raise ValueError(f"task {self.task.value!r} takes no options")
         if mcq:
             letter = self.answer.split("\n", 1)[0].strip()
-            if letter not in _LETTERS[:len(self.options)]:
-                raise ValueError(f"answer {self.answer!r} does not start with an option letter A-{_LETTERS[len(self.options) - 1]}")
+            if letter not in _LETTERS[: len(self.options)]:
+                raise ValueError(
+                    f"answer {self.answer!r} does not start with an option letter A-{_LETTERS[len(self.options) - 1]}"
+                )
         if self.task in (Task.TEMPORAL, Task.TEMPORAL_MCQ):
             tail = self.answer.split("\n", 1)[-1] if self.task is Task.TEMPORAL_MCQ else self.answer
             if not _SPAN_RE.fullmatch(tail.strip()):
@@ -208,9 +227,19 @@ def _plan_actor(rng: np.random.Generator, cls: str, first: int, last: int, fps: 
         lift = float(min(rng.uniform(4, 14), y, HEIGHT - sh - y))
     if x1 < x0:  # sprites face right; turn them to face where they go
         poses = [pose.flipped() for pose in poses]
-    return _Actor(cls=cls, colour=colour, poses=poses, first=first, last=last, x0=float(x0), x1=float(x1),
-                  base_y=float(min(max(y, 0), HEIGHT - sh)), lift=max(lift, 0.0),
-                  cycles=float(rng.integers(1, 4)), pose_every=max(1, int(round(fps / 6))))
+    return _Actor(
+        cls=cls,
+        colour=colour,
+        poses=poses,
+        first=first,
+        last=last,
+        x0=float(x0),
+        x1=float(x1),
+        base_y=float(min(max(y, 0), HEIGHT - sh)),
+        lift=max(lift, 0.0),
+        cycles=float(rng.integers(1, 4)),
+        pose_every=max(1, int(round(fps / 6))),
+    )
 
 
 def _intervals(rng: np.random.Generator, n: int, n_frames: int, fps: float) -> list[tuple[int, int]]:
@@ -224,17 +253,18 @@ def _intervals(rng: np.random.Generator, n: int, n_frames: int, fps: float) -> l
             first = min(max(first, int(0.03 * n_frames)), int(0.97 * n_frames) - length)
             spans.append((first, first + length - 1))
         starts = sorted(s for s, _ in spans)
-        if all(b - a >= gap for a, b in zip(starts, starts[1:])):
+        if all(b - a >= gap for a, b in zip(starts, starts[1:], strict=False)):
             return spans
 
 
-def _plan_video(rng: np.random.Generator, n_objects: int, n_frames: int, fps: float,
-                bg: Background) -> list[_Actor]:
+def _plan_video(rng: np.random.Generator, n_objects: int, n_frames: int, fps: float, bg: Background) -> list[_Actor]:
     """Actors with distinct classes whose boxes never cover more than 25% of each other."""
     for _attempt in range(200):
         classes = [str(c) for c in rng.choice(DEMO_CLASSES, size=n_objects, replace=False)]
         spans = _intervals(rng, n_objects, n_frames, fps)
-        actors = [_plan_actor(rng, cls, first, last, fps, bg) for cls, (first, last) in zip(classes, spans)]
+        actors = [
+            _plan_actor(rng, cls, first, last, fps, bg) for cls, (first, last) in zip(classes, spans, strict=False)
+        ]
         if not _crowded(actors):
             return actors
     raise RuntimeError("could not plan a demo video without heavy overlap")  # never seen in practice
@@ -242,7 +272,7 @@ def _plan_video(rng: np.random.Generator, n_objects: int, n_frames: int, fps: fl
 
 def _crowded(actors: list[_Actor]) -> bool:
     for i, a in enumerate(actors):
-        for b in actors[i + 1:]:
+        for b in actors[i + 1 :]:
             lo, hi = max(a.first, b.first), min(a.last, b.last)
             for frame in range(lo, hi + 1, 2):
                 if overlap(a.box_at(frame), b.box_at(frame)) > 0.25:
@@ -252,6 +282,7 @@ def _crowded(actors: list[_Actor]) -> bool:
 
 def _render(bg: Background, actors: list[_Actor], n_frames: int, boxes: list[list[list[int] | None]]):
     """Yield RGB frames; record each actor's visible box per frame into ``boxes``."""
+
     def depth(actor: _Actor) -> float:  # birds behind, then by where the feet are
         return -1.0 if actor.cls in FLYING else actor.base_y + actor.poses[0].alpha.shape[0]
 
@@ -286,14 +317,15 @@ def _region(box: list[int], width: int, height: int) -> str:
 
 def _shuffled_options(rng: np.random.Generator, right: str, wrong: list[str], n: int = 4) -> tuple[list[str], str]:
     """Options with ``right`` among up to n-1 of ``wrong``, in random order; and its letter."""
-    picked = [str(w) for w in rng.permutation(wrong)[:n - 1]]
+    picked = [str(w) for w in rng.permutation(wrong)[: n - 1]]
     options = [right, *picked]
     options = [options[i] for i in rng.permutation(len(options))]
     return options, _LETTERS[options.index(right)]
 
 
-def _video_items(rng: np.random.Generator, vid: str, path: str, actors: list[_Actor], fps: float,
-                 boxes: list[list[list[int] | None]]) -> list[DemoRecord]:
+def _video_items(
+    rng: np.random.Generator, vid: str, path: str, actors: list[_Actor], fps: float, boxes: list[list[list[int] | None]]
+) -> list[DemoRecord]:
     spans = {a.cls: (round(a.first / fps, 1), round(a.last / fps, 1)) for a in actors}
     present = [a.cls for a in actors]
     absent = [c for c in DEMO_CLASSES if c not in present]
@@ -301,45 +333,101 @@ def _video_items(rng: np.random.Generator, vid: str, path: str, actors: list[_Ac
     items: list[DemoRecord] = []
 
     def add(task: Task, question: str, answer: str, *, options=(), span=None, objects=(), caption=None):
-        items.append(DemoRecord(id=f"{vid}#{len(items)}", task=task, question=question, options=list(options),
-                                answer=answer, video=path, span=list(span) if span else None,
-                                objects=list(objects), caption=caption))
+        items.append(
+            DemoRecord(
+                id=f"{vid}#{len(items)}",
+                task=task,
+                question=question,
+                options=list(options),
+                answer=answer,
+                video=path,
+                span=list(span) if span else None,
+                objects=list(objects),
+                caption=caption,
+            )
+        )
 
     for i, actor in enumerate(actors):
         name, verb = actor.cls, _VERBS[actor.cls]
         direction = "from the left to the right" if actor.moves_right else "from the right to the left"
         caption = f"{_looks(name, actor.colour).capitalize()} appears and {verb} {direction} of the frame."
-        add(Task.TEMPORAL, f"When is the {name} visible in the video?", _fmt_span(spans[name]),
-            span=spans[name], objects=[name], caption=caption)
+        add(
+            Task.TEMPORAL,
+            f"When is the {name} visible in the video?",
+            _fmt_span(spans[name]),
+            span=spans[name],
+            objects=[name],
+            caption=caption,
+        )
         if i % 2 == 0:
-            add(Task.SPATIO_TEMPORAL, f"What does the {name} do while it is visible?",
-                f"The {name} {verb} {direction} of the frame.", span=spans[name], objects=[name], caption=caption)
+            add(
+                Task.SPATIO_TEMPORAL,
+                f"What does the {name} do while it is visible?",
+                f"The {name} {verb} {direction} of the frame.",
+                span=spans[name],
+                objects=[name],
+                caption=caption,
+            )
         else:
             where = _region(boxes[i][actor.first], WIDTH, HEIGHT)
-            add(Task.SPATIO_TEMPORAL, f"Where is the {name} when {'they first appear' if name == 'person' else 'it first appears'}?",
-                f"{where} of the frame.", span=spans[name], objects=[name], caption=caption)
+            add(
+                Task.SPATIO_TEMPORAL,
+                f"Where is the {name} when {'they first appear' if name == 'person' else 'it first appears'}?",
+                f"{where} of the frame.",
+                span=spans[name],
+                objects=[name],
+                caption=caption,
+            )
 
     target = actors[int(rng.integers(len(actors)))]
     options, letter = _shuffled_options(rng, target.cls, absent)
-    add(Task.TEMPORAL_MCQ, "Which of these objects appears in the video, and when is it visible?",
-        f"{letter}\n{_fmt_span(spans[target.cls])}", options=options, span=spans[target.cls],
-        objects=[target.cls], caption=f"{_looks(target.cls, target.colour).capitalize()} appears.")
+    add(
+        Task.TEMPORAL_MCQ,
+        "Which of these objects appears in the video, and when is it visible?",
+        f"{letter}\n{_fmt_span(spans[target.cls])}",
+        options=options,
+        span=spans[target.cls],
+        objects=[target.cls],
+        caption=f"{_looks(target.cls, target.colour).capitalize()} appears.",
+    )
 
     asked = actors[int(rng.integers(len(actors)))]
     wrong = [c for c in CLASS_COLOURS[asked.cls] if c != asked.colour]
     options, letter = _shuffled_options(rng, asked.colour, wrong)
-    add(Task.VIDEO_MCQ, _colour_question(asked.cls), letter, options=options, objects=[asked.cls],
-        caption=f"The video shows {_looks(asked.cls, asked.colour)}.")
+    add(
+        Task.VIDEO_MCQ,
+        _colour_question(asked.cls),
+        letter,
+        options=options,
+        objects=[asked.cls],
+        caption=f"The video shows {_looks(asked.cls, asked.colour)}.",
+    )
     first = by_start[0]
     options, letter = _shuffled_options(rng, first.cls, [c for c in present if c != first.cls] + absent)
-    add(Task.VIDEO_MCQ, "Which object appears first in the video?", letter, options=options,
-        objects=present, caption=f"The {first.cls} appears first.")
+    add(
+        Task.VIDEO_MCQ,
+        "Which object appears first in the video?",
+        letter,
+        options=options,
+        objects=present,
+        caption=f"The {first.cls} appears first.",
+    )
 
     other = next((a for a in actors if a is not asked), asked)
-    add(Task.VIDEO_FREE, _colour_question(other.cls), other.colour, objects=[other.cls],
-        caption=f"The video shows {_looks(other.cls, other.colour)}.")
-    add(Task.VIDEO_FREE, "Which object appears last in the video?", f"the {by_start[-1].cls}",
-        objects=present, caption=f"The {by_start[-1].cls} appears last.")
+    add(
+        Task.VIDEO_FREE,
+        _colour_question(other.cls),
+        other.colour,
+        objects=[other.cls],
+        caption=f"The video shows {_looks(other.cls, other.colour)}.",
+    )
+    add(
+        Task.VIDEO_FREE,
+        "Which object appears last in the video?",
+        f"the {by_start[-1].cls}",
+        objects=present,
+        caption=f"The {by_start[-1].cls} appears last.",
+    )
     return items
 
 
@@ -357,8 +445,15 @@ def _make_video(out_media: Path, index: int, seed: int) -> tuple[TruthVideo, lis
     boxes: list[list[list[int] | None]] = [[None] * n_frames for _ in actors]
     rel = f"videos/v{index:03d}.mp4"
     encode_h264(out_media / rel, _render(bg, actors, n_frames, boxes), fps=fps, gop=gop)
-    truth = TruthVideo(path=rel, fps=fps, n_frames=n_frames, width=WIDTH, height=HEIGHT, gop=gop,
-                       objects=[TruthObject(name=a.cls, colour=a.colour, boxes=b) for a, b in zip(actors, boxes)])
+    truth = TruthVideo(
+        path=rel,
+        fps=fps,
+        n_frames=n_frames,
+        width=WIDTH,
+        height=HEIGHT,
+        gop=gop,
+        objects=[TruthObject(name=a.cls, colour=a.colour, boxes=b) for a, b in zip(actors, boxes, strict=False)],
+    )
     return truth, _video_items(rng, f"v{index:03d}", rel, actors, fps, boxes)
 
 
@@ -383,7 +478,9 @@ def _make_image(out_media: Path, index: int, seed: int) -> tuple[TruthImage, lis
                 placed.append((cls, colour, sprite, x, y, box))
                 break
     objects = []
-    for cls, colour, sprite, x, y, _ in sorted(placed, key=lambda p: -1 if p[0] in FLYING else p[4] + p[2].alpha.shape[0]):
+    for cls, colour, sprite, x, y, _ in sorted(
+        placed, key=lambda p: -1 if p[0] in FLYING else p[4] + p[2].alpha.shape[0]
+    ):
         objects.append(TruthImageObject(name=cls, colour=colour, box=paste(frame, sprite, x, y)))
     rel = f"images/i{index:03d}.jpg"
     (out_media / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -392,8 +489,17 @@ def _make_image(out_media: Path, index: int, seed: int) -> tuple[TruthImage, lis
     for k, obj in enumerate(objects):
         question = f"Where is the {obj.name} in the image?" if k % 2 == 0 else f"Find {_looks(obj.name, obj.colour)}."
         answer = f"<obj>{obj.name}</obj><box>[{', '.join(str(v) for v in obj.box)}]</box>"
-        items.append(DemoRecord(id=f"i{index:03d}#{k}", task=Task.VISUAL, question=question, answer=answer,
-                                image=rel, objects=[obj.name], caption=f"{_looks(obj.name, obj.colour).capitalize()}."))
+        items.append(
+            DemoRecord(
+                id=f"i{index:03d}#{k}",
+                task=Task.VISUAL,
+                question=question,
+                answer=answer,
+                image=rel,
+                objects=[obj.name],
+                caption=f"{_looks(obj.name, obj.colour).capitalize()}.",
+            )
+        )
     return TruthImage(path=rel, width=width, height=height, objects=objects), items
 
 
@@ -452,6 +558,16 @@ def read_demo(ctx: AdapterContext) -> Iterator[SourceSample | Reject]:
             yield ctx.malformed(origin, describe_error(err))
             continue
         objects = [SourceObject(name=o) if isinstance(o, str) else o for o in record.objects]
-        yield ctx.sample(origin, source_id=record.id, question=record.question, task=record.task,
-                         options=record.options, answer=record.answer, video_path=record.video,
-                         image_path=record.image, span=record.span, objects=objects, caption=record.caption)
+        yield ctx.sample(
+            origin,
+            source_id=record.id,
+            question=record.question,
+            task=record.task,
+            options=record.options,
+            answer=record.answer,
+            video_path=record.video,
+            image_path=record.image,
+            span=record.span,
+            objects=objects,
+            caption=record.caption,
+        )

@@ -7,7 +7,14 @@ from pathlib import Path
 import yaml
 
 from stgr_builder.models import (
-    AnnotatorConfig, BuildConfig, DetectorConfig, FilterConfig, SamplerConfig, ShardingConfig, SourceConfig)
+    AnnotatorConfig,
+    BuildConfig,
+    DetectorConfig,
+    FilterConfig,
+    SamplerConfig,
+    ShardingConfig,
+    SourceConfig,
+)
 from stgr_builder.sources.demo import DEMO_FILE, MEDIA_DIR, TRUTH_FILE, generate_demo, load_truth
 
 
@@ -16,8 +23,15 @@ def demo_config(seed: int = 0) -> BuildConfig:
     return BuildConfig(
         name="demo",
         seed=seed,
-        sources=[SourceConfig(name="STR_demo", adapter="demo", path=DEMO_FILE, media_root=MEDIA_DIR,
-                              filters=FilterConfig(min_video_s=3.0))],
+        sources=[
+            SourceConfig(
+                name="STR_demo",
+                adapter="demo",
+                path=DEMO_FILE,
+                media_root=MEDIA_DIR,
+                filters=FilterConfig(min_video_s=3.0),
+            )
+        ],
         sampler=SamplerConfig(strategy="uniform", num_frames=8, span_frames=4, max_frames=16),
         detector=DetectorConfig(weights="builtin:stgr-demo-yolo11n", imgsz=320),
         annotator=AnnotatorConfig(backend="template", prompt="template-cot"),

@@ -24,9 +24,16 @@ DEMO_CLASSES: tuple[str, ...] = ("car", "ball", "person", "bird", "dog")
 FLYING = frozenset({"bird"})
 
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (200, 35, 35), "blue": (35, 75, 200), "green": (45, 150, 60), "yellow": (230, 200, 40),
-    "white": (232, 232, 228), "black": (38, 38, 44), "orange": (238, 128, 32), "purple": (125, 55, 165),
-    "brown": (125, 80, 45), "grey": (140, 142, 148),
+    "red": (200, 35, 35),
+    "blue": (35, 75, 200),
+    "green": (45, 150, 60),
+    "yellow": (230, 200, 40),
+    "white": (232, 232, 228),
+    "black": (38, 38, 44),
+    "orange": (238, 128, 32),
+    "purple": (125, 55, 165),
+    "brown": (125, 80, 45),
+    "grey": (140, 142, 148),
 }
 
 #: Colours each class is drawn in (names are what the QA asks about).
@@ -40,8 +47,11 @@ CLASS_COLOURS: dict[str, tuple[str, ...]] = {
 
 #: Size range per class: width as a fraction of frame width (person: height of frame height).
 SIZE_RANGE: dict[str, tuple[float, float]] = {
-    "car": (0.26, 0.36), "ball": (0.12, 0.17), "person": (0.42, 0.58),
-    "bird": (0.15, 0.23), "dog": (0.19, 0.27),
+    "car": (0.26, 0.36),
+    "ball": (0.12, 0.17),
+    "person": (0.42, 0.58),
+    "bird": (0.15, 0.23),
+    "dog": (0.19, 0.27),
 }
 
 BACKGROUND_KINDS: tuple[str, ...] = ("park", "street", "beach", "dusk")
@@ -62,7 +72,7 @@ def smooth_noise(rng: np.random.Generator, height: int, width: int, cell: int) -
     """
     grid = rng.standard_normal((height // cell + 3, width // cell + 3)).astype(np.float32)
     big = cv2.resize(grid, ((width // cell + 3) * cell, (height // cell + 3) * cell), interpolation=cv2.INTER_CUBIC)
-    return np.clip(big[cell:cell + height, cell:cell + width] * 0.6, -1.5, 1.5)
+    return np.clip(big[cell : cell + height, cell : cell + width] * 0.6, -1.5, 1.5)
 
 
 def jitter(rng: np.random.Generator, colour: tuple[int, int, int], amount: int = 18) -> tuple[int, int, int]:
@@ -149,11 +159,28 @@ def _car(rng: np.random.Generator, width: float, colour, n_poses: int) -> list[S
     for pose in range(n_poses):
         c = _Canvas(w, h)
         # lower body with a sloped bonnet and a rounded boot
-        c.poly([(0.02 * w, 0.5 * h), (0.2 * w, 0.44 * h), (0.72 * w, 0.42 * h), (0.96 * w, 0.52 * h),
-                (0.99 * w, 0.72 * h), (0.97 * w, 0.84 * h), (0.03 * w, 0.84 * h), (0.0, 0.7 * h)], body)
+        c.poly(
+            [
+                (0.02 * w, 0.5 * h),
+                (0.2 * w, 0.44 * h),
+                (0.72 * w, 0.42 * h),
+                (0.96 * w, 0.52 * h),
+                (0.99 * w, 0.72 * h),
+                (0.97 * w, 0.84 * h),
+                (0.03 * w, 0.84 * h),
+                (0.0, 0.7 * h),
+            ],
+            body,
+        )
         c.poly([(0.22 * w, 0.46 * h), (0.32 * w, roof * h), (0.62 * w, roof * h), (0.76 * w, 0.46 * h)], body)
-        c.poly([(0.27 * w, 0.44 * h), (0.35 * w, (roof + 0.07) * h), (0.46 * w, (roof + 0.07) * h), (0.46 * w, 0.44 * h)], glass)
-        c.poly([(0.49 * w, 0.44 * h), (0.49 * w, (roof + 0.07) * h), (0.6 * w, (roof + 0.07) * h), (0.71 * w, 0.44 * h)], glass)
+        c.poly(
+            [(0.27 * w, 0.44 * h), (0.35 * w, (roof + 0.07) * h), (0.46 * w, (roof + 0.07) * h), (0.46 * w, 0.44 * h)],
+            glass,
+        )
+        c.poly(
+            [(0.49 * w, 0.44 * h), (0.49 * w, (roof + 0.07) * h), (0.6 * w, (roof + 0.07) * h), (0.71 * w, 0.44 * h)],
+            glass,
+        )
         c.line((0.475 * w, 0.46 * h), (0.475 * w, 0.8 * h), 0.012 * w + 0.5, dark)
         c.line((0.05 * w, 0.62 * h), (0.95 * w, 0.62 * h), 0.01 * w + 0.5, dark)
         c.ellipse((0.955 * w, 0.58 * h), (0.025 * w, 0.04 * h), (250, 235, 140))
@@ -177,10 +204,12 @@ def _ball(rng: np.random.Generator, width: float, colour, n_poses: int) -> list[
     r = d / 2
     second = jitter(rng, (240, 240, 235) if rng.random() < 0.6 else COLOURS[rng.choice(["blue", "red", "yellow"])], 10)
     n_stripes = int(rng.integers(2, 4))
-    yy, xx = np.mgrid[0:int(round(d)) * _SS, 0:int(round(d)) * _SS].astype(np.float32) / _SS
+    yy, xx = np.mgrid[0 : int(round(d)) * _SS, 0 : int(round(d)) * _SS].astype(np.float32) / _SS
     dist = np.sqrt((xx - r + 0.5 / _SS) ** 2 + (yy - r + 0.5 / _SS) ** 2) / r
     disc = np.clip((1.0 - dist) * r * _SS, 0, 1).astype(np.float32)  # anti-aliased disc
-    light = np.clip(1.15 - 0.55 * np.sqrt(np.clip(((xx - 0.35 * d) ** 2 + (yy - 0.3 * d) ** 2) / (r * r), 0, 4)), 0.45, 1.2)
+    light = np.clip(
+        1.15 - 0.55 * np.sqrt(np.clip(((xx - 0.35 * d) ** 2 + (yy - 0.3 * d) ** 2) / (r * r), 0, 4)), 0.45, 1.2
+    )
     poses = []
     for pose in range(n_poses):
         c = _Canvas(d, d)
@@ -216,8 +245,15 @@ def _person(rng: np.random.Generator, height: float, colour, n_poses: int) -> li
             fx = cx + side * swing * leg * 0.55
             c.line(hip, (fx, foot_y), limb, _shade(trousers, 1.0 if side > 0 else 0.8))
             c.ellipse((fx + 0.03 * h, foot_y + 0.01 * h), (0.06 * h, 0.025 * h), shoes)
-        c.poly([(cx - 0.15 * w * 1.5, 0.22 * h), (cx + 0.15 * w * 1.5, 0.22 * h), (cx + 0.13 * w * 1.5, 0.58 * h),
-                (cx - 0.13 * w * 1.5, 0.58 * h)], colour)
+        c.poly(
+            [
+                (cx - 0.15 * w * 1.5, 0.22 * h),
+                (cx + 0.15 * w * 1.5, 0.22 * h),
+                (cx + 0.13 * w * 1.5, 0.58 * h),
+                (cx - 0.13 * w * 1.5, 0.58 * h),
+            ],
+            colour,
+        )
         shoulder_y, hand_y = 0.25 * h, 0.52 * h
         for side in (1, -1):
             sx = cx + side * 0.2 * w
@@ -250,8 +286,10 @@ def _bird(rng: np.random.Generator, width: float, colour, n_poses: int) -> list[
         c.poly([(0.87 * w, 0.42 * h), (0.99 * w, 0.48 * h), (0.87 * w, 0.52 * h)], beak)
         c.circle((0.81 * w, 0.43 * h), 0.02 * w + 0.4, (15, 15, 15))
         tip_y = 0.56 * h - phase * 0.52 * h
-        c.poly([(0.34 * w, 0.52 * h), (0.6 * w, 0.52 * h), (0.42 * w, tip_y), (0.3 * w, tip_y + 0.05 * h * phase)],
-               wing_colour)
+        c.poly(
+            [(0.34 * w, 0.52 * h), (0.6 * w, 0.52 * h), (0.42 * w, tip_y), (0.3 * w, tip_y + 0.05 * h * phase)],
+            wing_colour,
+        )
         poses.append(c.finish(rng, texture=0.14))
     return poses
 
@@ -317,10 +355,10 @@ def paste(frame: np.ndarray, sprite: Sprite, x: int, y: int) -> list[int] | None
     x1, y1, x2, y2 = max(0, x), max(0, y), min(fw, x + sw), min(fh, y + sh)
     if x1 >= x2 or y1 >= y2:
         return None
-    alpha = sprite.alpha[y1 - y:y2 - y, x1 - x:x2 - x]
+    alpha = sprite.alpha[y1 - y : y2 - y, x1 - x : x2 - x]
     region = frame[y1:y2, x1:x2]
     region *= 1.0 - alpha[..., None]
-    region += sprite.rgb[y1 - y:y2 - y, x1 - x:x2 - x]
+    region += sprite.rgb[y1 - y : y2 - y, x1 - x : x2 - x]
     ys, xs = np.nonzero(alpha > 0.5)
     if len(xs) == 0:
         return None
@@ -413,8 +451,8 @@ def make_background(rng: np.random.Generator, width: int, height: int, kind: str
             cv2.rectangle(img, (x, lane_y), (x + 22, lane_y + 3), (230, 230, 225), -1)
     elif kind == "beach":
         sea_h = max(4, int(ground_h * 0.3))
-        img[horizon:horizon + sea_h] = _textured(rng, sea_h, w, (40, 110, 170), 0.12, 0.04)
-        img[horizon + sea_h:] = _textured(rng, ground_h - sea_h, w, (220, 200, 150), 0.1, 0.07)
+        img[horizon : horizon + sea_h] = _textured(rng, sea_h, w, (40, 110, 170), 0.12, 0.04)
+        img[horizon + sea_h :] = _textured(rng, ground_h - sea_h, w, (220, 200, 150), 0.1, 0.07)
         img = np.ascontiguousarray(img)
     else:
         grass_colour = (80, 150, 60) if kind == "park" else (70, 110, 55)
@@ -422,7 +460,7 @@ def make_background(rng: np.random.Generator, width: int, height: int, kind: str
         img = np.ascontiguousarray(img)
         hills = (horizon - 4 - 10 * (1 + smooth_noise(rng, 1, w, 40)[0])).astype(np.int32)
         for x in range(w):
-            img[hills[x]:horizon, x] = _shade(jitter(rng, grass_colour, 4), 0.8)
+            img[hills[x] : horizon, x] = _shade(jitter(rng, grass_colour, 4), 0.8)
         _draw_trees(rng, img, horizon + 2, int(rng.integers(1, 5)))
     if kind == "dusk":
         img *= 0.85
@@ -448,8 +486,9 @@ def overlap(a: list[int], b: list[int]) -> float:
     return ix * iy / smaller if smaller > 0 else 0.0
 
 
-def place(rng: np.random.Generator, cls: str, sprite_w: int, sprite_h: int, bg: Background,
-          ground_from: float = 0.12) -> tuple[int, int]:
+def place(
+    rng: np.random.Generator, cls: str, sprite_w: int, sprite_h: int, bg: Background, ground_from: float = 0.12
+) -> tuple[int, int]:
     """A top-left position: ground objects stand below the horizon, birds fly above it.
 
     ``ground_from``: the highest a ground object's feet go, as a fraction of the ground
@@ -466,8 +505,9 @@ def place(rng: np.random.Generator, cls: str, sprite_w: int, sprite_h: int, bg: 
     return x, y
 
 
-def render_training_frame(rng: np.random.Generator, width: int = 320, height: int = 240,
-                          max_objects: int = 4) -> tuple[np.ndarray, list[tuple[str, list[int]]]]:
+def render_training_frame(
+    rng: np.random.Generator, width: int = 320, height: int = 240, max_objects: int = 4
+) -> tuple[np.ndarray, list[tuple[str, list[int]]]]:
     """One random scene with its labels: RGB uint8 and ``[(class, [x1, y1, x2, y2]), ...]`` in pixels.
 
     Classes may repeat here (unlike in the demo videos), objects overlap little, and a few

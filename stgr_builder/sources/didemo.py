@@ -22,7 +22,14 @@ from pydantic import Field
 
 from stgr_builder.sources import AdapterContext, register
 from stgr_builder.sources.common import (
-    Item, Record, TemporalOptions, json_entries, parse_options, temporal_samples, validate, video_name,
+    Item,
+    Record,
+    TemporalOptions,
+    json_entries,
+    parse_options,
+    temporal_samples,
+    validate,
+    video_name,
 )
 
 

@@ -66,8 +66,9 @@ class GenericOptions(AdapterOptions):
     fields: GenericFields
     video: str = "{value}"
     image: str = "{value}"
-    question_format: str = Field("{value}", description="the question from the field's value, e.g. "
-                                 "'When does \"{value}\" happen in the video?'")
+    question_format: str = Field(
+        "{value}", description="the question from the field's value, e.g. 'When does \"{value}\" happen in the video?'"
+    )
 
     @model_validator(mode="after")
     def _task(self) -> GenericOptions:
@@ -126,8 +127,11 @@ def _build(opts: GenericOptions, record: Any) -> dict[str, Any]:
     elif f.span is not None:
         raw = _listish(need(f.span, "span"))
         span = round_span(*[float(v) for v in raw])
-    options = [str(o).strip() for o in _listish(_get(record, f.options))] if f.options and _get(
-        record, f.options) not in (_MISSING, None) else []
+    options = (
+        [str(o).strip() for o in _listish(_get(record, f.options))]
+        if f.options and _get(record, f.options) not in (_MISSING, None)
+        else []
+    )
     answer = _get(record, f.answer)
     answer = None if answer is _MISSING else answer
     index = _get(record, f.answer_index)
@@ -153,8 +157,9 @@ def _build(opts: GenericOptions, record: Any) -> dict[str, Any]:
         fields["image_path"] = opts.image.format(value=need(f.image, "image"))
     objects = _get(record, f.objects)
     if objects not in (_MISSING, None):
-        fields["objects"] = [SourceObject(name=o) if isinstance(o, str) else o
-                             for o in _OBJECTS.validate_python(_listish(objects))]
+        fields["objects"] = [
+            SourceObject(name=o) if isinstance(o, str) else o for o in _OBJECTS.validate_python(_listish(objects))
+        ]
     caption = _get(record, f.caption)
     if caption not in (_MISSING, None):
         fields["caption"] = str(caption)

@@ -32,7 +32,14 @@ from stgr_builder.errors import StgrError
 from stgr_builder.models import SourceObject, Task, TimedBox
 from stgr_builder.sources import AdapterContext, register
 from stgr_builder.sources.common import (
-    AdapterOptions, Item, Record, json_entries, normalize_xyxy, parse_options, validate, video_name,
+    AdapterOptions,
+    Item,
+    Record,
+    json_entries,
+    normalize_xyxy,
+    parse_options,
+    validate,
+    video_name,
 )
 
 
@@ -50,8 +57,11 @@ class GqaQuestion(Record):
 
 def _answer_object(q: GqaQuestion, objects: dict) -> dict | None:
     refs = list(q.annotations.get("answer", {}).values())
-    refs += [r for r in q.annotations.get("fullAnswer", {}).values()
-             if objects.get(r, {}).get("name", "").lower() == q.answer.lower()]
+    refs += [
+        r
+        for r in q.annotations.get("fullAnswer", {}).values()
+        if objects.get(r, {}).get("name", "").lower() == q.answer.lower()
+    ]
     for ref in refs:
         if ref in objects:
             return objects[ref]
@@ -89,9 +99,14 @@ def read_gqa(ctx: AdapterContext) -> Iterator[Item]:
             continue
         box_px = [x, y, x + w, y + h]
         gold = normalize_xyxy(box_px, graph["width"], graph["height"])
-        yield ctx.sample(origin, source_id=str(qid), question=q.question.strip(), task=Task.VISUAL,
-                         answer=grammar.visual_answer(name, box_px),
-                         image_path=video_name(opts.image, image_id=q.imageId),
-                         objects=[SourceObject(name=name, boxes=[TimedBox(time=0.0, box=gold)])],
-                         caption=grammar.clean_text(q.answer) if q.answer != name else None,
-                         gold_evidence=ctx.source.gold_evidence)
+        yield ctx.sample(
+            origin,
+            source_id=str(qid),
+            question=q.question.strip(),
+            task=Task.VISUAL,
+            answer=grammar.visual_answer(name, box_px),
+            image_path=video_name(opts.image, image_id=q.imageId),
+            objects=[SourceObject(name=name, boxes=[TimedBox(time=0.0, box=gold)])],
+            caption=grammar.clean_text(q.answer) if q.answer != name else None,
+            gold_evidence=ctx.source.gold_evidence,
+        )

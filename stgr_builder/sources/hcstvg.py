@@ -24,8 +24,19 @@ from pydantic import Field, model_validator
 from stgr_builder.models import SourceObject
 from stgr_builder.sources import AdapterContext, register
 from stgr_builder.sources.common import (
-    Item, Record, TemporalOptions, TemporalTask, json_entries, normalize_xyxy, parse_options, subject_name,
-    temporal_samples, timed_boxes, validate, video_name, xywh_to_xyxy,
+    Item,
+    Record,
+    TemporalOptions,
+    TemporalTask,
+    json_entries,
+    normalize_xyxy,
+    parse_options,
+    subject_name,
+    temporal_samples,
+    timed_boxes,
+    validate,
+    video_name,
+    xywh_to_xyxy,
 )
 
 
@@ -68,11 +79,16 @@ def read_hcstvg(ctx: AdapterContext) -> Iterator[Item]:
             continue
         fps = tube.fps or opts.fps or tube.img_num / opts.clip_s
         height, width = tube.img_hw
-        pairs = [((tube.st_frame + k) / fps, normalize_xyxy(xywh_to_xyxy(b), width, height))
-                 for k, b in enumerate(tube.bbox)]
+        pairs = [
+            ((tube.st_frame + k) / fps, normalize_xyxy(xywh_to_xyxy(b), width, height)) for k, b in enumerate(tube.bbox)
+        ]
         name = subject_name(tube.English, opts.subject, opts.extra_nouns)
         span = [tube.st_frame / fps, (tube.st_frame + len(tube.bbox) - 1) / fps]
         yield from temporal_samples(
-            ctx, opts, vid=video or origin, video_path=video_name(opts.video, video=video),
+            ctx,
+            opts,
+            vid=video or origin,
+            video_path=video_name(opts.video, video=video),
             sentences=[(origin, tube.English, span)],
-            objects={0: [SourceObject(name=name, boxes=timed_boxes(pairs, opts.max_gold_boxes))]})
+            objects={0: [SourceObject(name=name, boxes=timed_boxes(pairs, opts.max_gold_boxes))]},
+        )

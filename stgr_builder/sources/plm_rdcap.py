@@ -26,8 +26,18 @@ from pydantic import Field, model_validator
 from stgr_builder.models import SourceObject
 from stgr_builder.sources import AdapterContext, iter_json_lines, register
 from stgr_builder.sources.common import (
-    Item, Record, TemporalOptions, TemporalTask, normalize_xyxy, parse_options, subject_name, temporal_samples,
-    timed_boxes, validate, video_name, xywh_to_xyxy,
+    Item,
+    Record,
+    TemporalOptions,
+    TemporalTask,
+    normalize_xyxy,
+    parse_options,
+    subject_name,
+    temporal_samples,
+    timed_boxes,
+    validate,
+    video_name,
+    xywh_to_xyxy,
 )
 
 
@@ -106,5 +116,11 @@ def read_plm_rdcap(ctx: AdapterContext) -> Iterator[Item]:
                 name = subject_name(dc.caption, opts.subject, opts.extra_nouns)
                 objects[i] = [SourceObject(name=name, boxes=timed_boxes(pairs, opts.max_gold_boxes))]
         vid = f"{record.video}#{record.masklet_id}"
-        yield from temporal_samples(ctx, opts, vid=vid, video_path=video_name(opts.video, video=record.video),
-                                    sentences=sentences, objects=objects)
+        yield from temporal_samples(
+            ctx,
+            opts,
+            vid=vid,
+            video_path=video_name(opts.video, video=record.video),
+            sentences=sentences,
+            objects=objects,
+        )

@@ -21,7 +21,13 @@ from pydantic import Field
 from stgr_builder.models import Span
 from stgr_builder.sources import AdapterContext, iter_json_lines, register
 from stgr_builder.sources.common import (
-    Item, Record, TemporalOptions, parse_options, temporal_samples, validate, video_name,
+    Item,
+    Record,
+    TemporalOptions,
+    parse_options,
+    temporal_samples,
+    validate,
+    video_name,
 )
 
 
@@ -51,5 +57,4 @@ def read_qvhighlights(ctx: AdapterContext) -> Iterator[Item]:
         window = windows[0] if opts.multi_window == "first" else max(windows, key=lambda w: w[1] - w[0])
         videos.setdefault(record.vid, []).append((origin, record.query, window))
     for vid, sentences in videos.items():
-        yield from temporal_samples(ctx, opts, vid=vid, video_path=video_name(opts.video, vid=vid),
-                                    sentences=sentences)
+        yield from temporal_samples(ctx, opts, vid=vid, video_path=video_name(opts.video, vid=vid), sentences=sentences)

@@ -20,7 +20,14 @@ from pydantic import Field, model_validator
 
 from stgr_builder.sources import AdapterContext, register
 from stgr_builder.sources.common import (
-    Item, Record, TemporalOptions, json_entries, parse_options, temporal_samples, validate, video_name,
+    Item,
+    Record,
+    TemporalOptions,
+    json_entries,
+    parse_options,
+    temporal_samples,
+    validate,
+    video_name,
 )
 
 
@@ -51,7 +58,9 @@ def read_tacos(ctx: AdapterContext) -> Iterator[Item]:
         if not isinstance(record, TacosVideo):
             yield record
             continue
-        sentences = [(f"{origin}#{i}", sentence, [start / record.fps, end / record.fps])
-                     for i, (sentence, (start, end)) in enumerate(zip(record.sentences, record.timestamps))]
+        sentences = [
+            (f"{origin}#{i}", sentence, [start / record.fps, end / record.fps])
+            for i, (sentence, (start, end)) in enumerate(zip(record.sentences, record.timestamps, strict=False))
+        ]
         path = video_name(opts.video, video=video, stem=PurePosixPath(video).stem)
         yield from temporal_samples(ctx, opts, vid=video, video_path=path, sentences=sentences)

@@ -27,7 +27,13 @@ from stgr_builder.core import grammar
 from stgr_builder.models import SourceObject, Task
 from stgr_builder.sources import AdapterContext, register
 from stgr_builder.sources.common import (
-    AdapterOptions, Item, Record, parse_options, read_records, timed_boxes, validate,
+    AdapterOptions,
+    Item,
+    Record,
+    parse_options,
+    read_records,
+    timed_boxes,
+    validate,
 )
 
 
@@ -92,6 +98,15 @@ def read_videoespresso(ctx: AdapterContext) -> Iterator[Item]:
         objects = [SourceObject(name=name, boxes=timed_boxes(p, None)) for name, p in pairs.items() if name]
         times = [t for p in pairs.values() for t, _ in p]
         span = [min(times), max(times)] if opts.span == "key_frames" and max(times) > min(times) else None
-        yield ctx.sample(origin, source_id=str(item.id), question=item.question.strip(), task=Task.SPATIO_TEMPORAL,
-                         answer=grammar.clean_text(item.answer), video_path=item.video_path.removeprefix("./"),
-                         span=span, objects=objects, caption=item.evidence, gold_evidence=ctx.source.gold_evidence)
+        yield ctx.sample(
+            origin,
+            source_id=str(item.id),
+            question=item.question.strip(),
+            task=Task.SPATIO_TEMPORAL,
+            answer=grammar.clean_text(item.answer),
+            video_path=item.video_path.removeprefix("./"),
+            span=span,
+            objects=objects,
+            caption=item.evidence,
+            gold_evidence=ctx.source.gold_evidence,
+        )

@@ -35,7 +35,8 @@ _OPTION = re.compile(r"\s*\(?([A-Z])[.):]\s*(.*)", re.DOTALL)
 class VideoR1Options(AdapterOptions):
     include_images: bool = True
     tasks: list[Literal["mcq", "free"]] = Field(
-        default_factory=lambda: ["mcq", "free"], description="mcq: multiple-choice items; free: every other type")
+        default_factory=lambda: ["mcq", "free"], description="mcq: multiple-choice items; free: every other type"
+    )
 
 
 class VideoR1Item(Record):
@@ -79,11 +80,24 @@ def read_videor1(ctx: AdapterContext) -> Iterator[Item]:
             if answer not in expected:
                 yield ctx.malformed(origin, f"solution {item.solution!r} is not one of the letters {expected}")
                 continue
-            yield ctx.sample(origin, source_id=source_id, question=item.problem.strip(), task=Task.VIDEO_MCQ,
-                             options=options, answer=answer, **media)
+            yield ctx.sample(
+                origin,
+                source_id=source_id,
+                question=item.problem.strip(),
+                task=Task.VIDEO_MCQ,
+                options=options,
+                answer=answer,
+                **media,
+            )
         else:
             if not answer:
                 yield ctx.malformed(origin, f"empty solution {item.solution!r}")
                 continue
-            yield ctx.sample(origin, source_id=source_id, question=item.problem.strip(), task=Task.VIDEO_FREE,
-                             answer=grammar.clean_text(answer), **media)
+            yield ctx.sample(
+                origin,
+                source_id=source_id,
+                question=item.problem.strip(),
+                task=Task.VIDEO_FREE,
+                answer=grammar.clean_text(answer),
+                **media,
+            )

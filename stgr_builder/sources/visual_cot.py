@@ -27,7 +27,13 @@ from stgr_builder.errors import SampleError
 from stgr_builder.models import SourceObject, Task, TimedBox
 from stgr_builder.sources import AdapterContext, iter_json_lines, register
 from stgr_builder.sources.common import (
-    AdapterOptions, Item, Record, normalize_xyxy, parse_options, validate, video_name,
+    AdapterOptions,
+    Item,
+    Record,
+    normalize_xyxy,
+    parse_options,
+    validate,
+    video_name,
 )
 from stgr_builder.sources.phrases import object_phrases
 
@@ -91,7 +97,14 @@ def read_visual_cot(ctx: AdapterContext) -> Iterator[Item]:
         name = name_of(item.answer, item.question, opts.max_name_words)
         box_px = [int(round(v)) for v in box]
         gold = normalize_xyxy(box_px, *size)
-        yield ctx.sample(origin, source_id=f"{item.dataset}:{item.question_id}", question=item.question.strip(),
-                         task=Task.VISUAL, answer=grammar.visual_answer(name, box_px), image_path=rel,
-                         objects=[SourceObject(name=name, boxes=[TimedBox(time=0.0, box=gold)])],
-                         caption=grammar.clean_text(item.answer), gold_evidence=ctx.source.gold_evidence)
+        yield ctx.sample(
+            origin,
+            source_id=f"{item.dataset}:{item.question_id}",
+            question=item.question.strip(),
+            task=Task.VISUAL,
+            answer=grammar.visual_answer(name, box_px),
+            image_path=rel,
+            objects=[SourceObject(name=name, boxes=[TimedBox(time=0.0, box=gold)])],
+            caption=grammar.clean_text(item.answer),
+            gold_evidence=ctx.source.gold_evidence,
+        )

@@ -28,7 +28,16 @@ from stgr_builder.core import geometry, grammar
 from stgr_builder.core.geometry import image_size
 from stgr_builder.errors import SampleError
 from stgr_builder.models import (
-    CotRow, Evidence, EvidenceTrack, KeyFrame, KeyItem, Provenance, RejectCode, RlRow, SampleWork, SourceSample,
+    CotRow,
+    Evidence,
+    EvidenceTrack,
+    KeyFrame,
+    KeyItem,
+    Provenance,
+    RejectCode,
+    RlRow,
+    SampleWork,
+    SourceSample,
 )
 
 
@@ -63,8 +72,10 @@ def _key_items(evidence: list[Evidence], idx_map: dict[int, int], order: dict[in
     groups: dict[tuple[int, str], list[list[float]]] = {}
     for ev in evidence:
         if ev.frame_idx not in idx_map:
-            raise SampleError(RejectCode.KEY_FRAMES_INVALID,
-                              f"evidence of {ev.name!r} is on frame {ev.frame_idx}, which is not a key frame")
+            raise SampleError(
+                RejectCode.KEY_FRAMES_INVALID,
+                f"evidence of {ev.name!r} is on frame {ev.frame_idx}, which is not a key frame",
+            )
         box = grammar.round_box(ev.box)
         boxes = groups.setdefault((idx_map[ev.frame_idx], ev.name), [])
         if box not in boxes:
@@ -104,16 +115,18 @@ def _agreement(work: SampleWork, evidence: list[Evidence]) -> float | None:
 def _provenance(work: SampleWork, base: dict) -> Provenance:
     annotation = work.annotation
     evidence = annotation.evidence
-    return Provenance.model_validate({
-        **base,
-        "prompt_name": annotation.prompt.name,
-        "prompt_version": annotation.prompt.version,
-        "annotator_model": annotation.model,
-        "detector_score": fmean(ev.score for ev in evidence) if evidence else None,
-        "detector_agreement_iou": _agreement(work, evidence),
-        "verifier_votes": work.votes,
-        "evidence_tracks": _evidence_tracks(work, evidence),
-    })
+    return Provenance.model_validate(
+        {
+            **base,
+            "prompt_name": annotation.prompt.name,
+            "prompt_version": annotation.prompt.version,
+            "annotator_model": annotation.model,
+            "detector_score": fmean(ev.score for ev in evidence) if evidence else None,
+            "detector_agreement_iou": _agreement(work, evidence),
+            "verifier_votes": work.votes,
+            "evidence_tracks": _evidence_tracks(work, evidence),
+        }
+    )
 
 
 def _evidence_tracks(work: SampleWork, evidence: list[Evidence]) -> list[EvidenceTrack]:
@@ -138,11 +151,16 @@ def build_rows(work: SampleWork, provenance_base: dict) -> tuple[CotRow, RlRow]:
     order = {k.idx: i for i, k in enumerate(key_frames)}
     size = image_size(work) if is_image else None
     common = dict(
-        id=sample.id, task=sample.task, source=sample.source,
-        question=format_question(sample.question, sample.options), answer=annotation.answer,
-        video_path=sample.video_path, image_path=sample.image_path,
+        id=sample.id,
+        task=sample.task,
+        source=sample.source,
+        question=format_question(sample.question, sample.options),
+        answer=annotation.answer,
+        video_path=sample.video_path,
+        image_path=sample.image_path,
         image_size=list(size) if size else None,
-        key_frames=key_frames, key_items=_key_items(annotation.evidence, idx_map, order),
+        key_frames=key_frames,
+        key_items=_key_items(annotation.evidence, idx_map, order),
         provenance=_provenance(work, provenance_base),
     )
     return CotRow(**common, reasoning_process=annotation.reasoning), RlRow(**common)

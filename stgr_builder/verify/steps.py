@@ -26,7 +26,9 @@ def verify_work(work: SampleWork, config: VerifyConfig, provenance_base: dict) -
     context = dict(
         duration=work.video.duration if work.video is not None else None,
         span=sample.span if sample.video_path is not None else None,
-        gold_answer=sample.answer, image_size=image_size(work), config=config,
+        gold_answer=sample.answer,
+        image_size=image_size(work),
+        config=config,
     )
     violations = check_row(cot, **context)
     violations += [v for v in check_row(rl, **context) if v not in violations]
@@ -87,7 +89,9 @@ class TrackGateStep(Step):
         left = {d.label for d in work.detections} & names
         if work.sample.task in grammar.GROUNDED_TASKS and had and not left:
             dropped = sorted({v.label for v in verdicts if not v.confirmed and v.label in names})
-            raise SampleError(RejectCode.EVIDENCE_UNTRACKED,
-                              f"every box of {', '.join(dropped)} failed the track gate (label or place "
-                              f"not confirmed by the {self.config.window} neighbouring frames on each side)")
+            raise SampleError(
+                RejectCode.EVIDENCE_UNTRACKED,
+                f"every box of {', '.join(dropped)} failed the track gate (label or place "
+                f"not confirmed by the {self.config.window} neighbouring frames on each side)",
+            )
         return work

@@ -44,24 +44,34 @@ from stgr_builder.models import Detection, EvidenceTrack, SampleWork, TrackConfi
 MAX_GAP = 1
 
 
-def check_box(box: Detection, by_frame: dict[int, list[Detection]], config: TrackConfig,
-              frames_near: int, still: bool = False) -> EvidenceTrack:
+def check_box(
+    box: Detection, by_frame: dict[int, list[Detection]], config: TrackConfig, frames_near: int, still: bool = False
+) -> EvidenceTrack:
     """The gate's verdict on one candidate box. ``by_frame``: the detector's boxes per frame
     index (candidate and neighbour frames, a still image's views placed back on it);
     ``frames_near``: how many neighbour frames (views) exist within the window."""
     track = _link_views(box, by_frame, config) if still else _link_frames(box, by_frame, config)
-    votes = [label for idx, place in sorted(track.items())
-             if (label := _vote(place, by_frame.get(idx, []), config.link_iou)) is not None]
+    votes = [
+        label
+        for idx, place in sorted(track.items())
+        if (label := _vote(place, by_frame.get(idx, []), config.link_iou)) is not None
+    ]
     counts = Counter(votes)
     agreement = counts[box.label] / len(votes) if votes else 0.0
     label_ok = agreement >= config.min_agreement and counts[box.label] >= max(counts.values(), default=0)
     long_enough = len(track) >= min(config.min_length, 1 + frames_near)
     places = [place for idx, place in track.items() if idx != box.frame_idx] if still else _predictions(box, track)
     stable = not places or any(geometry.box_iou(box.box, place) >= config.stability_iou for place in places)
-    return EvidenceTrack(idx=box.frame_idx, box=list(box.box), label=box.label,
-                         track_id=digest(sorted(track.items()))[:10], length=len(track),
-                         label_agreement=round(agreement, 4), gold=box.gold,
-                         confirmed=long_enough and label_ok and stable)
+    return EvidenceTrack(
+        idx=box.frame_idx,
+        box=list(box.box),
+        label=box.label,
+        track_id=digest(sorted(track.items()))[:10],
+        length=len(track),
+        label_agreement=round(agreement, 4),
+        gold=box.gold,
+        confirmed=long_enough and label_ok and stable,
+    )
 
 
 def _link_frames(box: Detection, by_frame: dict[int, list[Detection]], config: TrackConfig) -> dict[int, list[float]]:
@@ -100,10 +110,10 @@ def _predictions(box: Detection, track: dict[int, list[float]]) -> list[list[flo
     guesses = []
     for a, b in ((f - 1, f + 1), (f - 2, f + 2)):
         if a in track and b in track:
-            guesses.append([(x + y) / 2 for x, y in zip(track[a], track[b])])
+            guesses.append([(x + y) / 2 for x, y in zip(track[a], track[b], strict=False)])
     for near, far in ((f + 1, f + 2), (f - 1, f - 2)):
         if near in track and far in track:
-            guesses.append([2 * x - y for x, y in zip(track[near], track[far])])
+            guesses.append([2 * x - y for x, y in zip(track[near], track[far], strict=False)])
     if not guesses:
         guesses = [place for idx, place in track.items() if idx != f]
     return guesses
@@ -134,8 +144,9 @@ def gate(work: SampleWork, config: TrackConfig, window_frames: int) -> list[Evid
     present = {f.idx for f in [*work.frames, *work.track_frames]}
     verdicts, kept = [], []
     for det in work.detections:
-        near = sum(1 for k in range(1, window_frames + 1) for idx in (det.frame_idx - k, det.frame_idx + k)
-                   if idx in present)
+        near = sum(
+            1 for k in range(1, window_frames + 1) for idx in (det.frame_idx - k, det.frame_idx + k) if idx in present
+        )
         verdict = check_box(det, by_frame, config, near, still=work.sample.image_path is not None)
         verdicts.append(verdict)
         if verdict.confirmed or det.gold:

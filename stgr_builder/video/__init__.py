@@ -10,6 +10,18 @@ from stgr_builder.video.probe import probe_image, probe_video
 from stgr_builder.video.steps import ProbeStep, SampleStep
 
 __all__ = [
-    "DecodeError", "DecodeStats", "DecodedFrame", "FramePlan", "FrameStore", "GopRead", "ProbeStep",
-    "SampleStep", "get_decoder", "plan_decode", "plan_frames", "probe_image", "probe_video", "read_frames",
+    "DecodeError",
+    "DecodeStats",
+    "DecodedFrame",
+    "FramePlan",
+    "FrameStore",
+    "GopRead",
+    "ProbeStep",
+    "SampleStep",
+    "get_decoder",
+    "plan_decode",
+    "plan_frames",
+    "probe_image",
+    "probe_video",
+    "read_frames",
 ]

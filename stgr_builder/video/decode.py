@@ -94,8 +94,7 @@ def get_decoder(name: Backend = "decord") -> FrameDecoder:
     raise ValueError(f"unknown decoder backend {name!r}: use 'pyav', 'decord' or 'opencv'")
 
 
-def read_frames(path: Path, info: VideoInfo, indices: Sequence[int],
-                backend: Backend = "decord") -> list[DecodedFrame]:
+def read_frames(path: Path, info: VideoInfo, indices: Sequence[int], backend: Backend = "decord") -> list[DecodedFrame]:
     """Decode ``indices`` of one video into a list (convenient for a few frames).
 
     >>> [f.idx for f in read_frames(Path("v.mp4"), info, [3, 1, 3])]  # doctest: +SKIP
@@ -137,9 +136,10 @@ class DecordDecoder:
                     batch = reader.get_batch(list(chunk)).asnumpy()
                     stamps = reader.get_frame_timestamp(list(chunk))
                 except decord_errors() as exc:
-                    raise DecodeError(f"{path}: decoding frames {chunk[0]}-{chunk[-1]} failed "
-                                      f"({_first_line(exc)})") from exc
-                for idx, rgb, stamp in zip(chunk, batch, stamps):
+                    raise DecodeError(
+                        f"{path}: decoding frames {chunk[0]}-{chunk[-1]} failed ({_first_line(exc)})"
+                    ) from exc
+                for idx, rgb, stamp in zip(chunk, batch, stamps, strict=False):
                     yield DecodedFrame(idx=idx, time=_seconds(float(stamp[0])), rgb=rgb)
             position = read.frames[-1] + 1
 
@@ -240,7 +240,7 @@ def _slices(packet, codec: str, length_size: int = 4) -> int:
         return 0
     data, pos, count = bytes(packet), 0, 0
     while pos + length_size < len(data):
-        size = int.from_bytes(data[pos:pos + length_size], "big")
+        size = int.from_bytes(data[pos : pos + length_size], "big")
         header = data[pos + length_size]
         kind = header & 0x1F if codec == "h264" else (header >> 1) & 0x3F
         count += kind in (1, 5) if codec == "h264" else kind <= 21
@@ -336,8 +336,12 @@ class PyAVDecoder:
         for pos, read in enumerate(plan):
             if reader is None and read.key == 0:
                 reader = _PacketReader(container, stream, clock, path, 0, wanted)  # a fresh open starts at frame 0
-            elif (reader is None or reader.drained or reader.position > read.frames[0]
-                  or read.key - reader.position > _PYAV_SEEK_COST):
+            elif (
+                reader is None
+                or reader.drained
+                or reader.position > read.frames[0]
+                or read.key - reader.position > _PYAV_SEEK_COST
+            ):
                 reader = self._seek(container, stream, path, clock, read.key, wanted)
                 self.stats.seeks += 1
             self.stats.gop_reads.append(read.key)
@@ -349,8 +353,7 @@ class PyAVDecoder:
             yield from reader.read(read.frames, drain)
             self.stats.frames_decoded += reader.take_decoded()
 
-    def _seek(self, container, stream, path: Path, clock: "_Clock", key: int,
-              wanted: frozenset[int]) -> "_PacketReader":
+    def _seek(self, container, stream, path: Path, clock: _Clock, key: int, wanted: frozenset[int]) -> _PacketReader:
         import av
 
         try:
@@ -387,7 +390,7 @@ class _PacketReader:
     to cover every index up to each frame that comes out (a dropped frame in a stream whose
     timestamps are otherwise on the grid would shift every later index)."""
 
-    def __init__(self, container, stream, clock: "_Clock", path: Path, position: int, wanted: frozenset[int]):
+    def __init__(self, container, stream, clock: _Clock, path: Path, position: int, wanted: frozenset[int]):
         self.packets = container.demux(stream)
         self.codec = stream.codec_context
         self.clock, self.path, self.wanted = clock, path, wanted
@@ -424,8 +427,9 @@ class _PacketReader:
                     else:
                         self.pending.extend(self._feed())
                 except (av.error.FFmpegError, ValueError) as exc:
-                    raise DecodeError(f"{self.path}: decoding frame {self.position} failed "
-                                      f"({_first_line(exc)})") from exc
+                    raise DecodeError(
+                        f"{self.path}: decoding frame {self.position} failed ({_first_line(exc)})"
+                    ) from exc
                 continue
             frame = self.pending.popleft()
             idx = self.clock.index(frame)
@@ -548,7 +552,7 @@ def _key_of(keyframes: Sequence[int], idx: int) -> int:
 
 def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 def _first_line(exc: BaseException) -> str:

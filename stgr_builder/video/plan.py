@@ -70,8 +70,9 @@ def frames_in_span(info: VideoInfo, start: float, end: float) -> range:
     return range(first, last + 1)
 
 
-def plan_frames(info: VideoInfo, config: SamplerConfig, span: Sequence[float] | None = None,
-                extra_times: Sequence[float] = ()) -> FramePlan:
+def plan_frames(
+    info: VideoInfo, config: SamplerConfig, span: Sequence[float] | None = None, extra_times: Sequence[float] = ()
+) -> FramePlan:
     """Choose the candidate frames of one sample; deterministic, sorted, unique.
 
     ``extra_times``: the frames shown at these times are always added, beyond ``max_frames``

@@ -105,8 +105,18 @@ def check_file(path: Path) -> None:
 class _Demuxed:
     """What one pass over a video stream's packets found."""
 
-    def __init__(self, codec: str, time_base, start_time: int | None, fps: float, count: int,
-                 timestamps: list[int] | None, keys: list[int], last_duration: int, size: tuple[int, int]):
+    def __init__(
+        self,
+        codec: str,
+        time_base,
+        start_time: int | None,
+        fps: float,
+        count: int,
+        timestamps: list[int] | None,
+        keys: list[int],
+        last_duration: int,
+        size: tuple[int, int],
+    ):
         self.codec, self.time_base, self.start_time, self.fps, self.count = codec, time_base, start_time, fps, count
         self.timestamps, self.keys, self.last_duration, self.size = timestamps, keys, last_duration, size
 
@@ -130,8 +140,15 @@ class _Demuxed:
         if fps <= 0 or end <= 0:
             raise SampleError(RejectCode.MEDIA_CORRUPT, f"{path}: no usable timestamps or frame rate")
         width, height = self.size
-        return VideoInfo(path=rel_path, duration=round(end, 6), fps=fps, n_frames=len(order),
-                         width=width, height=height, keyframes=keyframes or [0])
+        return VideoInfo(
+            path=rel_path,
+            duration=round(end, 6),
+            fps=fps,
+            n_frames=len(order),
+            width=width,
+            height=height,
+            keyframes=keyframes or [0],
+        )
 
 
 def open_container(path: Path):
@@ -148,8 +165,12 @@ def open_container(path: Path):
     except (av.error.FFmpegError, OSError, ValueError, UnicodeDecodeError):
         return av.open(str(path))
     videos = container.streams.video
-    if videos and videos[0].codec_context is not None and videos[0].codec_context.width \
-            and videos[0].codec_context.height:
+    if (
+        videos
+        and videos[0].codec_context is not None
+        and videos[0].codec_context.width
+        and videos[0].codec_context.height
+    ):
         return container
     container.close()
     return av.open(str(path))
@@ -174,15 +195,15 @@ def _demux(path: Path) -> _Demuxed:
         except Exception as exc:  # noqa: BLE001
             # Broad on purpose: garbage makes PyAV fail in many shapes (FFmpegError mostly,
             # but not only), and this guard exists to classify a file, never to crash.
-            raise SampleError(RejectCode.MEDIA_CORRUPT,
-                              f"{path}: unreadable video data ({type(exc).__name__}: {exc})") from exc
+            raise SampleError(
+                RejectCode.MEDIA_CORRUPT, f"{path}: unreadable video data ({type(exc).__name__}: {exc})"
+            ) from exc
         declared = stream.frames or 0
     packets = demuxed.count
     if packets == 0:
         raise SampleError(RejectCode.NO_FRAMES, f"{path}: video stream has no frames")
     if declared and packets < declared:
-        raise SampleError(RejectCode.MEDIA_CORRUPT,
-                          f"{path}: truncated, {packets} of {declared} frames present")
+        raise SampleError(RejectCode.MEDIA_CORRUPT, f"{path}: truncated, {packets} of {declared} frames present")
     if demuxed.size == (0, 0):
         raise SampleError(RejectCode.NO_FRAMES, f"{path}: no frame of the video stream decodes")
     check_pixels(path, *demuxed.size, what="each frame")
@@ -238,8 +259,9 @@ def _probe_with_decord(path: Path, rel_path: str, codec: str) -> VideoInfo:
         # size every sampled frame will have.
         height, width = reader.next().shape[:2]
     except decord_errors() as exc:
-        raise SampleError(RejectCode.MEDIA_CORRUPT,
-                          f"{path}: decord cannot read this {codec} video ({_first_line(exc)})") from exc
+        raise SampleError(
+            RejectCode.MEDIA_CORRUPT, f"{path}: decord cannot read this {codec} video ({_first_line(exc)})"
+        ) from exc
     finally:
         reader = None  # release decoder threads and the file now, not at GC time
     start, end = float(stamps[0][0]), float(stamps[0][1])
@@ -249,8 +271,15 @@ def _probe_with_decord(path: Path, rel_path: str, codec: str) -> VideoInfo:
         end = start + 1.0 / fps  # containers without packet durations
     if fps <= 0 or end <= 0:
         raise SampleError(RejectCode.MEDIA_CORRUPT, f"{path}: no usable timestamps or frame rate")
-    return VideoInfo(path=rel_path, duration=round(end, 6), fps=fps, n_frames=n_frames,
-                     width=int(width), height=int(height), keyframes=keyframes)
+    return VideoInfo(
+        path=rel_path,
+        duration=round(end, 6),
+        fps=fps,
+        n_frames=n_frames,
+        width=int(width),
+        height=int(height),
+        keyframes=keyframes,
+    )
 
 
 def _first_line(exc: BaseException) -> str:

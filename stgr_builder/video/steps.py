@@ -28,11 +28,20 @@ from stgr_builder.core.geometry import IMAGE_VIEWS, make_view
 from stgr_builder.core.gold import gold_times
 from stgr_builder.core.images import load_rgb
 from stgr_builder.core.resources import Resources
+from stgr_builder.core.steps import Step
 from stgr_builder.errors import SampleError
 from stgr_builder.models import (
-    FilterConfig, Frame, Reject, RejectCode, SamplerConfig, SampleWork, SourceSample, Stage, Task, VideoInfo,
+    FilterConfig,
+    Frame,
+    Reject,
+    RejectCode,
+    SamplerConfig,
+    SampleWork,
+    SourceSample,
+    Stage,
+    Task,
+    VideoInfo,
 )
-from stgr_builder.core.steps import Step
 from stgr_builder.video.decode import DecodeError, get_decoder
 from stgr_builder.video.frames import FrameStore
 from stgr_builder.video.plan import FramePlan, plan_frames
@@ -116,8 +125,14 @@ class SampleStep(Step):
     stage = Stage.SAMPLE
     batch_size = 256
 
-    def __init__(self, config: SamplerConfig, store: FrameStore, resources: Resources | None = None,
-                 track_window: int = 0, video_workers: int | None = None):
+    def __init__(
+        self,
+        config: SamplerConfig,
+        store: FrameStore,
+        resources: Resources | None = None,
+        track_window: int = 0,
+        video_workers: int | None = None,
+    ):
         super().__init__()
         self.config = config
         self.store = store
@@ -152,6 +167,7 @@ class SampleStep(Step):
                 results[pos] = work.reject(self.stage, err.code, err.message)
                 continue
             by_video.setdefault(key, []).append(pos)
+
         def one_video(key: str, positions: list[int]) -> list[SampleWork | Reject]:
             works = [batch[pos] for pos in positions]
             try:
@@ -168,8 +184,8 @@ class SampleStep(Step):
                 outcomes = list(pool.map(lambda group: one_video(*group), groups))
         else:
             outcomes = [one_video(key, positions) for key, positions in groups]
-        for (_, positions), outcome in zip(groups, outcomes):
-            for pos, item in zip(positions, outcome):
+        for (_, positions), outcome in zip(groups, outcomes, strict=False):
+            for pos, item in zip(positions, outcome, strict=False):
                 results[pos] = item
         return results  # type: ignore[return-value]  # every slot is filled above
 
@@ -183,7 +199,7 @@ class SampleStep(Step):
             frames = self._decode_into_store(decoder, Path(path), info, wanted)
         finally:
             self._add_stats(decoder.stats)
-        for work, plan, near in zip(works, plans, neighbours):
+        for work, plan, near in zip(works, plans, neighbours, strict=False):
             work.frames = _frames_of(plan, frames, work.sample.span)
             work.track_frames = [frames[idx] for idx in near]
 
@@ -200,8 +216,12 @@ class SampleStep(Step):
         # Frames of this file already decoded into this store by this process (an earlier
         # batch or shard of samples of the same video) are not decoded again.
         try:
-            memo_base: tuple | None = (self.resources.media_fingerprint(path), self.config.decoder,
-                                       str(self.store.root), self.store.quality)
+            memo_base: tuple | None = (
+                self.resources.media_fingerprint(path),
+                self.config.decoder,
+                str(self.store.root),
+                self.store.quality,
+            )
         except OSError:
             memo_base = None
         if memo_base is not None:
@@ -221,8 +241,9 @@ class SampleStep(Step):
             if item is None:
                 break
             height, width = item.rgb.shape[:2]
-            frames[item.idx] = Frame(idx=item.idx, time=item.time, path=self.store.put(item.rgb),
-                                     width=width, height=height)
+            frames[item.idx] = Frame(
+                idx=item.idx, time=item.time, path=self.store.put(item.rgb), width=width, height=height
+            )
             if memo_base is not None:
                 self.memo.put((*memo_base, item.idx), frames[item.idx])
         missing = sorted(set(wanted) - frames.keys())
@@ -237,9 +258,10 @@ class SampleStep(Step):
         height, width = rgb.shape[:2]
         work.frames = [Frame(idx=0, time=0.0, path=self.store.put(rgb), width=width, height=height)]
         # No neighbouring frames: the track gate checks boxes on altered views of the image.
-        work.track_frames = [Frame(idx=k, time=0.0, path=self.store.put(make_view(rgb, view)), width=width,
-                                   height=height, view=view)
-                             for k, view in enumerate(IMAGE_VIEWS[:self.track_window], start=1)]
+        work.track_frames = [
+            Frame(idx=k, time=0.0, path=self.store.put(make_view(rgb, view)), width=width, height=height, view=view)
+            for k, view in enumerate(IMAGE_VIEWS[: self.track_window], start=1)
+        ]
         return work
 
 
@@ -264,8 +286,9 @@ def check_span(sample: SourceSample, info: VideoInfo) -> None:
     start, end = sample.span
     slack = 1.0 / info.fps + 1e-6
     if start < 0 or start >= end or end > info.duration + slack:
-        raise SampleError(RejectCode.SPAN_OUTSIDE_VIDEO,
-                          f"span [{start}, {end}] does not fit the video [0, {info.duration}]")
+        raise SampleError(
+            RejectCode.SPAN_OUTSIDE_VIDEO, f"span [{start}, {end}] does not fit the video [0, {info.duration}]"
+        )
 
 
 def apply_filters(sample: SourceSample, info: VideoInfo, filters: FilterConfig | None) -> None:
@@ -278,11 +301,11 @@ def apply_filters(sample: SourceSample, info: VideoInfo, filters: FilterConfig |
         return
     duration = info.duration
     if filters.min_video_s is not None and duration < filters.min_video_s:
-        raise SampleError(RejectCode.FILTERED_DURATION,
-                          f"video is {duration:.1f}s, shorter than {filters.min_video_s}s")
+        raise SampleError(
+            RejectCode.FILTERED_DURATION, f"video is {duration:.1f}s, shorter than {filters.min_video_s}s"
+        )
     if filters.max_video_s is not None and duration > filters.max_video_s:
-        raise SampleError(RejectCode.FILTERED_DURATION,
-                          f"video is {duration:.1f}s, longer than {filters.max_video_s}s")
+        raise SampleError(RejectCode.FILTERED_DURATION, f"video is {duration:.1f}s, longer than {filters.max_video_s}s")
     if sample.span is None:
         return
     fraction = (min(sample.span[1], duration) - sample.span[0]) / duration
