@@ -214,7 +214,7 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp())
 config, out, mode, profile = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 if mode == "flow":
-    from flows.build import run_build as build
+    from stgr_builder.flows.build import run_build as build
 else:
     from stgr_builder.pipeline import build
 profiler = cProfile.Profile() if profile else None

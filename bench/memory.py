@@ -33,7 +33,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("YOLO_OFFLINE", "1")
 if sys.argv[3] == "flow":
-    from flows.build import run_build as build
+    from stgr_builder.flows.build import run_build as build
 else:
     from stgr_builder.pipeline import build
 manifest = build(Path(sys.argv[1]), Path(sys.argv[2]))

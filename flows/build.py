@@ -12,7 +12,7 @@ The flow makes one ``Resources`` (loaded models with their locks, bounded memos,
 budget) and hands it to every shard task: threads share it; each Dask worker process gets its
 own for the build (``core/resources.py``).
 
-    python -m flows.build CONFIG.yaml outputs/run1
+    python -m stgr_builder.flows.build CONFIG.yaml outputs/run1
 """
 
 from __future__ import annotations
@@ -70,8 +70,8 @@ def task_runner(sharding: ShardingConfig):
         return ThreadPoolTaskRunner(max_workers=sharding.workers)
     try:
         from prefect_dask import DaskTaskRunner
-    except ImportError as exc:  # pragma: no cover - prefect-dask is a dependency
-        raise StgrError("sharding.runner: dask needs prefect-dask (pip install prefect-dask)") from exc
+    except ImportError as exc:
+        raise StgrError("sharding.runner: dask needs the dask extra: pip install 'stgr-builder[dask]'") from exc
     if sharding.dask_address:
         return DaskTaskRunner(address=sharding.dask_address)
     # One thread per worker process: a shard task already uses the cores it gets (decoding,

@@ -250,7 +250,7 @@ def reannotate(
 ) -> None:
     """Re-annotate the rows or rejected samples a SQL predicate selects; write a new version beside the old one."""
     _quiet_orchestrator()
-    from flows.build import run_reannotate
+    from stgr_builder.flows.build import run_reannotate
 
     target, manifest = run_reannotate(root, where=where, prompt=prompt, model=model, out=out)
     console.print(
@@ -372,9 +372,10 @@ def serve_llm(
 @app.command(hidden=True)
 def schemas(write: Annotated[bool, typer.Option(help="rewrite schemas/ from the models")] = False) -> None:
     """Check (or rewrite) the JSON Schemas under schemas/."""
+    from stgr_builder.core.data import data_folder
     from stgr_builder.models import json_schemas
 
-    folder = Path(__file__).resolve().parents[1] / "schemas"
+    folder = data_folder("stgr_builder.schemas")
     stale = []
     for name, text in json_schemas().items():
         path = folder / f"{name}.json"
@@ -389,7 +390,7 @@ def schemas(write: Annotated[bool, typer.Option(help="rewrite schemas/ from the 
 
 def _run_build(config: Path, out: Path, overwrite: bool = False, wait: bool = True) -> None:
     _quiet_orchestrator()
-    from flows.build import run_build
+    from stgr_builder.flows.build import run_build
 
     stop = threading.Event()
     watcher = threading.Thread(target=_watch_progress, args=(out, stop), daemon=True)

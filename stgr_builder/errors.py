@@ -20,15 +20,18 @@ class SampleError(Exception):
         self.message = message
 
 
-def require(module: str, extra: str):
-    """Import an optional dependency, or fail with the pip command that installs it.
+def require(module: str, extra: str | None = None):
+    """Import a dependency, or fail with the pip command that installs it: the extra of
+    pyproject.toml that holds it, or none for a core dependency (tests/test_wheel.py checks that
+    every extra named here exists).
 
-    >>> require("ultralytics", extra="ultralytics")  # doctest: +SKIP
-    <module 'ultralytics' ...>
+    >>> require("transformers", extra="groundingdino")  # doctest: +SKIP
+    <module 'transformers' ...>
     """
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise StgrError(f"{module} is not installed: pip install 'stgr-builder[{extra}]' ({exc})") from exc
+        target = f"'stgr-builder[{extra}]'" if extra else "stgr-builder"
+        raise StgrError(f"{module} is not installed: pip install {target} ({exc})") from exc

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from small_demo import small_source, write_config
 
-from flows.build import run_build, task_runner
+from stgr_builder.flows.build import run_build, task_runner
 from stgr_builder.models import ShardingConfig
 
 pytestmark = pytest.mark.slow

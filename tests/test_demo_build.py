@@ -11,10 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-from flows.build import run_build
 from stgr_builder.audit import connect
 from stgr_builder.core.arrow import table_to_rows
 from stgr_builder.core.geometry import box_iou
+from stgr_builder.flows.build import run_build
 from stgr_builder.models import CotRow, RlRow, Task
 from stgr_builder.pipeline import build, context
 from stgr_builder.sources import ingest

@@ -189,7 +189,7 @@ def test_changed_media_are_built_again_and_moved_media_are_not(tmp_path_factory,
 
 
 def test_one_budget_across_the_dask_workers_of_a_run(tmp_path_factory, tmp_path, monkeypatch, api_key):
-    from flows.build import run_build
+    from stgr_builder.flows.build import run_build
 
     monkeypatch.setenv("DASK_LOGGING__DISTRIBUTED", "warning")
     source = small_source(tmp_path_factory)

@@ -13,6 +13,7 @@ catch them.
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -22,12 +23,16 @@ STAGES = ("sources", "video", "detect", "annotate", "verify", "shards", "audit")
 CORE_MODULES = ("models", "errors")
 
 
-def module_names(root: Path, packages: tuple[str, ...]) -> dict[str, Path]:
-    """Dotted module name -> file, for every .py file of the given top-level packages."""
+def module_names(root: Path, packages: tuple[str, ...], mapped: dict[str, str] | None = None) -> dict[str, Path]:
+    """Dotted module name -> file, for every .py file of the given top-level packages and of the
+    packages ``mapped`` from another folder of ``root`` (pyproject's package-dir: the repository's
+    flows/ is installed as ``stgr_builder.flows``)."""
+    folders = {package: root / package for package in packages}
+    folders.update({package: root / folder for package, folder in (mapped or {}).items()})
     found = {}
-    for package in packages:
-        for path in sorted((root / package).rglob("*.py")):
-            parts = list(path.relative_to(root).with_suffix("").parts)
+    for package, folder in folders.items():
+        for path in sorted(folder.rglob("*.py")):
+            parts = package.split(".") + list(path.relative_to(folder).with_suffix("").parts)
             if parts[-1] == "__init__":
                 parts = parts[:-1]
             found[".".join(parts)] = path
@@ -94,8 +99,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def violations(root: Path, project: str, extra: tuple[str, ...] = ()) -> list[str]:
-    modules = module_names(root, (project, *extra))
+def violations(root: Path, project: str, mapped: dict[str, str] | None = None) -> list[str]:
+    modules = module_names(root, (project,), mapped)
     problems = []
     module_graph: dict[str, set[str]] = {m: set() for m in modules}
     unit_graph: dict[str, set[str]] = {}
@@ -122,8 +127,30 @@ def violations(root: Path, project: str, extra: tuple[str, ...] = ()) -> list[st
     return problems
 
 
+def package_dirs() -> dict[str, str]:
+    """The packages a wheel installs from other folders than their dotted name (pyproject.toml)."""
+    with open(ROOT / "pyproject.toml", "rb") as file:
+        return tomllib.load(file)["tool"]["setuptools"]["package-dir"]
+
+
 def test_the_project_keeps_its_layers():
-    assert violations(ROOT, "stgr_builder", extra=("flows",)) == []
+    mapped = package_dirs()
+    assert "stgr_builder.flows.build" in module_names(ROOT, ("stgr_builder",), mapped)  # the flows are read too
+    assert violations(ROOT, "stgr_builder", mapped) == []
+
+
+def test_a_mapped_package_is_checked_under_its_installed_name(tmp_path):
+    """flows/ at the top is installed as ``p.flows``: a stage importing it is caught only when the
+    checker reads the folder under that name."""
+    files = {
+        "p/__init__.py": "",
+        "p/video/__init__.py": "from p.flows import build\n",
+        "flows/__init__.py": "",
+        "flows/build.py": "def run():\n    pass\n",
+    }
+    _write(tmp_path, files)
+    assert violations(tmp_path, "p") == []
+    assert violations(tmp_path, "p", {"p.flows": "flows"}) == ["stage video: p.video imports p.flows.build (compose)"]
 
 
 def _write(root: Path, files: dict[str, str]) -> None:

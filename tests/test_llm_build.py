@@ -93,7 +93,7 @@ def shard_digests(out: Path) -> dict[str, str]:
 
 
 def test_demo_build_through_the_flow_passes_every_rule_and_leaks_no_key(source, llm_env, tmp_path, caplog):
-    from flows.build import run_build
+    from stgr_builder.flows.build import run_build
 
     config = write_config(source, "flow", concurrency=4)
     out = tmp_path / "out"

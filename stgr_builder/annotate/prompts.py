@@ -1,4 +1,5 @@
-"""Versioned prompts: ``prompts/<name>.yaml`` files, each identified by its content hash.
+"""Versioned prompts: ``prompts/<name>.yaml`` files (shipped in the package as
+``stgr_builder.prompts``) or any ``.yaml`` file by path, each identified by its content hash.
 
 The loader is generic: it reads any prompt file (the offline annotator's sentence templates,
 an LLM annotator's instructions) and leaves the meaning of its content to the annotator that
@@ -19,10 +20,12 @@ from typing import Any
 
 import yaml
 
+from stgr_builder.core.data import data_folder
 from stgr_builder.errors import StgrError
 from stgr_builder.models import PromptRef, check_prompt
 
-PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
+#: The shipped prompts: the repository's prompts/ folder, installed as ``stgr_builder.prompts``.
+PROMPTS_DIR = data_folder("stgr_builder.prompts")
 
 
 @dataclass(frozen=True)

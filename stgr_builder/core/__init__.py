@@ -15,6 +15,8 @@ holds the rest of what more than one stage needs:
 - ``layout``    where things live in a dataset folder (manifest, progress, plan) and reading them
 - ``arrow``     the fixed Arrow schema of each dataset, derived from the row models
 - ``encode``    an H.264 writer (the demo source, tests and benches make videos with it)
+- ``data``      the package's data folders (prompts, schemas, recipes, weights), via importlib.resources
+- ``codehash``  the digest of the code a stage runs: part of the keys of its stored results
 
 Rule: ``core`` imports only ``models``, ``errors`` and itself; stage packages import ``core``
 and never each other (``tests/test_layers.py`` enforces it).

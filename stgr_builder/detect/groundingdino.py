@@ -35,7 +35,7 @@ from typing import Any
 from stgr_builder.core.hashing import digest
 from stgr_builder.core.resources import Resources
 from stgr_builder.detect.base import pick_device, weights_hash
-from stgr_builder.errors import StgrError
+from stgr_builder.errors import StgrError, require
 from stgr_builder.models import Detection, DetectorConfig
 
 _MEAN = (0.485, 0.456, 0.406)
@@ -142,6 +142,8 @@ def _folder_hash(folder: Path) -> str:
 
 def _load_idea(weights: Path, model_config: Path, text_encoder: Path | None, device: str):
     import torch
+
+    require("groundingdino", extra="groundingdino")
     from groundingdino.models import build_model
     from groundingdino.util.misc import clean_state_dict
     from groundingdino.util.slconfig import SLConfig
@@ -171,6 +173,7 @@ def _load_idea(weights: Path, model_config: Path, text_encoder: Path | None, dev
 
 
 def _load_hf(folder: Path, device: str):
+    require("transformers", extra="groundingdino")
     from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
     try:

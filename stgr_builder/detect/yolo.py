@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from stgr_builder.core.data import data_folder
 from stgr_builder.core.resources import Resources
 from stgr_builder.detect.base import pick_device, weights_hash
 from stgr_builder.errors import StgrError, require
 from stgr_builder.models import Detection, DetectorConfig
 
-BUILTIN_WEIGHTS = Path(__file__).parent / "weights"
+BUILTIN_WEIGHTS = data_folder("stgr_builder.detect") / "weights"
 
 # Ultralytics looks up hosts at import time and would wait on DNS with no network.
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -40,7 +41,7 @@ def resolve_weights(weights: str, config_dir: Path) -> Path:
 
 
 def _load_model(weights: Path, device: str):
-    ultralytics = require("ultralytics", extra="ultralytics")
+    ultralytics = require("ultralytics")
     model = ultralytics.YOLO(str(weights))
     model.to(device)
     return model

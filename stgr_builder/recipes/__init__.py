@@ -24,10 +24,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from stgr_builder.core.data import data_folder
 from stgr_builder.errors import StgrError
 from stgr_builder.models import BuildConfig
 
-RECIPES_DIR = Path(__file__).parent
+RECIPES_DIR = data_folder("stgr_builder.recipes")
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
