@@ -23,6 +23,7 @@ from typing import Protocol, runtime_checkable
 
 from stgr_builder import __version__
 from stgr_builder.annotate import AnnotateStep, BatchPending, make_annotator
+from stgr_builder.core.codehash import code_digest
 from stgr_builder.core.hashing import digest, sha256_bytes
 from stgr_builder.core.resources import BudgetReached, Resources
 from stgr_builder.core.steps import Step, run_steps
@@ -212,10 +213,13 @@ def execute_shard(
 
 def shard_inputs(shard: ShardPlan, resources: Resources | None = None) -> str:
     """Digest of what the shard is made from: each sample's record (less its location) and its
-    media's content fingerprint, and the ingest rejects dealt into it."""
+    media's content fingerprint, the ingest rejects dealt into it, and the code that makes its
+    rows (this module and all it imports: every stage, verify and the shard writer included),
+    so a finished shard is written again after a code change; its stages are reused or re-run
+    by their own keys (``stages.py``)."""
     samples = sorted((sample_inputs(sample, resources) for sample in shard.samples), key=lambda s: s[0]["id"])
     rejects = sorted((r.model_dump(mode="json") for r in shard.rejects), key=lambda r: (r["id"], r["code"]))
-    return digest([samples, rejects])
+    return digest([samples, rejects, code_digest(__name__)])
 
 
 def _rows(shard: ShardPlan, items: list, carried: Carried | None) -> tuple[list, list, list]:

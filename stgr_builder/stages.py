@@ -4,7 +4,10 @@ Each stage's result for a sample is one small JSON file, addressed by a key that
 decides the result: the sample (its record, less where it was read from, and its media file's
 content fingerprint: ``core.hashing.media_fingerprint``, so a replaced file gets new keys and an
 unchanged one copied elsewhere keeps them), the stage's
-configuration, the key of the stage before it, and the code version. A resumed shard task
+configuration, the key of the stage before it, and the digest of the code that makes the
+result (``core.codehash``: the stage package's modules and all they import, less comments and
+docstrings), so a changed stage runs again, with the stages after it, and an unchanged one
+earlier in the chain is reused. A resumed shard task
 loads what is stored and runs only the samples that are missing; re-annotation finds the
 frames and detections of its samples here and runs annotate alone.
 
@@ -28,7 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from stgr_builder import __version__
+from stgr_builder.core.codehash import code_digest
 from stgr_builder.core.files import atomic_write_bytes
 from stgr_builder.core.hashing import digest, media_fingerprint
 from stgr_builder.core.resources import Resources
@@ -119,7 +122,8 @@ class StoredStep(Step):
     step in its own batches, and each result is stored as it comes out. The step's stats
     count both, and ``stats.resumed`` says how many came from the store.
 
-    ``fingerprint`` is everything of the configuration that decides this stage's result.
+    ``fingerprint`` is everything of the configuration that decides this stage's result;
+    ``code`` the digest of the code that makes it (default: the step's stage package's).
     """
 
     def __init__(
@@ -128,6 +132,7 @@ class StoredStep(Step):
         store: StageStore,
         fingerprint: Any,
         *,
+        code: str | None = None,
         root: Path | None = None,
         resources: Resources | None = None,
     ):
@@ -136,7 +141,8 @@ class StoredStep(Step):
         self.stats = step.stats  # one set of counters: the wrapped step's
         self.step = step
         self.store = store
-        self.fingerprint = digest([self.stage.value, fingerprint, __version__])
+        code = code if code is not None else code_digest(step_package(step))
+        self.fingerprint = digest([self.stage.value, fingerprint, code])
         self.root = root
         self.resources = resources
         self._loaded_llm: LlmUsage | None = None
@@ -246,18 +252,34 @@ def stored_steps(
     root: Path | None = None,
     resources: Resources | None = None,
 ) -> list[Step]:
-    """Wrap the steps whose stage has a fingerprint; chain their keys in order.
+    """Wrap the steps whose stage has a fingerprint; chain their keys in order. A stored step's
+    key holds the code of the steps that ran since the stored step before it, its own included
+    (the track gate's code decides what the annotator is given).
 
     >>> wrapped = stored_steps(steps, StageStore(out), {Stage.PROBE: {...}})  # doctest: +SKIP
     """
     wrapped: list[Step] = []
     previous: StoredStep | None = None
+    packages: set[str] = set()  # of the steps since the last stored one
     for step in steps:
+        packages.add(step_package(step))
         if step.stage in fingerprints and step.stage in STAGE_FIELDS:
-            stored = StoredStep(step, store, fingerprints[step.stage], root=root, resources=resources)
+            code = code_digest(*sorted(packages))
+            packages = set()
+            stored = StoredStep(step, store, fingerprints[step.stage], code=code, root=root, resources=resources)
             stored.upstream = previous
             previous = stored
             wrapped.append(stored)
         else:
             wrapped.append(step)
     return wrapped
+
+
+def step_package(step: Step) -> str:
+    """The package a step's code lives in: ``stgr_builder.detect`` for ``DetectStep``.
+
+    >>> from stgr_builder.verify.steps import VerifyStep
+    >>> step_package(VerifyStep.__new__(VerifyStep))
+    'stgr_builder.verify'
+    """
+    return ".".join(type(step).__module__.split(".")[:2])
