@@ -21,7 +21,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from stgr_builder.core.hashing import digest
+from stgr_builder.core.hashing import digest, sha256_bytes
 
 PROJECT = "stgr_builder"
 
@@ -31,7 +31,7 @@ def code_digest(*names: str) -> str:
     """Digest of the normalized source of the named packages (all their modules) or modules
     and of every project module they import, transitively. Computed once per process."""
     sources = code_modules(*names)
-    return digest(sorted((name, module_digest(path.read_text(encoding="utf-8"))) for name, path in sources.items()))
+    return digest(sorted((name, _module_facts(name, path)[0]) for name, path in sources.items()))
 
 
 def module_digest(source: str) -> str:
@@ -42,7 +42,21 @@ def module_digest(source: str) -> str:
     >>> module_digest("x = 1") == module_digest("x = 2")
     False
     """
-    return digest(_canonical(_without_docstrings(ast.parse(source))))
+    return _tree_digest(ast.parse(source))
+
+
+@functools.cache
+def _module_facts(name: str, path: Path) -> tuple[str, tuple[str, ...]]:
+    """(digest, project modules imported) of one module file: read and parsed once per process."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    imports = tuple(_project_imports(name, path, tree))  # before the docstrings go: the tree is edited
+    return _tree_digest(tree), imports
+
+
+def _tree_digest(tree: ast.Module) -> str:
+    text: list[str] = []
+    _canonical(_without_docstrings(tree), text)
+    return sha256_bytes("".join(text).encode("utf-8"))
 
 
 class _WithoutDocstrings(ast.NodeTransformer):
@@ -57,15 +71,25 @@ def _without_docstrings(tree: ast.Module) -> ast.AST:
     return _WithoutDocstrings().visit(tree)
 
 
-def _canonical(node: Any) -> Any:
-    """A syntax tree as plain lists: node type and its set fields. Fields a newer Python adds
+def _canonical(node: Any, out: list[str]) -> None:
+    """Writes a syntax tree as text: each node's type and set fields. Fields a newer Python adds
     with an empty default (``type_params=[]``) are left out, so their spelling does not count."""
     if isinstance(node, ast.AST):
-        fields = {name: _canonical(value) for name, value in ast.iter_fields(node) if value is not None and value != []}
-        return [type(node).__name__, fields]
-    if isinstance(node, list):
-        return [_canonical(item) for item in node]
-    return repr(node)  # a constant: repr tells 1 from 1.0, "1" and True
+        out.append(type(node).__name__ + "(")
+        for name, value in ast.iter_fields(node):
+            if value is not None and value != []:
+                out.append(name + "=")
+                _canonical(value, out)
+                out.append(",")
+        out.append(")")
+    elif isinstance(node, list):
+        out.append("[")
+        for item in node:
+            _canonical(item, out)
+            out.append(",")
+        out.append("]")
+    else:
+        out.append(repr(node))  # a name or a constant: repr quotes strings, tells 1 from 1.0 and True
 
 
 def code_modules(*names: str) -> dict[str, Path]:
@@ -84,7 +108,7 @@ def code_modules(*names: str) -> dict[str, Path]:
         if path is None:
             continue
         found[name] = path
-        todo += _project_imports(name, path)
+        todo += _module_facts(name, path)[1]
     return found
 
 
@@ -124,13 +148,13 @@ def _project_path() -> list[Path]:
     return [Path(folder) for folder in (spec.submodule_search_locations or [])] if spec is not None else []
 
 
-def _project_imports(name: str, path: Path) -> list[str]:
+def _project_imports(name: str, path: Path, tree: ast.Module) -> list[str]:
     """Project modules a module imports, anywhere in it, with the packages above them (importing
     ``a.b.c`` runs ``a`` and ``a.b`` first). A ``from m import x`` lists ``m.x`` and ``m``:
     whichever is not a module is dropped by ``_source_of``."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     targets: list[str] = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             targets += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
