@@ -18,12 +18,14 @@ from __future__ import annotations
 import ast
 import functools
 import importlib.util
+import threading
 from pathlib import Path
 from typing import Any
 
 from stgr_builder.core.hashing import digest, sha256_bytes
 
 PROJECT = "stgr_builder"
+_PARSE_LOCK = threading.Lock()  # guards ast.parse only; holds no state
 
 
 @functools.cache
@@ -42,15 +44,27 @@ def module_digest(source: str) -> str:
     >>> module_digest("x = 1") == module_digest("x = 2")
     False
     """
-    return _tree_digest(ast.parse(source))
+    return _tree_digest(_parse(source))
 
 
 @functools.cache
 def _module_facts(name: str, path: Path) -> tuple[str, tuple[str, ...]]:
     """(digest, project modules imported) of one module file: read and parsed once per process."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    tree = _parse(path.read_text(encoding="utf-8"))
     imports = tuple(_project_imports(name, path, tree))  # before the docstrings go: the tree is edited
     return _tree_digest(tree), imports
+
+
+def _parse(source: str) -> ast.Module:
+    # One parse at a time: Python 3.11's parser keeps its recursion depth in state shared by
+    # threads, and two parses at once can fail with "SystemError: AST constructor recursion depth
+    # mismatch" (CPython gh-106905); shard tasks on threads build their steps at the same time
+    # (seen in tests/test_dask.py). A parse by another library's thread can still collide: once more.
+    with _PARSE_LOCK:
+        try:
+            return ast.parse(source)
+        except SystemError:
+            return ast.parse(source)
 
 
 def _tree_digest(tree: ast.Module) -> str:
