@@ -21,7 +21,7 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -168,7 +168,7 @@ def plan_cmd(
         if v is not None
     }
     updates = {"estimate": resolved.estimate.model_copy(update=est)}
-    annotator = {"concurrency": concurrency} if concurrency is not None else {}
+    annotator: dict[str, Any] = {"concurrency": concurrency} if concurrency is not None else {}
     if batch_discount is not None:
         annotator["mode"] = "batch"
     if annotator:
@@ -253,6 +253,7 @@ def reannotate(
     from flows.build import run_reannotate
 
     target, manifest = run_reannotate(root, where=where, prompt=prompt, model=model, out=out)
+    assert manifest.reannotation is not None  # a re-annotation's manifest records it
     console.print(
         f"[bold green]re-annotated[/] {manifest.reannotation.selected} rows of {escape(str(root))} "
         f"into {escape(str(target))} (build {escape(manifest.build_id)})"
@@ -609,7 +610,7 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int) -> NoReturn:
     err_console.print(f"error: {_one_line(message)}", markup=False, highlight=False, soft_wrap=True)
     if _debug:
         import traceback
@@ -641,8 +642,8 @@ def main() -> None:
     except MemoryError:
         _fail("out of memory: lower sharding.workers, detector.batch or detector.imgsz", 2)
     except OSError as exc:
-        fix = _OS_FIXES.get(exc.errno)
-        if fix is None:
+        fix = _OS_FIXES.get(exc.errno) if exc.errno is not None else None
+        if fix is None or exc.errno is None:
             _fail(f"{type(exc).__name__}: {exc}", 1)
         where = f" ({exc.filename})" if exc.filename else ""
         _fail(f"{os.strerror(exc.errno)}{where}: {fix}", 2)
