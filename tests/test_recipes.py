@@ -8,7 +8,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from recipe_data import make_data_root
 from typer.testing import CliRunner
 
 from stgr_builder.audit import connect, summary
@@ -18,6 +17,8 @@ from stgr_builder.models import AnnotatorConfig, DetectorConfig, Plan, Task
 from stgr_builder.pipeline import build
 from stgr_builder.planning import make_plan
 from stgr_builder.recipes import available_recipes, resolve_config, write_config
+
+from helpers.recipe_data import make_data_root
 
 RELEASED = {
     "stgr-cot-30k": (
