@@ -32,7 +32,21 @@ from rich.text import Text
 
 from stgr_builder.errors import StgrError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
+#: What ``stgr --help`` tells a user (the module docstring above is for the code's readers).
+USER_HELP = """Build grounded chain-of-thought datasets (STGR-CoT, STGR-RL) for video reasoning models.
+
+From video and image QA annotations you already have, stgr samples frames, detects the objects
+the questions name, has an annotator (a template, or an LLM) write reasoning tied to key frames,
+times and boxes, checks every row, and writes Parquet shards with a manifest. A sample that fails
+a check becomes a row of rejects/ with a code saying why.
+
+Start here: `stgr demo` builds a small dataset from generated clips and prints its audit. Then
+`stgr build CONFIG.yaml`, `stgr audit DIR` and `stgr reannotate DIR --where SQL --prompt NAME`.
+
+Exit status 0 on success; otherwise one line says why (2: something you can fix). Add --debug
+anywhere for the traceback."""
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=USER_HELP)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -48,6 +62,7 @@ def _quiet_orchestrator() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if _debug:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+        os.environ.setdefault("YOLO_VERBOSE", "True")
     else:
         os.environ["PREFECT_LOGGING_LEVEL"] = "CRITICAL"
     os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -132,7 +147,7 @@ def build(
         path = Path(config)
         out = out or Path("outputs") / load_config(path.resolve()).name
     _run_build(path, out, overwrite=overwrite, wait=not no_wait)
-    _print_audit(out)
+    _print_audit(out, brief=True)
 
 
 @app.command("plan")
@@ -200,7 +215,7 @@ def demo(
         return
     config = write_demo_config(out / "_source" / "CONFIG.yaml")
     _run_build(config, out, overwrite=overwrite)
-    _print_audit(out)
+    _print_audit(out, brief=True)
 
 
 @app.command()
@@ -215,6 +230,9 @@ def audit(
     n: Annotated[int, typer.Option(min=1, max=10_000, help="rows in the gallery")] = 24,
     where: Annotated[str | None, typer.Option(help="gallery: only rows this SQL predicate selects")] = None,
     embed: Annotated[bool, typer.Option(help="gallery: embed the images in the page")] = False,
+    brief: Annotated[
+        bool, typer.Option(help="only what was built, rejects, cost and checks (what `stgr demo` shows)")
+    ] = False,
 ) -> None:
     """The canned audit summary (and the comparison with the parent version), any read-only
     query over the shards, or an HTML gallery of sampled rows."""
@@ -230,7 +248,7 @@ def audit(
         table = query(root, sql)
         _print_table("query", table.columns, table.rows)
         return
-    _print_audit(root)
+    _print_audit(root, brief=brief)
     _print_comparison(root, compare)
 
 
@@ -535,12 +553,27 @@ def _print_plan(plan) -> None:
     )
 
 
-def _print_audit(root: Path) -> None:
+#: The tables of the brief audit (``stgr demo``, ``stgr audit --brief``): what was built, what
+#: was lost and why, what it cost, whether it holds together. The rest waits for ``stgr audit``.
+_BRIEF_TABLES = ("Rows by task and source", "Rejects by stage and code", "Evidence against truth", "LLM cost", "Checks")
+
+
+def _print_audit(root: Path, *, brief: bool = False) -> None:
+    """The audit's tables, leaving out those with no rows (nothing to say); ``brief``: only
+    ``_BRIEF_TABLES``, the checks in one line when they all pass, and how to see the rest."""
     from stgr_builder.audit import summary
     from stgr_builder.audit.compare import distributions
 
-    for table in summary(root) + distributions(root):
+    tables = summary(root) if brief else summary(root) + distributions(root)
+    for table in tables:
+        if not table.rows or (brief and table.title.split(" (")[0] not in _BRIEF_TABLES):
+            continue
+        if brief and table.title == "Checks" and all(row[-1] is True for row in table.rows):
+            console.print(Text(f"Checks: all {len(table.rows)} pass (ids, boxes, key frames, counts, files)"))
+            continue
         _print_table(table.title, table.columns, table.rows)
+    if brief:
+        console.print(Text(f"Every table (provenance, key frames, traces, distributions): stgr audit {root}"))
 
 
 def _print_comparison(root: Path, old: Path | None) -> None:
