@@ -406,6 +406,27 @@ def schemas(write: Annotated[bool, typer.Option(help="rewrite schemas/ from the 
     console.print(f"schemas: {len(stale)} rewritten" if write else "schemas are current", markup=False)
 
 
+@app.command(hidden=True)
+def docs(
+    write: Annotated[bool, typer.Option(help="rewrite the generated pages under docs/reference/")] = False,
+) -> None:
+    """Check (or rewrite) the reference pages generated from the code (config keys, reject codes)."""
+    from stgr_builder.reference import reference_pages
+
+    root = Path(__file__).resolve().parents[1]
+    stale = []
+    for rel, text in reference_pages().items():
+        path = root / rel
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            stale.append(rel)
+            if write:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text, encoding="utf-8")
+    if stale and not write:
+        raise StgrError(f"stale reference pages: {', '.join(stale)} (run stgr docs --write)")
+    console.print(f"reference pages: {len(stale)} rewritten" if write else "reference pages are current", markup=False)
+
+
 def _run_build(config: Path, out: Path, overwrite: bool = False, wait: bool = True) -> None:
     _quiet_orchestrator()
     from flows.build import run_build
