@@ -825,7 +825,7 @@ class SourceConfig(_Config):
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="adapter options, validated by the adapter (unknown keys are errors); "
-        "see the README's Sources section",
+        "see docs/guide/sources.md",
     )
 
 
