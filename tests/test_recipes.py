@@ -112,6 +112,7 @@ def _rows(root: Path) -> Counter:
 
 
 @pytest.mark.parametrize("name", sorted(RELEASED))
+@pytest.mark.slow  # a build per recipe
 def test_plan_counts_equal_the_build_over_fixtures(name, data_root, tmp_path):
     result = CliRunner().invoke(
         app,
@@ -215,6 +216,7 @@ def test_plan_source_override_and_skip_missing(data_root, tmp_path):
     assert [s.source for s in plan.sources] == ["TVG_tacos"] and plan.sources[0].rows == 2
 
 
+@pytest.mark.slow  # a build with the LLM (~20 s)
 def test_estimate_beside_the_measured_llm_work(tmp_path, monkeypatch):
     """The plan's LLM estimate against a build with the openai backend (the shipped dry-run
     server): requests and images exactly, tokens within a factor of two."""
