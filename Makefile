@@ -4,7 +4,7 @@
 # For contributors:
 #   make lint       - ruff check, ruff format --check and mypy (the gate .ci/run runs before the tests)
 #   make format     - ruff's fixes and formatting, in place
-#   make test-fast  - the tests not marked slow (under a minute): the inner loop
+#   make test-fast  - the tests not marked slow (~20 s of CPU): the inner loop
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 STAMP  := $(VENV)/.installed-stamp
