@@ -4,7 +4,7 @@
     stgr build CONFIG.yaml|RECIPE [--out DIR] [--overwrite] [--data-root DIR] [--source NAME=PATH[,MEDIA]] [--scale F]
     stgr plan CONFIG.yaml|RECIPE [--data-root DIR] [--price-in P] [--price-out P] [--json FILE]
     stgr reannotate DIR --where SQL --prompt NAME [--model M] [--out DIR2]
-    stgr audit DIR [--sql QUERY] [--compare OLD_DIR] [--gallery OUT.html]
+    stgr audit DIR [--brief] [--sql QUERY] [--compare OLD_DIR] [--gallery OUT.html]
     stgr verify DIR [--fast]
     stgr export open-o3 DIR --to DIR2
     stgr serve-llm [--port P] [--latency-ms N] [--fault-rate F] [--rpm N] [--tpm N]
