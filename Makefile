@@ -1,11 +1,15 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - create .venv when missing, install, build the embedded demo set, print the audit
 #   make test   - create .venv when missing, install, run the tests
+# For contributors:
+#   make lint       - ruff check, ruff format --check and mypy (the gate .ci/run runs before the tests)
+#   make format     - ruff's fixes and formatting, in place
+#   make test-fast  - the tests not marked slow (~20 s of CPU): the inner loop
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench chromium clean
+.PHONY: demo test test-fast lint format bench chromium clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +22,21 @@ demo: $(STAMP)
 
 test: $(STAMP) chromium
 	$(VENV)/bin/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m "not slow"
+
+# Every check runs, and the target fails if any failed (all problems in one go).
+lint: $(STAMP)
+	@status=0; \
+	$(VENV)/bin/ruff check . || status=1; \
+	$(VENV)/bin/ruff format --check . || status=1; \
+	$(VENV)/bin/mypy || status=1; \
+	exit $$status
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 # The gallery test renders the page in headless Chromium (Debian's package): installed here when
 # missing and running as root; otherwise that one test is skipped.

@@ -17,18 +17,15 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import chaos  # noqa: E402
-from small_demo import write_config  # noqa: E402
 
 from stgr_builder.annotate.cache import ResponseCache  # noqa: E402
 from stgr_builder.annotate.server import serve_llm  # noqa: E402
 from stgr_builder.pipeline import build  # noqa: E402
 from stgr_builder.sources.demo import generate_demo  # noqa: E402
+from stgr_builder.testing import chaos  # noqa: E402
+from stgr_builder.testing.demo import write_config  # noqa: E402
 
 
 def main() -> int:

@@ -4,7 +4,7 @@
     stgr build CONFIG.yaml|RECIPE [--out DIR] [--overwrite] [--data-root DIR] [--source NAME=PATH[,MEDIA]] [--scale F]
     stgr plan CONFIG.yaml|RECIPE [--data-root DIR] [--price-in P] [--price-out P] [--json FILE]
     stgr reannotate DIR --where SQL --prompt NAME [--model M] [--out DIR2]
-    stgr audit DIR [--sql QUERY] [--compare OLD_DIR] [--gallery OUT.html]
+    stgr audit DIR [--brief] [--sql QUERY] [--compare OLD_DIR] [--gallery OUT.html]
     stgr verify DIR [--fast]
     stgr export open-o3 DIR --to DIR2
     stgr serve-llm [--port P] [--latency-ms N] [--fault-rate F] [--rpm N] [--tpm N]
@@ -21,7 +21,7 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -32,7 +32,21 @@ from rich.text import Text
 
 from stgr_builder.errors import StgrError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
+#: What ``stgr --help`` tells a user (the module docstring above is for the code's readers).
+USER_HELP = """Build grounded chain-of-thought datasets (STGR-CoT, STGR-RL) for video reasoning models.
+
+From video and image QA annotations you already have, stgr samples frames, detects the objects
+the questions name, has an annotator (a template, or an LLM) write reasoning tied to key frames,
+times and boxes, checks every row, and writes Parquet shards with a manifest. A sample that fails
+a check becomes a row of rejects/ with a code saying why.
+
+Start here: `stgr demo` builds a small dataset from generated clips and prints its audit. Then
+`stgr build CONFIG.yaml`, `stgr audit DIR` and `stgr reannotate DIR --where SQL --prompt NAME`.
+
+Exit status 0 on success; otherwise one line says why (2: something you can fix). Add --debug
+anywhere for the traceback."""
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=USER_HELP)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -48,6 +62,7 @@ def _quiet_orchestrator() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if _debug:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+        os.environ.setdefault("YOLO_VERBOSE", "True")
     else:
         os.environ["PREFECT_LOGGING_LEVEL"] = "CRITICAL"
     os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -132,7 +147,7 @@ def build(
         path = Path(config)
         out = out or Path("outputs") / load_config(path.resolve()).name
     _run_build(path, out, overwrite=overwrite, wait=not no_wait)
-    _print_audit(out)
+    _print_audit(out, brief=True)
 
 
 @app.command("plan")
@@ -168,7 +183,7 @@ def plan_cmd(
         if v is not None
     }
     updates = {"estimate": resolved.estimate.model_copy(update=est)}
-    annotator = {"concurrency": concurrency} if concurrency is not None else {}
+    annotator: dict[str, Any] = {"concurrency": concurrency} if concurrency is not None else {}
     if batch_discount is not None:
         annotator["mode"] = "batch"
     if annotator:
@@ -200,7 +215,7 @@ def demo(
         return
     config = write_demo_config(out / "_source" / "CONFIG.yaml")
     _run_build(config, out, overwrite=overwrite)
-    _print_audit(out)
+    _print_audit(out, brief=True)
 
 
 @app.command()
@@ -215,6 +230,9 @@ def audit(
     n: Annotated[int, typer.Option(min=1, max=10_000, help="rows in the gallery")] = 24,
     where: Annotated[str | None, typer.Option(help="gallery: only rows this SQL predicate selects")] = None,
     embed: Annotated[bool, typer.Option(help="gallery: embed the images in the page")] = False,
+    brief: Annotated[
+        bool, typer.Option(help="only what was built, rejects, cost and checks (what `stgr demo` shows)")
+    ] = False,
 ) -> None:
     """The canned audit summary (and the comparison with the parent version), any read-only
     query over the shards, or an HTML gallery of sampled rows."""
@@ -230,7 +248,7 @@ def audit(
         table = query(root, sql)
         _print_table("query", table.columns, table.rows)
         return
-    _print_audit(root)
+    _print_audit(root, brief=brief)
     _print_comparison(root, compare)
 
 
@@ -253,6 +271,7 @@ def reannotate(
     from stgr_builder.flows.build import run_reannotate
 
     target, manifest = run_reannotate(root, where=where, prompt=prompt, model=model, out=out)
+    assert manifest.reannotation is not None  # a re-annotation's manifest records it
     console.print(
         f"[bold green]re-annotated[/] {manifest.reannotation.selected} rows of {escape(str(root))} "
         f"into {escape(str(target))} (build {escape(manifest.build_id)})"
@@ -386,6 +405,27 @@ def schemas(write: Annotated[bool, typer.Option(help="rewrite schemas/ from the 
     if stale and not write:
         raise StgrError(f"stale schemas: {', '.join(stale)} (run stgr schemas --write)")
     console.print(f"schemas: {len(stale)} rewritten" if write else "schemas are current", markup=False)
+
+
+@app.command(hidden=True)
+def docs(
+    write: Annotated[bool, typer.Option(help="rewrite the generated pages under docs/reference/")] = False,
+) -> None:
+    """Check (or rewrite) the reference pages generated from the code (config keys, reject codes)."""
+    from stgr_builder.reference import reference_pages
+
+    root = Path(__file__).resolve().parents[1]
+    stale = []
+    for rel, text in reference_pages().items():
+        path = root / rel
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            stale.append(rel)
+            if write:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text, encoding="utf-8")
+    if stale and not write:
+        raise StgrError(f"stale reference pages: {', '.join(stale)} (run stgr docs --write)")
+    console.print(f"reference pages: {len(stale)} rewritten" if write else "reference pages are current", markup=False)
 
 
 def _run_build(config: Path, out: Path, overwrite: bool = False, wait: bool = True) -> None:
@@ -535,12 +575,27 @@ def _print_plan(plan) -> None:
     )
 
 
-def _print_audit(root: Path) -> None:
+#: The tables of the brief audit (``stgr demo``, ``stgr audit --brief``): what was built, what
+#: was lost and why, what it cost, whether it holds together. The rest waits for ``stgr audit``.
+_BRIEF_TABLES = ("Rows by task and source", "Rejects by stage and code", "Evidence against truth", "LLM cost", "Checks")
+
+
+def _print_audit(root: Path, *, brief: bool = False) -> None:
+    """The audit's tables, leaving out those with no rows (nothing to say); ``brief``: only
+    ``_BRIEF_TABLES``, the checks in one line when they all pass, and how to see the rest."""
     from stgr_builder.audit import summary
     from stgr_builder.audit.compare import distributions
 
-    for table in summary(root) + distributions(root):
+    tables = summary(root) if brief else summary(root) + distributions(root)
+    for table in tables:
+        if not table.rows or (brief and table.title.split(" (")[0] not in _BRIEF_TABLES):
+            continue
+        if brief and table.title == "Checks" and all(row[-1] is True for row in table.rows):
+            console.print(Text(f"Checks: all {len(table.rows)} pass (ids, boxes, key frames, counts, files)"))
+            continue
         _print_table(table.title, table.columns, table.rows)
+    if brief:
+        console.print(Text(f"Every table (provenance, key frames, traces, distributions): stgr audit {root}"))
 
 
 def _print_comparison(root: Path, old: Path | None) -> None:
@@ -610,7 +665,7 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int) -> NoReturn:
     err_console.print(f"error: {_one_line(message)}", markup=False, highlight=False, soft_wrap=True)
     if _debug:
         import traceback
@@ -642,8 +697,8 @@ def main() -> None:
     except MemoryError:
         _fail("out of memory: lower sharding.workers, detector.batch or detector.imgsz", 2)
     except OSError as exc:
-        fix = _OS_FIXES.get(exc.errno)
-        if fix is None:
+        fix = _OS_FIXES.get(exc.errno) if exc.errno is not None else None
+        if fix is None or exc.errno is None:
             _fail(f"{type(exc).__name__}: {exc}", 1)
         where = f" ({exc.filename})" if exc.filename else ""
         _fail(f"{os.strerror(exc.errno)}{where}: {fix}", 2)

@@ -19,7 +19,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from stgr_builder import __version__
 from stgr_builder.annotate import AnnotateStep, BatchPending, make_annotator
@@ -50,7 +50,7 @@ from stgr_builder.video.steps import ProbeStep, SampleStep
 
 #: Config knobs that only pace a build (workers, concurrency, budgets, timeouts): left out of
 #: the build id and of the stage fingerprints, so changing them between runs keeps one build.
-PACING_SETTINGS = {
+PACING_SETTINGS: dict[str, Any] = {  # a pydantic ``exclude``
     "annotator": {
         "concurrency",
         "budget",
@@ -73,7 +73,7 @@ PACING_SETTINGS = {
 #: Left out of the build id as well: where the sources are read from. What they hold enters each
 #: shard's ``inputs`` digest (records and media fingerprints), so the same data in another folder
 #: or machine is the same build, and changed data rewrites exactly the shards it touches.
-BUILD_ID_EXCLUDES = {**PACING_SETTINGS, "sources": {"__all__": {"path", "media_root"}}}
+BUILD_ID_EXCLUDES: dict[str, Any] = {**PACING_SETTINGS, "sources": {"__all__": {"path", "media_root"}}}
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,8 @@ class BuildContext:
 class Job(Protocol):
     """What the flow runs: a plan, one task per shard, a finalize step."""
 
-    ctx: BuildContext
+    @property
+    def ctx(self) -> BuildContext: ...
 
     def plan(self) -> BuildPlan: ...
 

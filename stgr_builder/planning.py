@@ -61,7 +61,9 @@ class _Prober:
             work = self.step.process(work)
         except SampleError as err:
             return work.reject(Stage.PROBE, err.code, err.message)
-        return work.video if work.video is not None else work.image
+        info = work.video if work.video is not None else work.image
+        assert info is not None  # the probe step describes the video or the image
+        return info
 
 
 def draw(
@@ -183,6 +185,7 @@ def _prompt_chars(config: BuildConfig) -> tuple[int, int]:
         return 0, 0
     from stgr_builder.annotate.llm import parse_llm_prompt
 
+    assert config.annotator.prompt is not None  # AnnotatorConfig fills in the backend's default
     content = parse_llm_prompt(load_prompt(config.annotator.prompt))
     fixed = (
         len(content.system)

@@ -196,6 +196,8 @@ class ReannotateJob:
 
     def run_shard(self, shard: ShardPlan, resources: Resources) -> ShardResult:
         record = read_shard_result(self.root, shard.shard)
+        if record is None:  # removed since the plan read it
+            raise StgrError(f"{self.root}: the record of shard {shard.shard} is missing; run `stgr verify {self.root}`")
         carried = Carried(
             sample_ids=record.sample_ids,
             cot=_read_rows(self.root, "stgr_cot", shard.shard),

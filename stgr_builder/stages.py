@@ -105,7 +105,7 @@ LOCATION_FIELDS = {"media_root", "origin"}
 def sample_inputs(sample: SourceSample, resources: Resources | None = None) -> list:
     """What of a sample decides its results: the record without its location, and the content
     fingerprint of its media file (None when it cannot be read: the probe rejects it)."""
-    rel = sample.video_path or sample.image_path
+    rel = sample.video_path or sample.image_path or ""  # (a SourceSample has one of the two)
     try:
         path = Path(sample.media_root) / rel
         fingerprint = resources.media_fingerprint(path) if resources is not None else media_fingerprint(path)
@@ -220,7 +220,7 @@ class StoredStep(Step):
                 key = self.key(item)
                 entry = self.store.get(self.stage, key)
                 applied = self._apply(item, entry) if entry is not None else None
-                if applied is None:
+                if entry is None or applied is None:
                     pending[item.sample.id] = key
                     yield item
                     continue

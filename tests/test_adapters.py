@@ -5,6 +5,7 @@ them on real footage producing rows of those task types."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -13,12 +14,13 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from skvideo_media import FIXTURE_MEDIA, FIXTURE_SOURCES, FIXTURES, place
 
 from stgr_builder.core import grammar
 from stgr_builder.errors import StgrError
 from stgr_builder.models import BuildConfig, CotRow, RejectCode, SourceSample, Task
 from stgr_builder.sources import ingest
+
+from helpers.skvideo_media import FIXTURE_MEDIA, FIXTURE_SOURCES, FIXTURES, place
 
 T, MCQ, ST = Task.TEMPORAL, Task.TEMPORAL_MCQ, Task.SPATIO_TEMPORAL
 
@@ -339,6 +341,7 @@ def all_formats_build(workdir):
     return out, manifest, {s.id: s for s in samples}
 
 
+@pytest.mark.slow  # a build over every format (~40 s)
 def test_build_over_every_format_writes_rows_of_the_expected_tasks(all_formats_build):
     from stgr_builder.audit import connect
     from stgr_builder.core.arrow import table_to_rows
@@ -367,6 +370,7 @@ def test_build_over_every_format_writes_rows_of_the_expected_tasks(all_formats_b
     assert manifest.counts["stgr_cot"] == len(rows)
 
 
+@pytest.mark.slow  # the build above
 def test_gold_rows_carry_the_source_boxes_and_measure_the_detector(all_formats_build):
     from stgr_builder.audit import connect
     from stgr_builder.core.arrow import table_to_rows
@@ -390,3 +394,17 @@ def test_gold_rows_carry_the_source_boxes_and_measure_the_detector(all_formats_b
         # measured against the detector's boxes, never the trivial 1.0 of gold against itself
         iou = row.provenance.detector_agreement_iou
         assert iou is not None and 0.0 <= iou < 1.0
+
+
+@pytest.mark.parametrize("adapter", ["activitynet_captions", "tacos"])
+def test_an_annotation_list_without_video_ids_is_malformed_not_videos_named_none(workdir, adapter):
+    # Both formats key each video's record by its id (file name): a list has no id to find the video by.
+    path, _ = FIXTURE_SOURCES[adapter]
+    records = list(json.loads((workdir / "sources" / path).read_text()).values())
+    listed = workdir / "sources" / f"{adapter}-as-a-list.json"
+    listed.write_text(json.dumps(records))
+    samples, rejects, _ = _ingest(workdir, _source(adapter, path=str(listed.relative_to(workdir))))
+    assert samples == []
+    assert [r.code for r in rejects] == [RejectCode.MALFORMED_ROW] * len(records)
+    assert any("keyed by video" in r.message for r in rejects)  # the others: the fixture's deliberately bad records
+    assert sorted(r.origin.rsplit(":", 1)[1] for r in rejects) == sorted(f"[{i}]" for i in range(len(records)))

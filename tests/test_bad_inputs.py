@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from bad_corpus import add_bad_items, source_id_of
 
 from stgr_builder.audit import query
 from stgr_builder.sources.demo import DEMO_FILE, generate_demo
 from stgr_builder.sources.demo_config import demo_config
+
+from helpers.bad_corpus import add_bad_items, source_id_of
 
 pytestmark = pytest.mark.slow
 

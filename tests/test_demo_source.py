@@ -20,6 +20,8 @@ from stgr_builder.models import BuildConfig, Task  # noqa: E402
 from stgr_builder.sources import ingest  # noqa: E402
 from stgr_builder.sources.demo import DEMO_CLASSES, DemoRecord, generate_demo, load_truth, render_training_frame  # noqa: E402
 
+pytestmark = pytest.mark.slow  # generates the demo media (~15 s)
+
 SPAN = r"\[(\d+\.\d), (\d+\.\d)\]"
 
 

@@ -29,6 +29,7 @@ def _textured_image(path: Path, seed: int) -> Path:
     return path
 
 
+@pytest.mark.slow  # loads a detector
 def test_user_weights_load_from_a_path_relative_to_the_config(random_weights, tmp_path):
     # conf=0 makes an untrained model emit boxes, so the conversion path is exercised.
     config = DetectorConfig(weights=random_weights.name, conf=0.0, imgsz=160, batch=2)
@@ -53,10 +54,11 @@ def test_missing_weights_say_what_to_do(tmp_path):
         make_detector(DetectorConfig(weights="builtin:nope"), config_dir=tmp_path)
 
 
+@pytest.mark.slow  # detects a build's frames at several batch sizes
 def test_a_frames_boxes_do_not_depend_on_its_batch(tmp_path_factory):
     """The shipped demo model on real demo frames of two sizes: detected all at once, one by
     one, in reverse, and among other companions, every frame gets the same boxes."""
-    from small_demo import small_build
+    from helpers.small_demo import small_build
 
     _, out = small_build(tmp_path_factory)
     frames = sorted((out / "kfs").rglob("*.jpg"))

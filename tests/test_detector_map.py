@@ -15,6 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from stgr_builder.sources.demo import DEMO_CLASSES, generate_demo, load_truth  # noqa: E402
 from stgr_builder.train_demo import offline_ultralytics_env, write_data_yaml, write_yolo_split  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains and evaluates a detector (~20 s)
+
 WEIGHTS = Path(__file__).parents[1] / "stgr_builder" / "detect" / "weights" / "stgr-demo-yolo11n.pt"
 HELD_OUT_SEED = 1000  # training renders with seeds 0 (train) and 1 (val)
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gate_eval import Corrupting, measure_gate
-from small_demo import write_config
 
 from stgr_builder.audit import connect
 from stgr_builder.audit.evidence import judge, load_truths
@@ -27,6 +25,9 @@ from stgr_builder.pipeline import build
 from stgr_builder.sources.demo import generate_demo
 from stgr_builder.sources.demo_sprites import DEMO_CLASSES
 from stgr_builder.verify.tracks import check_box, gate
+
+from helpers.gate_eval import Corrupting, measure_gate
+from helpers.small_demo import write_config
 
 
 def _det(idx, label, box, score=0.9, gold=False):

@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from small_demo import small_source, write_config
 from typer.testing import CliRunner
 
 from stgr_builder.annotate.cache import ResponseCache
@@ -27,6 +26,8 @@ from stgr_builder.errors import StgrError
 from stgr_builder.models import PENDING_REASONS
 from stgr_builder.pipeline import build
 from stgr_builder.sources.demo import generate_demo
+
+from helpers.small_demo import small_source, write_config
 
 pytestmark = pytest.mark.slow
 

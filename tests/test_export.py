@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from small_demo import small_build
 from typer.testing import CliRunner
 
 from stgr_builder.audit import query
 from stgr_builder.cli import app
 from stgr_builder.models import Task
+
+from helpers.small_demo import small_build
 
 pytestmark = pytest.mark.slow
 

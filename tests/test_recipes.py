@@ -8,7 +8,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from recipe_data import make_data_root
 from typer.testing import CliRunner
 
 from stgr_builder.audit import connect, summary
@@ -18,6 +17,8 @@ from stgr_builder.models import AnnotatorConfig, DetectorConfig, Plan, Task
 from stgr_builder.pipeline import build
 from stgr_builder.planning import make_plan
 from stgr_builder.recipes import available_recipes, resolve_config, write_config
+
+from helpers.recipe_data import make_data_root
 
 RELEASED = {
     "stgr-cot-30k": (
@@ -111,6 +112,7 @@ def _rows(root: Path) -> Counter:
 
 
 @pytest.mark.parametrize("name", sorted(RELEASED))
+@pytest.mark.slow  # a build per recipe
 def test_plan_counts_equal_the_build_over_fixtures(name, data_root, tmp_path):
     result = CliRunner().invoke(
         app,
@@ -214,6 +216,7 @@ def test_plan_source_override_and_skip_missing(data_root, tmp_path):
     assert [s.source for s in plan.sources] == ["TVG_tacos"] and plan.sources[0].rows == 2
 
 
+@pytest.mark.slow  # a build with the LLM (~20 s)
 def test_estimate_beside_the_measured_llm_work(tmp_path, monkeypatch):
     """The plan's LLM estimate against a build with the openai backend (the shipped dry-run
     server): requests and images exactly, tokens within a factor of two."""

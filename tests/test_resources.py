@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from stgr_builder.core.cache import BoundedCache
@@ -16,6 +17,7 @@ from stgr_builder.detect import make_detector
 from stgr_builder.models import DetectorConfig
 
 
+@pytest.mark.slow  # loads detectors in threads
 def test_detectors_of_one_process_share_one_model_and_its_one_lock(tmp_path):
     resources = Resources()
     config = DetectorConfig(weights="builtin:stgr-demo-yolo11n", device="cpu")

@@ -8,9 +8,7 @@ import json
 import os
 import random
 
-import chaos
 import pytest
-from small_demo import copy_build, small_source, write_config
 from typer.testing import CliRunner
 
 from stgr_builder.annotate.cache import ResponseCache
@@ -19,6 +17,9 @@ from stgr_builder.audit import query
 from stgr_builder.cli import app
 from stgr_builder.errors import StgrError
 from stgr_builder.pipeline import build
+from stgr_builder.testing import chaos
+
+from helpers.small_demo import copy_build, small_source, write_config
 
 pytestmark = pytest.mark.slow
 

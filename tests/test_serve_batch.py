@@ -7,6 +7,7 @@ import io
 import json
 import time
 
+import pytest
 from openai import OpenAI
 
 from stgr_builder.annotate.server import serve_llm
@@ -30,6 +31,7 @@ def _line(custom_id: str) -> dict:
     }
 
 
+@pytest.mark.slow  # waits for a batch
 def test_a_batch_is_uploaded_submitted_polled_and_collected():
     with serve_llm(batch_delay_s=0.05, fault_rate=0.25, faults=["500"]) as server:
         client = OpenAI(base_url=server.base_url, api_key="sk-test")

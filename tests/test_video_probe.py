@@ -153,6 +153,7 @@ def test_the_faststart_copy_itself_is_fine(bad):
     assert probe_video(bad / "faststart.mp4", "faststart.mp4").n_frames == N
 
 
+@pytest.mark.slow  # probes corrupt files in subprocesses
 def test_corrupt_files_never_kill_the_process(media, tmp_path):
     """Fuzzed copies (random blocks, flipped bytes, clobbered NAL sizes) go through probe
     and decode in a child process: it must finish, every file probing fine or failing

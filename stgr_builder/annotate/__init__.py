@@ -43,6 +43,7 @@ def make_annotator(
     """
     _check_prompt_kind(config)
     if config.backend == "template":
+        assert config.prompt is not None  # AnnotatorConfig fills in the backend's default
         # Choose only boxes that verify will accept, so no sample is lost to a box the
         # annotator could have skipped.
         return TemplateAnnotator(config.prompt, max_box_area=verify.max_box_area)
@@ -60,6 +61,7 @@ _KINDS = {"template": "template", "openai": "llm"}
 def _check_prompt_kind(config: AnnotatorConfig) -> None:
     """A prompt written for the other backend is one line naming both, not a schema dump."""
     wanted = _KINDS.get(config.backend)
+    assert config.prompt is not None  # AnnotatorConfig fills in the backend's default
     kind = load_prompt(config.prompt).content.get("kind", "template")
     if wanted is not None and kind != wanted:
         fits = ", ".join(name for name in available_prompts() if _kind_of(name) == wanted) or "none shipped"

@@ -35,8 +35,11 @@ class Annotator(Protocol):
     prompts: list[PromptRef]
     #: Samples per ``annotate_batch`` call (1 for annotators without one).
     batch_size: int
-    #: LLM requests and tokens so far (None without an LLM).
-    usage: LlmUsage | None
+
+    @property
+    def usage(self) -> LlmUsage | None:
+        """LLM requests and tokens so far (None without an LLM)."""
+        ...
 
     def annotate(self, work: SampleWork) -> Annotation: ...
 
@@ -103,7 +106,7 @@ def object_names(work: SampleWork) -> list[str]:
     names = [o.name for o in work.sample.objects]
     if not names and work.sample.task is Task.VISUAL:
         try:
-            names = [grammar.parse_answer(Task.VISUAL, work.sample.answer).name]
+            names = [grammar.parse_answer(Task.VISUAL, work.sample.answer).name or ""]
         except grammar.TraceError:
             names = []
     out: list[str] = []
@@ -125,4 +128,7 @@ def trace_span(work: SampleWork) -> tuple[float, float] | None:
         except grammar.TraceError as err:
             if sample.span is None:
                 raise SampleError(RejectCode.ANSWER_FORM, f"gold answer: {err.message}") from err
-    return tuple(sample.span) if sample.span is not None else None
+    if sample.span is None:
+        return None
+    start, end = sample.span  # a Span holds exactly two numbers
+    return start, end

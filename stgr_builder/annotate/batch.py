@@ -186,7 +186,7 @@ class BatchJobs:
                 for chunk in records[path]["chunks"]:
                     batch = batches.get(chunk["batch_id"])
                     counts = getattr(batch, "request_counts", None)
-                    if counts is not None:
+                    if batch is not None and counts is not None:
                         chunk["status"], chunk["done"] = batch.status, counts.completed + counts.failed
                 self._save(path, records[path])
             running = [b for b in batches.values() if b.status not in TERMINAL]

@@ -121,13 +121,13 @@ class RateLimiter:
             # Most calls change nothing (no cap, and a server that advertises no limits: two calls
             # a request): those read the file without its lock and write nothing. Under load the
             # locked read-modify-write cost ~0.4 ms of the event loop each.
-            seen = self._read()
+            seen = self._read(self.path)
             if seen is not None:
                 state = _state_of(seen)
                 result = change(state)
                 if json.dumps(state).encode() == seen:
                     return result
-            fd = self._open()
+            fd = self._open(self.path)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 data = os.pread(fd, 1 << 16, 0)
@@ -141,10 +141,11 @@ class RateLimiter:
             finally:
                 os.close(fd)
 
-    def _read(self) -> bytes | None:
+    @staticmethod
+    def _read(path: Path) -> bytes | None:
         """The state file's bytes, read without the lock (a write under way reads as a change)."""
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY)
         except OSError:
             return None
         try:
@@ -152,12 +153,13 @@ class RateLimiter:
         finally:
             os.close(fd)
 
-    def _open(self) -> int:
+    @staticmethod
+    def _open(path: Path) -> int:
         try:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except FileNotFoundError:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
 
     def limits(self, state: dict) -> tuple[float | None, float | None]:
         """Requests and tokens per minute in force: the caps and the learned limits, the lower."""

@@ -208,7 +208,7 @@ def annotation_reply(user_text: str) -> dict[str, Any]:
 
 def crop_reply(user_text: str, deny: Sequence[str]) -> dict[str, Any]:
     match = _CROP_RE.search(user_text)
-    yes = bool(match) and match.group(1).lower() == match.group(2).lower() and match.group(2).lower() not in deny
+    yes = match is not None and match.group(1).lower() == match.group(2).lower() and match.group(2).lower() not in deny
     return {"answer": "yes" if yes else "no"}
 
 
@@ -314,10 +314,12 @@ def _multipart(raw: bytes, content_type: str) -> dict[str, tuple[str | None, byt
     from email.policy import HTTP
 
     message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw)
-    fields = {}
+    fields: dict[str, tuple[str | None, bytes]] = {}
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
-        fields[name] = (part.get_filename(), part.get_payload(decode=True) or b"")
+        payload = part.get_payload(decode=True)  # bytes, or None for an empty part
+        if isinstance(name, str):  # a part without a name cannot be asked for
+            fields[name] = (part.get_filename(), payload if isinstance(payload, bytes) else b"")
     return fields
 
 
@@ -430,8 +432,8 @@ class _BatchApi:
             return (200, dict(batch)) if batch is not None else self._missing("batch")
         if len(parts) >= 3 and parts[-1] == "content" and parts[-3] == "files":
             with self.lock:
-                data = self.contents.get(parts[-2])
-            return (200, data) if data is not None else self._missing("file")
+                content = self.contents.get(parts[-2])
+            return (200, content) if content is not None else self._missing("file")
         if len(parts) >= 2 and parts[-2] == "files":
             with self.lock:
                 record = self.files.get(parts[-1])
@@ -440,7 +442,8 @@ class _BatchApi:
 
     def _run(self, batch_id: str, data: bytes) -> None:
         time.sleep(self.server.options.batch_delay_s)
-        ok, failed = [], []
+        ok: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
         for number, line in enumerate(data.splitlines(), start=1):
             if not line.strip():
                 continue
@@ -569,7 +572,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _admitted(self, body: dict) -> bool:
         """Within the rate limits (and the headers that say so set on the reply), or refused
         with a 429 now, before any latency or fault."""
-        self.limit_headers = {}
+        self.limit_headers: dict[str, str] = {}
         if self.server.limits is None:
             return True
         messages = body.get("messages") or []
@@ -672,7 +675,7 @@ class DryRunServer:
 
     @property
     def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
+        host, port = self._server.socket.getsockname()[:2]
         return f"http://{host}:{port}/v1"
 
     def start(self) -> DryRunServer:

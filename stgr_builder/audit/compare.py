@@ -209,7 +209,7 @@ def compare(new: Path, old: Path | None = None) -> list[AuditTable]:
 
 
 def _versions(new: Path, old: Path) -> AuditTable:
-    rows = []
+    rows: list[tuple[str, str, str | None, int | None, int | None, int | None, str | None]] = []
     for name, root in (("old", old), ("new", new)):
         try:
             manifest = load_manifest(root)

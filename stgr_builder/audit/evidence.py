@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from stgr_builder.audit.views import AuditTable
 from stgr_builder.core.geometry import box_iou
-from stgr_builder.models import DemoTruth, Manifest
+from stgr_builder.models import DemoTruth, Manifest, TruthImage, TruthVideo
 
 TRUTH_FILE = "truth.json"
 RIGHT_IOU = 0.5
@@ -63,7 +63,7 @@ def load_truths(manifest: Manifest | None) -> dict[str, DemoTruth]:
 def judge(truths: dict[str, DemoTruth], rows: list[tuple]) -> list[tuple[str, str, int, str, float]]:
     """(id, media, frame idx, name, IoU with the best true box of that name) per evidence box of
     the rows ``(id, source, video_path, image_path, key_items)`` whose source has truth."""
-    media = {}
+    media: dict[str, TruthVideo | TruthImage] = {}
     for truth in truths.values():
         media.update({video.path: video for video in truth.videos})
         media.update({image.path: image for image in truth.images})
@@ -74,7 +74,7 @@ def judge(truths: dict[str, DemoTruth], rows: list[tuple]) -> list[tuple[str, st
             continue
         size = (item_of.width, item_of.height)
         for item in key_items:
-            if video_path:
+            if isinstance(item_of, TruthVideo):  # found by its video_path
                 truths_px = [
                     o.boxes[item["idx"]]
                     for o in item_of.objects

@@ -218,7 +218,9 @@ def _checks_table(con: duckdb.DuckDBPyConnection, root: Path, manifest: Manifest
 
 
 def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> int:
-    return int(con.execute(sql).fetchone()[0])
+    row = con.execute(sql).fetchone()
+    assert row is not None  # an aggregate query has one row
+    return int(row[0])
 
 
 def _unlisted_files(root: Path, manifest: Manifest) -> list[str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import types
 import typing
+from collections.abc import Sequence
 from enum import Enum
 from typing import Annotated, Any, Literal, Union
 
@@ -105,7 +106,7 @@ def schema_for(model: type[BaseModel]) -> pa.Schema:
     return pa.schema(_fields(model))
 
 
-def rows_to_table(rows: list[BaseModel], model: type[BaseModel]) -> pa.Table:
+def rows_to_table(rows: Sequence[BaseModel], model: type[BaseModel]) -> pa.Table:
     """A table of ``rows`` with exactly ``schema_for(model)``, also when ``rows`` is empty.
 
     >>> rows_to_table([], CotRow).num_rows

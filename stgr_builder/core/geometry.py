@@ -6,8 +6,12 @@ Boxes are ``[x_min, y_min, x_max, y_max]``, normalized to [0, 1] unless a name s
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from stgr_builder.models import SampleWork
+
+if TYPE_CHECKING:  # numpy loads on first use
+    import numpy
 
 
 def to_pixels(box: Sequence[float], size: Sequence[int]) -> list[int]:
@@ -73,7 +77,7 @@ IMAGE_VIEWS = ("mirror", "zoom")
 _ZOOM_MARGIN = 0.05  # the zoom view is the middle 90% of the image, scaled back to full size
 
 
-def make_view(rgb, view: str):
+def make_view(rgb: numpy.ndarray, view: str) -> numpy.ndarray:
     """The image (an RGB uint8 array) as seen in ``view``: mirrored left-right, or zoomed in."""
     import numpy as np
     from PIL import Image
@@ -84,7 +88,7 @@ def make_view(rgb, view: str):
         height, width = rgb.shape[:2]
         dx, dy = round(width * _ZOOM_MARGIN), round(height * _ZOOM_MARGIN)
         crop = Image.fromarray(rgb[dy : height - dy, dx : width - dx])
-        return np.asarray(crop.resize((width, height), Image.BILINEAR))
+        return np.asarray(crop.resize((width, height), Image.Resampling.BILINEAR))
     raise ValueError(f"unknown image view {view!r}: one of {IMAGE_VIEWS}")
 
 

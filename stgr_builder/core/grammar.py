@@ -522,13 +522,14 @@ def answers_agree(task: Task, answer: str, gold: str, *, time_tolerance: float =
     False
     """
     got, want = parse_answer(task, answer), parse_answer(task, gold)
-    if got.span is not None and not spans_agree(got.span, want.span, time_tolerance):
+    # Both were read in the task's form: a part ``got`` has, ``want`` has too.
+    if got.span is not None and want.span is not None and not spans_agree(got.span, want.span, time_tolerance):
         return False
     if got.letter is not None and got.letter != want.letter:
         return False
-    if got.box is not None:
+    if got.box is not None and want.box is not None:
         return got.box == want.box or box_iou(got.box, want.box) >= 0.5
-    if got.text is not None:
+    if got.text is not None and want.text is not None:
         return normalize_text(got.text) == normalize_text(want.text)
     return True
 
@@ -546,9 +547,9 @@ def model_answer(task: Task, answer: str) -> str:
     'From <t>3.0</t>s to <t>7.5</t>s.\\nCorrect Option: B'
     """
     parsed = parse_answer(task, answer)
-    if parsed.task is Task.TEMPORAL:
+    if parsed.task is Task.TEMPORAL and parsed.span is not None:
         return f"From {render_span(*parsed.span)}"
-    if parsed.task is Task.TEMPORAL_MCQ:
+    if parsed.task is Task.TEMPORAL_MCQ and parsed.span is not None:
         return f"From {render_span(*parsed.span)}.\nCorrect Option: {parsed.letter}"
     return answer
 

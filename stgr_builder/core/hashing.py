@@ -12,7 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from stgr_builder.core.cache import BoundedCache
 
 
 def canonical_json(value: Any) -> str:
@@ -55,7 +58,7 @@ def sha256_file(path: Path) -> str:
 FINGERPRINT_BLOCK = 64 << 10
 
 
-def media_fingerprint(path: Path, memo: Any = None) -> str:
+def media_fingerprint(path: Path, memo: BoundedCache[str] | None = None) -> str:
     """What stands for a media file's content in every key: its size and a sha256 of its first,
     middle and last 64 KiB (the whole file when smaller). A replacement of the same size with
     its mtime restored (``cp -p``, ``rsync -a``, ``touch -r``) gets a new fingerprint; the same

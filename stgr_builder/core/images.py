@@ -23,9 +23,14 @@ import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stgr_builder.errors import SampleError
 from stgr_builder.models import RejectCode
+
+if TYPE_CHECKING:  # numpy and Pillow load on first use
+    import numpy
+    import PIL.Image
 
 #: The largest image (or video frame) accepted, in pixels: 8192 x 8192. Larger ones are
 #: MEDIA_TOO_LARGE before a pixel is decoded (decompression bombs, poster scans): one such
@@ -104,7 +109,7 @@ def check_pixels(path: Path, width: int, height: int, *, what: str, max_pixels: 
 
 
 @contextmanager
-def open_image(path: Path, max_pixels: int = MAX_PIXELS) -> Iterator:
+def open_image(path: Path, max_pixels: int = MAX_PIXELS) -> Iterator[PIL.Image.Image]:
     """The image at ``path``, opened (header read, pixels not yet decoded) after its kind and
     size were checked; ``SampleError`` otherwise. Call ``.load()`` to decode it."""
     try:
@@ -135,7 +140,7 @@ def open_image(path: Path, max_pixels: int = MAX_PIXELS) -> Iterator:
         image.close()
 
 
-def load_rgb(path: Path, max_pixels: int = MAX_PIXELS):
+def load_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> numpy.ndarray:
     """The image at ``path`` decoded to an RGB uint8 array (H, W, 3); ``SampleError`` when it is
     not a readable image of a bounded size."""
     import numpy as np

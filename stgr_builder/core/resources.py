@@ -28,10 +28,13 @@ import uuid
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stgr_builder.core.cache import BoundedCache, approx_size
 from stgr_builder.core.hashing import media_fingerprint
+
+if TYPE_CHECKING:  # distributed loads only where Dask runs
+    from distributed import Worker
 
 #: Default byte bound of each memo a step asks for without naming one.
 DEFAULT_MEMO_BYTES = 64 << 20
@@ -74,7 +77,7 @@ class Budget:
         )
         self._lock = threading.Lock()
 
-    def _update(self, change: Callable[[dict], bool]) -> bool:
+    def _update(self, change: Callable[[dict[str, int]], bool]) -> bool:
         """Apply ``change`` to the counts (the ledger's, under its lock) and keep them."""
         with self._lock:
             if self.ledger is None:
@@ -103,7 +106,7 @@ class Budget:
         if self.reached:
             return False
 
-        def take(counts: dict) -> bool:
+        def take(counts: dict[str, int]) -> bool:
             if (self.max_requests is not None and counts["requests"] >= self.max_requests) or (
                 self.max_tokens is not None and counts["tokens"] >= self.max_tokens
             ):
@@ -117,7 +120,7 @@ class Budget:
         return True
 
     def add_tokens(self, count: int) -> None:
-        def add(counts: dict) -> bool:
+        def add(counts: dict[str, int]) -> bool:
             counts["tokens"] += count
             return True
 
@@ -137,7 +140,7 @@ class Resources:
         self.memo_bytes = memo_bytes
         self._lock = threading.Lock()
         self._models: dict[Hashable, LoadedModel] = {}
-        self._memos: dict[str, BoundedCache] = {}
+        self._memos: dict[str, BoundedCache[Any]] = {}
         self._budgets: dict[str, Budget] = {}
 
     def model(self, key: Hashable, load: Callable[[], Any]) -> LoadedModel:
@@ -148,7 +151,9 @@ class Resources:
                 loaded = self._models[key] = LoadedModel(load())
             return loaded
 
-    def memo(self, name: str, max_bytes: int | None = None, weigh: Callable[[Any], int] = approx_size) -> BoundedCache:
+    def memo(
+        self, name: str, max_bytes: int | None = None, weigh: Callable[[Any], int] = approx_size
+    ) -> BoundedCache[Any]:
         """The process's memo called ``name``, bounded to ``max_bytes`` (made on first use)."""
         with self._lock:
             memo = self._memos.get(name)
@@ -165,7 +170,7 @@ class Resources:
                 budget = self._budgets[run] = Budget(max_requests, max_tokens, ledger)
             return budget
 
-    def media_fingerprint(self, path) -> str:
+    def media_fingerprint(self, path: Path) -> str:
         """``core.hashing.media_fingerprint`` of a media file, remembered in this process (a
         file rewritten in place gets a new ctime, so it is read again). Raises ``OSError``."""
         return media_fingerprint(path, self.memo("media-fingerprints", 4 << 20))
@@ -175,7 +180,7 @@ class Resources:
         with self._lock:
             return {name: memo.bytes for name, memo in self._memos.items()}
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[[str, int], Resources], tuple[str, int]]:
         # Pickled for a Dask worker: rebuilt there as that worker's instance for this token.
         return (worker_resources, (self.token, self.memo_bytes))
 
@@ -196,7 +201,7 @@ def worker_resources(token: str, memo_bytes: int = DEFAULT_MEMO_BYTES) -> Resour
         return held[token]
 
 
-def _this_worker():
+def _this_worker() -> Worker | None:
     """The ``distributed.Worker`` of this process, if any. Arguments may be unpickled outside
     a task's thread, where ``get_worker`` does not answer; a process of a LocalCluster or of
     ``dask worker`` then holds exactly one Worker."""

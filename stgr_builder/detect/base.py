@@ -14,7 +14,7 @@ from stgr_builder.core.gold import gold_detections
 from stgr_builder.core.hashing import sha256_file
 from stgr_builder.core.resources import Resources
 from stgr_builder.core.steps import Step
-from stgr_builder.models import Detection, Frame, SampleWork, Stage
+from stgr_builder.models import Detection, Frame, Reject, SampleWork, Stage
 
 
 class Detector(Protocol):
@@ -86,7 +86,7 @@ class DetectStep(Step):
         self.memo = (resources or Resources()).memo("detections", DETECTIONS_MEMO_BYTES)
         self.memo_hits = 0  # frames whose detections came from the memo
 
-    def process_batch(self, batch: list[SampleWork]) -> list[SampleWork]:
+    def process_batch(self, batch: list[SampleWork]) -> list[SampleWork | Reject]:
         # Each frame is prompted with the object phrases of the sample that uses it (open-
         # vocabulary backends: phrases of other videos would only compete for its boxes). The
         # phrases are the sample's own, never a union over the batch: a frame's boxes must not
@@ -125,7 +125,7 @@ class DetectStep(Step):
             phrases = phrases_of(work)
             work.detections = _on_frames(work.frames, found_by, phrases) + gold_detections(work)  # core/gold.py
             work.track_detections = _on_frames(work.track_frames, found_by, phrases)  # for the track gate
-        return batch
+        return list(batch)  # no rejects: a detector failure fails the whole batch
 
 
 def _on_frames(

@@ -18,8 +18,10 @@ from stgr_builder.models import Detection, DetectorConfig
 
 BUILTIN_WEIGHTS = data_folder("stgr_builder.detect") / "weights"
 
-# Ultralytics looks up hosts at import time and would wait on DNS with no network.
+# Ultralytics looks up hosts at import time and would wait on DNS with no network. Its logger
+# prints (a settings notice on first import, warnings): a library call here never prints.
 os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_VERBOSE", "False")
 
 
 def resolve_weights(weights: str, config_dir: Path) -> Path:

@@ -111,10 +111,10 @@ def resolve_config(
     raw["sources"] = kept
     detector = raw.get("detector") or {}
     for key in ("weights", "model_config_file", "text_encoder"):
-        value = detector.get(key)
-        if isinstance(value, str) and not value.startswith("builtin:"):
-            value = _substitute(value, variables, f"{spec}: detector.{key}")
-            detector[key] = str((base / Path(value).expanduser()).resolve())
+        setting = detector.get(key)
+        if isinstance(setting, str) and not setting.startswith("builtin:"):
+            setting = _substitute(setting, variables, f"{spec}: detector.{key}")
+            detector[key] = str((base / Path(setting).expanduser()).resolve())
     try:
         config = BuildConfig.model_validate(raw)
     except ValidationError as exc:

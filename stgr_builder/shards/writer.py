@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -143,11 +144,10 @@ def write_shard(
     atomic_write_text(intent_path(root, shard), json.dumps({"shard": shard, "files": [{"path": t} for t in targets]}))
     record_path(root, shard).unlink(missing_ok=True)
     _clean_shard_temp_files(root, shard)
-    ordered = {
-        "stgr_cot": sorted(cot_rows, key=lambda row: row.id),
-        "stgr_rl": sorted(rl_rows, key=lambda row: row.id),
-        "rejects": sorted(rejects, key=lambda r: (r.id, r.stage.value, r.code.value, r.message)),
-    }
+    cot_sorted = sorted(cot_rows, key=lambda row: row.id)
+    rl_sorted = sorted(rl_rows, key=lambda row: row.id)
+    rejects_sorted = sorted(rejects, key=lambda r: (r.id, r.stage.value, r.code.value, r.message))
+    ordered: dict[str, Sequence[BaseModel]] = {"stgr_cot": cot_sorted, "stgr_rl": rl_sorted, "rejects": rejects_sorted}
     files = [_write_dataset_file(root, dataset, shard, rows) for dataset, rows in ordered.items()]
     result = ShardResult(
         shard=shard, sample_ids=ids, files=files, stats=stats, llm=llm, build_id=build_id, inputs=inputs
@@ -159,7 +159,7 @@ def write_shard(
     return result
 
 
-def _check_rows(rows: list[BaseModel], dataset: str, sample_ids: set[str]) -> None:
+def _check_rows(rows: Sequence[CotRow | RlRow], dataset: str, sample_ids: set[str]) -> None:
     seen: set[str] = set()
     for row in rows:
         if row.id in seen:
@@ -169,7 +169,7 @@ def _check_rows(rows: list[BaseModel], dataset: str, sample_ids: set[str]) -> No
         seen.add(row.id)
 
 
-def _write_dataset_file(root: Path, dataset: str, shard: int, rows: list[BaseModel]) -> ShardFile:
+def _write_dataset_file(root: Path, dataset: str, shard: int, rows: Sequence[BaseModel]) -> ShardFile:
     table = rows_to_table(rows, DATASETS[dataset])
     path = shard_path(root, dataset, shard)
     digest = _write_parquet(path, table)

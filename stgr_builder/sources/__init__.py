@@ -262,6 +262,7 @@ def ingest(config: BuildConfig, config_dir: Path) -> tuple[list[SourceSample], l
 
 def _media_key(ctx: AdapterContext, sample: SourceSample) -> tuple[str, str]:
     rel = sample.video_path if sample.video_path is not None else sample.image_path
+    assert rel is not None  # SourceSample holds exactly one of the two
     return str((ctx.media_root / rel).resolve()), sample.question
 
 
@@ -295,6 +296,7 @@ def _check(
         )
 
     rel = sample.video_path if sample.video_path is not None else sample.image_path
+    assert rel is not None  # SourceSample holds exactly one of the two
     why = unsafe_media_path(rel, ctx.media_root)
     if why is not None:
         return reject(RejectCode.UNSAFE_PATH, why)

@@ -51,6 +51,9 @@ def read_activitynet_captions(ctx: AdapterContext) -> Iterator[Item]:
         if not isinstance(record, ActivityNetVideo):
             yield record
             continue
+        if vid is None:  # a list of records: no video id to name the video by
+            yield ctx.malformed(origin, "ActivityNet Captions annotations are an object keyed by video id")
+            continue
         sentences = [
             (f"{origin}#{i}", sentence, [start, min(end, record.duration)])
             for i, (sentence, (start, end)) in enumerate(zip(record.sentences, record.timestamps, strict=False))

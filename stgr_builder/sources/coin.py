@@ -64,6 +64,7 @@ def read_coin(ctx: AdapterContext) -> Iterator[Item]:
         if not isinstance(record, CoinVideo):
             yield record
             continue
+        assert vid is not None  # ``data`` is an object keyed by video id (checked above)
         if opts.subset is not None and record.subset not in (None, opts.subset):
             continue
         sentences = [

@@ -207,7 +207,7 @@ class TemporalOptions(AdapterOptions):
     """Options shared by the temporal-grounding adapters."""
 
     tasks: list[TemporalTask] = Field(
-        default_factory=lambda: ["temporal", "temporal_mcq"],
+        default_factory=lambda: list[TemporalTask](["temporal", "temporal_mcq"]),
         description="samples made from each (video, sentence, span); spatio_temporal needs an open-vocabulary detector",
     )
     video: str = Field("{vid}.mp4", description="media path of a video from its id")

@@ -369,7 +369,9 @@ def _video_items(
                 caption=caption,
             )
         else:
-            where = _region(boxes[i][actor.first], WIDTH, HEIGHT)
+            first_box = boxes[i][actor.first]
+            assert first_box is not None  # an actor is drawn from its first frame on
+            where = _region(first_box, WIDTH, HEIGHT)
             add(
                 Task.SPATIO_TEMPORAL,
                 f"Where is the {name} when {'they first appear' if name == 'person' else 'it first appears'}?",
@@ -525,14 +527,14 @@ def generate_demo(out_dir: Path, seed: int = 0, n_videos: int = 6, n_images: int
         videos.append(truth)
         records.extend(items)
     for index in range(n_images):
-        truth, items = _make_image(media, index, seed)
-        images.append(truth)
+        image_truth, items = _make_image(media, index, seed)
+        images.append(image_truth)
         records.extend(items)
     lines = [json.dumps(_record_json(r), ensure_ascii=False) for r in records]
     source = out_dir / DEMO_FILE
     source.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    truth = DemoTruth(seed=seed, classes=list(DEMO_CLASSES), videos=videos, images=images)
-    (out_dir / TRUTH_FILE).write_text(truth.model_dump_json(), encoding="utf-8")
+    demo_truth = DemoTruth(seed=seed, classes=list(DEMO_CLASSES), videos=videos, images=images)
+    (out_dir / TRUTH_FILE).write_text(demo_truth.model_dump_json(), encoding="utf-8")
     return source
 
 

@@ -77,11 +77,13 @@ def smooth_noise(rng: np.random.Generator, height: int, width: int, cell: int) -
 
 def jitter(rng: np.random.Generator, colour: tuple[int, int, int], amount: int = 18) -> tuple[int, int, int]:
     """The colour moved a little, so one colour name covers many shades."""
-    return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in colour)
+    red, green, blue = (int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in colour)
+    return red, green, blue
 
 
 def _shade(colour: tuple[int, ...], factor: float) -> tuple[int, int, int]:
-    return tuple(int(np.clip(c * factor, 0, 255)) for c in colour[:3])
+    red, green, blue = (int(np.clip(c * factor, 0, 255)) for c in colour[:3])
+    return red, green, blue
 
 
 # ---------------------------------------------------------------------------------------

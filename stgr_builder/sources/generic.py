@@ -111,7 +111,7 @@ def _build(opts: GenericOptions, record: Any) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise _Bad(f"expected a record object, got {type(record).__name__}")
 
-    def need(path: str, what: str) -> Any:
+    def need(path: str | None, what: str) -> Any:
         value = _get(record, path)
         if value is _MISSING or value is None:
             raise _Bad(f"field {path!r} ({what}) is missing")

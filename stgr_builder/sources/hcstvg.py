@@ -41,7 +41,7 @@ from stgr_builder.sources.common import (
 
 
 class HcstvgOptions(TemporalOptions):
-    tasks: list[TemporalTask] = Field(default_factory=lambda: ["spatio_temporal", "temporal"])
+    tasks: list[TemporalTask] = Field(default_factory=lambda: list[TemporalTask](["spatio_temporal", "temporal"]))
     video: str = "{video}"
     fps: float | None = Field(None, gt=0, description="frame rate of the videos, when records do not say")
     clip_s: float = Field(20.0, gt=0, description="clip length used to derive fps from img_num")

@@ -42,7 +42,9 @@ from stgr_builder.sources.common import (
 
 
 class RdcapOptions(TemporalOptions):
-    tasks: list[TemporalTask] = Field(default_factory=lambda: ["spatio_temporal", "temporal", "temporal_mcq"])
+    tasks: list[TemporalTask] = Field(
+        default_factory=lambda: list[TemporalTask](["spatio_temporal", "temporal", "temporal_mcq"])
+    )
     video: str = "{video}"
     fps: float | None = Field(None, gt=0, description="frame rate of the videos, when records do not say")
     max_gold_boxes: int = Field(8, ge=1)
@@ -87,7 +89,9 @@ def _gold(record: RdcapRecord) -> dict[int, list[float]]:
             if w > 0 and h > 0:  # an empty mask: the subject is not visible in that frame
                 out[frame] = normalize_xyxy(xywh_to_xyxy([x, y, w, h]), width, height)
         return out
-    return {f: normalize_xyxy(b, record.width, record.height) for f, b in (record.boxes or {}).items()}
+    if record.boxes is None or record.width is None or record.height is None:  # pixel boxes come with a size
+        return {}
+    return {f: normalize_xyxy(b, record.width, record.height) for f, b in record.boxes.items()}
 
 
 @register("plm_rdcap")

@@ -58,6 +58,9 @@ def read_tacos(ctx: AdapterContext) -> Iterator[Item]:
         if not isinstance(record, TacosVideo):
             yield record
             continue
+        if video is None:  # a list of records: no video file name to read the video from
+            yield ctx.malformed(origin, "TACoS annotations are an object keyed by video file name")
+            continue
         sentences = [
             (f"{origin}#{i}", sentence, [start / record.fps, end / record.fps])
             for i, (sentence, (start, end)) in enumerate(zip(record.sentences, record.timestamps, strict=False))

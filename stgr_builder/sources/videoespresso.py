@@ -91,7 +91,11 @@ def read_videoespresso(ctx: AdapterContext) -> Iterator[Item]:
             continue
         pairs: dict[str, list[tuple[float, list[float]]]] = {}
         for kf in item.key_frames:
-            t = kf.time if kf.time is not None else kf.frame / opts.fps
+            if kf.time is not None:
+                t = kf.time
+            else:  # a key frame has a time or a frame, and options.fps was checked above
+                assert kf.frame is not None and opts.fps is not None
+                t = kf.frame / opts.fps
             for name, boxes in kf.key_items.items():
                 for box in boxes:
                     pairs.setdefault(grammar.clean_text(name), []).append((t, from_centre_1000(box)))

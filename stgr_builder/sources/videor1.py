@@ -32,10 +32,14 @@ _ANSWER = re.compile(r"\s*<answer>(.*?)</answer>\s*", re.DOTALL)
 _OPTION = re.compile(r"\s*\(?([A-Z])[.):]\s*(.*)", re.DOTALL)
 
 
+VideoR1Task = Literal["mcq", "free"]
+
+
 class VideoR1Options(AdapterOptions):
     include_images: bool = True
-    tasks: list[Literal["mcq", "free"]] = Field(
-        default_factory=lambda: ["mcq", "free"], description="mcq: multiple-choice items; free: every other type"
+    tasks: list[VideoR1Task] = Field(
+        default_factory=lambda: list[VideoR1Task](["mcq", "free"]),
+        description="mcq: multiple-choice items; free: every other type",
     )
 
 

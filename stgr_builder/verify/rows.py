@@ -54,6 +54,7 @@ def format_question(question: str, options: Sequence[str]) -> str:
 
 def _key_frames(work: SampleWork, is_image: bool) -> tuple[list[KeyFrame], dict[int, int]]:
     """Key frames sorted by time with unique idx, and the map from frame idx to row idx."""
+    assert work.annotation is not None  # build_rows checked it
     frames = sorted(work.annotation.key_frames, key=lambda f: (f.time, f.idx))
     if is_image:
         # An image has one frame: idx 0 at time 0.0 by convention, whatever the decoder said.
@@ -114,6 +115,7 @@ def _agreement(work: SampleWork, evidence: list[Evidence]) -> float | None:
 
 def _provenance(work: SampleWork, base: dict) -> Provenance:
     annotation = work.annotation
+    assert annotation is not None  # build_rows checked it
     evidence = annotation.evidence
     return Provenance.model_validate(
         {

@@ -157,13 +157,13 @@ def _box_rules(
             if problem:
                 out.append(Violation(problem[0], f"key item {item.name!r} box {_box_text(box)} {problem[1]}"))
     for mention in trace.mentions if trace else ():
-        for box in mention.boxes:
+        for trace_box in mention.boxes:
             if mention.time is None and not size:
                 continue  # pixel box of an image row without a size: already reported
-            normalized = geometry.from_pixels(box, size) if mention.time is None else box
+            normalized = geometry.from_pixels(trace_box, size) if mention.time is None and size else trace_box
             problem = _box_problem(normalized, config.max_box_area)
             if problem:
-                out.append(Violation(problem[0], f"trace box of {mention.name!r} {_box_text(box)} {problem[1]}"))
+                out.append(Violation(problem[0], f"trace box of {mention.name!r} {_box_text(trace_box)} {problem[1]}"))
     return out
 
 
@@ -202,15 +202,15 @@ def _evidence_rules(row: CotRow, trace: grammar.Trace, size: Sequence[int] | Non
                     )
                 )
     for item in items:
-        for box in item.boxes:
+        for item_box in item.boxes:
             if not any(
-                m.name == item.name and near(m.time, item.idx) and any(_same_box(b, box, size) for b in m.boxes)
+                m.name == item.name and near(m.time, item.idx) and any(_same_box(b, item_box, size) for b in m.boxes)
                 for m in trace.mentions
             ):
                 out.append(
                     Violation(
                         RejectCode.KEY_ITEM_NOT_IN_TRACE,
-                        f"key item {item.name!r} {_box_text(box)} at key frame {item.idx} "
+                        f"key item {item.name!r} {_box_text(item_box)} at key frame {item.idx} "
                         f"({times[item.idx]:g}s) is not mentioned in the trace",
                     )
                 )
@@ -294,7 +294,7 @@ def check_row(
     out += _key_frame_rules(row, is_image, size)
     out += _time_rules(row, None if is_image else duration, None if is_image else span, trace, tolerance)
     out += _box_rules(row, trace, size, config)
-    if trace is not None and (size or not is_image):
+    if isinstance(row, CotRow) and trace is not None and (size or not is_image):  # a trace: a CoT row
         out += _evidence_rules(row, trace, size if is_image else None, tolerance)
     out += _point_claim_rules(row, trace, tolerance)
     out += _answer_rules(row, gold_answer, trace, tolerance)

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from stgr_builder.core import grammar
 from stgr_builder.core.geometry import image_size
 from stgr_builder.core.steps import Step
@@ -23,15 +25,16 @@ def verify_work(work: SampleWork, config: VerifyConfig, provenance_base: dict) -
     those of the RL row that the CoT row did not already report."""
     cot, rl = build_rows(work, provenance_base)
     sample = work.sample
-    context = dict(
+    check = partial(
+        check_row,
         duration=work.video.duration if work.video is not None else None,
         span=sample.span if sample.video_path is not None else None,
         gold_answer=sample.answer,
         image_size=image_size(work),
         config=config,
     )
-    violations = check_row(cot, **context)
-    violations += [v for v in check_row(rl, **context) if v not in violations]
+    violations = check(cot)
+    violations += [v for v in check(rl) if v not in violations]
     work.cot_row, work.rl_row = cot, rl
     return violations
 

