@@ -82,7 +82,8 @@ class _WithoutDocstrings(ast.NodeTransformer):
 
 
 def _without_docstrings(tree: ast.Module) -> ast.AST:
-    return _WithoutDocstrings().visit(tree)
+    stripped: ast.AST = _WithoutDocstrings().visit(tree)
+    return stripped
 
 
 def _canonical(node: Any, out: list[str]) -> None:
