@@ -824,8 +824,7 @@ class SourceConfig(_Config):
     )
     options: dict[str, Any] = Field(
         default_factory=dict,
-        description="adapter options, validated by the adapter (unknown keys are errors); "
-        "see docs/guide/sources.md",
+        description="adapter options, validated by the adapter (unknown keys are errors); see docs/guide/sources.md",
     )
 
 
