@@ -26,7 +26,7 @@ import chaos  # noqa: E402
 from small_demo import write_config  # noqa: E402
 
 from stgr_builder.annotate.cache import ResponseCache  # noqa: E402
-from stgr_builder.annotate.server import serve_llm  # noqa: E402
+from stgr_builder.dryrun.server import serve_llm  # noqa: E402
 from stgr_builder.pipeline import build  # noqa: E402
 from stgr_builder.sources.demo import generate_demo  # noqa: E402
 

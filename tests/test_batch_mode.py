@@ -11,7 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from stgr_builder.annotate.server import serve_llm
+from stgr_builder.dryrun.server import serve_llm
 from stgr_builder.cli import app
 from stgr_builder.pipeline import build
 from stgr_builder.sources.demo import generate_demo

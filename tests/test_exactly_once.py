@@ -20,7 +20,7 @@ from small_demo import small_source, write_config
 from typer.testing import CliRunner
 
 from stgr_builder.annotate.cache import ResponseCache
-from stgr_builder.annotate.server import FAULT_KINDS, serve_llm
+from stgr_builder.dryrun.server import FAULT_KINDS, serve_llm
 from stgr_builder.audit import connect
 from stgr_builder.cli import app
 from stgr_builder.errors import StgrError

@@ -12,7 +12,7 @@ import yaml
 from small_demo import small_build
 from typer.testing import CliRunner
 
-from stgr_builder.annotate.server import serve_llm
+from stgr_builder.dryrun.server import serve_llm
 from stgr_builder.audit import connect, query
 from stgr_builder.audit.compare import compare, rejects_fixed
 from stgr_builder.cli import app

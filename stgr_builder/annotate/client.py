@@ -9,8 +9,10 @@ import asyncio
 import contextvars
 import json
 import re
+import threading
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -18,12 +20,24 @@ from stgr_builder.annotate.cache import CachedUsage, CacheEntry, request_key
 from stgr_builder.annotate.ratelimit import RateLimiter
 from stgr_builder.annotate.reply import short_error
 from stgr_builder.annotate.request import count_images, json_body, response_format, schema_hash
+from stgr_builder.core.files import atomic_write_bytes
+from stgr_builder.core.hashing import digest
 from stgr_builder.core.resources import BudgetReached
 from stgr_builder.errors import SampleError, StgrError
 from stgr_builder.models import AnnotatorConfig, LlmUsage, RejectCode
 
-if TYPE_CHECKING:
-    from stgr_builder.annotate.llm import LlmAnnotator
+
+class AskerOwner(Protocol):
+    """What an ``Asker`` takes from its annotator (``llm.LlmAnnotator``)."""
+
+    config: AnnotatorConfig
+    model: str
+    cache: Any
+    budget: Any
+    usage: LlmUsage
+    formats: FormatMemory
+    _sampling: dict[str, Any]
+
 
 #: Header carrying the request-cache key (not a secret: a hash of the request), so a server's
 #: logs can tell a repeated request from a new one.
@@ -89,7 +103,11 @@ SAMPLE_USAGE: contextvars.ContextVar[LlmUsage] = contextvars.ContextVar("stgr_sa
 
 
 class ReplyRejected(Exception):
-    """Replies stayed invalid after every re-ask."""
+    """Replies stayed invalid after every re-ask; ``code`` is the last error's reject code."""
+
+    def __init__(self, message: str, code: RejectCode = RejectCode.LLM_INVALID_REPLY):
+        super().__init__(message)
+        self.code = code
 
 
 #: What asking the LLM can fail with, each mapped to the sample's outcome by ``sample_error``.
@@ -102,11 +120,14 @@ def sample_error(err: Exception, during: str = "") -> SampleError:
     (e.g. crop verification) in the message."""
     if isinstance(err, LlmUnavailable):
         return SampleError(RejectCode.PENDING, f"{err} ({during})" if during else str(err))
-    code = {
-        ReplyTooLarge: RejectCode.LLM_REPLY_TOO_LARGE,
-        LlmError: RejectCode.LLM_ERROR,
-        ReplyRejected: RejectCode.LLM_INVALID_REPLY,
-    }[type(err)]
+    code = (
+        err.code
+        if isinstance(err, ReplyRejected)
+        else {
+            ReplyTooLarge: RejectCode.LLM_REPLY_TOO_LARGE,
+            LlmError: RejectCode.LLM_ERROR,
+        }[type(err)]
+    )
     return SampleError(code, f"{during}: {err}" if during else str(err))
 
 
@@ -116,15 +137,110 @@ def final_status(status: int) -> bool:
     return 400 <= status < 500 and status not in (408, 409, 429)
 
 
+def _reasked(messages: list[dict], text: str, reask: str) -> list[dict]:
+    """The messages with the unusable reply and the re-ask that says what was wrong."""
+    return [*messages, {"role": "assistant", "content": text}, {"role": "user", "content": reask}]
+
+
+def raised_max_tokens(max_tokens: int | None) -> int:
+    """``max_tokens`` once a reply was cut by it: twice as many (4096 when the endpoint's own cap
+    cut it)."""
+    return 4096 if max_tokens is None else min(1_000_000, 2 * max_tokens)
+
+
+#: How a request asks for JSON, best first: the schema; any JSON object; the prompt's own words
+#: (with the schema appended to the system message).
+FORMAT_MODES = ("json_schema", "json_object", "prompt")
+#: Where the mode an endpoint accepts is remembered, under the dataset folder.
+FORMATS_DIR = Path("_cache") / "llm" / "formats"
+_FORMAT_REFUSAL_RE = re.compile(r"response_format|json_schema|json_object|schema|structured", re.IGNORECASE)
+
+
+def refuses_format(status: int, detail: str) -> bool:
+    """Whether a final 4xx says the endpoint refuses the request's ``response_format``."""
+    return status in (400, 422) and bool(_FORMAT_REFUSAL_RE.search(detail))
+
+
+class FormatMemory:
+    """The ``response_format`` mode an endpoint accepts, remembered in the cache folder (one file
+    per endpoint), so a fallback is paid once per endpoint, not per sample."""
+
+    def __init__(self, root: Path | None, endpoint: str):
+        self.path = root / FORMATS_DIR / f"{digest(endpoint)[:16]}.json" if root is not None else None
+        self.lock = threading.Lock()
+        self.mode = FORMAT_MODES[0]
+        if self.path is not None and self.path.exists():
+            found = json.loads(self.path.read_text(encoding="utf-8")).get("mode")
+            self.mode = found if found in FORMAT_MODES else self.mode
+
+    def fall_back(self, refused: str) -> str | None:
+        """The mode after ``refused`` (remembered), the current one when another request has
+        moved on already, or None when there is none left."""
+        with self.lock:
+            if self.mode != refused:
+                return self.mode
+            later = FORMAT_MODES.index(refused) + 1
+            if later >= len(FORMAT_MODES):
+                return None
+            self.mode = FORMAT_MODES[later]
+            if self.path is not None:
+                atomic_write_bytes(self.path, json.dumps({"mode": self.mode}).encode())
+            return self.mode
+
+
+def request_body(
+    model_name: str,
+    messages: list[dict],
+    reply_model: type[BaseModel],
+    schema_name: str,
+    temperature: float,
+    max_tokens: int | None,
+    mode: str = FORMAT_MODES[0],
+) -> dict[str, Any]:
+    """The body of a chat completion request asking for a ``reply_model`` in ``mode``."""
+    body: dict[str, Any] = {"model": model_name, "messages": messages}
+    if mode == "json_schema":
+        body["response_format"] = response_format(reply_model, schema_name)
+    elif mode == "json_object":
+        body["response_format"] = {"type": "json_object"}
+    else:
+        schema = json.dumps(reply_model.model_json_schema(), separators=(",", ":"))
+        note = {"role": "system", "content": f"Reply with one JSON object that follows this JSON Schema: {schema}"}
+        body["messages"] = [*messages, note]
+    body["temperature"] = temperature
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    return body
+
+
 class Asker:
     """Requests of one batch: cache, budget, semaphore, usage and the re-ask loop."""
 
-    def __init__(self, client, semaphore: asyncio.Semaphore, annotator: LlmAnnotator):
+    def __init__(
+        self,
+        client,
+        semaphore: asyncio.Semaphore,
+        annotator: AskerOwner,
+        *,
+        model_name: str | None = None,
+        formats: FormatMemory | None = None,
+        judge: bool = False,
+    ):
         self.client = client
         self.semaphore = semaphore
         self.cache = annotator.cache
         self.budget = annotator.budget
         self.annotator = annotator
+        # The judge asks its own model (and maybe endpoint) through the same cache and budget.
+        self.model_name = model_name or annotator.model
+        self.formats = formats or annotator.formats
+        self.judge = judge
+
+    def count(self, event: str) -> None:
+        """One more ``event`` of the annotation checks, in the annotator's and the sample's usage."""
+        for usage in (self.annotator.usage, SAMPLE_USAGE.get(None)):
+            if usage is not None:
+                usage.count(event)
 
     async def valid(
         self,
@@ -137,21 +253,41 @@ class Asker:
         digests: Mapping[str, str] | None = None,
     ) -> T:
         """Ask until ``parse`` accepts a reply (at most 1 + max_invalid_retries requests); what
-        ``parse`` returns. A rejected reply is sent back with the error, so the model can fix it."""
+        ``parse`` returns. A rejected reply is sent back with the error, so the model can fix it;
+        a reply cut short (``finish_reason`` other than ``stop``) is unusable: asked again, with
+        ``max_tokens`` raised once when the cause was its length. A ``ReplyError`` of a semantic
+        check is counted (``<check>.caught``, ``<check>.fixed``) and, when no re-ask fixes it,
+        gives the sample that check's reject code."""
         config = self.annotator.config
-        error = ""
+        error, code, caught = "", RejectCode.LLM_INVALID_REPLY, None
+        max_tokens, raised = config.max_tokens, False
         for _ in range(config.max_invalid_retries + 1):
-            text = await self.request(messages, prompt_version, model, name, digests)
+            entry = await self.request(messages, prompt_version, model, name, digests, max_tokens=max_tokens)
+            text = entry.content or ""
+            finish = entry.finish_reason
+            if finish not in (None, "stop"):
+                error, code = f"the reply was cut short (finish_reason: {finish})", RejectCode.LLM_INVALID_REPLY
+                self.count(f"finish_{finish}.caught")
+                if finish == "length" and not raised:
+                    max_tokens, raised = raised_max_tokens(max_tokens), True
+                    continue  # the same request, room to finish
+                messages = _reasked(messages, text, reask.format(error=error))
+                continue
             try:
-                return parse(text)
+                parsed = parse(text)
             except ValueError as exc:
                 error = short_error(exc)
-                messages = [
-                    *messages,
-                    {"role": "assistant", "content": text},
-                    {"role": "user", "content": reask.format(error=error)},
-                ]
-        raise ReplyRejected(f"{config.max_invalid_retries + 1} replies could not be used; last: {error}")
+                check = getattr(exc, "check", None)
+                code = getattr(exc, "code", RejectCode.LLM_INVALID_REPLY)
+                if check is not None:
+                    self.count(f"{check}.caught")
+                    caught = check
+                messages = _reasked(messages, text, reask.format(error=error))
+                continue
+            if caught is not None:
+                self.count(f"{caught}.fixed")
+            return parsed
+        raise ReplyRejected(f"{config.max_invalid_retries + 1} replies could not be used; last: {error}", code)
 
     async def request(
         self,
@@ -160,15 +296,21 @@ class Asker:
         model: type[BaseModel],
         name: str,
         digests: Mapping[str, str] | None = None,
-    ) -> str:
-        """One chat completion's content: from the cache, or sent (budget permitting) and cached."""
+        *,
+        max_tokens: int | None = None,
+    ) -> CacheEntry:
+        """One chat completion (its content and finish reason): from the cache, or sent (budget
+        permitting) and cached. ``max_tokens`` other than the config's is part of the key."""
         annotator = self.annotator
+        sampling = annotator._sampling
+        if max_tokens != annotator.config.max_tokens:
+            sampling = {**sampling, "max_tokens": max_tokens}
         key = request_key(
-            model=annotator.model,
+            model=self.model_name,
             prompt_version=prompt_version,
             messages=messages,
             schema_hash=schema_hash(model),
-            sampling=annotator._sampling,
+            sampling=sampling,
             digests=digests,
         )
         entry = self.cache.get(key)
@@ -178,7 +320,7 @@ class Asker:
         if not cached:
             if not self.budget.acquire():
                 raise BudgetReached()
-            entry = await self._send(key, messages, model, name)
+            entry = await self._send(key, messages, model, name, max_tokens)
             self.budget.add_tokens(entry.usage.prompt_tokens + entry.usage.completion_tokens)
             await asyncio.to_thread(self.cache.put, key, entry)  # before the reply is used
         used = LlmUsage(
@@ -188,15 +330,18 @@ class Asker:
             prompt_tokens=entry.usage.prompt_tokens,
             completion_tokens=entry.usage.completion_tokens,
             images=entry.images,
+            judge_requests=int(self.judge),
         )
         for usage in (annotator.usage, SAMPLE_USAGE.get(None)):
             if usage is not None:
                 usage.add(used)
         if entry.kind == "error":
             raise LlmError(entry.error or "request failed")
-        return entry.content or ""
+        return entry
 
-    async def _send(self, key: str, messages: list[dict], model: type[BaseModel], name: str) -> CacheEntry:
+    async def _send(
+        self, key: str, messages: list[dict], model: type[BaseModel], name: str, max_tokens: int | None
+    ) -> CacheEntry:
         """One request: the reply, or a final error that no retry can change (both cached by the
         caller). Raises ``LlmUnavailable`` for a transient failure after the retries (never
         cached: the sample stays pending) and ``ReplyTooLarge``.
@@ -207,14 +352,7 @@ class Asker:
         import openai
 
         config = self.annotator.config
-        body: dict[str, Any] = {
-            "model": self.annotator.model,
-            "messages": messages,
-            "response_format": response_format(model, name),
-            "temperature": config.temperature,
-        }
-        if config.max_tokens is not None:
-            body["max_tokens"] = config.max_tokens
+        formats = self.formats
         images = count_images(messages)
         problem = ""
         too_large = 0
@@ -223,6 +361,9 @@ class Asker:
                 await asyncio.sleep(min(8.0, 0.25 * 2 ** (attempt - 1)))
             try:
                 async with self.semaphore:
+                    # The format is read when the request goes out: one refused before it moved on.
+                    mode = formats.mode
+                    body = request_body(self.model_name, messages, model, name, config.temperature, max_tokens, mode)
                     data = await self._post(key, body)
             except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
                 raise StgrError(
@@ -231,7 +372,7 @@ class Asker:
                 ) from None
             except openai.NotFoundError:
                 raise StgrError(
-                    f"the LLM endpoint does not know model {self.annotator.model!r} (HTTP 404): "
+                    f"the LLM endpoint does not know model {self.model_name!r} (HTTP 404): "
                     f"check annotator.model and OPENAI_BASE_URL"
                 ) from None
             except openai.APITimeoutError:
@@ -242,8 +383,12 @@ class Asker:
                 detail = f"HTTP {exc.status_code} after {config.max_retries} retries: {status_message(exc)}"
                 if not final_status(exc.status_code):
                     raise LlmUnavailable("rate_limited" if exc.status_code == 429 else "server_error", detail) from None
+                fallback = formats.fall_back(mode) if refuses_format(exc.status_code, detail) else None
+                if fallback is not None:  # the endpoint refuses this response_format: the next mode
+                    self.count("format.fallback")
+                    return await self._send(key, messages, model, name, max_tokens)
                 # Another 4xx: the request itself is refused; asking again changes nothing.
-                return CacheEntry(kind="error", images=images, model=self.annotator.model, error=detail)
+                return CacheEntry(kind="error", images=images, model=self.model_name, error=detail)
             except openai.APIConnectionError as exc:
                 raise LlmUnavailable(
                     "connection", f"cannot reach the LLM endpoint: {type(exc).__name__} ({config.max_retries} retries)"
@@ -252,8 +397,10 @@ class Asker:
                 problem = str(exc)
                 too_large += isinstance(exc, TooLarge)
                 continue
+            if mode != FORMAT_MODES[0]:
+                self.count(f"format.{mode}")
             try:
-                return entry_of(data, images, self.annotator.model)
+                return entry_of(data, images, self.model_name)
             except BadReply as exc:
                 problem = str(exc)
         if too_large == config.max_retries + 1 and too_large >= 2:
@@ -304,6 +451,7 @@ def entry_of(data: bytes, images: int, model: str) -> CacheEntry:
         choice = choices[0] if choices else None
         message = choice["message"] if choice is not None else {}
         content = message.get("content")
+        finish = choice.get("finish_reason") if isinstance(choice, dict) else None
         usage = reply.get("usage") or {}
         used = CachedUsage(
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
@@ -320,7 +468,14 @@ def entry_of(data: bytes, images: int, model: str) -> CacheEntry:
             model=model,
             error=f"empty reply ({'refusal: ' + str(refusal) if refusal else 'no content'})",
         )
-    return CacheEntry(kind="reply", content=content, usage=used, images=images, model=model)
+    return CacheEntry(
+        kind="reply",
+        content=content,
+        usage=used,
+        images=images,
+        model=model,
+        finish_reason=finish if isinstance(finish, str) else None,
+    )
 
 
 #: Final errors an earlier version cached although a retry could cure them (429, 5xx, timeouts).

@@ -63,11 +63,16 @@ from stgr_builder.annotate.client import (
     TRANSIENT_ERROR,
     Asker,
     BadReply,
+    FormatMemory,
     async_client,
     entry_of,
     final_status,
+    refuses_format,
+    request_body,
     sample_error,
 )
+from stgr_builder.annotate.judge import SCHEMA_NAME as JUDGE_SCHEMA
+from stgr_builder.annotate.judge import CropVerdict, judge_messages, kept_by_votes, parse_judge_prompt, parse_verdict
 from stgr_builder.annotate.prepare import PreparePool, default_processes
 from stgr_builder.annotate.prompts import load_prompt
 from stgr_builder.annotate.ratelimit import limiter_for
@@ -75,6 +80,7 @@ from stgr_builder.annotate.reply import (
     SCHEMA_NAME,
     Chosen,
     CotReply,
+    ReplyChecks,
     evidence_of,
     parse_reply,
     render_trace,
@@ -90,7 +96,6 @@ from stgr_builder.annotate.request import (
     frames_to_draw,
     json_body,
     parse_llm_prompt,
-    response_format,
     sample_view,
     schema_hash,
 )
@@ -140,12 +145,12 @@ class LlmAnnotator:
         self.content = parse_llm_prompt(loaded)
         self.prompt = loaded.ref
         self.prompts = [self.prompt]
-        self.crop_content = None
-        if config.crop_verify:
-            crop_prompt = load_prompt(config.crop_prompt)
-            self.crop_content = crops.parse_crop_prompt(crop_prompt)
-            self.crop_prompt = crop_prompt.ref
-            self.prompts.append(self.crop_prompt)
+        self.judge_content = None
+        if config.judge_on:
+            judge_prompt = load_prompt(config.judge.prompt)
+            self.judge_content = parse_judge_prompt(judge_prompt)
+            self.judge_prompt = judge_prompt.ref
+            self.prompts.append(self.judge_prompt)
         self.max_area = verify.max_box_area
         self.root = Path(root) if root is not None else None
         resources = resources if resources is not None else Resources()
@@ -154,6 +159,21 @@ class LlmAnnotator:
         ledger = self.root / BUDGET_DIR / f"{run}.json" if self.root is not None and run else None
         self.budget = resources.budget(run, config.budget, config.budget_tokens, ledger)
         self.cache = ResponseCache(self.root) if self.root is not None else None
+        # The response_format the endpoint accepts, remembered under the cache (a fallback is
+        # paid once per endpoint); the semantic checks of each reply.
+        self.formats = FormatMemory(self.root, os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1")
+        # The judge's endpoint and key: its own variables, else the annotator's (never stored).
+        judge = config.judge
+        self.judge_base_url = os.environ.get(judge.base_url_env) or os.environ.get("OPENAI_BASE_URL")
+        self.judge_api_key = os.environ.get(judge.api_key_env) or os.environ.get("OPENAI_API_KEY")
+        self.judge_model = judge.model or config.model
+        self.judge_formats = FormatMemory(self.root, (self.judge_base_url or "https://api.openai.com/v1") + "#judge")
+        self.judge_client = None  # made in the session's loop on first use when its endpoint differs
+        self.checks = (
+            ReplyChecks(aliases=config.checks.aliases, key_frame_tolerance=config.checks.key_frame_tolerance)
+            if config.checks.enabled
+            else None
+        )
         # Many times the concurrency: a batch ends with a tail of slow replies while slots idle,
         # so fewer, larger batches (a default shard is one batch) keep the endpoint busy.
         self.batch_size = max(16 * config.concurrency, 128)
@@ -252,7 +272,7 @@ class LlmAnnotator:
                 if entry is None or entry.kind != "reply":
                     continue  # a failure: the online pass deals with it
                 try:
-                    parse_reply(entry.content or "", view)
+                    parse_reply(entry.content or "", view, self.checks)
                 except ValueError as exc:
                     again.append(
                         (
@@ -277,14 +297,15 @@ class LlmAnnotator:
             entry = self.cache.get(key)
             if entry is not None and not (entry.kind == "error" and TRANSIENT_ERROR.match(entry.error or "")):
                 continue
-            body: dict[str, Any] = {
-                "model": self.model,
-                "messages": messages,
-                "response_format": response_format(CotReply, SCHEMA_NAME),
-                "temperature": self.config.temperature,
-            }
-            if self.config.max_tokens is not None:
-                body["max_tokens"] = self.config.max_tokens
+            body = request_body(
+                self.model,
+                messages,
+                CotReply,
+                SCHEMA_NAME,
+                self.config.temperature,
+                self.config.max_tokens,
+                self.formats.mode,
+            )
             bodies[key], images[key] = body, count_images(messages)
         if not bodies:
             return
@@ -306,6 +327,8 @@ class LlmAnnotator:
                     continue  # asked again online
             elif final_status(status):
                 message = (reply or {}).get("error", {}).get("message", "") if isinstance(reply, dict) else ""
+                if refuses_format(status, str(message)):
+                    continue  # asked online, where the endpoint's response format is found once
                 entry = CacheEntry(
                     kind="error",
                     images=images[key],
@@ -337,6 +360,14 @@ class LlmAnnotator:
                     self.sample_usage[work.sample.id] = usage
 
         ask = Asker(client, semaphore, self)
+        self.judge_ask = Asker(
+            self._judge_client(client),
+            semaphore,
+            self,
+            model_name=self.judge_model,
+            formats=self.judge_formats,
+            judge=True,
+        )
         return await asyncio.gather(*(one(ask, work) for work in batch), return_exceptions=True)
 
     async def _one(self, ask: Asker, work: SampleWork) -> Annotation | SampleError:
@@ -356,24 +387,24 @@ class LlmAnnotator:
                 self.prompt.version,
                 CotReply,
                 SCHEMA_NAME,
-                lambda text: parse_reply(text, view),
+                lambda text: parse_reply(text, view, self.checks),
                 self.content.reask,
                 digests,
             )
         except REQUEST_FAILURES as err:
             return sample_error(err)
         kept = chosen
-        if self.crop_content is not None and chosen:
+        if self.judge_content is not None and chosen:
             try:
-                kept = await self._verify_crops(ask, chosen)
+                kept, yes_votes = await self._judge(chosen)
             except REQUEST_FAILURES as err:
-                return sample_error(err, "crop verification")
-            work.votes = len(kept)
+                return sample_error(err, "judge")
+            work.votes = yes_votes
             if not kept:
                 names = sorted({c.name for c in chosen.values()})
                 return SampleError(
                     RejectCode.CROPS_REJECTED,
-                    f"the crop verifier answered no for all {len(chosen)} chosen boxes ({', '.join(names)})",
+                    f"the judge did not confirm any of the {len(chosen)} chosen boxes ({', '.join(names)})",
                 )
         evidence = evidence_of(kept)
         key_frames = sorted(
@@ -392,23 +423,47 @@ class LlmAnnotator:
             model=self.model,
         )
 
-    async def _verify_crops(self, ask: Asker, chosen: dict[int, Chosen]) -> dict[int, Chosen]:
-        async def one(cid: int) -> bool:
+    def _judge_client(self, client: Any) -> Any:
+        """The annotator's client when the judge shares its endpoint and key, else one of its own."""
+        same = (self.judge_base_url, self.judge_api_key) == (
+            os.environ.get("OPENAI_BASE_URL"),
+            os.environ.get("OPENAI_API_KEY"),
+        )
+        if same:
+            return client
+        if self.judge_client is None:
+            self.judge_client = async_client(self.config, self.limiter, self.judge_base_url, self.judge_api_key)
+        return self.judge_client
+
+    async def _judge(self, chosen: dict[int, Chosen]) -> tuple[dict[int, Chosen], int]:
+        """The chosen boxes the judge confirms (``judge.threshold`` yes votes of at most
+        ``judge.votes``, asked one after the other until the outcome is settled), and the yes
+        votes of the kept boxes."""
+        settings = self.config.judge
+        assert self.judge_content is not None and self.root is not None
+
+        async def votes_for(cid: int) -> int:
             item = chosen[cid]
             jpeg = await asyncio.to_thread(crops.crop_jpeg, self.root / item.cand.frame.path, item.cand.det.box)
-            messages = crops.crop_messages(self.crop_content, item.name, item.cand.det.label, jpeg)
-            verdict = await ask.valid(
-                messages,
-                self.crop_prompt.version,
-                crops.CropVerdict,
-                crops.SCHEMA_NAME,
-                crops.parse_verdict,
-                self.content.reask,
-            )
-            return verdict.answer == "yes"
+            yes = 0
+            for vote in range(1, settings.votes + 1):
+                verdict = await self.judge_ask.valid(
+                    judge_messages(self.judge_content, item.name, jpeg, vote),
+                    self.judge_prompt.version,
+                    CropVerdict,
+                    JUDGE_SCHEMA,
+                    parse_verdict,
+                    self.content.reask,
+                )
+                yes += verdict.answer == "yes"
+                self.judge_ask.count(f"judge.{verdict.answer}")
+                if kept_by_votes(yes, vote, settings.votes, settings.threshold) is not None:
+                    break
+            return yes
 
-        answers = await asyncio.gather(*(one(cid) for cid in chosen))
-        return {cid: chosen[cid] for cid, yes in zip(chosen, answers, strict=False) if yes}
+        yes_votes = await asyncio.gather(*(votes_for(cid) for cid in chosen))
+        kept = {cid: chosen[cid] for cid, yes in zip(chosen, yes_votes, strict=True) if yes >= settings.threshold}
+        return kept, sum(yes for yes in yes_votes if yes >= settings.threshold)
 
 
 __all__ = [

@@ -4,13 +4,15 @@ offered, and the trace written from it in the spec's grammar."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from stgr_builder.annotate.jsontext import extract_json
 from stgr_builder.annotate.request import Candidate, SampleView
 from stgr_builder.core import geometry, grammar
-from stgr_builder.models import Evidence
+from stgr_builder.models import Evidence, RejectCode
 
 SCHEMA_NAME = "stgr_cot_reply"
 
@@ -46,7 +48,133 @@ _REF_RE = re.compile(r"\[\s*(SPAN|B\d+(?:\s*,\s*B\d+)*)\s*\]")
 
 
 class ReplyError(ValueError):
-    """A reply that parses but cannot be used; its message goes back to the model."""
+    """A reply that parses but cannot be used; its message goes back to the model. ``check``
+    names the semantic check that caught it (None: the reply's form), ``code`` the sample's
+    reject code when the re-asks do not fix it."""
+
+    def __init__(self, message: str, *, check: str | None = None, code: RejectCode = RejectCode.LLM_INVALID_REPLY):
+        super().__init__(message)
+        self.check = check
+        self.code = code
+
+
+# ---------------------------------------------------------------------------------------
+# The semantic checks: what a well-formed reply can still get wrong
+# ---------------------------------------------------------------------------------------
+
+#: The checks, each with the reject code of a sample whose re-asks did not fix it.
+CHECK_CODES: dict[str, RejectCode] = {
+    "wrong_object": RejectCode.WRONG_OBJECT_NAME,
+    "prose_time": RejectCode.PROSE_TIME_OR_BOX,
+    "off_span": RejectCode.KEY_FRAME_OFF_SPAN,
+    "conclusion": RejectCode.CONCLUSION_MISMATCH,
+}
+
+# A time (a number with s/sec/seconds) or a coordinate list ([0.1, 0.2, ...]) in the prose.
+_PROSE_TIME_RE = re.compile(r"(?<![\w.])\d+(?:\.\d+)?\s*(?:s|sec|secs|second|seconds)\b", re.IGNORECASE)
+_PROSE_LIST_RE = re.compile(r"\[\s*-?\d+(?:\.\d+)?(?:\s*,\s*-?\d+(?:\.\d+)?)+\s*\]")
+_CONCLUSION_RE = re.compile(
+    r"\b(?:answer|option|choice)\s+(?:is\s+|would\s+be\s+|must\s+be\s+)?\(?([A-Z])\)?(?![\w])", re.IGNORECASE
+)
+_ARTICLE_RE = re.compile(r"^(?:the|a|an|some)\s+")
+
+
+@dataclass(frozen=True)
+class ReplyChecks:
+    """What the semantic checks compare against: the alias table (a name -> the detector label
+    it means) and a temporal key frame's tolerance outside the answer's span (seconds)."""
+
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    key_frame_tolerance: float = 0.0
+
+
+def detector_name(name: str, vocabulary: set[str], aliases: Mapping[str, str]) -> str | None:
+    """``name`` in the detector's vocabulary (through the alias table; a plural or an article
+    dropped), or None for an open-vocabulary phrase (left to the judge).
+
+    >>> detector_name("the man", {"person", "dog"}, {"man": "person"})
+    'person'
+    >>> detector_name("dogs", {"person", "dog"}, {}), detector_name("red ball", {"dog"}, {})
+    ('dog', None)
+    """
+    words = _ARTICLE_RE.sub("", name.lower().strip())
+    for form in (words, words[:-1] if words.endswith("s") else ""):
+        if form in aliases:
+            return aliases[form]
+        if form and form in vocabulary:
+            return form
+    return None
+
+
+def check_names(view: SampleView, chosen: dict[int, Chosen], checks: ReplyChecks) -> None:
+    """The object named for each box is the box's detector label (in the detector's vocabulary)."""
+    vocabulary = {c.det.label.lower() for c in view.candidates.values()} | {n.lower() for n in view.names}
+    for cid, item in chosen.items():
+        meant = detector_name(item.name, vocabulary, checks.aliases)
+        label = item.cand.det.label.lower()
+        if meant is not None and meant != label:
+            raise ReplyError(
+                f"B{cid} shows a {label} (its detector label), not a {item.name}: choose a box that shows "
+                f"the {item.name}, or name B{cid} for what it shows",
+                check="wrong_object",
+                code=CHECK_CODES["wrong_object"],
+            )
+
+
+def check_prose(reasoning: str) -> None:
+    """No time or coordinate typed in the prose: every time and box is a citation's."""
+    prose = _REF_RE.sub(" ", reasoning)
+    found = _PROSE_TIME_RE.search(prose) or _PROSE_LIST_RE.search(prose)
+    if found:
+        raise ReplyError(
+            f"the reasoning states {found.group(0)!r} in its own words: never write a time or coordinates; "
+            f"cite the span as [SPAN] and boxes as [Bn]",
+            check="prose_time",
+            code=CHECK_CODES["prose_time"],
+        )
+
+
+def check_span(view: SampleView, chosen: dict[int, Chosen], checks: ReplyChecks) -> None:
+    """A temporal task's key frames lie in the answer's span (within the tolerance)."""
+    if not view.temporal or view.span is None:
+        return
+    low, high = view.span[0] - checks.key_frame_tolerance, view.span[1] + checks.key_frame_tolerance
+    for item in chosen.values():
+        if not low <= item.cand.frame.time <= high:
+            raise ReplyError(
+                f"key frame {item.cand.frame_no} (t={grammar.fmt_time(item.cand.frame.time)}s) is outside the "
+                f"answer's span: choose key frames within [SPAN]",
+                check="off_span",
+                code=CHECK_CODES["off_span"],
+            )
+
+
+def check_conclusion(view: SampleView, reasoning: str) -> None:
+    """An MCQ's reasoning concludes the gold option, not another one."""
+    sample = view.work.sample
+    if not sample.options:
+        return
+    try:
+        gold = grammar.parse_answer(sample.task, sample.answer).letter
+    except ValueError:
+        return
+    letters = {grammar.option_letter(i) for i in range(len(sample.options))}
+    for match in _CONCLUSION_RE.finditer(reasoning):
+        said = match.group(1).upper()
+        if said in letters and gold is not None and said != gold:
+            raise ReplyError(
+                f"the reasoning concludes option {said}, but the correct answer is {gold}: reason to {gold}",
+                check="conclusion",
+                code=CHECK_CODES["conclusion"],
+            )
+
+
+def run_checks(view: SampleView, reply: CotReply, chosen: dict[int, Chosen], checks: ReplyChecks) -> None:
+    """Every semantic check; the first that fails raises its ``ReplyError``."""
+    check_names(view, chosen, checks)
+    check_prose(reply.reasoning)
+    check_span(view, chosen, checks)
+    check_conclusion(view, reply.reasoning)
 
 
 @dataclass(frozen=True)
@@ -55,10 +183,11 @@ class Chosen:
     name: str
 
 
-def parse_reply(text: str, view: SampleView) -> tuple[CotReply, dict[int, Chosen]]:
-    """Read and check a reply against what was offered; raises ``ValueError`` (a pydantic
-    ``ValidationError`` or ``ReplyError``) with a message meant for the model."""
-    reply = CotReply.model_validate_json(text)
+def parse_reply(text: str, view: SampleView, checks: ReplyChecks | None = None) -> tuple[CotReply, dict[int, Chosen]]:
+    """Read and check a reply against what was offered (and, with ``checks``, the semantic
+    checks); raises ``ValueError`` (a pydantic ``ValidationError`` or ``ReplyError``) with a
+    message meant for the model."""
+    reply = CotReply.model_validate_json(extract_json(text))
     chosen: dict[int, Chosen] = {}
     frames = {f for f in range(1, len(view.frames) + 1)}
     for kf in reply.key_frames:
@@ -105,6 +234,8 @@ def parse_reply(text: str, view: SampleView) -> tuple[CotReply, dict[int, Chosen
         raise ReplyError("the reasoning must cite the answer's time span as [SPAN]")
     if not view.temporal and has_span:
         raise ReplyError("this task has no answer span: do not write [SPAN]")
+    if checks is not None:
+        run_checks(view, reply, chosen, checks)
     return reply, chosen
 
 
