@@ -2,16 +2,17 @@
 backend against ``stgr serve-llm --policy noisy`` (every mistake kind at ``--rate``), the checks
 and the judge on, each row judged against the generator's truth.
 
-Per seed, three builds of the same set:
+Per seed, two builds of the same set, the checks and the judge on:
 
-- ``bare``: the oracle policy, checks and judge off (the rows a perfect annotator gives);
-- ``clean``: the oracle policy, checks and judge on (what they drop of right answers);
-- ``noisy``: the noisy policy, checks and judge on.
+- ``clean``: the oracle policy. Its rows plus the samples the checks and the judge rejected are
+  the rows a perfect annotator gives (``right``); the rejected share is what they drop of right
+  answers (``clean_drop``);
+- ``noisy``: the noisy policy (each mistake kind at ``--rate``).
 
 Printed per seed and for the worst seed (not the mean): wrong evidence boxes against truth
 (IoU < 0.5 with every true object of the box's name on that frame), rows with a time or a
-coordinate in prose, rows with a key frame outside a temporal answer's span, rows / bare rows,
-annotation requests per row, judge requests per row, and the clean build's drop.
+coordinate in prose, rows with a key frame outside a temporal answer's span, noisy rows /
+right, annotation requests per row, judge requests per row, and the clean drop.
 
     PYTHONPATH=. python bench/noisy_vlm.py --seeds 0 1 2 --rate 0.15
 """
@@ -35,7 +36,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stgr_builder.annotate.reply import ReplyError, check_prose  # noqa: E402
+from stgr_builder.annotate.reply import CHECK_CODES, ReplyError, check_prose  # noqa: E402
 from stgr_builder.audit import connect  # noqa: E402
 from stgr_builder.audit.evidence import RIGHT_IOU, judge, load_truths  # noqa: E402
 from stgr_builder.core import grammar  # noqa: E402
@@ -46,6 +47,8 @@ from stgr_builder.pipeline import build  # noqa: E402
 from stgr_builder.sources.demo import generate_demo  # noqa: E402
 from stgr_builder.sources.demo_config import demo_config  # noqa: E402
 
+#: The reject codes of the checks and of the judge.
+CHECK_REJECTS = (*(code.value for code in CHECK_CODES.values()), "crops_rejected")
 _TAGGED = re.compile(r"<(t|box)>.*?</\1>")
 
 
@@ -90,12 +93,16 @@ def measure(out: Path) -> dict[str, float]:
     with connect(out) as con:
         rows = con.execute("SELECT id, source, video_path, image_path, key_items FROM cot").fetchall()
         traces = con.execute("SELECT task, answer, key_frames, reasoning_process FROM cot").fetchall()
+        dropped = con.execute(
+            f"SELECT count(*) FROM rejects WHERE code IN ({', '.join(repr(c) for c in CHECK_REJECTS)})"
+        ).fetchone()[0]
     judged = judge(load_truths(manifest), rows)
     llm = manifest.llm
     n = len(rows)
     annotation_requests = (llm.requests - llm.judge_requests) if llm else 0
     return {
         "rows": n,
+        "dropped": dropped,
         "boxes": len(judged),
         "wrong_boxes": sum(1 for j in judged if j[4] < RIGHT_IOU),
         "prose_rows": sum(prose_times(r[3]) for r in traces),
@@ -111,7 +118,7 @@ def run_seed(seed: int, work: Path, rate: float, n_videos: int, n_images: int) -
     generate_demo(source, seed=seed, n_videos=n_videos, n_images=n_images)
     rates = dict.fromkeys(MISTAKE_KINDS, rate)
     results = {}
-    for name, policy, checks in (("bare", "oracle", False), ("clean", "oracle", True), ("noisy", "noisy", True)):
+    for name, policy, checks in (("clean", "oracle", True), ("noisy", "noisy", True)):
         options = {"policy": policy, "noisy": options_from(rates, seed=seed, refuse_json_schema=True)}
         with serve_llm(**options) as server:
             os.environ["OPENAI_BASE_URL"] = server.base_url
@@ -134,27 +141,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="stgr-noisy-") as tmp, contextlib.chdir(tmp):
         for seed in args.seeds:
             got = run_seed(seed, Path(tmp), args.rate, args.n_videos, args.n_images)
-            bare, clean, noisy = got["bare"], got["clean"], got["noisy"]
+            clean, noisy = got["clean"], got["noisy"]
+            right = clean["rows"] + clean["dropped"]
             line = {
                 "seed": seed,
-                "bare_rows": bare["rows"],
+                "right": right,
                 "noisy_rows": noisy["rows"],
-                "rows/bare_rows": round(noisy["rows"] / bare["rows"], 3) if bare["rows"] else 0.0,
-                "clean_drop": round(1 - clean["rows"] / bare["rows"], 4) if bare["rows"] else 0.0,
+                "rows/right": round(noisy["rows"] / right, 3) if right else 0.0,
+                "clean_drop": round(clean["dropped"] / right, 4) if right else 0.0,
                 "wrong_boxes": noisy["wrong_boxes"],
-                "bare_wrong_boxes": bare["wrong_boxes"],
+                "clean_wrong_boxes": clean["wrong_boxes"],
                 "prose_rows": noisy["prose_rows"],
                 "off_span_rows": noisy["off_span_rows"],
                 "req_per_row": round(noisy["req_per_row"], 3),
                 "judge_req_per_row": round(noisy["judge_per_row"], 3),
-                "seconds": [bare["seconds"], clean["seconds"], noisy["seconds"]],
+                "seconds": [clean["seconds"], noisy["seconds"]],
             }
             print(line, flush=True)
             print("  noisy checks:", noisy["checks"], flush=True)
             for key, value in line.items():
-                if key in ("seed", "seconds", "bare_rows", "noisy_rows"):
+                if key in ("seed", "seconds", "right", "noisy_rows"):
                     continue
-                better_low = key != "rows/bare_rows"
+                better_low = key != "rows/right"
                 if key not in worst:
                     worst[key] = value
                 else:

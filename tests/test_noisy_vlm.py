@@ -16,7 +16,7 @@ from PIL import Image
 from stgr_builder.annotate.client import FORMATS_DIR
 from stgr_builder.annotate.jsontext import extract_json
 from stgr_builder.annotate.llm import LlmAnnotator
-from stgr_builder.annotate.reply import ReplyError, check_prose, detector_name
+from stgr_builder.annotate.reply import ReplyError, check_prose, detector_name, drop_uncited_prose
 from stgr_builder.dryrun.noisy import MISTAKE_KINDS, options_from
 from stgr_builder.dryrun.server import serve_llm
 from stgr_builder.errors import SampleError
@@ -172,16 +172,28 @@ SLIPS = [
 ]
 
 
+#: A sample whose slip needs a re-ask (a time in prose: inside a citing sentence).
+PROSE_IN_CITING_SENTENCE = 0
+SLIPPING = {"wrong_object": [0], "prose_time": [PROSE_IN_CITING_SENTENCE], "conclusion": [0], "off_span": [0]}
+
+
 @pytest.mark.parametrize(("kind", "task", "code"), SLIPS)
 def test_a_semantic_slip_is_re_asked_with_its_error_and_fixed(root, env, kind, task, code):
     span = (0.0, 3.0) if task is Task.TEMPORAL else (0.5, 2.5)
     with serve_llm(**noisy(kind, fix_rate=1.0)) as server:
         env(server)
         llm = annotator(root)
-        [result] = llm.annotate_batch([work(0, task, span)])
+        [result] = llm.annotate_batch([work(n, task, span) for n in SLIPPING[kind]])
         assert server.stats()["total"] == 2
     assert not isinstance(result, SampleError), result
     assert llm.usage.checks == {f"{kind}.caught": 1, f"{kind}.fixed": 1}
+
+
+def test_a_time_in_a_sentence_that_cites_nothing_is_dropped_without_a_request():
+    reasoning = "The dog runs [B1]. At 99.5s the scene changes. It stops [B2] near the car."
+    assert drop_uncited_prose(reasoning) == "The dog runs [B1]. It stops [B2] near the car."
+    kept = "The dog runs [B1] at 3.0s. It stops."
+    assert drop_uncited_prose(kept) == kept  # a time beside a citation: re-asked, not dropped
 
 
 @pytest.mark.parametrize(("kind", "task", "code"), SLIPS)
@@ -189,7 +201,7 @@ def test_a_slip_no_re_ask_fixes_is_rejected_with_its_own_code(root, env, kind, t
     span = (0.0, 3.0) if task is Task.TEMPORAL else (0.5, 2.5)
     with serve_llm(**noisy(kind, fix_rate=0.0)) as server:
         env(server)
-        [result] = annotator(root).annotate_batch([work(0, task, span)])
+        [result] = annotator(root).annotate_batch([work(n, task, span) for n in SLIPPING[kind]])
         assert server.stats()["total"] == 3
     assert isinstance(result, SampleError) and result.code is code, result
 

@@ -6,11 +6,11 @@ loop that sends a rejected reply back with its error."""
 from __future__ import annotations
 
 import asyncio
-import contextvars
+import contextlib
 import json
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -20,6 +20,7 @@ from stgr_builder.annotate.cache import CachedUsage, CacheEntry, request_key
 from stgr_builder.annotate.ratelimit import RateLimiter
 from stgr_builder.annotate.reply import short_error
 from stgr_builder.annotate.request import count_images, json_body, response_format, schema_hash
+from stgr_builder.annotate.usage import SAMPLE_USAGE, count_event
 from stgr_builder.core.files import atomic_write_bytes
 from stgr_builder.core.hashing import digest
 from stgr_builder.core.resources import BudgetReached
@@ -99,8 +100,6 @@ def async_client(config: AnnotatorConfig, limiter: RateLimiter, base_url: str | 
 
 #: Stands for an image's data URL while the rest of a request body is serialized (``json_body``).
 
-SAMPLE_USAGE: contextvars.ContextVar[LlmUsage] = contextvars.ContextVar("stgr_sample_llm_usage")
-
 
 class ReplyRejected(Exception):
     """Replies stayed invalid after every re-ask; ``code`` is the last error's reject code."""
@@ -169,9 +168,31 @@ class FormatMemory:
         self.path = root / FORMATS_DIR / f"{digest(endpoint)[:16]}.json" if root is not None else None
         self.lock = threading.Lock()
         self.mode = FORMAT_MODES[0]
+        # Until a request in the current mode is answered, requests go out one at a time, so an
+        # endpoint that refuses it is paid one refusal, not one per request in flight.
+        self.confirmed = False
+        self._probe: asyncio.Lock | None = None
         if self.path is not None and self.path.exists():
             found = json.loads(self.path.read_text(encoding="utf-8")).get("mode")
             self.mode = found if found in FORMAT_MODES else self.mode
+            self.confirmed = True
+
+    @contextlib.asynccontextmanager
+    async def probing(self) -> AsyncIterator[None]:
+        """Held by a request while the endpoint's format is not confirmed (nothing after)."""
+        if not self.confirmed:
+            if self._probe is None:
+                self._probe = asyncio.Lock()
+            async with self._probe:
+                if not self.confirmed:  # still the first: go out holding it
+                    yield
+                    return
+        yield
+
+    def confirm(self, mode: str) -> None:
+        """A request in ``mode`` was answered: the endpoint accepts it."""
+        if mode == self.mode:
+            self.confirmed = True
 
     def fall_back(self, refused: str) -> str | None:
         """The mode after ``refused`` (remembered), the current one when another request has
@@ -238,9 +259,7 @@ class Asker:
 
     def count(self, event: str) -> None:
         """One more ``event`` of the annotation checks, in the annotator's and the sample's usage."""
-        for usage in (self.annotator.usage, SAMPLE_USAGE.get(None)):
-            if usage is not None:
-                usage.count(event)
+        count_event(event)
 
     async def valid(
         self,
@@ -360,11 +379,12 @@ class Asker:
             if attempt:
                 await asyncio.sleep(min(8.0, 0.25 * 2 ** (attempt - 1)))
             try:
-                async with self.semaphore:
+                async with self.semaphore, formats.probing():
                     # The format is read when the request goes out: one refused before it moved on.
                     mode = formats.mode
                     body = request_body(self.model_name, messages, model, name, config.temperature, max_tokens, mode)
                     data = await self._post(key, body)
+                    formats.confirm(mode)
             except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
                 raise StgrError(
                     f"the LLM endpoint refused the API key (HTTP {exc.status_code}): "

@@ -59,7 +59,6 @@ from stgr_builder.annotate.batch import BatchJobs
 from stgr_builder.annotate.cache import CacheEntry, ResponseCache, request_key
 from stgr_builder.annotate.client import (
     REQUEST_FAILURES,
-    SAMPLE_USAGE,
     TRANSIENT_ERROR,
     Asker,
     BadReply,
@@ -100,6 +99,7 @@ from stgr_builder.annotate.request import (
     schema_hash,
 )
 from stgr_builder.annotate.session import LlmSession
+from stgr_builder.annotate.usage import ANNOTATOR_USAGE, SAMPLE_USAGE
 from stgr_builder.core import grammar
 from stgr_builder.core.hashing import digest
 from stgr_builder.core.resources import BudgetReached, Resources
@@ -353,7 +353,8 @@ class LlmAnnotator:
         async def one(ask: Asker, work: SampleWork) -> Annotation | SampleError:
             async with under_way:
                 usage = LlmUsage()
-                SAMPLE_USAGE.set(usage)  # this task's context: its crop checks share it
+                SAMPLE_USAGE.set(usage)  # this task's context: its judge requests share it
+                ANNOTATOR_USAGE.set(self.usage)
                 try:
                     return await self._one(ask, work)
                 finally:

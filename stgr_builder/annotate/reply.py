@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stgr_builder.annotate.jsontext import extract_json
 from stgr_builder.annotate.request import Candidate, SampleView
+from stgr_builder.annotate.usage import count_event
 from stgr_builder.core import geometry, grammar
 from stgr_builder.models import Evidence, RejectCode
 
@@ -119,6 +120,21 @@ def check_names(view: SampleView, chosen: dict[int, Chosen], checks: ReplyChecks
                 check="wrong_object",
                 code=CHECK_CODES["wrong_object"],
             )
+
+
+_SENTENCE_END_RE = re.compile(r"(?<=[.!?])\s+")
+
+
+def drop_uncited_prose(reasoning: str) -> str:
+    """The reasoning without its sentences that state a time or coordinates and cite nothing:
+    such a sentence carries no evidence, so dropping it costs no request and loses nothing a
+    row needs (one that cites a box or the span is re-asked instead)."""
+    sentences = _SENTENCE_END_RE.split(reasoning.strip())
+    kept = [s for s in sentences if _REF_RE.search(s) or not (_PROSE_TIME_RE.search(s) or _PROSE_LIST_RE.search(s))]
+    if len(kept) == len(sentences):
+        return reasoning
+    count_event("prose_time.dropped")
+    return " ".join(kept)
 
 
 def check_prose(reasoning: str) -> None:
@@ -235,6 +251,9 @@ def parse_reply(text: str, view: SampleView, checks: ReplyChecks | None = None) 
     if not view.temporal and has_span:
         raise ReplyError("this task has no answer span: do not write [SPAN]")
     if checks is not None:
+        reasoning = drop_uncited_prose(reply.reasoning)
+        if reasoning != reply.reasoning:
+            reply = reply.model_copy(update={"reasoning": reasoning})
         run_checks(view, reply, chosen, checks)
     return reply, chosen
 

@@ -195,7 +195,13 @@ def annotation_tables(con: duckdb.DuckDBPyConnection, usage: LlmUsage) -> list[A
     rejects = dict(con.execute("SELECT code, count(*) FROM rejects GROUP BY code").fetchall())
     checks = usage.checks
     rows = [
-        (check, checks.get(f"{check}.caught", 0), checks.get(f"{check}.fixed", 0), rejects.get(code, 0))
+        (
+            check,
+            checks.get(f"{check}.caught", 0),
+            checks.get(f"{check}.fixed", 0),
+            checks.get(f"{check}.dropped", 0),
+            rejects.get(code, 0),
+        )
         for check, code in _CHECK_CODES.items()
     ]
     yes, no = checks.get("judge.yes", 0), checks.get("judge.no", 0)
@@ -219,7 +225,7 @@ def annotation_tables(con: duckdb.DuckDBPyConnection, usage: LlmUsage) -> list[A
     GROUP BY source ORDER BY source"""
     cursor = con.execute(annotated)
     return [
-        AuditTable("Annotation checks", ["check", "replies_caught", "fixed_by_reask", "rejects"], rows),
+        AuditTable("Annotation checks", ["check", "replies_caught", "fixed_by_reask", "dropped_sentences", "rejects"], rows),
         AuditTable(
             "Judge agreement (crops the judge confirmed)",
             ["yes", "no", "agreement", "samples_rejected", "judge_requests", "response_format"],

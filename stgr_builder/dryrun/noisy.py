@@ -8,7 +8,8 @@ interleave):
 - ``fence``: the JSON in a ```json fence or wrapped in prose, on every reply of that sample
   (a habit: asking again does not change it);
 - ``wrong_object``: a box of another object, named with the question's object name;
-- ``prose_time``: a time stated in prose ("At 99.5s the scene changes.");
+- ``prose_time``: a time stated in prose: a sentence of its own ("At 99.5s the scene
+  changes.") or inside a sentence that cites a box ("... visible [B3] at 2.0s.");
 - ``off_span``: a temporal task's key frame outside the answer's span;
 - ``conclusion``: an MCQ reasoning that concludes another option than the gold one;
 - ``length``: the reply cut by ``max_tokens`` (``finish_reason: length``) unless the request
@@ -147,7 +148,12 @@ def _wrong_object(reply: dict[str, Any], user_text: str, how: float) -> None:
 
 
 def _prose_time(reply: dict[str, Any], user_text: str, how: float) -> None:
-    _cite(reply, f"At {round(1 + how * 98, 1)}s the scene changes.")
+    """A time in prose: a sentence of its own (half the time), or in a sentence that cites a box."""
+    time_s = round(1 + how * 98, 1)
+    if how < 0.5 or "]." not in reply["reasoning"]:
+        _cite(reply, f"At {time_s}s the scene changes.")
+    else:
+        reply["reasoning"] = reply["reasoning"].replace("].", f"] at {time_s}s.", 1)
 
 
 def _off_span(reply: dict[str, Any], user_text: str, how: float) -> None:
