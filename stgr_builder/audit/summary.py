@@ -188,6 +188,9 @@ _CHECK_CODES = {
 }
 
 
+_CHECK_COLUMNS = ["check", "replies_caught", "fixed_by_reask", "dropped_sentences", "rejects"]
+
+
 def annotation_tables(con: duckdb.DuckDBPyConnection, usage: LlmUsage) -> list[AuditTable]:
     """The LLM annotator's checks at work: per check the replies it caught, the re-asks that
     fixed them and the samples it rejected; the judge's verdicts; rows per sample annotated,
@@ -225,7 +228,7 @@ def annotation_tables(con: duckdb.DuckDBPyConnection, usage: LlmUsage) -> list[A
     GROUP BY source ORDER BY source"""
     cursor = con.execute(annotated)
     return [
-        AuditTable("Annotation checks", ["check", "replies_caught", "fixed_by_reask", "dropped_sentences", "rejects"], rows),
+        AuditTable("Annotation checks", _CHECK_COLUMNS, rows),
         AuditTable(
             "Judge agreement (crops the judge confirmed)",
             ["yes", "no", "agreement", "samples_rejected", "judge_requests", "response_format"],
