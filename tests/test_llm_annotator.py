@@ -14,8 +14,8 @@ from PIL import Image
 
 from stgr_builder.annotate.cache import ResponseCache
 from stgr_builder.annotate.llm import BudgetReached, LlmAnnotator
-from stgr_builder.dryrun.server import serve_llm
 from stgr_builder.core import grammar
+from stgr_builder.dryrun.server import serve_llm
 from stgr_builder.errors import SampleError
 from stgr_builder.models import (
     AnnotatorConfig,

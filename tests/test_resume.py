@@ -14,9 +14,9 @@ from small_demo import copy_build, small_source, write_config
 from typer.testing import CliRunner
 
 from stgr_builder.annotate.cache import ResponseCache
-from stgr_builder.dryrun.server import serve_llm
 from stgr_builder.audit import query
 from stgr_builder.cli import app
+from stgr_builder.dryrun.server import serve_llm
 from stgr_builder.errors import StgrError
 from stgr_builder.pipeline import build
 

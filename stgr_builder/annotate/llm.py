@@ -441,15 +441,16 @@ class LlmAnnotator:
         ``judge.votes``, asked one after the other until the outcome is settled), and the yes
         votes of the kept boxes."""
         settings = self.config.judge
-        assert self.judge_content is not None and self.root is not None
+        content, root = self.judge_content, self.root
+        assert content is not None and root is not None
 
         async def votes_for(cid: int) -> int:
             item = chosen[cid]
-            jpeg = await asyncio.to_thread(crops.crop_jpeg, self.root / item.cand.frame.path, item.cand.det.box)
+            jpeg = await asyncio.to_thread(crops.crop_jpeg, root / item.cand.frame.path, item.cand.det.box)
             yes = 0
             for vote in range(1, settings.votes + 1):
                 verdict = await self.judge_ask.valid(
-                    judge_messages(self.judge_content, item.name, jpeg, vote),
+                    judge_messages(content, item.name, jpeg, vote),
                     self.judge_prompt.version,
                     CropVerdict,
                     JUDGE_SCHEMA,

@@ -11,6 +11,7 @@ read, so a label in the prompt cannot sway it.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 from typing import Any
@@ -31,6 +32,8 @@ class DemoJudge:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.model: Any = None
+        # Verdicts by crop: a crop asked again (a rerun, a retry) is answered without the model.
+        self.seen: dict[str, set[str]] = {}
 
     def _loaded(self) -> Any:
         if self.model is None:
@@ -46,6 +49,10 @@ class DemoJudge:
 
     def found(self, jpeg: bytes) -> set[str]:
         """The classes the detector finds on the crop (pasted at its size on a grey canvas)."""
+        key = hashlib.sha256(jpeg).hexdigest()
+        known = self.seen.get(key)
+        if known is not None:
+            return known
         with Image.open(io.BytesIO(jpeg)) as image:
             crop = image.convert("RGB")
         width, height = max(CANVAS[0], crop.width + 32), max(CANVAS[1], crop.height + 32)
@@ -54,10 +61,12 @@ class DemoJudge:
         with self.lock:
             model = self._loaded()
             [prediction] = model.predict(canvas, imgsz=320, conf=CONFIDENCE, verbose=False, device="cpu")
-        return {prediction.names[int(cls)].lower() for cls in prediction.boxes.cls.tolist()}
+            found = {prediction.names[int(cls)].lower() for cls in prediction.boxes.cls.tolist()}
+            self.seen[key] = found
+        return found
 
     def answer(self, jpeg: bytes, name: str) -> str:
-        """ "yes" when the detector finds ``name`` (its last word, singular) on the crop."""
+        """``yes`` when the detector finds ``name`` (its last word, singular) on the crop."""
         asked = name.lower().strip().split(" ")[-1]
         found = self.found(jpeg)
         return "yes" if asked in found or asked.removesuffix("s") in found else "no"

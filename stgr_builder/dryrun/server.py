@@ -240,7 +240,8 @@ JUDGE = DemoJudge()
 
 def _first_image(messages: list[dict]) -> bytes | None:
     for message in messages:
-        for part in message.get("content") if isinstance(message.get("content"), list) else []:
+        content = message.get("content")
+        for part in content if isinstance(content, list) else []:
             url = (part.get("image_url") or {}).get("url", "") if part.get("type") == "image_url" else ""
             if ";base64," in url:
                 return base64.b64decode(url.split(";base64,", 1)[1])
