@@ -528,7 +528,7 @@ def _print_plan(plan) -> None:
         [
             ("annotator backend", e.backend),
             ("LLM requests", e.requests),
-            ("crop requests", e.crop_requests),
+            ("judge requests (crops)", e.crop_requests),
             ("candidate frames", e.frames),
             ("images sent", e.images),
             ("pixels sent", e.pixels),

@@ -60,7 +60,7 @@ def test_faults_of_every_kind_leave_samples_pending_and_a_rerun_finishes_them(
         annotator={
             **LLM,
             "concurrency": 4,
-            "timeout": 1.0,  # the judge runs a detector on each crop: more than 0.5s on a busy machine
+            "timeout": 2.0,  # the judge runs a detector on each crop: more than 0.5s on a busy machine
             "max_retries": 0,
             "max_invalid_retries": 3,
             "crop_verify": True,
@@ -70,7 +70,7 @@ def test_faults_of_every_kind_leave_samples_pending_and_a_rerun_finishes_them(
     with serve_llm() as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         build(config, clean)
-    with serve_llm(fault_rate=0.2, retry_after_s=0.05, hang_s=2.0) as server:
+    with serve_llm(fault_rate=0.2, retry_after_s=0.05, hang_s=3.0) as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         result = CliRunner().invoke(app, ["build", str(config), "--out", str(out)])
         first = server.stats()

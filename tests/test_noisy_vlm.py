@@ -54,7 +54,9 @@ def env(monkeypatch):
     return lambda server: monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
 
 
-def work(n: int, task: Task = Task.SPATIO_TEMPORAL, span=(0.5, 2.5)) -> SampleWork:
+def work(n: int, task: Task = Task.SPATIO_TEMPORAL, span=(0.5, 2.5), apart: bool = False) -> SampleWork:
+    """A sample of the dog; ``apart``: the cat only at t=1.0 and the dog only elsewhere (a cat box
+    named "dog" then has no dog box beside it to be swapped for)."""
     question = f"What does the dog do in clip {n}?"
     answers = {
         Task.SPATIO_TEMPORAL: "It walks.",
@@ -80,6 +82,7 @@ def work(n: int, task: Task = Task.SPATIO_TEMPORAL, span=(0.5, 2.5)) -> SampleWo
         Detection(frame_idx=idx, label=name, score=0.9 - abs(t - 2.0) / 10, box=BOXES[name])
         for idx, t in FRAMES
         for name in BOXES
+        if not apart or (name == "cat") == (t == 1.0)
     ]
     video = VideoInfo(path="v.mp4", duration=4.0, fps=10, n_frames=40, width=160, height=120, keyframes=[0])
     return SampleWork(sample=sample, video=video, frames=frames, detections=dets)
@@ -183,10 +186,25 @@ def test_a_semantic_slip_is_re_asked_with_its_error_and_fixed(root, env, kind, t
     with serve_llm(**noisy(kind, fix_rate=1.0)) as server:
         env(server)
         llm = annotator(root)
-        [result] = llm.annotate_batch([work(n, task, span) for n in SLIPPING[kind]])
+        [result] = llm.annotate_batch([work(n, task, span, apart=True) for n in SLIPPING[kind]])
         assert server.stats()["total"] == 2
     assert not isinstance(result, SampleError), result
     assert llm.usage.checks == {f"{kind}.caught": 1, f"{kind}.fixed": 1}
+
+
+def test_a_box_named_for_another_object_is_swapped_for_that_objects_box_on_its_frame(root, env):
+    """Every sample's first reply names a cat box "dog"; where the dog has a box on that frame,
+    it takes the cat box's place (and its citations) without a request."""
+    with serve_llm(**noisy("wrong_object")) as server:
+        env(server)
+        llm = annotator(root)
+        results = llm.annotate_batch([work(n) for n in range(6)])
+        requests = server.stats()["total"]
+    swapped = llm.usage.checks.get("wrong_object.swapped", 0)
+    assert swapped > 0 and requests == 6 + llm.usage.checks.get("wrong_object.caught", 0)
+    for result in results:
+        assert not isinstance(result, SampleError), result
+        assert {(ev.name, tuple(ev.box)) for ev in result.evidence} == {("dog", tuple(BOXES["dog"]))}
 
 
 def test_a_time_in_a_sentence_that_cites_nothing_is_dropped_without_a_request():
@@ -201,7 +219,7 @@ def test_a_slip_no_re_ask_fixes_is_rejected_with_its_own_code(root, env, kind, t
     span = (0.0, 3.0) if task is Task.TEMPORAL else (0.5, 2.5)
     with serve_llm(**noisy(kind, fix_rate=0.0)) as server:
         env(server)
-        [result] = annotator(root).annotate_batch([work(n, task, span) for n in SLIPPING[kind]])
+        [result] = annotator(root).annotate_batch([work(n, task, span, apart=True) for n in SLIPPING[kind]])
         assert server.stats()["total"] == 3
     assert isinstance(result, SampleError) and result.code is code, result
 
@@ -272,6 +290,7 @@ def test_a_build_against_a_noisy_vlm_yields_rows_the_truth_finds_no_fault_in(tmp
             {
                 "backend": "openai",
                 "model": "stgr-dry-run",
+                "prompt": "stgr-cot-llm",
                 "timeout": 20.0,
                 "max_retries": 1,
                 "max_tokens": 1024,

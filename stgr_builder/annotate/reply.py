@@ -122,6 +122,47 @@ def check_names(view: SampleView, chosen: dict[int, Chosen], checks: ReplyChecks
             )
 
 
+def swap_named_boxes(
+    view: SampleView, reply: CotReply, chosen: dict[int, Chosen], checks: ReplyChecks
+) -> tuple[CotReply, dict[int, Chosen]]:
+    """Each box named for another object than its detector label swapped, where it can be, for
+    the best candidate of the named object on the same frame (not chosen already; its
+    citations follow): the model's words say which object it meant, the detector says which box
+    shows it, and the judge looks at that box. No request is paid; a box with no such candidate
+    is left for ``check_names`` (a re-ask)."""
+    vocabulary = {c.det.label.lower() for c in view.candidates.values()} | {n.lower() for n in view.names}
+    swapped: dict[int, int] = {}
+    out = dict(chosen)
+    for cid, item in chosen.items():
+        meant = detector_name(item.name, vocabulary, checks.aliases)
+        if meant is None or meant == item.cand.det.label.lower():
+            continue
+        taken = set(out) | set(swapped.values())
+        same_frame = [
+            c
+            for c in view.candidates.values()
+            if c.frame_no == item.cand.frame_no and c.det.label.lower() == meant and c.id not in taken
+        ]
+        if not same_frame:
+            continue
+        best = min(same_frame, key=lambda c: (-c.det.score, c.id))
+        swapped[cid] = best.id
+        del out[cid]
+        out[best.id] = Chosen(best, item.name)
+    if not swapped:
+        return reply, chosen
+    count_event("wrong_object.swapped")
+
+    def recite(match: re.Match[str]) -> str:
+        if match.group(1) == "SPAN":
+            return match.group(0)
+        ids = [int(part.strip()[1:]) for part in match.group(1).split(",")]
+        return "[" + ", ".join(f"B{swapped.get(i, i)}" for i in ids) + "]"
+
+    reasoning = _REF_RE.sub(recite, reply.reasoning)
+    return reply.model_copy(update={"reasoning": reasoning}), dict(sorted(out.items()))
+
+
 _SENTENCE_END_RE = re.compile(r"(?<=[.!?])\s+")
 
 
@@ -254,6 +295,7 @@ def parse_reply(text: str, view: SampleView, checks: ReplyChecks | None = None) 
         reasoning = drop_uncited_prose(reply.reasoning)
         if reasoning != reply.reasoning:
             reply = reply.model_copy(update={"reasoning": reasoning})
+        reply, chosen = swap_named_boxes(view, reply, chosen, checks)
         run_checks(view, reply, chosen, checks)
     return reply, chosen
 

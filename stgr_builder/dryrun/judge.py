@@ -45,7 +45,10 @@ class DemoJudge:
     def warm(self) -> None:
         """Load the detector now (seconds, once per process), so no request waits for it."""
         with self.lock:
-            self._loaded()
+            if self.model is None:
+                # The first prediction sets the predictor up (a second or more): done here too.
+                blank = Image.new("RGB", CANVAS, (114, 114, 114))
+                self._loaded().predict(blank, imgsz=320, verbose=False, device="cpu")
 
     def found(self, jpeg: bytes) -> set[str]:
         """The classes the detector finds on the crop (pasted at its size on a grey canvas)."""
