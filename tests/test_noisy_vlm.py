@@ -324,3 +324,31 @@ def test_a_build_against_a_noisy_vlm_yields_rows_the_truth_finds_no_fault_in(tmp
     assert checks["format.fallback"] >= 1 and checks["judge.yes"] > 0
     titles = {table.title: table for table in summary(noisy_out)}
     assert {row[0] for row in titles["Annotation checks"].rows} >= {"wrong_object", "prose_time"}
+
+
+def test_the_plan_shows_the_judges_cost(tmp_path):
+    """``stgr plan`` counts the judge's requests (votes per object) and prices them."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from stgr_builder.cli import app
+    from stgr_builder.sources.demo import generate_demo
+    from stgr_builder.sources.demo_config import demo_config
+
+    source = tmp_path / "src"
+    generate_demo(source, seed=0, n_videos=1, n_images=1)
+    estimates = {}
+    for name, judge in (("off", {"enabled": False}), ("on", {"enabled": True, "votes": 3, "threshold": 2})):
+        config = demo_config().model_dump(mode="json")
+        config["annotator"].update({"backend": "openai", "model": "m", "prompt": "stgr-cot-llm", "judge": judge})
+        path = source / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        out = tmp_path / f"{name}.json"
+        prices = ["--price-in", "2.5", "--price-out", "10"]
+        result = CliRunner().invoke(app, ["plan", str(path), *prices, "--json", str(out)])
+        assert result.exit_code == 0, result.output
+        estimates[name] = json.loads(out.read_text())["estimate"]
+    assert estimates["off"]["crop_requests"] == 0
+    on = estimates["on"]
+    assert on["crop_requests"] % 3 == 0 and on["crop_requests"] >= 3 * on["requests"] > 0  # 3 votes an object
+    assert estimates["on"]["cost"] > estimates["off"]["cost"]
