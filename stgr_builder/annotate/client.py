@@ -116,7 +116,7 @@ REQUEST_FAILURES = (LlmUnavailable, ReplyTooLarge, LlmError, ReplyRejected)
 def sample_error(err: Exception, during: str = "") -> SampleError:
     """The outcome of a sample whose request failed with ``err`` (one of ``REQUEST_FAILURES``):
     pending (transient: the next run finishes it) or a reject code. ``during`` names the step
-    (e.g. crop verification) in the message."""
+    (e.g. the judge) in the message."""
     if isinstance(err, LlmUnavailable):
         return SampleError(RejectCode.PENDING, f"{err} ({during})" if during else str(err))
     code = (

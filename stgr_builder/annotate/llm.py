@@ -21,6 +21,13 @@ schema, or that names an unknown frame or box, is asked again with the error
 or a request the endpoint refuses (4xx) is ``llm_error``; a reply still too large after the
 retries is ``llm_reply_too_large``. Never a crash.
 
+A reply is read however the endpoint wraps its JSON; one cut short (``finish_reason`` other
+than ``stop``) is asked again; an endpoint that refuses ``json_schema`` is served in the next
+format once. The semantic checks (``reply.py``: the object named for a box, times in prose,
+off-span key frames, the MCQ conclusion) re-ask with the error, then reject with their own
+codes; the judge (``judge.py``, ``annotator.judge``) puts each chosen box's crop to an
+independent model. See docs/annotation-checks.md.
+
 Every reply and final error goes to the request cache (``cache.py``) before it is used, and the
 run's budget (requests, tokens; one ledger per run under ``_cache/budget``, shared by every
 process) is checked before any new request: when it is spent the shard raises

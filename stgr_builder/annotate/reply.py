@@ -303,7 +303,7 @@ def parse_reply(text: str, view: SampleView, checks: ReplyChecks | None = None) 
 def render_trace(reasoning: str, view: SampleView, kept: dict[int, Chosen]) -> str:
     """The reasoning with every citation replaced by its evidence in the trace grammar.
 
-    Boxes dropped by crop verification are left out; a citation left with none becomes the
+    Boxes the judge did not confirm are left out; a citation left with none becomes the
     object's plain name.
     """
     out: list[str] = []
