@@ -342,7 +342,9 @@ def schema_of(body: dict) -> str:
     named = ((body.get("response_format") or {}).get("json_schema") or {}).get("name", "")
     if named:
         return named
-    return "crop_verdict" if _CROP_RE.search(_texts((body.get("messages") or [])[:2], "user")) else "stgr_cot_reply"
+    # The judge's question opens its prompt; an annotation prompt opens with "Task:".
+    question = _texts((body.get("messages") or [])[:2], "user").lstrip()
+    return "crop_verdict" if _CROP_RE.match(question) else "stgr_cot_reply"
 
 
 def completion(
