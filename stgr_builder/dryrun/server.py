@@ -188,12 +188,13 @@ _FRAME_RE = re.compile(r"^Frame (\d+) at t=([\d.]+)s", re.MULTILINE)
 _SPAN_RE = re.compile(r"^Annotated span: ([\d.]+)s to ([\d.]+)s", re.MULTILINE)
 
 
-def _frames_in_span(user_text: str) -> set[int]:
-    """The numbers of the frames shown inside the prompt's annotated span (all without one)."""
+def _frames_in_span(user_text: str) -> set[int] | None:
+    """The numbers of the frames shown inside the prompt's annotated span; None when the prompt
+    shows no frame times or no span (nothing to keep to)."""
     frames = {int(n): float(t) for n, t in _FRAME_RE.findall(user_text)}
     span = _SPAN_RE.search(user_text)
-    if span is None:
-        return set(frames)
+    if span is None or not frames:
+        return None
     low, high = float(span.group(1)), float(span.group(2))
     return {n for n, t in frames.items() if low <= t <= high}
 
@@ -206,7 +207,7 @@ def annotation_reply(user_text: str) -> dict[str, Any]:
     names = [n for n in names if n and not n.startswith("(")]
     if "as [SPAN]" in user_text:  # a temporal task: key frames inside the annotated span only
         inside = _frames_in_span(user_text)
-        cands = [c for c in cands if c[3] in inside]
+        cands = cands if inside is None else [c for c in cands if c[3] in inside]
     picks: list[tuple[int, str, int]] = []  # (candidate id, name, frame)
     for name in names:
         having = sorted((c for c in cands if c[1].lower() == name.lower()), key=lambda c: (-c[2], c[0]))
