@@ -353,13 +353,34 @@ def serve_llm(
     ] = None,
     tpm: Annotated[float | None, typer.Option(help="tokens per minute (prompt tokens + max_tokens), likewise")] = None,
     batch_delay: Annotated[float, typer.Option(help="seconds before a submitted batch is answered (Batch API)")] = 0.2,
+    policy: Annotated[
+        str, typer.Option(help="oracle: always right; noisy: a VLM's mistakes at seeded rates (see --mistake-rate)")
+    ] = "oracle",
+    mistake_rate: Annotated[
+        float, typer.Option(help="noisy: the rate of each mistake kind (fence, wrong_object, prose_time, ...)")
+    ] = 0.15,
+    mistakes: Annotated[
+        str, typer.Option(help="noisy: per-kind rates overriding --mistake-rate, e.g. 'fence=0.3,length=0'")
+    ] = "",
+    fix_rate: Annotated[float, typer.Option(help="noisy: chance a re-ask that names a slip fixes it")] = 0.6,
+    refuse_json_schema: Annotated[
+        bool, typer.Option(help="noisy: answer response_format json_schema with a 400")
+    ] = True,
 ) -> None:
     """A local OpenAI-compatible server with a deterministic policy, for dry runs and tests."""
-    from stgr_builder.annotate.server import DryRunServer
+    from stgr_builder.dryrun.noisy import MISTAKE_KINDS, options_from
+    from stgr_builder.dryrun.server import DryRunServer
 
     kinds = [k.strip() for k in faults.split(",") if k.strip()]
     try:
+        rates = dict.fromkeys(MISTAKE_KINDS, mistake_rate)
+        for item in (part.strip() for part in mistakes.split(",") if part.strip()):
+            kind, _, rate = item.partition("=")
+            rates[kind.strip()] = float(rate)
+        noisy = options_from(rates, fix_rate=fix_rate, seed=seed, refuse_json_schema=refuse_json_schema)
         server = DryRunServer(
+            policy=policy,
+            noisy=noisy,
             host=host,
             port=port,
             latency_ms=latency_ms,
@@ -548,7 +569,7 @@ def _print_plan(plan) -> None:
         [
             ("annotator backend", e.backend),
             ("LLM requests", e.requests),
-            ("crop requests", e.crop_requests),
+            ("judge requests (crops)", e.crop_requests),
             ("candidate frames", e.frames),
             ("images sent", e.images),
             ("pixels sent", e.pixels),

@@ -31,7 +31,9 @@ from stgr_builder.detect import DetectStep, make_detector
 from stgr_builder.models import (
     BuildConfig,
     BuildPlan,
+    ChecksConfig,
     CotRow,
+    JudgeConfig,
     LlmUsage,
     Manifest,
     Reject,
@@ -76,6 +78,19 @@ PACING_SETTINGS: dict[str, Any] = {  # a pydantic ``exclude``
 BUILD_ID_EXCLUDES: dict[str, Any] = {**PACING_SETTINGS, "sources": {"__all__": {"path", "media_root"}}}
 
 
+#: Settings added after builds existed: left out of the build id while they hold their
+#: defaults, so a config that does not use them keeps its build id (and its rows' bytes).
+LATER_SETTINGS = (("annotator", "checks", ChecksConfig), ("annotator", "judge", JudgeConfig))
+
+
+def drop_defaults(settings: dict) -> None:
+    """``settings`` (a config's JSON dump) without the ``LATER_SETTINGS`` at their defaults."""
+    for section, key, model in LATER_SETTINGS:
+        part = settings.get(section, {})
+        if part.get(key) == model().model_dump(mode="json"):
+            del part[key]
+
+
 @dataclass(frozen=True)
 class BuildContext:
     """Everything a shard task needs, small enough to hand to any task runner."""
@@ -99,6 +114,7 @@ class BuildContext:
         """Hash of what decides the rows: derived, never a clock, so a resumed build writes
         the same rows as an uninterrupted one; pacing knobs are left out."""
         settings = self.config.model_dump(mode="json", exclude=BUILD_ID_EXCLUDES)
+        drop_defaults(settings)
         salt = f":{self.salt}" if self.salt else ""
         return sha256_bytes(f"{digest(settings)}:{__version__}{salt}".encode())[:12]
 

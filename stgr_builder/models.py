@@ -133,6 +133,11 @@ class RejectCode(str, Enum):
     LLM_INVALID_REPLY = "llm_invalid_reply"
     LLM_REPLY_TOO_LARGE = "llm_reply_too_large"
     CROPS_REJECTED = "crops_rejected"
+    # annotate: the semantic checks of an LLM reply (each re-asked first, with the error)
+    WRONG_OBJECT_NAME = "wrong_object_name"
+    PROSE_TIME_OR_BOX = "prose_time_or_box"
+    KEY_FRAME_OFF_SPAN = "key_frame_off_span"
+    CONCLUSION_MISMATCH = "conclusion_mismatch"
     # verify
     TRACE_GRAMMAR = "trace_grammar"
     TAGS_UNBALANCED = "tags_unbalanced"
@@ -681,22 +686,42 @@ class LlmUsage(_Record):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     images: int = Field(0, description="images sent (frames and crops)")
+    judge_requests: int = Field(0, description="of the requests, those of the judge (crops put to the judge model)")
+    checks: dict[str, int] = Field(
+        default_factory=dict,
+        description="the annotation checks at work, by event: '<check>.caught' (replies it caught), "
+        "'<check>.fixed' (re-asks that fixed them); 'judge.yes' / 'judge.no' (the judge's verdicts)",
+    )
 
     def merge(self, other: LlmUsage | None) -> LlmUsage:
         if other is None:
-            return self.model_copy()
-        return LlmUsage(**{k: getattr(self, k) + getattr(other, k) for k in type(self).model_fields})
+            return self.model_copy(deep=True)
+        return LlmUsage.total([self, other]) or LlmUsage()
 
     @classmethod
     def total(cls, usages: list[LlmUsage | None]) -> LlmUsage | None:
         """The sum of the usages that are not None; None when all are."""
         found = [usage for usage in usages if usage is not None]
-        return cls(**{k: sum(getattr(u, k) for u in found) for k in cls.model_fields}) if found else None
+        if not found:
+            return None
+        out = cls()
+        for usage in found:
+            out.add(usage)
+        return out
 
     def add(self, other: LlmUsage) -> None:
         """Add ``other`` into this one, in place."""
         for name in type(self).model_fields:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+            if name == "checks":
+                for event, count in other.checks.items():
+                    self.checks[event] = self.checks.get(event, 0) + count
+                self.checks = dict(sorted(self.checks.items()))
+            else:
+                setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def count(self, event: str) -> None:
+        """One more ``event`` of the annotation checks (``checks``)."""
+        self.checks[event] = self.checks.get(event, 0) + 1
 
 
 class ShardResult(_Record):
@@ -923,6 +948,65 @@ class DetectorConfig(_Config):
 DEFAULT_PROMPTS = {"template": "template-cot", "openai": "stgr-cot-llm"}
 
 
+#: Words a model may name a box with, in the detector's vocabulary (``checks.aliases``).
+DEFAULT_ALIASES: dict[str, str] = {
+    "man": "person",
+    "woman": "person",
+    "child": "person",
+    "kid": "person",
+    "boy": "person",
+    "girl": "person",
+    "people": "person",
+    "human": "person",
+    "puppy": "dog",
+    "kitten": "cat",
+    "automobile": "car",
+}
+
+
+class ChecksConfig(_Config):
+    """The semantic checks of an LLM reply (each re-asked with its error, then a reject code)."""
+
+    enabled: bool = Field(True, description="run the checks (wrong object, prose times, off-span frames, conclusion)")
+    aliases: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_ALIASES),
+        description="a name the model may use -> the detector's label it means (lower case); names neither "
+        "here nor in the detector's vocabulary are open-vocabulary phrases, left to the judge",
+    )
+    key_frame_tolerance: float = Field(
+        0.0, ge=0, le=60, description="seconds a temporal task's key frame may lie outside the answer's span"
+    )
+
+
+class JudgeConfig(_Config):
+    """The independent judge: each chosen box's crop, 'Is this a {object}?', to its own model."""
+
+    enabled: bool | None = Field(
+        None, description="None: on when annotator.crop_verify is true (the judge replaces that switch)"
+    )
+    model: str | None = Field(None, description="the judge's model; None: the annotator's")
+    base_url_env: str = Field(
+        "STGR_JUDGE_BASE_URL", description="environment variable of the judge's endpoint; unset: OPENAI_BASE_URL"
+    )
+    api_key_env: str = Field(
+        "STGR_JUDGE_API_KEY", description="environment variable of the judge's key; unset: OPENAI_API_KEY"
+    )
+    prompt: str = Field("judge", description="the judge's prompt under prompts/")
+    votes: int = Field(1, ge=1, le=9, description="times each crop is asked (samples differ by the vote's number)")
+    threshold: int = Field(1, ge=1, le=9, description="'yes' votes a box needs to stay evidence")
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_is_a_name(cls, value: str) -> str:
+        return check_prompt(value)
+
+    @model_validator(mode="after")
+    def _threshold_fits(self) -> JudgeConfig:
+        if self.threshold > self.votes:
+            raise ValueError(f"judge.threshold ({self.threshold}) is more than judge.votes ({self.votes})")
+        return self
+
+
 class AnnotatorConfig(_Config):
     """The annotator. ``openai``: any OpenAI-compatible endpoint, from the OPENAI_BASE_URL and
     OPENAI_API_KEY environment variables (never from this file)."""
@@ -950,8 +1034,10 @@ class AnnotatorConfig(_Config):
     max_tokens: int | None = Field(None, ge=1, le=1_000_000, description="max completion tokens per reply")
     image_max_side: int = Field(640, ge=64, le=4096, description="frames sent to the LLM are downscaled to this side")
     max_candidates_per_frame: int = Field(8, ge=1, le=100, description="detector boxes offered per frame, best scores")
-    crop_verify: bool = Field(False, description="put each chosen box, cropped, to the VLM: 'Is this a NAME?'")
-    crop_prompt: str = Field("crop-verify", description="prompt of the crop verification under prompts/")
+    crop_verify: bool = Field(False, description="turn the judge on (judge.enabled: None follows this switch)")
+    crop_prompt: str = Field("crop-verify", description="unused: the judge's prompt is judge.prompt")
+    checks: ChecksConfig = Field(default_factory=ChecksConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
     rpm: int | None = Field(
         None,
         ge=1,
@@ -991,6 +1077,11 @@ class AnnotatorConfig(_Config):
         if self.prompt is None:
             self.prompt = DEFAULT_PROMPTS[self.backend]
         return self
+
+    @property
+    def judge_on(self) -> bool:
+        """Whether the judge runs (``judge.enabled``, or ``crop_verify`` when that is None)."""
+        return self.crop_verify if self.judge.enabled is None else self.judge.enabled
 
 
 class VerifyConfig(_Config):

@@ -262,7 +262,8 @@ def estimate(config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo | Ima
     span as images (the sampler's frame plan on the probed video, gold-box times included; every
     frame when the sample has no span), downscaled to
     ``annotator.image_max_side``; prompt tokens = characters / 4 + image tokens; with
-    ``crop_verify``, one crop request per source object (an assumption: one chosen box each).
+    the judge on (``annotator.judge``), ``judge.votes`` crop requests per source object (an
+    assumption: one chosen box each; votes past the settled outcome are not asked).
     """
     from stgr_builder.core.gold import gold_times
     from stgr_builder.video.plan import nominal_time, plan_frames
@@ -300,8 +301,8 @@ def estimate(config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo | Ima
         )
         prompt_tokens += chars // 4 + n * image_tokens(w, h, est.image_tokens_base, est.image_tokens_tile)
         completion_tokens += est.completion_tokens
-        if ann.crop_verify:
-            k = max(1, len(sample.objects))
+        if ann.judge_on:
+            k = max(1, len(sample.objects)) * ann.judge.votes
             crops += k
             images += k
             pixels += k * 224 * 224
@@ -318,7 +319,7 @@ def estimate(config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo | Ima
                 + crops * est.crop_completion_tokens * est.price_out
             )
             / 1e6
-            if ann.crop_verify
+            if ann.judge_on
             else 0.0
         )
         cost = (cost - crop_cost) * est.batch_discount + crop_cost

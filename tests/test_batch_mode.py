@@ -11,8 +11,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from stgr_builder.annotate.server import serve_llm
 from stgr_builder.cli import app
+from stgr_builder.dryrun.server import serve_llm
 from stgr_builder.pipeline import build
 from stgr_builder.sources.demo import generate_demo
 from stgr_builder.sources.demo_config import demo_config

@@ -19,9 +19,9 @@ import pytest
 from typer.testing import CliRunner
 
 from stgr_builder.annotate.cache import ResponseCache
-from stgr_builder.annotate.server import FAULT_KINDS, serve_llm
 from stgr_builder.audit import connect
 from stgr_builder.cli import app
+from stgr_builder.dryrun.server import FAULT_KINDS, serve_llm
 from stgr_builder.errors import StgrError
 from stgr_builder.models import PENDING_REASONS
 from stgr_builder.pipeline import build
@@ -61,7 +61,7 @@ def test_faults_of_every_kind_leave_samples_pending_and_a_rerun_finishes_them(
         annotator={
             **LLM,
             "concurrency": 4,
-            "timeout": 0.5,
+            "timeout": 2.0,  # the judge runs a detector on each crop: more than 0.5s on a busy machine
             "max_retries": 0,
             "max_invalid_retries": 3,
             "crop_verify": True,
@@ -71,7 +71,7 @@ def test_faults_of_every_kind_leave_samples_pending_and_a_rerun_finishes_them(
     with serve_llm() as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         build(config, clean)
-    with serve_llm(fault_rate=0.2, retry_after_s=0.05, hang_s=1.0) as server:
+    with serve_llm(fault_rate=0.2, retry_after_s=0.05, hang_s=3.0) as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         result = CliRunner().invoke(app, ["build", str(config), "--out", str(out)])
         first = server.stats()

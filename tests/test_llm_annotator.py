@@ -1,7 +1,7 @@
 """The LLM annotator against the shipped server, through the real openai client over HTTP on
 127.0.0.1: structured replies become grammar-exact traces from detector boxes; faults become
 rejects with their reason after bounded retries; replies and errors are cached; the budget
-stops new requests; crop verification drops boxes answered "no"."""
+stops new requests; the judge drops boxes it does not confirm on their pixels."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from PIL import Image
 
 from stgr_builder.annotate.cache import ResponseCache
 from stgr_builder.annotate.llm import BudgetReached, LlmAnnotator
-from stgr_builder.annotate.server import serve_llm
 from stgr_builder.core import grammar
+from stgr_builder.dryrun.server import serve_llm
 from stgr_builder.errors import SampleError
 from stgr_builder.models import (
     AnnotatorConfig,
@@ -190,18 +190,41 @@ def test_the_budget_stops_new_requests_and_a_rerun_pays_only_for_the_rest(root, 
     assert len(ResponseCache(root).keys()) == 5
 
 
-def test_crop_verification_drops_boxes_answered_no(root, env):
-    with serve_llm(crop_deny=["cat"]) as server:
+def _draw_dog(root: Path) -> None:
+    """The frames with a demo-rendered dog in the dog's box and nothing in the cat's box, so the
+    judge (the demo detector on the crop's pixels) can tell them apart."""
+    from stgr_builder.sources.demo_sprites import make_sprites, paste
+
+    sprite = make_sprites(np.random.default_rng(0), "dog", "orange", 60.0, n_poses=1)[0]
+    for idx, _ in FRAMES:
+        frame = np.full((240, 320, 3), 90.0, dtype=np.float32)
+        x1, y1 = round(BOXES["dog"][0] * 320), round(BOXES["dog"][1] * 240)
+        paste(frame, sprite, x1 + 10, y1 + 30)
+        Image.fromarray(frame.clip(0, 255).astype(np.uint8)).save(root / "kfs" / f"f{idx}.jpg")
+
+
+def test_the_judge_answers_from_pixels_and_drops_boxes_it_does_not_confirm(root, env):
+    _draw_dog(root)
+    with serve_llm() as server:
         env(server)
         both, cat_only = work(0, names=("dog", "cat")), work(1, names=("cat",))
         results = annotator(root, crop_verify=True).annotate_batch([both, cat_only])
         by_schema = server.stats()["by_schema"]
     assert by_schema["crop_verdict"] >= 3
     kept = results[0]
-    assert {ev.name for ev in kept.evidence} == {"dog"}
+    assert {ev.name for ev in kept.evidence} == {"dog"}  # the empty "cat" box is not confirmed
     assert "cat" not in {m.name for m in grammar.parse_trace(kept.reasoning).mentions}
     assert both.votes == len(kept.evidence)
     assert results[1].code is RejectCode.CROPS_REJECTED
+
+
+def test_the_judge_question_holds_the_object_and_nothing_else(root):
+    from stgr_builder.annotate.judge import judge_messages, parse_judge_prompt
+    from stgr_builder.annotate.prompts import load_prompt
+
+    messages = judge_messages(parse_judge_prompt(load_prompt("judge")), "dog", b"jpeg")
+    text = " ".join(part["text"] for part in messages[1]["content"] if part["type"] == "text")
+    assert text == "Is this a dog? Answer yes or no."
 
 
 def test_batches_and_annotators_of_a_build_reuse_one_client_and_its_connections(root, env):

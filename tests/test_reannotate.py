@@ -11,11 +11,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from stgr_builder.annotate.server import serve_llm
 from stgr_builder.audit import connect, query
 from stgr_builder.audit.compare import compare, rejects_fixed
 from stgr_builder.cli import app
 from stgr_builder.core.arrow import table_to_rows
+from stgr_builder.dryrun.server import serve_llm
 from stgr_builder.models import CotRow, RlRow
 from stgr_builder.pipeline import build
 from stgr_builder.reannotate import reannotate

@@ -222,7 +222,7 @@ def test_estimate_beside_the_measured_llm_work(tmp_path, monkeypatch):
     server): requests and images exactly, tokens within a factor of two."""
     import yaml
 
-    from stgr_builder.annotate.server import serve_llm
+    from stgr_builder.dryrun.server import serve_llm
     from stgr_builder.pipeline import load_config
     from stgr_builder.sources.demo import generate_demo
     from stgr_builder.sources.demo_config import demo_config

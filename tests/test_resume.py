@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from stgr_builder.annotate.cache import ResponseCache
-from stgr_builder.annotate.server import serve_llm
 from stgr_builder.audit import query
 from stgr_builder.cli import app
+from stgr_builder.dryrun.server import serve_llm
 from stgr_builder.errors import StgrError
 from stgr_builder.pipeline import build
 from stgr_builder.testing import chaos

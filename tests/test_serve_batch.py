@@ -10,7 +10,7 @@ import time
 import pytest
 from openai import OpenAI
 
-from stgr_builder.annotate.server import serve_llm
+from stgr_builder.dryrun.server import serve_llm
 
 PROMPT = (
     "Objects to ground: dog\nB1: dog (0.90) on frame 1 at 0.5s\nB2: cat (0.40) on frame 1 at 0.5s\n"

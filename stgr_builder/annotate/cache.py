@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stgr_builder.core.files import atomic_write_bytes
 from stgr_builder.core.hashing import digest, sha256_bytes
@@ -53,6 +53,7 @@ class CacheEntry(BaseModel):
     images: int = 0
     error: str | None = None
     model: str = ""
+    finish_reason: str | None = Field(None, description="the reply's; other than 'stop' it is unusable")
 
 
 def image_digest(data: bytes) -> str:

@@ -18,7 +18,7 @@ from stgr_builder.core.arrow import DATASETS
 from stgr_builder.core.hashing import sha256_file
 from stgr_builder.core.layout import load_manifest, read_plan
 from stgr_builder.errors import StgrError
-from stgr_builder.models import Manifest
+from stgr_builder.models import LlmUsage, Manifest
 
 # Rows of both row datasets with a `dataset` column, for per-dataset statistics.
 _BOTH = (
@@ -127,6 +127,8 @@ def summary(root: Path) -> list[AuditTable]:
         tables += evidence_tables(con, manifest)
         tables.append(_manifest_table(manifest))
         tables.append(_cost_table(manifest))
+        if manifest is not None and manifest.llm is not None:
+            tables += annotation_tables(con, manifest.llm)
         plan_table = _plan_table(root, manifest)
         if plan_table is not None:
             tables.append(plan_table)
@@ -174,6 +176,68 @@ def _cost_table(manifest: Manifest | None) -> AuditTable:
     usage = manifest.llm if manifest is not None else None
     rows = [tuple(getattr(usage, column) for column in columns)] if usage is not None else []
     return AuditTable("LLM cost", columns, rows)
+
+
+#: The annotation checks (``annotate/reply.py``) and the reject code of each.
+_CHECK_CODES = {
+    "wrong_object": "wrong_object_name",
+    "prose_time": "prose_time_or_box",
+    "off_span": "key_frame_off_span",
+    "conclusion": "conclusion_mismatch",
+    "finish_length": "llm_invalid_reply",
+}
+
+
+_CHECK_COLUMNS = ["check", "replies_caught", "fixed_by_reask", "dropped_sentences", "rejects"]
+
+
+def annotation_tables(con: duckdb.DuckDBPyConnection, usage: LlmUsage) -> list[AuditTable]:
+    """The LLM annotator's checks at work: per check the replies it caught, the re-asks that
+    fixed them and the samples it rejected; the judge's verdicts; rows per sample annotated,
+    per source (the paper kept about 67%)."""
+    rejects = dict(con.execute("SELECT code, count(*) FROM rejects GROUP BY code").fetchall())
+    checks = usage.checks
+    rows = [
+        (
+            check,
+            checks.get(f"{check}.caught", 0),
+            checks.get(f"{check}.fixed", 0),
+            checks.get(f"{check}.dropped", 0),
+            rejects.get(code, 0),
+        )
+        for check, code in _CHECK_CODES.items()
+    ]
+    yes, no = checks.get("judge.yes", 0), checks.get("judge.no", 0)
+    formats = ", ".join(f"{k.removeprefix('format.')}: {v}" for k, v in checks.items() if k.startswith("format."))
+    judge = [
+        (
+            yes,
+            no,
+            round(yes / (yes + no), 4) if yes + no else None,
+            rejects.get("crops_rejected", 0),
+            usage.judge_requests,
+            formats or "json_schema",
+        )
+    ]
+    annotated = """
+    SELECT source, count(*) FILTER (WHERE kind = 'row') AS rows,
+           count(*) AS samples_annotated,
+           round(count(*) FILTER (WHERE kind = 'row') / count(*), 4) AS yield
+    FROM (SELECT source, 'row' AS kind FROM cot
+          UNION ALL SELECT source, 'reject' FROM rejects WHERE stage IN ('annotate', 'verify'))
+    GROUP BY source ORDER BY source"""
+    cursor = con.execute(annotated)
+    return [
+        AuditTable("Annotation checks", _CHECK_COLUMNS, rows),
+        AuditTable(
+            "Judge agreement (crops the judge confirmed)",
+            ["yes", "no", "agreement", "samples_rejected", "judge_requests", "response_format"],
+            judge,
+        ),
+        AuditTable(
+            "Yield per source (CoT rows / samples annotated)", [c[0] for c in cursor.description], cursor.fetchall()
+        ),
+    ]
 
 
 def _plan_table(root: Path, manifest: Manifest | None) -> AuditTable | None:

@@ -7,8 +7,13 @@ model behind it:
 - the annotation prompt (schema ``stgr_cot_reply``): for each object to ground, the candidate
   box with that label and the best score, plus the best one on one more frame; a reasoning that
   cites them (and ``[SPAN]`` when the prompt asks for it);
-- the crop-verification prompt (schema ``crop_verdict``): "yes" when the asked name is the
-  detector's label (and the label is not in ``crop_deny``), else "no".
+- the judge's prompt (schema ``crop_verdict``, "Is this a {object}?" and a crop): "yes" when the
+  shipped demo detector finds that object on the crop's pixels (``judge.py``; and the name is
+  not in ``crop_deny``), else "no". The prompt's words other than the name are not read.
+
+``policy="noisy"`` (``noisy.py``) makes the mistakes of a real VLM at seeded rates per kind:
+fenced or prose-wrapped JSON, wrong-object boxes, times in prose, off-span key frames, a
+contradicting MCQ conclusion, ``finish_reason: length``, and a 400 on ``json_schema``.
 
 Faults are injected at ``fault_rate``, evenly spaced, kinds in turn: ``429`` (with ``Retry-After`` and
 ``retry-after-ms``), ``500``, ``timeout`` (the reply comes after ``hang_s``, past the client's
@@ -41,6 +46,7 @@ same injected faults: a refused or failed line is an error line) in a background
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import re
@@ -53,6 +59,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from stgr_builder.dryrun.judge import DemoJudge
+from stgr_builder.dryrun.noisy import NoisyOptions, annotation_content
+
 FAULT_KINDS = ("429", "500", "timeout", "malformed", "schema", "truncated", "dropped", "html", "huge", "hang")
 #: Size of a ``huge`` fault's body.
 HUGE_BYTES = 5 << 20
@@ -61,7 +70,7 @@ KEY_HEADER = "X-Stgr-Request-Key"
 
 _CANDIDATE_RE = re.compile(r"^B(\d+): (.+?) \(([\d.]+)\) on frame (\d+)", re.MULTILINE)
 _OBJECTS_RE = re.compile(r"^Objects to ground: (.*)$", re.MULTILINE)
-_CROP_RE = re.compile(r'Is this an? (.+?)\? \(The detector labelled it "(.*?)"\.\)')
+_CROP_RE = re.compile(r"Is this an? (.+?)\?")
 
 
 @dataclass
@@ -76,6 +85,8 @@ class ServerOptions:
     rpm: float | None = None
     tpm: float | None = None
     batch_delay_s: float = 0.2
+    policy: str = "oracle"  # or "noisy": mistakes as ``noisy``'s options say
+    noisy: NoisyOptions = field(default_factory=NoisyOptions)
 
 
 class _Limits:
@@ -173,12 +184,30 @@ def _images(messages: list[dict]) -> int:
     )
 
 
+_FRAME_RE = re.compile(r"^Frame (\d+) at t=([\d.]+)s", re.MULTILINE)
+_SPAN_RE = re.compile(r"^Annotated span: ([\d.]+)s to ([\d.]+)s", re.MULTILINE)
+
+
+def _frames_in_span(user_text: str) -> set[int] | None:
+    """The numbers of the frames shown inside the prompt's annotated span; None when the prompt
+    shows no frame times or no span (nothing to keep to)."""
+    frames = {int(n): float(t) for n, t in _FRAME_RE.findall(user_text)}
+    span = _SPAN_RE.search(user_text)
+    if span is None or not frames:
+        return None
+    low, high = float(span.group(1)), float(span.group(2))
+    return {n for n, t in frames.items() if low <= t <= high}
+
+
 def annotation_reply(user_text: str) -> dict[str, Any]:
     """The policy's reply to an annotation prompt (the first user message's text)."""
     cands = [(int(i), label, float(score), int(frame)) for i, label, score, frame in _CANDIDATE_RE.findall(user_text)]
     objects_line = _OBJECTS_RE.search(user_text)
     names = [n.strip() for n in objects_line.group(1).split(",")] if objects_line else []
     names = [n for n in names if n and not n.startswith("(")]
+    if "as [SPAN]" in user_text:  # a temporal task: key frames inside the annotated span only
+        inside = _frames_in_span(user_text)
+        cands = cands if inside is None else [c for c in cands if c[3] in inside]
     picks: list[tuple[int, str, int]] = []  # (candidate id, name, frame)
     for name in names:
         having = sorted((c for c in cands if c[1].lower() == name.lower()), key=lambda c: (-c[2], c[0]))
@@ -206,9 +235,28 @@ def annotation_reply(user_text: str) -> dict[str, Any]:
     return {"key_frames": [{"frame": f, "boxes": frames[f]} for f in sorted(frames)], "reasoning": " ".join(sentences)}
 
 
-def crop_reply(user_text: str, deny: Sequence[str]) -> dict[str, Any]:
+#: The judge of every server in this process (the demo detector, loaded on first use).
+JUDGE = DemoJudge()
+
+
+def _first_image(messages: list[dict]) -> bytes | None:
+    for message in messages:
+        content = message.get("content")
+        for part in content if isinstance(content, list) else []:
+            url = (part.get("image_url") or {}).get("url", "") if part.get("type") == "image_url" else ""
+            if ";base64," in url:
+                return base64.b64decode(url.split(";base64,", 1)[1])
+    return None
+
+
+def crop_reply(user_text: str, messages: list[dict], deny: Sequence[str]) -> dict[str, Any]:
+    """The judge's verdict: the asked object found on the crop's pixels by the demo detector."""
     match = _CROP_RE.search(user_text)
-    yes = match is not None and match.group(1).lower() == match.group(2).lower() and match.group(2).lower() not in deny
+    jpeg = _first_image(messages)
+    if match is None or jpeg is None:
+        return {"answer": "no"}
+    name = match.group(1).lower()
+    yes = name not in deny and JUDGE.answer(jpeg, name) == "yes"
     return {"answer": "yes" if yes else "no"}
 
 
@@ -265,7 +313,16 @@ class _Server(ThreadingHTTPServer):
             return kinds[(self.options.seed + self.faulted - 1) % len(kinds)]
 
 
-def chat_reply(body: dict, fault: str | None, rng_seed: bytes) -> tuple[int, dict]:
+def refused_format(body: dict, options: ServerOptions) -> tuple[int, dict] | None:
+    """The noisy policy's 400 for a request asking for ``response_format: json_schema``."""
+    kind = (body.get("response_format") or {}).get("type")
+    if options.policy == "noisy" and options.noisy.refuse_json_schema and kind == "json_schema":
+        message = "response_format of type json_schema is not supported by this server (injected)"
+        return 400, {"error": {"message": message, "type": "invalid_request_error", "param": "response_format"}}
+    return None
+
+
+def chat_reply(body: dict, fault: str | None, rng_seed: bytes, options: ServerOptions) -> tuple[int, dict]:
     """(status, body) of a chat completion request answered by the policy, for a batch line:
     a fault that an online request meets as an HTTP failure is a 429 or 500 line here, and one
     of the reply's content (``malformed``, ``schema``) breaks the content as online."""
@@ -273,19 +330,44 @@ def chat_reply(body: dict, fault: str | None, rng_seed: bytes) -> tuple[int, dic
         return 429, {"error": {"message": "rate limited (injected)", "type": "rate_limit_error"}}
     if fault in ("500", "timeout", "hang", "truncated", "dropped", "html", "huge"):
         return 500, {"error": {"message": f"server error (injected {fault})", "type": "server_error"}}
-    schema_name = ((body.get("response_format") or {}).get("json_schema") or {}).get("name", "")
-    return 200, completion(body, schema_name, fault, rng_seed, deny=(), reply_id="chatcmpl-batch")
+    refused = refused_format(body, options)
+    if refused is not None:
+        return refused
+    schema_name = schema_of(body)
+    return 200, completion(body, schema_name, fault, rng_seed, deny=(), reply_id="chatcmpl-batch", options=options)
+
+
+def schema_of(body: dict) -> str:
+    """The reply schema a request asks for: its json_schema's name, or (json_object or no
+    response_format) read from the prompt: a crop question is the judge's."""
+    named = ((body.get("response_format") or {}).get("json_schema") or {}).get("name", "")
+    if named:
+        return named
+    # The judge's question opens its prompt; an annotation prompt opens with "Task:".
+    question = _texts((body.get("messages") or [])[:2], "user").lstrip()
+    return "crop_verdict" if _CROP_RE.match(question) else "stgr_cot_reply"
 
 
 def completion(
-    body: dict, schema_name: str, fault: str | None, rng_seed: bytes, *, deny: Sequence[str], reply_id: str
+    body: dict,
+    schema_name: str,
+    fault: str | None,
+    rng_seed: bytes,
+    *,
+    deny: Sequence[str],
+    reply_id: str,
+    options: ServerOptions | None = None,
 ) -> dict:
     """The chat completion the policy answers ``body`` with (online and in batch lines alike);
     the content faults ``malformed`` (cut short) and ``schema`` (a broken reply) apply here."""
     messages = body.get("messages") or []
     user_text = _texts(messages[:2], "user")  # the first user turn holds the prompt
-    good = crop_reply(user_text, deny) if schema_name == "crop_verdict" else annotation_reply(user_text)
-    if fault == "malformed":
+    judging = schema_name == "crop_verdict"
+    good = crop_reply(user_text, messages, deny) if judging else annotation_reply(user_text)
+    finish = "stop"
+    if options is not None and options.policy == "noisy" and not judging and fault is None:
+        content, finish = annotation_content(good, user_text, messages, body.get("max_tokens"), options.noisy)
+    elif fault == "malformed":
         content = json.dumps(good)[: max(1, len(json.dumps(good)) // 2)]
     elif fault == "schema":
         content = json.dumps(_broken(schema_name, good, random.Random(rng_seed)))
@@ -299,7 +381,7 @@ def completion(
         "object": "chat.completion",
         "created": 0,
         "model": body.get("model", MODEL_ID),
-        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+        "choices": [{"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": content}}],
         "usage": {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
@@ -464,7 +546,7 @@ class _BatchApi:
                     }
                 )
                 continue
-            status, reply = chat_reply(body, self.server.fault(), line)
+            status, reply = chat_reply(body, self.server.fault(), line, self.server.options)
             record = {
                 "id": f"batch_req_{number}",
                 "custom_id": custom_id,
@@ -552,7 +634,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(400, {"error": {"message": "request body is not JSON", "type": "invalid_request_error"}})
             return
         stats, options = self.server.stats, self.server.options
-        schema_name = ((body.get("response_format") or {}).get("json_schema") or {}).get("name", "")
+        schema_name = schema_of(body)
         key = self.headers.get(KEY_HEADER, "")
         with stats.lock:
             stats.total += 1
@@ -563,6 +645,12 @@ class _Handler(BaseHTTPRequestHandler):
             stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         try:
             if not self._admitted(body):
+                return
+            refused = refused_format(body, options)
+            if refused is not None:
+                with stats.lock:
+                    stats.by_outcome["format_refused"] += 1
+                self._send(*refused)
                 return
             self._complete(body, raw, schema_name, key, options)
         finally:
@@ -641,6 +729,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raw,
                 deny=[d.lower() for d in options.crop_deny],
                 reply_id=f"chatcmpl-{stats.total}",
+                options=options,
             )
         ).encode()
         if fault == "truncated":
@@ -667,6 +756,8 @@ class DryRunServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, **options: Any):
         self.options = ServerOptions(**options)
+        if self.options.policy not in ("oracle", "noisy"):
+            raise ValueError(f"unknown policy {self.options.policy!r}: oracle or noisy")
         unknown = set(self.options.faults) - set(FAULT_KINDS)
         if unknown:
             raise ValueError(f"unknown fault kinds {sorted(unknown)}: choose from {', '.join(FAULT_KINDS)}")
@@ -679,6 +770,7 @@ class DryRunServer:
         return f"http://{host}:{port}/v1"
 
     def start(self) -> DryRunServer:
+        JUDGE.warm()  # the judge's detector, before the first request can wait for it
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True, name="stgr-serve-llm"
         )
@@ -686,6 +778,7 @@ class DryRunServer:
         return self
 
     def serve_forever(self) -> None:
+        JUDGE.warm()
         self._server.serve_forever(poll_interval=0.2)
 
     def stats(self) -> dict[str, Any]:
