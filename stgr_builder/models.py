@@ -284,8 +284,28 @@ REJECT_CODE_HELP: dict[RejectCode, RejectHelp] = {
     ),
     RejectCode.CROPS_REJECTED: RejectHelp(
         "annotate",
-        'crop verification answered "no" for every box the annotator chose',
-        "check the detector's labels in the gallery; or turn `crop_verify` off",
+        "the independent judge (`annotator.judge`, crop only) confirmed none of the boxes the annotator chose",
+        "look at the crops in the gallery; a judge model that cannot see small objects; lower `judge.threshold`",
+    ),
+    RejectCode.WRONG_OBJECT_NAME: RejectHelp(
+        "annotate",
+        "after the re-asks the model still named a box for another object than its detector label",
+        "look at the messages; add a missing synonym to `annotator.checks.aliases`; or a stronger model",
+    ),
+    RejectCode.PROSE_TIME_OR_BOX: RejectHelp(
+        "annotate",
+        "the reasoning kept stating a time or coordinates in prose, outside the citations",
+        "usually an edited prompt that invites it; raise `max_invalid_retries`, or a stronger model",
+    ),
+    RejectCode.KEY_FRAME_OFF_SPAN: RejectHelp(
+        "annotate",
+        "a temporal task's key frame stayed outside the annotated span after the re-asks",
+        "check the source's spans; widen `annotator.checks.key_frame_tolerance` if its times are coarse",
+    ),
+    RejectCode.CONCLUSION_MISMATCH: RejectHelp(
+        "annotate",
+        "an MCQ reasoning kept concluding another option than the gold answer",
+        "check the gold answer of those rows (a wrong gold letter shows up here); otherwise a stronger model",
     ),
     RejectCode.TRACE_GRAMMAR: RejectHelp(
         "verify",

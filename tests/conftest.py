@@ -14,5 +14,8 @@ os.environ.update(
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "WARNING",
         "YOLO_CONFIG_DIR": str(_STATE / "ultralytics"),
+        # The temporary Prefect server gets 20 s to start by default: on a loaded 2-core machine it
+        # has taken longer, and a flow test then fails on the server, not on the code under test.
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     }
 )

@@ -49,7 +49,7 @@ T = TypeVar("T")
 try:  # the HTTP library of the openai client (httpx2 in openai 3.x, httpx before)
     import httpx2 as _http
 except ImportError:  # pragma: no cover
-    import httpx as _http
+    import httpx as _http  # type: ignore[no-redef]
 
 
 class LlmError(Exception):

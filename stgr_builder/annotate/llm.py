@@ -148,6 +148,7 @@ class LlmAnnotator:
 
         self.config = config
         self.model = config.model
+        assert config.prompt is not None, "AnnotatorConfig fills in the backend's default prompt"
         loaded = load_prompt(config.prompt)
         self.content = parse_llm_prompt(loaded)
         self.prompt = loaded.ref
@@ -229,6 +230,19 @@ class LlmAnnotator:
             raise result
         return result
 
+    @property
+    def _folder(self) -> Path:
+        """The dataset folder; an annotator made without one (to validate a config) cannot annotate."""
+        if self.root is None:
+            raise StgrError("LlmAnnotator needs the dataset folder (root) to annotate")
+        return self.root
+
+    @property
+    def _replies(self) -> ResponseCache:
+        if self.cache is None:
+            raise StgrError("LlmAnnotator needs the dataset folder (root) to annotate")
+        return self.cache
+
     def annotate_batch(self, batch: list[SampleWork]) -> list[Annotation | SampleError]:
         if self.root is None or self.cache is None:
             raise StgrError("LlmAnnotator needs the dataset folder (root) to annotate")
@@ -255,7 +269,7 @@ class LlmAnnotator:
             view = sample_view(work, max_per_frame=self.config.max_candidates_per_frame, max_area=self.max_area)
             if work.sample.task in grammar.GROUNDED_TASKS and not view.candidates:
                 continue  # rejected without a request (no_evidence)
-            messages, digests = build_request(view, self.content, self.root, self.config.image_max_side, self.images)
+            messages, digests = build_request(view, self.content, self._folder, self.config.image_max_side, self.images)
             asking.append((view, messages, digests))
         rounds = 1 + (self.config.max_invalid_retries if self.config.batch_reask == "batch" else 0)
         for number in range(rounds):
@@ -275,7 +289,7 @@ class LlmAnnotator:
                 break
             again = []
             for key, (view, messages, digests) in zip(keys, asking, strict=False):
-                entry = self.cache.get(key)
+                entry = self._replies.get(key)
                 if entry is None or entry.kind != "reply":
                     continue  # a failure: the online pass deals with it
                 try:
@@ -301,7 +315,7 @@ class LlmAnnotator:
         bodies: dict[str, dict] = {}
         images: dict[str, int] = {}
         for key, messages in requests.items():
-            entry = self.cache.get(key)
+            entry = self._replies.get(key)
             if entry is not None and not (entry.kind == "error" and TRANSIENT_ERROR.match(entry.error or "")):
                 continue
             body = request_body(
@@ -317,7 +331,7 @@ class LlmAnnotator:
         if not bodies:
             return
         jobs = BatchJobs(
-            self.root,
+            self._folder,
             max_requests=self.config.batch_max_requests,
             max_bytes=self.config.batch_max_bytes,
             poll_s=self.config.batch_poll_s,
@@ -345,7 +359,7 @@ class LlmAnnotator:
             else:
                 continue  # transient (429, 5xx): asked again online
             self.budget.add_tokens(entry.usage.prompt_tokens + entry.usage.completion_tokens)
-            self.cache.put(key, entry)
+            self._replies.put(key, entry)
         jobs.collected()
 
     # -- one batch, one sample ------------------------------------------------------------
@@ -386,7 +400,7 @@ class LlmAnnotator:
                 RejectCode.NO_EVIDENCE,
                 f"no usable detector box on the {len(view.frames)} eligible frames to ground {listed}",
             )
-        frames = frames_to_draw(view, self.root)
+        frames = frames_to_draw(view, self._folder)
         drawn = await self.images.get_many_async(frames, self.config.image_max_side)
         messages, digests = compose_request(view, self.content, frames, drawn)
         try:
