@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sys
 import threading
+import time
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -30,7 +33,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from stgr_builder.errors import StgrError
+from stgr_builder import stopping
+from stgr_builder.errors import StgrError, StgrWarning
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
 console = Console()
@@ -39,6 +43,10 @@ err_console = Console(stderr=True)
 DEFAULT_DEMO_OUT = Path("outputs/demo")
 DEBUG_FLAG = "--debug"
 _debug = False
+#: The dataset folder the running command writes (for the line a signal prints), and the
+#: progress bar's stop event and thread (stopped before that line).
+_writing: list[Path] = []
+_bar: list[tuple[threading.Event, threading.Thread]] = []
 
 
 def _quiet_orchestrator() -> None:
@@ -252,6 +260,8 @@ def reannotate(
     _quiet_orchestrator()
     from flows.build import run_reannotate
 
+    _writing[:] = [out] if out is not None else []
+
     target, manifest = run_reannotate(root, where=where, prompt=prompt, model=model, out=out)
     console.print(
         f"[bold green]re-annotated[/] {manifest.reannotation.selected} rows of {escape(str(root))} "
@@ -334,6 +344,9 @@ def serve_llm(
     ] = None,
     tpm: Annotated[float | None, typer.Option(help="tokens per minute (prompt tokens + max_tokens), likewise")] = None,
     batch_delay: Annotated[float, typer.Option(help="seconds before a submitted batch is answered (Batch API)")] = 0.2,
+    list_batches: Annotated[
+        bool, typer.Option(help="answer GET /v1/batches (--no-list-batches: 404, as some providers do)")
+    ] = True,
 ) -> None:
     """A local OpenAI-compatible server with a deterministic policy, for dry runs and tests."""
     from stgr_builder.annotate.server import DryRunServer
@@ -353,6 +366,7 @@ def serve_llm(
             rpm=rpm,
             tpm=tpm,
             batch_delay_s=batch_delay,
+            list_batches=list_batches,
         )
     except (ValueError, OSError) as exc:
         raise StgrError(f"serve-llm: {exc}") from exc
@@ -393,6 +407,8 @@ def _run_build(config: Path, out: Path, overwrite: bool = False, wait: bool = Tr
 
     stop = threading.Event()
     watcher = threading.Thread(target=_watch_progress, args=(out, stop), daemon=True)
+    _writing[:] = [out]
+    _bar[:] = [(stop, watcher)]
     watcher.start()
     try:
         manifest = run_build(config, out, overwrite=overwrite, wait=wait)
@@ -609,13 +625,72 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _stopped_line(signum: int) -> str:
+    """The one line a signal prints: what finished, what is pending, and to run again."""
+    name = signal.Signals(signum).name
+    if not _writing:
+        return f"stopped by {name}"
+    from stgr_builder.annotate import pending_batches
+    from stgr_builder.shards.writer import progress
+
+    out = _writing[0]
+    done, total = progress(out)
+    if total is None:
+        finished = "before the build was planned (nothing built yet)"
+    else:
+        finished = f"{done} of {total} shards finished, {total - done} pending"
+    requests, batches = pending_batches(out)
+    if batches:
+        finished += f" ({requests} requests in {batches} submitted batches, kept to collect)"
+    return f"stopped by {name}: {out}: {finished}; run again to resume"
+
+
+def _on_signal(signum: int) -> None:
+    """On the stopping thread: take the progress bar down, print the one line."""
+    for stop, watcher in _bar:
+        stop.set()
+        watcher.join(1.0)
+    try:
+        line = _stopped_line(signum)
+    except Exception:  # noqa: BLE001 - the folder half-written: the line without the counts
+        line = f"stopped by {signal.Signals(signum).name}; run again to resume"
+    err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _wait_if_stopping() -> None:
+    """A signal is ending the process (``stopping``): its thread prints and exits; the main
+    thread, whose work the signal broke, says nothing of its own."""
+    if stopping.received() is not None:
+        while True:
+            time.sleep(1.0)
+
+
 def _fail(message: str, code: int) -> None:
+    _wait_if_stopping()
     err_console.print(f"error: {_one_line(message)}", markup=False, highlight=False, soft_wrap=True)
     if _debug:
         import traceback
 
         traceback.print_exc()
     sys.exit(code)
+
+
+#: Warnings printed in full; past them one line says how many more there were.
+_MAX_WARNINGS = 20
+_warned = [0]
+_show_other_warning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A ``StgrWarning`` as one line ``warning: ...`` (the first ``_MAX_WARNINGS``); others as Python shows them."""
+    if not issubclass(category, StgrWarning):
+        _show_other_warning(message, category, filename, lineno, file, line)
+        return
+    _warned[0] += 1
+    if _warned[0] <= _MAX_WARNINGS:
+        err_console.print(f"warning: {_one_line(str(message))}", markup=False, highlight=False, soft_wrap=True)
+    elif _warned[0] == _MAX_WARNINGS + 1:
+        err_console.print("warning: more warnings like these are not shown", markup=False, highlight=False)
 
 
 def _take_debug(argv: list[str]) -> list[str]:
@@ -630,13 +705,17 @@ def _take_debug(argv: list[str]) -> list[str]:
 
 def main() -> None:
     args = _take_debug(sys.argv[1:])
+    stopping.install(_on_signal)
+    warnings.showwarning = _show_warning
     try:
         app(args=args, prog_name="stgr", standalone_mode=False)
+        _wait_if_stopping()
     except StgrError as exc:
         _fail(str(exc), 2)
     except (typer.Abort, KeyboardInterrupt):
         _fail("interrupted", 130)
     except typer.Exit as exc:
+        _wait_if_stopping()
         sys.exit(exc.exit_code)
     except MemoryError:
         _fail("out of memory: lower sharding.workers, detector.batch or detector.imgsz", 2)

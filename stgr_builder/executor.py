@@ -56,6 +56,7 @@ PACING_SETTINGS = {
         "budget_tokens",
         "timeout",
         "max_retries",
+        "dead_endpoint_s",
         "rpm",
         "tpm",
         "prepare_processes",

@@ -61,6 +61,7 @@ from stgr_builder.annotate import crops
 from stgr_builder.annotate.base import object_names, trace_span
 from stgr_builder.annotate.batch import BatchJobs
 from stgr_builder.annotate.cache import CachedUsage, CacheEntry, ResponseCache, image_digest, request_key
+from stgr_builder.annotate.endpoint import EndpointWatch
 from stgr_builder.annotate.prepare import PreparePool, base_frame, default_processes, draw_frame
 from stgr_builder.annotate.prompts import load_prompt
 from stgr_builder.annotate.ratelimit import RateLimiter, limiter_for
@@ -723,6 +724,11 @@ class LlmAnnotator:
         ).model
         # Batch mode: wait for the batches (False: ``--no-wait``, ``BatchPending`` once submitted).
         self.wait = wait
+        # Stops the build when the endpoint never answers (``endpoint.py``), per process and endpoint.
+        self.endpoint = resources.model(
+            ("llm-endpoint", base_url, config.dead_endpoint_s),
+            lambda: EndpointWatch(base_url, config.dead_endpoint_s),
+        ).model
 
     def take_usage(self, sample_id: str) -> LlmUsage | None:
         return self.sample_usage.pop(sample_id, None)
@@ -870,7 +876,7 @@ class LlmAnnotator:
                     self.sample_usage[work.sample.id] = usage
 
         ask = _Asker(client, semaphore, self)
-        return await asyncio.gather(*(one(ask, work) for work in batch), return_exceptions=True)
+        return await self.endpoint.guard(asyncio.gather(*(one(ask, work) for work in batch), return_exceptions=True))
 
     async def _one(self, ask: _Asker, work: SampleWork) -> Annotation | SampleError:
         view = sample_view(work, max_per_frame=self.config.max_candidates_per_frame, max_area=self.max_area)
@@ -1065,6 +1071,7 @@ class _Asker:
         images = _count_images(messages)
         problem = ""
         too_large = 0
+        self.annotator.endpoint.sending()
         for attempt in range(config.max_retries + 1):
             if attempt:
                 await asyncio.sleep(min(8.0, 0.25 * 2 ** (attempt - 1)))
@@ -1082,10 +1089,12 @@ class _Asker:
                     f"check annotator.model and OPENAI_BASE_URL"
                 ) from None
             except openai.APITimeoutError:
+                self.annotator.endpoint.failed(f"no reply within {config.timeout:g}s")
                 raise LlmUnavailable(
                     "timeout", f"no reply within {config.timeout:g}s ({config.max_retries} retries)"
                 ) from None
             except openai.APIStatusError as exc:
+                self.annotator.endpoint.answered()
                 detail = f"HTTP {exc.status_code} after {config.max_retries} retries: {_status_message(exc)}"
                 if exc.status_code == 429:
                     raise LlmUnavailable("rate_limited", detail) from None
@@ -1094,6 +1103,7 @@ class _Asker:
                 # Another 4xx: the request itself is refused; asking again changes nothing.
                 return CacheEntry(kind="error", images=images, model=self.annotator.model, error=detail)
             except openai.APIConnectionError as exc:
+                self.annotator.endpoint.failed(f"cannot connect ({type(exc).__name__})")
                 raise LlmUnavailable(
                     "connection", f"cannot reach the LLM endpoint: {type(exc).__name__} ({config.max_retries} retries)"
                 ) from None
@@ -1101,6 +1111,7 @@ class _Asker:
                 problem = str(exc)
                 too_large += isinstance(exc, _TooLarge)
                 continue
+            self.annotator.endpoint.answered()
             try:
                 return _entry_of(data, images, self.annotator.model)
             except _BadReply as exc:
