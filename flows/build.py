@@ -97,7 +97,8 @@ def run_job(job: Job, resources: Resources, name: str = "stgr-build") -> Manifes
     except Exception as exc:
         if _orchestrator_lost(exc):
             raise StgrError(
-                f"the temporary Prefect server stopped answering ({type(exc).__name__}: {exc}); for a build "
+                f"the temporary Prefect server stopped answering, or did not start ({type(exc).__name__}: "
+                f"{exc}); for a build "
                 f"this large run one that lasts: `prefect server start` in another shell, then "
                 f"PREFECT_API_URL=http://127.0.0.1:4200/api and the same command again (it resumes)"
             ) from exc
@@ -113,6 +114,8 @@ def _orchestrator_lost(exc: BaseException) -> bool:
         return False
     seen: BaseException | None = exc
     while seen is not None:
+        if isinstance(seen, RuntimeError) and "ephemeral Prefect API server" in str(seen):
+            return True  # it did not start in time (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)
         if isinstance(seen, httpx.TransportError):
             files = [frame.filename for frame in traceback.extract_tb(seen.__traceback__)]
             if any(f"{os.sep}prefect{os.sep}" in name for name in files):

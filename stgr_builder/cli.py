@@ -61,6 +61,9 @@ def _quiet_orchestrator() -> None:
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    # Prefect's temporary server gets 20 s to start; on a busy machine (its first start creates
+    # its database) that was not always enough, and the build failed before any work.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     # The temporary Prefect server (and Dask workers) must not outlive a killed command.
     from stgr_builder import reaper
 

@@ -160,6 +160,8 @@ class RateLimiter:
             return None
         try:
             return os.pread(fd, 1 << 16, 0)
+        except OSError:  # a folder in its place: the locked path names it
+            return None
         finally:
             os.close(fd)
 
