@@ -120,8 +120,10 @@ def stop(proc: subprocess.Popen, signum: int, group: bool) -> tuple[str, float]:
     took = time.monotonic() - sent
     assert proc.returncode == 128 + signum, (proc.returncode, stdout, stderr)
     lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and stdout.strip() == "", (stdout, stderr)
-    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr and KEY not in stderr
+    assert len(lines) == 1, (stdout, stderr)
+    # (stdout may hold Ultralytics' one-time settings notice, printed by a fresh worker process)
+    for text in (stdout, stderr):
+        assert "Traceback" not in text and "KeyboardInterrupt" not in text and KEY not in text
     assert took < STOP_S, f"took {took:.1f} s to stop"
     return lines[0], took
 
@@ -139,9 +141,13 @@ def resume(server: DryRunServer, config: Path, out: Path) -> None:
     assert proc.returncode == 0, (stdout, stderr)
 
 
-def test_ctrl_c_while_waiting_on_replies_stops_the_build_and_a_resume_is_byte_identical(source, fast, clean, tmp_path):
-    config = write_config(source, "ctrl-c", prepare_processes=1)  # the forkserver pool, in the group
+def test_ctrl_c_waiting_on_replies_then_sigterm_asleep_on_a_pause_then_a_resume_is_byte_identical(
+    source, fast, clean, tmp_path
+):
     out = tmp_path / "out"
+    # 1. Ctrl-C (SIGINT to the process group, the forkserver preparation pool's workers too)
+    #    while the requests wait on the server's replies.
+    config = write_config(source, "ctrl-c", prepare_processes=1)
     fast.options.latency_ms = 120_000.0
     asked = fast.stats()["total"]
     proc = cli(fast, "build", str(config), "--out", str(out))
@@ -150,21 +156,16 @@ def test_ctrl_c_while_waiting_on_replies_stops_the_build_and_a_resume_is_byte_id
     said = stopped_line(line, "SIGINT", out)
     assert said.startswith("0 of ") and said.endswith(" pending"), line
     assert not (out / "manifest.json").exists()
-    fast.options.latency_ms = 0.0
-    resume(fast, config, out)
-    assert shard_digests(out) == clean
     print(f"SIGINT while waiting on replies: stopped in {took:.1f} s")
 
-
-def test_sigterm_while_asleep_on_a_stored_pause_stops_and_the_pause_is_clamped(source, fast, clean, tmp_path):
-    config = write_config(source, "pause", prepare_processes=0)
-    out = tmp_path / "out"
+    # 2. SIGTERM to the command while it sleeps on a stored pause a year ahead (a hand edit, or
+    #    a node whose clock ran ahead), which it reads as at most a Retry-After's 30 s.
+    fast.options.latency_ms = 0.0
     state = out / "_cache" / "ratelimit.json"
-    far = time.time() + 3e7  # a year ahead: a hand edit, or a node whose clock ran ahead
-    state.parent.mkdir(parents=True)
+    far = time.time() + 3e7
     state.write_text(json.dumps({"pause_until": far}))
     asked = fast.stats()["total"]
-    proc = cli(fast, "build", str(config), "--out", str(out))
+    proc = cli(fast, "build", str(write_config(source, "pause", prepare_processes=0)), "--out", str(out))
 
     def asleep() -> bool:  # the build has read the pause (and written it back clamped)
         try:
@@ -176,11 +177,12 @@ def test_sigterm_while_asleep_on_a_stored_pause_stops_and_the_pause_is_clamped(s
     line, took = stop(proc, signal.SIGTERM, group=False)
     assert fast.stats()["total"] == asked, "a request went out during the pause"
     assert stopped_line(line, "SIGTERM", out).endswith(" pending")
-    # Run again with the far pause stored again: it is read as at most a Retry-After's 30 s.
+    print(f"SIGTERM asleep on a pause: stopped in {took:.1f} s")
+
+    # 3. Run again, the far pause stored again: it ends, and its rows are a clean build's.
     state.write_text(json.dumps({"pause_until": time.time() + 3e7}))
     resume(fast, config, out)
     assert shard_digests(out) == clean
-    print(f"SIGTERM asleep on a pause: stopped in {took:.1f} s")
 
 
 def test_sigterm_while_polling_a_batch_stops_and_keeps_the_batch_to_collect(source, fast, tmp_path):
