@@ -24,7 +24,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import typer
 from rich.console import Console
@@ -679,13 +679,20 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-#: Warnings printed in full; past them one line says how many more there were.
+#: Warnings printed in full; past them one line says that more were not shown.
 _MAX_WARNINGS = 20
 _warned = [0]
 _show_other_warning = warnings.showwarning
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
     """A ``StgrWarning`` as one line ``warning: ...`` (the first ``_MAX_WARNINGS``); others as Python shows them."""
     if not issubclass(category, StgrWarning):
         _show_other_warning(message, category, filename, lineno, file, line)

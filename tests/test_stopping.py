@@ -110,9 +110,10 @@ def wait_for(proc: subprocess.Popen, reached: Callable[[], bool], what: str, tim
         time.sleep(0.2)
 
 
-def stop(proc: subprocess.Popen, signum: int, group: bool) -> tuple[str, float]:
+def stop(proc: subprocess.Popen, signum: int, group: bool, before: int = 0) -> tuple[str, float]:
     """Send the signal (to the process group, as a terminal's Ctrl-C does, or to the command
-    alone, as ``kill``); assert the exit status, one line and no traceback; that line."""
+    alone, as ``kill``); assert the exit status, one line and no traceback; that line.
+    ``before``: lines on stderr the command may have printed before the signal."""
     sent = time.monotonic()
     os.killpg(proc.pid, signum) if group else os.kill(proc.pid, signum)
     # communicate() returns once every holder of the pipes is gone: the children too.
@@ -120,12 +121,12 @@ def stop(proc: subprocess.Popen, signum: int, group: bool) -> tuple[str, float]:
     took = time.monotonic() - sent
     assert proc.returncode == 128 + signum, (proc.returncode, stdout, stderr)
     lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, (stdout, stderr)
+    assert 1 <= len(lines) <= 1 + before and sum("stopped by" in line for line in lines) == 1, (stdout, stderr)
     # (stdout may hold Ultralytics' one-time settings notice, printed by a fresh worker process)
     for text in (stdout, stderr):
         assert "Traceback" not in text and "KeyboardInterrupt" not in text and KEY not in text
     assert took < STOP_S, f"took {took:.1f} s to stop"
-    return lines[0], took
+    return lines[-1], took
 
 
 def stopped_line(line: str, name: str, out: Path) -> str:
@@ -141,31 +142,36 @@ def resume(server: DryRunServer, config: Path, out: Path) -> None:
     assert proc.returncode == 0, (stdout, stderr)
 
 
-def test_ctrl_c_waiting_on_replies_then_sigterm_asleep_on_a_pause_then_a_resume_is_byte_identical(
-    source, fast, clean, tmp_path
+#: Ctrl-C in a terminal reaches the whole process group; ``kill`` (or a scheduler) the command.
+SENT = {"SIGINT": (signal.SIGINT, True), "SIGTERM": (signal.SIGTERM, False)}
+
+
+@pytest.mark.parametrize("first, second", [("SIGINT", "SIGTERM"), ("SIGTERM", "SIGINT")])
+def test_a_signal_waiting_on_replies_then_one_asleep_on_a_pause_then_a_resume_is_byte_identical(
+    source, fast, clean, tmp_path, first, second
 ):
     out = tmp_path / "out"
-    # 1. Ctrl-C (SIGINT to the process group, the forkserver preparation pool's workers too)
-    #    while the requests wait on the server's replies.
-    config = write_config(source, "ctrl-c", prepare_processes=1)
+    # 1. While the requests wait on the server's replies (the forkserver preparation pool's
+    #    workers in the process group too).
+    config = write_config(source, "replies", prepare_processes=1)
     fast.options.latency_ms = 120_000.0
     asked = fast.stats()["total"]
     proc = cli(fast, "build", str(config), "--out", str(out))
     wait_for(proc, lambda: fast.stats()["total"] > asked, "waiting on a reply")
-    line, took = stop(proc, signal.SIGINT, group=True)
-    said = stopped_line(line, "SIGINT", out)
+    line, took = stop(proc, *SENT[first])
+    said = stopped_line(line, first, out)
     assert said.startswith("0 of ") and said.endswith(" pending"), line
     assert not (out / "manifest.json").exists()
-    print(f"SIGINT while waiting on replies: stopped in {took:.1f} s")
+    print(f"{first} while waiting on replies: stopped in {took:.1f} s")
 
-    # 2. SIGTERM to the command while it sleeps on a stored pause a year ahead (a hand edit, or
-    #    a node whose clock ran ahead), which it reads as at most a Retry-After's 30 s.
+    # 2. While it sleeps on a stored pause a year ahead (a hand edit, or a node whose clock ran
+    #    ahead), which it reads as at most a Retry-After's 30 s.
     fast.options.latency_ms = 0.0
     state = out / "_cache" / "ratelimit.json"
     far = time.time() + 3e7
     state.write_text(json.dumps({"pause_until": far}))
     asked = fast.stats()["total"]
-    proc = cli(fast, "build", str(write_config(source, "pause", prepare_processes=0)), "--out", str(out))
+    proc = cli(fast, "build", str(write_config(source, "pause", prepare_processes=1)), "--out", str(out))
 
     def asleep() -> bool:  # the build has read the pause (and written it back clamped)
         try:
@@ -174,10 +180,10 @@ def test_ctrl_c_waiting_on_replies_then_sigterm_asleep_on_a_pause_then_a_resume_
             return False
 
     wait_for(proc, asleep, "asleep on the pause")
-    line, took = stop(proc, signal.SIGTERM, group=False)
+    line, took = stop(proc, *SENT[second])
     assert fast.stats()["total"] == asked, "a request went out during the pause"
-    assert stopped_line(line, "SIGTERM", out).endswith(" pending")
-    print(f"SIGTERM asleep on a pause: stopped in {took:.1f} s")
+    assert stopped_line(line, second, out).endswith(" pending")
+    print(f"{second} asleep on a pause: stopped in {took:.1f} s")
 
     # 3. Run again, the far pause stored again: it ends, and its rows are a clean build's.
     state.write_text(json.dumps({"pause_until": time.time() + 3e7}))
@@ -185,7 +191,8 @@ def test_ctrl_c_waiting_on_replies_then_sigterm_asleep_on_a_pause_then_a_resume_
     assert shard_digests(out) == clean
 
 
-def test_sigterm_while_polling_a_batch_stops_and_keeps_the_batch_to_collect(source, fast, tmp_path):
+@pytest.mark.parametrize("sent", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_polling_a_batch_stops_and_keeps_the_batch_to_collect(source, fast, tmp_path, sent):
     config = write_config(source, "batch", mode="batch", batch_poll_s=0.5, prepare_processes=0)
     out = tmp_path / "out"
     fast.options.batch_delay_s = 600.0
@@ -197,22 +204,24 @@ def test_sigterm_while_polling_a_batch_stops_and_keeps_the_batch_to_collect(sour
 
     wait_for(proc, submitted, "polling a submitted batch")
     time.sleep(1.0)  # a poll or two
-    line, took = stop(proc, signal.SIGTERM, group=True)
-    said = stopped_line(line, "SIGTERM", out)
+    line, took = stop(proc, *SENT[sent])
+    said = stopped_line(line, sent, out)
     assert " submitted batches, kept to collect)" in said, line
-    print(f"SIGTERM polling a batch: stopped in {took:.1f} s")
+    print(f"{sent} polling a batch: stopped in {took:.1f} s")
 
 
-def test_ctrl_c_inside_a_dask_local_cluster_stops_the_build(source, fast, tmp_path):
+@pytest.mark.parametrize("sent", ["SIGINT", "SIGTERM"])
+def test_a_signal_inside_a_dask_local_cluster_stops_the_build(source, fast, tmp_path, sent):
     config = write_config(source, "dask", sharding={"runner": "dask", "workers": 1})
     out = tmp_path / "out"
     fast.options.latency_ms = 120_000.0
     asked = fast.stats()["total"]
     proc = cli(fast, "build", str(config), "--out", str(out))
     wait_for(proc, lambda: fast.stats()["total"] > asked, "waiting on a reply in a Dask worker")
-    line, took = stop(proc, signal.SIGINT, group=True)
-    assert stopped_line(line, "SIGINT", out).endswith(" pending")
-    print(f"SIGINT inside a Dask LocalCluster: stopped in {took:.1f} s")
+    # Before the signal, Dask may warn on stderr that the dashboard's port is taken (a shared machine).
+    line, took = stop(proc, *SENT[sent], before=2)
+    assert stopped_line(line, sent, out).endswith(" pending")
+    print(f"{sent} inside a Dask LocalCluster: stopped in {took:.1f} s")
 
 
 def test_serve_llm_ends_on_sigterm(server):
