@@ -13,6 +13,9 @@ os.environ.update(
         "PREFECT_HOME": str(_STATE / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "WARNING",
+        # A busy machine (the suite, other builds) can take over the default 20 s to start Prefect's
+        # temporary server the first time (it creates its database); the CLI allows 120 s too.
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "YOLO_CONFIG_DIR": str(_STATE / "ultralytics"),
     }
 )
