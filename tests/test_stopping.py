@@ -76,8 +76,8 @@ def shard_digests(out: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def clean(source, server, tmp_path_factory) -> dict[str, str]:
-    """The shard digests of an uninterrupted build (in this process, no orchestrator)."""
+def clean_build(source, server, tmp_path_factory) -> Path:
+    """An uninterrupted build (in this process, no orchestrator); do not modify it."""
     out = tmp_path_factory.mktemp("clean") / "out"
     env = {"OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": KEY}
     saved = {name: os.environ.get(name) for name in env}
@@ -87,7 +87,13 @@ def clean(source, server, tmp_path_factory) -> dict[str, str]:
     finally:
         for name, value in saved.items():
             os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
-    return shard_digests(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def clean(clean_build) -> dict[str, str]:
+    """The shard digests of the uninterrupted build."""
+    return shard_digests(clean_build)
 
 
 def cli(server: DryRunServer, *args: str) -> subprocess.Popen:
@@ -231,3 +237,16 @@ def test_serve_llm_ends_on_sigterm(server):
     proc.terminate()
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 143 and stderr.strip() == "stopped by SIGTERM" and time.monotonic() - sent < STOP_S
+
+
+def test_ctrl_c_ends_a_long_audit_query(server, clean_build):
+    # It ignored SIGINT for 8 minutes (DuckDB, busy in C code, never let the main thread see it).
+    proc = cli(server, "audit", str(clean_build), "--sql", "SELECT count(*) FROM range(10000000000000)")
+    time.sleep(5.0)  # started, and busy in the query
+    assert proc.poll() is None, proc.communicate()
+    sent = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    took = time.monotonic() - sent
+    assert proc.returncode == 130 and stderr.strip() == "stopped by SIGINT" and took < STOP_S, (stderr, took)
+    print(f"SIGINT during an audit query: stopped in {took:.1f} s")
