@@ -17,7 +17,9 @@ own for the build (``core/resources.py``).
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from dataclasses import replace
 from pathlib import Path
 
@@ -90,7 +92,36 @@ def task_runner(sharding: ShardingConfig):
 def run_job(job: Job, resources: Resources, name: str = "stgr-build") -> Manifest:
     """Run a job as the Prefect flow, on the task runner its config names."""
     runner = task_runner(job.ctx.config.sharding)
-    return build_flow.with_options(name=name, task_runner=runner)(job, resources)
+    try:
+        return build_flow.with_options(name=name, task_runner=runner)(job, resources)
+    except Exception as exc:
+        if _orchestrator_lost(exc):
+            raise StgrError(
+                f"the temporary Prefect server stopped answering, or did not start ({type(exc).__name__}: "
+                f"{exc}); for a build "
+                f"this large run one that lasts: `prefect server start` in another shell, then "
+                f"PREFECT_API_URL=http://127.0.0.1:4200/api and the same command again (it resumes)"
+            ) from exc
+        raise
+
+
+def _orchestrator_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is a transport error raised inside Prefect's client while Prefect runs
+    its own temporary server (no PREFECT_API_URL): the server died under load, not the build."""
+    import httpx
+
+    if os.environ.get("PREFECT_API_URL"):
+        return False
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, RuntimeError) and "ephemeral Prefect API server" in str(seen):
+            return True  # it did not start in time (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)
+        if isinstance(seen, httpx.TransportError):
+            files = [frame.filename for frame in traceback.extract_tb(seen.__traceback__)]
+            if any(f"{os.sep}prefect{os.sep}" in name for name in files):
+                return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def run_build(

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sys
 import threading
+import time
+import warnings
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TextIO
 
 import typer
 from rich.console import Console
@@ -30,7 +33,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from stgr_builder.errors import StgrError
+from stgr_builder import stopping
+from stgr_builder.errors import StgrError, StgrWarning
 
 #: What ``stgr --help`` tells a user (the module docstring above is for the code's readers).
 USER_HELP = """Build grounded chain-of-thought datasets (STGR-CoT, STGR-RL) for video reasoning models.
@@ -53,6 +57,10 @@ err_console = Console(stderr=True)
 DEFAULT_DEMO_OUT = Path("outputs/demo")
 DEBUG_FLAG = "--debug"
 _debug = False
+#: The dataset folder the running command writes (for the line a signal prints), and the
+#: progress bar's stop event and thread (stopped before that line).
+_writing: list[Path] = []
+_bar: list[tuple[threading.Event, threading.Thread]] = []
 
 
 def _quiet_orchestrator() -> None:
@@ -67,7 +75,11 @@ def _quiet_orchestrator() -> None:
         os.environ["PREFECT_LOGGING_LEVEL"] = "CRITICAL"
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    # Dask's own log lines too (a worker reached by a terminal's Ctrl-C logs its cancelled task).
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning" if _debug else "error")
+    # Prefect's temporary server gets 20 s to start; on a busy machine (its first start creates
+    # its database) that was not always enough, and the build failed before any work.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     # The temporary Prefect server (and Dask workers) must not outlive a killed command.
     from stgr_builder import reaper
 
@@ -270,6 +282,8 @@ def reannotate(
     _quiet_orchestrator()
     from stgr_builder.flows.build import run_reannotate
 
+    _writing[:] = [out] if out is not None else []
+
     target, manifest = run_reannotate(root, where=where, prompt=prompt, model=model, out=out)
     assert manifest.reannotation is not None  # a re-annotation's manifest records it
     console.print(
@@ -366,6 +380,9 @@ def serve_llm(
     refuse_json_schema: Annotated[
         bool, typer.Option(help="noisy: answer response_format json_schema with a 400")
     ] = True,
+    list_batches: Annotated[
+        bool, typer.Option(help="answer GET /v1/batches (--no-list-batches: 404, as some providers do)")
+    ] = True,
 ) -> None:
     """A local OpenAI-compatible server with a deterministic policy, for dry runs and tests."""
     from stgr_builder.dryrun.noisy import MISTAKE_KINDS, options_from
@@ -393,6 +410,7 @@ def serve_llm(
             rpm=rpm,
             tpm=tpm,
             batch_delay_s=batch_delay,
+            list_batches=list_batches,
         )
     except (ValueError, OSError) as exc:
         raise StgrError(f"serve-llm: {exc}") from exc
@@ -455,6 +473,8 @@ def _run_build(config: Path, out: Path, overwrite: bool = False, wait: bool = Tr
 
     stop = threading.Event()
     watcher = threading.Thread(target=_watch_progress, args=(out, stop), daemon=True)
+    _writing[:] = [out]
+    _bar[:] = [(stop, watcher)]
     watcher.start()
     try:
         manifest = run_build(config, out, overwrite=overwrite, wait=wait)
@@ -686,13 +706,79 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _stopped_line(signum: int) -> str:
+    """The one line a signal prints: what finished, what is pending, and to run again."""
+    name = signal.Signals(signum).name
+    if not _writing:
+        return f"stopped by {name}"
+    from stgr_builder.annotate import pending_batches
+    from stgr_builder.shards.writer import progress
+
+    out = _writing[0]
+    done, total = progress(out)
+    if total is None:
+        finished = "before the build was planned (nothing built yet)"
+    else:
+        finished = f"{done} of {total} shards finished, {total - done} pending"
+    requests, batches = pending_batches(out)
+    if batches:
+        finished += f" ({requests} requests in {batches} submitted batches, kept to collect)"
+    return f"stopped by {name}: {out}: {finished}; run again to resume"
+
+
+def _on_signal(signum: int) -> None:
+    """On the stopping thread: take the progress bar down, print the one line."""
+    for stop, watcher in _bar:
+        stop.set()
+        watcher.join(1.0)
+    try:
+        line = _stopped_line(signum)
+    except Exception:  # noqa: BLE001 - the folder half-written: the line without the counts
+        line = f"stopped by {signal.Signals(signum).name}; run again to resume"
+    err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _wait_if_stopping() -> None:
+    """A signal is ending the process (``stopping``): its thread prints and exits; the main
+    thread, whose work the signal broke, says nothing of its own."""
+    if stopping.received() is not None:
+        while True:
+            time.sleep(1.0)
+
+
 def _fail(message: str, code: int) -> NoReturn:
+    _wait_if_stopping()
     err_console.print(f"error: {_one_line(message)}", markup=False, highlight=False, soft_wrap=True)
     if _debug:
         import traceback
 
         traceback.print_exc()
     sys.exit(code)
+
+
+#: Warnings printed in full; past them one line says that more were not shown.
+_MAX_WARNINGS = 20
+_warned = [0]
+_show_other_warning = warnings.showwarning
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """A ``StgrWarning`` as one line ``warning: ...`` (the first ``_MAX_WARNINGS``); others as Python shows them."""
+    if not issubclass(category, StgrWarning):
+        _show_other_warning(message, category, filename, lineno, file, line)
+        return
+    _warned[0] += 1
+    if _warned[0] <= _MAX_WARNINGS:
+        err_console.print(f"warning: {_one_line(str(message))}", markup=False, highlight=False, soft_wrap=True)
+    elif _warned[0] == _MAX_WARNINGS + 1:
+        err_console.print("warning: more warnings like these are not shown", markup=False, highlight=False)
 
 
 def _take_debug(argv: list[str]) -> list[str]:
@@ -707,13 +793,17 @@ def _take_debug(argv: list[str]) -> list[str]:
 
 def main() -> None:
     args = _take_debug(sys.argv[1:])
+    stopping.install(_on_signal)
+    warnings.showwarning = _show_warning
     try:
         app(args=args, prog_name="stgr", standalone_mode=False)
+        _wait_if_stopping()
     except StgrError as exc:
         _fail(str(exc), 2)
     except (typer.Abort, KeyboardInterrupt):
         _fail("interrupted", 130)
     except typer.Exit as exc:
+        _wait_if_stopping()
         sys.exit(exc.exit_code)
     except MemoryError:
         _fail("out of memory: lower sharding.workers, detector.batch or detector.imgsz", 2)

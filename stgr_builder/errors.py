@@ -4,11 +4,24 @@ ends the command with a one-line reason."""
 
 from __future__ import annotations
 
+import warnings
+
 from stgr_builder.models import RejectCode
 
 
 class StgrError(Exception):
     """A problem the user must fix; the CLI prints it as one line and exits non-zero."""
+
+
+class StgrWarning(UserWarning):
+    """Something the user should know that does not stop the command (a stored file that could
+    not be used and is rebuilt, an optional provider call refused); the CLI prints it as one
+    line ``warning: ...``."""
+
+
+def warn(message: str) -> None:
+    """Issue ``message`` as a ``StgrWarning`` (library code never prints)."""
+    warnings.warn(message, StgrWarning, stacklevel=2)
 
 
 class SampleError(Exception):

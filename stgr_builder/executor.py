@@ -59,6 +59,7 @@ PACING_SETTINGS: dict[str, Any] = {  # a pydantic ``exclude``
         "budget_tokens",
         "timeout",
         "max_retries",
+        "dead_endpoint_s",
         "rpm",
         "tpm",
         "prepare_processes",

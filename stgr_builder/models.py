@@ -1047,6 +1047,13 @@ class AnnotatorConfig(_Config):
     )
     timeout: float = Field(60.0, gt=0, le=3600, description="seconds per LLM request")
     max_retries: int = Field(3, ge=0, le=20, description="client retries on 429 (honouring Retry-After), 5xx, timeouts")
+    dead_endpoint_s: float = Field(
+        60.0,
+        gt=0,
+        le=86_400,
+        description="seconds of connection failures and timeouts, before the endpoint has ever answered, "
+        "after which the build stops (an endpoint that has answered once is retried patiently)",
+    )
     max_invalid_retries: int = Field(
         2, ge=0, le=10, description="re-asks, with the error, after a schema-invalid reply"
     )

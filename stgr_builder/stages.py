@@ -36,6 +36,7 @@ from stgr_builder.core.files import atomic_write_bytes
 from stgr_builder.core.hashing import digest, media_fingerprint
 from stgr_builder.core.resources import Resources
 from stgr_builder.core.steps import Item, Step
+from stgr_builder.errors import warn
 from stgr_builder.models import LlmUsage, Reject, RejectCode, SampleWork, SourceSample, Stage
 
 STAGES_DIR = Path("_cache") / "stages"
@@ -77,10 +78,13 @@ class StageStore:
 
     def get(self, stage: Stage, key: str) -> StageEntry | None:
         for folder in [self.folder, *self.parents]:
+            path = self.path(stage, key, folder)
             try:
-                return StageEntry.model_validate_json(self.path(stage, key, folder).read_bytes())
-            except (OSError, ValidationError, ValueError):
+                return StageEntry.model_validate_json(path.read_bytes())
+            except FileNotFoundError:
                 continue
+            except (OSError, ValidationError, ValueError) as exc:
+                warn(f"{path}: {_unusable(exc)}; ignored, the {stage.value} step runs again")
         return None
 
     def put(self, key: str, entry: StageEntry) -> None:
@@ -283,3 +287,10 @@ def step_package(step: Step) -> str:
     'stgr_builder.verify'
     """
     return ".".join(type(step).__module__.split(".")[:2])
+
+
+def _unusable(exc: Exception) -> str:
+    """Why a stored file cannot be used, in a few words."""
+    if isinstance(exc, OSError):
+        return f"unreadable ({exc.strerror or type(exc).__name__})"
+    return "not a stored entry (damaged, or of another version)"

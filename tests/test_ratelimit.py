@@ -23,6 +23,7 @@ import yaml
 from stgr_builder.annotate.ratelimit import RateLimiter, estimate_tokens, parse_duration
 from stgr_builder.audit import query
 from stgr_builder.dryrun.server import serve_llm
+from stgr_builder.errors import StgrWarning
 from stgr_builder.pipeline import build
 from stgr_builder.sources.demo import generate_demo
 from stgr_builder.sources.demo_config import demo_config
@@ -105,8 +106,10 @@ def test_with_nothing_to_pace_the_state_file_is_not_rewritten_yet_a_pause_still_
     assert quiet.reserve() == pytest.approx(3.0)
     clock.now += 3.0
     assert quiet.reserve() == 0.0
-    path.write_bytes(b'{"learned": {"rpm"')  # torn or damaged: started afresh, never an error
-    assert quiet.reserve() == 0.0 and json.loads(path.read_text())["probe_until"] > clock.now
+    path.write_bytes(b'{"learned": {"rpm"')  # damaged: named in a warning, started afresh, never an error
+    with pytest.warns(StgrWarning, match=r"ratelimit.json: not JSON; ignored"):
+        assert quiet.reserve() == 0.0
+    assert json.loads(path.read_text())["probe_until"] > clock.now
 
 
 def test_serve_llm_refuses_past_its_rpm_with_retry_after():

@@ -33,6 +33,7 @@ from typing import Any
 
 from stgr_builder.core.files import atomic_write_text
 from stgr_builder.core.hashing import digest
+from stgr_builder.errors import warn
 
 #: Where the records of submitted batches live, under the dataset folder.
 BATCH_DIR = Path("_cache") / "batches"
@@ -50,15 +51,48 @@ class BatchPending(Exception):
         self.batches = batches
 
 
+def _record_problem(record: Any) -> str | None:
+    """What makes a batch record unusable (a hand edit, damage), or None."""
+    if not isinstance(record, dict) or not isinstance(record.get("intent"), str):
+        return "not a batch record (no intent)"
+    chunks = record.get("chunks")
+    if not isinstance(chunks, list) or not all(
+        isinstance(c, dict)
+        and isinstance(c.get("keys"), list)
+        and all(isinstance(k, str) for k in c["keys"])
+        and (c.get("batch_id") is None or isinstance(c["batch_id"], str))
+        and isinstance(c.get("done", 0), int)
+        for c in chunks
+    ):
+        return "its chunks are not lists of request keys"
+    return None
+
+
+def read_record(path: Path) -> tuple[dict | None, str | None]:
+    """(the batch record in ``path``, None) or (None, what makes it unusable)."""
+    try:
+        record = json.loads(path.read_text())
+    except OSError as exc:
+        return None, f"unreadable ({exc.strerror})"
+    except ValueError:
+        return None, "not JSON"
+    problem = _record_problem(record)
+    return (None, problem) if problem else (record, None)
+
+
+def _usable_records(root: Path) -> list[dict]:
+    return [
+        record
+        for path in sorted((Path(root) / BATCH_DIR).glob("*.json"))
+        if (record := read_record(path)[0]) is not None
+    ]
+
+
 def pending_batches(root: Path) -> tuple[int, int]:
     """(requests, batches) submitted under ``root`` and not collected yet."""
     requests = batches = 0
-    for path in sorted((Path(root) / BATCH_DIR).glob("*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        for chunk in record.get("chunks", []):
+    for record in _usable_records(root):
+        for chunk in record["chunks"]:
             if not chunk.get("collected"):
                 requests += len(chunk["keys"])
                 batches += 1
@@ -68,12 +102,8 @@ def pending_batches(root: Path) -> tuple[int, int]:
 def batch_progress(root: Path) -> tuple[int, int]:
     """(requests answered, requests submitted) of the batches under ``root``, as last polled."""
     done = total = 0
-    for path in sorted((Path(root) / BATCH_DIR).glob("*.json")):
-        try:
-            chunks = json.loads(path.read_text()).get("chunks", [])
-        except (OSError, ValueError):
-            continue
-        for chunk in chunks:
+    for record in _usable_records(root):
+        for chunk in record["chunks"]:
             total += len(chunk["keys"])
             done += len(chunk["keys"]) if chunk.get("collected") else min(len(chunk["keys"]), chunk.get("done", 0))
     return done, total
@@ -113,10 +143,13 @@ class BatchJobs:
     def _records(self) -> dict[Path, dict]:
         records = {}
         for path in sorted((self.root / BATCH_DIR).glob("*.json")):
-            try:
-                records[path] = json.loads(path.read_text())
-            except (OSError, ValueError):
+            record, problem = read_record(path)
+            if record is None:
+                # Its batches (if any were submitted) are not collected from here: their requests
+                # may be submitted again. Listing the provider's batches finds a tagged one.
+                warn(f"{path}: {problem}; ignored, its requests are submitted again unless a batch holds them")
                 continue
+            records[path] = record
         return records
 
     def run(
@@ -226,10 +259,22 @@ class BatchJobs:
 
     @staticmethod
     def _find(client, tag: str) -> str | None:
-        """A batch submitted with this tag by a run killed before it recorded the id."""
-        for batch in client.batches.list(limit=100):
-            if (batch.metadata or {}).get("stgr_intent") == tag and batch.status != "cancelled":
-                return batch.id
+        """A batch submitted with this tag by a run killed before it recorded the id. Listing is
+        optional (it only guards that crash window): a provider that refuses it (404, 405, 501,
+        403) is warned of and the local record is relied on."""
+        import openai
+
+        try:
+            for batch in client.batches.list(limit=100):
+                if (batch.metadata or {}).get("stgr_intent") == tag and batch.status != "cancelled":
+                    return batch.id
+        except openai.APIStatusError as exc:
+            if exc.status_code in (401, 429) or (exc.status_code >= 500 and exc.status_code != 501):
+                raise  # the key, or the endpoint itself: not about this optional call
+            warn(
+                f"the provider refused to list batches (GET /batches: HTTP {exc.status_code}); "
+                f"relying on the local record of submitted batches"
+            )
         return None
 
     def _submit(self, client, tag: str, keys: list[str], bodies: Mapping[str, dict]) -> str:

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stgr_builder.core.files import atomic_write_bytes
 from stgr_builder.core.hashing import digest, sha256_bytes
+from stgr_builder.errors import warn
 
 CACHE_DIR = Path("_cache") / "llm"
 _DATA_URL_PREFIX = "data:"
@@ -119,9 +120,14 @@ class ResponseCache:
 
     def get(self, key: str) -> CacheEntry | None:
         """The stored entry, or None when missing (or unreadable: then the request is made again)."""
+        path = self.path(key)
         try:
-            return CacheEntry.model_validate_json(self.path(key).read_bytes())
-        except (OSError, ValidationError, ValueError):
+            return CacheEntry.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValidationError, ValueError) as exc:
+            problem = f"unreadable ({exc.strerror})" if isinstance(exc, OSError) else "not a cached reply (damaged?)"
+            warn(f"{path}: {problem}; ignored, the request is made again")
             return None
 
     def put(self, key: str, entry: CacheEntry) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeVar
 from pydantic import BaseModel
 
 from stgr_builder.annotate.cache import CachedUsage, CacheEntry, request_key
+from stgr_builder.annotate.endpoint import EndpointWatch
 from stgr_builder.annotate.ratelimit import RateLimiter
 from stgr_builder.annotate.reply import short_error
 from stgr_builder.annotate.request import count_images, json_body, response_format, schema_hash
@@ -38,6 +39,7 @@ class AskerOwner(Protocol):
     usage: LlmUsage
     formats: FormatMemory
     _sampling: dict[str, Any]
+    endpoint: EndpointWatch
 
 
 #: Header carrying the request-cache key (not a secret: a hash of the request), so a server's
@@ -375,6 +377,8 @@ class Asker:
         images = count_images(messages)
         problem = ""
         too_large = 0
+        endpoint = self.annotator.endpoint
+        endpoint.sending()
         for attempt in range(config.max_retries + 1):
             if attempt:
                 await asyncio.sleep(min(8.0, 0.25 * 2 ** (attempt - 1)))
@@ -396,10 +400,12 @@ class Asker:
                     f"check annotator.model and OPENAI_BASE_URL"
                 ) from None
             except openai.APITimeoutError:
+                endpoint.failed(f"no reply within {config.timeout:g}s")
                 raise LlmUnavailable(
                     "timeout", f"no reply within {config.timeout:g}s ({config.max_retries} retries)"
                 ) from None
             except openai.APIStatusError as exc:
+                endpoint.answered()
                 detail = f"HTTP {exc.status_code} after {config.max_retries} retries: {status_message(exc)}"
                 if not final_status(exc.status_code):
                     raise LlmUnavailable("rate_limited" if exc.status_code == 429 else "server_error", detail) from None
@@ -410,6 +416,7 @@ class Asker:
                 # Another 4xx: the request itself is refused; asking again changes nothing.
                 return CacheEntry(kind="error", images=images, model=self.model_name, error=detail)
             except openai.APIConnectionError as exc:
+                endpoint.failed(f"cannot connect ({type(exc).__name__})")
                 raise LlmUnavailable(
                     "connection", f"cannot reach the LLM endpoint: {type(exc).__name__} ({config.max_retries} retries)"
                 ) from None
@@ -417,6 +424,7 @@ class Asker:
                 problem = str(exc)
                 too_large += isinstance(exc, TooLarge)
                 continue
+            endpoint.answered()
             if mode != FORMAT_MODES[0]:
                 self.count(f"format.{mode}")
             try:

@@ -77,6 +77,7 @@ from stgr_builder.annotate.client import (
     request_body,
     sample_error,
 )
+from stgr_builder.annotate.endpoint import EndpointWatch
 from stgr_builder.annotate.judge import SCHEMA_NAME as JUDGE_SCHEMA
 from stgr_builder.annotate.judge import CropVerdict, judge_messages, kept_by_votes, parse_judge_prompt, parse_verdict
 from stgr_builder.annotate.prepare import PreparePool, default_processes
@@ -218,6 +219,11 @@ class LlmAnnotator:
         ).model
         # Batch mode: wait for the batches (False: ``--no-wait``, ``BatchPending`` once submitted).
         self.wait = wait
+        # Stops the build when the endpoint never answers (``endpoint.py``), per process and endpoint.
+        self.endpoint = resources.model(
+            ("llm-endpoint", base_url, config.dead_endpoint_s),
+            lambda: EndpointWatch(base_url, config.dead_endpoint_s),
+        ).model
 
     def take_usage(self, sample_id: str) -> LlmUsage | None:
         return self.sample_usage.pop(sample_id, None)
@@ -390,7 +396,7 @@ class LlmAnnotator:
             formats=self.judge_formats,
             judge=True,
         )
-        return await asyncio.gather(*(one(ask, work) for work in batch), return_exceptions=True)
+        return await self.endpoint.guard(asyncio.gather(*(one(ask, work) for work in batch), return_exceptions=True))
 
     async def _one(self, ask: Asker, work: SampleWork) -> Annotation | SampleError:
         view = sample_view(work, max_per_frame=self.config.max_candidates_per_frame, max_area=self.max_area)

@@ -26,6 +26,7 @@ import functools
 import io
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -174,7 +175,10 @@ def _alive(pid: int, started: str | None) -> bool:
 
 def _orphan_guard(parent: int, started: str | None) -> None:
     """In a worker: exit when the process that made the pool is gone. Killed with SIGKILL, that
-    process never tells its workers to stop, and they (and the forkserver) would wait forever."""
+    process never tells its workers to stop, and they (and the forkserver) would wait forever.
+    A terminal's Ctrl-C reaches the workers too (one process group): they ignore it (it printed
+    a ``KeyboardInterrupt`` traceback per worker) and end with the command it stops."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def watch() -> None:
         while _alive(parent, started):

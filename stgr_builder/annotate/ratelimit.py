@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
+import math
 import os
 import re
 import threading
@@ -35,6 +36,8 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from stgr_builder.errors import warn
 
 #: The state file, under the dataset folder.
 STATE_FILE = Path("_cache") / "ratelimit.json"
@@ -48,6 +51,9 @@ BURST_S = 0.5
 #: Tokens counted per image when estimating a request (the low-detail figure).
 IMAGE_TOKENS = 85
 MAX_PAUSE_S = 30.0
+#: The longest a bucket may make a request wait (its level read back no lower than this many
+#: seconds' worth below zero): a queue of in-flight requests at a low cap, never a hand edit's hang.
+MAX_QUEUE_S = 600.0
 
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$")
 
@@ -123,15 +129,20 @@ class RateLimiter:
             # locked read-modify-write cost ~0.4 ms of the event loop each.
             seen = self._read(self.path)
             if seen is not None:
-                state = _state_of(seen)
+                state = _state_of(seen, self.clock())
                 result = change(state)
                 if json.dumps(state).encode() == seen:
                     return result
-            fd = self._open(self.path)
+            try:
+                fd = self._open(self.path)
+            except OSError as exc:  # a folder in its place, no permission: pace from memory
+                warn(f"{self.path}: cannot be opened ({exc.strerror}); ignored, rate limits kept in memory")
+                self.path = None
+                return change(self._memory)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 data = os.pread(fd, 1 << 16, 0)
-                state = _state_of(data)
+                state = _state_of(data, self.clock(), self.path)
                 result = change(state)
                 changed = json.dumps(state).encode()
                 if changed != data:
@@ -150,6 +161,8 @@ class RateLimiter:
             return None
         try:
             return os.pread(fd, 1 << 16, 0)
+        except OSError:  # a folder in its place: the locked path names it
+            return None
         finally:
             os.close(fd)
 
@@ -191,7 +204,7 @@ class RateLimiter:
                 rate = per_minute / 60.0
                 cap = max(1.0, rate * BURST_S)
                 level, at = state.get(key, [cap, now])
-                level = min(cap, level + max(0.0, now - at) * rate)
+                level = max(-rate * MAX_QUEUE_S, min(cap, level + max(0.0, now - at) * rate))
                 if level < need:
                     wait = max(wait, (need - level) / rate)
                 state[key] = [level - cost, now]
@@ -275,12 +288,64 @@ class RateLimiter:
         return DefaultAsyncHttpxClient(event_hooks=self.event_hooks(max_tokens))
 
 
-def _state_of(data: bytes) -> dict:
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _shape_problem(state: Any) -> str | None:
+    """What makes a decoded state unusable (a hand edit, another version's file), or None."""
+    if not isinstance(state, dict):
+        return f"a JSON {type(state).__name__}, not an object"
+    for key in ("pause_until", "probe_until"):
+        if key in state and not _finite(state[key]):
+            return f"{key} is {state[key]!r}, not a number"
+    strikes = state.get("strikes", 0)
+    if not (_finite(strikes) and strikes >= 0):
+        return f"strikes is {strikes!r}, not a count"
+    for key in ("req", "tok"):
+        if key in state and not (
+            isinstance(state[key], list) and len(state[key]) == 2 and all(_finite(v) for v in state[key])
+        ):
+            return f"{key} is {state[key]!r}, not [level, time]"
+    learned = state.get("learned", {})
+    if not isinstance(learned, dict) or any(
+        learned.get(k) is not None and not (_finite(learned[k]) and learned[k] > 0) for k in ("rpm", "tpm")
+    ):
+        return f"learned is {learned!r}, not limits per minute"
+    return None
+
+
+def _clamped(state: dict, now: float) -> dict:
+    """A stored state bounded to what a server could have asked: a pause no longer than a
+    Retry-After is kept to (``MAX_PAUSE_S``), a slow-start probe no longer than ``PROBE_S``,
+    no bucket dated in the future (a node whose clock ran ahead), learned limits of 1 at least."""
+    if state.get("pause_until", 0.0) > now + MAX_PAUSE_S:
+        state["pause_until"] = now + MAX_PAUSE_S
+    if state.get("probe_until", 0.0) > now + PROBE_S:
+        state["probe_until"] = now + PROBE_S
+    for key in ("req", "tok"):
+        if key in state and state[key][1] > now:
+            state[key] = [state[key][0], now]
+    learned = state.get("learned")
+    if learned:
+        state["learned"] = {k: (max(1.0, v) if v is not None else None) for k, v in learned.items()}
+    return state
+
+
+def _state_of(data: bytes, now: float, path: Path | None = None) -> dict:
+    """The state stored in ``data``, checked and clamped; a state that cannot be used starts
+    afresh, named in a warning when ``path`` is given (a locked read: not a write under way)."""
     try:
         state = json.loads(data or b"{}")
     except ValueError:  # torn by a write under way (unlocked reads) or damaged: start afresh
+        problem: str | None = "not JSON"
+    else:
+        problem = _shape_problem(state)
+    if problem is not None:
+        if path is not None:
+            warn(f"{path}: {problem}; ignored, rate-limit state starts afresh")
         return {}
-    return state if isinstance(state, dict) else {}
+    return _clamped(state, now)
 
 
 def limiter_for(root: Path | None, rpm: int | None, tpm: int | None) -> RateLimiter:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from stgr_builder.core.cache import BoundedCache, approx_size
 from stgr_builder.core.hashing import media_fingerprint
+from stgr_builder.errors import warn
 
 if TYPE_CHECKING:  # distributed loads only where Dask runs
     from distributed import Worker
@@ -88,10 +89,7 @@ class Budget:
                 fd = os.open(self.ledger, os.O_RDWR | os.O_CREAT, 0o644)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX)
-                    try:
-                        counts = {"requests": 0, "tokens": 0, **json.loads(os.pread(fd, 4096, 0) or b"{}")}
-                    except ValueError:  # a torn write cannot happen under the lock; be safe anyway
-                        counts = {"requests": 0, "tokens": 0}
+                    counts = _ledger_counts(os.pread(fd, 4096, 0), self.ledger)
                     result = change(counts)
                     data = json.dumps(counts).encode()
                     os.pwrite(fd, data, 0)
@@ -217,3 +215,19 @@ def _this_worker() -> Worker | None:
 
 
 _ATTACH_LOCK = threading.Lock()  # guards the Worker attribute above; holds no state itself
+
+
+def _ledger_counts(data: bytes, path: Path) -> dict[str, int]:
+    """A budget ledger's counts; one that is not ``{"requests": N, "tokens": N}`` (damaged, a
+    hand edit) is named in a warning and counts from zero (the run may spend its budget again)."""
+    try:
+        stored = json.loads(data or b"{}")
+    except ValueError:
+        stored = None
+    counts = {"requests": 0, "tokens": 0, **stored} if isinstance(stored, dict) else None
+    if counts is None or any(
+        not isinstance(counts[k], int) or isinstance(counts[k], bool) or counts[k] < 0 for k in ("requests", "tokens")
+    ):
+        warn(f"{path}: not a budget ledger ({data[:60]!r}); ignored, this run's budget counts from zero")
+        return {"requests": 0, "tokens": 0}
+    return counts

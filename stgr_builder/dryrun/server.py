@@ -87,6 +87,7 @@ class ServerOptions:
     batch_delay_s: float = 0.2
     policy: str = "oracle"  # or "noisy": mistakes as ``noisy``'s options say
     noisy: NoisyOptions = field(default_factory=NoisyOptions)
+    list_batches: bool = True  # False: GET /v1/batches answers 404, as some providers' compatible APIs do
 
 
 class _Limits:
@@ -498,6 +499,8 @@ class _BatchApi:
 
     def get(self, path: str) -> tuple[int, Any]:
         parts = path.split("/")
+        if parts[-1] == "batches" and not self.server.options.list_batches:
+            return 404, {"error": {"message": "listing batches is not supported", "type": "not_found"}}
         if parts[-1] == "batches":
             with self.lock:
                 data = [dict(b) for b in sorted(self.batches.values(), key=lambda b: b["id"], reverse=True)]
