@@ -4,7 +4,7 @@
     stgr build CONFIG.yaml|RECIPE [--out DIR] [--overwrite] [--data-root DIR] [--source NAME=PATH[,MEDIA]] [--scale F]
     stgr plan CONFIG.yaml|RECIPE [--data-root DIR] [--price-in P] [--price-out P] [--json FILE]
     stgr reannotate DIR --where SQL --prompt NAME [--model M] [--out DIR2]
-    stgr audit DIR [--sql QUERY] [--compare OLD_DIR] [--gallery OUT.html]
+    stgr audit DIR [--sql QUERY [--limit N] [--timeout S]] [--compare OLD_DIR] [--gallery OUT.html]
     stgr verify DIR [--fast]
     stgr export open-o3 DIR --to DIR2
     stgr serve-llm [--port P] [--latency-ms N] [--fault-rate F] [--rpm N] [--tpm N]
@@ -215,6 +215,10 @@ def audit(
     n: Annotated[int, typer.Option(min=1, max=10_000, help="rows in the gallery")] = 24,
     where: Annotated[str | None, typer.Option(help="gallery: only rows this SQL predicate selects")] = None,
     embed: Annotated[bool, typer.Option(help="gallery: embed the images in the page")] = False,
+    limit: Annotated[int, typer.Option(min=0, help="--sql: rows shown at most (the rest are counted)")] = 1000,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="--sql: seconds the query may run before it is interrupted")
+    ] = 60.0,
 ) -> None:
     """The canned audit summary (and the comparison with the parent version), any read-only
     query over the shards, or an HTML gallery of sampled rows."""
@@ -227,8 +231,13 @@ def audit(
         console.print(Text(f"wrote {gallery} ({shown} rows)"))
         return
     if sql is not None:
-        table = query(root, sql)
-        _print_table("query", table.columns, table.rows)
+        try:
+            table = query(root, sql, limit=limit, timeout_s=timeout)
+        except KeyboardInterrupt:
+            # The query was interrupted (DuckDB stopped) before this is raised. typer turns a
+            # KeyboardInterrupt into a returned 130 that main() would not see; Abort exits 130.
+            raise typer.Abort() from None
+        _print_query(table)
         return
     _print_audit(root)
     _print_comparison(root, compare)
@@ -261,6 +270,15 @@ def reannotate(
     if not manifest.complete:
         console.print(f"[bold yellow]{_pending_line(manifest)}[/]", highlight=False)
     _print_comparison(target, None)
+
+
+def _print_query(table) -> None:
+    """A query's rows, then how many rows the cap left out."""
+    _print_table("query", table.columns, table.rows)
+    if table.left_out:
+        more = "at least " if table.left_out_partial else ""
+        stopped = " (counting stopped at the timeout)" if table.left_out_partial else ""
+        console.print(Text(f"{more}{table.left_out} more rows left out{stopped}: raise --limit, or narrow the query"))
 
 
 def _print_rejects_fixed(target: Path, manifest) -> None:
