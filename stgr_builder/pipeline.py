@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
 from stgr_builder import __version__
@@ -31,6 +30,7 @@ from stgr_builder.executor import BuildContext, execute_shard, run_job
 from stgr_builder.models import BuildConfig, BuildPlan, Manifest, ShardPlan, ShardResult
 from stgr_builder.ownership import claim_folder
 from stgr_builder.planning import draw, draw_stats, plan_of
+from stgr_builder.recipes import read_config_mapping
 from stgr_builder.shards import write_manifest, write_plan_json, write_plan_record
 from stgr_builder.sources import check_sources, ingest
 
@@ -39,12 +39,9 @@ def load_config(path: Path) -> BuildConfig:
     """Read and validate CONFIG.yaml; a typo is an error naming the key's path."""
     if not path.is_file():
         raise StgrError(f"config file not found: {path}")
+    raw = read_config_mapping(path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise StgrError(f"{path} is not valid YAML: {exc}") from exc
-    try:
-        return BuildConfig.model_validate(raw or {})
+        return BuildConfig.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in err['loc']) or '(top)'}: {err['msg'].removeprefix('Value error, ')}"

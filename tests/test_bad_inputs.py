@@ -379,3 +379,52 @@ def test_ctrl_c_cancels_a_running_query(tmp_path):
     _, err = process.communicate(timeout=30)
     assert process.returncode == 130 and time.monotonic() - sent < 10
     assert err.strip() == "error: interrupted"
+
+
+# --- Config files that are no config (issue 21, deliver 7): one line naming the file and key, exit 2.
+
+_BAD_CONFIGS = {
+    "list": (b"- name: a\n- name: b\n", "holds a YAML list, not a config"),
+    "binary": (bytes(range(255, 0, -1)) * 4, "is not a text file (byte 0xff at offset 0 is not UTF-8)"),
+    "empty": (b"", "is empty: a config needs at least `sources:`"),
+    "no-sources": (b"name: x\nsources: []\n", "sources: no source given"),
+    "nan-filter": (
+        b"sources:\n - {name: s, adapter: demo, path: a.json, media_root: m, filters: {min_video_s: .nan}}\n",
+        "sources.0.filters.min_video_s: Input should be a finite number",
+    ),
+    "inf-estimate": (
+        b"sources:\n - {name: s, adapter: demo, path: a.json, media_root: m}\nestimate: {latency_s: .inf}\n",
+        "estimate.latency_s: Input should be a finite number",
+    ),
+    "inf-filter": (
+        b"sources:\n - {name: s, adapter: demo, path: a.json, media_root: m, filters: {max_video_s: -.inf}}\n",
+        "sources.0.filters.max_video_s: Input should be a finite number",
+    ),
+}
+
+
+def test_nan_and_inf_are_refused_in_adapter_options():
+    from pydantic import ValidationError
+
+    from stgr_builder.sources.didemo import DidemoOptions
+
+    for value in (float("inf"), float("nan")):
+        with pytest.raises(ValidationError, match="finite number|greater than 0"):
+            DidemoOptions.model_validate({"segment_s": value})
+    assert DidemoOptions.model_validate({"segment_s": 2.5}).segment_s == 2.5
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_CONFIGS))
+def test_a_config_that_is_no_config_is_one_line_naming_it(tmp_path, case):
+    from stgr_builder.errors import StgrError
+    from stgr_builder.recipes import resolve_config
+
+    content, expected = _BAD_CONFIGS[case]
+    config = tmp_path / f"{case}.yaml"
+    config.write_bytes(content)
+    result = _stgr("build", str(config), "--out", str(tmp_path / "out"), cwd=tmp_path, timeout=120)
+    line = _one_line(result)
+    assert result.returncode == 2 and str(config) in line and expected in line, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    with pytest.raises(StgrError, match="finite number|YAML|not a text|empty|no source given"):
+        resolve_config(config)  # what `stgr plan` reads
