@@ -6,7 +6,7 @@
     stgr reannotate DIR --where SQL --prompt NAME [--model M] [--out DIR2]
     stgr audit DIR [--sql QUERY [--limit N] [--timeout S]] [--compare OLD_DIR] [--gallery OUT.html]
     stgr verify DIR [--fast]
-    stgr export open-o3 DIR --to DIR2
+    stgr export open-o3 DIR --to DIR2 [--overwrite]
     stgr serve-llm [--port P] [--latency-ms N] [--fault-rate F] [--rpm N] [--tpm N]
 
 Exit status 0 on success; non-zero with a one-line reason on failure (2: a problem the user
@@ -320,11 +320,18 @@ app.add_typer(export_app, name="export")
 def export_open_o3(
     root: Annotated[Path, typer.Argument(help="dataset folder")],
     to: Annotated[Path, typer.Option(help="target folder (json_data/ and videos/.../kfs/ are written in it)")],
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="export into a folder holding another export or other files (replaces only files an export wrote)"
+        ),
+    ] = False,
 ) -> None:
-    """The released Open-o3 Video training code's JSON files and key-frame layout."""
+    """The released Open-o3 Video training code's JSON files and key-frame layout; refuses a
+    non-empty folder it did not write."""
     from stgr_builder.shards.export import export_open_o3 as run
 
-    written = run(root, to)
+    written = run(root, to, overwrite=overwrite)
     console.print(Text(f"wrote {to}: " + ", ".join(f"{name} {count} rows" for name, count in written.items())))
 
 
@@ -623,6 +630,14 @@ _OS_FIXES = {
 }
 
 
+def _os_error_line(exc: OSError) -> str:
+    """Every file-system failure of a command: what, where, and what to do (one line)."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    reason = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc) or type(exc).__name__)
+    fix = _OS_FIXES.get(exc.errno or 0, "check the path and its permissions, or choose another location")
+    return f"{reason}{where}: {fix}"
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -659,11 +674,7 @@ def main() -> None:
     except MemoryError:
         _fail("out of memory: lower sharding.workers, detector.batch or detector.imgsz", 2)
     except OSError as exc:
-        fix = _OS_FIXES.get(exc.errno)
-        if fix is None:
-            _fail(f"{type(exc).__name__}: {exc}", 1)
-        where = f" ({exc.filename})" if exc.filename else ""
-        _fail(f"{os.strerror(exc.errno)}{where}: {fix}", 2)
+        _fail(_os_error_line(exc), 2)
     except Exception as exc:  # noqa: BLE001 - the contract is a one-line reason, not a traceback
         import click
 

@@ -11,7 +11,9 @@ id, or files a stgr build does not make, are refused; ``--overwrite`` is the exp
 build there anyway. Even then nothing is deleted that the folder's manifest or shard records do
 not list (``shards.writer.prune_orphans``): foreign files stay where they are. Shard files
 (``stgr_cot/part-*.parquet``, ...) that no record lists are refused even with ``--overwrite``:
-every reader would take them as rows of the dataset.
+every reader would take them as rows of the dataset. So are the top-level files a build
+replaces (``manifest.json``, ``plan.json``, ``README.md``) in a folder holding no stgr record:
+a name a build also writes is not the build's own until a record says so.
 
 >>> with claim_folder(Path("outputs/run1"), build_id="3f9a0c1d2e4b"):   # doctest: +SKIP
 ...     run_job(job, resources)
@@ -50,6 +52,9 @@ KNOWN_ENTRIES = {
     "kfs",
     LOCK_FILE,
 }
+#: Top-level files a build writes whole (replacing what is there): its own only in a folder
+#: that holds a stgr record (owner, manifest or shard record).
+REPLACED_FILES = (MANIFEST, PLAN, "README.md")
 
 
 class FolderLock:
@@ -150,6 +155,13 @@ def check_folder(folder: Path, build_id: str, overwrite: bool = False) -> None:
                 f"{folder} holds shard files no stgr record lists ({', '.join(strays[:3])}"
                 f"{' ...' if len(strays) > 3 else ''}): readers would take them as rows; move them "
                 f"away or give another --out"
+            )
+    if owner is None:
+        unrecorded = [name for name in REPLACED_FILES if (folder / name).exists()]
+        if unrecorded:
+            raise StgrError(
+                f"{folder} holds {', '.join(unrecorded)} but no stgr record lists them: a build would replace "
+                f"them (even with --overwrite it does not); move them away or give another --out"
             )
     if overwrite:
         return

@@ -428,3 +428,142 @@ def test_a_config_that_is_no_config_is_one_line_naming_it(tmp_path, case):
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
     with pytest.raises(StgrError, match="finite number|YAML|not a text|empty|no source given"):
         resolve_config(config)  # what `stgr plan` reads
+
+
+# --- Rejects at scale (issue 21, deliver 4): bad records occupy no shard slot.
+
+
+#: The temporary Prefect server may take long to start on a loaded machine.
+_SLOW_START = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
+
+
+def _dataset_files(out: Path) -> list[str]:
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.parts[-2] != "_cache")
+
+
+@pytest.fixture(scope="module")
+def bad_only_build(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """5,000 bad records (a seeded mix of the four kinds), built with samples_per_shard 16."""
+    from bad_corpus import write_bad_records_source
+
+    folder = tmp_path_factory.mktemp("bad-records")
+    config = write_bad_records_source(folder / "src", 5000, seed=21)
+    out = folder / "out"
+    result = _stgr("build", str(config), "--out", str(out), cwd=folder, env=_env(COLUMNS="200", **_SLOW_START))
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+def test_bad_records_occupy_no_shard_slot(bad_only_build, tmp_path):
+    from bad_corpus import BAD_RECORD_CODES, bad_record_lines, write_bad_records_source
+
+    out, result = bad_only_build
+    # One shard (its three Parquet files and its record), not 5,000 / 16 = 313 of them.
+    shard_files = [f for f in _dataset_files(out) if f.endswith(".parquet") or f.startswith("_progress/shard-")]
+    assert shard_files == [
+        "_progress/shard-00000.json",
+        "rejects/part-00000.parquet",
+        "stgr_cot/part-00000.parquet",
+        "stgr_rl/part-00000.parquet",
+    ]
+    # Every record is a reject with its kind's code, once.
+    expected: dict[str, int] = {}
+    for kind, _ in bad_record_lines(5000, seed=21):
+        expected[BAD_RECORD_CODES[kind]] = expected.get(BAD_RECORD_CODES[kind], 0) + 1
+    counts = dict(query(out, "SELECT code, count(*) FROM rejects GROUP BY code").rows)
+    assert counts == expected and query(out, "SELECT count(DISTINCT id) FROM rejects").rows == [(5000,)]
+    # The build prints the counts by code with a few examples of each.
+    assert "Reject examples (3 per code)" in result.stdout
+    assert "no such file" in result.stdout and "'..' in media path" in result.stdout
+    # A few bad records give the same files as 5,000.
+    few = write_bad_records_source(tmp_path / "src", 40, seed=21)
+    small = _stgr("build", str(few), "--out", str(tmp_path / "out"), cwd=tmp_path, env=_env(**_SLOW_START))
+    assert small.returncode == 0, small.stderr
+    assert _dataset_files(tmp_path / "out") == _dataset_files(out)
+
+
+def test_rejected_records_keep_exactly_once_on_resume(bad_only_build):
+    out, _ = bad_only_build
+    before = {f: (out / f).read_bytes() for f in _dataset_files(out) if f.endswith(".parquet")}
+    mtimes = {f: (out / f).stat().st_mtime_ns for f in before}
+    config = out.parent / "src" / "CONFIG.yaml"
+    again = _stgr("build", str(config), "--out", str(out), cwd=out.parent, env=_env(**_SLOW_START))
+    assert again.returncode == 0, again.stderr
+    assert {f: (out / f).read_bytes() for f in before} == before
+    assert {f: (out / f).stat().st_mtime_ns for f in before} == mtimes  # finished: not rewritten
+
+
+def test_shard_count_follows_the_samples_that_pass(tmp_path):
+    from bad_corpus import write_bad_records_source
+
+    from stgr_builder.pipeline import context, plan
+
+    plans = {}
+    for n_bad in (0, 5000):
+        config = write_bad_records_source(tmp_path / f"bad{n_bad}", n_bad, seed=21, n_good=40)
+        plans[n_bad] = plan(context(config, tmp_path / f"out{n_bad}"))
+    assignment = {n: [sorted(s.id for s in shard.samples) for shard in built.shards] for n, built in plans.items()}
+    assert len(plans[5000].shards) == len(plans[0].shards) == 3  # 40 samples at 16 per shard
+    assert assignment[5000] == assignment[0]
+    assert sum(len(shard.rejects) for shard in plans[5000].shards) == 5000
+    assert plans[5000].ingest.kept == 40
+
+
+# --- Ownership everywhere (issue 21, deliver 6): no file the user wrote is replaced.
+
+
+def test_a_build_never_replaces_the_users_readme_and_plan(tmp_path):
+    from bad_corpus import write_bad_records_source
+
+    config = write_bad_records_source(tmp_path / "src", 8)
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = {"README.md": "# my notes\n", "plan.json": '{"my": "plan"}\n'}
+    for name, text in mine.items():
+        (out / name).write_text(text)
+    for extra in ([], ["--overwrite"]):
+        result = _stgr("build", str(config), "--out", str(out), *extra, cwd=tmp_path, env=_env(**_SLOW_START))
+        line = _one_line(result)
+        assert result.returncode == 2 and "holds plan.json, README.md but no stgr record lists them" in line, line
+        assert {name: (out / name).read_text() for name in mine} == mine
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "plan.json"]
+
+
+def test_export_writes_only_where_it_wrote_before(bad_only_build, tmp_path):
+    out, _ = bad_only_build
+    theirs = tmp_path / "theirs"
+    (theirs / "json_data").mkdir(parents=True)
+    (theirs / "json_data" / "STGR-SFT.json").write_text("[my rows]")
+    for extra in ([], ["--overwrite"]):
+        refused = _stgr("export", "open-o3", str(out), "--to", str(theirs), *extra, cwd=tmp_path)
+        assert refused.returncode == 2 and "which no stgr export wrote" in _one_line(refused)
+        assert (theirs / "json_data" / "STGR-SFT.json").read_text() == "[my rows]"
+    # A folder with the user's videos: refused, unless --overwrite (the videos stay as they are).
+    videos = tmp_path / "with-videos"
+    (videos / "videos" / "tvg_r1").mkdir(parents=True)
+    (videos / "videos" / "tvg_r1" / "a.mp4").write_bytes(b"video")
+    refused = _stgr("export", "open-o3", str(out), "--to", str(videos), cwd=tmp_path)
+    assert refused.returncode == 2 and "is not empty and no stgr export wrote it" in _one_line(refused)
+    assert not (videos / "json_data").exists()
+    beside = _stgr("export", "open-o3", str(out), "--to", str(videos), "--overwrite", cwd=tmp_path)
+    assert beside.returncode == 0, beside.stderr
+    assert (videos / "videos" / "tvg_r1" / "a.mp4").read_bytes() == b"video"
+    # Its own export is written again, without --overwrite.
+    again = _stgr("export", "open-o3", str(out), "--to", str(videos), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((videos / "json_data" / "STGR-RL.json").read_text()) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["export", "open-o3", "{out}", "--to", "/proc/stgr-export"],
+        ["audit", "{out}", "--gallery", "/proc/stgr-gallery/g.html"],
+    ],
+)
+def test_an_os_error_is_one_line_and_exit_2(bad_only_build, tmp_path, args):
+    out, _ = bad_only_build
+    result = _stgr(*[a.format(out=out) for a in args], cwd=tmp_path)
+    line = _one_line(result)
+    assert result.returncode == 2 and "/proc/stgr-" in line and "Error:" not in line, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
