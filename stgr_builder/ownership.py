@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from stgr_builder.core.arrow import DATASETS
-from stgr_builder.core.files import atomic_write_text
+from stgr_builder.core.files import atomic_write_text, parquet_problem
 from stgr_builder.core.layout import MANIFEST, PLAN, PROGRESS_DIR
 from stgr_builder.errors import StgrError
 
@@ -144,6 +144,7 @@ def check_folder(folder: Path, build_id: str, overwrite: bool = False) -> None:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise StgrError(f"--out {folder} is a file, not a folder")
+    check_unlisted_broken_shards(folder)
     owner = folder_build_id(folder)
     if owner != build_id:
         # Shard files no record lists would be read as rows of this dataset (readers take every
@@ -177,6 +178,20 @@ def check_folder(folder: Path, build_id: str, overwrite: bool = False) -> None:
             f"{folder} holds build {owner}, not this config's build {build_id}: give another --out, "
             f"or pass --overwrite to replace it"
         )
+
+
+def check_unlisted_broken_shards(folder: Path) -> None:
+    """Refuse (one line, before any work) a shard file that is no Parquet file and that no
+    record lists: the build would not rewrite it (not its own), and every reader of the finished
+    dataset would fail on it. A listed one is the build's own: its shard is done again (the
+    checksum no longer matches)."""
+    for name in unlisted_shards(folder):
+        problem = parquet_problem(folder / name)
+        if problem is not None:
+            raise StgrError(
+                f"{folder / name} is {problem} and no stgr record lists it: move it away (readers take every "
+                f"part-*.parquet as rows), then run the build again"
+            )
 
 
 def unlisted_shards(folder: Path) -> list[str]:

@@ -567,3 +567,18 @@ def test_an_os_error_is_one_line_and_exit_2(bad_only_build, tmp_path, args):
     line = _one_line(result)
     assert result.returncode == 2 and "/proc/stgr-" in line and "Error:" not in line, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_zero_byte_shard_dropped_into_a_build_is_named_by_audit_and_resume(bad_only_build, tmp_path):
+    out, _ = bad_only_build
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "stgr_cot" / "part-00007.parquet").write_bytes(b"")
+    audit = _stgr("audit", str(copy), cwd=tmp_path)
+    line = _one_line(audit)
+    assert audit.returncode == 2 and "stgr_cot/part-00007.parquet is empty (0 bytes)" in line, audit.stderr
+    config = out.parent / "src" / "CONFIG.yaml"
+    resumed = _stgr("build", str(config), "--out", str(copy), cwd=tmp_path, env=_env(**_SLOW_START))
+    line = _one_line(resumed)
+    assert resumed.returncode == 2 and "part-00007.parquet is empty (0 bytes)" in line and "no stgr record" in line
+    assert "Rows by task" not in resumed.stdout  # refused before the build ran, not after

@@ -17,6 +17,7 @@ from typing import TypeVar
 import duckdb
 
 from stgr_builder.core.arrow import DATASETS, schema_for
+from stgr_builder.core.files import parquet_problem
 from stgr_builder.errors import StgrError
 
 #: View name -> dataset folder.
@@ -74,7 +75,15 @@ def connect(root: Path) -> duckdb.DuckDBPyConnection:
 
 
 def create_view(con: duckdb.DuckDBPyConnection, root: Path, view: str, dataset: str) -> None:
-    if any((root / dataset).glob("part-*.parquet")):
+    parts = sorted((root / dataset).glob("part-*.parquet"))
+    for part in parts:  # DuckDB would fail on a broken one later, with a message naming no fix
+        problem = parquet_problem(part)
+        if problem is not None:
+            raise StgrError(
+                f"{part} is {problem}: move it out of {root / dataset} (every reader takes each part-*.parquet "
+                f"there as rows), then `stgr verify {root}`"
+            )
+    if parts:
         # The glob never matches a writer's temp file (.part-00000.parquet.<hex>.tmp).
         pattern = sql_literal(str(root / dataset / "part-*.parquet"))
         con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet({pattern}, union_by_name=false)")
