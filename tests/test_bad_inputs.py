@@ -582,3 +582,31 @@ def test_a_zero_byte_shard_dropped_into_a_build_is_named_by_audit_and_resume(bad
     line = _one_line(resumed)
     assert resumed.returncode == 2 and "part-00007.parquet is empty (0 bytes)" in line and "no stgr record" in line
     assert "Rows by task" not in resumed.stdout  # refused before the build ran, not after
+
+
+def test_a_rotated_video_gives_rows_with_key_frames_or_rejects(source, tmp_path):
+    """v000 re-encoded with a display matrix turning it a quarter turn (what phones write):
+    its frames are shown turned; a temporal sample whose object is not found on any turned
+    frame (the car) is a no_evidence reject, never a row without key frames."""
+    from bad_corpus import rotated_copy
+    from PIL import Image
+
+    from stgr_builder.pipeline import build
+
+    folder = tmp_path / "src"
+    shutil.copytree(source, folder)
+    video = folder / "media" / "videos" / "v000.mp4"
+    rotated_copy(video, video.with_name("turned.mp4"), degrees=90)
+    video.with_name("turned.mp4").replace(video)
+    out = tmp_path / "out"
+    build(folder / "CONFIG.yaml", out)
+    empty = query(out, "SELECT id, task FROM cot WHERE len(key_frames) = 0 AND task LIKE 'temporal QA%'").rows
+    assert empty == [] and query(
+        out, "SELECT count(*) FROM rl WHERE len(key_frames) = 0 AND task LIKE 'temporal QA%'"
+    ).rows == [(0,)]
+    frames = query(out, "SELECT DISTINCT unnest(key_frames).path FROM cot WHERE video_path = 'videos/v000.mp4'").rows
+    assert frames and {Image.open(out / path).size for (path,) in frames} == {(240, 320)}  # turned: 320x240 coded
+    rejected = query(
+        out, "SELECT code FROM rejects WHERE message LIKE '%needs at least one key frame%' AND stage = 'verify'"
+    ).rows
+    assert rejected and {code for (code,) in rejected} == {"no_evidence"}
