@@ -184,12 +184,18 @@ def check_unlisted_broken_shards(folder: Path) -> None:
     """Refuse (one line, before any work) a shard file that is no Parquet file and that no
     record lists: the build would not rewrite it (not its own), and every reader of the finished
     dataset would fail on it. A listed one is the build's own: its shard is done again (the
-    checksum no longer matches)."""
-    for name in unlisted_shards(folder):
-        problem = parquet_problem(folder / name)
-        if problem is not None:
+    checksum no longer matches). Records are read only when a broken file is found."""
+    folder = Path(folder)
+    broken = {
+        path.relative_to(folder).as_posix(): problem
+        for dataset in DATASETS
+        for path in sorted((folder / dataset).glob("part-*.parquet"))
+        if (problem := parquet_problem(path)) is not None
+    }
+    for name in unlisted_shards(folder) if broken else []:
+        if name in broken:
             raise StgrError(
-                f"{folder / name} is {problem} and no stgr record lists it: move it away (readers take every "
+                f"{folder / name} is {broken[name]} and no stgr record lists it: move it away (readers take every "
                 f"part-*.parquet as rows), then run the build again"
             )
 
