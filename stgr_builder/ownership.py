@@ -144,7 +144,6 @@ def check_folder(folder: Path, build_id: str, overwrite: bool = False) -> None:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise StgrError(f"--out {folder} is a file, not a folder")
-    check_unlisted_broken_shards(folder)
     owner = folder_build_id(folder)
     if owner != build_id:
         # Shard files no record lists would be read as rows of this dataset (readers take every
@@ -157,6 +156,7 @@ def check_folder(folder: Path, build_id: str, overwrite: bool = False) -> None:
                 f"{' ...' if len(strays) > 3 else ''}): readers would take them as rows; move them "
                 f"away or give another --out"
             )
+    check_unlisted_broken_shards(folder)  # this build's folder too: it would not rewrite them
     if owner is None:
         unrecorded = [name for name in REPLACED_FILES if (folder / name).exists()]
         if unrecorded:
