@@ -4,9 +4,9 @@
     stgr build CONFIG.yaml|RECIPE [--out DIR] [--overwrite] [--data-root DIR] [--source NAME=PATH[,MEDIA]] [--scale F]
     stgr plan CONFIG.yaml|RECIPE [--data-root DIR] [--price-in P] [--price-out P] [--json FILE]
     stgr reannotate DIR --where SQL --prompt NAME [--model M] [--out DIR2]
-    stgr audit DIR [--brief] [--sql QUERY] [--compare OLD_DIR] [--gallery OUT.html]
+    stgr audit DIR [--brief] [--sql QUERY [--limit N] [--timeout S]] [--compare OLD_DIR] [--gallery OUT.html]
     stgr verify DIR [--fast]
-    stgr export open-o3 DIR --to DIR2
+    stgr export open-o3 DIR --to DIR2 [--overwrite]
     stgr serve-llm [--port P] [--latency-ms N] [--fault-rate F] [--rpm N] [--tpm N]
 
 Exit status 0 on success; non-zero with a one-line reason on failure (2: a problem the user
@@ -245,6 +245,10 @@ def audit(
     brief: Annotated[
         bool, typer.Option(help="only what was built, rejects, cost and checks (what `stgr demo` shows)")
     ] = False,
+    limit: Annotated[int, typer.Option(min=0, help="--sql: rows shown at most (the rest are counted)")] = 1000,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="--sql: seconds the query may run before it is interrupted")
+    ] = 60.0,
 ) -> None:
     """The canned audit summary (and the comparison with the parent version), any read-only
     query over the shards, or an HTML gallery of sampled rows."""
@@ -257,8 +261,13 @@ def audit(
         console.print(Text(f"wrote {gallery} ({shown} rows)"))
         return
     if sql is not None:
-        table = query(root, sql)
-        _print_table("query", table.columns, table.rows)
+        try:
+            table = query(root, sql, limit=limit, timeout_s=timeout)
+        except KeyboardInterrupt:
+            # The query was interrupted (DuckDB stopped) before this is raised. typer turns a
+            # KeyboardInterrupt into a returned 130 that main() would not see; Abort exits 130.
+            raise typer.Abort() from None
+        _print_query(table)
         return
     _print_audit(root, brief=brief)
     _print_comparison(root, compare)
@@ -294,6 +303,15 @@ def reannotate(
     if not manifest.complete:
         console.print(f"[bold yellow]{_pending_line(manifest)}[/]", highlight=False)
     _print_comparison(target, None)
+
+
+def _print_query(table) -> None:
+    """A query's rows, then how many rows the cap left out."""
+    _print_table("query", table.columns, table.rows)
+    if table.left_out:
+        more = "at least " if table.left_out_partial else ""
+        stopped = " (counting stopped at the timeout)" if table.left_out_partial else ""
+        console.print(Text(f"{more}{table.left_out} more rows left out{stopped}: raise --limit, or narrow the query"))
 
 
 def _print_rejects_fixed(target: Path, manifest) -> None:
@@ -335,11 +353,18 @@ app.add_typer(export_app, name="export")
 def export_open_o3(
     root: Annotated[Path, typer.Argument(help="dataset folder")],
     to: Annotated[Path, typer.Option(help="target folder (json_data/ and videos/.../kfs/ are written in it)")],
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="export into a folder holding another export or other files (replaces only files an export wrote)"
+        ),
+    ] = False,
 ) -> None:
-    """The released Open-o3 Video training code's JSON files and key-frame layout."""
+    """The released Open-o3 Video training code's JSON files and key-frame layout; refuses a
+    non-empty folder it did not write."""
     from stgr_builder.shards.export import export_open_o3 as run
 
-    written = run(root, to)
+    written = run(root, to, overwrite=overwrite)
     console.print(Text(f"wrote {to}: " + ", ".join(f"{name} {count} rows" for name, count in written.items())))
 
 
@@ -702,6 +727,14 @@ _OS_FIXES = {
 }
 
 
+def _os_error_line(exc: OSError) -> str:
+    """Every file-system failure of a command: what, where, and what to do (one line)."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    reason = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc) or type(exc).__name__)
+    fix = _OS_FIXES.get(exc.errno or 0, "check the path and its permissions, or choose another location")
+    return f"{reason}{where}: {fix}"
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -808,11 +841,7 @@ def main() -> None:
     except MemoryError:
         _fail("out of memory: lower sharding.workers, detector.batch or detector.imgsz", 2)
     except OSError as exc:
-        fix = _OS_FIXES.get(exc.errno) if exc.errno is not None else None
-        if fix is None or exc.errno is None:
-            _fail(f"{type(exc).__name__}: {exc}", 1)
-        where = f" ({exc.filename})" if exc.filename else ""
-        _fail(f"{os.strerror(exc.errno)}{where}: {fix}", 2)
+        _fail(_os_error_line(exc), 2)
     except Exception as exc:  # noqa: BLE001 - the contract is a one-line reason, not a traceback
         import click
 

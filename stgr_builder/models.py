@@ -67,7 +67,9 @@ class _Record(BaseModel):
 
 
 class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN passes every comparison-free check and fails every filter silently (a NaN bound
+    # filters nothing); inf is no setting either: both refused in every float field of a config.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------------------

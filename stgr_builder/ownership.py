@@ -11,7 +11,9 @@ id, or files a stgr build does not make, are refused; ``--overwrite`` is the exp
 build there anyway. Even then nothing is deleted that the folder's manifest or shard records do
 not list (``shards.writer.prune_orphans``): foreign files stay where they are. Shard files
 (``stgr_cot/part-*.parquet``, ...) that no record lists are refused even with ``--overwrite``:
-every reader would take them as rows of the dataset.
+every reader would take them as rows of the dataset. So are the top-level files a build
+replaces (``manifest.json``, ``plan.json``, ``README.md``) in a folder holding no stgr record:
+a name a build also writes is not the build's own until a record says so.
 
 >>> with claim_folder(Path("outputs/run1"), build_id="3f9a0c1d2e4b"):   # doctest: +SKIP
 ...     run_job(job, resources)
@@ -29,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from stgr_builder.core.arrow import DATASETS
-from stgr_builder.core.files import atomic_write_text
+from stgr_builder.core.files import atomic_write_text, parquet_problem
 from stgr_builder.core.layout import MANIFEST, PLAN, PROGRESS_DIR
 from stgr_builder.errors import StgrError
 
@@ -50,6 +52,9 @@ KNOWN_ENTRIES = {
     "kfs",
     LOCK_FILE,
 }
+#: Top-level files a build writes whole (replacing what is there): its own only in a folder
+#: that holds a stgr record (owner, manifest or shard record).
+REPLACED_FILES = (MANIFEST, PLAN, "README.md")
 
 
 class FolderLock:
@@ -151,6 +156,14 @@ def check_folder(folder: Path, build_id: str, overwrite: bool = False) -> None:
                 f"{' ...' if len(strays) > 3 else ''}): readers would take them as rows; move them "
                 f"away or give another --out"
             )
+    check_unlisted_broken_shards(folder)  # this build's folder too: it would not rewrite them
+    if owner is None:
+        unrecorded = [name for name in REPLACED_FILES if (folder / name).exists()]
+        if unrecorded:
+            raise StgrError(
+                f"{folder} holds {', '.join(unrecorded)} but no stgr record lists them: a build would replace "
+                f"them (even with --overwrite it does not); move them away or give another --out"
+            )
     if overwrite:
         return
     foreign = foreign_entries(folder)
@@ -165,6 +178,26 @@ def check_folder(folder: Path, build_id: str, overwrite: bool = False) -> None:
             f"{folder} holds build {owner}, not this config's build {build_id}: give another --out, "
             f"or pass --overwrite to replace it"
         )
+
+
+def check_unlisted_broken_shards(folder: Path) -> None:
+    """Refuse (one line, before any work) a shard file that is no Parquet file and that no
+    record lists: the build would not rewrite it (not its own), and every reader of the finished
+    dataset would fail on it. A listed one is the build's own: its shard is done again (the
+    checksum no longer matches). Records are read only when a broken file is found."""
+    folder = Path(folder)
+    broken = {
+        path.relative_to(folder).as_posix(): problem
+        for dataset in DATASETS
+        for path in sorted((folder / dataset).glob("part-*.parquet"))
+        if (problem := parquet_problem(path)) is not None
+    }
+    for name in unlisted_shards(folder) if broken else []:
+        if name in broken:
+            raise StgrError(
+                f"{folder / name} is {broken[name]} and no stgr record lists it: move it away (readers take every "
+                f"part-*.parquet as rows), then run the build again"
+            )
 
 
 def unlisted_shards(folder: Path) -> list[str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
 from stgr_builder import __version__
@@ -28,23 +27,22 @@ from stgr_builder.core.resources import Resources
 from stgr_builder.detect import make_detector
 from stgr_builder.errors import StgrError
 from stgr_builder.executor import BuildContext, execute_shard, run_job
-from stgr_builder.models import BuildConfig, BuildPlan, Manifest, ShardPlan, ShardResult
+from stgr_builder.models import BuildConfig, BuildPlan, Manifest, Reject, ShardPlan, ShardResult, SourceSample
 from stgr_builder.ownership import claim_folder
 from stgr_builder.planning import draw, draw_stats, plan_of
+from stgr_builder.recipes import read_config_mapping
 from stgr_builder.shards import write_manifest, write_plan_json, write_plan_record
 from stgr_builder.sources import check_sources, ingest
+from stgr_builder.video.steps import missing_media
 
 
 def load_config(path: Path) -> BuildConfig:
     """Read and validate CONFIG.yaml; a typo is an error naming the key's path."""
     if not path.is_file():
         raise StgrError(f"config file not found: {path}")
+    raw = read_config_mapping(path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise StgrError(f"{path} is not valid YAML: {exc}") from exc
-    try:
-        return BuildConfig.model_validate(raw or {})
+        return BuildConfig.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in err['loc']) or '(top)'}: {err['msg'].removeprefix('Value error, ')}"
@@ -68,15 +66,22 @@ def context(config_path: Path, out: Path, resources: Resources | None = None) ->
 
 
 def plan(ctx: BuildContext) -> BuildPlan:
-    """Ingest every source and deal samples (and ingest rejects) into shards by id hash."""
+    """Ingest every source and deal samples into shards by id hash.
+
+    Only samples that pass ingest and have a media file occupy shard slots: the number of
+    shards (tasks, files) grows with them, never with the bad records read. Ingest rejects,
+    and the probe's rejects of missing or empty media (found by a stat here), are dealt by
+    id hash into those same shards (all into shard 0 when no sample passes): a handful of
+    files however many they are, with the shards' exactly-once records."""
     samples, rejects, stats = ingest(ctx.config, ctx.config_dir)
     # Per-source `sample`: draw among the samples that pass the probe-time checks (planning.py);
     # plan.json records what the plan expects, for the audit's estimate-vs-actual table.
     drawn = draw(ctx.config, samples)
     write_plan_json(ctx.out, plan_of(ctx.config, samples, rejects, drawn=drawn))
     samples, rejects, stats = drawn[0], rejects + drawn[1], draw_stats(stats, drawn[0], drawn[1])
-    n_items = len(samples) + len(rejects)
-    n_shards = max(1, -(-n_items // ctx.config.sharding.samples_per_shard))
+    samples, missing = split_missing_media(samples)
+    rejects, stats = rejects + missing, draw_stats(stats, samples, missing)
+    n_shards = max(1, -(-len(samples) // ctx.config.sharding.samples_per_shard))
     shards = [ShardPlan(shard=index, samples=[], rejects=[]) for index in range(n_shards)]
     for sample in samples:
         shards[shard_of(sample.id, n_shards)].samples.append(sample)
@@ -84,6 +89,19 @@ def plan(ctx: BuildContext) -> BuildPlan:
         shards[shard_of(reject.id, n_shards)].rejects.append(reject)
     write_plan_record(ctx.out, n_shards)
     return BuildPlan(shards=shards, ingest=stats)
+
+
+def split_missing_media(samples: list[SourceSample]) -> tuple[list[SourceSample], list[Reject]]:
+    """(samples whose media file is there, the probe's rejects of the others)."""
+    present: list[SourceSample] = []
+    missing: list[Reject] = []
+    for sample in samples:
+        reject = missing_media(sample)
+        if reject is None:
+            present.append(sample)
+        else:
+            missing.append(reject)
+    return present, missing
 
 
 def shard_of(item_id: str, n_shards: int) -> int:

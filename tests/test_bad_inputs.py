@@ -332,3 +332,280 @@ def test_an_endpoint_refusing_the_key_is_one_line(source, tmp_path):
     line = _one_line(result)
     assert result.returncode == 2 and "HTTP 401" in line and "OPENAI_API_KEY" in line
     assert "wrong" not in result.stderr  # the key itself is never shown
+
+
+# --- Bounded queries (issue 21, deliver 5): every `stgr audit --sql` ends, capped, in bounded memory.
+
+
+def _stgr_measured(*args: str, cwd: Path) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run the CLI; (result, seconds, peak RSS of the child in MB)."""
+    import resource
+
+    started = time.monotonic()
+    result = _stgr(*args, cwd=cwd, timeout=120)
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child so far
+    return result, time.monotonic() - started, peak_kb / 1024
+
+
+def test_a_query_that_never_ends_stops_at_its_timeout(tmp_path):
+    result, seconds, _ = _stgr_measured(
+        "audit", str(tmp_path), "--sql", "SELECT count(*) FROM range(1000000000000000)", "--timeout", "2", cwd=tmp_path
+    )
+    line = _one_line(result)
+    assert result.returncode == 2 and "query stopped after 2 s (--timeout)" in line
+    assert len(result.stderr.strip().splitlines()) == 1 and seconds < 30
+
+
+def test_a_huge_result_is_capped_and_counted_without_holding_it(tmp_path):
+    result, seconds, peak_mb = _stgr_measured(
+        "audit", str(tmp_path), "--sql", "SELECT * FROM generate_series(1, 10000000)", "--limit", "5", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    shown = [line.strip("│ ") for line in result.stdout.splitlines() if line.strip("│ ").isdigit()]
+    assert shown == ["1", "2", "3", "4", "5"]
+    assert "9999995 more rows left out" in result.stdout
+    assert peak_mb < 1500, peak_mb  # all of it would be GBs of Python tuples
+
+
+def test_ctrl_c_cancels_a_running_query(tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stgr_builder.cli", "audit", str(tmp_path), "--sql",
+         "SELECT count(*) FROM range(1000000000000000)", "--timeout", "600"],
+        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(4)  # well inside the query
+    assert process.poll() is None
+    sent = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130 and time.monotonic() - sent < 10
+    assert err.strip() == "error: interrupted"
+
+
+# --- Config files that are no config (issue 21, deliver 7): one line naming the file and key, exit 2.
+
+_BAD_CONFIGS = {
+    "list": (b"- name: a\n- name: b\n", "holds a YAML list, not a config"),
+    "binary": (bytes(range(255, 0, -1)) * 4, "is not a text file (byte 0xff at offset 0 is not UTF-8)"),
+    "empty": (b"", "is empty: a config needs at least `sources:`"),
+    "no-sources": (b"name: x\nsources: []\n", "sources: no source given"),
+    "nan-filter": (
+        b"sources:\n - {name: s, adapter: demo, path: a.json, media_root: m, filters: {min_video_s: .nan}}\n",
+        "sources.0.filters.min_video_s: Input should be a finite number",
+    ),
+    "inf-estimate": (
+        b"sources:\n - {name: s, adapter: demo, path: a.json, media_root: m}\nestimate: {latency_s: .inf}\n",
+        "estimate.latency_s: Input should be a finite number",
+    ),
+    "inf-filter": (
+        b"sources:\n - {name: s, adapter: demo, path: a.json, media_root: m, filters: {max_video_s: -.inf}}\n",
+        "sources.0.filters.max_video_s: Input should be a finite number",
+    ),
+}
+
+
+def test_nan_and_inf_are_refused_in_adapter_options():
+    from pydantic import ValidationError
+
+    from stgr_builder.sources.didemo import DidemoOptions
+
+    for value in (float("inf"), float("nan")):
+        with pytest.raises(ValidationError, match="finite number|greater than 0"):
+            DidemoOptions.model_validate({"segment_s": value})
+    assert DidemoOptions.model_validate({"segment_s": 2.5}).segment_s == 2.5
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_CONFIGS))
+def test_a_config_that_is_no_config_is_one_line_naming_it(tmp_path, case):
+    from stgr_builder.errors import StgrError
+    from stgr_builder.recipes import resolve_config
+
+    content, expected = _BAD_CONFIGS[case]
+    config = tmp_path / f"{case}.yaml"
+    config.write_bytes(content)
+    result = _stgr("build", str(config), "--out", str(tmp_path / "out"), cwd=tmp_path, timeout=120)
+    line = _one_line(result)
+    assert result.returncode == 2 and str(config) in line and expected in line, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    with pytest.raises(StgrError, match="finite number|YAML|not a text|empty|no source given"):
+        resolve_config(config)  # what `stgr plan` reads
+
+
+# --- Rejects at scale (issue 21, deliver 4): bad records occupy no shard slot.
+
+
+#: The temporary Prefect server may take long to start on a loaded machine.
+_SLOW_START = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
+
+
+def _dataset_files(out: Path) -> list[str]:
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.parts[-2] != "_cache")
+
+
+@pytest.fixture(scope="module")
+def bad_only_build(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """5,000 bad records (a seeded mix of the four kinds), built with samples_per_shard 16."""
+    from bad_corpus import write_bad_records_source
+
+    folder = tmp_path_factory.mktemp("bad-records")
+    config = write_bad_records_source(folder / "src", 5000, seed=21)
+    out = folder / "out"
+    result = _stgr("build", str(config), "--out", str(out), cwd=folder, env=_env(COLUMNS="200", **_SLOW_START))
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+def test_bad_records_occupy_no_shard_slot(bad_only_build, tmp_path):
+    from bad_corpus import BAD_RECORD_CODES, bad_record_lines, write_bad_records_source
+
+    out, result = bad_only_build
+    # One shard (its three Parquet files and its record), not 5,000 / 16 = 313 of them.
+    shard_files = [f for f in _dataset_files(out) if f.endswith(".parquet") or f.startswith("_progress/shard-")]
+    assert shard_files == [
+        "_progress/shard-00000.json",
+        "rejects/part-00000.parquet",
+        "stgr_cot/part-00000.parquet",
+        "stgr_rl/part-00000.parquet",
+    ]
+    # Every record is a reject with its kind's code, once.
+    expected: dict[str, int] = {}
+    for kind, _ in bad_record_lines(5000, seed=21):
+        expected[BAD_RECORD_CODES[kind]] = expected.get(BAD_RECORD_CODES[kind], 0) + 1
+    counts = dict(query(out, "SELECT code, count(*) FROM rejects GROUP BY code").rows)
+    assert counts == expected and query(out, "SELECT count(DISTINCT id) FROM rejects").rows == [(5000,)]
+    # The build prints the counts by code with a few examples of each.
+    assert "Reject examples (3 per code)" in result.stdout
+    assert "no such file" in result.stdout and "'..' in media path" in result.stdout
+    # A few bad records give the same files as 5,000.
+    few = write_bad_records_source(tmp_path / "src", 40, seed=21)
+    small = _stgr("build", str(few), "--out", str(tmp_path / "out"), cwd=tmp_path, env=_env(**_SLOW_START))
+    assert small.returncode == 0, small.stderr
+    assert _dataset_files(tmp_path / "out") == _dataset_files(out)
+
+
+def test_rejected_records_keep_exactly_once_on_resume(bad_only_build):
+    out, _ = bad_only_build
+    before = {f: (out / f).read_bytes() for f in _dataset_files(out) if f.endswith(".parquet")}
+    mtimes = {f: (out / f).stat().st_mtime_ns for f in before}
+    config = out.parent / "src" / "CONFIG.yaml"
+    again = _stgr("build", str(config), "--out", str(out), cwd=out.parent, env=_env(**_SLOW_START))
+    assert again.returncode == 0, again.stderr
+    assert {f: (out / f).read_bytes() for f in before} == before
+    assert {f: (out / f).stat().st_mtime_ns for f in before} == mtimes  # finished: not rewritten
+
+
+def test_shard_count_follows_the_samples_that_pass(tmp_path):
+    from bad_corpus import write_bad_records_source
+
+    from stgr_builder.pipeline import context, plan
+
+    plans = {}
+    for n_bad in (0, 5000):
+        config = write_bad_records_source(tmp_path / f"bad{n_bad}", n_bad, seed=21, n_good=40)
+        plans[n_bad] = plan(context(config, tmp_path / f"out{n_bad}"))
+    assignment = {n: [sorted(s.id for s in shard.samples) for shard in built.shards] for n, built in plans.items()}
+    assert len(plans[5000].shards) == len(plans[0].shards) == 3  # 40 samples at 16 per shard
+    assert assignment[5000] == assignment[0]
+    assert sum(len(shard.rejects) for shard in plans[5000].shards) == 5000
+    assert plans[5000].ingest.kept == 40
+
+
+# --- Ownership everywhere (issue 21, deliver 6): no file the user wrote is replaced.
+
+
+def test_a_build_never_replaces_the_users_readme_and_plan(tmp_path):
+    from bad_corpus import write_bad_records_source
+
+    config = write_bad_records_source(tmp_path / "src", 8)
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = {"README.md": "# my notes\n", "plan.json": '{"my": "plan"}\n'}
+    for name, text in mine.items():
+        (out / name).write_text(text)
+    for extra in ([], ["--overwrite"]):
+        result = _stgr("build", str(config), "--out", str(out), *extra, cwd=tmp_path, env=_env(**_SLOW_START))
+        line = _one_line(result)
+        assert result.returncode == 2 and "holds plan.json, README.md but no stgr record lists them" in line, line
+        assert {name: (out / name).read_text() for name in mine} == mine
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "plan.json"]
+
+
+def test_export_writes_only_where_it_wrote_before(bad_only_build, tmp_path):
+    out, _ = bad_only_build
+    theirs = tmp_path / "theirs"
+    (theirs / "json_data").mkdir(parents=True)
+    (theirs / "json_data" / "STGR-SFT.json").write_text("[my rows]")
+    for extra in ([], ["--overwrite"]):
+        refused = _stgr("export", "open-o3", str(out), "--to", str(theirs), *extra, cwd=tmp_path)
+        assert refused.returncode == 2 and "which no stgr export wrote" in _one_line(refused)
+        assert (theirs / "json_data" / "STGR-SFT.json").read_text() == "[my rows]"
+    # A folder with the user's videos: refused, unless --overwrite (the videos stay as they are).
+    videos = tmp_path / "with-videos"
+    (videos / "videos" / "tvg_r1").mkdir(parents=True)
+    (videos / "videos" / "tvg_r1" / "a.mp4").write_bytes(b"video")
+    refused = _stgr("export", "open-o3", str(out), "--to", str(videos), cwd=tmp_path)
+    assert refused.returncode == 2 and "is not empty and no stgr export wrote it" in _one_line(refused)
+    assert not (videos / "json_data").exists()
+    beside = _stgr("export", "open-o3", str(out), "--to", str(videos), "--overwrite", cwd=tmp_path)
+    assert beside.returncode == 0, beside.stderr
+    assert (videos / "videos" / "tvg_r1" / "a.mp4").read_bytes() == b"video"
+    # Its own export is written again, without --overwrite.
+    again = _stgr("export", "open-o3", str(out), "--to", str(videos), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((videos / "json_data" / "STGR-RL.json").read_text()) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["export", "open-o3", "{out}", "--to", "/proc/stgr-export"],
+        ["audit", "{out}", "--gallery", "/proc/stgr-gallery/g.html"],
+    ],
+)
+def test_an_os_error_is_one_line_and_exit_2(bad_only_build, tmp_path, args):
+    out, _ = bad_only_build
+    result = _stgr(*[a.format(out=out) for a in args], cwd=tmp_path)
+    line = _one_line(result)
+    assert result.returncode == 2 and "/proc/stgr-" in line and "Error:" not in line, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_zero_byte_shard_dropped_into_a_build_is_named_by_audit_and_resume(bad_only_build, tmp_path):
+    out, _ = bad_only_build
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "stgr_cot" / "part-00007.parquet").write_bytes(b"")
+    audit = _stgr("audit", str(copy), cwd=tmp_path)
+    line = _one_line(audit)
+    assert audit.returncode == 2 and "stgr_cot/part-00007.parquet is empty (0 bytes)" in line, audit.stderr
+    config = out.parent / "src" / "CONFIG.yaml"
+    resumed = _stgr("build", str(config), "--out", str(copy), cwd=tmp_path, env=_env(**_SLOW_START))
+    line = _one_line(resumed)
+    assert resumed.returncode == 2 and "part-00007.parquet is empty (0 bytes)" in line and "no stgr record" in line
+    assert "Rows by task" not in resumed.stdout  # refused before the build ran, not after
+
+
+def test_a_rotated_video_gives_rows_with_key_frames_or_rejects(source, tmp_path):
+    """v000 re-encoded with a display matrix turning it a quarter turn (what phones write):
+    its frames are shown turned; a temporal sample whose object is not found on any turned
+    frame (the car) is a no_evidence reject, never a row without key frames."""
+    from bad_corpus import rotated_copy
+    from PIL import Image
+
+    from stgr_builder.pipeline import build
+
+    folder = tmp_path / "src"
+    shutil.copytree(source, folder)
+    video = folder / "media" / "videos" / "v000.mp4"
+    rotated_copy(video, video.with_name("turned.mp4"), degrees=90)
+    video.with_name("turned.mp4").replace(video)
+    out = tmp_path / "out"
+    build(folder / "CONFIG.yaml", out)
+    empty = query(out, "SELECT id, task FROM cot WHERE len(key_frames) = 0 AND task LIKE 'temporal QA%'").rows
+    assert empty == [] and query(
+        out, "SELECT count(*) FROM rl WHERE len(key_frames) = 0 AND task LIKE 'temporal QA%'"
+    ).rows == [(0,)]
+    frames = query(out, "SELECT DISTINCT unnest(key_frames).path FROM cot WHERE video_path = 'videos/v000.mp4'").rows
+    assert frames and {Image.open(out / path).size for (path,) in frames} == {(240, 320)}  # turned: 320x240 coded
+    rejected = query(out, "SELECT code FROM rejects WHERE message LIKE '%needs at least one key frame%'").rows
+    assert rejected and {code for (code,) in rejected} == {"no_evidence"}

@@ -158,6 +158,16 @@ def test_temporal_tasks_without_detections_still_state_their_span():
     assert spans and set(spans) == {(2.5, 12.5)}
 
 
+@pytest.mark.parametrize("task, answer", [(Task.TEMPORAL, "[2.5, 12.5]"), (Task.TEMPORAL_MCQ, "B\n[2.5, 12.5]")])
+def test_temporal_tasks_naming_an_object_found_nowhere_are_no_evidence(task, answer):
+    # Issue 21: such a row had 0 key frames where its set's other rows had 4 (a turned video).
+    work = video_work(task, answer, objects=("car",), span=(2.5, 12.5), options=("a", "b"))
+    with pytest.raises(SampleError) as caught:
+        TemplateAnnotator().annotate(work)
+    assert caught.value.code is RejectCode.NO_EVIDENCE
+    assert "needs at least one key frame" in caught.value.message and "'car'" in caught.value.message
+
+
 def test_general_tasks_without_detections_pass_with_no_evidence():
     row = verified(video_work(Task.VIDEO_MCQ, "B", options=("it sits", "it runs")))
     assert row.key_items == []

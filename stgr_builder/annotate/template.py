@@ -123,7 +123,8 @@ class TemplateAnnotator:
 
     def annotate(self, work: SampleWork) -> Annotation:
         """Key frames, evidence, trace and answer for one sample; ``SampleError`` when a
-        grounded task (spatio-temporal, visual QA) has no detected named object."""
+        grounded task (spatio-temporal, visual QA) has no detected named object, or a temporal
+        task naming objects has no key frame."""
         sample = work.sample
         names = object_names(work)
         span = trace_span(work)
@@ -134,6 +135,14 @@ class TemplateAnnotator:
         evidence = [ev for fe in chosen for ev in self._evidence(fe, names)]
         if sample.task in grammar.GROUNDED_TASKS and not evidence:
             raise SampleError(RejectCode.NO_EVIDENCE, _no_evidence_message(work, names))
+        if sample.task in grammar.TEMPORAL_TASKS and names and not chosen:
+            # The sample names objects to show at its moments and none was found (a detector
+            # blind to this footage, a video turned by its container): a row would carry no key
+            # frame where its set's other rows carry them. A sample naming no object has none to show.
+            raise SampleError(
+                RejectCode.NO_EVIDENCE,
+                f"a {sample.task.value} row needs at least one key frame: {_no_evidence_message(work, names)}",
+            )
         reasoning = self._compose(work, names, span, chosen, evidence)
         return Annotation(
             key_frames=[fe.frame for fe in chosen],

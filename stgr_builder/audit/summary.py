@@ -1,7 +1,8 @@
 """The canned audit: what a researcher looks at first in a built dataset.
 
 >>> [table.title for table in summary(Path("out"))]  # doctest: +SKIP
-['Rows by task and source', 'Rejects by stage and code', 'Boxes (normalized)', 'Key frames per row',
+['Rows by task and source', 'Rejects by stage and code', 'Reject examples (3 per code)',
+ 'Boxes (normalized)', 'Key frames per row',
  'Trace length (cot)', 'Provenance', 'Manifest', 'LLM cost', 'Checks']
 """
 
@@ -39,6 +40,16 @@ _CANNED: list[tuple[str, str]] = [
         """
         SELECT stage, code, count(*) AS rejects
         FROM rejects GROUP BY ALL ORDER BY rejects DESC, stage, code""",
+    ),
+    # A few of each code, first by origin (file:line), so a table of 100,000 rejects says why in a
+    # screenful; min_by keeps 3 per code, never all of them.
+    (
+        "Reject examples (3 per code)",
+        """
+        SELECT code, count(*) AS rejects,
+               array_to_string(min_by(coalesce(origin, id) || ': ' || left(message, 120), coalesce(origin, id), 3),
+                               chr(10)) AS examples
+        FROM rejects GROUP BY code ORDER BY rejects DESC, code""",
     ),
     # Area and aspect in normalized units (the rows do not carry every frame's pixel size).
     (

@@ -127,3 +127,29 @@ def fsync_dir(folder: Path) -> None:
         _fsync_path(folder)
     except OSError:
         pass
+
+
+_PARQUET_MAGIC = b"PAR1"
+
+
+def parquet_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a whole Parquet file (empty, cut short, not Parquet), from its
+    size and its first and last four bytes; None when it may be one. Cheap enough to ask of
+    every shard file before a reader or a build trusts them (the writer renames only whole files).
+
+    >>> parquet_problem(Path("out/stgr_cot/part-00099.parquet"))  # doctest: +SKIP
+    'empty (0 bytes): not a Parquet file'
+    """
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return "empty (0 bytes): not a Parquet file"
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+            handle.seek(max(0, size - 4))
+            tail = handle.read(4)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if size < 12 or head != _PARQUET_MAGIC or tail != _PARQUET_MAGIC:
+        return f"not a Parquet file ({size} bytes without Parquet's PAR1 marks)"
+    return None

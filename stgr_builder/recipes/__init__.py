@@ -48,11 +48,44 @@ def _load(spec: str | Path) -> tuple[dict, Path, bool]:
         path, recipe = Path(spec), False
         if not path.is_file():
             raise StgrError(f"{spec}: neither a config file nor a recipe (recipes: {', '.join(available_recipes())})")
+    return read_config_mapping(path), path.resolve().parent, recipe
+
+
+def read_config_mapping(path: Path) -> dict[str, Any]:
+    """CONFIG.yaml's top-level mapping, with one line naming the file for anything else: not
+    UTF-8 text (a binary file), not YAML, empty, a list or a scalar, no sources, a source that
+    is not a mapping.
+
+    >>> read_config_mapping(Path("list.yaml"))  # doctest: +SKIP
+    StgrError: list.yaml holds a YAML list, not a config: a mapping of keys (name, sources, ...)
+    """
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise StgrError(
+            f"{path} is not a text file (byte {exc.object[exc.start]:#04x} at offset {exc.start} is not UTF-8): "
+            f"give a YAML config"
+        ) from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise StgrError(f"{path} is not valid YAML: {exc}") from exc
-    return raw, path.resolve().parent, recipe
+    if raw is None:
+        raise StgrError(
+            f"{path} is empty: a config needs at least `sources:` (stgr demo --write-config FILE writes one)"
+        )
+    if not isinstance(raw, dict):
+        kind = "list" if isinstance(raw, list) else type(raw).__name__
+        raise StgrError(f"{path} holds a YAML {kind}, not a config: a mapping of keys (name, sources, ...)")
+    sources = raw.get("sources")
+    if not sources:
+        raise StgrError(f"{path}: sources: no source given (each needs name, adapter, path, media_root)")
+    if not isinstance(sources, list):
+        raise StgrError(f"{path}: sources: expected a list of sources, not a {type(sources).__name__}")
+    for index, source in enumerate(sources):
+        if not isinstance(source, dict):
+            raise StgrError(f"{path}: sources.{index}: expected a mapping (name, adapter, path, media_root)")
+    return raw
 
 
 def _substitute(value: str, variables: Mapping[str, str], where: str) -> str:

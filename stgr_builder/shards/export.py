@@ -11,6 +11,12 @@ key frames of ``STR_`` rows are read from ``videos/stgr/temporal_grounding/kfs/<
     DIR2/videos/stgr/temporal_grounding/kfs/ab/ab12....jpg   key frames (hard links, else copies)
     DIR2/videos/stgr/plm/kfs/...                             key frames of STR_plm_rdcap rows
 
+The export owns only what it wrote: ``DIR2/stgr-export.json`` records the dataset it came from
+and the files it writes (recorded before they are written, so a killed export is still ours).
+A non-empty ``DIR2`` without that record is refused (``overwrite``: export into it anyway, e.g.
+beside the videos already put there); a JSON file the record does not list is never replaced,
+``overwrite`` or not. Key frames are content-addressed and never replace an existing file.
+
 Each sample is an object with the spec's fields: ``id``, ``task``, ``source``, ``question``,
 ``answer``, ``video_path`` or ``image_path`` (the one that is set), ``image_size`` (image
 rows), ``key_frames`` ([{idx, time, path}], ``path`` relative to the kfs folder above),
@@ -34,7 +40,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from stgr_builder.core.arrow import DATASETS, schema_for
-from stgr_builder.core.files import atomic_write
+from stgr_builder.core.files import atomic_write, atomic_write_text
 from stgr_builder.core.layout import load_manifest
 from stgr_builder.errors import StgrError
 
@@ -42,6 +48,8 @@ FILES = {"stgr_cot": "STGR-SFT.json", "stgr_rl": "STGR-RL.json"}
 KFS_ROOTS = {"STR_plm_rdcap": "videos/stgr/plm/kfs"}
 DEFAULT_KFS_ROOT = "videos/stgr/temporal_grounding/kfs"
 _KFS_PREFIX = "kfs/"
+#: The export's record of what it wrote (its ownership of the target folder).
+EXPORT_RECORD = "stgr-export.json"
 
 
 def data_files(root: Path, dataset: str) -> list[str]:
@@ -106,35 +114,81 @@ def _kf_rel(path: str) -> str:
     return path[len(_KFS_PREFIX) :] if path.startswith(_KFS_PREFIX) else path
 
 
-def export_open_o3(root: Path, to: Path) -> dict[str, int]:
+def export_open_o3(root: Path, to: Path, overwrite: bool = False) -> dict[str, int]:
     """Write the Open-o3 JSON files and key-frame layout of the dataset in ``root`` under ``to``;
-    returns the rows written per file. Shards are read one at a time and the JSON is streamed."""
+    returns the rows written per file. Shards are read one at a time and the JSON is streamed.
+    ``to`` must be empty, new, or an earlier export of this dataset (``overwrite``: another
+    export, or a folder with other files, whose files the export does not write)."""
     root, to = Path(root).resolve(), Path(to).resolve()
-    load_manifest(root)  # a finished build only
+    manifest = load_manifest(root)  # a finished build only
     if to == root or root in to.parents:
         raise StgrError(f"--to {to} is inside the dataset folder: give a separate folder")
-    (to / "json_data").mkdir(parents=True, exist_ok=True)
+    claim_export(to, {"root": str(root), "build_id": manifest.build_id}, overwrite)
     written: dict[str, int] = {}
     linked: set[tuple[str, str]] = set()
     for dataset, name in FILES.items():
-        model = DATASETS[dataset]
-        target = to / "json_data" / name
-        count = 0
-        with atomic_write(target) as raw:
-            handle = io.TextIOWrapper(raw, encoding="utf-8")
-            handle.write("[")
-            for part in sorted((root / dataset).glob("part-*.parquet")):
-                for row in pq.read_table(part, schema=schema_for(model)).to_pylist():
-                    record = open_o3_record(row, sft=dataset == "stgr_cot")
-                    for kf in row["key_frames"] or []:
-                        _link(root / kf["path"], to / kfs_root(row["source"]) / _kf_rel(kf["path"]), linked)
-                    handle.write(("\n" if count == 0 else ",\n") + json.dumps(record, ensure_ascii=False))
-                    count += 1
-            handle.write("\n]\n")
-            handle.flush()
-            handle.detach()  # the atomic writer closes the file
-        written[name] = count
+        written[name] = _write_json(root, dataset, to / "json_data" / name, to, linked)
     return written
+
+
+def _write_json(root: Path, dataset: str, target: Path, to: Path, linked: set) -> int:
+    """Stream one dataset's rows into ``target`` (and link their key frames); the row count."""
+    model = DATASETS[dataset]
+    count = 0
+    with atomic_write(target) as raw:
+        handle = io.TextIOWrapper(raw, encoding="utf-8")
+        handle.write("[")
+        for part in sorted((root / dataset).glob("part-*.parquet")):
+            for row in pq.read_table(part, schema=schema_for(model)).to_pylist():
+                record = open_o3_record(row, sft=dataset == "stgr_cot")
+                for kf in row["key_frames"] or []:
+                    _link(root / kf["path"], to / kfs_root(row["source"]) / _kf_rel(kf["path"]), linked)
+                handle.write(("\n" if count == 0 else ",\n") + json.dumps(record, ensure_ascii=False))
+                count += 1
+        handle.write("\n]\n")
+        handle.flush()
+        handle.detach()  # the atomic writer closes the file
+    return count
+
+
+def claim_export(to: Path, origin: dict[str, str], overwrite: bool) -> None:
+    """Check ``to`` is the export's to write, then record that it writes there (before any file).
+
+    Refused (one line): a non-empty folder without an export record, or the export of another
+    dataset, unless ``overwrite``; a JSON file the export would replace that no record lists,
+    always."""
+    files = [f"json_data/{name}" for name in FILES.values()]
+    if to.exists() and not to.is_dir():
+        raise StgrError(f"--to {to} is a file, not a folder")
+    record = _read_export_record(to)
+    owned = set(record.get("files", [])) if record else set()
+    unowned = [name for name in files if (to / name).exists() and name not in owned]
+    if unowned:
+        raise StgrError(
+            f"--to {to} holds {', '.join(unowned)}, which no stgr export wrote: it is not replaced, even with "
+            f"--overwrite; move it away or give another --to"
+        )
+    if not overwrite:
+        if record is None and to.is_dir() and any(to.iterdir()):
+            raise StgrError(
+                f"--to {to} is not empty and no stgr export wrote it: give an empty or new folder, or pass "
+                f"--overwrite to export beside its files (none of them is replaced)"
+            )
+        if record is not None and {k: record.get(k) for k in origin} != origin:
+            raise StgrError(
+                f"--to {to} holds the export of {record.get('root')} (build {record.get('build_id')}): give another "
+                f"--to, or pass --overwrite to replace it"
+            )
+    atomic_write_text(to / EXPORT_RECORD, json.dumps({**origin, "files": files}, indent=2) + "\n")
+
+
+def _read_export_record(to: Path) -> dict | None:
+    """The export record in ``to``; None when there is none (or it cannot be read: not ours)."""
+    try:
+        record = json.loads((to / EXPORT_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("files"), list) else None
 
 
 def _link(source: Path, dest: Path, done: set) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -187,7 +188,32 @@ def check_sources(config: BuildConfig, config_dir: Path) -> None:
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
-def unsafe_media_path(rel: str, media_root: Path) -> str | None:
+class PathResolver:
+    """``Path.resolve()`` (``os.path.realpath``) of many files in few folders: each folder is
+    resolved once, each file costs one ``lstat`` (a symlinked file is resolved whole). Ingest
+    resolves every record's media path; per path, ``resolve`` walks every component (100,000
+    records: 21 s of a 63 s plan). Paths must hold no ``..`` (``unsafe_media_path`` refuses
+    those first). One per ingest: a folder renamed later is resolved again by the next.
+
+    >>> PathResolver()(Path("/data/videos/a.mp4"))  # doctest: +SKIP
+    PosixPath('/mnt/disk1/videos/a.mp4')
+    """
+
+    def __init__(self) -> None:
+        self._folders: dict[str, str] = {}
+
+    def __call__(self, path: Path) -> Path:
+        text = os.path.normpath(os.path.abspath(path))
+        if os.path.islink(text):
+            return Path(os.path.realpath(text))
+        folder, name = os.path.split(text)
+        real = self._folders.get(folder)
+        if real is None:
+            real = self._folders[folder] = os.path.realpath(folder)
+        return Path(os.path.join(real, name))
+
+
+def unsafe_media_path(rel: str, media_root: Path, resolve: PathResolver | None = None) -> str | None:
     """Why ``rel`` must not be opened under ``media_root``, or None when it is safe.
 
     >>> unsafe_media_path("../etc/passwd", Path("/data"))
@@ -200,8 +226,9 @@ def unsafe_media_path(rel: str, media_root: Path) -> str | None:
         return f"absolute media path {rel!r} (must be relative to the media root)"
     if ".." in posix.parts:
         return f"'..' in media path {rel!r}"
+    resolve = resolve or PathResolver()
     try:  # a symlink inside the root may still point out of it
-        inside = (media_root / posix).resolve().is_relative_to(media_root.resolve())
+        inside = resolve(media_root / posix).is_relative_to(resolve(media_root))
     except (OSError, ValueError) as exc:
         return f"media path {rel!r} cannot be resolved: {exc}"
     return None if inside else f"media path {rel!r} resolves outside the media root"
@@ -236,18 +263,21 @@ def ingest(config: BuildConfig, config_dir: Path) -> tuple[list[SourceSample], l
     by_source_id: dict[tuple[str, str, str], SourceSample] = {}
     rejects: list[Reject] = []
     seen = 0
+    resolve = PathResolver()
     for ctx in contexts:
         for item in _read_source(ctx):
             seen += 1
             if isinstance(item, Reject):
                 rejects.append(item)
                 continue
-            reject = _check(ctx, item, kept, by_media, by_source_id)
+            media_key = _media_key(ctx, item, resolve)
+            reject = _check(ctx, item, kept, by_media, by_source_id, media_key, resolve)
             if reject is not None:
                 rejects.append(reject)
                 continue
             kept[item.id] = item
-            by_media[_media_key(ctx, item)] = item
+            if media_key is not None:  # None: an unsafe path, which _check rejected
+                by_media[media_key] = item
             by_source_id[_source_id_key(item)] = item
     samples = sorted(kept.values(), key=lambda s: s.id)
     rejects.sort(key=lambda r: (r.source, r.origin, r.id))
@@ -260,10 +290,13 @@ def ingest(config: BuildConfig, config_dir: Path) -> tuple[list[SourceSample], l
     return samples, rejects, stats
 
 
-def _media_key(ctx: AdapterContext, sample: SourceSample) -> tuple[str, str]:
+def _media_key(ctx: AdapterContext, sample: SourceSample, resolve: PathResolver) -> tuple[str, str] | None:
+    """(the media file, resolved; the question): two samples with the same are duplicates.
+    None for a path ``unsafe_media_path`` refuses (it is never resolved)."""
     rel = sample.video_path if sample.video_path is not None else sample.image_path
-    assert rel is not None  # SourceSample holds exactly one of the two
-    return str((ctx.media_root / rel).resolve()), sample.question
+    if not rel or ".." in PurePosixPath(rel.replace("\\", "/")).parts or PurePosixPath(rel).is_absolute():
+        return None
+    return str(resolve(ctx.media_root / rel)), sample.question
 
 
 def _source_id_key(sample: SourceSample) -> tuple[str, str, str]:
@@ -284,6 +317,8 @@ def _check(
     kept: dict[str, SourceSample],
     by_media: dict[tuple[str, str], SourceSample],
     by_source_id: dict[tuple[str, str, str], SourceSample],
+    media_key: tuple[str, str] | None,
+    resolve: PathResolver,
 ) -> Reject | None:
     def reject(code: RejectCode, message: str, rid: str | None = None) -> Reject:
         return Reject(
@@ -297,7 +332,7 @@ def _check(
 
     rel = sample.video_path if sample.video_path is not None else sample.image_path
     assert rel is not None  # SourceSample holds exactly one of the two
-    why = unsafe_media_path(rel, ctx.media_root)
+    why = unsafe_media_path(rel, ctx.media_root, resolve)
     if why is not None:
         return reject(RejectCode.UNSAFE_PATH, why)
     # A reject of a taken id gets an id of its own (from its file and line), so the rejects
@@ -316,7 +351,7 @@ def _check(
             f"with different {', '.join(differ[:4])}; {first.origin} was kept: give each record its own id",
             rid=own_id,
         )
-    first = by_media.get(_media_key(ctx, sample))
+    first = by_media.get(media_key) if media_key is not None else None
     if first is not None:
         return reject(
             RejectCode.DUPLICATE,

@@ -40,9 +40,9 @@ Item = SourceSample | Reject
 
 
 class AdapterOptions(BaseModel):
-    """Base of every adapter's options: unknown keys are errors."""
+    """Base of every adapter's options: unknown keys are errors, and so are NaN and inf."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Record(BaseModel):

@@ -272,6 +272,23 @@ def _probed(work: SampleWork) -> VideoInfo:
     return work.video
 
 
+def missing_media(sample: SourceSample) -> Reject | None:
+    """The probe's own reject of a sample whose media file is missing or empty, found by one
+    ``stat`` (no open, no decode); None when the file is there. A plan sets such samples aside
+    before dealing shards, so they occupy no shard slot, with the reject the probe would give.
+
+    >>> missing_media(sample_with_no_file).code  # doctest: +SKIP
+    <RejectCode.MEDIA_MISSING: 'media_missing'>
+    """
+    rel_path = sample.video_path if sample.video_path is not None else sample.image_path
+    try:
+        check_file(media_path(sample, rel_path))
+    except SampleError as err:
+        if err.code in (RejectCode.MEDIA_MISSING, RejectCode.MEDIA_EMPTY):
+            return SampleWork(sample=sample).reject(Stage.PROBE, err.code, err.message)
+    return None
+
+
 def media_path(sample: SourceSample, rel_path: str | None) -> Path:
     """``media_root / rel_path``, refusing paths that leave the media root (UNSAFE_PATH).
 
