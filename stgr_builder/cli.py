@@ -190,15 +190,28 @@ def demo(
     overwrite: Annotated[
         bool, typer.Option(help="build into a folder that holds another build (e.g. a demo of an earlier version)")
     ] = False,
+    corrupt_spans: Annotated[
+        float, typer.Option(min=0, max=1, help="share of temporal-QA spans to corrupt (shift, stretch, shrink)")
+    ] = 0.0,
+    corrupt_boxes: Annotated[
+        float, typer.Option(min=0, max=1, help="share of gold boxes to corrupt (shift, wrong object)")
+    ] = 0.0,
+    gold_boxes: Annotated[
+        bool, typer.Option(help="give spatio-temporal and visual-QA items gold boxes (implied by --corrupt-boxes)")
+    ] = False,
+    noise_seed: Annotated[int, typer.Option(help="seed of the corruption")] = 0,
 ) -> None:
-    """Build the embedded demo set end to end, offline."""
+    """Build the embedded demo set end to end, offline. With --corrupt-spans/--corrupt-boxes the
+    source's labels are corrupted first; corruptions.json beside truth.json says which."""
     from stgr_builder.sources.demo_config import write_demo_config
+    from stgr_builder.sources.demo_noise import DemoNoise
 
+    noise = DemoNoise(span_share=corrupt_spans, box_share=corrupt_boxes, gold_boxes=gold_boxes, seed=noise_seed)
     if write_config is not None:
-        path = write_demo_config(write_config)
+        path = write_demo_config(write_config, noise=noise)
         console.print(Text(f"wrote {path} (media beside it); build it with: stgr build {path}"))
         return
-    config = write_demo_config(out / "_source" / "CONFIG.yaml")
+    config = write_demo_config(out / "_source" / "CONFIG.yaml", noise=noise)
     _run_build(config, out, overwrite=overwrite)
     _print_audit(out)
 
