@@ -526,15 +526,17 @@ def generate_demo(
     """
     out_dir = Path(out_dir)
     media = out_dir / MEDIA_DIR
-    videos, images, records = [], [], []
+    videos: list[TruthVideo] = []
+    images: list[TruthImage] = []
+    records: list[DemoRecord] = []
     for index in range(n_videos):
-        truth, items = _make_video(media, index, seed)
-        videos.append(truth)
+        video, items = _make_video(media, index, seed)
+        videos.append(video)
         records.extend(items)
     for index in range(n_images):
-        truth, items = _make_image(media, index, seed)
-        images.append(truth)
-        records.extend(items)
+        image, image_items = _make_image(media, index, seed)
+        images.append(image)
+        records.extend(image_items)
     rows = [_record_json(r) for r in records]
     corruptions = out_dir / CORRUPTIONS_FILE
     if noise is not None and noise.active:

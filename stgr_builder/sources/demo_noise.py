@@ -90,8 +90,8 @@ def gold_boxes_of(record: dict, video: TruthVideo | None, image: TruthImage | No
     objects = record.get("objects", [])
     if image is not None and record["task"] == Task.VISUAL.value:
         name = objects[0]
-        obj = next(o for o in image.objects if o.name == name)
-        box = _normalized(obj.box, image.width, image.height)
+        drawn = next(o for o in image.objects if o.name == name)
+        box = _normalized(drawn.box, image.width, image.height)
         return [{"name": name, "boxes": [{"time": 0.0, "box": box}]}]
     if video is None or record["task"] != Task.SPATIO_TEMPORAL.value or record.get("span") is None:
         return objects
@@ -169,7 +169,7 @@ def _corrupt_span(rng: np.random.Generator, record: dict, video: TruthVideo) -> 
         if record["task"] == Task.TEMPORAL_MCQ.value
         else span_text
     )
-    return SpanCorruption(id=record["id"], kind=kind, truth=[start, end], corrupted=new)  # type: ignore[arg-type]
+    return SpanCorruption(id=record["id"], kind=kind, truth=[start, end], corrupted=new)
 
 
 def _corrupt_box(
@@ -190,7 +190,7 @@ def _corrupt_box(
         image = images[record["image"]]
         pixels = [round(v * s) for v, s in zip(new, (image.width, image.height) * 2, strict=True)]
         record["answer"] = f"<obj>{obj['name']}</obj><box>[{', '.join(str(v) for v in pixels)}]</box>"
-    return BoxCorruption(id=record["id"], time=timed["time"], kind=kind, truth=truth, corrupted=new)  # type: ignore[arg-type]
+    return BoxCorruption(id=record["id"], time=timed["time"], kind=kind, truth=truth, corrupted=new)
 
 
 def _shifted(rng: np.random.Generator, box: list[float]) -> list[float]:
