@@ -43,6 +43,7 @@ from stgr_builder.models import (
 )
 from stgr_builder.shards import finished_shard, write_shard
 from stgr_builder.stages import StageStore, sample_inputs, stored_steps
+from stgr_builder.verify.inherited import GoldCheckStep, SpanCheckStep
 from stgr_builder.verify.steps import TrackGateStep, VerifyStep
 from stgr_builder.video.frames import FrameStore
 from stgr_builder.video.steps import ProbeStep, SampleStep
@@ -251,6 +252,13 @@ def detect_fingerprint(ctx: BuildContext, detector) -> list:
     return [ctx.config.detector.model_dump(mode="json"), detector.name, detector.weights_hash]
 
 
+def span_probe_settings(config: BuildConfig) -> dict:
+    """What of the span check decides which probe frames the sampler decodes."""
+    return config.span_check.model_dump(
+        mode="json", include={"mode", "step_s", "reach_s", "presence_pattern", "events"}
+    )
+
+
 def shard_steps(ctx: BuildContext, resources: Resources) -> list[Step]:
     """The per-sample steps of a shard, each expensive one wrapped in the stage store
     (``stgr_builder/stages.py``) so a resumed shard runs only the samples it lacks."""
@@ -270,26 +278,34 @@ def shard_steps(ctx: BuildContext, resources: Resources) -> list[Step]:
     steps: list[Step] = [
         ProbeStep(filters, resources),
         SampleStep(
-            config.sampler, FrameStore(ctx.out, config.sampler.jpeg_quality), resources, track_window=track_window
+            config.sampler,
+            FrameStore(ctx.out, config.sampler.jpeg_quality),
+            resources,
+            track_window=track_window,
+            span_check=config.span_check,
         ),
         # Remembers each distinct frame's detections across this process's shards (a frame
         # path names its bytes; the key holds all that decides the boxes): detected once.
         DetectStep(
             detector, ctx.out, batch_size=config.detector.batch, memo_key=digest(detect_print), resources=resources
         ),
+        SpanCheckStep(config.span_check, span_frames=config.sampler.span_frames),
         *([TrackGateStep(config.track)] if config.track.enabled else []),
+        GoldCheckStep(config.gold),
         AnnotateStep(annotator),
         VerifyStep(config.verify, provenance),
     ]
     fingerprints = {
         Stage.PROBE: {name: f.model_dump(mode="json") for name, f in filters.items()},
-        Stage.SAMPLE: [config.sampler.model_dump(mode="json"), track_window],
+        Stage.SAMPLE: [config.sampler.model_dump(mode="json"), track_window, span_probe_settings(config)],
         Stage.DETECT: detect_print,
         Stage.ANNOTATE: [
             config.annotator.model_dump(mode="json", exclude=PACING_SETTINGS["annotator"]),
             [p.model_dump(mode="json") for p in annotator.prompts],
             config.verify.model_dump(mode="json"),
             config.track.model_dump(mode="json"),
+            config.span_check.model_dump(mode="json"),
+            config.gold.model_dump(mode="json"),
         ],
     }
     return stored_steps(steps, StageStore(ctx.out, ctx.stage_parents), fingerprints, root=ctx.out, resources=resources)
