@@ -73,7 +73,7 @@ PACING_SETTINGS = {
 #: Left out of the build id as well: where the sources are read from. What they hold enters each
 #: shard's ``inputs`` digest (records and media fingerprints), so the same data in another folder
 #: or machine is the same build, and changed data rewrites exactly the shards it touches.
-BUILD_ID_EXCLUDES = {**PACING_SETTINGS, "sources": {"__all__": {"path", "media_root"}}}
+BUILD_ID_EXCLUDES = {**PACING_SETTINGS, "sources": {"__all__": {"path", "media_root", "upstreams"}}}
 
 
 @dataclass(frozen=True)
@@ -290,8 +290,8 @@ def shard_steps(ctx: BuildContext, resources: Resources) -> list[Step]:
             detector, ctx.out, batch_size=config.detector.batch, memo_key=digest(detect_print), resources=resources
         ),
         SpanCheckStep(config.span_check, span_frames=config.sampler.span_frames),
+        GoldCheckStep(config.gold, config.track),
         *([TrackGateStep(config.track)] if config.track.enabled else []),
-        GoldCheckStep(config.gold),
         AnnotateStep(annotator),
         VerifyStep(config.verify, provenance),
     ]

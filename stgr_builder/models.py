@@ -645,6 +645,15 @@ class FilterConfig(_Config):
     )
 
 
+class Upstream(_Config):
+    """Where a source's media come from: files under ``prefix`` (relative to the media root;
+    "" = every file) belong to the upstream dataset ``name``, got as ``get`` says."""
+
+    name: str = Field(min_length=1, description="the upstream dataset, e.g. Charades")
+    prefix: str = Field("", description="media paths starting with this belong to it (longest prefix wins)")
+    get: str = Field(min_length=1, description="where and how to download it")
+
+
 class SourceConfig(_Config):
     name: str = Field(description="output source name written into every row, e.g. STR_activitynet")
     adapter: AdapterName
@@ -670,6 +679,11 @@ class SourceConfig(_Config):
         default_factory=dict,
         description="adapter options, validated by the adapter (unknown keys are errors); "
         "see the README's Sources section",
+    )
+    upstreams: list[Upstream] = Field(
+        default_factory=list,
+        description="the upstream datasets the media come from and where to get them: `stgr plan` groups "
+        "missing media by them (no entry: by the path's first folder)",
     )
 
 
@@ -773,8 +787,14 @@ class GoldConfig(_Config):
         description="keep a gold box the track gate cannot confirm, as before (flagged confirmed: false); "
         "otherwise it is replaced by the tracked box that overlaps it, or the sample is rejected gold_unconfirmed",
     )
+    support_iou: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="least IoU of the detector's box of the object on the gold box's frame confirming it",
+    )
     replace_iou: float = Field(
-        0.3, gt=0, le=1, description="least IoU of a confirmed detector box replacing an unconfirmed gold box"
+        0.3, gt=0, le=1, description="least IoU of a track-confirmed detector box replacing an unconfirmed gold box"
     )
 
 
@@ -1005,6 +1025,15 @@ class DemoTruth(_Record):
 # ---------------------------------------------------------------------------------------
 
 
+class PlanMissing(_Record):
+    """The missing media of one source from one upstream dataset."""
+
+    upstream: str = Field(description="the upstream dataset (source.upstreams), or 'unknown (FOLDER/)'")
+    files: int
+    examples: list[str] = Field(default_factory=list, description="up to 3 missing paths, relative to media_root")
+    get: str | None = Field(None, description="where to get them (source.upstreams), None when unknown")
+
+
 class PlanSource(_Record):
     """What the plan expects of one source."""
 
@@ -1015,6 +1044,11 @@ class PlanSource(_Record):
     probed: int = Field(description="samples probed (a sampled source: until `sample` passed)")
     filtered: dict[str, int] = Field(default_factory=dict, description="probe-time reject code -> count")
     media_missing: int = 0
+    media_referenced: int = Field(0, description="distinct media files the source's items reference")
+    media_resolved: int = Field(0, description="of them, those found under media_root")
+    missing_media: list[PlanMissing] = Field(
+        default_factory=list, description="the missing files grouped by upstream dataset, with where to get them"
+    )
     wanted: int | None = Field(None, description="the source's `sample`, if set")
     rows: int = Field(description="samples that go on to annotation")
     shortfall: int = Field(0, description="wanted - rows, when fewer samples passed than wanted")
@@ -1052,6 +1086,10 @@ class PlanEstimate(_Record):
     )
     detect_seconds: float = Field(
         0.0, description="seconds of detection on the CPU, one per distinct frame (a GPU takes a fraction)"
+    )
+    span_checks: int = Field(0, description="temporal samples whose inherited span the span check reads")
+    span_probe_frames: int = Field(
+        0, description="probe frames decoded and detected around span ends for the span check (in decoded_frames)"
     )
     assumptions: dict[str, Any] = Field(default_factory=dict)
 

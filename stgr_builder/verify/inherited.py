@@ -21,17 +21,20 @@ An event span needs a judge asked about frames inside, outside and around each e
 configures none (``span_check.events: judge`` is a config error), so event spans are kept
 with ``span_check: unchecked``.
 
-**The gold check** (``GoldCheckStep``, after the track gate). A gold box the gate did not
-confirm is replaced by the confirmed detector box of its object that overlaps it most
-(IoU >= ``gold.replace_iou``; lineage ``refined``), else dropped; an object left without any
-gold box rejects the sample ``gold_unconfirmed``. A visual-QA answer that states the replaced
-box is rewritten with it. ``gold.keep_unconfirmed`` (``--keep-unconfirmed-gold``) keeps the
+**The gold check** (``GoldCheckStep``, before the track gate). A gold box is confirmed by
+direct evidence first: where the detector has boxes of its object on its frame, one of them
+must overlap it (IoU >= ``gold.support_iou``; otherwise the detector puts the object elsewhere);
+where it has none, the gold box's track must pass the gate's test (``verify/tracks.check_box``).
+One that is not is replaced by the track-confirmed detector box of its object that overlaps it
+most (IoU >= ``gold.replace_iou``; lineage ``refined``), else dropped; an object left without
+any gold box rejects the sample ``gold_unconfirmed``. A visual-QA answer that states the
+replaced box is rewritten with it. ``gold.keep_unconfirmed`` (``--keep-unconfirmed-gold``) keeps the
 old behaviour: flagged, written.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from stgr_builder.core import geometry, grammar
@@ -49,7 +52,9 @@ from stgr_builder.models import (
     Stage,
     StepStats,
     Task,
+    TrackConfig,
 )
+from stgr_builder.verify.tracks import check_box
 
 
 class EventJudge(Protocol):
@@ -187,14 +192,16 @@ def _spread(frames: list[Frame], limit: int) -> list[Frame]:
 
 class GoldCheckStep(Step):
     """Confirm gold boxes before they become evidence and reward targets (module docstring).
-    Counters: ``confirmed``, ``replaced``, ``dropped``, ``kept_unconfirmed``."""
+    Runs before the track gate, on the detector's boxes as they came (the gate then records
+    its verdicts as before). Counters: ``confirmed``, ``replaced``, ``dropped``, ``kept_unconfirmed``."""
 
     stage = Stage.TRACK
 
-    def __init__(self, config: GoldConfig):
+    def __init__(self, config: GoldConfig, track: TrackConfig):
         super().__init__()
         self.stats = StepStats(step="gold_check")
         self.config = config
+        self.track = track
         self.confirmed = self.replaced = self.dropped = self.kept_unconfirmed = 0
 
     def process(self, work: SampleWork) -> SampleWork:
@@ -202,20 +209,25 @@ class GoldCheckStep(Step):
         if not gold:
             return work
         lineage = lineage_of(work)
-        verdicts = {(t.idx, t.label, tuple(t.box)): t for t in work.tracks if t.gold}
+        by_frame, present = boxes_by_frame(work)
+        still = work.sample.image_path is not None
+        window = self.track.window
+
+        def near(det: Detection) -> int:  # neighbour frames (views) there are, as the gate counts them
+            return sum(1 for k in range(1, window + 1) for i in (det.frame_idx - k, det.frame_idx + k) if i in present)
+
         kept: list[Detection] = []
         lost: set[str] = set()
         for det in gold:
-            verdict = verdicts.get((det.frame_idx, det.label, tuple(det.box)))
-            if verdict is None or verdict.confirmed:
-                lineage.gold_confirmed += verdict is not None
-                self.confirmed += verdict is not None
+            if self._supported(det, by_frame, near, still):
+                lineage.gold_confirmed += 1
+                self.confirmed += 1
                 kept.append(det)
             elif self.config.keep_unconfirmed:
                 lineage.gold_unconfirmed += 1
                 self.kept_unconfirmed += 1
                 kept.append(det)
-            elif (tracked := self._tracked(work, det)) is not None:
+            elif (tracked := self._tracked(det, by_frame, near, still)) is not None:
                 lineage.gold_replaced += 1
                 self.replaced += 1
                 kept.append(self._replace(work, det, tracked))
@@ -227,31 +239,43 @@ class GoldCheckStep(Step):
         if orphaned:
             raise SampleError(
                 RejectCode.GOLD_UNCONFIRMED,
-                f"no gold box of {', '.join(orphaned)} is confirmed by a track or overlapped by a tracked box "
-                f"(IoU >= {self.config.replace_iou}); the source's box is not written as gold",
+                f"no gold box of {', '.join(orphaned)} is confirmed by a track, seen by the detector on its frame "
+                f"(IoU >= {self.config.support_iou}) or overlapped by a tracked box (IoU >= "
+                f"{self.config.replace_iou}); the source's box is not written as gold",
             )
         return work
 
-    def _tracked(self, work: SampleWork, gold: Detection) -> Detection | None:
-        """The confirmed detector box of the gold box's object on its frame that overlaps it most."""
-        confirmed = {(t.idx, tuple(t.box)) for t in work.tracks if t.confirmed and not t.gold}
+    def _supported(
+        self, gold: Detection, by_frame: dict[int, list[Detection]], near: Callable[[Detection], int], still: bool
+    ) -> bool:
+        """Direct evidence first: where the detector has boxes of the object on the gold box's
+        frame, one of them must overlap it (IoU >= ``support_iou``: the detector puts the object
+        elsewhere otherwise). Where it has none, the gold box's track must pass the gate's test."""
+        own = [d for d in by_frame.get(gold.frame_idx, []) if not d.gold and d.label == gold.label]
+        if own:
+            return any(geometry.box_iou(d.box, gold.box) >= self.config.support_iou for d in own)
+        return check_box(gold, by_frame, self.track, near(gold), still=still).confirmed
+
+    def _tracked(
+        self, gold: Detection, by_frame: dict[int, list[Detection]], near: Callable[[Detection], int], still: bool
+    ) -> Detection | None:
+        """The detector box of the gold box's object on its frame, confirmed by the gate's
+        track test, that overlaps it most (IoU >= ``replace_iou``)."""
         scored = [
             (geometry.box_iou(d.box, gold.box), d)
-            for d in work.detections
-            if not d.gold
-            and d.frame_idx == gold.frame_idx
-            and d.label == gold.label
-            and (d.frame_idx, tuple(d.box)) in confirmed
+            for d in by_frame.get(gold.frame_idx, [])
+            if not d.gold and d.label == gold.label
         ]
-        scored = [(iou, d) for iou, d in scored if iou >= self.config.replace_iou]
+        scored = [
+            (iou, d)
+            for iou, d in scored
+            if iou >= self.config.replace_iou and check_box(d, by_frame, self.track, near(d), still=still).confirmed
+        ]
         return max(scored, key=lambda item: (item[0], item[1].score))[1] if scored else None
 
     def _replace(self, work: SampleWork, gold: Detection, tracked: Detection) -> Detection:
         refined = gold.model_copy(update={"box": list(tracked.box)})
         work.refined_boxes.append(refined)
-        # The row's evidence track for the box is the tracked box's own verdict, marked gold.
-        verdict = next(t for t in work.tracks if not t.gold and t.idx == tracked.frame_idx and t.box == tracked.box)
-        work.tracks.append(verdict.model_copy(update={"gold": True}))
         sample = work.sample
         if sample.task is Task.VISUAL and sample.image_path is not None and work.image is not None:
             answer = grammar.parse_answer(sample.task, sample.answer)
@@ -261,6 +285,19 @@ class GoldCheckStep(Step):
                 work.sample = sample.model_copy(update={"answer": grammar.visual_answer(gold.label, pixels)})
                 lineage_of(work).answer = "refined"
         return refined
+
+
+def boxes_by_frame(work: SampleWork) -> tuple[dict[int, list[Detection]], set[int]]:
+    """The detector's boxes per frame index as the track gate reads them (a still image's views
+    placed back on it), and the indices of the frames (views) there are."""
+    views = {f.idx: f.view for f in work.track_frames if f.view is not None}
+    size = (work.frames[0].width, work.frames[0].height) if work.frames else None
+    by_frame: dict[int, list[Detection]] = {}
+    for det in [*work.detections, *work.track_detections]:
+        if det.frame_idx in views:
+            det = det.model_copy(update={"box": geometry.box_from_view(det.box, views[det.frame_idx], size)})
+        by_frame.setdefault(det.frame_idx, []).append(det)
+    return by_frame, {f.idx for f in [*work.frames, *work.track_frames]}
 
 
 def _same_pixels(pixels: Sequence[float], box: Sequence[float], size: tuple[int, int]) -> bool:
