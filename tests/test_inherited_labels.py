@@ -58,7 +58,7 @@ def test_noise_corrupts_the_chosen_share_and_says_so(noisy_demo):
         # The answer states the corrupted span, as a wrong source would.
         assert grammar.parse_answer(Task(record["task"]), record["answer"]).span == tuple(corruption.corrupted)
         moved = max(abs(a - b) for a, b in zip(corruption.truth, corruption.corrupted, strict=True))
-        assert moved >= 0.5, corruption
+        assert moved >= 1.0 - 1e-9, corruption
     n_boxes = len(report.boxes) + len(report.intact_boxes)
     assert len(report.boxes) == round(0.3 * n_boxes) > 0
     assert {b.kind for b in report.boxes} <= {"shift", "wrong_object"}

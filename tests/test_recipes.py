@@ -155,8 +155,8 @@ def test_plan_counts_equal_the_build_over_fixtures(name, data_root, tmp_path):
         lost = Counter(
             dict(
                 con.execute(
-                    "SELECT source, count(*) FROM rejects WHERE stage IN ('sample', 'detect', 'track', 'annotate', 'verify') "
-                    "GROUP BY ALL"
+                    "SELECT source, count(*) FROM rejects "
+                    "WHERE stage IN ('sample', 'detect', 'track', 'annotate', 'verify') GROUP BY ALL"
                 ).fetchall()
             )
         )

@@ -7,7 +7,8 @@ says what it did in ``corruptions.json`` beside ``truth.json``, so tests and
 ``bench/inherited_labels.py`` can count how many of them a build lets through.
 
 Spans (``temporal QA`` and ``temporal QA (MCQ)`` answers): ``shift`` by 2-4 s, ``stretch`` to
-twice the length about the centre, ``shrink`` to half (one end cut), kept inside the video.
+twice the length about the centre, ``shrink`` to half (one end cut), kept inside the video; an
+end moves by at least ``MIN_SPAN_ERROR_S`` (a short span is stretched by that much instead).
 Gold boxes (``gold_boxes``: spatio-temporal items get boxes at three times inside the span,
 visual-QA items their answer box): ``shift`` by 0.6-1.0 box widths or heights (IoU with the
 truth below 0.5), or ``wrong_object`` (the box of another object in the frame; a shift when
@@ -30,6 +31,9 @@ from stgr_builder.core import geometry
 from stgr_builder.models import Span, Task, TruthImage, TruthVideo
 
 CORRUPTIONS_FILE = "corruptions.json"
+#: A corrupted span has an end at least this far (s) off the truth: twice the 0.5 s within
+#: which a span counts as right, so no corruption is one only by rounding.
+MIN_SPAN_ERROR_S = 1.0
 _TEMPORAL = (Task.TEMPORAL, Task.TEMPORAL_MCQ)
 
 
@@ -151,15 +155,18 @@ def _corrupt_span(rng: np.random.Generator, record: dict, video: TruthVideo) -> 
     start, end = record["span"]
     duration = round(video.duration, 1)
     kind = str(rng.choice(["shift", "stretch", "shrink"]))
-    length, centre = end - start, (start + end) / 2
+    length = end - start
+    if kind == "shrink" and length / 2 < MIN_SPAN_ERROR_S:
+        kind = "stretch"  # half of a short span is within the rounding of a right one
     if kind == "shift":
         delta = float(rng.uniform(2.0, 4.0))
         # Shift the way there is room for; clip at the video's ends.
         delta = delta if end + delta <= duration or start - delta < 0 else -delta
         new = [max(0.0, start + delta), min(duration, end + delta)]
-    elif kind == "stretch":
-        new = [max(0.0, centre - length), min(duration, centre + length)]
-    else:  # half the span cut off one end, so short spans move by more than the rounding too
+    elif kind == "stretch":  # twice the length, each end moved by MIN_SPAN_ERROR_S at least
+        grow = max(length / 2, MIN_SPAN_ERROR_S)
+        new = [max(0.0, start - grow), min(duration, end + grow)]
+    else:  # half the span cut off one end
         new = [start + length / 2, end] if rng.random() < 0.5 else [start, end - length / 2]
     new = [round(new[0], 1), round(new[1], 1)]
     record["span"] = new
