@@ -145,12 +145,22 @@ def build(
     no_wait: Annotated[
         bool, typer.Option("--no-wait", help="batch mode: return once the batches are submitted; run again to collect")
     ] = False,
+    keep_unconfirmed_gold: Annotated[
+        bool,
+        typer.Option(
+            "--keep-unconfirmed-gold",
+            help="write gold boxes the track gate cannot confirm as evidence anyway (flagged confirmed: false), "
+            "for a source you trust (config: gold.keep_unconfirmed)",
+        ),
+    ] = False,
 ) -> None:
     """Build the datasets a config (or recipe) describes. Run again on the same --out to resume."""
     from stgr_builder.recipes import is_recipe, write_config
 
-    if is_recipe(config) or data_root or source or scale is not None or skip_missing:
+    if is_recipe(config) or data_root or source or scale is not None or skip_missing or keep_unconfirmed_gold:
         resolved, _, _ = _resolve(config, data_root, source, scale, skip_missing)
+        if keep_unconfirmed_gold:
+            resolved = resolved.model_copy(update={"gold": resolved.gold.model_copy(update={"keep_unconfirmed": True})})
         out = out or Path("outputs") / resolved.name
         path = write_config(resolved, out / "_recipe" / "CONFIG.yaml")
     else:
@@ -217,15 +227,28 @@ def demo(
     overwrite: Annotated[
         bool, typer.Option(help="build into a folder that holds another build (e.g. a demo of an earlier version)")
     ] = False,
+    corrupt_spans: Annotated[
+        float, typer.Option(min=0, max=1, help="share of temporal-QA spans to corrupt (shift, stretch, shrink)")
+    ] = 0.0,
+    corrupt_boxes: Annotated[
+        float, typer.Option(min=0, max=1, help="share of gold boxes to corrupt (shift, wrong object)")
+    ] = 0.0,
+    gold_boxes: Annotated[
+        bool, typer.Option(help="give spatio-temporal and visual-QA items gold boxes (implied by --corrupt-boxes)")
+    ] = False,
+    noise_seed: Annotated[int, typer.Option(help="seed of the corruption")] = 0,
 ) -> None:
-    """Build the embedded demo set end to end, offline."""
+    """Build the embedded demo set end to end, offline. With --corrupt-spans/--corrupt-boxes the
+    source's labels are corrupted first; corruptions.json beside truth.json says which."""
     from stgr_builder.sources.demo_config import write_demo_config
+    from stgr_builder.sources.demo_noise import DemoNoise
 
+    noise = DemoNoise(span_share=corrupt_spans, box_share=corrupt_boxes, gold_boxes=gold_boxes, seed=noise_seed)
     if write_config is not None:
-        path = write_demo_config(write_config)
+        path = write_demo_config(write_config, noise=noise)
         console.print(Text(f"wrote {path} (media beside it); build it with: stgr build {path}"))
         return
-    config = write_demo_config(out / "_source" / "CONFIG.yaml")
+    config = write_demo_config(out / "_source" / "CONFIG.yaml", noise=noise)
     _run_build(config, out, overwrite=overwrite)
     _print_audit(out, brief=True)
 
@@ -636,7 +659,22 @@ def _print_plan(plan) -> None:
                 f"{e.detect_seconds / 3600:.2f} core-hours on the CPU "
                 f"({e.assumptions.get('detect_s_per_frame_cpu')} s per frame; a GPU takes a fraction)",
             ),
+            (
+                "span check",
+                f"{e.span_checks} inherited spans read by the detector ({e.span_probe_frames} probe frames, "
+                f"in the decode and detect time above; no LLM request)",
+            ),
             ("assumptions", f"text {e.assumptions.get('text_tokens')}; image {e.assumptions.get('image_tokens')}"),
+        ],
+    )
+    _print_table(
+        "Plan: media (referenced files found under media_root; missing ones by upstream dataset)",
+        ["source", "referenced", "resolved", "upstream", "missing", "examples", "get them from"],
+        [(s.source, s.media_referenced, s.media_resolved, "", 0, "", "") for s in plan.sources if not s.missing_media]
+        + [
+            (s.source, s.media_referenced, s.media_resolved, m.upstream, m.files, ", ".join(m.examples), m.get or "?")
+            for s in plan.sources
+            for m in s.missing_media
         ],
     )
 

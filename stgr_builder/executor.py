@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from pydantic import BaseModel
+
 from stgr_builder import __version__
 from stgr_builder.annotate import AnnotateStep, BatchPending, make_annotator
 from stgr_builder.core.codehash import code_digest
@@ -33,6 +35,7 @@ from stgr_builder.models import (
     BuildPlan,
     ChecksConfig,
     CotRow,
+    GoldConfig,
     JudgeConfig,
     LlmUsage,
     Manifest,
@@ -42,10 +45,12 @@ from stgr_builder.models import (
     SampleWork,
     ShardPlan,
     ShardResult,
+    SpanCheckConfig,
     Stage,
 )
 from stgr_builder.shards import finished_shard, write_shard
 from stgr_builder.stages import StageStore, sample_inputs, stored_steps
+from stgr_builder.verify.inherited import GoldCheckStep, SpanCheckStep
 from stgr_builder.verify.steps import TrackGateStep, VerifyStep
 from stgr_builder.video.frames import FrameStore
 from stgr_builder.video.steps import ProbeStep, SampleStep
@@ -76,18 +81,23 @@ PACING_SETTINGS: dict[str, Any] = {  # a pydantic ``exclude``
 #: Left out of the build id as well: where the sources are read from. What they hold enters each
 #: shard's ``inputs`` digest (records and media fingerprints), so the same data in another folder
 #: or machine is the same build, and changed data rewrites exactly the shards it touches.
-BUILD_ID_EXCLUDES: dict[str, Any] = {**PACING_SETTINGS, "sources": {"__all__": {"path", "media_root"}}}
+BUILD_ID_EXCLUDES: dict[str, Any] = {**PACING_SETTINGS, "sources": {"__all__": {"path", "media_root", "upstreams"}}}
 
 
 #: Settings added after builds existed: left out of the build id while they hold their
 #: defaults, so a config that does not use them keeps its build id (and its rows' bytes).
-LATER_SETTINGS = (("annotator", "checks", ChecksConfig), ("annotator", "judge", JudgeConfig))
+LATER_SETTINGS: tuple[tuple[str | None, str, type[BaseModel]], ...] = (
+    ("annotator", "checks", ChecksConfig),
+    ("annotator", "judge", JudgeConfig),
+    (None, "span_check", SpanCheckConfig),
+    (None, "gold", GoldConfig),
+)
 
 
 def drop_defaults(settings: dict) -> None:
     """``settings`` (a config's JSON dump) without the ``LATER_SETTINGS`` at their defaults."""
     for section, key, model in LATER_SETTINGS:
-        part = settings.get(section, {})
+        part = settings if section is None else settings.get(section, {})
         if part.get(key) == model().model_dump(mode="json"):
             del part[key]
 
@@ -273,6 +283,13 @@ def detect_fingerprint(ctx: BuildContext, detector) -> list:
     return [ctx.config.detector.model_dump(mode="json"), detector.name, detector.weights_hash]
 
 
+def span_probe_settings(config: BuildConfig) -> dict:
+    """What of the span check decides which probe frames the sampler decodes."""
+    return config.span_check.model_dump(
+        mode="json", include={"mode", "step_s", "reach_s", "presence_pattern", "events"}
+    )
+
+
 def shard_steps(ctx: BuildContext, resources: Resources) -> list[Step]:
     """The per-sample steps of a shard, each expensive one wrapped in the stage store
     (``stgr_builder/stages.py``) so a resumed shard runs only the samples it lacks."""
@@ -292,26 +309,34 @@ def shard_steps(ctx: BuildContext, resources: Resources) -> list[Step]:
     steps: list[Step] = [
         ProbeStep(filters, resources),
         SampleStep(
-            config.sampler, FrameStore(ctx.out, config.sampler.jpeg_quality), resources, track_window=track_window
+            config.sampler,
+            FrameStore(ctx.out, config.sampler.jpeg_quality),
+            resources,
+            track_window=track_window,
+            span_check=config.span_check,
         ),
         # Remembers each distinct frame's detections across this process's shards (a frame
         # path names its bytes; the key holds all that decides the boxes): detected once.
         DetectStep(
             detector, ctx.out, batch_size=config.detector.batch, memo_key=digest(detect_print), resources=resources
         ),
+        SpanCheckStep(config.span_check, span_frames=config.sampler.span_frames),
+        GoldCheckStep(config.gold, config.track),
         *([TrackGateStep(config.track)] if config.track.enabled else []),
         AnnotateStep(annotator),
         VerifyStep(config.verify, provenance),
     ]
     fingerprints = {
         Stage.PROBE: {name: f.model_dump(mode="json") for name, f in filters.items()},
-        Stage.SAMPLE: [config.sampler.model_dump(mode="json"), track_window],
+        Stage.SAMPLE: [config.sampler.model_dump(mode="json"), track_window, span_probe_settings(config)],
         Stage.DETECT: detect_print,
         Stage.ANNOTATE: [
             config.annotator.model_dump(mode="json", exclude=PACING_SETTINGS["annotator"]),
             [p.model_dump(mode="json") for p in annotator.prompts],
             config.verify.model_dump(mode="json"),
             config.track.model_dump(mode="json"),
+            config.span_check.model_dump(mode="json"),
+            config.gold.model_dump(mode="json"),
         ],
     }
     return stored_steps(steps, StageStore(ctx.out, ctx.stage_parents), fingerprints, root=ctx.out, resources=resources)

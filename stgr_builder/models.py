@@ -126,8 +126,11 @@ class RejectCode(str, Enum):
     FILTERED_ANSWER_FRACTION = "filtered_answer_fraction"
     # sample
     DECODE_FAILED = "decode_failed"
-    # track (the evidence gate)
+    # track (the evidence gate; inherited labels checked: verify/spans.py, verify/tracks.py)
     EVIDENCE_UNTRACKED = "evidence_untracked"
+    SPAN_IMPRECISE = "span_imprecise"
+    QUERY_NOT_UNIQUE = "query_not_unique"
+    GOLD_UNCONFIRMED = "gold_unconfirmed"
     # detect / annotate
     NO_EVIDENCE = "no_evidence"
     ANNOTATION_FAILED = "annotation_failed"
@@ -256,6 +259,24 @@ REJECT_CODE_HELP: dict[RejectCode, RejectHelp] = {
         "a grounded sample had boxes of its objects, and the track gate confirmed none (wrong label or place on its "
         "neighbouring frames)",
         "look at it in the gallery; a better detector, or a wider `track.window`",
+    ),
+    RejectCode.SPAN_IMPRECISE: RejectHelp(
+        "track",
+        "the source's span is off the detector's evidence by more than `span_check.tolerance_s` (in refine mode: "
+        "and the probes could not pin the true ends)",
+        "nothing, if the source is noisy; `span_check.mode: refine` keeps corrected rows; raise `reach_s` for "
+        "large errors",
+    ),
+    RejectCode.QUERY_NOT_UNIQUE: RejectHelp(
+        "track",
+        "the object is also seen apart from the span: the question does not pick one stretch of the video",
+        "drop or rephrase the source item; raise `span_check.min_elsewhere_s` if your detector hallucinates",
+    ),
+    RejectCode.GOLD_UNCONFIRMED: RejectHelp(
+        "track",
+        "no gold box of an object is confirmed by the detector or a track, or overlapped by a tracked box",
+        "check the source's boxes (time base, pixels vs normalized, wrong object); `--keep-unconfirmed-gold` if "
+        "you trust them",
     ),
     RejectCode.NO_EVIDENCE: RejectHelp(
         "annotate",
@@ -556,8 +577,16 @@ class SampleWork(_Record):
     track_frames: list[Frame] = Field(
         default_factory=list, description="neighbours of the candidate frames, decoded for the track gate"
     )
+    span_frames: list[Frame] = Field(
+        default_factory=list, description="probes around an inherited span's ends, decoded for the span check"
+    )
     detections: list[Detection] = Field(default_factory=list, description="on the candidate frames")
     track_detections: list[Detection] = Field(default_factory=list, description="on the track frames")
+    span_detections: list[Detection] = Field(default_factory=list, description="on the span-check probes")
+    lineage: Lineage | None = Field(None, description="set by the span check and the gold check")
+    refined_boxes: list[Detection] = Field(
+        default_factory=list, description="gold boxes the gold check replaced by the tracked box (lineage refined)"
+    )
     tracks: list[EvidenceTrack] = Field(
         default_factory=list, description="the track gate's verdict on each candidate box it kept or flagged"
     )
@@ -597,6 +626,33 @@ class KeyItem(_Record):
     boxes: list[Box] = Field(min_length=1, description="normalized boxes, one per instance")
 
 
+FieldSource = Literal["gold", "refined", "generated"]
+"""Where a row's field came from: the source as it was (``gold``), the source corrected by a
+check (``refined``), or made by the pipeline (``generated``: the detector's or annotator's)."""
+
+
+class Lineage(_Record):
+    """Per inherited field: gold, refined or generated, and what the checks found."""
+
+    answer: FieldSource = Field("gold", description="the answer: the source's, or its span refined")
+    span: FieldSource | None = Field(None, description="the sample's span (None: it has none)")
+    boxes: list[FieldSource] = Field(
+        default_factory=list, description="one per evidence box, in key_items order (boxes flattened)"
+    )
+    span_check: Literal["ok", "refined", "unverified", "unchecked"] | None = Field(
+        None,
+        description="ok: the evidence agrees; refined: corrected (span_check.mode refine); unverified: no "
+        "evidence either way; unchecked: an event span and no judge; None: no span check ran",
+    )
+    original_span: Span | None = Field(None, description="the source's span, when it was refined")
+    span_offset_s: float | None = Field(
+        None, description="largest distance (s) between a stated span end and the evidence's, when measured"
+    )
+    gold_confirmed: int = Field(0, description="gold boxes the track gate confirmed")
+    gold_replaced: int = Field(0, description="unconfirmed gold boxes replaced by the tracked box they overlap")
+    gold_unconfirmed: int = Field(0, description="unconfirmed gold boxes kept (--keep-unconfirmed-gold)")
+
+
 class Provenance(_Record):
     prompt_name: str
     prompt_version: str
@@ -615,6 +671,7 @@ class Provenance(_Record):
     replaces: str | None = Field(
         None, description="re-annotated rows: the build_id of the row version this row replaces"
     )
+    lineage: Lineage = Field(default_factory=Lineage, description="gold, refined or generated, per inherited field")
 
 
 class _RowBase(_Record):
@@ -848,6 +905,15 @@ class FilterConfig(_Config):
     )
 
 
+class Upstream(_Config):
+    """Where a source's media come from: files under ``prefix`` (relative to the media root;
+    "" = every file) belong to the upstream dataset ``name``, got as ``get`` says."""
+
+    name: str = Field(min_length=1, description="the upstream dataset, e.g. Charades")
+    prefix: str = Field("", description="media paths starting with this belong to it (longest prefix wins)")
+    get: str = Field(min_length=1, description="where and how to download it")
+
+
 class SourceConfig(_Config):
     name: str = Field(description="output source name written into every row, e.g. STR_activitynet")
     adapter: AdapterName
@@ -872,6 +938,11 @@ class SourceConfig(_Config):
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="adapter options, validated by the adapter (unknown keys are errors); see docs/guide/sources.md",
+    )
+    upstreams: list[Upstream] = Field(
+        default_factory=list,
+        description="the upstream datasets the media come from and where to get them: `stgr plan` groups "
+        "missing media by them (no entry: by the path's first folder)",
     )
 
 
@@ -920,6 +991,69 @@ class TrackConfig(_Config):
     )
     stability_iou: float = Field(
         0.5, gt=0, le=1, description="least IoU between the box and its place predicted from its neighbours"
+    )
+
+
+#: What the span check reads as a question about an object's presence: its span is when the
+#: object is in view, and the detector's tracks are the evidence (else: an event).
+PRESENCE_PATTERN = r"\b(visible|appears?|seen|shown|on screen|in view|present)\b"
+
+
+class SpanCheckConfig(_Config):
+    """The span check of temporal tasks (``verify/spans.py``): inherited spans are checked
+    against the detector (an object's presence) or a judge (an event) before any annotation."""
+
+    mode: Literal["off", "check", "refine"] = Field(
+        "check",
+        description="check: a span the evidence contradicts is rejected (span_imprecise, query_not_unique); "
+        "refine: it is corrected (provenance.lineage.span: refined, the old span kept); off: trusted",
+    )
+    step_s: float = Field(0.5, gt=0, le=5, description="seconds between probe frames around each span end")
+    reach_s: float = Field(
+        4.5, ge=0, le=60, description="probes reach this far on each side of each span end (frames decoded)"
+    )
+    tolerance_s: float = Field(
+        0.5, ge=0, le=30, description="a span end further than this from the evidence's is imprecise"
+    )
+    min_elsewhere_s: float = Field(
+        1.0, ge=0, description="the object (event) seen this long outside the span, apart: query_not_unique"
+    )
+    presence_pattern: str = Field(
+        PRESENCE_PATTERN, description="regex (case-insensitive) on the question: a presence span (detector)"
+    )
+    events: Literal["skip", "judge"] = Field(
+        "skip",
+        description="event spans: skip (lineage span_check: unchecked), or judge (needs an event judge; none "
+        "is configured in this version, so it is a config error)",
+    )
+
+    @model_validator(mode="after")
+    def _judge_available(self) -> SpanCheckConfig:
+        re.compile(self.presence_pattern)
+        if self.events == "judge":
+            raise ValueError(
+                "span_check.events: judge needs an event judge (an OpenAI-compatible VLM asked 'is <event> "
+                "happening in this frame?'), which this version does not configure; use events: skip"
+            )
+        return self
+
+
+class GoldConfig(_Config):
+    """Gold boxes (a source's own) confirmed before they become reward targets."""
+
+    keep_unconfirmed: bool = Field(
+        False,
+        description="keep a gold box the track gate cannot confirm, as before (flagged confirmed: false); "
+        "otherwise it is replaced by the tracked box that overlaps it, or the sample is rejected gold_unconfirmed",
+    )
+    support_iou: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="least IoU of the detector's box of the object on the gold box's frame confirming it",
+    )
+    replace_iou: float = Field(
+        0.3, gt=0, le=1, description="least IoU of a track-confirmed detector box replacing an unconfirmed gold box"
     )
 
 
@@ -1161,6 +1295,8 @@ class BuildConfig(_Config):
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     annotator: AnnotatorConfig = Field(default_factory=AnnotatorConfig)
     track: TrackConfig = Field(default_factory=TrackConfig)
+    span_check: SpanCheckConfig = Field(default_factory=SpanCheckConfig)
+    gold: GoldConfig = Field(default_factory=GoldConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     sharding: ShardingConfig = Field(default_factory=ShardingConfig)
     estimate: EstimateConfig = Field(default_factory=EstimateConfig)
@@ -1221,6 +1357,15 @@ class DemoTruth(_Record):
 # ---------------------------------------------------------------------------------------
 
 
+class PlanMissing(_Record):
+    """The missing media of one source from one upstream dataset."""
+
+    upstream: str = Field(description="the upstream dataset (source.upstreams), or 'unknown (FOLDER/)'")
+    files: int
+    examples: list[str] = Field(default_factory=list, description="up to 3 missing paths, relative to media_root")
+    get: str | None = Field(None, description="where to get them (source.upstreams), None when unknown")
+
+
 class PlanSource(_Record):
     """What the plan expects of one source."""
 
@@ -1231,6 +1376,11 @@ class PlanSource(_Record):
     probed: int = Field(description="samples probed (a sampled source: until `sample` passed)")
     filtered: dict[str, int] = Field(default_factory=dict, description="probe-time reject code -> count")
     media_missing: int = 0
+    media_referenced: int = Field(0, description="distinct media files the source's items reference")
+    media_resolved: int = Field(0, description="of them, those found under media_root")
+    missing_media: list[PlanMissing] = Field(
+        default_factory=list, description="the missing files grouped by upstream dataset, with where to get them"
+    )
     wanted: int | None = Field(None, description="the source's `sample`, if set")
     rows: int = Field(description="samples that go on to annotation")
     shortfall: int = Field(0, description="wanted - rows, when fewer samples passed than wanted")
@@ -1268,6 +1418,10 @@ class PlanEstimate(_Record):
     )
     detect_seconds: float = Field(
         0.0, description="seconds of detection on the CPU, one per distinct frame (a GPU takes a fraction)"
+    )
+    span_checks: int = Field(0, description="temporal samples whose inherited span the span check reads")
+    span_probe_frames: int = Field(
+        0, description="probe frames decoded and detected around span ends for the span check (in decoded_frames)"
     )
     assumptions: dict[str, Any] = Field(default_factory=dict)
 

@@ -30,6 +30,7 @@ from stgr_builder.models import (
     Plan,
     PlanCount,
     PlanEstimate,
+    PlanMissing,
     PlanSource,
     Reject,
     RejectCode,
@@ -37,6 +38,7 @@ from stgr_builder.models import (
     SourceSample,
     Stage,
     StepStats,
+    Upstream,
     VideoInfo,
 )
 
@@ -143,9 +145,11 @@ def plan_of(
                 continue
             info = result
         rows.append((sample, info))
+    media = media_report(config, samples)
     sources = []
     for source in config.sources:
         mine = [r for r in probe_rejects if r.source == source.name]
+        referenced, resolved, missing = media.get(source.name, (0, 0, []))
         n_rows = sum(1 for s, _ in rows if s.source == source.name)
         sources.append(
             PlanSource(
@@ -156,6 +160,9 @@ def plan_of(
                 probed=n_rows + len(mine),
                 filtered=dict(sorted(Counter(r.code.value for r in mine).items())),
                 media_missing=sum(1 for r in mine if r.code is RejectCode.MEDIA_MISSING),
+                media_referenced=referenced,
+                media_resolved=resolved,
+                missing_media=missing,
                 wanted=source.sample,
                 rows=n_rows,
                 shortfall=max(0, source.sample - n_rows) if source.sample is not None else 0,
@@ -175,6 +182,49 @@ def plan_of(
         ],
         estimate=estimate(config, rows),
     )
+
+
+def media_report(config: BuildConfig, samples: list[SourceSample]) -> dict[str, tuple[int, int, list[PlanMissing]]]:
+    """Per source: distinct media files its items reference, how many resolve under its media
+    root, and the missing ones grouped by the upstream dataset they come from (``upstreams``;
+    else by the path's first folder), with where to get them. Only looks for the files (a
+    stat each), before any spend; media under an fsspec URL are counted as resolved by the probe."""
+    upstreams = {source.name: source.upstreams for source in config.sources}
+    paths: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    for sample in samples:
+        rel = sample.video_path or sample.image_path
+        if rel:
+            paths[sample.source].add((sample.media_root, rel))
+    report = {}
+    for name, refs in paths.items():
+        missing: dict[str, list[str]] = defaultdict(list)
+        gets: dict[str, str | None] = {}
+        for root, rel in sorted(refs):
+            if "://" in root or (Path(root) / rel).is_file():
+                continue
+            upstream, get = _upstream_of(rel, upstreams.get(name, []))
+            missing[upstream].append(rel)
+            gets[upstream] = get
+        groups = [
+            PlanMissing(upstream=up, files=len(files), examples=files[:3], get=gets[up])
+            for up, files in sorted(missing.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+        ]
+        report[name] = (len(refs), len(refs) - sum(len(f) for f in missing.values()), groups)
+    return report
+
+
+def _upstream_of(rel: str, upstreams: list[Upstream]) -> tuple[str, str | None]:
+    """The upstream whose prefix is the longest start of ``rel``, or 'unknown (FOLDER/)'.
+
+    >>> _upstream_of("clevrer/v1.mp4", [Upstream(name="CLEVRER", prefix="clevrer/", get="http://x")])
+    ('CLEVRER', 'http://x')
+    """
+    matching = [u for u in upstreams if rel.startswith(u.prefix)]
+    if matching:
+        best = max(matching, key=lambda u: len(u.prefix))
+        return best.name, best.get
+    head = rel.split("/", 1)[0] + "/" if "/" in rel else "."
+    return f"unknown ({head})", None
 
 
 def _prompt_chars(config: BuildConfig) -> tuple[int, int]:
@@ -220,6 +270,19 @@ PROBE_S_PER_VIDEO = 0.012
 DETECT_S_PER_FRAME = 0.016
 
 
+def span_probes(config: BuildConfig, sample: SourceSample, info: VideoInfo) -> list[int]:
+    """The probe frames the sampler decodes for the span check of ``sample`` (none when its
+    span is not one the check reads: ``video/steps.py`` decides the same way)."""
+    from stgr_builder.core.spans import checks_span, presence_name, probe_indices
+
+    check = config.span_check
+    if sample.span is None or not checks_span(sample, check):
+        return []
+    if presence_name(sample, check) is None and check.events != "judge":
+        return []
+    return probe_indices(info, sample.span, check)
+
+
 def media_seconds(
     config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo | ImageInfo]]
 ) -> tuple[int, float, float]:
@@ -231,12 +294,14 @@ def media_seconds(
     from stgr_builder.video.steps import track_neighbours
 
     wanted: dict[str, tuple[VideoInfo, set[int]]] = {}
+    probes: dict[str, set[int]] = defaultdict(set)
     images: dict[str, ImageInfo] = {}
     for sample, info in rows:
         if isinstance(info, VideoInfo):
             key = f"{sample.media_root}/{info.path}"
             entry = wanted.setdefault(key, (info, set()))
             entry[1].update(plan_frames(info, config.sampler, sample.span, gold_times(sample)).indices)
+            probes[key].update(span_probes(config, sample, info))
         else:
             images[f"{sample.media_root}/{info.path}"] = info
     # The track gate decodes, stores and detects the frames around each candidate frame too
@@ -244,9 +309,9 @@ def media_seconds(
     window = config.track.window if config.track.enabled else 0
     views = 1 + min(window, len(IMAGE_VIEWS))
     decoded, seconds, frames = 0, 0.0, len(images) * views
-    for info, indices in wanted.values():
+    for key, (info, indices) in wanted.items():
         mpx = info.width * info.height / 1e6
-        shown = sorted(indices | set(track_neighbours(sorted(indices), info.n_frames, window)))
+        shown = sorted(indices | set(track_neighbours(sorted(indices), info.n_frames, window)) | probes[key])
         n = sum(read.frames[-1] + 1 - read.key for read in plan_decode(info.keyframes, shown))
         decoded += n
         frames += len(shown)
@@ -310,6 +375,7 @@ def estimate(config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo | Ima
             completion_tokens += k * est.crop_completion_tokens
     requests = len(rows) if llm else 0
     decoded, decode_seconds, detect_seconds = media_seconds(config, rows)
+    probed = [len(span_probes(config, s, i)) for s, i in rows if isinstance(i, VideoInfo)]
     cost = (prompt_tokens * est.price_in + completion_tokens * est.price_out) / 1e6
     if ann.mode == "batch":
         # The first requests go in batches at the batch price; crop checks stay online.
@@ -338,6 +404,8 @@ def estimate(config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo | Ima
         decoded_frames=decoded,
         decode_seconds=round(decode_seconds, 1),
         detect_seconds=round(detect_seconds, 1),
+        span_checks=sum(1 for n in probed if n),
+        span_probe_frames=sum(probed),
         assumptions={
             "decode_s_per_mpx": DECODE_S_PER_MPX,
             "store_s_per_mpx": STORE_S_PER_MPX,

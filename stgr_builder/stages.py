@@ -44,8 +44,8 @@ STAGES_DIR = Path("_cache") / "stages"
 #: What each stored stage adds to a ``SampleWork``: these fields, and nothing else, are saved.
 STAGE_FIELDS: dict[Stage, tuple[str, ...]] = {
     Stage.PROBE: ("video", "image"),
-    Stage.SAMPLE: ("frames", "track_frames"),
-    Stage.DETECT: ("detections", "track_detections"),
+    Stage.SAMPLE: ("frames", "track_frames", "span_frames"),
+    Stage.DETECT: ("detections", "track_detections", "span_detections"),
     Stage.ANNOTATE: ("annotation", "votes"),
 }
 

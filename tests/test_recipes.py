@@ -157,14 +157,15 @@ def test_plan_counts_equal_the_build_over_fixtures(name, data_root, tmp_path):
         lost = Counter(
             dict(
                 con.execute(
-                    "SELECT source, count(*) FROM rejects WHERE stage IN ('sample', 'detect', 'annotate', 'verify') "
-                    "GROUP BY ALL"
+                    "SELECT source, count(*) FROM rejects "
+                    "WHERE stage IN ('sample', 'detect', 'track', 'annotate', 'verify') GROUP BY ALL"
                 ).fetchall()
             )
         )
     # Every planned sample reaches annotation (nothing is filtered after the plan): per source,
-    # the build's rows plus what annotation and verification rejected (offline: the demo
-    # detector finds no evidence for some spatio-temporal samples) are the plan's rows.
+    # the build's rows plus what the checks, annotation and verification rejected (offline: the
+    # demo detector finds no evidence for some spatio-temporal samples, confirms no gold box of the
+    # fixtures' real clips) are the plan's rows.
     built = Counter()
     for (_, source, _), n in rows.items():
         built[source] += n

@@ -98,6 +98,47 @@ _CANNED: list[tuple[str, str]] = [
     ),
 ]
 
+# Inherited labels (verify/inherited.py): one entry per sample (its CoT and RL rows share a lineage).
+_SAMPLES = f"(SELECT id, any_value(source) AS source, any_value(provenance.lineage) AS l FROM {_BOTH} GROUP BY id)"
+
+_INHERITED: list[tuple[str, str]] = [
+    (
+        "Inherited labels by source (spans checked, gold boxes confirmed)",
+        f"""
+        WITH s AS (SELECT source,
+                          count(*) FILTER (WHERE l.span_check IN ('ok', 'refined', 'unverified')) AS span_rows_checked,
+                          count(*) FILTER (WHERE l.span_check = 'ok') AS spans_ok,
+                          count(*) FILTER (WHERE l.span_check = 'refined') AS spans_refined,
+                          count(*) FILTER (WHERE l.span_check = 'unverified') AS spans_unverified,
+                          count(*) FILTER (WHERE l.span_check = 'unchecked') AS spans_unchecked,
+                          sum(l.gold_confirmed) AS gold_confirmed, sum(l.gold_replaced) AS gold_replaced,
+                          sum(l.gold_unconfirmed) AS gold_kept_unconfirmed
+                   FROM {_SAMPLES} GROUP BY source),
+             r AS (SELECT source,
+                          count(*) FILTER (WHERE code IN ('span_imprecise', 'query_not_unique')) AS spans_rejected,
+                          count(*) FILTER (WHERE code = 'gold_unconfirmed') AS gold_rejected
+                   FROM rejects GROUP BY source)
+        SELECT source, coalesce(span_rows_checked, 0) + coalesce(spans_rejected, 0) AS spans_checked,
+               coalesce(spans_ok, 0) AS spans_ok, coalesce(spans_refined, 0) AS spans_refined,
+               coalesce(spans_rejected, 0) AS spans_rejected, coalesce(spans_unverified, 0) AS spans_unverified,
+               coalesce(spans_unchecked, 0) AS spans_unchecked, coalesce(gold_confirmed, 0) AS gold_confirmed,
+               coalesce(gold_replaced, 0) AS gold_replaced, coalesce(gold_kept_unconfirmed, 0) AS gold_kept_unconfirmed,
+               coalesce(gold_rejected, 0) AS samples_rejected_gold_unconfirmed
+        FROM s FULL OUTER JOIN r USING (source) ORDER BY source""",
+    ),
+    (
+        "Span corrections (s): stated span ends against the evidence",
+        f"""
+        WITH o AS (SELECT l.span_check AS span_check, l.span_offset_s AS off FROM {_SAMPLES}
+                   WHERE l.span_offset_s IS NOT NULL)
+        SELECT span_check,
+               CASE WHEN off < 0.25 THEN '[0, 0.25)' WHEN off < 0.5 THEN '[0.25, 0.5)' WHEN off < 1 THEN '[0.5, 1)'
+                    WHEN off < 2 THEN '[1, 2)' WHEN off < 4 THEN '[2, 4)' ELSE '[4, inf)' END AS seconds,
+               count(*) AS spans, round(avg(off), 2) AS mean_s
+        FROM o GROUP BY ALL ORDER BY span_check, min(off)""",
+    ),
+]
+
 # Each check counts offending items; 0 is healthy.
 _CHECKS: list[tuple[str, str]] = [
     ("duplicate ids in cot", "SELECT count(*) - count(DISTINCT id) FROM cot"),
@@ -135,6 +176,7 @@ def summary(root: Path) -> list[AuditTable]:
     con = connect(root)
     try:
         tables = [_run(con, title, sql) for title, sql in _CANNED]
+        tables += _inherited_tables(con)
         tables += evidence_tables(con, manifest)
         tables.append(_manifest_table(manifest))
         tables.append(_cost_table(manifest))
@@ -147,6 +189,14 @@ def summary(root: Path) -> list[AuditTable]:
     finally:
         con.close()
     return tables
+
+
+def _inherited_tables(con: duckdb.DuckDBPyConnection) -> list[AuditTable]:
+    """What the span and gold checks did; none for a dataset built before rows had a lineage."""
+    try:
+        return [_run(con, title, sql) for title, sql in _INHERITED]
+    except duckdb.BinderException:
+        return []
 
 
 def _run(con: duckdb.DuckDBPyConnection, title: str, sql: str) -> AuditTable:

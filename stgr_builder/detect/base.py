@@ -99,7 +99,7 @@ class DetectStep(Step):
         groups: dict[tuple[str, ...], set[str]] = {}
         for work in batch:
             groups.setdefault(phrases_of(work), set()).update(
-                frame.path for frame in [*work.frames, *work.track_frames]
+                frame.path for frame in [*work.frames, *work.track_frames, *work.span_frames]
             )
         found_by: dict[tuple[str, tuple[str, ...]], list] = {}
         for phrases in sorted(groups):
@@ -125,6 +125,7 @@ class DetectStep(Step):
             phrases = phrases_of(work)
             work.detections = _on_frames(work.frames, found_by, phrases) + gold_detections(work)  # core/gold.py
             work.track_detections = _on_frames(work.track_frames, found_by, phrases)  # for the track gate
+            work.span_detections = _on_frames(work.span_frames, found_by, phrases)  # for the span check
         return list(batch)  # no rejects: a detector failure fails the whole batch
 
 

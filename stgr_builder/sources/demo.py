@@ -42,6 +42,7 @@ from stgr_builder.models import (
     TruthVideo,
 )
 from stgr_builder.sources import AdapterContext, describe_error, iter_json_lines, register
+from stgr_builder.sources.demo_noise import CORRUPTIONS_FILE, DemoNoise, apply_noise
 from stgr_builder.sources.demo_sprites import (
     CLASS_COLOURS,
     DEMO_CLASSES,
@@ -60,9 +61,11 @@ from stgr_builder.sources.demo_sprites import (
 
 __all__ = [
     "DEMO_CLASSES",
+    "CORRUPTIONS_FILE",
     "DEMO_FILE",
     "MEDIA_DIR",
     "TRUTH_FILE",
+    "DemoNoise",
     "DemoRecord",
     "DemoTruth",
     "generate_demo",
@@ -511,26 +514,39 @@ def _record_json(record: DemoRecord) -> dict:
     return {k: v for k, v in data.items() if not (k in ("video", "image") and v is None)}
 
 
-def generate_demo(out_dir: Path, seed: int = 0, n_videos: int = 6, n_images: int = 3) -> Path:
+def generate_demo(
+    out_dir: Path, seed: int = 0, n_videos: int = 6, n_images: int = 3, noise: DemoNoise | None = None
+) -> Path:
     """Write the demo media, ``demo_source.jsonl`` and ``truth.json``; return the jsonl's path.
 
-    The media root for a config is ``out_dir / "media"``.
+    The media root for a config is ``out_dir / "media"``. With ``noise`` (``demo_noise.py``) a
+    share of the spans and gold boxes is corrupted and ``corruptions.json`` says which; the
+    media and ``truth.json`` stay what was drawn.
 
     >>> generate_demo(Path("/tmp/demo"), seed=0)  # doctest: +SKIP
     PosixPath('/tmp/demo/demo_source.jsonl')
     """
     out_dir = Path(out_dir)
     media = out_dir / MEDIA_DIR
-    videos, images, records = [], [], []
+    videos: list[TruthVideo] = []
+    images: list[TruthImage] = []
+    records: list[DemoRecord] = []
     for index in range(n_videos):
-        truth, items = _make_video(media, index, seed)
-        videos.append(truth)
+        video, items = _make_video(media, index, seed)
+        videos.append(video)
         records.extend(items)
     for index in range(n_images):
-        image_truth, items = _make_image(media, index, seed)
-        images.append(image_truth)
-        records.extend(items)
-    lines = [json.dumps(_record_json(r), ensure_ascii=False) for r in records]
+        image, image_items = _make_image(media, index, seed)
+        images.append(image)
+        records.extend(image_items)
+    rows = [_record_json(r) for r in records]
+    corruptions = out_dir / CORRUPTIONS_FILE
+    if noise is not None and noise.active:
+        report = apply_noise(rows, noise, {v.path: v for v in videos}, {i.path: i for i in images})
+        corruptions.write_text(report.model_dump_json(indent=1), encoding="utf-8")
+    elif corruptions.exists():
+        corruptions.unlink()  # an earlier noisy demo's report would no longer be true
+    lines = [json.dumps(row, ensure_ascii=False) for row in rows]
     source = out_dir / DEMO_FILE
     source.write_text("\n".join(lines) + "\n", encoding="utf-8")
     demo_truth = DemoTruth(seed=seed, classes=list(DEMO_CLASSES), videos=videos, images=images)
@@ -560,6 +576,7 @@ def read_demo(ctx: AdapterContext) -> Iterator[SourceSample | Reject]:
             yield ctx.malformed(origin, describe_error(err))
             continue
         objects = [SourceObject(name=o) if isinstance(o, str) else o for o in record.objects]
+        has_gold = any(obj.boxes for obj in objects)
         yield ctx.sample(
             origin,
             source_id=record.id,
@@ -572,4 +589,5 @@ def read_demo(ctx: AdapterContext) -> Iterator[SourceSample | Reject]:
             span=record.span,
             objects=objects,
             caption=record.caption,
+            gold_evidence=has_gold and ctx.source.gold_evidence,
         )

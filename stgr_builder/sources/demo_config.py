@@ -16,6 +16,7 @@ from stgr_builder.models import (
     SourceConfig,
 )
 from stgr_builder.sources.demo import DEMO_FILE, MEDIA_DIR, TRUTH_FILE, generate_demo, load_truth
+from stgr_builder.sources.demo_noise import CORRUPTIONS_FILE, DemoNoise
 
 
 def demo_config(seed: int = 0) -> BuildConfig:
@@ -39,18 +40,21 @@ def demo_config(seed: int = 0) -> BuildConfig:
     )
 
 
-def write_demo_config(path: Path, seed: int = 0) -> Path:
+def write_demo_config(path: Path, seed: int = 0, noise: DemoNoise | None = None) -> Path:
     """Write CONFIG.yaml at ``path`` with the demo media generated beside it; return ``path``.
 
-    Media already generated with the same seed are reused (generation is deterministic).
+    Media already generated with the same seed (and no noise) are reused (generation is
+    deterministic); ``noise`` corrupts a share of the inherited labels (``demo_noise.py``).
 
     >>> write_demo_config(Path("demo/CONFIG.yaml"))  # doctest: +SKIP
     PosixPath('demo/CONFIG.yaml')
     """
     folder = path.parent
     truth = folder / TRUTH_FILE
-    if not (truth.is_file() and (folder / DEMO_FILE).is_file() and load_truth(truth).seed == seed):
-        generate_demo(folder, seed=seed)
+    noisy = noise is not None and noise.active
+    reuse = truth.is_file() and (folder / DEMO_FILE).is_file() and load_truth(truth).seed == seed
+    if noisy or not reuse or (folder / CORRUPTIONS_FILE).exists():
+        generate_demo(folder, seed=seed, noise=noise)
     config = demo_config(seed).model_dump(mode="json")
     header = "# stgr-builder demo build: edit and run with `stgr build CONFIG.yaml`\n"
     path.write_text(header + yaml.safe_dump(config, sort_keys=False))

@@ -29,10 +29,13 @@ from stgr_builder.core.geometry import image_size
 from stgr_builder.errors import SampleError
 from stgr_builder.models import (
     CotRow,
+    Detection,
     Evidence,
     EvidenceTrack,
+    FieldSource,
     KeyFrame,
     KeyItem,
+    Lineage,
     Provenance,
     RejectCode,
     RlRow,
@@ -113,7 +116,7 @@ def _agreement(work: SampleWork, evidence: list[Evidence]) -> float | None:
     return measured if measured is not None else agreement_iou(work.sample, evidence)
 
 
-def _provenance(work: SampleWork, base: dict) -> Provenance:
+def _provenance(work: SampleWork, base: dict, key_items: list[KeyItem], idx_map: dict[int, int]) -> Provenance:
     annotation = work.annotation
     assert annotation is not None  # build_rows checked it
     evidence = annotation.evidence
@@ -127,8 +130,34 @@ def _provenance(work: SampleWork, base: dict) -> Provenance:
             "detector_agreement_iou": _agreement(work, evidence),
             "verifier_votes": work.votes,
             "evidence_tracks": _evidence_tracks(work, evidence),
+            "lineage": _lineage(work, key_items, idx_map),
         }
     )
+
+
+def _lineage(work: SampleWork, key_items: list[KeyItem], idx_map: dict[int, int]) -> Lineage:
+    """The work's lineage with each key-item box's source, in key_items order (boxes flattened):
+    ``gold`` (the source's box), ``refined`` (a gold box replaced by its tracked box) or
+    ``generated`` (a detector box an annotator chose)."""
+    lineage = (work.lineage or Lineage()).model_copy()
+    if work.sample.span is not None and lineage.span is None:
+        lineage.span = "gold"
+
+    def places(detections: list[Detection]) -> set[tuple[int, str, tuple[float, ...]]]:
+        return {
+            (idx_map[d.frame_idx], d.label, tuple(grammar.round_box(d.box)))
+            for d in detections
+            if d.frame_idx in idx_map
+        }
+
+    gold, refined = places([d for d in work.detections if d.gold]), places(work.refined_boxes)
+    sources: list[FieldSource] = []
+    for item in key_items:
+        for box in item.boxes:
+            place = (item.idx, item.name, tuple(box))
+            sources.append("refined" if place in refined else "gold" if place in gold else "generated")
+    lineage.boxes = sources
+    return lineage
 
 
 def _evidence_tracks(work: SampleWork, evidence: list[Evidence]) -> list[EvidenceTrack]:
@@ -152,6 +181,7 @@ def build_rows(work: SampleWork, provenance_base: dict) -> tuple[CotRow, RlRow]:
     key_frames, idx_map = _key_frames(work, is_image)
     order = {k.idx: i for i, k in enumerate(key_frames)}
     size = image_size(work) if is_image else None
+    key_items = _key_items(annotation.evidence, idx_map, order)
     common = dict(
         id=sample.id,
         task=sample.task,
@@ -162,7 +192,7 @@ def build_rows(work: SampleWork, provenance_base: dict) -> tuple[CotRow, RlRow]:
         image_path=sample.image_path,
         image_size=list(size) if size else None,
         key_frames=key_frames,
-        key_items=_key_items(annotation.evidence, idx_map, order),
-        provenance=_provenance(work, provenance_base),
+        key_items=key_items,
+        provenance=_provenance(work, provenance_base, key_items, idx_map),
     )
     return CotRow(**common, reasoning_process=annotation.reasoning), RlRow(**common)

@@ -28,6 +28,7 @@ from stgr_builder.core.geometry import IMAGE_VIEWS, make_view
 from stgr_builder.core.gold import gold_times
 from stgr_builder.core.images import load_rgb
 from stgr_builder.core.resources import Resources
+from stgr_builder.core.spans import checks_span, presence_name, probe_indices
 from stgr_builder.core.steps import Step
 from stgr_builder.errors import SampleError
 from stgr_builder.models import (
@@ -38,6 +39,7 @@ from stgr_builder.models import (
     SamplerConfig,
     SampleWork,
     SourceSample,
+    SpanCheckConfig,
     Stage,
     Task,
     VideoInfo,
@@ -133,9 +135,13 @@ class SampleStep(Step):
         resources: Resources | None = None,
         track_window: int = 0,
         video_workers: int | None = None,
+        span_check: SpanCheckConfig | None = None,
     ):
         super().__init__()
         self.config = config
+        # Probes around the ends of inherited spans, for the span check (verify/inherited.py);
+        # they too lie in GOPs read anyway or next to them, decoded in the same pass.
+        self.span_check = span_check
         self.store = store
         # Neighbours decoded on each side of every candidate frame, for the track gate; they
         # lie in the GOPs the candidates need, so the same pass decodes them.
@@ -194,15 +200,27 @@ class SampleStep(Step):
         info = _probed(works[0])
         plans = [plan_frames(_probed(work), self.config, work.sample.span, gold_times(work.sample)) for work in works]
         neighbours = [track_neighbours(plan.indices, info.n_frames, self.track_window) for plan in plans]
-        wanted = sorted(set().union(*(plan.indices for plan in plans), *neighbours))
+        probes = [self._span_probes(work) for work in works]
+        wanted = sorted(set().union(*(plan.indices for plan in plans), *neighbours, *probes))
         decoder = get_decoder(self.config.decoder)  # one per video: videos may decode at once
         try:
             frames = self._decode_into_store(decoder, Path(path), info, wanted)
         finally:
             self._add_stats(decoder.stats)
-        for work, plan, near in zip(works, plans, neighbours, strict=False):
+        for work, plan, near, probed in zip(works, plans, neighbours, probes, strict=False):
             work.frames = _frames_of(plan, frames, work.sample.span)
             work.track_frames = [frames[idx] for idx in near]
+            work.span_frames = [frames[idx] for idx in probed]
+
+    def _span_probes(self, work: SampleWork) -> list[int]:
+        """The probe frames of a span the span check can read (an object's presence, or any
+        span when an event judge is configured); none otherwise."""
+        config, sample = self.span_check, work.sample
+        if config is None or work.video is None or sample.span is None or not checks_span(sample, config):
+            return []
+        if presence_name(sample, config) is None and config.events != "judge":
+            return []
+        return probe_indices(work.video, sample.span, config)
 
     def _add_stats(self, stats) -> None:
         with self._stats_lock:
