@@ -28,11 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from bad_corpus import write_bad_records_source  # noqa: E402
 
 from stgr_builder.audit import query  # noqa: E402
+from stgr_builder.testing.bad_records import write_bad_records_source  # noqa: E402
 
 
 def build_once(folder: Path, n_records: int, samples_per_shard: int) -> dict:

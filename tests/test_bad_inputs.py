@@ -445,7 +445,7 @@ def _dataset_files(out: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def bad_only_build(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """5,000 bad records (a seeded mix of the four kinds), built with samples_per_shard 16."""
-    from bad_corpus import write_bad_records_source
+    from helpers.bad_corpus import write_bad_records_source
 
     folder = tmp_path_factory.mktemp("bad-records")
     config = write_bad_records_source(folder / "src", 5000, seed=21)
@@ -456,7 +456,7 @@ def bad_only_build(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]
 
 
 def test_bad_records_occupy_no_shard_slot(bad_only_build, tmp_path):
-    from bad_corpus import BAD_RECORD_CODES, bad_record_lines, write_bad_records_source
+    from helpers.bad_corpus import BAD_RECORD_CODES, bad_record_lines, write_bad_records_source
 
     out, result = bad_only_build
     # One shard (its three Parquet files and its record), not 5,000 / 16 = 313 of them.
@@ -495,9 +495,9 @@ def test_rejected_records_keep_exactly_once_on_resume(bad_only_build):
 
 
 def test_shard_count_follows_the_samples_that_pass(tmp_path):
-    from bad_corpus import write_bad_records_source
-
     from stgr_builder.pipeline import context, plan
+
+    from helpers.bad_corpus import write_bad_records_source
 
     plans = {}
     for n_bad in (0, 5000):
@@ -514,7 +514,7 @@ def test_shard_count_follows_the_samples_that_pass(tmp_path):
 
 
 def test_a_build_never_replaces_the_users_readme_and_plan(tmp_path):
-    from bad_corpus import write_bad_records_source
+    from helpers.bad_corpus import write_bad_records_source
 
     config = write_bad_records_source(tmp_path / "src", 8)
     out = tmp_path / "out"
@@ -589,10 +589,11 @@ def test_a_rotated_video_gives_rows_with_key_frames_or_rejects(source, tmp_path)
     """v000 re-encoded with a display matrix turning it a quarter turn (what phones write):
     its frames are shown turned; a temporal sample whose object is not found on any turned
     frame (the car) is a no_evidence reject, never a row without key frames."""
-    from bad_corpus import rotated_copy
     from PIL import Image
 
     from stgr_builder.pipeline import build
+
+    from helpers.bad_corpus import rotated_copy
 
     folder = tmp_path / "src"
     shutil.copytree(source, folder)

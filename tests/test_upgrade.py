@@ -14,11 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from small_demo import small_source, write_config
 
 from stgr_builder.audit import query
 from stgr_builder.core.codehash import code_digest, code_modules, module_digest
 from stgr_builder.models import Manifest
+
+from helpers.small_demo import small_source, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = "import sys; from pathlib import Path; from stgr_builder.pipeline import build; build(*map(Path, sys.argv[1:]))"

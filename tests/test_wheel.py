@@ -21,10 +21,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from small_demo import small_build
 
 from stgr_builder.core.codehash import code_digest
 from stgr_builder.core.hashing import sha256_file
+
+from helpers.small_demo import small_build
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("stgr_builder", "flows", "prompts", "schemas")
