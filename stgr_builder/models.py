@@ -680,6 +680,12 @@ class TrackConfig(_Config):
     stability_iou: float = Field(
         0.5, gt=0, le=1, description="least IoU between the box and its place predicted from its neighbours"
     )
+    staged: bool = Field(
+        True,
+        description="detect one neighbour of each candidate frame holding a box first, the rest of the window "
+        "only around a box that one does not confirm with every vote (false: the whole window of every candidate "
+        "frame; about twice the frames)",
+    )
 
 
 #: The most pixels one detector batch may hold (batch x imgsz^2): 64 frames at 1280.

@@ -60,8 +60,12 @@ def is_right(truth, work: SampleWork, det: Detection) -> bool:
     return any(box_iou(det.box, t) >= 0.5 for t in true_boxes(truth, work, det.frame_idx, det.label))
 
 
-def measure_gate(config_path: Path, out: Path, track: TrackConfig, wrap: Callable | None = None) -> GateCounts:
-    """Gate verdicts on the candidate boxes of every sample of a demo config, against truth."""
+def measure_gate(
+    config_path: Path, out: Path, track: TrackConfig, wrap: Callable | None = None, frames: list | None = None
+) -> GateCounts:
+    """Gate verdicts on the candidate boxes of every sample of a demo config, against truth.
+    ``frames``: when given, gets (candidate frames, frames detected) appended, a frame of one
+    media file counted once."""
     resources = Resources()
     ctx = context(config_path, out, resources)
     samples, _, _ = ingest(ctx.config, ctx.config_dir)
@@ -71,9 +75,15 @@ def measure_gate(config_path: Path, out: Path, track: TrackConfig, wrap: Callabl
     steps = [
         ProbeStep({}, resources),
         SampleStep(ctx.config.sampler, FrameStore(out, 90), resources, track_window=track.window),
-        DetectStep(detector, out, batch_size=ctx.config.detector.batch, resources=resources),
+        # The build's path: neighbours detected as the gate's config says (staged by default),
+        # only the boxes of each sample's own object names checked (the template annotator's).
+        DetectStep(
+            detector, out, batch_size=ctx.config.detector.batch, resources=resources, track=track, asked_only=True
+        ),
     ]
     works = [w for w in run_steps([SampleWork(sample=s) for s in samples], steps) if isinstance(w, SampleWork)]
+    if frames is not None:
+        frames.append(detected_frames(works))
     truth = load_truth(
         Path(
             ctx.config.sources[0].path
@@ -86,7 +96,7 @@ def measure_gate(config_path: Path, out: Path, track: TrackConfig, wrap: Callabl
     for work in works:
         names = sample_names(work)
         candidates = [d for d in work.detections if not d.gold and d.label in names]
-        verdicts = {(v.idx, tuple(v.box), v.label): v.confirmed for v in gate(work, track, track.window)}
+        verdicts = {(v.idx, tuple(v.box), v.label): v.confirmed for v in gate(work, track, track.window, names)}
         for det in candidates:
             key = (work.sample.video_path or work.sample.image_path, det.frame_idx, tuple(det.box), det.label)
             if key in seen:  # a frame shared by samples of one video is counted once
@@ -104,6 +114,16 @@ def measure_gate(config_path: Path, out: Path, track: TrackConfig, wrap: Callabl
                 if kept:
                     counts.wrong_kept_boxes.append(key)
     return counts
+
+
+def detected_frames(works: list[SampleWork]) -> tuple[int, int]:
+    """(distinct candidate frames, distinct frames detected: candidates and track neighbours)."""
+    candidates, detected = set(), set()
+    for work in works:
+        media = work.sample.video_path or work.sample.image_path
+        candidates |= {(media, f.idx) for f in work.frames}
+        detected |= {(media, f.idx) for f in [*work.frames, *work.track_frames]}
+    return len(candidates), len(detected)
 
 
 class Corrupting:

@@ -7,6 +7,8 @@ distinct frame once, and hands each sample the detections of its own frames.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -14,7 +16,8 @@ from stgr_builder.core.gold import gold_detections
 from stgr_builder.core.hashing import sha256_file
 from stgr_builder.core.resources import Resources
 from stgr_builder.core.steps import Step
-from stgr_builder.models import Detection, Frame, SampleWork, Stage
+from stgr_builder.core.tracks import first_neighbours, rest_of_window, sample_names
+from stgr_builder.models import Detection, Frame, SampleWork, Stage, TrackConfig
 
 
 class Detector(Protocol):
@@ -77,9 +80,17 @@ class DetectStep(Step):
         batch_size: int = 32,
         memo_key: str | None = None,
         resources: Resources | None = None,
+        track: TrackConfig | None = None,
+        asked_only: bool = False,
     ):
         super().__init__()
         self.detector = detector
+        # The track gate's config when it is on: with ``track.staged`` the neighbour frames are
+        # detected only where the gate needs them (core/tracks.py); ``asked_only``: only boxes of
+        # the sample's own object names are checked (the template annotator's evidence).
+        self.track = track
+        self.asked_only = asked_only
+        self.frames_detected = 0  # frames sent to the detector (memo hits not counted)
         self.root = root
         self.batch_size = batch_size
         self.memo_key = memo_key
@@ -87,21 +98,60 @@ class DetectStep(Step):
         self.memo_hits = 0  # frames whose detections came from the memo
 
     def process_batch(self, batch: list[SampleWork]) -> list[SampleWork]:
+        if self.track is None or not self.track.staged:
+            # Every decoded frame, neighbours included, in one pass.
+            found_by = self._detect(batch, lambda work: [*work.frames, *work.track_frames])
+            for work in batch:
+                phrases = self._phrases_of(work)
+                work.detections = _on_frames(work.frames, found_by, phrases) + gold_detections(work)  # core/gold.py
+                work.track_detections = _on_frames(work.track_frames, found_by, phrases)  # for the track gate
+            return batch
+        found_by = self._detect(batch, lambda work: work.frames)
+        decoded = {id(work): {f.idx: f for f in work.track_frames} for work in batch}
+        for work in batch:
+            work.detections = _on_frames(work.frames, found_by, self._phrases_of(work)) + gold_detections(work)
+            work.track_frames, work.track_detections = [], []
+        # The track gate's neighbours in two rounds (core/tracks.py): one neighbour per frame
+        # holding a box, then the whole window around each box that one does not confirm.
+        window = self.track.window
+        for round_ in ("first", "rest"):
+            wanted: dict[int, list[Frame]] = {}
+            for work in batch:
+                only = sample_names(work) if self.asked_only else None
+                available = sorted(decoded[id(work)])
+                idxs = (
+                    first_neighbours(work, available, only)
+                    if round_ == "first"
+                    else rest_of_window(work, self.track, window, available, only)
+                )
+                wanted[id(work)] = [decoded[id(work)][idx] for idx in idxs]
+            found_by = self._detect(batch, partial(_wanted_of, wanted))
+            for work in batch:
+                new = wanted[id(work)]
+                work.track_frames = sorted([*work.track_frames, *new], key=lambda f: f.idx)
+                work.track_detections = sorted(
+                    [*work.track_detections, *_on_frames(new, found_by, self._phrases_of(work))],
+                    key=lambda d: d.frame_idx,
+                )
+        return batch
+
+    def _phrases_of(self, work: SampleWork) -> tuple[str, ...]:
         # Each frame is prompted with the object phrases of the sample that uses it (open-
         # vocabulary backends: phrases of other videos would only compete for its boxes). The
         # phrases are the sample's own, never a union over the batch: a frame's boxes must not
         # depend on which samples share its batch (a resumed shard batches differently).
-        def phrases_of(work: SampleWork) -> tuple[str, ...]:
-            if not self.detector.uses_phrases:  # closed-set: one group, phrases unused
-                return ()
-            return tuple(sorted({obj.name for obj in work.sample.objects}))
+        if not self.detector.uses_phrases:  # closed-set: one group, phrases unused
+            return ()
+        return tuple(sorted({obj.name for obj in work.sample.objects}))
 
+    def _detect(
+        self, batch: list[SampleWork], frames_of: Callable[[SampleWork], list[Frame]]
+    ) -> dict[tuple[str, tuple[str, ...]], list[Detection]]:
+        """The detections of each distinct (frame path, phrases) of the batch, detected once."""
         groups: dict[tuple[str, ...], set[str]] = {}
         for work in batch:
-            groups.setdefault(phrases_of(work), set()).update(
-                frame.path for frame in [*work.frames, *work.track_frames]
-            )
-        found_by: dict[tuple[str, tuple[str, ...]], list] = {}
+            groups.setdefault(self._phrases_of(work), set()).update(frame.path for frame in frames_of(work))
+        found_by: dict[tuple[str, tuple[str, ...]], list[Detection]] = {}
         for phrases in sorted(groups):
             paths = sorted(groups[phrases])
             todo = paths
@@ -116,16 +166,17 @@ class DetectStep(Step):
                 self.memo_hits += len(paths) - len(todo)
             if not todo:
                 continue
+            self.frames_detected += len(todo)
             found = self.detector.detect([self.root / path for path in todo], phrases=list(phrases) or None)
             for path, detections in zip(todo, found, strict=True):
                 found_by[(path, phrases)] = detections
                 if self.memo_key is not None:
                     self.memo.put((self.memo_key, path, phrases), detections)
-        for work in batch:
-            phrases = phrases_of(work)
-            work.detections = _on_frames(work.frames, found_by, phrases) + gold_detections(work)  # core/gold.py
-            work.track_detections = _on_frames(work.track_frames, found_by, phrases)  # for the track gate
-        return batch
+        return found_by
+
+
+def _wanted_of(wanted: dict[int, list[Frame]], work: SampleWork) -> list[Frame]:
+    return wanted[id(work)]
 
 
 def _on_frames(
