@@ -958,8 +958,15 @@ class PlanEstimate(_Record):
         description="CPU seconds of probing, decoding and storing key frames "
         "(per-pixel costs measured by bench/full_size.py --per-sample)",
     )
+    detector_frames: int = Field(
+        0,
+        description="frames through the detector, padding to detector.batch included (each frame once per "
+        "process; the staged track gate's neighbours estimated)",
+    )
     detect_seconds: float = Field(
-        0.0, description="seconds of detection on the CPU, one per distinct frame (a GPU takes a fraction)"
+        0.0,
+        description="seconds of detection on the CPU: a start-up, then each frame through the detector (a GPU "
+        "takes a fraction)",
     )
     assumptions: dict[str, Any] = Field(default_factory=dict)
 
