@@ -285,6 +285,7 @@ def shard_steps(ctx: BuildContext, resources: Resources) -> list[Step]:
             resources=resources,
             track=config.track if config.track.enabled else None,
             asked_only=asked_only,
+            pad_to=config.detector.batch if config.detector.backend == "ultralytics" else None,
         ),
         *([TrackGateStep(config.track, asked_only=asked_only)] if config.track.enabled else []),
         AnnotateStep(annotator),

@@ -297,7 +297,8 @@ def detector_frames(
     """Frames the detector runs on, padding included, counted the way the build sends them:
     shard by shard (``shard_of``), in batches of ``detector.batch`` samples; in each
     batch and round of the track gate every frame not detected before in the process (the
-    detections memo) once, grouped by frame size, each group padded to ``detector.batch``
+    detections memo) once, grouped by frame size, each group padded to ``detector.batch`` (a
+    staged round's padding taken by frames of the next round)
     (``detect/yolo.py``: a frame's boxes then never depend on its batch). What the plan used to
     leave out: the padding (a batch's frames of each size fill whole detector batches, a still
     of its own size one batch to itself) and that the samples of one video are dealt into many
@@ -316,10 +317,19 @@ def detector_frames(
     for shard in sorted(shards):
         members = shards[shard]
         for start in range(0, len(members), size):
-            for round_ in _gate_rounds(config, members[start : start + size], gate):
+            rounds = _gate_rounds(config, members[start : start + size], gate)
+            for number, round_ in enumerate(rounds):
                 fresh = {frame: shape for frame, shape in round_.items() if frame not in seen}
                 seen.update(fresh)
-                inferred += sum(math.ceil(n / size) * size for n in Counter(fresh.values()).values())
+                per_size = Counter(fresh.values())
+                inferred += sum(math.ceil(n / size) * size for n in per_size.values())
+                if gate is not None and gate.staged and number + 1 < len(rounds):
+                    # The staged rounds fill their padding with the next round's frames (detect/base.py).
+                    empty = {shape: -n % size for shape, n in per_size.items()}
+                    for frame, shape in rounds[number + 1].items():
+                        if empty.get(shape, 0) > 0 and frame not in seen:
+                            seen.add(frame)
+                            empty[shape] -= 1
     return inferred
 
 

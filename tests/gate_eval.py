@@ -78,7 +78,13 @@ def measure_gate(
         # The build's path: neighbours detected as the gate's config says (staged by default),
         # only the boxes of each sample's own object names checked (the template annotator's).
         DetectStep(
-            detector, out, batch_size=ctx.config.detector.batch, resources=resources, track=track, asked_only=True
+            detector,
+            out,
+            batch_size=ctx.config.detector.batch,
+            resources=resources,
+            track=track,
+            asked_only=True,
+            pad_to=ctx.config.detector.batch,
         ),
     ]
     works = [w for w in run_steps([SampleWork(sample=s) for s in samples], steps) if isinstance(w, SampleWork)]

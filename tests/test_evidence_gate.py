@@ -198,17 +198,18 @@ def test_a_samples_neighbours_and_their_boxes_do_not_depend_on_its_batch(tmp_pat
     generate_demo(source, seed=12, n_videos=2, n_images=1)
     config_path = write_config(source, name="b")
     outcomes = []
-    for batch in (1, 64):
-        resources, out = Resources(), tmp_path / f"out{batch}"
+    # Batches of 1 and 64 samples; the detector's padding slots filled with neighbours, or not.
+    for batch, pad_to in ((1, 16), (64, 16), (64, None)):
+        resources, out = Resources(), tmp_path / f"out{batch}-{pad_to}"
         ctx = context(config_path, out, resources)
         samples, _, _ = ingest(ctx.config, ctx.config_dir)
         detect = DetectStep(
             make_detector(ctx.config.detector, ctx.config_dir, resources), out, batch_size=batch,
-            resources=resources, track=TrackConfig(), asked_only=True,
+            resources=resources, track=TrackConfig(), asked_only=True, pad_to=pad_to,
         )  # fmt: skip
         steps = [ProbeStep({}, resources), SampleStep(ctx.config.sampler, FrameStore(out, 90), resources, 2), detect]
         works = [w for w in run_steps([SampleWork(sample=s) for s in samples], steps) if isinstance(w, SampleWork)]
         outcomes.append({w.sample.id: (w.track_frames, w.track_detections, w.detections) for w in works})
         candidates, detected = detected_frames(works)
         assert candidates < detected <= 2 * candidates, (candidates, detected)
-    assert outcomes[0] == outcomes[1]
+    assert outcomes[0] == outcomes[1] == outcomes[2]
