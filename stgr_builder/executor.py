@@ -267,9 +267,6 @@ def shard_steps(ctx: BuildContext, resources: Resources) -> list[Step]:
     filters = {source.name: source.filters for source in config.sources}
     detect_print = detect_fingerprint(ctx, detector)
     track_window = config.track.window if config.track.enabled else 0
-    # The template annotator's evidence is named by the detector's label: the gate need only check
-    # the boxes of each sample's own object names. An LLM names any box it is shown: all checked.
-    asked_only = config.annotator.backend == "template"
     steps: list[Step] = [
         ProbeStep(filters, resources),
         SampleStep(
@@ -284,22 +281,18 @@ def shard_steps(ctx: BuildContext, resources: Resources) -> list[Step]:
             memo_key=digest(detect_print),
             resources=resources,
             track=config.track if config.track.enabled else None,
-            asked_only=asked_only,
             pad_to=config.detector.batch if config.detector.backend == "ultralytics" else None,
         ),
-        *([TrackGateStep(config.track, asked_only=asked_only)] if config.track.enabled else []),
+        *([TrackGateStep(config.track)] if config.track.enabled else []),
         AnnotateStep(annotator),
         VerifyStep(config.verify, provenance),
     ]
     fingerprints = {
         Stage.PROBE: {name: f.model_dump(mode="json") for name, f in filters.items()},
         Stage.SAMPLE: [config.sampler.model_dump(mode="json"), track_window],
-        # Which neighbour frames are detected follows the gate's config (staged) and the annotator.
-        Stage.DETECT: [
-            *detect_print,
-            config.track.model_dump(mode="json") if config.track.enabled else None,
-            asked_only,
-        ],
+        # Which neighbour frames are detected follows the gate's config (staged), never the
+        # annotator: a re-annotation reuses its parent's detections.
+        Stage.DETECT: [*detect_print, config.track.model_dump(mode="json") if config.track.enabled else None],
         Stage.ANNOTATE: [
             config.annotator.model_dump(mode="json", exclude=PACING_SETTINGS["annotator"]),
             [p.model_dump(mode="json") for p in annotator.prompts],

@@ -75,15 +75,13 @@ def measure_gate(
     steps = [
         ProbeStep({}, resources),
         SampleStep(ctx.config.sampler, FrameStore(out, 90), resources, track_window=track.window),
-        # The build's path: neighbours detected as the gate's config says (staged by default),
-        # only the boxes of each sample's own object names checked (the template annotator's).
+        # The build's path: neighbours detected as the gate's config says (staged by default).
         DetectStep(
             detector,
             out,
             batch_size=ctx.config.detector.batch,
             resources=resources,
             track=track,
-            asked_only=True,
             pad_to=ctx.config.detector.batch,
         ),
     ]
@@ -102,7 +100,7 @@ def measure_gate(
     for work in works:
         names = sample_names(work)
         candidates = [d for d in work.detections if not d.gold and d.label in names]
-        verdicts = {(v.idx, tuple(v.box), v.label): v.confirmed for v in gate(work, track, track.window, names)}
+        verdicts = {(v.idx, tuple(v.box), v.label): v.confirmed for v in gate(work, track, track.window)}
         for det in candidates:
             key = (work.sample.video_path or work.sample.image_path, det.frame_idx, tuple(det.box), det.label)
             if key in seen:  # a frame shared by samples of one video is counted once

@@ -205,7 +205,7 @@ def test_a_samples_neighbours_and_their_boxes_do_not_depend_on_its_batch(tmp_pat
         samples, _, _ = ingest(ctx.config, ctx.config_dir)
         detect = DetectStep(
             make_detector(ctx.config.detector, ctx.config_dir, resources), out, batch_size=batch,
-            resources=resources, track=TrackConfig(), asked_only=True, pad_to=pad_to,
+            resources=resources, track=TrackConfig(), pad_to=pad_to,
         )  # fmt: skip
         steps = [ProbeStep({}, resources), SampleStep(ctx.config.sampler, FrameStore(out, 90), resources, 2), detect]
         works = [w for w in run_steps([SampleWork(sample=s) for s in samples], steps) if isinstance(w, SampleWork)]

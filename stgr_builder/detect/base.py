@@ -17,7 +17,7 @@ from stgr_builder.core.gold import gold_detections
 from stgr_builder.core.hashing import sha256_file
 from stgr_builder.core.resources import Resources
 from stgr_builder.core.steps import Step
-from stgr_builder.core.tracks import first_neighbours, rest_of_window, sample_names
+from stgr_builder.core.tracks import first_neighbours, rest_of_window
 from stgr_builder.models import Detection, Frame, SampleWork, Stage, TrackConfig
 
 
@@ -82,16 +82,13 @@ class DetectStep(Step):
         memo_key: str | None = None,
         resources: Resources | None = None,
         track: TrackConfig | None = None,
-        asked_only: bool = False,
         pad_to: int | None = None,
     ):
         super().__init__()
         self.detector = detector
         # The track gate's config when it is on: with ``track.staged`` the neighbour frames are
-        # detected only where the gate needs them (core/tracks.py); ``asked_only``: only boxes of
-        # the sample's own object names are checked (the template annotator's evidence).
+        # detected only where the gate needs them (core/tracks.py).
         self.track = track
-        self.asked_only = asked_only
         self.frames_detected = 0  # frames sent to the detector (memo hits not counted)
         # The detector runs frames of one size in batches of exactly this many, padding the last
         # with copies (detect/yolo.py); the gate's rounds fill those slots with neighbours.
@@ -124,12 +121,11 @@ class DetectStep(Step):
         for round_ in ("first", "rest"):
             wanted: dict[int, list[Frame]] = {}
             for work in batch:
-                only = sample_names(work) if self.asked_only else None
                 available = sorted(decoded[id(work)])
                 idxs = (
-                    first_neighbours(work, available, only)
+                    first_neighbours(work, available)
                     if round_ == "first"
-                    else rest_of_window(work, self.track, window, available, only)
+                    else rest_of_window(work, self.track, window, available)
                 )
                 wanted[id(work)] = [decoded[id(work)][idx] for idx in idxs]
             later = partial(_rest_of, decoded) if round_ == "first" else None

@@ -73,19 +73,16 @@ class TrackGateStep(Step):
 
     stage = Stage.TRACK
 
-    def __init__(self, config: TrackConfig, asked_only: bool = False):
+    def __init__(self, config: TrackConfig):
         super().__init__()
         self.config = config
-        # Only the boxes of the sample's own object names are checked (the template annotator's
-        # evidence); the detector's other boxes pass unchecked. The detect step must agree.
-        self.asked_only = asked_only
         self.boxes_checked = 0
         self.boxes_dropped = 0
 
     def process(self, work: SampleWork) -> SampleWork:
         names = sample_names(work)
         had = {d.label for d in work.detections} & names
-        verdicts = gate(work, self.config, self.config.window, names if self.asked_only else None)
+        verdicts = gate(work, self.config, self.config.window)
         self.boxes_checked += sum(1 for v in verdicts if not v.gold)
         self.boxes_dropped += sum(1 for v in verdicts if not v.gold and not v.confirmed)
         work.tracks = [v for v in verdicts if v.confirmed or v.gold]
