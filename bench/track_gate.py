@@ -8,8 +8,8 @@ detector), then builds it three times in this process, interleaved, with fresh o
 - ``off``:  ``track.enabled: false`` (the detector's boxes go straight to the annotator);
 - ``full``: ``track.staged: false`` (2 frames detected on each side of every candidate frame;
   2 altered views of each still image);
-- ``on``:   the default gate (staged: one neighbour of each frame holding a box of an asked-about
-  object first, the whole window only around a box that one does not confirm).
+- ``on``:   the default gate (staged: one neighbour of each candidate frame holding a box first,
+  the whole window only around a box that one does not confirm).
 
 It prints, per build: distinct candidate frames, distinct frames detected (candidates and
 neighbours, from the stage store) and their ratio, sample/detect/track seconds, seconds per

@@ -237,7 +237,7 @@ DETECT_S_PER_FRAME = 0.016
 #: threads that wait on each other: both count the start-up too).
 DETECT_STARTUP_S = 1.2
 #: Staged track gate (``track.staged``), which depends on the detector's boxes: the share of
-#: candidate frames that hold a checked box (each gets one neighbour first), and the share of
+#: candidate frames that hold a box (each gets one neighbour first), and the share of
 #: the rest of the window detected because a box there was not confirmed by one neighbour
 #: (demo sets, bench/track_gate.py: 1.94 frames detected per candidate frame in all).
 STAGED_HOLDING = 0.8
