@@ -35,9 +35,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from inherited_eval import build_noisy, score  # noqa: E402
+from stgr_builder.testing.inherited_eval import build_noisy, score  # noqa: E402
 
 
 def main() -> None:

@@ -656,8 +656,9 @@ def _print_plan(plan) -> None:
             ),
             (
                 "detect",
-                f"{e.detect_seconds / 3600:.2f} core-hours on the CPU "
-                f"({e.assumptions.get('detect_s_per_frame_cpu')} s per frame; a GPU takes a fraction)",
+                f"{e.detect_seconds / 3600:.2f} core-hours on the CPU ({e.detector_frames} frames through the "
+                f"detector, padding included; {e.assumptions.get('detect_s_per_frame_cpu')} s per frame and "
+                f"{e.assumptions.get('detect_startup_s')} s start-up; a GPU takes a fraction)",
             ),
             (
                 "span check",

@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel
-
 from stgr_builder import __version__
 from stgr_builder.annotate import AnnotateStep, BatchPending, make_annotator
 from stgr_builder.core.codehash import code_digest
@@ -47,6 +45,7 @@ from stgr_builder.models import (
     ShardResult,
     SpanCheckConfig,
     Stage,
+    TrackConfig,
 )
 from stgr_builder.shards import finished_shard, write_shard
 from stgr_builder.stages import StageStore, sample_inputs, stored_steps
@@ -86,19 +85,20 @@ BUILD_ID_EXCLUDES: dict[str, Any] = {**PACING_SETTINGS, "sources": {"__all__": {
 
 #: Settings added after builds existed: left out of the build id while they hold their
 #: defaults, so a config that does not use them keeps its build id (and its rows' bytes).
-LATER_SETTINGS: tuple[tuple[str | None, str, type[BaseModel]], ...] = (
-    ("annotator", "checks", ChecksConfig),
-    ("annotator", "judge", JudgeConfig),
-    (None, "span_check", SpanCheckConfig),
-    (None, "gold", GoldConfig),
+LATER_SETTINGS: tuple[tuple[str | None, str, Any], ...] = (
+    ("annotator", "checks", ChecksConfig().model_dump(mode="json")),
+    ("annotator", "judge", JudgeConfig().model_dump(mode="json")),
+    (None, "span_check", SpanCheckConfig().model_dump(mode="json")),
+    (None, "gold", GoldConfig().model_dump(mode="json")),
+    ("track", "staged", TrackConfig.model_fields["staged"].default),
 )
 
 
-def drop_defaults(settings: dict) -> None:
+def drop_defaults(settings: dict[str, Any]) -> None:
     """``settings`` (a config's JSON dump) without the ``LATER_SETTINGS`` at their defaults."""
-    for section, key, model in LATER_SETTINGS:
+    for section, key, default in LATER_SETTINGS:
         part = settings if section is None else settings.get(section, {})
-        if part.get(key) == model().model_dump(mode="json"):
+        if key in part and part[key] == default:
             del part[key]
 
 
@@ -318,7 +318,13 @@ def shard_steps(ctx: BuildContext, resources: Resources) -> list[Step]:
         # Remembers each distinct frame's detections across this process's shards (a frame
         # path names its bytes; the key holds all that decides the boxes): detected once.
         DetectStep(
-            detector, ctx.out, batch_size=config.detector.batch, memo_key=digest(detect_print), resources=resources
+            detector,
+            ctx.out,
+            batch_size=config.detector.batch,
+            memo_key=digest(detect_print),
+            resources=resources,
+            track=config.track if config.track.enabled else None,
+            pad_to=config.detector.batch if config.detector.backend == "ultralytics" else None,
         ),
         SpanCheckStep(config.span_check, span_frames=config.sampler.span_frames),
         GoldCheckStep(config.gold, config.track),
@@ -329,7 +335,9 @@ def shard_steps(ctx: BuildContext, resources: Resources) -> list[Step]:
     fingerprints = {
         Stage.PROBE: {name: f.model_dump(mode="json") for name, f in filters.items()},
         Stage.SAMPLE: [config.sampler.model_dump(mode="json"), track_window, span_probe_settings(config)],
-        Stage.DETECT: detect_print,
+        # Which neighbour frames are detected follows the gate's config (staged), never the
+        # annotator: a re-annotation reuses its parent's detections.
+        Stage.DETECT: [*detect_print, config.track.model_dump(mode="json") if config.track.enabled else None],
         Stage.ANNOTATE: [
             config.annotator.model_dump(mode="json", exclude=PACING_SETTINGS["annotator"]),
             [p.model_dump(mode="json") for p in annotator.prompts],

@@ -992,6 +992,12 @@ class TrackConfig(_Config):
     stability_iou: float = Field(
         0.5, gt=0, le=1, description="least IoU between the box and its place predicted from its neighbours"
     )
+    staged: bool = Field(
+        True,
+        description="detect one neighbour of each candidate frame holding a box first, the rest of the window "
+        "only around a box that one does not confirm with every vote (false: the whole window of every candidate "
+        "frame; about twice the frames)",
+    )
 
 
 #: What the span check reads as a question about an object's presence: its span is when the
@@ -1416,8 +1422,15 @@ class PlanEstimate(_Record):
         description="CPU seconds of probing, decoding and storing key frames "
         "(per-pixel costs measured by bench/full_size.py --per-sample)",
     )
+    detector_frames: int = Field(
+        0,
+        description="frames through the detector, padding to detector.batch included (each frame once per "
+        "process; the staged track gate's neighbours estimated)",
+    )
     detect_seconds: float = Field(
-        0.0, description="seconds of detection on the CPU, one per distinct frame (a GPU takes a fraction)"
+        0.0,
+        description="seconds of detection on the CPU: a start-up, then each frame through the detector (a GPU "
+        "takes a fraction)",
     )
     span_checks: int = Field(0, description="temporal samples whose inherited span the span check reads")
     span_probe_frames: int = Field(

@@ -22,14 +22,13 @@ from stgr_builder.annotate import make_annotator
 from stgr_builder.annotate.llm import BUDGET_DIR
 from stgr_builder.audit.card import write_card
 from stgr_builder.core.files import check_writable
-from stgr_builder.core.hashing import sha256_bytes
 from stgr_builder.core.resources import Resources
 from stgr_builder.detect import make_detector
 from stgr_builder.errors import StgrError
 from stgr_builder.executor import BuildContext, execute_shard, run_job
 from stgr_builder.models import BuildConfig, BuildPlan, Manifest, Reject, ShardPlan, ShardResult, SourceSample
 from stgr_builder.ownership import claim_folder
-from stgr_builder.planning import draw, draw_stats, plan_of
+from stgr_builder.planning import build_shards, draw, draw_stats, plan_of, shard_of
 from stgr_builder.recipes import read_config_mapping
 from stgr_builder.shards import write_manifest, write_plan_json, write_plan_record
 from stgr_builder.sources import check_sources, ingest
@@ -81,7 +80,7 @@ def plan(ctx: BuildContext) -> BuildPlan:
     samples, rejects, stats = drawn[0], rejects + drawn[1], draw_stats(stats, drawn[0], drawn[1])
     samples, missing = split_missing_media(samples)
     rejects, stats = rejects + missing, draw_stats(stats, samples, missing)
-    n_shards = max(1, -(-len(samples) // ctx.config.sharding.samples_per_shard))
+    n_shards = build_shards(ctx.config, len(samples))
     shards = [ShardPlan(shard=index, samples=[], rejects=[]) for index in range(n_shards)]
     for sample in samples:
         shards[shard_of(sample.id, n_shards)].samples.append(sample)
@@ -102,11 +101,6 @@ def split_missing_media(samples: list[SourceSample]) -> tuple[list[SourceSample]
         else:
             missing.append(reject)
     return present, missing
-
-
-def shard_of(item_id: str, n_shards: int) -> int:
-    """Shard assignment is a hash of content, never of arrival order."""
-    return int(sha256_bytes(item_id.encode())[:8], 16) % n_shards
 
 
 def finalize(

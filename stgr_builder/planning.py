@@ -23,6 +23,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
+from stgr_builder.core.hashing import sha256_bytes
 from stgr_builder.errors import SampleError
 from stgr_builder.models import (
     BuildConfig,
@@ -38,6 +39,7 @@ from stgr_builder.models import (
     SourceSample,
     Stage,
     StepStats,
+    TrackConfig,
     Upstream,
     VideoInfo,
 )
@@ -105,6 +107,17 @@ def draw(
     return kept, rejects, probed
 
 
+def shard_of(item_id: str, n_shards: int) -> int:
+    """Shard assignment is a hash of content, never of arrival order."""
+    return int(sha256_bytes(item_id.encode())[:8], 16) % n_shards
+
+
+def build_shards(config: BuildConfig, n_samples: int) -> int:
+    """How many shards a build deals ``n_samples`` into: the samples that pass ingest and the
+    media check (rejects occupy no shard slot; they are dealt into these shards by id)."""
+    return max(1, -(-n_samples // config.sharding.samples_per_shard))
+
+
 def draw_stats(stats: StepStats, kept: list[SourceSample], rejects: list[Reject]) -> StepStats:
     """The ingest counts once the draw is applied: kept samples, and the draw's rejects added."""
     rejected = dict(stats.rejected)
@@ -168,6 +181,8 @@ def plan_of(
                 shortfall=max(0, source.sample - n_rows) if source.sample is not None else 0,
             )
         )
+    # The build deals its samples into shards (pipeline.plan); rejects occupy no slot.
+    n_shards = build_shards(config, len(kept))
     counts: Counter = Counter()
     for sample, _ in rows:
         for dataset in sample.datasets:
@@ -180,7 +195,7 @@ def plan_of(
             PlanCount(dataset=d, source=s, task=t, rows=n)
             for (d, s, t), n in sorted(counts.items(), key=lambda kv: (kv[0][0].value, kv[0][1], kv[0][2].value))
         ],
-        estimate=estimate(config, rows),
+        estimate=estimate(config, rows, n_shards),
     )
 
 
@@ -262,12 +277,25 @@ def image_tokens(width: int, height: int, base: int, tile: int) -> int:
 # share a file), 54,724 decoded; probe 2.4 s, sample 27.9 s, detect 234.6 s on 2 shard threads
 # sharing one model) and bench/sample_frames.py (decoding per pixel at 640x360 and 720p);
 # seconds of a thread. Decoding scales with the pixels decoded; storing a frame (RGB
-# conversion, JPEG at quality 90, write) with its pixels; detection is per planned frame
-# (letterboxed to detector.imgsz; the builtin yolo11n at 320 px, batch 16).
+# conversion, JPEG at quality 90, write) with its pixels; detection is per frame through the
+# model (letterboxed to detector.imgsz; the builtin yolo11n at 320 px, batch 16), padding
+# included, as the detect step reports it: the seconds of each shard thread, waiting for the
+# model's lock included.
 DECODE_S_PER_MPX = 0.003
 STORE_S_PER_MPX = 0.0125
 PROBE_S_PER_VIDEO = 0.012
 DETECT_S_PER_FRAME = 0.016
+#: The detector's first call in a process (Ultralytics sets up its predictor: fuses the model,
+#: warms it up): 76 frames' worth of one thread (bench/detect_startup.py: 6.3 s against 83 ms
+#: per frame on the loaded 2-core machine), at DETECT_S_PER_FRAME's scale (per frame of two
+#: threads that wait on each other: both count the start-up too).
+DETECT_STARTUP_S = 1.2
+#: Staged track gate (``track.staged``), which depends on the detector's boxes: the share of
+#: candidate frames that hold a box (each gets one neighbour first), and the share of
+#: the rest of the window detected because a box there was not confirmed by one neighbour
+#: (demo sets, bench/track_gate.py: 1.94 frames detected per candidate frame in all).
+STAGED_HOLDING = 0.8
+STAGED_UNDECIDED = 0.1
 
 
 def span_probes(config: BuildConfig, sample: SourceSample, info: VideoInfo) -> list[int]:
@@ -284,13 +312,14 @@ def span_probes(config: BuildConfig, sample: SourceSample, info: VideoInfo) -> l
 
 
 def media_seconds(
-    config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo | ImageInfo]]
-) -> tuple[int, float, float]:
-    """(frames decoded, decode seconds, detect seconds) of ``rows``: the union of the frames
-    that the samples of one video want, each needed GOP decoded once from its key frame."""
+    config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo | ImageInfo]], n_shards: int = 1
+) -> tuple[int, float, float, int]:
+    """(frames decoded, decode seconds, detect seconds, frames through the detector) of
+    ``rows``: the union of the frames that the samples of one video want, each needed GOP
+    decoded once from its key frame; the frames through the detector as ``detector_frames``
+    counts them."""
     from stgr_builder.core.geometry import IMAGE_VIEWS
-    from stgr_builder.core.gold import gold_times
-    from stgr_builder.video.plan import plan_decode, plan_frames
+    from stgr_builder.video.plan import plan_decode
     from stgr_builder.video.steps import track_neighbours
 
     wanted: dict[str, tuple[VideoInfo, set[int]]] = {}
@@ -298,29 +327,136 @@ def media_seconds(
     images: dict[str, ImageInfo] = {}
     for sample, info in rows:
         if isinstance(info, VideoInfo):
-            key = f"{sample.media_root}/{info.path}"
+            key = _media_key(sample, info)
             entry = wanted.setdefault(key, (info, set()))
-            entry[1].update(plan_frames(info, config.sampler, sample.span, gold_times(sample)).indices)
+            entry[1].update(_candidates(config, sample, info))
             probes[key].update(span_probes(config, sample, info))
         else:
-            images[f"{sample.media_root}/{info.path}"] = info
-    # The track gate decodes, stores and detects the frames around each candidate frame too
-    # (a still: altered views of it), in the same pass over each GOP.
+            images[_media_key(sample, info)] = info
+    # The track gate decodes and stores the frames around each candidate frame too (a still:
+    # altered views of it), in the same pass over each GOP; the detector sees only those the
+    # gate asks for (``detector_frames``).
     window = config.track.window if config.track.enabled else 0
     views = 1 + min(window, len(IMAGE_VIEWS))
-    decoded, seconds, frames = 0, 0.0, len(images) * views
+    decoded, seconds = 0, 0.0
     for key, (info, indices) in wanted.items():
         mpx = info.width * info.height / 1e6
         shown = sorted(indices | set(track_neighbours(sorted(indices), info.n_frames, window)) | probes[key])
         n = sum(read.frames[-1] + 1 - read.key for read in plan_decode(info.keyframes, shown))
         decoded += n
-        frames += len(shown)
         seconds += PROBE_S_PER_VIDEO + n * mpx * DECODE_S_PER_MPX + len(shown) * mpx * STORE_S_PER_MPX
     seconds += sum(i.width * i.height / 1e6 * STORE_S_PER_MPX * views for i in images.values())
-    return decoded, seconds, frames * DETECT_S_PER_FRAME
+    inferred = detector_frames(config, rows, n_shards)
+    return decoded, seconds, (DETECT_STARTUP_S if inferred else 0.0) + inferred * DETECT_S_PER_FRAME, inferred
 
 
-def estimate(config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo | ImageInfo]]) -> PlanEstimate:
+def _media_key(sample: SourceSample, info: VideoInfo | ImageInfo) -> str:
+    return f"{sample.media_root}/{info.path}"
+
+
+def _candidates(config: BuildConfig, sample: SourceSample, info: VideoInfo) -> list[int]:
+    from stgr_builder.core.gold import gold_times
+    from stgr_builder.video.plan import plan_frames
+
+    return plan_frames(info, config.sampler, sample.span, gold_times(sample)).indices
+
+
+def detector_frames(
+    config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo | ImageInfo]], n_shards: int = 1
+) -> int:
+    """Frames the detector runs on, padding included, counted the way the build sends them:
+    shard by shard (``shard_of``), in batches of ``detector.batch`` samples; in each
+    batch and round of the track gate every frame not detected before in the process (the
+    detections memo) once, grouped by frame size, each group padded to ``detector.batch`` (a
+    staged round's padding taken by frames of the next round)
+    (``detect/yolo.py``: a frame's boxes then never depend on its batch). What the plan used to
+    leave out: the padding (a batch's frames of each size fill whole detector batches, a still
+    of its own size one batch to itself) and that the samples of one video are dealt into many
+    shards (each frame is still detected once per process).
+
+    The staged gate's rounds depend on the detector's boxes, which the plan cannot know: it
+    counts one neighbour for ``STAGED_HOLDING`` of the candidate frames and ``STAGED_UNDECIDED``
+    of the rest of their windows."""
+    size = config.detector.batch
+    gate = config.track if config.track.enabled else None
+    shards: dict[int, list[tuple[SourceSample, VideoInfo | ImageInfo]]] = defaultdict(list)
+    for sample, info in rows:
+        shards[shard_of(sample.id, n_shards) if n_shards > 1 else 0].append((sample, info))
+    seen: set[tuple[str, int]] = set()
+    inferred = 0
+    for shard in sorted(shards):
+        members = shards[shard]
+        for start in range(0, len(members), size):
+            rounds = _gate_rounds(config, members[start : start + size], gate)
+            for number, round_ in enumerate(rounds):
+                fresh = {frame: shape for frame, shape in round_.items() if frame not in seen}
+                seen.update(fresh)
+                per_size = Counter(fresh.values())
+                inferred += sum(math.ceil(n / size) * size for n in per_size.values())
+                if gate is not None and gate.staged and number + 1 < len(rounds):
+                    # The staged rounds fill their padding with the next round's frames (detect/base.py).
+                    empty = {shape: -n % size for shape, n in per_size.items()}
+                    for frame, shape in rounds[number + 1].items():
+                        if empty.get(shape, 0) > 0 and frame not in seen:
+                            seen.add(frame)
+                            empty[shape] -= 1
+    return inferred
+
+
+def _gate_rounds(
+    config: BuildConfig, batch: list[tuple[SourceSample, VideoInfo | ImageInfo]], gate: TrackConfig | None
+) -> list[dict[tuple[str, int], tuple[int, int]]]:
+    """The frames of one detect batch per detector round (frame -> its size): the candidates,
+    with the gate's whole window unless staged; staged: the first neighbours, then the rest of
+    the windows, each the share that ``STAGED_HOLDING`` / ``STAGED_UNDECIDED`` expect."""
+    from stgr_builder.video.steps import track_neighbours
+
+    rounds: list[dict[tuple[str, int], tuple[int, int]]] = [{}, {}, {}]
+    first: dict[tuple[int, int], list[tuple[str, int]]] = defaultdict(list)
+    undecided: dict[tuple[int, int], list[tuple[str, int]]] = defaultdict(list)
+    for sample, info in batch:
+        key, shape = _media_key(sample, info), (info.width, info.height)
+        if isinstance(info, ImageInfo):
+            rounds[0][(key, 0)] = shape
+            if gate is not None:
+                views = list(range(1, 1 + min(gate.window, 2)))
+                if not gate.staged:
+                    rounds[0].update({(key, k): shape for k in views})
+                else:
+                    first[shape] += [(key, k) for k in views[:1]]
+                    undecided[shape] += [(key, k) for k in views[1:]]
+            continue
+        indices = _candidates(config, sample, info)
+        rounds[0].update({(key, idx): shape for idx in indices})
+        # The span check's probe frames go through the detector with the candidates.
+        rounds[0].update({(key, idx): shape for idx in span_probes(config, sample, info)})
+        if gate is None:
+            continue
+        around = track_neighbours(indices, info.n_frames, gate.window)
+        if not gate.staged:  # the whole window with the candidates, in one call
+            rounds[0].update({(key, idx): shape for idx in around})
+            continue
+        mine = set(indices)
+        for idx in indices:
+            if idx - 1 in mine or idx + 1 in mine:
+                continue
+            pick = idx + 1 if idx + 1 < info.n_frames else idx - 1
+            if pick >= 0:
+                first[shape].append((key, pick))
+        undecided[shape] += [(key, idx) for idx in around]
+    # Expected counts, per frame size (a share of one frame rounds to none: no call at all).
+    for shape, frames in first.items():
+        picks = list(dict.fromkeys(frames))
+        rounds[1].update({frame: shape for frame in picks[: round(len(picks) * STAGED_HOLDING)]})
+    for shape, frames in undecided.items():
+        rest = [frame for frame in dict.fromkeys(frames) if frame not in rounds[1]]
+        rounds[2].update({frame: shape for frame in rest[: round(len(rest) * STAGED_UNDECIDED)]})
+    return [r for r in rounds if r]
+
+
+def estimate(
+    config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo | ImageInfo]], n_shards: int = 1
+) -> PlanEstimate:
     """Requests, images, pixels, tokens, cost and time of annotating ``rows``.
 
     One CoT request per sample (openai backend) with its candidate frames inside the sample's
@@ -374,7 +510,7 @@ def estimate(config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo | Ima
             prompt_tokens += k * (30 + image_tokens(224, 224, est.image_tokens_base, est.image_tokens_tile))
             completion_tokens += k * est.crop_completion_tokens
     requests = len(rows) if llm else 0
-    decoded, decode_seconds, detect_seconds = media_seconds(config, rows)
+    decoded, decode_seconds, detect_seconds, inferred = media_seconds(config, rows, n_shards)
     probed = [len(span_probes(config, s, i)) for s, i in rows if isinstance(i, VideoInfo)]
     cost = (prompt_tokens * est.price_in + completion_tokens * est.price_out) / 1e6
     if ann.mode == "batch":
@@ -403,6 +539,7 @@ def estimate(config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo | Ima
         seconds=round(seconds, 1),
         decoded_frames=decoded,
         decode_seconds=round(decode_seconds, 1),
+        detector_frames=inferred,
         detect_seconds=round(detect_seconds, 1),
         span_checks=sum(1 for n in probed if n),
         span_probe_frames=sum(probed),
@@ -411,6 +548,8 @@ def estimate(config: BuildConfig, rows: list[tuple[SourceSample, VideoInfo | Ima
             "store_s_per_mpx": STORE_S_PER_MPX,
             "probe_s_per_video": PROBE_S_PER_VIDEO,
             "detect_s_per_frame_cpu": DETECT_S_PER_FRAME,
+            "detect_startup_s": DETECT_STARTUP_S,
+            "detector_frames": "padded to detector.batch per frame size, once per process",
             "text_tokens": "characters / 4",
             "image_tokens": f"{est.image_tokens_base} + {est.image_tokens_tile} per 512x512 tile",
             "completion_tokens": est.completion_tokens,

@@ -45,7 +45,8 @@ STAGES_DIR = Path("_cache") / "stages"
 STAGE_FIELDS: dict[Stage, tuple[str, ...]] = {
     Stage.PROBE: ("video", "image"),
     Stage.SAMPLE: ("frames", "track_frames", "span_frames"),
-    Stage.DETECT: ("detections", "track_detections", "span_detections"),
+    # The detect step keeps only the neighbour frames it detected (the track gate's, staged).
+    Stage.DETECT: ("detections", "track_frames", "track_detections", "span_detections"),
     Stage.ANNOTATE: ("annotation", "votes"),
 }
 

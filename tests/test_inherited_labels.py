@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-from inherited_eval import build_noisy, score
 
 from stgr_builder.core import geometry, grammar
 from stgr_builder.models import (
@@ -32,6 +31,7 @@ from stgr_builder.recipes import resolve_config
 from stgr_builder.sources.demo import CORRUPTIONS_FILE, DEMO_FILE, MEDIA_DIR, generate_demo, load_truth
 from stgr_builder.sources.demo_config import write_demo_config
 from stgr_builder.sources.demo_noise import DemoNoise, load_corruptions
+from stgr_builder.testing.inherited_eval import build_noisy, score
 from stgr_builder.verify.inherited import GoldCheckStep, SpanCheckStep
 
 

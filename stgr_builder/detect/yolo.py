@@ -65,6 +65,7 @@ class UltralyticsDetector:
         self.weights_hash = weights_hash(self.weights)
         self.name = f"ultralytics:{self.weights.stem}"
         self.device = pick_device(config.device)
+        self.frames_inferred = 0  # frames through the model, padding included (the plan's unit)
         # Loaded once per worker process; shard tasks in threads share it and take turns on its
         # one lock (Ultralytics keeps per-call state on the predictor).
         self._loaded = resources.model(
@@ -94,6 +95,7 @@ class UltralyticsDetector:
                 chunk = group[start : start + size]
                 frames = [frame for _, frame in chunk]
                 frames += [frames[-1]] * (size - len(frames))  # padding: predictions dropped
+                self.frames_inferred += size
                 with self._loaded.lock:
                     predictions = self._loaded.model.predict(
                         frames,

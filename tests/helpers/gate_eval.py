@@ -60,8 +60,12 @@ def is_right(truth, work: SampleWork, det: Detection) -> bool:
     return any(box_iou(det.box, t) >= 0.5 for t in true_boxes(truth, work, det.frame_idx, det.label))
 
 
-def measure_gate(config_path: Path, out: Path, track: TrackConfig, wrap: Callable | None = None) -> GateCounts:
-    """Gate verdicts on the candidate boxes of every sample of a demo config, against truth."""
+def measure_gate(
+    config_path: Path, out: Path, track: TrackConfig, wrap: Callable | None = None, frames: list | None = None
+) -> GateCounts:
+    """Gate verdicts on the candidate boxes of every sample of a demo config, against truth.
+    ``frames``: when given, gets (candidate frames, frames detected) appended, a frame of one
+    media file counted once."""
     resources = Resources()
     ctx = context(config_path, out, resources)
     samples, _, _ = ingest(ctx.config, ctx.config_dir)
@@ -71,9 +75,19 @@ def measure_gate(config_path: Path, out: Path, track: TrackConfig, wrap: Callabl
     steps = [
         ProbeStep({}, resources),
         SampleStep(ctx.config.sampler, FrameStore(out, 90), resources, track_window=track.window),
-        DetectStep(detector, out, batch_size=ctx.config.detector.batch, resources=resources),
+        # The build's path: neighbours detected as the gate's config says (staged by default).
+        DetectStep(
+            detector,
+            out,
+            batch_size=ctx.config.detector.batch,
+            resources=resources,
+            track=track,
+            pad_to=ctx.config.detector.batch,
+        ),
     ]
     works = [w for w in run_steps([SampleWork(sample=s) for s in samples], steps) if isinstance(w, SampleWork)]
+    if frames is not None:
+        frames.append(detected_frames(works))
     truth = load_truth(
         Path(
             ctx.config.sources[0].path
@@ -104,6 +118,16 @@ def measure_gate(config_path: Path, out: Path, track: TrackConfig, wrap: Callabl
                 if kept:
                     counts.wrong_kept_boxes.append(key)
     return counts
+
+
+def detected_frames(works: list[SampleWork]) -> tuple[int, int]:
+    """(distinct candidate frames, distinct frames detected: candidates and track neighbours)."""
+    candidates, detected = set(), set()
+    for work in works:
+        media = work.sample.video_path or work.sample.image_path
+        candidates |= {(media, f.idx) for f in work.frames}
+        detected |= {(media, f.idx) for f in [*work.frames, *work.track_frames]}
+    return len(candidates), len(detected)
 
 
 class Corrupting:

@@ -87,11 +87,11 @@ def score(folder: Path) -> dict[str, float]:
         record = records[rid]
         if "image" in record:
             image = images[record["image"]]
-            obj = next(o for o in image.objects if o.name == name)
-            return geometry.from_pixels(obj.box, (image.width, image.height))
+            still = next(o for o in image.objects if o.name == name)
+            return geometry.from_pixels(still.box, (image.width, image.height))
         video = videos[record["video"]]
-        obj = next(o for o in video.objects if o.name == name)
-        box = obj.boxes[math.floor(t * video.fps + 1e-6)]
+        moving = next(o for o in video.objects if o.name == name)
+        box = moving.boxes[math.floor(t * video.fps + 1e-6)]
         return geometry.from_pixels(box, (video.width, video.height)) if box is not None else None
 
     def box_wrong(rid: str, t: float) -> bool:
@@ -106,7 +106,8 @@ def score(folder: Path) -> dict[str, float]:
             boxes = [b for item in items if item["name"] == name for b in item["boxes"]]
             image = images[record["image"]]
             parsed = grammar.parse_answer(Task(task), answer)
-            boxes.append(geometry.from_pixels(parsed.box, (image.width, image.height)))
+            if parsed.box is not None:
+                boxes.append(geometry.from_pixels(parsed.box, (image.width, image.height)))
         return true is not None and any(geometry.box_iou(b, true) < 0.5 for b in boxes)
 
     boxes_caught = sum(ids[c.id] in rejects or not box_wrong(c.id, c.time) for c in report.boxes)
