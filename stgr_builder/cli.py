@@ -682,7 +682,15 @@ def _print_plan(plan) -> None:
 
 #: The tables of the brief audit (``stgr demo``, ``stgr audit --brief``): what was built, what
 #: was lost and why, what it cost, whether it holds together. The rest waits for ``stgr audit``.
-_BRIEF_TABLES = ("Rows by task and source", "Rejects by stage and code", "Evidence against truth", "LLM cost", "Checks")
+_BRIEF_TABLES = (
+    "Rows by task and source",
+    "Rejects by stage and code",
+    "Reject examples",
+    "Evidence against truth",
+    "LLM cost",
+    "Annotation checks",
+    "Checks",
+)
 
 
 def _print_audit(root: Path, *, brief: bool = False) -> None:

@@ -19,3 +19,6 @@ os.environ.update(
         "YOLO_CONFIG_DIR": str(_STATE / "ultralytics"),
     }
 )
+
+# Fixtures several test modules share (the LLM annotator's frames and endpoint): ``root``, ``env``.
+pytest_plugins = ["helpers.llm_units"]

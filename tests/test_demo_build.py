@@ -127,7 +127,9 @@ def test_manifest_accounts_for_every_sample_and_step(demo):
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk["counts"] == manifest.counts
     steps = {stats.step: stats for stats in manifest.stats}
-    assert list(steps) == ["ingest", "probe", "sample", "detect", "track", "annotate", "verify"]
+    assert list(steps) == [
+        "ingest", "probe", "sample", "detect", "span_check", "gold_check", "track", "annotate", "verify",
+    ]  # fmt: skip
     for before, after in zip(list(steps.values())[1:], list(steps.values())[2:], strict=False):
         assert after.seen == before.kept
     assert steps["ingest"].kept == steps["probe"].seen

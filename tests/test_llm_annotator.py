@@ -32,27 +32,7 @@ from stgr_builder.models import (
 )
 from stgr_builder.verify import verify_work
 
-FRAMES = [(0, 0.0), (10, 1.0), (20, 2.0), (30, 3.0)]
-BOXES = {"dog": [0.1, 0.2, 0.35, 0.6], "cat": [0.55, 0.3, 0.8, 0.7]}
-
-
-@pytest.fixture
-def root(tmp_path):
-    for idx, _ in FRAMES:
-        path = tmp_path / "kfs" / f"f{idx}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.full((120, 160, 3), 40 + idx, dtype=np.uint8)).save(path)
-    return tmp_path
-
-
-@pytest.fixture
-def env(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "test-key-not-secret")
-
-    def point_at(server):
-        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
-
-    return point_at
+from helpers.llm_units import BOXES, FRAMES  # the fixtures root and env: tests/conftest.py
 
 
 def work(n: int, names=("dog",), task=Task.SPATIO_TEMPORAL) -> SampleWork:
