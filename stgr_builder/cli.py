@@ -75,8 +75,10 @@ def _quiet_orchestrator() -> None:
         os.environ["PREFECT_LOGGING_LEVEL"] = "CRITICAL"
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    # Dask's own log lines too (a worker reached by a terminal's Ctrl-C logs its cancelled task).
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning" if _debug else "error")
+    # Dask's own log lines too: a worker reached by a terminal's Ctrl-C logs its cancelled task,
+    # and workers outliving a stopped build for a moment log the lost connection (tornado).
+    for logger in ("DISTRIBUTED", "TORNADO", "ASYNCIO"):
+        os.environ.setdefault(f"DASK_LOGGING__{logger}", "warning" if _debug else "critical")
     # Prefect's temporary server gets 20 s to start; on a busy machine (its first start creates
     # its database) that was not always enough, and the build failed before any work.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
