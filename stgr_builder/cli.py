@@ -286,13 +286,8 @@ def audit(
         console.print(Text(f"wrote {gallery} ({shown} rows)"))
         return
     if sql is not None:
-        try:
-            table = query(root, sql, limit=limit, timeout_s=timeout)
-        except KeyboardInterrupt:
-            # The query was interrupted (DuckDB stopped) before this is raised. typer turns a
-            # KeyboardInterrupt into a returned 130 that main() would not see; Abort exits 130.
-            raise typer.Abort() from None
-        _print_query(table)
+        # Ctrl-C during the query: ``stopping`` ends the process with one line and 130.
+        _print_query(query(root, sql, limit=limit, timeout_s=timeout))
         return
     _print_audit(root, brief=brief)
     _print_comparison(root, compare)

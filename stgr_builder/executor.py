@@ -168,6 +168,19 @@ class Carried:
         return {row.id: row.provenance.build_id for row in [*self.cot, *self.rl]}
 
 
+def _unfinished(shard: ShardPlan, sample_ids: list[str], steps: list[Step], pending: dict[str, int]) -> ShardResult:
+    """A shard that wrote nothing and waits for the next run, with why (``pending``)."""
+    return ShardResult(
+        shard=shard.shard,
+        sample_ids=sample_ids,
+        files=[],
+        stats=[step.stats for step in steps],
+        complete=False,
+        pending=pending,
+        llm=llm_usage(steps),
+    )
+
+
 def execute_shard(
     ctx: BuildContext, shard: ShardPlan, resources: Resources, carried: Carried | None = None
 ) -> ShardResult:
@@ -189,39 +202,15 @@ def execute_shard(
         items = run_steps((SampleWork(sample=sample) for sample in shard.samples), steps) if shard.samples else []
     except BatchPending:
         # Submitted and recorded (``_cache/batches``); the next run collects them, and pays nothing twice.
-        return ShardResult(
-            shard=shard.shard,
-            sample_ids=sample_ids,
-            files=[],
-            stats=[step.stats for step in steps],
-            complete=False,
-            pending={"batch": len(shard.samples)},
-            llm=llm_usage(steps),
-        )
+        return _unfinished(shard, sample_ids, steps, {"batch": len(shard.samples)})
     except BudgetReached:
         # Not a reject: nothing of this shard is written, and the next run finishes it (the
         # replies it already received are in the request cache, free the next time).
-        return ShardResult(
-            shard=shard.shard,
-            sample_ids=sample_ids,
-            files=[],
-            stats=[step.stats for step in steps],
-            complete=False,
-            pending={"budget": len(shard.samples)},
-            llm=llm_usage(steps),
-        )
+        return _unfinished(shard, sample_ids, steps, {"budget": len(shard.samples)})
     pending = [item for item in items if isinstance(item, Reject) and item.code is RejectCode.PENDING]
     if pending:
         reasons = Counter(item.message.split(":", 1)[0] for item in pending)
-        return ShardResult(
-            shard=shard.shard,
-            sample_ids=sample_ids,
-            files=[],
-            stats=[step.stats for step in steps],
-            complete=False,
-            pending=dict(sorted(reasons.items())),
-            llm=llm_usage(steps),
-        )
+        return _unfinished(shard, sample_ids, steps, dict(sorted(reasons.items())))
     cot, rl, rejects = _rows(shard, items, carried)
     # A re-annotation shard none of whose samples is re-done reports no step counts.
     stats = [step.stats for step in steps] if carried is None or shard.samples else []
