@@ -44,10 +44,10 @@ def config_reference() -> str:
     """Every key of CONFIG.yaml, one table per section, from ``BuildConfig``'s JSON Schema."""
     schema = BuildConfig.model_json_schema()
     lines = [
-        _GENERATED.format(source="models.py (BuildConfig)"),
+        _GENERATED.format(source="models/config.py (BuildConfig)"),
         "# CONFIG.yaml reference",
         "",
-        "Every key a build config takes, read from the models (`BuildConfig` in `stgr_builder/models.py`;",
+        "Every key a build config takes, read from the models (`BuildConfig` in `stgr_builder/models/config.py`;",
         "JSON Schema in `schemas/build_config.json`). Unknown keys are errors; an out-of-range value is a",
         "one-line error naming the key. Bounds that tie two keys together (e.g. `detector.batch` x",
         "`detector.imgsz`²) are checked by the models too and explained in [the config guide](../guide/config.md).",
@@ -151,11 +151,11 @@ def _cell(text: str) -> str:
 def reject_code_reference() -> str:
     """The closed list of reject codes, in stage order, with their meaning and what to do."""
     lines = [
-        _GENERATED.format(source="models.py (REJECT_CODE_HELP)"),
+        _GENERATED.format(source="models/codes.py (REJECT_CODE_HELP)"),
         "# Reject codes",
         "",
         "Every sample ends as rows or as one reject with a code from this closed list (`RejectCode` in",
-        "`stgr_builder/models.py`); `stgr audit DIR` counts them by stage and code, and",
+        "`stgr_builder/models/codes.py`); `stgr audit DIR` counts them by stage and code, and",
         "`stgr audit DIR --sql \"SELECT origin, message FROM rejects WHERE code = '...'\"` lists them with",
         "the source file and line each came from. `tests/fixtures/bad/` holds an example of the bad",
         "inputs.",
