@@ -8,12 +8,14 @@ root: ``tests/bad_corpus.py``), and the same source with ``--baseline`` records.
 with ``stgr build`` (the CLI, its Prefect flow and temporary server) into a fresh folder with
 ``samples_per_shard`` 16, the baseline first.
 
-It prints, per build: wall seconds, seconds per record, shard tasks (shard records written),
-files in the dataset folder (``_cache`` aside) and rejects by code; then the ratios
-large / baseline. Rejected records occupy no shard slot, so files and shard tasks stay the
-same however many records are read (ratio 1.0), and the time per record falls (the build's
-fixed cost, the Prefect server and the detector's load, is shared by more records). Before
-issue 21, 100,000 such records made 6,104 shard tasks and the temporary Prefect server died.
+It prints, per build: wall seconds, CPU seconds (the build and the processes it waited for),
+seconds per record, shard tasks (shard records written), files in the dataset folder
+(``_cache`` aside) and rejects by code; then the ratios large / baseline, and what the extra
+records cost in wall and CPU seconds (the build's fixed cost aside). Rejected records occupy
+no shard slot, so files and shard tasks stay the same however many records are read (ratio
+1.0), and the time per record falls (the build's fixed cost, the Prefect server and the
+detector's load, is shared by more records). Before issue 21, 100,000 such records made 6,104
+shard tasks and the temporary Prefect server died. Figures: docs/bounds.md.
 """
 
 from __future__ import annotations
