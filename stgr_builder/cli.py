@@ -239,6 +239,13 @@ def demo(
         bool, typer.Option(help="give spatio-temporal and visual-QA items gold boxes (implied by --corrupt-boxes)")
     ] = False,
     noise_seed: Annotated[int, typer.Option(help="seed of the corruption")] = 0,
+    event_spans: Annotated[
+        bool,
+        typer.Option(
+            help="add an event question per video object (checked by a judge with span_check.events: judge "
+            "and the openai backend; unchecked otherwise)"
+        ),
+    ] = False,
 ) -> None:
     """Build the embedded demo set end to end, offline. With --corrupt-spans/--corrupt-boxes the
     source's labels are corrupted first; corruptions.json beside truth.json says which."""
@@ -247,10 +254,10 @@ def demo(
 
     noise = DemoNoise(span_share=corrupt_spans, box_share=corrupt_boxes, gold_boxes=gold_boxes, seed=noise_seed)
     if write_config is not None:
-        path = write_demo_config(write_config, noise=noise)
+        path = write_demo_config(write_config, noise=noise, event_spans=event_spans)
         console.print(Text(f"wrote {path} (media beside it); build it with: stgr build {path}"))
         return
-    config = write_demo_config(out / "_source" / "CONFIG.yaml", noise=noise)
+    config = write_demo_config(out / "_source" / "CONFIG.yaml", noise=noise, event_spans=event_spans)
     _run_build(config, out, overwrite=overwrite)
     _print_audit(out, brief=True)
 
@@ -635,6 +642,7 @@ def _print_plan(plan) -> None:
             ("annotator backend", e.backend),
             ("LLM requests", e.requests),
             ("judge requests (crops)", e.crop_requests),
+            ("judge requests (event spans)", e.event_judge_requests),
             ("candidate frames", e.frames),
             ("images sent", e.images),
             ("pixels sent", e.pixels),
@@ -659,8 +667,8 @@ def _print_plan(plan) -> None:
             ),
             (
                 "span check",
-                f"{e.span_checks} inherited spans read by the detector ({e.span_probe_frames} probe frames, "
-                f"in the decode and detect time above; no LLM request)",
+                f"{e.span_checks} inherited spans checked ({e.span_probe_frames} probe frames, in the decode and "
+                f"detect time above; {e.event_judge_requests} event judge requests, in the requests above)",
             ),
             ("assumptions", f"text {e.assumptions.get('text_tokens')}; image {e.assumptions.get('image_tokens')}"),
         ],

@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from stgr_builder.dryrun import events
 from stgr_builder.dryrun.judge import DemoJudge
 from stgr_builder.dryrun.noisy import NoisyOptions, annotation_content
 
@@ -263,7 +264,7 @@ def crop_reply(user_text: str, messages: list[dict], deny: Sequence[str]) -> dic
 
 def _broken(schema_name: str, good: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     """JSON that violates the schema (or cites a box that was never offered)."""
-    if schema_name == "crop_verdict":
+    if schema_name in ("crop_verdict", events.SCHEMA_NAME):
         return {"answer": "maybe"}
     if rng.random() < 0.5:
         return {"key_frames": good["key_frames"]}  # no reasoning
@@ -346,6 +347,8 @@ def schema_of(body: dict) -> str:
         return named
     # The judge's question opens its prompt; an annotation prompt opens with "Task:".
     question = _texts((body.get("messages") or [])[:2], "user").lstrip()
+    if events.is_event_question(question):
+        return events.SCHEMA_NAME
     return "crop_verdict" if _CROP_RE.match(question) else "stgr_cot_reply"
 
 
@@ -363,8 +366,11 @@ def completion(
     the content faults ``malformed`` (cut short) and ``schema`` (a broken reply) apply here."""
     messages = body.get("messages") or []
     user_text = _texts(messages[:2], "user")  # the first user turn holds the prompt
-    judging = schema_name == "crop_verdict"
-    good = crop_reply(user_text, messages, deny) if judging else annotation_reply(user_text)
+    judging = schema_name in ("crop_verdict", events.SCHEMA_NAME)
+    if schema_name == events.SCHEMA_NAME:  # the event judge: dryrun/events.py
+        good = events.event_reply(user_text, _first_image(messages), JUDGE)
+    else:
+        good = crop_reply(user_text, messages, deny) if judging else annotation_reply(user_text)
     finish = "stop"
     if options is not None and options.policy == "noisy" and not judging and fault is None:
         content, finish = annotation_content(good, user_text, messages, body.get("max_tokens"), options.noisy)
