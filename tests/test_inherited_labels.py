@@ -327,6 +327,25 @@ def test_the_plan_names_every_missing_files_upstream_and_where_to_get_it(tmp_pat
     assert again.sources[0].missing_media == report.missing_media
 
 
+def test_the_plan_counts_the_event_judges_requests_before_any_spend(tmp_path):
+    config_path = write_demo_config(tmp_path / "CONFIG.yaml", event_spans=True)
+    config = load_config(config_path)
+    annotator = config.annotator.model_copy(update={"backend": "openai", "model": "m", "prompt": "stgr-cot-llm"})
+    events = [
+        s for s in map(json.loads, (tmp_path / DEMO_FILE).read_text().splitlines()) if "When does" in s["question"]
+    ]
+    off = make_plan(config.model_copy(update={"annotator": annotator}), tmp_path).estimate
+    judged = config.model_copy(
+        update={"annotator": annotator, "span_check": config.span_check.model_copy(update={"events": "judge"})}
+    )
+    on = make_plan(judged, tmp_path).estimate
+    assert events and off.event_judge_requests == 0
+    # One request per probe (at most 38 around a span's two ends) and candidate frame of each event span.
+    assert 20 * len(events) <= on.event_judge_requests <= (38 + 8) * len(events)
+    assert on.span_probe_frames > off.span_probe_frames  # the event spans' probes are decoded too
+    assert on.prompt_tokens > off.prompt_tokens and on.images - off.images == on.event_judge_requests
+
+
 def test_the_recipes_say_where_every_sources_media_come_from(tmp_path):
     for recipe in ("stgr-cot-30k", "stgr-rl-36k"):
         config, _, _ = resolve_config(recipe, data_root=tmp_path)

@@ -291,6 +291,8 @@ class LlmAnnotator:
             view = sample_view(work, max_per_frame=self.config.max_candidates_per_frame, max_area=self.max_area)
             if work.sample.task in grammar.GROUNDED_TASKS and not view.candidates:
                 continue  # rejected without a request (no_evidence)
+            if self.events is not None and self.events.wanted(work):
+                continue  # the event judge goes first (online): its span may be rejected or refined
             messages, digests = build_request(view, self.content, self._folder, self.config.image_max_side, self.images)
             asking.append((view, messages, digests))
         rounds = 1 + (self.config.max_invalid_retries if self.config.batch_reask == "batch" else 0)
