@@ -111,8 +111,12 @@ def score(folder: Path) -> dict[str, float]:
     event_caught = event_kept = 0
     event_corrupted = [c for c in report.spans if is_event(records[c.id])]
     event_intact = [rid for rid in report.intact_spans if is_event(records[rid])]
+    event_by_check = 0
     for c in event_corrupted:
-        event_caught += ids[c.id] in rejects or span_right(c.id, c.truth)
+        sid = ids[c.id]
+        event_caught += sid in rejects or span_right(c.id, c.truth)
+        refined = sid in rows and rows[sid][4]["span_check"] == "refined"
+        event_by_check += rejects.get(sid) in SPAN_CODES or (refined and span_right(c.id, c.truth))
     for rid in event_intact:
         event_kept += ids[rid] in rows and span_right(rid, records[rid]["span"])
     for c in report.spans:
@@ -159,6 +163,7 @@ def score(folder: Path) -> dict[str, float]:
         {
             "event_spans": len(event_corrupted),
             "event_spans_caught": event_caught / max(1, len(event_corrupted)),
+            "event_spans_caught_by_check": event_by_check / max(1, len(event_corrupted)),
             "intact_event_spans": len(event_intact),
             "intact_event_spans_kept": event_kept / max(1, len(event_intact)),
             "event_judge_requests_per_sample": _event_requests(out) / max(1, len(event_corrupted) + len(event_intact)),
