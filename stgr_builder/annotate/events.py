@@ -41,7 +41,15 @@ SCHEMA_NAME = "event_verdict"
 #: The shipped prompt.
 PROMPT = "event-judge"
 
-__all__ = ["PROMPT", "SCHEMA_NAME", "EventJudging", "event_messages", "frame_jpeg", "judged_frames", "parse_event_prompt"]
+__all__ = [
+    "PROMPT",
+    "SCHEMA_NAME",
+    "EventJudging",
+    "event_messages",
+    "frame_jpeg",
+    "judged_frames",
+    "parse_event_prompt",
+]
 
 
 class EventPromptContent(BaseModel):
