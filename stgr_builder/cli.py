@@ -668,7 +668,7 @@ def _print_plan(plan) -> None:
             (
                 "span check",
                 f"{e.span_checks} inherited spans checked ({e.span_probe_frames} probe frames, in the decode and "
-                f"detect time above; {e.event_judge_requests} event judge requests, in the requests above)",
+                f"detect time above; the event spans' judge requests are in the row above)",
             ),
             ("assumptions", f"text {e.assumptions.get('text_tokens')}; image {e.assumptions.get('image_tokens')}"),
         ],
