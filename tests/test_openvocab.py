@@ -161,3 +161,28 @@ def test_detect_step_gives_each_sample_the_same_boxes_whatever_its_batch(files):
     for work in works:
         labels = {d["label"] for d in json.loads(together[work.sample.id])}
         assert labels and labels <= {o.name for o in work.sample.objects}  # the sample's own phrases
+
+
+@pytest.mark.slow  # a small build (~30 s)
+def test_a_build_detects_each_samples_own_phrases(files, tmp_path_factory):
+    """The small demo built with YOLOE: every stored detection of a sample is labelled with one of
+    that sample's object phrases (the detect stage's entries), and the rows name the detector."""
+    from stgr_builder.pipeline import build, load_config
+    from stgr_builder.sources import ingest
+
+    from helpers.small_demo import small_source, write_config
+
+    detector = _config("yoloe", weights=str(files / "yoloe-11n.pt"), text_encoder=str(files / ENCODER["yoloe"]))
+    config = write_config(small_source(tmp_path_factory), "yoloe", detector=detector.model_dump(mode="json"))
+    out = tmp_path_factory.mktemp("yoloe-build") / "out"
+    manifest = build(config, out)
+    samples, _, _ = ingest(load_config(config), config.parent)
+    phrase_sets = [{o.name for o in sample.objects} for sample in samples]
+    entries = [json.loads(p.read_text()) for p in (out / "_cache" / "stages" / "detect").rglob("*.json")]
+    labelled = [
+        {d["label"] for d in entry["work"]["detections"] if not d["gold"]} for entry in entries if entry.get("work")
+    ]
+    assert len(labelled) == len(samples) and all(labelled)  # a random model at conf 0 boxes every sample
+    assert all(any(labels <= phrases for phrases in phrase_sets) for labels in labelled)
+    assert set().union(*labelled) == set().union(*phrase_sets)  # every phrase asked for is detected
+    assert manifest.detector["name"] == "yoloe:yoloe-11n"

@@ -55,12 +55,13 @@ def write_clip_checkpoint(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def write_model(path: Path, backend: str) -> Path:
-    """A random YOLOE-11n or YOLOv8n-World v2 from Ultralytics' yaml, saved like user weights."""
+def write_model(path: Path, backend: str, scale: str = "n") -> Path:
+    """A random YOLOE-11 or YOLOv8-World v2 (``scale``: n, s, m, l, x) from Ultralytics' yaml,
+    saved like user weights."""
     from ultralytics import YOLOE, YOLOWorld
     from ultralytics.nn.modules.block import BNContrastiveHead, ContrastiveHead
 
-    model = YOLOE("yoloe-11n.yaml") if backend == "yoloe" else YOLOWorld("yolov8n-worldv2.yaml")
+    model = YOLOE(f"yoloe-11{scale}.yaml") if backend == "yoloe" else YOLOWorld(f"yolov8{scale}-worldv2.yaml")
     for head in model.model.modules():
         if isinstance(head, (ContrastiveHead, BNContrastiveHead)):
             # An untrained head's bias of -10 scores every class ~0: the phrases would not matter.
