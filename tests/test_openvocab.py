@@ -84,6 +84,9 @@ def test_missing_or_wrong_files_are_one_line_errors_naming_the_real_files(tmp_pa
     assert "detector.text_encoder" in error(backend="yoloe", weights="yoloe-11s-seg.pt")
     assert "ViT-B-32.pt" in error(backend="yolo_world", weights="world.pt", text_encoder="ViT-B-32.pt")
     assert "MobileCLIP" in error(backend="yoloe", weights="yoloe-11s-seg.pt", text_encoder="ViT-B-32.pt")
+    write_torchscript_encoder(tmp_path / "mobileclip_blt.ts")
+    closed_set = error(backend="yoloe", weights="builtin:stgr-demo-yolo11n", text_encoder="mobileclip_blt.ts")
+    assert "is not a yoloe model (DetectionModel)" in closed_set
 
 
 @pytest.mark.slow  # builds both models (~20 s)
