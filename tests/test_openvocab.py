@@ -14,7 +14,7 @@ from PIL import Image
 from stgr_builder.core.resources import Resources
 from stgr_builder.detect import DetectStep, make_detector
 from stgr_builder.detect.openvocab import TextEmbeddings
-from stgr_builder.errors import StgrError
+from stgr_builder.errors import StgrError, StgrWarning
 from stgr_builder.models import DetectorConfig, Frame, SampleWork, SourceObject, SourceSample, Task, VideoInfo
 
 from helpers.tiny_openvocab import write_clip_checkpoint, write_model, write_torchscript_encoder
@@ -66,6 +66,11 @@ def test_each_phrase_is_encoded_once_and_keyed_by_the_encoder_file(tmp_path):
     assert other.identity != first.identity
     assert not np.allclose(other.of(["a dog", "red car"]), ab)
     assert other.phrases_encoded == 2
+    # A cache folder that cannot be written: a warning, and the same embeddings.
+    (tmp_path / "not-a-folder").write_text("")
+    unwritable = TextEmbeddings(encoder, "cpu", Resources(), folder=tmp_path / "not-a-folder")
+    with pytest.warns(StgrWarning, match="STGR_CACHE_DIR"):
+        assert np.array_equal(unwritable.of(["a dog"]), ab[:1])
 
 
 def test_missing_or_wrong_files_are_one_line_errors_naming_the_real_files(tmp_path):

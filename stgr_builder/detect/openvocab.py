@@ -26,6 +26,7 @@ folder (``STGR_CACHE_DIR``, else ``$XDG_CACHE_HOME/stgr-builder``, else
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from stgr_builder.core.hashing import digest
 from stgr_builder.core.resources import LoadedModel, Resources
 from stgr_builder.detect.base import pick_device, weights_hash
 from stgr_builder.detect.yolo import UltralyticsDetector, resolve_weights
-from stgr_builder.errors import StgrError, require
+from stgr_builder.errors import StgrError, require, warn
 from stgr_builder.models import Detection, DetectorConfig
 
 #: Where each backend's real files come from (the error for a missing file names them).
@@ -124,10 +125,15 @@ class TextEmbeddings:
         # Ultralytics' CLIP normalizes, the TorchScript encoders normalize inside: once more is
         # a no-op that makes every encoder's rows unit length.
         row = torch.nn.functional.normalize(features, dim=-1)[0].cpu().numpy().astype(np.float32)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        partial = file.with_name(f"{file.stem}.{os.getpid()}.tmp.npy")
-        np.save(partial, row)
-        partial.replace(file)  # atomic: a reader sees the whole file or none
+        # Another process or thread may write the same file: each its own partial, then an
+        # atomic rename (a reader sees the whole file or none).
+        partial = file.with_name(f"{file.stem}.{os.getpid()}-{threading.get_ident()}.tmp.npy")
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            np.save(partial, row)
+            partial.replace(file)
+        except OSError as exc:  # the embedding is still right: only its reuse by a later process is lost
+            warn(f"text-embedding cache not writable ({exc}); set STGR_CACHE_DIR to a writable folder")
         return row
 
     def _encoder(self) -> LoadedModel:
