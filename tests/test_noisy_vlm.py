@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stgr_builder.annotate.client import FORMATS_DIR
+from stgr_builder.annotate.formats import FORMATS_DIR
 from stgr_builder.annotate.jsontext import extract_json
 from stgr_builder.annotate.llm import LlmAnnotator
 from stgr_builder.annotate.reply import ReplyError, check_prose, detector_name, drop_uncited_prose
