@@ -41,7 +41,7 @@ RSS 1,587 MiB; 3,121 candidate frames, 11,915 frames stored and detected with th
 neighbours, 54,724 decoded; per stored frame: sample (decode + RGB + JPEG) 2.3 ms, detect
 20.7 ms (yolo11n at 320 px on the CPU, two shard threads sharing the model); probe 8 ms per
 file. ``stgr plan``: 30.4 s probe + decode + store (actual 29.9 s), 234.5 s detect (actual
-246.8 s), from its per-pixel and per-frame constants (stgr_builder/planning.py, calibrated on
+246.8 s), from its per-pixel and per-frame constants (stgr_builder/planning/cost.py, calibrated on
 this run). At 39,070 samples with their own media: ~0.9 h of probe + decode and ~7.4 h of
 detection (thread time here).
 
