@@ -69,9 +69,13 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stgr_builder import __version__  # noqa: E402
+from stgr_builder.dryrun.demo import (  # noqa: E402
+    DEMO_FILE,
+    MEDIA_DIR,
+    demo_config,  # noqa: E402
+    generate_demo,
+)
 from stgr_builder.models import SourceConfig, Task  # noqa: E402
-from stgr_builder.sources.demo import DEMO_FILE, MEDIA_DIR, generate_demo  # noqa: E402
-from stgr_builder.sources.demo_config import demo_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -264,10 +268,10 @@ def check_rows(config: Path, out: Path, pool: Path) -> tuple[int, list]:
     import duckdb
 
     from stgr_builder.core.arrow import table_to_rows
+    from stgr_builder.dryrun.demo import load_truth
     from stgr_builder.models import CotRow, RlRow
     from stgr_builder.pipeline import context
     from stgr_builder.sources import ingest
-    from stgr_builder.sources.demo import load_truth
     from stgr_builder.verify import check_row
 
     ctx = context(config, out)

@@ -111,8 +111,7 @@ def demo(
 ) -> None:
     """Build the embedded demo set end to end, offline. With --corrupt-spans/--corrupt-boxes the
     source's labels are corrupted first; corruptions.json beside truth.json says which."""
-    from stgr_builder.sources.demo_config import write_demo_config
-    from stgr_builder.sources.demo_noise import DemoNoise
+    from stgr_builder.dryrun.demo import DemoNoise, write_demo_config
 
     noise = DemoNoise(span_share=corrupt_spans, box_share=corrupt_boxes, gold_boxes=gold_boxes, seed=noise_seed)
     if write_config is not None:
