@@ -27,11 +27,10 @@ from stgr_builder.core.resources import Resources
 from stgr_builder.core.steps import run_steps
 from stgr_builder.core.tracks import first_neighbours, rest_of_window
 from stgr_builder.detect import DetectStep, make_detector
+from stgr_builder.dryrun.demo import DEMO_CLASSES, generate_demo
 from stgr_builder.models import Detection, Frame, SampleWork, SourceObject, SourceSample, Task, TimedBox, TrackConfig
 from stgr_builder.pipeline import build, context
 from stgr_builder.sources import ingest
-from stgr_builder.sources.demo import generate_demo
-from stgr_builder.sources.demo_sprites import DEMO_CLASSES
 from stgr_builder.verify.tracks import check_box, gate
 from stgr_builder.video.frames import FrameStore
 from stgr_builder.video.steps import ProbeStep, SampleStep

@@ -24,10 +24,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from stgr_builder.dryrun.demo import demo_config, generate_demo
 from stgr_builder.dryrun.server import DryRunServer, serve_llm
 from stgr_builder.pipeline import build
-from stgr_builder.sources.demo import generate_demo
-from stgr_builder.sources.demo_config import demo_config
 
 from helpers import seeded
 

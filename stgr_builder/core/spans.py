@@ -2,7 +2,7 @@
 
 Pure functions, no I/O, shared by the sampler (``video``: which probe frames to decode), the
 span check of presence spans (``verify/inherited.py``), the event judge (``annotate/events.py``,
-asked before the paid annotation request) and the plan's cost estimate (``planning.py``):
+asked before the paid annotation request) and the plan's cost estimate (``planning/cost.py``):
 ``settle_span`` holds the outcome rules both checks apply to what they observed.
 
 A span is checked where it is decided: at its ends. The sampler decodes *probe* frames every

@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from stgr_builder.dryrun.demo.sprites import DEMO_CLASSES
 from stgr_builder.dryrun.judge import DemoJudge
-from stgr_builder.sources.demo_sprites import DEMO_CLASSES
 
 #: The event judge's question (prompts/event-judge.yaml).
 EVENT_RE = re.compile(r"Is this happening here: (.+?)\?\s*$", re.MULTILINE)
