@@ -16,11 +16,11 @@ from stgr_builder.errors import StgrError
 from stgr_builder.models import DetectorConfig
 
 #: The tolerance docs/detection.md states. Measured on the demo frames below, worst case: onnx
-#: IoU 0.961 and scores 0.035 apart, openvino 0.966 and 0.037. Exported models take a fixed
-#: input, so they letterbox every frame to the full square where torch pads to a multiple of 32
-#: (320x240 -> 320x256), and their engines sum in another order.
-MIN_IOU = 0.90
-MAX_SCORE_DIFF = 0.05
+#: IoU 0.999999 and equal scores (4 decimals), openvino IoU 0.993 and scores 0.0042 apart. The
+#: exports take dynamic shapes, so they see the same letterboxed input as torch; what differs is
+#: the engines' arithmetic (another order of sums, fused kernels).
+MIN_IOU = 0.98
+MAX_SCORE_DIFF = 0.01
 BATCH, IMGSZ = 4, 320
 
 
@@ -32,7 +32,7 @@ def export_cache(tmp_path_factory):
     os.environ["STGR_CACHE_DIR"] = str(folder)
     yield folder
     if before is None:
-        del os.environ["STGR_CACHE_DIR"]
+        os.environ.pop("STGR_CACHE_DIR", None)
     else:
         os.environ["STGR_CACHE_DIR"] = before
 
@@ -83,7 +83,7 @@ def test_exported_boxes_agree_with_torch(runtime, export_cache, demo_frames):
             worst_iou = min(worst_iou, _iou(det.box, match.box))
             worst_score = max(worst_score, abs(det.score - match.score))
     assert worst_iou >= MIN_IOU and worst_score <= MAX_SCORE_DIFF, (worst_iou, worst_score)
-    assert list(export_cache.glob(f"detector/*-{runtime}-{IMGSZ}-b{BATCH}-*/weights*"))
+    assert list(export_cache.glob(f"detector/*-{runtime}-{IMGSZ}-dynamic-*/weights*"))
 
 
 @pytest.mark.slow  # one ONNX export

@@ -8,11 +8,10 @@ batch, and cached under ``$STGR_CACHE_DIR/detector/`` (default ``~/.cache/stgr-b
 shards in other processes wait on a file lock, the export is written to a private folder and
 renamed into place, so nobody reads a half-written model.
 
-An exported model is built for a fixed input (``detector.batch`` frames of ``detector.imgsz``
-squared): it letterboxes every frame to the full square where torch pads only to a multiple
-of 32, and its engine sums in another order, so its boxes differ from torch's in the last
-digits (tests/test_runtimes.py states the tolerance). The runtime is therefore part of the
-detector's identity: a non-default runtime enters the build id and the detector's name.
+ONNX and OpenVINO are exported with dynamic shapes, so they see the same letterboxed input as
+torch; their engines sum in another order, so boxes differ from torch's in the last digits
+(tests/test_runtimes.py states the tolerance). The runtime is therefore part of the detector's
+identity: a non-default runtime enters the build id and the detector's name.
 """
 
 from __future__ import annotations
@@ -31,6 +30,11 @@ Runtime = Literal["torch", "openvino", "onnx", "tensorrt"]
 
 #: Ultralytics' export format of each exported runtime.
 EXPORT_FORMAT: dict[str, str] = {"onnx": "onnx", "openvino": "openvino", "tensorrt": "engine"}
+#: Runtimes exported with dynamic input shapes: Ultralytics then letterboxes each batch to its
+#: own size, as in torch (a 640x272 frame at imgsz 320 runs as 320x160, not 320x320: half the
+#: pixels, and the same input as torch, so the same boxes but for the engine's arithmetic).
+#: TensorRT keeps a fixed input (its dynamic profiles are not measured: no GPU here).
+DYNAMIC = frozenset({"onnx", "openvino"})
 #: The file (or folder) Ultralytics writes next to ``weights.pt``, per runtime.
 EXPORTED_NAME: dict[str, str] = {
     "onnx": "weights.onnx",
@@ -40,12 +44,7 @@ EXPORTED_NAME: dict[str, str] = {
 
 
 def cache_root() -> Path:
-    """Where exported models are kept: ``$STGR_CACHE_DIR``, else ``~/.cache/stgr-builder``.
-
-    >>> os.environ["STGR_CACHE_DIR"] = "/tmp/c"; cache_root()
-    PosixPath('/tmp/c')
-    >>> del os.environ["STGR_CACHE_DIR"]
-    """
+    """Where exported models are kept: ``$STGR_CACHE_DIR``, else ``~/.cache/stgr-builder``."""
     configured = os.environ.get("STGR_CACHE_DIR")
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "stgr-builder"
 
@@ -82,11 +81,14 @@ def export_key(weights_hash: str, runtime: str, imgsz: int, batch: int) -> str:
     a newer Ultralytics may not load an older export).
 
     >>> export_key("ab12", "onnx", 320, 16)  # doctest: +ELLIPSIS
-    'ab12-onnx-320-b16-u8...'
+    'ab12-onnx-320-dynamic-u8...'
+    >>> export_key("ab12", "tensorrt", 320, 16)  # doctest: +ELLIPSIS
+    'ab12-tensorrt-320-b16-u8...'
     """
     from importlib.metadata import version
 
-    return f"{weights_hash}-{runtime}-{imgsz}-b{batch}-u{version('ultralytics')}"
+    shape = "dynamic" if runtime in DYNAMIC else f"b{batch}"
+    return f"{weights_hash}-{runtime}-{imgsz}-{shape}-u{version('ultralytics')}"
 
 
 def exported_model(
@@ -131,7 +133,9 @@ def _export(weights: Path, runtime: str, imgsz: int, batch: int, device: str) ->
     model = require("ultralytics").YOLO(str(weights))
     # Only what a format accepts (Ultralytics refuses other arguments); onnxslim simplifies the
     # ONNX graph; GPU half precision is not measured yet (docs/detection.md).
-    extra = {"simplify": True} if runtime in ("onnx", "tensorrt") else {}
+    extra: dict[str, bool] = {"simplify": True} if runtime in ("onnx", "tensorrt") else {}
+    if runtime in DYNAMIC:
+        extra["dynamic"] = True
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notices: never printed
