@@ -144,3 +144,48 @@ def test_the_runtime_is_in_the_build_id_unless_torch(tmp_path):
     }
     assert ids["torch"] == BuildContext(config, tmp_path, tmp_path).build_id == "638011dce23d"
     assert len(set(ids.values())) == 3
+
+
+def _one_video_rows(tmp_path):
+    from stgr_builder.models import SourceSample, Task, VideoInfo, sample_id
+
+    sample = SourceSample(
+        id=sample_id("STR_x", "1", "q"),
+        source="STR_x",
+        source_id="1",
+        task=Task.VIDEO_MCQ,
+        question="q",
+        answer="A",
+        video_path="v.mp4",
+        media_root=str(tmp_path),
+    )
+    info = VideoInfo(path="v.mp4", duration=60, fps=30, n_frames=1800, width=640, height=360, keyframes=[0, 900])
+    return [(sample, info)]
+
+
+@pytest.mark.parametrize(("detector", "faster"), [({"runtime": "openvino"}, True), ({"runtime": "onnx"}, False)])
+def test_the_plan_prices_detection_by_runtime(tmp_path, detector, faster):
+    """The plan's detect seconds follow the configured runtime's measured constant, and it lists
+    every measured setting for the same frames, so a user can choose before paying."""
+    from stgr_builder.models import BuildConfig
+    from stgr_builder.planning import estimate
+
+    source = {"sources": [{"name": "STR_x", "adapter": "demo", "path": "x.jsonl", "media_root": "."}]}
+    rows = _one_video_rows(tmp_path)
+    torch = estimate(BuildConfig.model_validate({**source, "detector": {"device": "cpu"}}), rows)
+    other = estimate(BuildConfig.model_validate({**source, "detector": {"device": "cpu", **detector}}), rows)
+    assert other.detector_frames == torch.detector_frames > 0
+    assert (other.detect_seconds < torch.detect_seconds) is faster
+    assert other.assumptions["detect_setting"] == f"ultralytics/{detector['runtime']}/cpu"
+    hours = torch.assumptions["detect_hours_by_setting"]
+    assert set(hours) >= {"ultralytics/torch/cpu", "ultralytics/openvino/cpu", "ultralytics/onnx/cpu"}
+    assert hours["ultralytics/torch/cpu"] == pytest.approx(torch.detect_seconds / 3600, abs=1e-3)
+    assert hours["groundingdino/torch/cpu"] > 100 * hours["ultralytics/torch/cpu"]
+
+
+def test_a_gpu_without_a_measured_constant_is_planned_at_the_cpus_and_says_so():
+    from stgr_builder.detect.costs import detect_cost
+
+    cost = detect_cost("ultralytics", "tensorrt", "cuda:0")
+    assert not cost.measured and cost.source.startswith("not measured")
+    assert cost.s_per_frame == detect_cost("ultralytics", "torch", "cpu").s_per_frame
