@@ -49,9 +49,10 @@ def resolve_weights(weights: str, config_dir: Path) -> Path:
 
 def _load_model(weights: Path, device: str):
     ultralytics = require("ultralytics")
-    model = ultralytics.YOLO(str(weights), task="detect")
-    if weights.suffix == ".pt":  # an exported model picks its device at predict time
-        model.to(device)
+    if weights.suffix != ".pt":  # an exported model: no task in it to read, device picked at predict time
+        return ultralytics.YOLO(str(weights), task="detect")
+    model = ultralytics.YOLO(str(weights))
+    model.to(device)
     return model
 
 
