@@ -130,8 +130,8 @@ def test_a_runtime_is_for_the_ultralytics_backend_only():
 
 
 def test_the_runtime_is_in_the_build_id_unless_torch(tmp_path):
-    from stgr_builder.executor import BuildContext
     from stgr_builder.dryrun.demo import demo_config
+    from stgr_builder.executor import BuildContext
 
     config = demo_config()
     ids = {
