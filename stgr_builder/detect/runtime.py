@@ -44,9 +44,14 @@ EXPORTED_NAME: dict[str, str] = {
 
 
 def cache_root() -> Path:
-    """Where exported models are kept: ``$STGR_CACHE_DIR``, else ``~/.cache/stgr-builder``."""
+    """Where exported models are kept: ``$STGR_CACHE_DIR``, else ``$XDG_CACHE_HOME/stgr-builder``,
+    else ``~/.cache/stgr-builder`` (the folder of the open-vocabulary embeddings too; not
+    imported from detect/openvocab.py, which imports this module through detect/yolo.py)."""
     configured = os.environ.get("STGR_CACHE_DIR")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "stgr-builder"
+    if configured:
+        return Path(configured).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "stgr-builder"
 
 
 def check_runtime(runtime: str, device: str) -> None:
