@@ -92,6 +92,7 @@ LATER_SETTINGS: tuple[tuple[str | None, str, Any], ...] = (
     (None, "span_check", SpanCheckConfig().model_dump(mode="json")),
     (None, "gold", GoldConfig().model_dump(mode="json")),
     ("track", "staged", TrackConfig.model_fields["staged"].default),
+    ("detector", "runtime", "torch"),
 )
 
 
@@ -270,7 +271,10 @@ def llm_usage(steps: list[Step]) -> LlmUsage | None:
 def detect_fingerprint(ctx: BuildContext, detector) -> list:
     """Everything of the configuration that decides a frame's boxes, the batch size included:
     a frame's boxes depend on it (third decimal), never on the frames that share its batch."""
-    return [ctx.config.detector.model_dump(mode="json"), detector.name, detector.weights_hash]
+    settings = ctx.config.detector.model_dump(mode="json")
+    if settings["runtime"] == "torch":  # the runtime's default keeps the fingerprints it had
+        del settings["runtime"]
+    return [settings, detector.name, detector.weights_hash]
 
 
 def span_probe_settings(config: BuildConfig) -> dict:

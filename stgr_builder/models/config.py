@@ -235,6 +235,12 @@ class DetectorConfig(ConfigModel):
     imgsz: int = Field(320, ge=32, le=4096, description="inference size in pixels (memory grows with its square)")
     batch: int = Field(16, ge=1, le=1024)
     device: str = Field("auto", description="auto (GPU when present), cpu, cuda:0, ...")
+    runtime: Literal["torch", "openvino", "onnx", "tensorrt"] = Field(
+        "torch",
+        description="ultralytics: the engine that runs the weights; openvino, onnx, tensorrt (GPU) use "
+        "Ultralytics' export, cached by weights hash (docs/detection.md). Boxes differ from torch's in the "
+        "last digits, so a non-default runtime changes the build id",
+    )
 
     @model_validator(mode="after")
     def _bounded_memory(self) -> DetectorConfig:
@@ -246,6 +252,10 @@ class DetectorConfig(ConfigModel):
                 f"batch x imgsz^2 is {self.batch} x {self.imgsz}^2 = {pixels:,} pixels, over "
                 f"{MAX_DETECTOR_BATCH_PIXELS:,} (e.g. batch 64 at imgsz 1280, 6 at 4096): "
                 f"lower detector.batch or detector.imgsz"
+            )
+        if self.runtime != "torch" and self.backend != "ultralytics":
+            raise ValueError(
+                f"detector.runtime {self.runtime} is for the ultralytics backend; {self.backend} runs torch"
             )
         return self
 
