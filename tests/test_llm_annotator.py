@@ -190,21 +190,50 @@ def test_the_judge_answers_from_pixels_and_drops_boxes_it_does_not_confirm(root,
         both, cat_only = work(0, names=("dog", "cat")), work(1, names=("cat",))
         results = annotator(root, crop_verify=True).annotate_batch([both, cat_only])
         by_schema = server.stats()["by_schema"]
-    assert by_schema["crop_verdict"] >= 3
+    assert by_schema["crop_verdicts"] == 2  # one request per sample: its crops, each with its question
     kept = results[0]
     assert {ev.name for ev in kept.evidence} == {"dog"}  # the empty "cat" box is not confirmed
     assert "cat" not in {m.name for m in grammar.parse_trace(kept.reasoning).mentions}
     assert both.votes == len(kept.evidence)
+    assert [votes for *_, votes in both.box_votes] == [1] * len(kept.evidence)
     assert results[1].code is RejectCode.CROPS_REJECTED
 
 
+def test_per_sentence_judging_asks_each_claim_of_its_crop_in_the_same_request(root, env):
+    """``judge.per_sentence``: each sentence citing a box is asked of that box's crop beside the
+    box questions, in the sample's one judge request; the dry-run judge answers a claim from the
+    crop's pixels, so a claim about an object the crop does not show is not confirmed."""
+    from stgr_builder.annotate import crops
+    from stgr_builder.dryrun.judge import DemoJudge, verdicts
+
+    _draw_dog(root)
+    with serve_llm() as server:
+        env(server)
+        sample = work(0, names=("dog",))
+        [result] = annotator(root, judge={"enabled": True, "per_sentence": True}).annotate_batch([sample])
+        stats = server.stats()
+    assert not isinstance(result, SampleError) and {ev.name for ev in result.evidence} == {"dog"}
+    assert stats["by_schema"]["crop_verdicts"] == 1
+    assert sample.votes == len(result.evidence)
+    jpeg = crops.crop_jpeg(root / "kfs" / "f0.jpg", BOXES["dog"])
+    asked = [
+        {"type": "text", "text": "Crop 1: Does this crop show: On frame 1 the dog is visible.? Answer yes or no."},
+        {"type": "image_url", "image_url": {"url": crops.data_url(jpeg)}},
+        {"type": "text", "text": "Crop 2: Does this crop show: On frame 1 the cat is visible.? Answer yes or no."},
+        {"type": "image_url", "image_url": {"url": crops.data_url(jpeg)}},
+    ]
+    assert verdicts(DemoJudge(), [{"role": "user", "content": asked}], ()) == {"answers": ["yes", "no"]}
+
+
 def test_the_judge_question_holds_the_object_and_nothing_else(root):
-    from stgr_builder.annotate.judge import judge_messages, parse_judge_prompt
+    from stgr_builder.annotate.judge import JudgeItem, judge_messages, parse_judge_prompt
     from stgr_builder.annotate.prompts import load_prompt
 
-    messages = judge_messages(parse_judge_prompt(load_prompt("judge")), "dog", b"jpeg")
-    text = " ".join(part["text"] for part in messages[1]["content"] if part["type"] == "text")
-    assert text == "Is this a dog? Answer yes or no."
+    items = [JudgeItem("Is this a dog? Answer yes or no.", b"jpeg1"), JudgeItem("Is this a cat?", b"jpeg2")]
+    messages = judge_messages(parse_judge_prompt(load_prompt("judge")), items)
+    texts = [part["text"] for part in messages[1]["content"] if part["type"] == "text"]
+    assert texts == ["Crop 1: Is this a dog? Answer yes or no.", "Crop 2: Is this a cat?"]
+    assert len(messages) == 2 and sum(part["type"] == "image_url" for part in messages[1]["content"]) == 2
 
 
 def test_batches_and_annotators_of_a_build_reuse_one_client_and_its_connections(root, env):

@@ -111,6 +111,11 @@ class ReplyRejected(Exception):
         self.code = code
 
 
+class Deferred(Exception):
+    """A request the cache lacks, asked by an ``Asker`` that collects requests for a batch
+    (``deferred`` set) instead of sending them: its body is recorded there."""
+
+
 #: What asking the LLM can fail with, each mapped to the sample's outcome by ``sample_error``.
 REQUEST_FAILURES = (LlmUnavailable, ReplyTooLarge, LlmError, ReplyRejected)
 
@@ -258,6 +263,9 @@ class Asker:
         self.model_name = model_name or annotator.model
         self.formats = formats or annotator.formats
         self.judge = judge
+        # Batch mode: requests the cache lacks are recorded here (key -> (body, images)) and
+        # raise ``Deferred``, to be sent as a batch; None: sent online.
+        self.deferred: dict[str, tuple[dict[str, Any], int]] | None = None
 
     def count(self, event: str) -> None:
         """One more ``event`` of the annotation checks, in the annotator's and the sample's usage."""
@@ -338,6 +346,13 @@ class Asker:
         if entry is not None and entry.kind == "error" and TRANSIENT_ERROR.match(entry.error or ""):
             entry = None  # a transient failure cached by an earlier version: ask again
         cached = entry is not None
+        if not cached and self.deferred is not None:
+            config = annotator.config
+            body = request_body(
+                self.model_name, messages, model, name, config.temperature, max_tokens, self.formats.mode
+            )
+            self.deferred[key] = (body, count_images(messages))
+            raise Deferred(key)
         if not cached:
             if not self.budget.acquire():
                 raise BudgetReached()

@@ -7,9 +7,10 @@ model behind it:
 - the annotation prompt (schema ``stgr_cot_reply``): for each object to ground, the candidate
   box with that label and the best score, plus the best one on one more frame; a reasoning that
   cites them (and ``[SPAN]`` when the prompt asks for it);
-- the judge's prompt (schema ``crop_verdict``, "Is this a {object}?" and a crop): "yes" when the
-  shipped demo detector finds that object on the crop's pixels (``judge.py``; and the name is
-  not in ``crop_deny``), else "no". The prompt's words other than the name are not read.
+- the judge's prompt (schema ``crop_verdicts``, numbered crops each after its question "Is this a
+  {object}?"): "yes" for a crop when the shipped demo detector finds that object on its pixels
+  (``judge.py``; and the name is not in ``crop_deny``), else "no". The prompt's words other than
+  the name are not read.
 
 ``policy="noisy"`` (``noisy.py``) makes the mistakes of a real VLM at seeded rates per kind:
 fenced or prose-wrapped JSON, wrong-object boxes, times in prose, off-span key frames, a
@@ -46,7 +47,6 @@ same injected faults: a refused or failed line is an error line) in a background
 
 from __future__ import annotations
 
-import base64
 import json
 import random
 import re
@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from stgr_builder.dryrun.judge import DemoJudge
+from stgr_builder.dryrun.judge import DemoJudge, verdicts
 from stgr_builder.dryrun.noisy import NoisyOptions, annotation_content
 
 FAULT_KINDS = ("429", "500", "timeout", "malformed", "schema", "truncated", "dropped", "html", "huge", "hang")
@@ -70,7 +70,6 @@ KEY_HEADER = "X-Stgr-Request-Key"
 
 _CANDIDATE_RE = re.compile(r"^B(\d+): (.+?) \(([\d.]+)\) on frame (\d+)", re.MULTILINE)
 _OBJECTS_RE = re.compile(r"^Objects to ground: (.*)$", re.MULTILINE)
-_CROP_RE = re.compile(r"Is this an? (.+?)\?")
 
 
 @dataclass
@@ -240,31 +239,15 @@ def annotation_reply(user_text: str) -> dict[str, Any]:
 JUDGE = DemoJudge()
 
 
-def _first_image(messages: list[dict]) -> bytes | None:
-    for message in messages:
-        content = message.get("content")
-        for part in content if isinstance(content, list) else []:
-            url = (part.get("image_url") or {}).get("url", "") if part.get("type") == "image_url" else ""
-            if ";base64," in url:
-                return base64.b64decode(url.split(";base64,", 1)[1])
-    return None
-
-
 def crop_reply(user_text: str, messages: list[dict], deny: Sequence[str]) -> dict[str, Any]:
-    """The judge's verdict: the asked object found on the crop's pixels by the demo detector."""
-    match = _CROP_RE.search(user_text)
-    jpeg = _first_image(messages)
-    if match is None or jpeg is None:
-        return {"answer": "no"}
-    name = match.group(1).lower()
-    yes = name not in deny and JUDGE.answer(jpeg, name) == "yes"
-    return {"answer": "yes" if yes else "no"}
+    """The judge's verdicts: each asked object found on its crop's pixels by the demo detector."""
+    return verdicts(JUDGE, messages, deny)
 
 
 def _broken(schema_name: str, good: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     """JSON that violates the schema (or cites a box that was never offered)."""
-    if schema_name == "crop_verdict":
-        return {"answer": "maybe"}
+    if schema_name == "crop_verdicts":
+        return {"answers": ["maybe"]}
     if rng.random() < 0.5:
         return {"key_frames": good["key_frames"]}  # no reasoning
     return {"key_frames": [{"frame": 1, "boxes": [{"id": 999, "name": "ghost"}]}], "reasoning": "[B999]"}
@@ -346,7 +329,7 @@ def schema_of(body: dict) -> str:
         return named
     # The judge's question opens its prompt; an annotation prompt opens with "Task:".
     question = _texts((body.get("messages") or [])[:2], "user").lstrip()
-    return "crop_verdict" if _CROP_RE.match(question) else "stgr_cot_reply"
+    return "crop_verdicts" if question.startswith("Crop 1: ") else "stgr_cot_reply"
 
 
 def completion(
@@ -363,7 +346,7 @@ def completion(
     the content faults ``malformed`` (cut short) and ``schema`` (a broken reply) apply here."""
     messages = body.get("messages") or []
     user_text = _texts(messages[:2], "user")  # the first user turn holds the prompt
-    judging = schema_name == "crop_verdict"
+    judging = schema_name == "crop_verdicts"
     good = crop_reply(user_text, messages, deny) if judging else annotation_reply(user_text)
     finish = "stop"
     if options is not None and options.policy == "noisy" and not judging and fault is None:

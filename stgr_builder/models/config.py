@@ -298,6 +298,17 @@ class JudgeConfig(ConfigModel):
     prompt: str = Field("judge", description="the judge's prompt under prompts/")
     votes: int = Field(1, ge=1, le=9, description="times each crop is asked (samples differ by the vote's number)")
     threshold: int = Field(1, ge=1, le=9, description="'yes' votes a box needs to stay evidence")
+    crops_per_request: int = Field(
+        8,
+        ge=1,
+        le=32,
+        description="crops put to the judge in one request, each with its own question (1: one crop a request)",
+    )
+    per_sentence: bool = Field(
+        False,
+        description="also judge each sentence that cites a box: its claim asked of each crop it cites; a "
+        "sentence not confirmed rejects the sample (sentence_rejected)",
+    )
 
     @field_validator("prompt")
     @classmethod
