@@ -18,13 +18,23 @@ from stgr_builder.pipeline import build
 from stgr_builder.sources.demo import generate_demo
 from stgr_builder.sources.demo_config import demo_config
 
+#: The judge is on by default for the openai backend; these tests check other things.
+NO_JUDGE = {"judge": {"enabled": False}}
+
 pytestmark = pytest.mark.slow
 
 
 def _config(source: Path, name: str, **annotator) -> Path:
     config = demo_config().model_dump(mode="json")
     config["annotator"].update(
-        {"backend": "openai", "model": "stgr-dry-run", "prompt": "stgr-cot-llm", "batch_poll_s": 0.1, **annotator}
+        {
+            "backend": "openai",
+            "model": "stgr-dry-run",
+            "prompt": "stgr-cot-llm",
+            "batch_poll_s": 0.1,
+            **NO_JUDGE,
+            **annotator,
+        }
     )
     path = source / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -34,6 +34,9 @@ from stgr_builder.verify import verify_work
 
 from helpers.llm_units import BOXES, FRAMES  # the fixtures root and env: tests/conftest.py
 
+#: The judge is on by default for the openai backend; these tests check other things.
+NO_JUDGE = {"judge": {"enabled": False}}
+
 
 def work(n: int, names=("dog",), task=Task.SPATIO_TEMPORAL) -> SampleWork:
     question = f"What does the animal do in clip {n}?"
@@ -64,7 +67,7 @@ def annotator(root: Path, run: str = "r1", **options) -> LlmAnnotator:
         backend="openai",
         model="stgr-dry-run",
         prompt="stgr-cot-llm",
-        **{"timeout": 5.0, "max_retries": 1, "max_invalid_retries": 1, **options},
+        **{"timeout": 5.0, "max_retries": 1, "max_invalid_retries": 1, **NO_JUDGE, **options},
     )
     return LlmAnnotator(config, VerifyConfig(), root=root, run=run)
 
@@ -188,7 +191,7 @@ def test_the_judge_answers_from_pixels_and_drops_boxes_it_does_not_confirm(root,
     with serve_llm() as server:
         env(server)
         both, cat_only = work(0, names=("dog", "cat")), work(1, names=("cat",))
-        results = annotator(root, crop_verify=True).annotate_batch([both, cat_only])
+        results = annotator(root, judge={"enabled": True}).annotate_batch([both, cat_only])
         by_schema = server.stats()["by_schema"]
     assert by_schema["crop_verdicts"] == 2  # one request per sample: its crops, each with its question
     kept = results[0]
@@ -248,6 +251,7 @@ def test_batches_and_annotators_of_a_build_reuse_one_client_and_its_connections(
         backend="openai",
         model="stgr-dry-run",
         prompt="stgr-cot-llm",
+        judge={"enabled": False},
         concurrency=2,
         timeout=5.0,
         max_retries=1,

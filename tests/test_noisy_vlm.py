@@ -35,6 +35,9 @@ from stgr_builder.models import (
 
 from helpers.llm_units import BOXES, FRAMES  # the fixtures root and env: tests/conftest.py
 
+#: The judge is on by default for the openai backend; these tests check other things.
+NO_JUDGE = {"judge": {"enabled": False}}
+
 
 def work(n: int, task: Task = Task.SPATIO_TEMPORAL, span=(0.5, 2.5), apart: bool = False) -> SampleWork:
     """A sample of the dog; ``apart``: the cat only at t=1.0 and the dog only elsewhere (a cat box
@@ -74,7 +77,7 @@ def annotator(root: Path, **options) -> LlmAnnotator:
     config = AnnotatorConfig(
         backend="openai",
         model="stgr-dry-run",
-        **{"timeout": 5.0, "max_retries": 1, "max_invalid_retries": 2, "concurrency": 1, **options},
+        **{"timeout": 5.0, "max_retries": 1, "max_invalid_retries": 2, "concurrency": 1, **NO_JUDGE, **options},
     )
     return LlmAnnotator(config, VerifyConfig(), root=root, run="r1")
 
