@@ -296,8 +296,17 @@ def test_a_build_against_a_noisy_vlm_yields_rows_the_truth_finds_no_fault_in(tmp
     with connect(noisy_out) as con:
         rows = con.execute("SELECT id, source, video_path, image_path, key_items FROM cot").fetchall()
         traces = [r[0] for r in con.execute("SELECT reasoning_process FROM cot").fetchall()]
+        voted = con.execute("SELECT provenance.judge_votes, provenance.verifier_votes, key_items FROM cot").fetchall()
     with connect(bare) as con:
         bare_rows = con.execute("SELECT count(*) FROM cot").fetchone()[0]
+        unjudged = con.execute("SELECT count(*) FROM cot WHERE provenance.judge_votes IS NOT NULL").fetchone()[0]
+    # The judge's votes per evidence box, in key_items order; none without a judge.
+    assert voted and all(
+        per_box == [1] * sum(len(item["boxes"]) for item in items) and total == len(per_box)
+        for per_box, total, items in voted
+    )
+    assert unjudged == 0
+    assert manifest.llm.judge_requests <= 1.5 * len(voted)  # the row's crops in one request
     judged = judge(load_truths(manifest), rows)
     assert judged and all(iou >= RIGHT_IOU for *_, iou in judged)
     tagged = re.compile(r"<(t|box)>.*?</\1>")
