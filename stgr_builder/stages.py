@@ -47,7 +47,7 @@ STAGE_FIELDS: dict[Stage, tuple[str, ...]] = {
     Stage.SAMPLE: ("frames", "track_frames", "span_frames"),
     # The detect step keeps only the neighbour frames it detected (the track gate's, staged).
     Stage.DETECT: ("detections", "track_frames", "track_detections", "span_detections"),
-    Stage.ANNOTATE: ("annotation", "votes"),
+    Stage.ANNOTATE: ("annotation", "votes", "box_votes"),
 }
 
 

@@ -228,6 +228,32 @@ def test_per_sentence_judging_asks_each_claim_of_its_crop_in_the_same_request(ro
     assert verdicts(DemoJudge(), [{"role": "user", "content": asked}], ()) == {"answers": ["yes", "no"]}
 
 
+def test_a_sentence_whose_claim_its_crop_does_not_show_is_not_confirmed(root, env):
+    """Per-sentence judging on a reply the oracle would not write: the box is a dog (confirmed),
+    the sentence that cites it says a cat sleeps (not confirmed, so the sample is rejected
+    ``sentence_rejected``)."""
+    import json as json_
+
+    from stgr_builder.annotate.llm import sample_view
+    from stgr_builder.annotate.reply import parse_reply
+
+    _draw_dog(root)
+    with serve_llm() as server:
+        env(server)
+        ann = annotator(root, judge={"enabled": True, "per_sentence": True})
+        ann.annotate_batch([])  # sets up the judge's asker in the session
+        view = sample_view(work(0, names=("dog",)), max_per_frame=8, max_area=1.0)
+        dog = next(c for c in view.candidates.values() if c.det.label == "dog" and c.frame_no == 1)
+        reply = {
+            "key_frames": [{"frame": 1, "boxes": [{"id": dog.id, "name": "dog"}]}],
+            "reasoning": f"The dog is visible [B{dog.id}]. The cat sleeps [B{dog.id}].",
+        }
+        parsed, chosen = parse_reply(json_.dumps(reply), view)
+        judged = ann.session.run(lambda client: ann._judge(chosen, parsed.reasoning))
+    assert list(judged.kept) == [dog.id] and [votes for *_, votes in judged.box_votes] == [1]
+    assert judged.unconfirmed == [("The cat sleeps.", dog.id)]
+
+
 def test_the_judge_question_holds_the_object_and_nothing_else(root):
     from stgr_builder.annotate.judge import JudgeItem, judge_messages, parse_judge_prompt
     from stgr_builder.annotate.prompts import load_prompt

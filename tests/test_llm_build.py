@@ -134,7 +134,14 @@ def test_demo_build_through_the_flow_passes_every_rule_and_leaks_no_key(source, 
 
 def test_faults_of_every_kind_end_each_sample_as_a_row_a_reject_or_pending(source, llm_env, tmp_path):
     config = write_config(
-        source, "faults", concurrency=4, timeout=0.5, max_retries=1, max_invalid_retries=1, judge={"enabled": True}
+        source,
+        "faults",
+        concurrency=4,
+        timeout=0.5,
+        max_retries=1,
+        max_invalid_retries=1,
+        # A request per crop and vote (two votes needed): requests enough for every kind of fault.
+        judge={"enabled": True, "crops_per_request": 1, "votes": 2, "threshold": 2},
     )
     out = tmp_path / "out"
     with serve_llm(fault_rate=0.2, retry_after_s=0.05, hang_s=1.0) as server:
