@@ -274,7 +274,7 @@ def detect_fingerprint(ctx: BuildContext, detector) -> list:
 
 def span_probe_settings(config: BuildConfig) -> dict:
     """What of the span check decides which probe frames the sampler decodes."""
-    return config.span_check.model_dump(
+    return config.resolved_span_check().model_dump(
         mode="json", include={"mode", "step_s", "reach_s", "presence_pattern", "events"}
     )
 
@@ -284,8 +284,16 @@ def shard_steps(ctx: BuildContext, resources: Resources) -> list[Step]:
     (``stgr_builder/stages.py``) so a resumed shard runs only the samples it lacks."""
     config = ctx.config
     detector = make_detector(config.detector, ctx.config_dir, resources)
+    span_check = config.resolved_span_check()  # events: auto decided (judge or off)
     annotator = make_annotator(
-        config.annotator, config.verify, root=ctx.out, resources=resources, run=ctx.run, wait=ctx.wait
+        config.annotator,
+        config.verify,
+        root=ctx.out,
+        resources=resources,
+        run=ctx.run,
+        wait=ctx.wait,
+        span_check=span_check,
+        span_frames=config.sampler.span_frames,
     )
     provenance = {
         "detector_name": detector.name,
@@ -302,7 +310,7 @@ def shard_steps(ctx: BuildContext, resources: Resources) -> list[Step]:
             FrameStore(ctx.out, config.sampler.jpeg_quality),
             resources,
             track_window=track_window,
-            span_check=config.span_check,
+            span_check=span_check,
         ),
         # Remembers each distinct frame's detections across this process's shards (a frame
         # path names its bytes; the key holds all that decides the boxes): detected once.
@@ -315,7 +323,7 @@ def shard_steps(ctx: BuildContext, resources: Resources) -> list[Step]:
             track=config.track if config.track.enabled else None,
             pad_to=config.detector.batch if config.detector.backend == "ultralytics" else None,
         ),
-        SpanCheckStep(config.span_check, span_frames=config.sampler.span_frames),
+        SpanCheckStep(span_check, span_frames=config.sampler.span_frames),
         GoldCheckStep(config.gold, config.track),
         *([TrackGateStep(config.track)] if config.track.enabled else []),
         AnnotateStep(annotator),

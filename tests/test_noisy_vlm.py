@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stgr_builder.annotate.client import FORMATS_DIR
+from stgr_builder.annotate.formats import FORMATS_DIR
 from stgr_builder.annotate.jsontext import extract_json
 from stgr_builder.annotate.llm import LlmAnnotator
 from stgr_builder.annotate.reply import ReplyError, check_prose, detector_name, drop_uncited_prose
@@ -246,6 +246,28 @@ def test_names_are_compared_in_the_detectors_vocabulary_through_the_alias_table(
     assert detector_name("red sports car", vocabulary, DEFAULT_ALIASES) is None  # open vocabulary: the judge's
 
 
+def test_an_open_vocabulary_label_wins_over_the_alias_table():
+    """YOLO-World / YOLOE / GroundingDINO label a box with the sample's phrase ("man"): the model
+    naming it "the man" means that label, not the closed set's "person" (a false wrong_object)."""
+    labels = {"man", "red car"}
+    assert detector_name("The man", labels | {"man"}, DEFAULT_ALIASES, labels) == "man"
+    assert detector_name("red cars", labels, DEFAULT_ALIASES, labels) == "red car"
+    assert detector_name("the woman", labels | {"woman"}, DEFAULT_ALIASES, labels) == "person"  # not a label here
+    # The check itself: a box labelled "man" named "the man" passes (it was re-asked, then rejected).
+    from stgr_builder.annotate.reply import Chosen, ReplyChecks, check_names
+    from stgr_builder.annotate.request import Candidate, SampleView
+    from stgr_builder.models import Detection, Frame
+
+    frame = Frame(idx=0, time=0.0, path="f.jpg", width=64, height=64)
+    man = Candidate(1, 1, frame, Detection(frame_idx=0, label="man", score=0.9, box=[0.1, 0.1, 0.5, 0.9]))
+    car = Candidate(2, 1, frame, Detection(frame_idx=0, label="red car", score=0.9, box=[0.5, 0.5, 0.9, 0.9]))
+    view = SampleView(None, ["man", "red car"], None, [frame], {1: man, 2: car}, None)  # type: ignore[arg-type]
+    checks = ReplyChecks(aliases=DEFAULT_ALIASES)
+    check_names(view, {1: Chosen(man, "the man"), 2: Chosen(car, "red car")}, checks)
+    with pytest.raises(ReplyError, match="B1 shows a man"):
+        check_names(view, {1: Chosen(man, "red car")}, checks)
+
+
 # ---------------------------------------------------------------------------------------
 # A build against the mistake-making policy
 # ---------------------------------------------------------------------------------------
@@ -260,10 +282,9 @@ def test_a_build_against_a_noisy_vlm_yields_rows_the_truth_finds_no_fault_in(tmp
 
     from stgr_builder.audit import connect, summary
     from stgr_builder.audit.evidence import RIGHT_IOU, judge, load_truths
+    from stgr_builder.dryrun.demo import demo_config, generate_demo
     from stgr_builder.models import Manifest
     from stgr_builder.pipeline import build
-    from stgr_builder.sources.demo import generate_demo
-    from stgr_builder.sources.demo_config import demo_config
 
     monkeypatch.chdir(tmp_path)
     source = tmp_path / "src"
@@ -326,8 +347,7 @@ def test_the_plan_shows_the_judges_cost(tmp_path):
     from typer.testing import CliRunner
 
     from stgr_builder.cli import app
-    from stgr_builder.sources.demo import generate_demo
-    from stgr_builder.sources.demo_config import demo_config
+    from stgr_builder.dryrun.demo import demo_config, generate_demo
 
     source = tmp_path / "src"
     generate_demo(source, seed=0, n_videos=1, n_images=1)

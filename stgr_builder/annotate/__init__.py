@@ -8,7 +8,7 @@ from stgr_builder.annotate.prompts import Prompt, available_prompts, load_prompt
 from stgr_builder.annotate.template import TemplateAnnotator
 from stgr_builder.core.resources import Resources
 from stgr_builder.errors import StgrError
-from stgr_builder.models import AnnotatorConfig, VerifyConfig
+from stgr_builder.models import AnnotatorConfig, SpanCheckConfig, VerifyConfig
 
 __all__ = [
     "AnnotateStep",
@@ -33,10 +33,13 @@ def make_annotator(
     resources: Resources | None = None,
     run: str = "",
     wait: bool = True,
+    span_check: SpanCheckConfig | None = None,
+    span_frames: int = 4,
 ) -> Annotator:
     """The annotator a config names. The openai backend (``annotate/llm.py``) keeps its request
     cache under ``root`` (the dataset folder), and takes the budget of ``run`` and its frame
-    memos from ``resources`` (the worker's), so the annotators of one run share them.
+    memos from ``resources`` (the worker's), so the annotators of one run share them. With
+    ``span_check.events: judge`` it asks the judge about event spans first (``events.py``).
 
     >>> make_annotator(AnnotatorConfig(), VerifyConfig()).prompt.name
     'template-cot'
@@ -50,7 +53,16 @@ def make_annotator(
     if config.backend == "openai":
         from stgr_builder.annotate.llm import LlmAnnotator
 
-        return LlmAnnotator(config, verify, root=root, resources=resources, run=run, wait=wait)
+        return LlmAnnotator(
+            config,
+            verify,
+            root=root,
+            resources=resources,
+            run=run,
+            wait=wait,
+            span_check=span_check,
+            span_frames=span_frames,
+        )
     raise StgrError(f"annotator backend {config.backend!r} is not available in this version")
 
 

@@ -38,6 +38,19 @@ from stgr_builder.errors import StgrError
 SCHEMA_NAME = "crop_verdicts"
 
 
+class CropVerdict(BaseModel):
+    """One yes/no answer (the event judge's, ``events.py``: one frame a request)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    answer: Literal["yes", "no"]
+
+
+def parse_verdict(text: str) -> CropVerdict:
+    """Read a one-answer reply (however wrapped); raises ``ValueError`` (a pydantic ``ValidationError``)."""
+    return CropVerdict.model_validate_json(extract_json(text))
+
+
 class CropVerdicts(BaseModel):
     """The judge's answers, one per crop of the request, in order."""
 

@@ -70,15 +70,14 @@ from stgr_builder.annotate.client import (
     TRANSIENT_ERROR,
     Asker,
     BadReply,
-    FormatMemory,
     async_client,
     entry_of,
     final_status,
-    refuses_format,
-    request_body,
     sample_error,
 )
 from stgr_builder.annotate.endpoint import EndpointWatch
+from stgr_builder.annotate.events import EventJudging
+from stgr_builder.annotate.formats import FormatMemory, refuses_format, request_body
 from stgr_builder.annotate.judge import SCHEMA_NAME as JUDGE_SCHEMA
 from stgr_builder.annotate.judge import (
     CropVerdicts,
@@ -122,7 +121,15 @@ from stgr_builder.core import grammar
 from stgr_builder.core.hashing import digest
 from stgr_builder.core.resources import BudgetReached, Resources
 from stgr_builder.errors import SampleError, StgrError
-from stgr_builder.models import Annotation, AnnotatorConfig, LlmUsage, RejectCode, SampleWork, VerifyConfig
+from stgr_builder.models import (
+    Annotation,
+    AnnotatorConfig,
+    LlmUsage,
+    RejectCode,
+    SampleWork,
+    SpanCheckConfig,
+    VerifyConfig,
+)
 
 #: Where each run's budget ledger lives, under the dataset folder.
 BUDGET_DIR = Path("_cache") / "budget"
@@ -160,6 +167,8 @@ class LlmAnnotator:
         resources: Resources | None = None,
         run: str = "",
         wait: bool = True,
+        span_check: SpanCheckConfig | None = None,
+        span_frames: int = 4,
     ):
         if not config.model:
             raise StgrError("annotator.model is required for backend openai (e.g. model: gpt-4o-mini)")
@@ -185,6 +194,11 @@ class LlmAnnotator:
             self.prompts.append(self.judge_prompt)
         self.max_area = verify.max_box_area
         self.root = Path(root) if root is not None else None
+        # Event spans put to the judge before the annotation request (``events.py``).
+        self.events = None
+        if span_check is not None and span_check.events == "judge":
+            self.events = EventJudging(span_check, span_frames, self.root or Path("."), config.image_max_side)
+            self.prompts.append(self.events.prompt)
         resources = resources if resources is not None else Resources()
         # One budget per run, shared by every annotator (shard task) of the run in this process,
         # and, through the run's ledger file, by every process of the run (Dask workers).
@@ -300,6 +314,8 @@ class LlmAnnotator:
             view = sample_view(work, max_per_frame=self.config.max_candidates_per_frame, max_area=self.max_area)
             if work.sample.task in grammar.GROUNDED_TASKS and not view.candidates:
                 continue  # rejected without a request (no_evidence)
+            if self.events is not None and self.events.wanted(work):
+                continue  # the event judge goes first (online): its span may be rejected or refined
             messages, digests = build_request(view, self.content, self._folder, self.config.image_max_side, self.images)
             asking.append((view, messages, digests))
         rounds = 1 + (self.config.max_invalid_retries if self.config.batch_reask == "batch" else 0)
@@ -352,7 +368,9 @@ class LlmAnnotator:
         try:
             for _ in range(MAX_JUDGE_ROUNDS):
                 deferred: dict[str, tuple[dict, int]] = {}
-                self.session.run(functools.partial(self._batch, batch=batch, deferred=deferred))
+                # On copies: the pass's outcomes (votes, a span the event judge refines) are not kept.
+                copies = [work.model_copy(deep=True) for work in batch]
+                self.session.run(functools.partial(self._batch, batch=copies, deferred=deferred))
                 fresh = {key: found for key, found in deferred.items() if key not in tried}
                 if not fresh:
                     return
@@ -467,6 +485,13 @@ class LlmAnnotator:
         return await self.endpoint.guard(asyncio.gather(*(one(ask, work) for work in batch), return_exceptions=True))
 
     async def _one(self, ask: Asker, work: SampleWork) -> Annotation | SampleError:
+        if self.events is not None and self.events.wanted(work):
+            try:  # before the annotation request: a span the judge contradicts costs none
+                await self.events.check(self.judge_ask, work, self.content.reask)
+            except SampleError as err:
+                return err
+            except REQUEST_FAILURES as err:
+                return sample_error(err, "judge")
         view = sample_view(work, max_per_frame=self.config.max_candidates_per_frame, max_area=self.max_area)
         if work.sample.task in grammar.GROUNDED_TASKS and not view.candidates:
             listed = ", ".join(repr(n) for n in view.names) or "no named object"

@@ -27,4 +27,8 @@ def make_detector(config: DetectorConfig, config_dir: Path, resources: Resources
         from stgr_builder.detect.groundingdino import GroundingDinoDetector
 
         return GroundingDinoDetector(config, config_dir, resources or Resources())
+    if config.backend in ("yolo_world", "yoloe"):
+        from stgr_builder.detect.openvocab import OpenVocabDetector
+
+        return OpenVocabDetector(config, config_dir, resources or Resources())
     raise StgrError(f"unknown detector backend {config.backend!r}")

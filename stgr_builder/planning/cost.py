@@ -1,245 +1,20 @@
-"""The plan of a build: which samples it draws, what it filters, and what the LLM work costs.
-
-``draw`` is the build's own selection step (``pipeline.plan`` calls it after ingest): for a
-source with ``sample: N`` it orders the source's samples by a seeded hash of their ids, probes
-them in that order (media, spans and the source's filters, exactly as the probe stage does)
-and keeps the first N that pass. So a sample is drawn only if the build will not filter it,
-and ``stgr plan`` counts what the build will annotate. Samples probed and failing become the
-build's probe rejects; those never reached are not part of the build.
-
-``make_plan`` runs ingest + draw, probes the remaining (unsampled) sources too, and
-estimates requests, images, pixels, tokens, cost and time without calling any model.
-
->>> p = make_plan(config, Path("."))  # doctest: +SKIP
->>> p.rows("cot"), p.estimate.requests  # doctest: +SKIP
-(31166, 31166)
-"""
+"""The estimate of a build's work without calling any model: requests, images, pixels, tokens,
+cost, and the seconds of decoding and detection from constants measured on this kind of machine."""
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable
-from pathlib import Path
 
-from stgr_builder.core.hashing import sha256_bytes
-from stgr_builder.errors import SampleError
 from stgr_builder.models import (
     BuildConfig,
     ImageInfo,
-    Plan,
-    PlanCount,
     PlanEstimate,
-    PlanMissing,
-    PlanSource,
-    Reject,
-    RejectCode,
-    SampleWork,
     SourceSample,
-    Stage,
-    StepStats,
     TrackConfig,
-    Upstream,
     VideoInfo,
 )
-
-Probed = dict[str, VideoInfo | ImageInfo]
-
-
-def _order_key(seed: int, source: str, sample_id: str) -> str:
-    return hashlib.sha256(f"{seed}:{source}:{sample_id}".encode()).hexdigest()
-
-
-class _Prober:
-    """The probe stage's checks (``ProbeStep``), one sample at a time, videos probed once."""
-
-    def __init__(self, config: BuildConfig):
-        from stgr_builder.video.steps import ProbeStep
-
-        self.step = ProbeStep({source.name: source.filters for source in config.sources})
-
-    def __call__(self, sample: SourceSample) -> VideoInfo | ImageInfo | Reject:
-        work = SampleWork(sample=sample)
-        try:
-            work = self.step.process(work)
-        except SampleError as err:
-            return work.reject(Stage.PROBE, err.code, err.message)
-        info = work.video if work.video is not None else work.image
-        assert info is not None  # the probe step describes the video or the image
-        return info
-
-
-def draw(
-    config: BuildConfig, samples: list[SourceSample], prober: _Prober | None = None
-) -> tuple[list[SourceSample], list[Reject], Probed]:
-    """The samples the build keeps: every sample of an unsampled source, and for a source
-    with ``sample: N`` the first N (in seeded-hash order) that pass the probe-time checks.
-
-    Returns the kept samples (sorted by id), the probe rejects met while drawing, and the
-    probe results of the drawn samples by id.
-    """
-    wanted = {s.name: s.sample for s in config.sources if s.sample is not None}
-    if not wanted:
-        return samples, [], {}
-    prober = prober or _Prober(config)
-    by_source: dict[str, list[SourceSample]] = defaultdict(list)
-    kept: list[SourceSample] = []
-    for sample in samples:
-        (by_source[sample.source] if sample.source in wanted else kept).append(sample)
-    rejects: list[Reject] = []
-    probed: Probed = {}
-    for name, n in wanted.items():
-        pool = sorted(by_source.get(name, []), key=lambda s: _order_key(config.seed, name, s.id))
-        taken = 0
-        for sample in pool:
-            if taken >= n:
-                break
-            result = prober(sample)
-            if isinstance(result, Reject):
-                rejects.append(result)
-                continue
-            probed[sample.id] = result
-            kept.append(sample)
-            taken += 1
-    kept.sort(key=lambda s: s.id)
-    rejects.sort(key=lambda r: (r.source, r.origin, r.id))
-    return kept, rejects, probed
-
-
-def shard_of(item_id: str, n_shards: int) -> int:
-    """Shard assignment is a hash of content, never of arrival order."""
-    return int(sha256_bytes(item_id.encode())[:8], 16) % n_shards
-
-
-def build_shards(config: BuildConfig, n_samples: int) -> int:
-    """How many shards a build deals ``n_samples`` into: the samples that pass ingest and the
-    media check (rejects occupy no shard slot; they are dealt into these shards by id)."""
-    return max(1, -(-n_samples // config.sharding.samples_per_shard))
-
-
-def draw_stats(stats: StepStats, kept: list[SourceSample], rejects: list[Reject]) -> StepStats:
-    """The ingest counts once the draw is applied: kept samples, and the draw's rejects added."""
-    rejected = dict(stats.rejected)
-    for reject in rejects:
-        rejected[reject.code.value] = rejected.get(reject.code.value, 0) + 1
-    return stats.model_copy(update={"kept": len(kept), "rejected": rejected})
-
-
-def make_plan(config: BuildConfig, config_dir: Path) -> Plan:
-    """Read the sources, apply filters, sampling and dedup; count rows per source and task,
-    rejects by reason, missing media; estimate the LLM work. Calls no model, writes nothing."""
-    from stgr_builder.sources import ingest
-
-    samples, ingest_rejects, _ = ingest(config, Path(config_dir))
-    return plan_of(config, samples, ingest_rejects)
-
-
-def plan_of(
-    config: BuildConfig,
-    samples: list[SourceSample],
-    ingest_rejects: Iterable[Reject],
-    drawn: tuple[list[SourceSample], list[Reject], Probed] | None = None,
-) -> Plan:
-    """The plan of ingested samples (``drawn``: the result of ``draw`` when already made)."""
-    prober = _Prober(config)
-    read = Counter(s.source for s in samples)
-    ingest_rejects = list(ingest_rejects)
-    read.update(r.source for r in ingest_rejects)
-    kept, draw_rejects, probed = drawn if drawn is not None else draw(config, samples, prober)
-    probe_rejects = list(draw_rejects)
-    rows: list[tuple[SourceSample, VideoInfo | ImageInfo]] = []
-    for sample in kept:
-        info = probed.get(sample.id)
-        if info is None:
-            result = prober(sample)
-            if isinstance(result, Reject):
-                probe_rejects.append(result)
-                continue
-            info = result
-        rows.append((sample, info))
-    media = media_report(config, samples)
-    sources = []
-    for source in config.sources:
-        mine = [r for r in probe_rejects if r.source == source.name]
-        referenced, resolved, missing = media.get(source.name, (0, 0, []))
-        n_rows = sum(1 for s, _ in rows if s.source == source.name)
-        sources.append(
-            PlanSource(
-                source=source.name,
-                adapter=source.adapter,
-                read=read.get(source.name, 0),
-                ingest_rejects=sum(1 for r in ingest_rejects if r.source == source.name),
-                probed=n_rows + len(mine),
-                filtered=dict(sorted(Counter(r.code.value for r in mine).items())),
-                media_missing=sum(1 for r in mine if r.code is RejectCode.MEDIA_MISSING),
-                media_referenced=referenced,
-                media_resolved=resolved,
-                missing_media=missing,
-                wanted=source.sample,
-                rows=n_rows,
-                shortfall=max(0, source.sample - n_rows) if source.sample is not None else 0,
-            )
-        )
-    # The build deals its samples into shards (pipeline.plan); rejects occupy no slot.
-    n_shards = build_shards(config, len(kept))
-    counts: Counter = Counter()
-    for sample, _ in rows:
-        for dataset in sample.datasets:
-            counts[(dataset, sample.source, sample.task)] += 1
-    return Plan(
-        name=config.name,
-        seed=config.seed,
-        sources=sources,
-        counts=[
-            PlanCount(dataset=d, source=s, task=t, rows=n)
-            for (d, s, t), n in sorted(counts.items(), key=lambda kv: (kv[0][0].value, kv[0][1], kv[0][2].value))
-        ],
-        estimate=estimate(config, rows, n_shards),
-    )
-
-
-def media_report(config: BuildConfig, samples: list[SourceSample]) -> dict[str, tuple[int, int, list[PlanMissing]]]:
-    """Per source: distinct media files its items reference, how many resolve under its media
-    root, and the missing ones grouped by the upstream dataset they come from (``upstreams``;
-    else by the path's first folder), with where to get them. Only looks for the files (a
-    stat each), before any spend; media under an fsspec URL are counted as resolved by the probe."""
-    upstreams = {source.name: source.upstreams for source in config.sources}
-    paths: dict[str, set[tuple[str, str]]] = defaultdict(set)
-    for sample in samples:
-        rel = sample.video_path or sample.image_path
-        if rel:
-            paths[sample.source].add((sample.media_root, rel))
-    report = {}
-    for name, refs in paths.items():
-        missing: dict[str, list[str]] = defaultdict(list)
-        gets: dict[str, str | None] = {}
-        for root, rel in sorted(refs):
-            if "://" in root or (Path(root) / rel).is_file():
-                continue
-            upstream, get = _upstream_of(rel, upstreams.get(name, []))
-            missing[upstream].append(rel)
-            gets[upstream] = get
-        groups = [
-            PlanMissing(upstream=up, files=len(files), examples=files[:3], get=gets[up])
-            for up, files in sorted(missing.items(), key=lambda kv: (-len(kv[1]), kv[0]))
-        ]
-        report[name] = (len(refs), len(refs) - sum(len(f) for f in missing.values()), groups)
-    return report
-
-
-def _upstream_of(rel: str, upstreams: list[Upstream]) -> tuple[str, str | None]:
-    """The upstream whose prefix is the longest start of ``rel``, or 'unknown (FOLDER/)'.
-
-    >>> _upstream_of("clevrer/v1.mp4", [Upstream(name="CLEVRER", prefix="clevrer/", get="http://x")])
-    ('CLEVRER', 'http://x')
-    """
-    matching = [u for u in upstreams if rel.startswith(u.prefix)]
-    if matching:
-        best = max(matching, key=lambda u: len(u.prefix))
-        return best.name, best.get
-    head = rel.split("/", 1)[0] + "/" if "/" in rel else "."
-    return f"unknown ({head})", None
+from stgr_builder.planning.selection import shard_of
 
 
 def _prompt_chars(config: BuildConfig) -> tuple[int, int]:
@@ -303,7 +78,7 @@ def span_probes(config: BuildConfig, sample: SourceSample, info: VideoInfo) -> l
     span is not one the check reads: ``video/steps.py`` decides the same way)."""
     from stgr_builder.core.spans import checks_span, presence_name, probe_indices
 
-    check = config.span_check
+    check = config.resolved_span_check()
     if sample.span is None or not checks_span(sample, check):
         return []
     if presence_name(sample, check) is None and check.events != "judge":
@@ -465,15 +240,20 @@ def estimate(
     ``annotator.image_max_side``; prompt tokens = characters / 4 + image tokens; with
     the judge on (``annotator.judge``), one crop per source object (an assumption: one chosen
     box each; two with ``judge.per_sentence``, its sentence's claim too), ``judge.crops_per_request``
-    crops to a request, ``judge.votes`` times (votes past the settled outcome are not asked).
+    crops to a request, ``judge.votes`` times (votes past the settled outcome are not asked). An
+    event span the judge checks (``span_check.events``) costs one request per probe and candidate
+    frame (``core/spans.event_frames``), each with that frame as its one image.
     """
     from stgr_builder.core.gold import gold_times
+    from stgr_builder.core.spans import judges_event
     from stgr_builder.video.plan import nominal_time, plan_frames
 
     est, ann = config.estimate, config.annotator
     llm = ann.backend == "openai"
     fixed_chars, frame_chars = _prompt_chars(config)
     frames = images = pixels = prompt_tokens = completion_tokens = crops = 0
+    event_requests = event_prompt = event_completion = 0  # the event judge's (online, at full price)
+    check = config.resolved_span_check()
     for sample, info in rows:
         if isinstance(info, VideoInfo):
             indices = plan_frames(info, config.sampler, sample.span, gold_times(sample)).indices
@@ -511,6 +291,15 @@ def estimate(
             pixels += k * 224 * 224
             prompt_tokens += k * (30 + image_tokens(224, 224, est.image_tokens_base, est.image_tokens_tile))
             completion_tokens += k * est.crop_completion_tokens
+        if isinstance(info, VideoInfo) and judges_event(sample, check):
+            # One request per frame the judge is asked about: the probes and the candidate frames.
+            k = len(set(span_probes(config, sample, info)) | set(indices))
+            event_requests += k
+            images += k
+            pixels += k * w * h
+            tokens = 40 + len(sample.question) // 4 + image_tokens(w, h, est.image_tokens_base, est.image_tokens_tile)
+            event_prompt += k * tokens
+            event_completion += k * est.crop_completion_tokens
     requests = len(rows) if llm else 0
     decoded, decode_seconds, detect_seconds, inferred = media_seconds(config, rows, n_shards)
     probed = [len(span_probes(config, s, i)) for s, i in rows if isinstance(i, VideoInfo)]
@@ -518,7 +307,9 @@ def estimate(
     if ann.mode == "batch":
         # The first requests and the judge's go in batches at the batch price.
         cost *= est.batch_discount
-    seconds = (requests + crops) / (ann.concurrency * config.sharding.workers) * est.latency_s
+    cost += (event_prompt * est.price_in + event_completion * est.price_out) / 1e6
+    prompt_tokens, completion_tokens = prompt_tokens + event_prompt, completion_tokens + event_completion
+    seconds = (requests + crops + event_requests) / (ann.concurrency * config.sharding.workers) * est.latency_s
     return PlanEstimate(
         backend=ann.backend,
         requests=requests,
@@ -536,6 +327,7 @@ def estimate(
         detect_seconds=round(detect_seconds, 1),
         span_checks=sum(1 for n in probed if n),
         span_probe_frames=sum(probed),
+        event_judge_requests=event_requests,
         assumptions={
             "decode_s_per_mpx": DECODE_S_PER_MPX,
             "store_s_per_mpx": STORE_S_PER_MPX,
