@@ -252,10 +252,11 @@ def estimate(
     span as images (the sampler's frame plan on the probed video, gold-box times included; every
     frame when the sample has no span), downscaled to
     ``annotator.image_max_side``; prompt tokens = characters / 4 + image tokens; with
-    the judge on (``annotator.judge``), ``judge.votes`` crop requests per source object (an
-    assumption: one chosen box each; votes past the settled outcome are not asked). An event
-    span the judge checks (``span_check.events``) costs one request per probe and candidate frame
-    (``core/spans.event_frames``), each with that frame as its one image.
+    the judge on (``annotator.judge``), one crop per source object (an assumption: one chosen
+    box each; two with ``judge.per_sentence``, its sentence's claim too), ``judge.crops_per_request``
+    crops to a request, ``judge.votes`` times (votes past the settled outcome are not asked). An
+    event span the judge checks (``span_check.events``) costs one request per probe and candidate
+    frame (``core/spans.event_frames``), each with that frame as its one image.
     """
     from stgr_builder.core.gold import gold_times
     from stgr_builder.core.spans import judges_event
@@ -297,8 +298,9 @@ def estimate(
         prompt_tokens += chars // 4 + n * image_tokens(w, h, est.image_tokens_base, est.image_tokens_tile)
         completion_tokens += est.completion_tokens
         if ann.judge_on:
-            k = max(1, len(sample.objects)) * ann.judge.votes
-            crops += k
+            items = max(1, len(sample.objects)) * (2 if ann.judge.per_sentence else 1)
+            k = items * ann.judge.votes
+            crops += -(-items // ann.judge.crops_per_request) * ann.judge.votes
             images += k
             pixels += k * 224 * 224
             prompt_tokens += k * (30 + image_tokens(224, 224, est.image_tokens_base, est.image_tokens_tile))
@@ -318,17 +320,8 @@ def estimate(
     probed = [len(span_probes(config, s, i)) for s, i in rows if isinstance(i, VideoInfo)]
     cost = (prompt_tokens * est.price_in + completion_tokens * est.price_out) / 1e6
     if ann.mode == "batch":
-        # The first requests go in batches at the batch price; crop checks stay online.
-        crop_cost = (
-            (
-                crops * (30 + image_tokens(224, 224, est.image_tokens_base, est.image_tokens_tile)) * est.price_in
-                + crops * est.crop_completion_tokens * est.price_out
-            )
-            / 1e6
-            if ann.judge_on
-            else 0.0
-        )
-        cost = (cost - crop_cost) * est.batch_discount + crop_cost
+        # The first requests and the judge's go in batches at the batch price.
+        cost *= est.batch_discount
     cost += (event_prompt * est.price_in + event_completion * est.price_out) / 1e6
     prompt_tokens, completion_tokens = prompt_tokens + event_prompt, completion_tokens + event_completion
     seconds = (requests + crops + event_requests) / (ann.concurrency * config.sharding.workers) * est.latency_s
