@@ -171,9 +171,9 @@ def test_event_spans_are_unchecked_unless_judged_and_only_the_openai_backend_has
     config["span_check"] = {}
     assert BuildConfig.model_validate(config).resolved_span_check().events == "off"
     config["annotator"].update({"backend": "openai", "model": "m", "prompt": "stgr-cot-llm"})
-    assert BuildConfig.model_validate(config).resolved_span_check().events == "off"  # no judge configured
-    config["annotator"]["judge"] = {"enabled": True}
-    assert BuildConfig.model_validate(config).resolved_span_check().events == "judge"
+    assert BuildConfig.model_validate(config).resolved_span_check().events == "judge"  # the openai judge is on
+    config["annotator"]["judge"] = {"enabled": False}
+    assert BuildConfig.model_validate(config).resolved_span_check().events == "off"  # no judge to ask
 
 
 def test_an_event_the_judge_also_sees_elsewhere_makes_the_query_not_unique():
