@@ -309,11 +309,12 @@ def reannotate(
 ) -> None:
     """Re-annotate the rows or rejected samples a SQL predicate selects; write a new version beside the old one."""
     _quiet_orchestrator()
-    from stgr_builder.flows.build import run_reannotate
+    from stgr_builder.flows.build import flow_runner
+    from stgr_builder.reannotate import reannotate as reannotate_rows
 
     _writing[:] = [out] if out is not None else []
 
-    target, manifest = run_reannotate(root, where=where, prompt=prompt, model=model, out=out)
+    target, manifest = reannotate_rows(root, where=where, prompt=prompt, model=model, out=out, runner=flow_runner)
     assert manifest.reannotation is not None  # a re-annotation's manifest records it
     console.print(
         f"[bold green]re-annotated[/] {manifest.reannotation.selected} rows of {escape(str(root))} "
@@ -514,7 +515,8 @@ def docs(
 
 def _run_build(config: Path, out: Path, overwrite: bool = False, wait: bool = True) -> None:
     _quiet_orchestrator()
-    from stgr_builder.flows.build import run_build
+    from stgr_builder.flows.build import flow_runner
+    from stgr_builder.pipeline import build as build_dataset
 
     stop = threading.Event()
     watcher = threading.Thread(target=_watch_progress, args=(out, stop), daemon=True)
@@ -522,7 +524,7 @@ def _run_build(config: Path, out: Path, overwrite: bool = False, wait: bool = Tr
     _bar[:] = [(stop, watcher)]
     watcher.start()
     try:
-        manifest = run_build(config, out, overwrite=overwrite, wait=wait)
+        manifest = build_dataset(config, out, overwrite=overwrite, wait=wait, runner=flow_runner)
     except OSError as exc:
         if exc.filename is None:  # ENOSPC from a write says nothing of where: the dataset folder
             exc.filename = str(out)

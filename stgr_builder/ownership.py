@@ -32,7 +32,7 @@ from pathlib import Path
 
 from stgr_builder.core.arrow import DATASETS
 from stgr_builder.core.files import atomic_write_text, parquet_problem
-from stgr_builder.core.layout import MANIFEST, PLAN, PROGRESS_DIR
+from stgr_builder.core.layout import CACHE_DIR, MANIFEST, PLAN, PROGRESS_DIR
 from stgr_builder.errors import StgrError
 
 LOCK_FILE = ".stgr-lock"
@@ -43,7 +43,7 @@ KNOWN_ENTRIES = {
     PLAN,
     "README.md",
     PROGRESS_DIR,
-    "_cache",
+    str(CACHE_DIR),
     "_recipe",
     "_source",
     "stgr_cot",

@@ -14,7 +14,7 @@ import pytest
 from stgr_builder.audit import connect
 from stgr_builder.core.arrow import table_to_rows
 from stgr_builder.core.geometry import box_iou
-from stgr_builder.flows.build import run_build
+from stgr_builder.flows.build import flow_runner
 from stgr_builder.models import CotRow, RlRow, Task
 from stgr_builder.pipeline import build, context
 from stgr_builder.sources import ingest
@@ -30,7 +30,7 @@ def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     config = write_demo_config(root / "source" / "CONFIG.yaml")
     out = root / "out"
-    manifest = run_build(config, out)
+    manifest = build(config, out, runner=flow_runner)
     return config, out, manifest
 
 

@@ -24,8 +24,18 @@ from stgr_builder.annotate.request import count_images, json_body, response_form
 from stgr_builder.annotate.usage import SAMPLE_USAGE, count_event
 from stgr_builder.core.files import atomic_write_bytes
 from stgr_builder.core.hashing import digest
-from stgr_builder.core.resources import BudgetReached
-from stgr_builder.errors import SampleError, StgrError
+from stgr_builder.core.layout import FORMATS_DIR
+from stgr_builder.errors import (
+    BadReply,
+    BudgetReached,
+    LlmError,
+    LlmUnavailable,
+    ReplyRejected,
+    ReplyTooLarge,
+    SampleError,
+    StgrError,
+    TooLarge,
+)
 from stgr_builder.models import AnnotatorConfig, LlmUsage, RejectCode
 
 
@@ -54,35 +64,6 @@ except ImportError:  # pragma: no cover
     import httpx as _http  # type: ignore[no-redef]
 
 
-class LlmError(Exception):
-    """A request's final failure that no retry can change (a 4xx other than 408/409/429, a
-    refusal, an empty reply); cached, and the sample is rejected."""
-
-
-class LlmUnavailable(Exception):
-    """A transient failure after the retries (429, 5xx, timeout, transport, a broken reply):
-    never cached, and the sample is left pending for the next run. The message starts with
-    the reason (``models.PENDING_REASONS``): ``server_error: HTTP 503 after 3 retries``."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-
-
-class ReplyTooLarge(Exception):
-    """Every try's reply body (two at least) was over ``MAX_REPLY_BYTES``: never cached, the
-    sample is rejected. Once only (no retries configured) is a fault: the sample is pending."""
-
-
-class BadReply(Exception):
-    """A 200 reply that cannot be read as a chat completion (cut short, not JSON, HTML, dropped
-    connection): retried like a 5xx."""
-
-
-class TooLarge(BadReply):
-    """A reply body over ``MAX_REPLY_BYTES`` (not read further)."""
-
-
 #: The largest reply body read (a chat completion of a few KB; a gateway's error page or a
 #: runaway generation is not read whole, and never cached).
 MAX_REPLY_BYTES = 1 << 20
@@ -103,14 +84,6 @@ def async_client(config: AnnotatorConfig, limiter: RateLimiter, base_url: str | 
 #: Stands for an image's data URL while the rest of a request body is serialized (``json_body``).
 
 
-class ReplyRejected(Exception):
-    """Replies stayed invalid after every re-ask; ``code`` is the last error's reject code."""
-
-    def __init__(self, message: str, code: RejectCode = RejectCode.LLM_INVALID_REPLY):
-        super().__init__(message)
-        self.code = code
-
-
 #: What asking the LLM can fail with, each mapped to the sample's outcome by ``sample_error``.
 REQUEST_FAILURES = (LlmUnavailable, ReplyTooLarge, LlmError, ReplyRejected)
 
@@ -121,14 +94,11 @@ def sample_error(err: Exception, during: str = "") -> SampleError:
     (e.g. the judge) in the message."""
     if isinstance(err, LlmUnavailable):
         return SampleError(RejectCode.PENDING, f"{err} ({during})" if during else str(err))
-    code = (
-        err.code
-        if isinstance(err, ReplyRejected)
-        else {
-            ReplyTooLarge: RejectCode.LLM_REPLY_TOO_LARGE,
-            LlmError: RejectCode.LLM_ERROR,
-        }[type(err)]
-    )
+    final: dict[type[Exception], RejectCode] = {
+        ReplyTooLarge: RejectCode.LLM_REPLY_TOO_LARGE,
+        LlmError: RejectCode.LLM_ERROR,
+    }
+    code = err.code if isinstance(err, ReplyRejected) else final[type(err)]
     return SampleError(code, f"{during}: {err}" if during else str(err))
 
 
@@ -152,8 +122,6 @@ def raised_max_tokens(max_tokens: int | None) -> int:
 #: How a request asks for JSON, best first: the schema; any JSON object; the prompt's own words
 #: (with the schema appended to the system message).
 FORMAT_MODES = ("json_schema", "json_object", "prompt")
-#: Where the mode an endpoint accepts is remembered, under the dataset folder.
-FORMATS_DIR = Path("_cache") / "llm" / "formats"
 _FORMAT_REFUSAL_RE = re.compile(r"response_format|json_schema|json_object|schema|structured", re.IGNORECASE)
 
 

@@ -47,6 +47,21 @@ class Prompt:
         return PromptRef(name=self.name, version=self.version)
 
 
+@dataclass(frozen=True)
+class AnnotatorPrompts:
+    """The prompts an annotator config names, read and hashed once per build
+    (``annotate.resolve_prompts``) and handed to every shard's annotator: the annotation
+    prompt, and the judge's when the judge is on."""
+
+    main: Prompt
+    judge: Prompt | None = None
+
+    @property
+    def refs(self) -> list[PromptRef]:
+        """What the manifest records: the annotation prompt first."""
+        return [self.main.ref] + ([self.judge.ref] if self.judge is not None else [])
+
+
 def available_prompts(directory: Path = PROMPTS_DIR) -> list[str]:
     """Names of the prompts shipped in ``directory``.
 

@@ -13,10 +13,8 @@ import yaml
 
 from stgr_builder.audit import connect
 from stgr_builder.core import geometry, grammar
-from stgr_builder.core.resources import Resources
-from stgr_builder.executor import run_job
 from stgr_builder.models import Task, sample_id
-from stgr_builder.pipeline import BuildJob, context
+from stgr_builder.pipeline import build
 from stgr_builder.sources.demo import DEMO_FILE, generate_demo, load_truth
 from stgr_builder.sources.demo_config import demo_config
 from stgr_builder.sources.demo_noise import DemoNoise, load_corruptions
@@ -46,8 +44,7 @@ def build_noisy(
     (source / "CONFIG.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     out = folder / "out"
     shutil.rmtree(out, ignore_errors=True)  # a build of other code in the same folder would be resumed
-    ctx = context(source / "CONFIG.yaml", out)
-    run_job(BuildJob(ctx), Resources())
+    build(source / "CONFIG.yaml", out)
     return out
 
 

@@ -36,6 +36,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from stgr_builder.errors import DecodeError
 from stgr_builder.models import VideoInfo
 from stgr_builder.video.plan import GopRead, plan_decode
 from stgr_builder.video.probe import decord_errors, open_container
@@ -48,10 +49,6 @@ _DECORD_CHUNK = 8
 # OpenCV's seek lands 16 frames before the target and decodes forward from the key frame
 # before that (CvCapture_FFMPEG::seek); the cost model below needs to know it.
 _OPENCV_SEEK_BACKOFF = 16
-
-
-class DecodeError(Exception):
-    """The decoder could not produce a wanted frame (corrupt or unreadable data)."""
 
 
 @dataclass
