@@ -16,7 +16,7 @@ replaces (``manifest.json``, ``plan.json``, ``README.md``) in a folder holding n
 a name a build also writes is not the build's own until a record says so.
 
 >>> with claim_folder(Path("outputs/run1"), build_id="3f9a0c1d2e4b"):   # doctest: +SKIP
-...     run_job(job, resources)
+...     in_process(job, resources)   # what executor.run does, through job.claim()
 """
 
 from __future__ import annotations
