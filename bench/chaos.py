@@ -21,9 +21,9 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from stgr_builder.annotate.cache import ResponseCache  # noqa: E402
+from stgr_builder.dryrun.demo import generate_demo  # noqa: E402
 from stgr_builder.dryrun.server import serve_llm  # noqa: E402
 from stgr_builder.pipeline import build  # noqa: E402
-from stgr_builder.sources.demo import generate_demo  # noqa: E402
 from stgr_builder.testing import chaos  # noqa: E402
 from stgr_builder.testing.demo import write_config  # noqa: E402
 

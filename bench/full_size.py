@@ -41,7 +41,7 @@ RSS 1,587 MiB; 3,121 candidate frames, 11,915 frames stored and detected with th
 neighbours, 54,724 decoded; per stored frame: sample (decode + RGB + JPEG) 2.3 ms, detect
 20.7 ms (yolo11n at 320 px on the CPU, two shard threads sharing the model); probe 8 ms per
 file. ``stgr plan``: 30.4 s probe + decode + store (actual 29.9 s), 234.5 s detect (actual
-246.8 s), from its per-pixel and per-frame constants (stgr_builder/planning.py, calibrated on
+246.8 s), from its per-pixel and per-frame constants (stgr_builder/planning/cost.py, calibrated on
 this run). At 39,070 samples with their own media: ~0.9 h of probe + decode and ~7.4 h of
 detection (thread time here).
 
@@ -69,9 +69,13 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stgr_builder import __version__  # noqa: E402
+from stgr_builder.dryrun.demo import (  # noqa: E402
+    DEMO_FILE,
+    MEDIA_DIR,
+    demo_config,  # noqa: E402
+    generate_demo,
+)
 from stgr_builder.models import SourceConfig, Task  # noqa: E402
-from stgr_builder.sources.demo import DEMO_FILE, MEDIA_DIR, generate_demo  # noqa: E402
-from stgr_builder.sources.demo_config import demo_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -265,10 +269,10 @@ def check_rows(config: Path, out: Path, pool: Path) -> tuple[int, list]:
     import duckdb
 
     from stgr_builder.core.arrow import table_to_rows
+    from stgr_builder.dryrun.demo import load_truth
     from stgr_builder.models import CotRow, RlRow
     from stgr_builder.pipeline import context
     from stgr_builder.sources import ingest
-    from stgr_builder.sources.demo import load_truth
     from stgr_builder.verify import check_row
 
     ctx = context(config, out)

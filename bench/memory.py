@@ -22,8 +22,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stgr_builder.sources.demo import generate_demo  # noqa: E402
-from stgr_builder.sources.demo_config import demo_config  # noqa: E402
+from stgr_builder.dryrun.demo import (
+    demo_config,  # noqa: E402
+    generate_demo,  # noqa: E402
+)
 
 _CHILD = """
 import json, os, resource, sys, tempfile

@@ -40,12 +40,14 @@ from stgr_builder.annotate.reply import CHECK_CODES, ReplyError, check_prose  # 
 from stgr_builder.audit import connect  # noqa: E402
 from stgr_builder.audit.evidence import RIGHT_IOU, judge, load_truths  # noqa: E402
 from stgr_builder.core import grammar  # noqa: E402
+from stgr_builder.dryrun.demo import (
+    demo_config,  # noqa: E402
+    generate_demo,  # noqa: E402
+)
 from stgr_builder.dryrun.noisy import MISTAKE_KINDS, options_from  # noqa: E402
 from stgr_builder.dryrun.server import serve_llm  # noqa: E402
 from stgr_builder.models import Manifest  # noqa: E402
 from stgr_builder.pipeline import build  # noqa: E402
-from stgr_builder.sources.demo import generate_demo  # noqa: E402
-from stgr_builder.sources.demo_config import demo_config  # noqa: E402
 
 #: The reject codes of the checks and of the judge.
 CHECK_REJECTS = (*(code.value for code in CHECK_CODES.values()), "crops_rejected")

@@ -27,9 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from annotate_throughput import start_server  # noqa: E402  (bench/ is on the path)
 
+from stgr_builder.dryrun.demo import (
+    demo_config,  # noqa: E402
+    generate_demo,  # noqa: E402
+)
 from stgr_builder.pipeline import build  # noqa: E402
-from stgr_builder.sources.demo import generate_demo  # noqa: E402
-from stgr_builder.sources.demo_config import demo_config  # noqa: E402
 
 
 def stats(base_url: str) -> dict:

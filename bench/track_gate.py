@@ -35,9 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stgr_builder.audit import connect  # noqa: E402
 from stgr_builder.audit.evidence import judge, load_truths  # noqa: E402
 from stgr_builder.core.layout import load_manifest  # noqa: E402
+from stgr_builder.dryrun.demo import (
+    demo_config,  # noqa: E402
+    generate_demo,  # noqa: E402
+)
 from stgr_builder.pipeline import build  # noqa: E402
-from stgr_builder.sources.demo import generate_demo  # noqa: E402
-from stgr_builder.sources.demo_config import demo_config  # noqa: E402
 
 
 def write_config(source: Path, name: str, enabled: bool, staged: bool = True) -> Path:

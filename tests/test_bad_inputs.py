@@ -20,8 +20,7 @@ import pytest
 import yaml
 
 from stgr_builder.audit import query
-from stgr_builder.sources.demo import DEMO_FILE, generate_demo
-from stgr_builder.sources.demo_config import demo_config
+from stgr_builder.dryrun.demo import DEMO_FILE, demo_config, generate_demo
 
 from helpers.bad_corpus import add_bad_items, source_id_of
 

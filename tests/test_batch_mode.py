@@ -12,10 +12,9 @@ import yaml
 from typer.testing import CliRunner
 
 from stgr_builder.cli import app
+from stgr_builder.dryrun.demo import demo_config, generate_demo
 from stgr_builder.dryrun.server import serve_llm
 from stgr_builder.pipeline import build
-from stgr_builder.sources.demo import generate_demo
-from stgr_builder.sources.demo_config import demo_config
 
 pytestmark = pytest.mark.slow
 

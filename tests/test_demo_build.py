@@ -14,12 +14,11 @@ import pytest
 from stgr_builder.audit import connect
 from stgr_builder.core.arrow import table_to_rows
 from stgr_builder.core.geometry import box_iou
+from stgr_builder.dryrun.demo import load_truth, write_demo_config
 from stgr_builder.flows.build import flow_runner
 from stgr_builder.models import CotRow, RlRow, Task
 from stgr_builder.pipeline import build, context
 from stgr_builder.sources import ingest
-from stgr_builder.sources.demo import load_truth
-from stgr_builder.sources.demo_config import write_demo_config
 from stgr_builder.verify import check_row
 
 pytestmark = pytest.mark.slow

@@ -16,9 +16,10 @@ from PIL import Image
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from stgr_builder.dryrun.demo import DEMO_CLASSES, generate_demo, load_truth, render_training_frame  # noqa: E402
 from stgr_builder.models import BuildConfig, Task  # noqa: E402
 from stgr_builder.sources import ingest  # noqa: E402
-from stgr_builder.sources.demo import DEMO_CLASSES, DemoRecord, generate_demo, load_truth, render_training_frame  # noqa: E402
+from stgr_builder.sources.demo import DemoRecord  # noqa: E402
 
 pytestmark = pytest.mark.slow  # generates the demo media (~15 s)
 

@@ -12,8 +12,8 @@ import pytest
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from stgr_builder.sources.demo import DEMO_CLASSES, generate_demo, load_truth  # noqa: E402
-from stgr_builder.train_demo import offline_ultralytics_env, write_data_yaml, write_yolo_split  # noqa: E402
+from stgr_builder.dryrun.demo import DEMO_CLASSES, generate_demo, load_truth  # noqa: E402
+from stgr_builder.dryrun.demo.train import offline_ultralytics_env, write_data_yaml, write_yolo_split  # noqa: E402
 
 pytestmark = pytest.mark.slow  # trains and evaluates a detector (~20 s)
 
@@ -27,7 +27,7 @@ def model(tmp_path_factory):
     offline_ultralytics_env(tmp_path_factory.mktemp("yolo-config"))
     from ultralytics import YOLO
 
-    assert WEIGHTS.is_file(), f"{WEIGHTS} is missing: python -m stgr_builder.train_demo --out {WEIGHTS}"
+    assert WEIGHTS.is_file(), f"{WEIGHTS} is missing: python -m stgr_builder.dryrun.demo.train --out {WEIGHTS}"
     assert WEIGHTS.stat().st_size <= 8 * 2**20
     yield YOLO(str(WEIGHTS))
     for key, value in saved.items():

@@ -27,15 +27,15 @@ from stgr_builder.core.resources import Resources
 from stgr_builder.core.steps import run_steps
 from stgr_builder.core.tracks import first_neighbours, rest_of_window
 from stgr_builder.detect import DetectStep, make_detector
+from stgr_builder.dryrun.demo import DEMO_CLASSES, generate_demo
 from stgr_builder.models import Detection, Frame, SampleWork, SourceObject, SourceSample, Task, TimedBox, TrackConfig
 from stgr_builder.pipeline import build, context
 from stgr_builder.sources import ingest
-from stgr_builder.sources.demo import generate_demo
-from stgr_builder.sources.demo_sprites import DEMO_CLASSES
 from stgr_builder.verify.tracks import check_box, gate
 from stgr_builder.video.frames import FrameStore
 from stgr_builder.video.steps import ProbeStep, SampleStep
 
+from helpers import seeded
 from helpers.gate_eval import Corrupting, detected_frames, measure_gate
 from helpers.small_demo import write_config
 
@@ -175,22 +175,20 @@ def frames_in_store(out):
 
 
 @pytest.mark.slow
-def test_the_gate_removes_corrupted_evidence_and_keeps_the_right(tmp_path):
-    totals = np.zeros(4, dtype=int)
-    for seed in (11, 12, 13):
-        source = tmp_path / f"source{seed}"
-        generate_demo(source, seed=seed, n_videos=3, n_images=2)
-        counts = measure_gate(
-            write_config(source, name=f"s{seed}"),
-            tmp_path / f"out{seed}",
-            TrackConfig(),
-            wrap=lambda det, seed=seed: Corrupting(det, list(DEMO_CLASSES), seed),
-        )
-        assert counts.wrong_kept + counts.wrong_dropped > 0 and counts.keep_rate >= 0.85, (seed, counts)
-        totals += [counts.correct_kept, counts.correct_dropped, counts.wrong_kept, counts.wrong_dropped]
-    kept, dropped, wrong_kept, wrong_dropped = totals
-    assert wrong_kept == 0 and wrong_dropped > 0, totals  # every corrupted box removed
-    assert kept / (kept + dropped) >= 0.95, totals
+@pytest.mark.parametrize("seed", seeded.sample([11, 12, 13], salt="gate"))
+def test_the_gate_removes_corrupted_evidence_and_keeps_the_right(tmp_path, seed):
+    """Seeds 11-13 with injected faults (a seeded one in the suite; ``bench/track_gate.py`` and
+    ``bench/all_cases.py`` run them all): every corrupted box removed, the right ones kept."""
+    source = tmp_path / "source"
+    generate_demo(source, seed=seed, n_videos=3, n_images=2)
+    counts = measure_gate(
+        write_config(source, name=f"s{seed}"),
+        tmp_path / "out",
+        TrackConfig(),
+        wrap=lambda det: Corrupting(det, list(DEMO_CLASSES), seed),
+    )
+    assert counts.wrong_kept == 0 and counts.wrong_dropped > 0, counts  # every corrupted box removed
+    assert counts.keep_rate >= 0.9, counts
 
 
 @pytest.mark.slow

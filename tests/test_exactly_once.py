@@ -21,11 +21,11 @@ from typer.testing import CliRunner
 from stgr_builder.annotate.cache import ResponseCache
 from stgr_builder.audit import connect
 from stgr_builder.cli import app
+from stgr_builder.dryrun.demo import generate_demo
 from stgr_builder.dryrun.server import FAULT_KINDS, serve_llm
 from stgr_builder.errors import StgrError
 from stgr_builder.models import PENDING_REASONS
 from stgr_builder.pipeline import build
-from stgr_builder.sources.demo import generate_demo
 
 from helpers.small_demo import small_source, write_config
 

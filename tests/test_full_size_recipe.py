@@ -10,10 +10,10 @@ import pytest
 
 from bench.full_size import RECIPE, expected_rows, make_pool, scaled_recipe, write_recipe
 from stgr_builder.core.arrow import table_to_rows
+from stgr_builder.dryrun.demo import load_truth
 from stgr_builder.models import CotRow, RlRow, Task
 from stgr_builder.pipeline import build, context
 from stgr_builder.sources import ingest
-from stgr_builder.sources.demo import load_truth
 from stgr_builder.verify import check_row
 
 SCALE = 0.002

@@ -9,6 +9,16 @@ from pathlib import Path
 import pytest
 
 from stgr_builder.core import geometry, grammar
+from stgr_builder.dryrun.demo import (
+    CORRUPTIONS_FILE,
+    DEMO_FILE,
+    MEDIA_DIR,
+    DemoNoise,
+    generate_demo,
+    load_corruptions,
+    load_truth,
+    write_demo_config,
+)
 from stgr_builder.models import (
     Detection,
     Frame,
@@ -28,9 +38,6 @@ from stgr_builder.models import (
 from stgr_builder.pipeline import load_config
 from stgr_builder.planning import make_plan
 from stgr_builder.recipes import resolve_config
-from stgr_builder.sources.demo import CORRUPTIONS_FILE, DEMO_FILE, MEDIA_DIR, generate_demo, load_truth
-from stgr_builder.sources.demo_config import write_demo_config
-from stgr_builder.sources.demo_noise import DemoNoise, load_corruptions
 from stgr_builder.testing.inherited_eval import build_noisy, score
 from stgr_builder.verify.inherited import GoldCheckStep, SpanCheckStep
 

@@ -2,7 +2,8 @@
 
 - ``core`` (with ``models`` and ``errors``) imports nothing else of the project;
 - a stage package (sources, video, detect, annotate, verify, shards, audit) imports ``core`` and
-  itself, never another stage;
+  itself, never another stage, and never what stands in for the outside world (``dryrun``: the
+  dry-run LLM server, the demo generator and its detector's training; ``testing``: test kits);
 - no import cycle, between modules or between packages;
 - no module imports another module's private (``_name``) names.
 
@@ -21,6 +22,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("sources", "video", "detect", "annotate", "verify", "shards", "audit")
 CORE_MODULES = ("models", "errors")
+#: Beside the stages: stand-ins for the outside world and kits for tests (they may use stages).
+STAND_INS = ("dryrun", "testing")
 
 
 def module_names(root: Path, packages: tuple[str, ...], mapped: dict[str, str] | None = None) -> dict[str, Path]:
@@ -61,19 +64,22 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]) -> list[tuple[st
 
 
 def layer(module: str, project: str) -> str:
-    """``core``, a stage's name, or ``compose`` (pipeline, executor, CLI, flows, ...)."""
+    """``core``, a stage's name, ``stand-in`` (dryrun, testing) or ``compose`` (pipeline,
+    executor, CLI, flows, ...)."""
     parts = module.split(".")
     if parts[0] != project:
         return "compose"
     if len(parts) == 1 or parts[1] in CORE_MODULES or parts[1] == "core":
         return "core"
+    if parts[1] in STAND_INS:
+        return "stand-in"
     return parts[1] if parts[1] in STAGES else "compose"
 
 
 def unit(module: str, project: str) -> str:
     """The package-level node of a module: its stage, ``core``, or the module itself."""
     kind = layer(module, project)
-    return module if kind == "compose" else kind
+    return module if kind in ("compose", "stand-in") else kind
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -173,6 +179,12 @@ def _write(root: Path, files: dict[str, str]) -> None:
             "module import cycle",
         ),
         ({"p/video/steps.py": "from p.video.plan import _index_at\n"}, "imports private _index_at"),
+        (
+            {"p/sources/demo.py": "from p.dryrun.demo import generate_demo\n"},
+            "stage sources: p.sources.demo imports p.dryrun.demo (stand-in)",
+        ),
+        ({"p/annotate/llm.py": "def f():\n    import p.testing.kit\n"}, "imports p.testing.kit (stand-in)"),
+        ({"p/core/__init__.py": "from p.dryrun import server\n"}, "core module p.core imports p.dryrun.server"),
     ],
 )
 def test_the_checker_catches_each_kind_of_violation(tmp_path, files, expected):
@@ -188,6 +200,13 @@ def test_the_checker_catches_each_kind_of_violation(tmp_path, files, expected):
         "p/detect/__init__.py": "",
         "p/pipeline.py": "",
         "p/executor.py": "",
+        "p/sources/__init__.py": "",
+        "p/sources/demo.py": "",
+        "p/dryrun/__init__.py": "",
+        "p/dryrun/server.py": "",
+        "p/dryrun/demo/__init__.py": "def generate_demo():\n    pass\n",
+        "p/testing/__init__.py": "",
+        "p/testing/kit.py": "",
     }
     _write(tmp_path / "clean", base)
     assert violations(tmp_path / "clean", "p") == []

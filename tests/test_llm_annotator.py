@@ -176,7 +176,7 @@ def test_the_budget_stops_new_requests_and_a_rerun_pays_only_for_the_rest(root, 
 def _draw_dog(root: Path) -> None:
     """The frames with a demo-rendered dog in the dog's box and nothing in the cat's box, so the
     judge (the demo detector on the crop's pixels) can tell them apart."""
-    from stgr_builder.sources.demo_sprites import make_sprites, paste
+    from stgr_builder.dryrun.demo.sprites import make_sprites, paste
 
     sprite = make_sprites(np.random.default_rng(0), "dog", "orange", 60.0, n_poses=1)[0]
     for idx, _ in FRAMES:

@@ -22,12 +22,11 @@ from typer.testing import CliRunner
 from stgr_builder.annotate.cache import ResponseCache
 from stgr_builder.audit import connect, summary
 from stgr_builder.core.arrow import table_to_rows
+from stgr_builder.dryrun.demo import demo_config, generate_demo
 from stgr_builder.dryrun.server import FAULT_KINDS, serve_llm
 from stgr_builder.models import PENDING_REASONS, CotRow, RejectCode, RlRow
 from stgr_builder.pipeline import build, context
 from stgr_builder.sources import ingest
-from stgr_builder.sources.demo import generate_demo
-from stgr_builder.sources.demo_config import demo_config
 from stgr_builder.verify import check_row
 
 pytestmark = pytest.mark.slow

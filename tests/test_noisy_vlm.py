@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stgr_builder.annotate.client import FORMATS_DIR
+from stgr_builder.annotate.formats import FORMATS_DIR
 from stgr_builder.annotate.jsontext import extract_json
 from stgr_builder.annotate.llm import LlmAnnotator
 from stgr_builder.annotate.reply import ReplyError, check_prose, detector_name, drop_uncited_prose
@@ -257,10 +257,9 @@ def test_a_build_against_a_noisy_vlm_yields_rows_the_truth_finds_no_fault_in(tmp
 
     from stgr_builder.audit import connect, summary
     from stgr_builder.audit.evidence import RIGHT_IOU, judge, load_truths
+    from stgr_builder.dryrun.demo import demo_config, generate_demo
     from stgr_builder.models import Manifest
     from stgr_builder.pipeline import build
-    from stgr_builder.sources.demo import generate_demo
-    from stgr_builder.sources.demo_config import demo_config
 
     monkeypatch.chdir(tmp_path)
     source = tmp_path / "src"
@@ -314,8 +313,7 @@ def test_the_plan_shows_the_judges_cost(tmp_path):
     from typer.testing import CliRunner
 
     from stgr_builder.cli import app
-    from stgr_builder.sources.demo import generate_demo
-    from stgr_builder.sources.demo_config import demo_config
+    from stgr_builder.dryrun.demo import demo_config, generate_demo
 
     source = tmp_path / "src"
     generate_demo(source, seed=0, n_videos=1, n_images=1)

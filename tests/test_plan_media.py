@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from stgr_builder.detect.yolo import UltralyticsDetector
+from stgr_builder.dryrun.demo import demo_config, generate_demo, write_demo_config
 from stgr_builder.models import VideoInfo
 from stgr_builder.pipeline import build, context
 from stgr_builder.planning import (
@@ -18,8 +19,6 @@ from stgr_builder.planning import (
     make_plan,
     media_seconds,
 )
-from stgr_builder.sources.demo import generate_demo
-from stgr_builder.sources.demo_config import demo_config, write_demo_config
 
 
 @pytest.mark.slow  # times a demo build

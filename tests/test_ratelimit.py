@@ -22,11 +22,10 @@ import yaml
 
 from stgr_builder.annotate.ratelimit import RateLimiter, estimate_tokens, parse_duration
 from stgr_builder.audit import query
+from stgr_builder.dryrun.demo import demo_config, generate_demo
 from stgr_builder.dryrun.server import serve_llm
 from stgr_builder.errors import StgrWarning
 from stgr_builder.pipeline import build
-from stgr_builder.sources.demo import generate_demo
-from stgr_builder.sources.demo_config import demo_config
 
 SERVER_RPM = 240
 

@@ -15,12 +15,11 @@ from stgr_builder.audit import connect, query
 from stgr_builder.audit.compare import compare, rejects_fixed
 from stgr_builder.cli import app
 from stgr_builder.core.arrow import table_to_rows
+from stgr_builder.dryrun.demo import demo_config, generate_demo
 from stgr_builder.dryrun.server import serve_llm
 from stgr_builder.models import CotRow, RlRow
 from stgr_builder.pipeline import build
 from stgr_builder.reannotate import reannotate
-from stgr_builder.sources.demo import generate_demo
-from stgr_builder.sources.demo_config import demo_config
 
 from helpers.small_demo import small_build
 

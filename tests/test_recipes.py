@@ -223,10 +223,9 @@ def test_estimate_beside_the_measured_llm_work(tmp_path, monkeypatch):
     server): requests and images exactly, tokens within a factor of two."""
     import yaml
 
+    from stgr_builder.dryrun.demo import demo_config, generate_demo
     from stgr_builder.dryrun.server import serve_llm
     from stgr_builder.pipeline import load_config
-    from stgr_builder.sources.demo import generate_demo
-    from stgr_builder.sources.demo_config import demo_config
 
     generate_demo(tmp_path, seed=0, n_videos=2, n_images=1)
     config = demo_config().model_dump(mode="json")

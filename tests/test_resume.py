@@ -5,7 +5,6 @@ reruns only the stages it touches; `stgr verify` holds a folder against its mani
 from __future__ import annotations
 
 import json
-import os
 import random
 
 import pytest
@@ -19,16 +18,18 @@ from stgr_builder.errors import StgrError
 from stgr_builder.pipeline import build
 from stgr_builder.testing import chaos
 
+from helpers import seeded
 from helpers.small_demo import copy_build, small_source, write_config
 
 pytestmark = pytest.mark.slow
 
 
 def test_sigkills_in_every_stage_end_with_the_uninterrupted_rows(tmp_path, tmp_path_factory, monkeypatch):
-    """The chaos test: five SIGKILLs of a build subprocess, one in each stage (probe, sample,
-    detect, annotate, write) at a seeded random moment, each followed by the next run; the
-    last run finishes. The shard files are byte-identical to an uninterrupted build's, and no
-    reply received is asked for again. ``bench/chaos.py`` runs more rounds."""
+    """The chaos test: SIGKILLs of a build subprocess at seeded random moments, each followed by
+    the next run; the last run finishes. The shard files are byte-identical to an uninterrupted
+    build's, and no reply received is asked for again. The suite kills in annotate and in one
+    other stage the seed draws (probe, sample, detect, write); ``bench/all_cases.py`` kills in every
+    stage, and ``bench/chaos.py`` runs more rounds."""
     source = small_source(tmp_path_factory)
     # Three shards of ~12 samples: kills land inside shards and between them.
     config = write_config(
@@ -61,14 +62,15 @@ def test_sigkills_in_every_stage_end_with_the_uninterrupted_rows(tmp_path, tmp_p
                 asked[key] = asked.get(key, 0) + count
             return result
 
-        rng = random.Random(int(os.environ.get("STGR_CHAOS_SEED", "9")))
+        rng = random.Random(seeded.SEED)
+        # Always in annotate (paid replies in flight), and in one other stage the seed draws.
+        others = seeded.sample([s for s in chaos.KILL_STAGES if s != "annotate"], 1, salt="sigkill")
+        stages = [s for s in chaos.KILL_STAGES if s in {"annotate", *others}]
         landed = [
-            paid_once(lambda stage=stage: chaos.run_and_kill(config, out, stage, reference, rng))
-            for stage in chaos.kill_plan(reference, rng)
+            paid_once(lambda stage=stage: chaos.run_and_kill(config, out, stage, reference, rng)) for stage in stages
         ]
         manifest = paid_once(lambda: build(config, out))
-    assert sum(what.startswith("killed") for what in landed) >= 4, landed
-    assert {what.split()[2] for what in landed if what.startswith("killed")} >= {"detect", "annotate"}, landed
+    assert sum(what.startswith("killed") for what in landed) >= len(stages) - 1, landed
     assert chaos.digests(out) == chaos.digests(reference), landed  # same ids, same contents, byte for byte
     assert set(asked) == wanted  # every reply the build needs was asked for
     # A key asked twice was in flight at a kill (no reply received); at most `concurrency` per kill.

@@ -24,10 +24,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from stgr_builder.dryrun.demo import demo_config, generate_demo
 from stgr_builder.dryrun.server import DryRunServer, serve_llm
 from stgr_builder.pipeline import build
-from stgr_builder.sources.demo import generate_demo
-from stgr_builder.sources.demo_config import demo_config
+
+from helpers import seeded
 
 pytestmark = pytest.mark.slow
 
@@ -152,7 +153,7 @@ def resume(server: DryRunServer, config: Path, out: Path) -> None:
 SENT = {"SIGINT": (signal.SIGINT, True), "SIGTERM": (signal.SIGTERM, False)}
 
 
-@pytest.mark.parametrize("first, second", [("SIGINT", "SIGTERM"), ("SIGTERM", "SIGINT")])
+@pytest.mark.parametrize("first, second", seeded.sample([("SIGINT", "SIGTERM"), ("SIGTERM", "SIGINT")], salt="two"))
 def test_a_signal_waiting_on_replies_then_one_asleep_on_a_pause_then_a_resume_is_byte_identical(
     source, fast, clean, tmp_path, first, second
 ):
@@ -197,7 +198,7 @@ def test_a_signal_waiting_on_replies_then_one_asleep_on_a_pause_then_a_resume_is
     assert shard_digests(out) == clean
 
 
-@pytest.mark.parametrize("sent", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("sent", seeded.sample(["SIGINT", "SIGTERM"], salt="batch"))
 def test_a_signal_while_polling_a_batch_stops_and_keeps_the_batch_to_collect(source, fast, tmp_path, sent):
     config = write_config(source, "batch", mode="batch", batch_poll_s=0.5, prepare_processes=0)
     out = tmp_path / "out"
@@ -216,7 +217,7 @@ def test_a_signal_while_polling_a_batch_stops_and_keeps_the_batch_to_collect(sou
     print(f"{sent} polling a batch: stopped in {took:.1f} s")
 
 
-@pytest.mark.parametrize("sent", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("sent", seeded.sample(["SIGINT", "SIGTERM"], salt="dask"))
 def test_a_signal_inside_a_dask_local_cluster_stops_the_build(source, fast, tmp_path, sent):
     config = write_config(source, "dask", sharding={"runner": "dask", "workers": 1})
     out = tmp_path / "out"

@@ -24,12 +24,11 @@ from stgr_builder.annotate.cache import CacheEntry, ResponseCache
 from stgr_builder.annotate.endpoint import EndpointDead, EndpointWatch, shown_url
 from stgr_builder.annotate.ratelimit import MAX_PAUSE_S, MAX_QUEUE_S, PROBE_S, RateLimiter
 from stgr_builder.core.resources import Budget
+from stgr_builder.dryrun.demo import demo_config, generate_demo
 from stgr_builder.dryrun.server import serve_llm
 from stgr_builder.errors import StgrError, StgrWarning
 from stgr_builder.models import Stage
 from stgr_builder.pipeline import build
-from stgr_builder.sources.demo import generate_demo
-from stgr_builder.sources.demo_config import demo_config
 from stgr_builder.stages import StageEntry, StageStore
 
 

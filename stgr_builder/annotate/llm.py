@@ -69,15 +69,13 @@ from stgr_builder.annotate.client import (
     TRANSIENT_ERROR,
     Asker,
     BadReply,
-    FormatMemory,
     async_client,
     entry_of,
     final_status,
-    refuses_format,
-    request_body,
     sample_error,
 )
 from stgr_builder.annotate.endpoint import EndpointWatch
+from stgr_builder.annotate.formats import FormatMemory, refuses_format, request_body
 from stgr_builder.annotate.judge import SCHEMA_NAME as JUDGE_SCHEMA
 from stgr_builder.annotate.judge import CropVerdict, judge_messages, kept_by_votes, parse_judge_prompt, parse_verdict
 from stgr_builder.annotate.prepare import PreparePool, default_processes

@@ -1,7 +1,7 @@
 """Inherited spans against evidence: which spans can be checked, where to look, what was seen.
 
 Pure functions, no I/O, shared by the sampler (``video``: which probe frames to decode), the
-span check (``verify/spans.py``) and the plan's cost estimate (``planning.py``).
+span check (``verify/spans.py``) and the plan's cost estimate (``planning/cost.py``).
 
 A span is checked where it is decided: at its ends. The sampler decodes *probe* frames every
 ``step_s`` within ``reach_s`` of each end (in the GOPs it reads anyway, one pass); the

@@ -1,4 +1,4 @@
-"""A config file for a build over a generated demo source (``sources.demo.generate_demo``)."""
+"""A config file for a build over a generated demo source (``dryrun.demo.generate_demo``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from stgr_builder.sources.demo_config import demo_config
+from stgr_builder.dryrun.demo import demo_config
 
 
 def write_config(source: Path, name: str = "small", **overrides: dict[str, Any]) -> Path:

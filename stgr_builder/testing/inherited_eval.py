@@ -13,11 +13,9 @@ import yaml
 
 from stgr_builder.audit import connect
 from stgr_builder.core import geometry, grammar
+from stgr_builder.dryrun.demo import DEMO_FILE, DemoNoise, demo_config, generate_demo, load_corruptions, load_truth
 from stgr_builder.models import Task, sample_id
 from stgr_builder.pipeline import build
-from stgr_builder.sources.demo import DEMO_FILE, generate_demo, load_truth
-from stgr_builder.sources.demo_config import demo_config
-from stgr_builder.sources.demo_noise import DemoNoise, load_corruptions
 
 SOURCE = "STR_demo"
 SPAN_CODES = {"span_imprecise", "query_not_unique"}

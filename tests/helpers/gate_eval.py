@@ -15,10 +15,10 @@ from stgr_builder.core.geometry import box_iou
 from stgr_builder.core.resources import Resources
 from stgr_builder.core.steps import run_steps
 from stgr_builder.detect import DetectStep, make_detector
+from stgr_builder.dryrun.demo import load_truth
 from stgr_builder.models import Detection, SampleWork, TrackConfig
 from stgr_builder.pipeline import context
 from stgr_builder.sources import ingest
-from stgr_builder.sources.demo import load_truth
 from stgr_builder.verify.tracks import gate, sample_names
 from stgr_builder.video.frames import FrameStore
 from stgr_builder.video.steps import ProbeStep, SampleStep

@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from stgr_builder.dryrun.demo import generate_demo
 from stgr_builder.pipeline import build
-from stgr_builder.sources.demo import generate_demo
 from stgr_builder.testing.demo import write_config
 
 __all__ = ["copy_build", "small_build", "small_source", "write_config"]

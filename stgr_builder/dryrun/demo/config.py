@@ -6,6 +6,8 @@ from pathlib import Path
 
 import yaml
 
+from stgr_builder.dryrun.demo.generate import DEMO_FILE, MEDIA_DIR, TRUTH_FILE, generate_demo, load_truth
+from stgr_builder.dryrun.demo.noise import CORRUPTIONS_FILE, DemoNoise
 from stgr_builder.models import (
     AnnotatorConfig,
     BuildConfig,
@@ -15,8 +17,6 @@ from stgr_builder.models import (
     ShardingConfig,
     SourceConfig,
 )
-from stgr_builder.sources.demo import DEMO_FILE, MEDIA_DIR, TRUTH_FILE, generate_demo, load_truth
-from stgr_builder.sources.demo_noise import CORRUPTIONS_FILE, DemoNoise
 
 
 def demo_config(seed: int = 0) -> BuildConfig:
@@ -44,7 +44,7 @@ def write_demo_config(path: Path, seed: int = 0, noise: DemoNoise | None = None)
     """Write CONFIG.yaml at ``path`` with the demo media generated beside it; return ``path``.
 
     Media already generated with the same seed (and no noise) are reused (generation is
-    deterministic); ``noise`` corrupts a share of the inherited labels (``demo_noise.py``).
+    deterministic); ``noise`` corrupts a share of the inherited labels (``noise.py``).
 
     >>> write_demo_config(Path("demo/CONFIG.yaml"))  # doctest: +SKIP
     PosixPath('demo/CONFIG.yaml')

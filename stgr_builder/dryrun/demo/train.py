@@ -4,7 +4,7 @@ Renders a YOLO-format dataset of demo scenes (train + val) under a temporary fol
 randomly initialised Ultralytics YOLO11n on the CPU, offline and seeded, and saves the
 stripped (fp16, no optimizer state) weights::
 
-    python -m stgr_builder.train_demo --out stgr_builder/detect/weights/stgr-demo-yolo11n.pt
+    python -m stgr_builder.dryrun.demo.train --out stgr_builder/detect/weights/stgr-demo-yolo11n.pt
 
 It knows only ``DEMO_CLASSES``; for real video point ``detector.weights`` at your own model.
 """
@@ -22,7 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stgr_builder.sources.demo_sprites import DEMO_CLASSES, render_training_frame
+from stgr_builder.dryrun.demo.scenes import render_training_frame
+from stgr_builder.dryrun.demo.sprites import DEMO_CLASSES
 
 log = logging.getLogger("stgr.train_demo")
 
