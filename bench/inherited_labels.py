@@ -2,6 +2,7 @@
 
     python bench/inherited_labels.py [--seeds 1 2 3] [--span-share 0.33] [--box-share 0.3]
                                      [--mode check|refine|off] [--videos 6] [--images 3] [--out DIR]
+                                     [--events]
 
 For each seed the demo generator (``generate_demo``, media of that seed) corrupts a share of the
 temporal spans (shift 2-4 s, stretch x2, shrink to half) and of the gold boxes (shift, wrong
@@ -19,6 +20,12 @@ object) and writes ``corruptions.json``; the demo config (with ``--mode`` as
 
 Each seed prints its shares; the last line is the worst seed (the goal: caught >= 90%,
 kept >= 95%). ``--mode off`` is the baseline: the same sources with the checks off.
+
+``--events`` adds the demo's event questions (one per video object, "When does the red dog run
+from the left to the right of the frame?", corrupted like the others) and builds with the
+openai backend against the dry-run server on 127.0.0.1 with ``span_check.events: judge`` (its
+judge answers from the frames' pixels): ``event_spans_caught``, ``intact_event_spans_kept`` and
+``event_judge_requests_per_sample`` (the judge's requests per event sample) are those spans'.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=6)
     parser.add_argument("--images", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--events", action="store_true", help="event spans too, judged through the dry-run server")
     args = parser.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="stgr-inherited-"))
     results = []
@@ -62,12 +70,15 @@ def main() -> None:
             box_share=args.box_share,
             videos=args.videos,
             images=args.images,
+            events=args.events,
         )
         figures = score(folder)
         results.append(figures)
         shown = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items())
         print(f"seed {seed} ({time.perf_counter() - started:.0f}s): {shown}", flush=True)
     worst = {key: min(r[key] for r in results) for key in results[0] if key.endswith(("caught", "kept", "by_check"))}
+    if args.events:
+        worst["event_judge_requests_per_sample (most)"] = max(r["event_judge_requests_per_sample"] for r in results)
     print(f"worst of {len(results)} seeds, mode {args.mode}: " + ", ".join(f"{k} {v:.3f}" for k, v in worst.items()))
 
 

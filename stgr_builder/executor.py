@@ -167,13 +167,13 @@ def resolve(ctx: BuildContext, resources: Resources | None = None) -> ResolvedBu
     annotator's config and prompts first (cheap), then the detector, whose model is loaded into
     ``resources`` (the build's, when given: loaded once) and whose weights are hashed here only."""
     config = ctx.config
-    prompts = resolve_prompts(config.annotator)
+    prompts = resolve_prompts(config.annotator, config.resolved_span_check())
     detector = make_detector(config.detector, ctx.config_dir, resources)
     identity = {"name": detector.name, "weights": config.detector.weights, "weights_hash": detector.weights_hash}
     return ResolvedBuild(
         detector=identity,
         prompts=prompts,
-        fingerprints=stage_fingerprints(config, identity, prompts.refs),
+        fingerprints=stage_fingerprints(config, identity, prompts.used),
         budget_ledger=budget_ledger(ctx.out, ctx.run),
     )
 
@@ -369,7 +369,7 @@ def llm_usage(steps: list[Step]) -> LlmUsage | None:
 
 def span_probe_settings(config: BuildConfig) -> dict:
     """What of the span check decides which probe frames the sampler decodes."""
-    return config.span_check.model_dump(
+    return config.resolved_span_check().model_dump(
         mode="json", include={"mode", "step_s", "reach_s", "presence_pattern", "events"}
     )
 
@@ -405,6 +405,7 @@ def shard_steps(ctx: BuildContext, resolved: ResolvedBuild, resources: Resources
     config = ctx.config
     identity = resolved.detector
     detector = make_detector(config.detector, ctx.config_dir, resources, known_hash=identity["weights_hash"])
+    span_check = config.resolved_span_check()  # events: auto decided (judge or off)
     annotator = make_annotator(
         config.annotator,
         config.verify,
@@ -413,6 +414,8 @@ def shard_steps(ctx: BuildContext, resolved: ResolvedBuild, resources: Resources
         resources=resources,
         run=ctx.run,
         wait=ctx.wait,
+        span_check=span_check,
+        span_frames=config.sampler.span_frames,
     )
     provenance = {
         "detector_name": identity["name"],
@@ -428,7 +431,7 @@ def shard_steps(ctx: BuildContext, resolved: ResolvedBuild, resources: Resources
             FrameStore(ctx.out, config.sampler.jpeg_quality),
             resources,
             track_window=track_window,
-            span_check=config.span_check,
+            span_check=span_check,
         ),
         # Remembers each distinct frame's detections across this process's shards (a frame
         # path names its bytes; the key holds all that decides the boxes): detected once.
@@ -441,7 +444,7 @@ def shard_steps(ctx: BuildContext, resolved: ResolvedBuild, resources: Resources
             track=config.track if config.track.enabled else None,
             pad_to=config.detector.batch if config.detector.backend == "ultralytics" else None,
         ),
-        SpanCheckStep(config.span_check, span_frames=config.sampler.span_frames),
+        SpanCheckStep(span_check, span_frames=config.sampler.span_frames),
         GoldCheckStep(config.gold, config.track),
         *([TrackGateStep(config.track)] if config.track.enabled else []),
         AnnotateStep(annotator),

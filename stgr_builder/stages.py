@@ -46,7 +46,9 @@ STAGE_FIELDS: dict[Stage, tuple[str, ...]] = {
     Stage.SAMPLE: ("frames", "track_frames", "span_frames"),
     # The detect step keeps only the neighbour frames it detected (the track gate's, staged).
     Stage.DETECT: ("detections", "track_frames", "track_detections", "span_detections"),
-    Stage.ANNOTATE: ("annotation", "votes"),
+    # The event judge (``annotate/events.py``) may refine the span first: the sample, its
+    # lineage and the frames that follow the span are the stage's too.
+    Stage.ANNOTATE: ("annotation", "votes", "sample", "lineage", "frames", "detections"),
 }
 
 

@@ -17,6 +17,8 @@ os.environ.update(
         # temporary server the first time (it creates its database); the CLI allows 120 s too.
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "YOLO_CONFIG_DIR": str(_STATE / "ultralytics"),
+        # the open-vocabulary detectors' text-embedding cache (detect/openvocab.py)
+        "STGR_CACHE_DIR": str(_STATE / "stgr-cache"),
     }
 )
 

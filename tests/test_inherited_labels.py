@@ -8,18 +8,21 @@ from pathlib import Path
 
 import pytest
 
+from stgr_builder.audit import connect
 from stgr_builder.core import geometry, grammar
 from stgr_builder.dryrun.demo import (
     CORRUPTIONS_FILE,
     DEMO_FILE,
     MEDIA_DIR,
     DemoNoise,
+    demo_config,
     generate_demo,
     load_corruptions,
     load_truth,
     write_demo_config,
 )
 from stgr_builder.models import (
+    BuildConfig,
     Detection,
     Frame,
     GoldConfig,
@@ -154,11 +157,42 @@ def test_one_missed_or_false_sighting_does_not_move_the_span():
     assert _check(work).lineage.span_check == "ok"
 
 
-def test_event_spans_are_unchecked_without_a_judge_and_a_judge_cannot_be_selected():
-    item = _check(_presence_work([7.5, 11.5], [(5.0, 9.0)], question="When does the dog jump over the fence?"))
+def test_event_spans_are_unchecked_unless_judged_and_only_the_openai_backend_has_a_judge():
+    event = "When does the dog jump over the fence?"
+    item = _check(_presence_work([7.5, 11.5], [(5.0, 9.0)], question=event))
     assert isinstance(item, SampleWork) and item.lineage.span_check == "unchecked"
+    # events: judge: the span check leaves the span to the annotate stage's judge (annotate/events.py)
+    [item] = SpanCheckStep(SpanCheckConfig(events="judge"))([_presence_work([7.5, 11.5], [], question=event)])
+    assert isinstance(item, SampleWork) and item.lineage is None
+    config = demo_config().model_dump(mode="json")
+    config["span_check"] = {"events": "judge"}
     with pytest.raises(ValueError, match="events: judge"):
-        SpanCheckConfig(events="judge")
+        BuildConfig.model_validate(config)  # the template backend has no model to ask
+    config["span_check"] = {}
+    assert BuildConfig.model_validate(config).resolved_span_check().events == "off"
+    config["annotator"].update({"backend": "openai", "model": "m", "prompt": "stgr-cot-llm"})
+    assert BuildConfig.model_validate(config).resolved_span_check().events == "off"  # no judge configured
+    config["annotator"]["judge"] = {"enabled": True}
+    assert BuildConfig.model_validate(config).resolved_span_check().events == "judge"
+
+
+def test_an_event_the_judge_also_sees_elsewhere_makes_the_query_not_unique():
+    """The outcome rules are the presence check's (core/spans.settle_span), on the judge's verdicts."""
+    happening = [(5.0, 9.0), (13.0, 16.0)]
+
+    def judge(frame: Frame, event: str) -> bool:
+        assert event == "the dog jump over the fence"  # the event, not the question, is asked about
+        return any(a <= frame.time <= b for a, b in happening)
+
+    work = _presence_work([5.0, 9.0], [], question="When does the dog jump over the fence?")
+    [item] = SpanCheckStep(SpanCheckConfig(mode="refine"), judge=judge)([work])
+    assert isinstance(item, Reject) and item.code is RejectCode.QUERY_NOT_UNIQUE
+    happening = [(6.0, 10.0)]
+    [item] = SpanCheckStep(SpanCheckConfig(mode="refine"), judge=judge)(
+        [_presence_work([5.0, 9.0], [], question=work.sample.question)]
+    )
+    assert isinstance(item, SampleWork) and item.lineage.span_check == "refined"
+    assert item.sample.span == pytest.approx([6.0, 10.0], abs=0.3) and item.lineage.original_span == [5.0, 9.0]
 
 
 def test_never_seen_objects_leave_the_span_unverified():
@@ -183,6 +217,25 @@ def test_corrupted_labels_never_reach_rows_uncorrected_worst_seed(tmp_path, mode
     assert worst["boxes_caught"] >= 0.9, results
     assert worst["intact_spans_kept"] >= 0.95, results
     assert worst["intact_boxes_kept"] >= 0.95, results
+
+
+@pytest.mark.slow
+def test_corrupted_event_spans_are_caught_by_the_judge_before_annotation(tmp_path):
+    """The demo's event questions, a third of them corrupted, built with the openai backend
+    against the dry-run server (its judge answers from the frames' pixels), events: judge."""
+    folder = tmp_path / "events"
+    figures = score(build_noisy(folder, 3, mode="check", videos=3, images=0, events=True).parent)
+    assert figures["event_spans"] > 0 and figures["intact_event_spans"] > 0, figures
+    assert figures["event_spans_caught"] >= 0.9 and figures["intact_event_spans_kept"] >= 0.95, figures
+    with connect(folder / "out") as con:
+        rejected = con.sql("SELECT id FROM rejects WHERE code = 'span_imprecise'").fetchall()
+        lineage = con.sql("SELECT provenance.lineage.span_check FROM rl WHERE question LIKE 'When does%'").fetchall()
+    assert rejected and {value for (value,) in lineage} == {"ok"}
+    manifest = json.loads((folder / "out" / "manifest.json").read_text())
+    # The judge is asked first: a sample it rejects makes no annotation request.
+    llm = manifest["llm"]
+    assert llm["checks"]["event_judge.no"] > 0 and llm["checks"]["event_judge.yes"] > 0, llm
+    assert llm["requests"] - llm["judge_requests"] <= manifest["counts"]["samples"] - len(rejected), llm
 
 
 @pytest.mark.slow
@@ -280,6 +333,25 @@ def test_the_plan_names_every_missing_files_upstream_and_where_to_get_it(tmp_pat
     # Machine-readable: the plan's JSON carries the same report.
     again = Plan.model_validate_json(plan.model_dump_json())
     assert again.sources[0].missing_media == report.missing_media
+
+
+def test_the_plan_counts_the_event_judges_requests_before_any_spend(tmp_path):
+    config_path = write_demo_config(tmp_path / "CONFIG.yaml", event_spans=True)
+    config = load_config(config_path)
+    annotator = config.annotator.model_copy(update={"backend": "openai", "model": "m", "prompt": "stgr-cot-llm"})
+    events = [
+        s for s in map(json.loads, (tmp_path / DEMO_FILE).read_text().splitlines()) if "When does" in s["question"]
+    ]
+    off = make_plan(config.model_copy(update={"annotator": annotator}), tmp_path).estimate
+    judged = config.model_copy(
+        update={"annotator": annotator, "span_check": config.span_check.model_copy(update={"events": "judge"})}
+    )
+    on = make_plan(judged, tmp_path).estimate
+    assert events and off.event_judge_requests == 0
+    # One request per probe (at most 38 around a span's two ends) and candidate frame of each event span.
+    assert 20 * len(events) <= on.event_judge_requests <= (38 + 8) * len(events)
+    assert on.span_probe_frames > off.span_probe_frames  # the event spans' probes are decoded too
+    assert on.prompt_tokens > off.prompt_tokens and on.images - off.images == on.event_judge_requests
 
 
 def test_the_recipes_say_where_every_sources_media_come_from(tmp_path):

@@ -243,6 +243,28 @@ def test_names_are_compared_in_the_detectors_vocabulary_through_the_alias_table(
     assert detector_name("red sports car", vocabulary, DEFAULT_ALIASES) is None  # open vocabulary: the judge's
 
 
+def test_an_open_vocabulary_label_wins_over_the_alias_table():
+    """YOLO-World / YOLOE / GroundingDINO label a box with the sample's phrase ("man"): the model
+    naming it "the man" means that label, not the closed set's "person" (a false wrong_object)."""
+    labels = {"man", "red car"}
+    assert detector_name("The man", labels | {"man"}, DEFAULT_ALIASES, labels) == "man"
+    assert detector_name("red cars", labels, DEFAULT_ALIASES, labels) == "red car"
+    assert detector_name("the woman", labels | {"woman"}, DEFAULT_ALIASES, labels) == "person"  # not a label here
+    # The check itself: a box labelled "man" named "the man" passes (it was re-asked, then rejected).
+    from stgr_builder.annotate.reply import Chosen, ReplyChecks, check_names
+    from stgr_builder.annotate.request import Candidate, SampleView
+    from stgr_builder.models import Detection, Frame
+
+    frame = Frame(idx=0, time=0.0, path="f.jpg", width=64, height=64)
+    man = Candidate(1, 1, frame, Detection(frame_idx=0, label="man", score=0.9, box=[0.1, 0.1, 0.5, 0.9]))
+    car = Candidate(2, 1, frame, Detection(frame_idx=0, label="red car", score=0.9, box=[0.5, 0.5, 0.9, 0.9]))
+    view = SampleView(None, ["man", "red car"], None, [frame], {1: man, 2: car}, None)  # type: ignore[arg-type]
+    checks = ReplyChecks(aliases=DEFAULT_ALIASES)
+    check_names(view, {1: Chosen(man, "the man"), 2: Chosen(car, "red car")}, checks)
+    with pytest.raises(ReplyError, match="B1 shows a man"):
+        check_names(view, {1: Chosen(man, "red car")}, checks)
+
+
 # ---------------------------------------------------------------------------------------
 # A build against the mistake-making policy
 # ---------------------------------------------------------------------------------------

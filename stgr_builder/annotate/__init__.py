@@ -9,7 +9,7 @@ from stgr_builder.annotate.template import TemplateAnnotator
 from stgr_builder.core.resources import Resources
 from stgr_builder.core.steps import Deferred
 from stgr_builder.errors import StgrError
-from stgr_builder.models import AnnotatorConfig, VerifyConfig
+from stgr_builder.models import AnnotatorConfig, SpanCheckConfig, VerifyConfig
 
 __all__ = [
     "AnnotateStep",
@@ -29,9 +29,10 @@ __all__ = [
 ]
 
 
-def resolve_prompts(config: AnnotatorConfig) -> AnnotatorPrompts:
+def resolve_prompts(config: AnnotatorConfig, span_check: SpanCheckConfig | None = None) -> AnnotatorPrompts:
     """Check an annotator config before any work starts (a prompt of the other backend, an LLM
-    without a model or key: one line) and load its prompts, once per build.
+    without a model or key: one line) and load its prompts, once per build; with a
+    ``span_check`` (resolved: ``events`` decided) whose events go to the judge, its prompt too.
 
     >>> resolve_prompts(AnnotatorConfig()).main.name
     'template-cot'
@@ -42,10 +43,13 @@ def resolve_prompts(config: AnnotatorConfig) -> AnnotatorPrompts:
     if config.backend == "template":
         return AnnotatorPrompts(main)
     if config.backend == "openai":
+        from stgr_builder.annotate.events import PROMPT as EVENT_PROMPT
         from stgr_builder.annotate.llm import check_llm_config
 
         check_llm_config(config)
-        return AnnotatorPrompts(main, load_prompt(config.judge.prompt) if config.judge_on else None)
+        judge = load_prompt(config.judge.prompt) if config.judge_on else None
+        events = load_prompt(EVENT_PROMPT) if span_check is not None and span_check.events == "judge" else None
+        return AnnotatorPrompts(main, judge, events)
     raise StgrError(f"annotator backend {config.backend!r} is not available in this version")
 
 
@@ -58,23 +62,36 @@ def make_annotator(
     resources: Resources | None = None,
     run: str = "",
     wait: bool = True,
+    span_check: SpanCheckConfig | None = None,
+    span_frames: int = 4,
 ) -> Annotator:
     """The annotator a config names, with the ``prompts`` the build resolved (loaded here when
     not given). The openai backend (``annotate/llm.py``) keeps its request cache under ``root``
     (the dataset folder), and takes the budget of ``run`` and its frame memos from ``resources``
-    (the worker's), so the annotators of one run share them.
+    (the worker's), so the annotators of one run share them. With ``span_check.events: judge``
+    it asks the judge about event spans first (``events.py``).
 
     >>> make_annotator(AnnotatorConfig(), VerifyConfig(), root=Path("out")).prompt.name
     'template-cot'
     """
-    prompts = prompts if prompts is not None else resolve_prompts(config)
+    prompts = prompts if prompts is not None else resolve_prompts(config, span_check)
     if config.backend == "template":
         # Choose only boxes that verify will accept, so no sample is lost to a box the
         # annotator could have skipped.
         return TemplateAnnotator(prompts.main, max_box_area=verify.max_box_area)
     from stgr_builder.annotate.llm import LlmAnnotator
 
-    return LlmAnnotator(config, verify, root=root, prompts=prompts, resources=resources, run=run, wait=wait)
+    return LlmAnnotator(
+        config,
+        verify,
+        root=root,
+        prompts=prompts,
+        resources=resources,
+        run=run,
+        wait=wait,
+        span_check=span_check,
+        span_frames=span_frames,
+    )
 
 
 #: The prompt kind each annotator backend reads.

@@ -75,6 +75,7 @@ from stgr_builder.annotate.client import (
     sample_error,
 )
 from stgr_builder.annotate.endpoint import EndpointWatch
+from stgr_builder.annotate.events import EventJudging
 from stgr_builder.annotate.formats import FormatMemory, refuses_format, request_body
 from stgr_builder.annotate.judge import SCHEMA_NAME as JUDGE_SCHEMA
 from stgr_builder.annotate.judge import CropVerdict, judge_messages, kept_by_votes, parse_judge_prompt, parse_verdict
@@ -112,7 +113,15 @@ from stgr_builder.core.layout import budget_ledger
 from stgr_builder.core.resources import Resources
 from stgr_builder.core.steps import Deferred
 from stgr_builder.errors import BudgetReached, SampleError, StgrError
-from stgr_builder.models import Annotation, AnnotatorConfig, LlmUsage, RejectCode, SampleWork, VerifyConfig
+from stgr_builder.models import (
+    Annotation,
+    AnnotatorConfig,
+    LlmUsage,
+    RejectCode,
+    SampleWork,
+    SpanCheckConfig,
+    VerifyConfig,
+)
 
 
 def check_llm_config(config: AnnotatorConfig) -> None:
@@ -149,6 +158,8 @@ class LlmAnnotator:
         resources: Resources | None = None,
         run: str = "",
         wait: bool = True,
+        span_check: SpanCheckConfig | None = None,
+        span_frames: int = 4,
     ):
         check_llm_config(config)
         assert config.model is not None  # check_llm_config
@@ -169,6 +180,11 @@ class LlmAnnotator:
             self.prompts.append(self.judge_prompt)
         self.max_area = verify.max_box_area
         self.root = Path(root)
+        # Event spans put to the judge before the annotation request (``events.py``).
+        self.events = None
+        if span_check is not None and span_check.events == "judge":
+            self.events = EventJudging(span_check, span_frames, self.root, config.image_max_side, prompts.events)
+            self.prompts.append(self.events.prompt)
         resources = resources if resources is not None else Resources()
         # One budget per run, shared by every annotator (shard task) of the run in this process,
         # and, through the run's ledger file, by every process of the run (Dask workers).
@@ -277,6 +293,8 @@ class LlmAnnotator:
             view = sample_view(work, max_per_frame=self.config.max_candidates_per_frame, max_area=self.max_area)
             if work.sample.task in grammar.GROUNDED_TASKS and not view.candidates:
                 continue  # rejected without a request (no_evidence)
+            if self.events is not None and self.events.wanted(work):
+                continue  # the event judge goes first (online): its span may be rejected or refined
             messages, digests = build_request(view, self.content, self.root, self.config.image_max_side, self.images)
             asking.append((view, messages, digests))
         rounds = 1 + (self.config.max_invalid_retries if self.config.batch_reask == "batch" else 0)
@@ -401,6 +419,13 @@ class LlmAnnotator:
         return await self.endpoint.guard(asyncio.gather(*(one(ask, work) for work in batch), return_exceptions=True))
 
     async def _one(self, ask: Asker, work: SampleWork) -> Annotation | SampleError:
+        if self.events is not None and self.events.wanted(work):
+            try:  # before the annotation request: a span the judge contradicts costs none
+                await self.events.check(self.judge_ask, work, self.content.reask)
+            except SampleError as err:
+                return err
+            except REQUEST_FAILURES as err:
+                return sample_error(err, "judge")
         view = sample_view(work, max_per_frame=self.config.max_candidates_per_frame, max_area=self.max_area)
         if work.sample.task in grammar.GROUNDED_TASKS and not view.candidates:
             listed = ", ".join(repr(n) for n in view.names) or "no named object"

@@ -4,7 +4,7 @@ offered, and the trace written from it in the spec's grammar."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -79,17 +79,27 @@ class ReplyChecks:
     key_frame_tolerance: float = 0.0
 
 
-def detector_name(name: str, vocabulary: set[str], aliases: Mapping[str, str]) -> str | None:
+def detector_name(
+    name: str, vocabulary: set[str], aliases: Mapping[str, str], labels: Collection[str] = ()
+) -> str | None:
     """``name`` in the detector's vocabulary (through the alias table; a plural or an article
     dropped), or None for an open-vocabulary phrase (left to the judge).
 
+    A name that is one of the candidates' detector ``labels`` as written means that label, before
+    the alias table: an open-vocabulary detector labels boxes with the sample's own phrases, so
+    "man" is a label there, not the closed set's "person".
+
     >>> detector_name("the man", {"person", "dog"}, {"man": "person"})
     'person'
+    >>> detector_name("the man", {"man", "dog"}, {"man": "person"}, labels={"man", "dog"})
+    'man'
     >>> detector_name("dogs", {"person", "dog"}, {}), detector_name("red ball", {"dog"}, {})
     ('dog', None)
     """
     words = _ARTICLE_RE.sub("", name.lower().strip())
     for form in (words, words[:-1] if words.endswith("s") else ""):
+        if form and form in labels:
+            return form
         if form in aliases:
             return aliases[form]
         if form and form in vocabulary:
@@ -99,9 +109,10 @@ def detector_name(name: str, vocabulary: set[str], aliases: Mapping[str, str]) -
 
 def check_names(view: SampleView, chosen: dict[int, Chosen], checks: ReplyChecks) -> None:
     """The object named for each box is the box's detector label (in the detector's vocabulary)."""
-    vocabulary = {c.det.label.lower() for c in view.candidates.values()} | {n.lower() for n in view.names}
+    labels = {c.det.label.lower() for c in view.candidates.values()}
+    vocabulary = labels | {n.lower() for n in view.names}
     for cid, item in chosen.items():
-        meant = detector_name(item.name, vocabulary, checks.aliases)
+        meant = detector_name(item.name, vocabulary, checks.aliases, labels)
         label = item.cand.det.label.lower()
         if meant is not None and meant != label:
             raise ReplyError(
@@ -120,11 +131,12 @@ def swap_named_boxes(
     citations follow): the model's words say which object it meant, the detector says which box
     shows it, and the judge looks at that box. No request is paid; a box with no such candidate
     is left for ``check_names`` (a re-ask)."""
-    vocabulary = {c.det.label.lower() for c in view.candidates.values()} | {n.lower() for n in view.names}
+    labels = {c.det.label.lower() for c in view.candidates.values()}
+    vocabulary = labels | {n.lower() for n in view.names}
     swapped: dict[int, int] = {}
     out = dict(chosen)
     for cid, item in chosen.items():
-        meant = detector_name(item.name, vocabulary, checks.aliases)
+        meant = detector_name(item.name, vocabulary, checks.aliases, labels)
         if meant is None or meant == item.cand.det.label.lower():
             continue
         taken = set(out) | set(swapped.values())

@@ -313,7 +313,7 @@ def _plan_table(root: Path, manifest: Manifest | None) -> AuditTable | None:
     rows: list[tuple] = [(f"rows: stgr_{d}", plan.rows(d), counts.get(f"stgr_{d}", 0)) for d in ("cot", "rl")]
     est = plan.estimate
     for label, planned, field in (
-        ("LLM requests", est.requests + est.crop_requests, "requests"),
+        ("LLM requests", est.requests + est.crop_requests + est.event_judge_requests, "requests"),
         ("images sent", est.images, "images"),
         ("prompt tokens", est.prompt_tokens, "prompt_tokens"),
         ("completion tokens", est.completion_tokens, "completion_tokens"),

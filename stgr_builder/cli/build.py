@@ -108,6 +108,13 @@ def demo(
         bool, typer.Option(help="give spatio-temporal and visual-QA items gold boxes (implied by --corrupt-boxes)")
     ] = False,
     noise_seed: Annotated[int, typer.Option(help="seed of the corruption")] = 0,
+    event_spans: Annotated[
+        bool,
+        typer.Option(
+            help="add an event question per video object (checked by a judge with span_check.events: judge "
+            "and the openai backend; unchecked otherwise)"
+        ),
+    ] = False,
 ) -> None:
     """Build the embedded demo set end to end, offline. With --corrupt-spans/--corrupt-boxes the
     source's labels are corrupted first; corruptions.json beside truth.json says which."""
@@ -115,10 +122,10 @@ def demo(
 
     noise = DemoNoise(span_share=corrupt_spans, box_share=corrupt_boxes, gold_boxes=gold_boxes, seed=noise_seed)
     if write_config is not None:
-        path = write_demo_config(write_config, noise=noise)
+        path = write_demo_config(write_config, noise=noise, event_spans=event_spans)
         console.print(Text(f"wrote {path} (media beside it); build it with: stgr build {path}"))
         return
-    config = write_demo_config(out / "_source" / "CONFIG.yaml", noise=noise)
+    config = write_demo_config(out / "_source" / "CONFIG.yaml", noise=noise, event_spans=event_spans)
     _run_build(config, out, overwrite=overwrite)
     print_audit(out, brief=True)
 

@@ -103,6 +103,7 @@ def print_plan(plan) -> None:
             ("annotator backend", e.backend),
             ("LLM requests", e.requests),
             ("judge requests (crops)", e.crop_requests),
+            ("judge requests (event spans)", e.event_judge_requests),
             ("candidate frames", e.frames),
             ("images sent", e.images),
             ("pixels sent", e.pixels),
@@ -127,8 +128,8 @@ def print_plan(plan) -> None:
             ),
             (
                 "span check",
-                f"{e.span_checks} inherited spans read by the detector ({e.span_probe_frames} probe frames, "
-                f"in the decode and detect time above; no LLM request)",
+                f"{e.span_checks} inherited spans checked ({e.span_probe_frames} probe frames, in the decode and "
+                f"detect time above; the event spans' judge requests are in the row above)",
             ),
             ("assumptions", f"text {e.assumptions.get('text_tokens')}; image {e.assumptions.get('image_tokens')}"),
         ],

@@ -1,7 +1,9 @@
 """Inherited spans against evidence: which spans can be checked, where to look, what was seen.
 
 Pure functions, no I/O, shared by the sampler (``video``: which probe frames to decode), the
-span check (``verify/spans.py``) and the plan's cost estimate (``planning/cost.py``).
+span check of presence spans (``verify/inherited.py``), the event judge (``annotate/events.py``,
+asked before the paid annotation request) and the plan's cost estimate (``planning/cost.py``):
+``settle_span`` holds the outcome rules both checks apply to what they observed.
 
 A span is checked where it is decided: at its ends. The sampler decodes *probe* frames every
 ``step_s`` within ``reach_s`` of each end (in the GOPs it reads anyway, one pass); the
@@ -21,7 +23,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from stgr_builder.models import SourceSample, SpanCheckConfig, Task, VideoInfo
+from stgr_builder.core import grammar
+from stgr_builder.errors import SampleError
+from stgr_builder.models import Frame, Lineage, RejectCode, SampleWork, SourceSample, SpanCheckConfig, Task, VideoInfo
 
 TEMPORAL_TASKS = (Task.TEMPORAL, Task.TEMPORAL_MCQ)
 
@@ -37,6 +41,29 @@ def presence_name(sample: SourceSample, config: SpanCheckConfig) -> str | None:
     return names.pop()
 
 
+def event_text(question: str) -> str:
+    """The event a temporal question asks about, as the judge is asked it: a quoted sentence
+    (the sources' 'When does "{sentence}" happen in the video?'), else the question less its
+    "When does/do/is ..." opening and its question mark.
+
+    >>> event_text('When does "a man opens a door" happen in the video?')
+    'a man opens a door'
+    >>> event_text("When does the red car drive past?")
+    'the red car drive past'
+    """
+    quoted = re.search(r'"([^"]+)"', question)
+    if quoted:
+        return quoted.group(1).strip()
+    text = re.sub(r"^\s*when\s+(does|do|did|is|are|was|were|can)\s+", "", question, flags=re.IGNORECASE)
+    return text.strip().rstrip("?").strip()
+
+
+def judges_event(sample: SourceSample, config: SpanCheckConfig) -> bool:
+    """Whether the sample's span is an event the judge is asked about (``span_check.events:
+    judge``, a checked span that is not an object's presence)."""
+    return config.events == "judge" and checks_span(sample, config) and presence_name(sample, config) is None
+
+
 def checks_span(sample: SourceSample, config: SpanCheckConfig) -> bool:
     """Whether the span check looks at this sample (a temporal task with a span in a video)."""
     return (
@@ -50,7 +77,7 @@ def probe_times(span: Sequence[float], duration: float, config: SpanCheckConfig)
     >>> probe_times([3.0, 5.0], 10.0, SpanCheckConfig(step_s=1.0, reach_s=1.0))
     [2.0, 3.0, 4.0, 5.0, 6.0]
     """
-    steps = int(math.floor(config.reach_s / config.step_s + 1e-9))
+    steps = int(math.floor(config.reach_s / config.step_s + 1e-9))  # probes on each side of an end
     times = {round(end + k * config.step_s, 6) for end in span for k in range(-steps, steps + 1)}
     return sorted(t for t in times if 0 <= t < duration)
 
@@ -151,3 +178,98 @@ def _runs(points: list[tuple[float, bool]]) -> list[tuple[int, int]]:
     if start is not None:
         runs.append((start, len(points) - 1))
     return runs
+
+
+# ---------------------------------------------------------------------------------------
+# The outcome, from what was observed (the detector's sightings or the judge's verdicts)
+# ---------------------------------------------------------------------------------------
+
+
+def lineage_of(work: SampleWork) -> Lineage:
+    """The work's lineage record, made on first use."""
+    if work.lineage is None:
+        work.lineage = Lineage()
+    return work.lineage
+
+
+def answer_with_span(task: Task, answer: str, span: Sequence[float]) -> str:
+    """The temporal answer with its span replaced ("B\\n[1.0, 2.0]" -> "B\\n[1.5, 2.5]").
+
+    >>> answer_with_span(Task.TEMPORAL_MCQ, "B\\n[1.0, 2.0]", [1.5, 2.5])
+    'B\\n[1.5, 2.5]'
+    """
+    if task is Task.TEMPORAL_MCQ:
+        return grammar.temporal_mcq_answer(answer.split("\n", 1)[0].strip(), span)
+    return grammar.temporal_answer(span)
+
+
+def settle_span(
+    work: SampleWork,
+    observations: Sequence[tuple[float, bool]],
+    name: str,
+    config: SpanCheckConfig,
+    span_frames: int,
+) -> str:
+    """Hold the sample's span against ``observations`` (time, whether ``name`` is there) and
+    record the outcome in its lineage: ``ok``, ``refined`` (the span, the answer and the candidate
+    frames corrected, ``mode: refine``) or ``unverified`` (never seen); raises ``SampleError``
+    ``query_not_unique`` (also seen ``min_elsewhere_s`` apart from the span) or ``span_imprecise``."""
+    sample, video = work.sample, work.video
+    assert sample.span is not None and video is not None, "a checked span is a span in a video"
+    lineage = lineage_of(work)
+    lineage.span = "gold"
+    claimed = (float(sample.span[0]), float(sample.span[1]))
+    seen = read_span(observations, claimed, video.duration, config.step_s)
+    if seen is None:
+        lineage.span_check = "unverified"
+        return "unverified"
+    offset = span_offset(claimed, seen, config.step_s)
+    lineage.span_offset_s = round(offset, 2)
+    evidence = f"[{seen.start:.2f}, {seen.end:.2f}]"
+    if seen.elsewhere_s >= config.min_elsewhere_s:
+        raise SampleError(
+            RejectCode.QUERY_NOT_UNIQUE,
+            f"{name!r} is also seen for {seen.elsewhere_s:.1f}s apart from the span {list(claimed)} "
+            f"(evidence span {evidence})",
+        )
+    if offset <= config.tolerance_s:
+        lineage.span_check = "ok"
+        return "ok"
+    if config.mode == "check" or not seen.precise:
+        raise SampleError(
+            RejectCode.SPAN_IMPRECISE,
+            f"span {list(claimed)} is {offset:.1f}s off the evidence {evidence} for {name!r} "
+            f"(tolerance {config.tolerance_s}s)",
+        )
+    refine_span(work, claimed, (seen.start, seen.end), span_frames)
+    return "refined"
+
+
+def refine_span(work: SampleWork, old: tuple[float, float], found: tuple[float, float], span_frames: int) -> None:
+    """Correct the span and the answer; the candidate frames follow the new span (frames of the
+    old span outside the new one dropped, up to ``span_frames`` probes inside it added)."""
+    sample = work.sample
+    duration = work.video.duration if work.video is not None else found[1]
+    new = [round(max(0.0, found[0]), 1), round(min(duration, found[1]), 1)]
+    work.sample = sample.model_copy(update={"span": new, "answer": answer_with_span(sample.task, sample.answer, new)})
+    lineage = lineage_of(work)
+    lineage.span = lineage.answer = "refined"
+    lineage.span_check = "refined"
+    lineage.original_span = list(old)
+    kept = [f for f in work.frames if not old[0] <= f.time <= old[1] or new[0] <= f.time <= new[1]]
+    have = {f.idx for f in kept}
+    inside = [f for f in work.span_frames if new[0] <= f.time <= new[1] and f.idx not in have]
+    added = _spread(sorted(inside, key=lambda f: f.idx), span_frames)
+    work.frames = sorted([*kept, *added], key=lambda f: f.idx)
+    frame_ids = {f.idx for f in work.frames}
+    added_ids = {f.idx for f in added}
+    work.detections = [d for d in work.detections if d.frame_idx in frame_ids] + [
+        d for d in work.span_detections if d.frame_idx in added_ids
+    ]
+
+
+def _spread(frames: list[Frame], limit: int) -> list[Frame]:
+    if len(frames) <= limit:
+        return frames
+    step = len(frames) / limit
+    return [frames[int((k + 0.5) * step)] for k in range(limit)]

@@ -30,4 +30,8 @@ def make_detector(
         from stgr_builder.detect.groundingdino import GroundingDinoDetector
 
         return GroundingDinoDetector(config, config_dir, resources or Resources(), known_hash=known_hash)
+    if config.backend in ("yolo_world", "yoloe"):
+        from stgr_builder.detect.openvocab import OpenVocabDetector
+
+        return OpenVocabDetector(config, config_dir, resources or Resources(), known_hash=known_hash)
     raise StgrError(f"unknown detector backend {config.backend!r}")

@@ -98,18 +98,22 @@ class UltralyticsDetector:
                 frames = [frame for _, frame in chunk]
                 frames += [frames[-1]] * (size - len(frames))  # padding: predictions dropped
                 self.frames_inferred += size
-                with self._loaded.lock:
-                    predictions = self._loaded.model.predict(
-                        frames,
-                        imgsz=self.config.imgsz,
-                        conf=self.config.conf,
-                        iou=self.config.iou,
-                        device=self.device,
-                        verbose=False,
-                    )
+                predictions = self._predict(frames, phrases)
                 for (pos, _), prediction in zip(chunk, predictions, strict=False):
                     results[pos] = self._to_detections(prediction)
         return results  # type: ignore[return-value]  # every slot is filled above
+
+    def _predict(self, frames: list, phrases: list[str] | None) -> list:
+        """The model's predictions for one full batch (``phrases``: unused by a closed set)."""
+        with self._loaded.lock:
+            return self._loaded.model.predict(
+                frames,
+                imgsz=self.config.imgsz,
+                conf=self.config.conf,
+                iou=self.config.iou,
+                device=self.device,
+                verbose=False,
+            )
 
     def _to_detections(self, prediction) -> list[Detection]:
         names = prediction.names

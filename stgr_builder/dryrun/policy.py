@@ -10,6 +10,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from stgr_builder.dryrun import events
 from stgr_builder.dryrun.judge import DemoJudge
 from stgr_builder.dryrun.noisy import annotation_content
 from stgr_builder.dryrun.options import MODEL_ID, ServerOptions
@@ -120,7 +121,7 @@ def crop_reply(user_text: str, messages: list[dict], deny: Sequence[str]) -> dic
 
 def _broken(schema_name: str, good: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     """JSON that violates the schema (or cites a box that was never offered)."""
-    if schema_name == "crop_verdict":
+    if schema_name in ("crop_verdict", events.SCHEMA_NAME):
         return {"answer": "maybe"}
     if rng.random() < 0.5:
         return {"key_frames": good["key_frames"]}  # no reasoning
@@ -159,6 +160,8 @@ def schema_of(body: dict) -> str:
         return named
     # The judge's question opens its prompt; an annotation prompt opens with "Task:".
     question = message_texts((body.get("messages") or [])[:2], "user").lstrip()
+    if events.is_event_question(question):
+        return events.SCHEMA_NAME
     return "crop_verdict" if _CROP_RE.match(question) else "stgr_cot_reply"
 
 
@@ -176,8 +179,11 @@ def completion(
     the content faults ``malformed`` (cut short) and ``schema`` (a broken reply) apply here."""
     messages = body.get("messages") or []
     user_text = message_texts(messages[:2], "user")  # the first user turn holds the prompt
-    judging = schema_name == "crop_verdict"
-    good = crop_reply(user_text, messages, deny) if judging else annotation_reply(user_text)
+    judging = schema_name in ("crop_verdict", events.SCHEMA_NAME)
+    if schema_name == events.SCHEMA_NAME:  # the event judge: dryrun/events.py
+        good = events.event_reply(user_text, _first_image(messages), JUDGE)
+    else:
+        good = crop_reply(user_text, messages, deny) if judging else annotation_reply(user_text)
     finish = "stop"
     if options is not None and options.policy == "noisy" and not judging and fault is None:
         content, finish = annotation_content(good, user_text, messages, body.get("max_tokens"), options.noisy)

@@ -10,6 +10,9 @@ model behind it:
 - the judge's prompt (schema ``crop_verdict``, "Is this a {object}?" and a crop): "yes" when the
   shipped demo detector finds that object on the crop's pixels (``judge.py``; and the name is
   not in ``crop_deny``), else "no". The prompt's words other than the name are not read.
+- the event judge's prompt (schema ``event_verdict``, "Is this happening here: <event>?" and a
+  frame): "yes" when the demo detector finds the object the event names on the frame
+  (``events.py``).
 
 ``policy="noisy"`` (``noisy.py``) makes the mistakes of a real VLM at seeded rates per kind:
 fenced or prose-wrapped JSON, wrong-object boxes, times in prose, off-span key frames, a

@@ -169,20 +169,17 @@ class SpanCheckConfig(ConfigModel):
     presence_pattern: str = Field(
         PRESENCE_PATTERN, description="regex (case-insensitive) on the question: a presence span (detector)"
     )
-    events: Literal["skip", "judge"] = Field(
-        "skip",
-        description="event spans: skip (lineage span_check: unchecked), or judge (needs an event judge; none "
-        "is configured in this version, so it is a config error)",
+    events: Literal["auto", "off", "judge"] = Field(
+        "auto",
+        description="event spans: judge (the annotate stage asks annotator.judge's model, or the annotator's, "
+        "'Is this happening here: <event>?' about the probes and candidate frames, before the annotation "
+        "request; openai backend only), off (kept, lineage span_check: unchecked), or auto: judge when the "
+        "openai backend's judge is on (annotator.judge), else off",
     )
 
     @model_validator(mode="after")
-    def _judge_available(self) -> SpanCheckConfig:
+    def _pattern_compiles(self) -> SpanCheckConfig:
         re.compile(self.presence_pattern)
-        if self.events == "judge":
-            raise ValueError(
-                "span_check.events: judge needs an event judge (an OpenAI-compatible VLM asked 'is <event> "
-                "happening in this frame?'), which this version does not configure; use events: skip"
-            )
         return self
 
 
@@ -210,7 +207,11 @@ MAX_DETECTOR_BATCH_PIXELS = 64 * 1280**2
 
 
 class DetectorConfig(ConfigModel):
-    backend: Literal["ultralytics", "groundingdino"] = "ultralytics"
+    backend: Literal["ultralytics", "groundingdino", "yolo_world", "yoloe"] = Field(
+        "ultralytics",
+        description="ultralytics (closed set), or open vocabulary prompted with each sample's object phrases: "
+        "groundingdino, yolo_world, yoloe (Ultralytics, with a local text encoder)",
+    )
     weights: str = Field(
         "builtin:stgr-demo-yolo11n",
         description="a .pt path (relative to the config file), or builtin:NAME for a shipped model; groundingdino: "
@@ -225,7 +226,8 @@ class DetectorConfig(ConfigModel):
     text_encoder: str | None = Field(
         None,
         description="groundingdino idea: a local BERT folder (config, weights, vocab.txt) replacing "
-        "text_encoder_type, so nothing is fetched",
+        "text_encoder_type, so nothing is fetched; yolo_world: the CLIP checkpoint (ViT-B-32.pt); yoloe: the "
+        "MobileCLIP TorchScript text encoder (mobileclip_blt.ts)",
     )
     text_threshold: float = Field(0.25, ge=0, le=1, description="groundingdino: least phrase-token score of a box")
     conf: float = Field(0.25, ge=0, le=1, description="least box score (groundingdino: the box threshold)")
@@ -448,3 +450,23 @@ class BuildConfig(ConfigModel):
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     sharding: ShardingConfig = Field(default_factory=ShardingConfig)
     estimate: EstimateConfig = Field(default_factory=EstimateConfig)
+
+    @model_validator(mode="after")
+    def _event_judge_available(self) -> BuildConfig:
+        if self.span_check.events == "judge" and self.annotator.backend != "openai":
+            raise ValueError(
+                "span_check.events: judge asks a VLM 'Is this happening here: <event>?' through the openai "
+                f"annotator's client (annotator.judge); backend {self.annotator.backend!r} has none: use "
+                "events: off (or auto), or annotator.backend: openai"
+            )
+        return self
+
+    def resolved_span_check(self) -> SpanCheckConfig:
+        """``span_check`` with ``events: auto`` decided: ``judge`` for the openai backend with its
+        judge on (a second model the user already pays per image to check the annotator), else
+        ``off``. The config itself keeps ``auto``, so the build id of a config that does not set
+        it does not change."""
+        if self.span_check.events != "auto":
+            return self.span_check
+        judged = self.annotator.backend == "openai" and self.annotator.judge_on
+        return self.span_check.model_copy(update={"events": "judge" if judged else "off"})

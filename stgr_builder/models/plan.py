@@ -85,6 +85,11 @@ class PlanEstimate(Record):
         "takes a fraction)",
     )
     span_checks: int = Field(0, description="temporal samples whose inherited span the span check reads")
+    event_judge_requests: int = Field(
+        0,
+        description="requests of the event judge (span_check.events): one per probe and candidate frame of an "
+        "event span",
+    )
     span_probe_frames: int = Field(
         0, description="probe frames decoded and detected around span ends for the span check (in decoded_frames)"
     )

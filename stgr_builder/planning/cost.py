@@ -78,7 +78,7 @@ def span_probes(config: BuildConfig, sample: SourceSample, info: VideoInfo) -> l
     span is not one the check reads: ``video/steps.py`` decides the same way)."""
     from stgr_builder.core.spans import checks_span, presence_name, probe_indices
 
-    check = config.span_check
+    check = config.resolved_span_check()
     if sample.span is None or not checks_span(sample, check):
         return []
     if presence_name(sample, check) is None and check.events != "judge":
@@ -239,15 +239,20 @@ def estimate(
     frame when the sample has no span), downscaled to
     ``annotator.image_max_side``; prompt tokens = characters / 4 + image tokens; with
     the judge on (``annotator.judge``), ``judge.votes`` crop requests per source object (an
-    assumption: one chosen box each; votes past the settled outcome are not asked).
+    assumption: one chosen box each; votes past the settled outcome are not asked). An event
+    span the judge checks (``span_check.events``) costs one request per probe and candidate frame
+    (``core/spans.event_frames``), each with that frame as its one image.
     """
     from stgr_builder.core.gold import gold_times
+    from stgr_builder.core.spans import judges_event
     from stgr_builder.video.plan import nominal_time, plan_frames
 
     est, ann = config.estimate, config.annotator
     llm = ann.backend == "openai"
     fixed_chars, frame_chars = _prompt_chars(config)
     frames = images = pixels = prompt_tokens = completion_tokens = crops = 0
+    event_requests = event_prompt = event_completion = 0  # the event judge's (online, at full price)
+    check = config.resolved_span_check()
     for sample, info in rows:
         if isinstance(info, VideoInfo):
             indices = plan_frames(info, config.sampler, sample.span, gold_times(sample)).indices
@@ -284,6 +289,15 @@ def estimate(
             pixels += k * 224 * 224
             prompt_tokens += k * (30 + image_tokens(224, 224, est.image_tokens_base, est.image_tokens_tile))
             completion_tokens += k * est.crop_completion_tokens
+        if isinstance(info, VideoInfo) and judges_event(sample, check):
+            # One request per frame the judge is asked about: the probes and the candidate frames.
+            k = len(set(span_probes(config, sample, info)) | set(indices))
+            event_requests += k
+            images += k
+            pixels += k * w * h
+            tokens = 40 + len(sample.question) // 4 + image_tokens(w, h, est.image_tokens_base, est.image_tokens_tile)
+            event_prompt += k * tokens
+            event_completion += k * est.crop_completion_tokens
     requests = len(rows) if llm else 0
     decoded, decode_seconds, detect_seconds, inferred = media_seconds(config, rows, n_shards)
     probed = [len(span_probes(config, s, i)) for s, i in rows if isinstance(i, VideoInfo)]
@@ -300,7 +314,9 @@ def estimate(
             else 0.0
         )
         cost = (cost - crop_cost) * est.batch_discount + crop_cost
-    seconds = (requests + crops) / (ann.concurrency * config.sharding.workers) * est.latency_s
+    cost += (event_prompt * est.price_in + event_completion * est.price_out) / 1e6
+    prompt_tokens, completion_tokens = prompt_tokens + event_prompt, completion_tokens + event_completion
+    seconds = (requests + crops + event_requests) / (ann.concurrency * config.sharding.workers) * est.latency_s
     return PlanEstimate(
         backend=ann.backend,
         requests=requests,
@@ -318,6 +334,7 @@ def estimate(
         detect_seconds=round(detect_seconds, 1),
         span_checks=sum(1 for n in probed if n),
         span_probe_frames=sum(probed),
+        event_judge_requests=event_requests,
         assumptions={
             "decode_s_per_mpx": DECODE_S_PER_MPX,
             "store_s_per_mpx": STORE_S_PER_MPX,

@@ -17,9 +17,11 @@ where the object is seen, for free; ``read_span`` turns them into the span they 
 - the object never seen: kept, lineage ``span_check: unverified`` (the detector cannot tell).
 
 An event span needs a judge asked about frames inside, outside and around each end ("is
-<event> happening here?"): ``EventJudge`` is the interface the check takes; this version
-configures none (``span_check.events: judge`` is a config error), so event spans are kept
-with ``span_check: unchecked``.
+<event> happening here?"). With ``span_check.events: judge`` the annotate stage asks it
+(``annotate/events.py``, through the annotator's client, cache and budget, before the paid
+annotation request) and applies the same rules (``core/spans.settle_span``); this step leaves
+those spans to it. Otherwise event spans are kept with ``span_check: unchecked`` (or judged here
+by an ``EventJudge`` handed to the step, as tests do).
 
 **The gold check** (``GoldCheckStep``, before the track gate). A gold box is confirmed by
 direct evidence first: where the detector has boxes of its object on its frame, one of them
@@ -38,14 +40,13 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from stgr_builder.core import geometry, grammar
-from stgr_builder.core.spans import checks_span, presence_name, read_span, span_offset
+from stgr_builder.core.spans import checks_span, event_text, judges_event, lineage_of, presence_name, settle_span
 from stgr_builder.core.steps import Step
 from stgr_builder.errors import SampleError
 from stgr_builder.models import (
     Detection,
     Frame,
     GoldConfig,
-    Lineage,
     RejectCode,
     SampleWork,
     SpanCheckConfig,
@@ -62,13 +63,6 @@ class EventJudge(Protocol):
     (an independent VLM). Returns None when it cannot tell."""
 
     def __call__(self, frame: Frame, event: str) -> bool | None: ...
-
-
-def lineage_of(work: SampleWork) -> Lineage:
-    """The work's lineage record, made on first use."""
-    if work.lineage is None:
-        work.lineage = Lineage()
-    return work.lineage
 
 
 def presence_observations(work: SampleWork, name: str) -> list[tuple[float, bool]]:
@@ -89,20 +83,10 @@ def event_observations(work: SampleWork, event: str, judge: EventJudge) -> list[
     return [(time, verdict) for time, verdict in verdicts if verdict is not None]
 
 
-def answer_with_span(task: Task, answer: str, span: Sequence[float]) -> str:
-    """The temporal answer with its span replaced ("B\\n[1.0, 2.0]" -> "B\\n[1.5, 2.5]").
-
-    >>> answer_with_span(Task.TEMPORAL_MCQ, "B\\n[1.0, 2.0]", [1.5, 2.5])
-    'B\\n[1.5, 2.5]'
-    """
-    if task is Task.TEMPORAL_MCQ:
-        return grammar.temporal_mcq_answer(answer.split("\n", 1)[0].strip(), span)
-    return grammar.temporal_answer(span)
-
-
 class SpanCheckStep(Step):
     """Check each temporal sample's inherited span against the evidence (module docstring).
-    Counters: ``checked``, ``refined``, ``unverified``, ``unchecked`` (rejects are in stats)."""
+    Counters: ``checked``, ``refined``, ``unverified``, ``unchecked``, ``deferred`` (event spans
+    left to the annotate stage's judge); rejects are in stats."""
 
     stage = Stage.TRACK
 
@@ -112,82 +96,32 @@ class SpanCheckStep(Step):
         self.config = config
         self.span_frames = span_frames  # candidate frames a refined span gets (the sampler's span_frames)
         self.judge = judge
-        self.checked = self.refined = self.unverified = self.unchecked = 0
+        self.checked = self.refined = self.unverified = self.unchecked = self.deferred = 0
 
     def process(self, work: SampleWork) -> SampleWork:
         sample = work.sample
         if not checks_span(sample, self.config) or work.video is None or sample.span is None:
             return work
-        lineage = lineage_of(work)
-        lineage.span = "gold"
+        if judges_event(sample, self.config) and self.judge is None:
+            self.deferred += 1  # the annotate stage asks the judge, before the annotation request
+            return work
         name = presence_name(sample, self.config)
         if name is not None:
             observations = presence_observations(work, name)
         elif self.judge is not None:
-            name = sample.question
+            name = event_text(sample.question)
             observations = event_observations(work, name, self.judge)
         else:
             self.unchecked += 1
+            lineage = lineage_of(work)
+            lineage.span = "gold"
             lineage.span_check = "unchecked"
             return work
         self.checked += 1
-        claimed = (float(sample.span[0]), float(sample.span[1]))
-        seen = read_span(observations, claimed, work.video.duration, self.config.step_s)
-        if seen is None:
-            self.unverified += 1
-            lineage.span_check = "unverified"
-            return work
-        offset = span_offset(claimed, seen, self.config.step_s)
-        lineage.span_offset_s = round(offset, 2)
-        evidence = f"[{seen.start:.2f}, {seen.end:.2f}]"
-        if seen.elsewhere_s >= self.config.min_elsewhere_s:
-            raise SampleError(
-                RejectCode.QUERY_NOT_UNIQUE,
-                f"{name!r} is also seen for {seen.elsewhere_s:.1f}s apart from the span {list(claimed)} "
-                f"(evidence span {evidence})",
-            )
-        if offset <= self.config.tolerance_s:
-            lineage.span_check = "ok"
-            return work
-        if self.config.mode == "check" or not seen.precise:
-            raise SampleError(
-                RejectCode.SPAN_IMPRECISE,
-                f"span {list(claimed)} is {offset:.1f}s off the evidence {evidence} for {name!r} "
-                f"(tolerance {self.config.tolerance_s}s)",
-            )
-        self._refine(work, claimed, (seen.start, seen.end))
-        self.refined += 1
+        outcome = settle_span(work, observations, name, self.config, self.span_frames)
+        self.refined += outcome == "refined"
+        self.unverified += outcome == "unverified"
         return work
-
-    def _refine(self, work: SampleWork, old: tuple[float, float], found: tuple[float, float]) -> None:
-        """Correct the span and the answer; the candidate frames follow the new span."""
-        sample = work.sample
-        duration = work.video.duration if work.video is not None else found[1]
-        new = [round(max(0.0, found[0]), 1), round(min(duration, found[1]), 1)]
-        work.sample = sample.model_copy(
-            update={"span": new, "answer": answer_with_span(sample.task, sample.answer, new)}
-        )
-        lineage = lineage_of(work)
-        lineage.span = lineage.answer = "refined"
-        lineage.span_check = "refined"
-        lineage.original_span = list(old)
-        kept = [f for f in work.frames if not old[0] <= f.time <= old[1] or new[0] <= f.time <= new[1]]
-        have = {f.idx for f in kept}
-        inside = [f for f in work.span_frames if new[0] <= f.time <= new[1] and f.idx not in have]
-        added = _spread(sorted(inside, key=lambda f: f.idx), self.span_frames)
-        work.frames = sorted([*kept, *added], key=lambda f: f.idx)
-        frame_ids = {f.idx for f in work.frames}
-        added_ids = {f.idx for f in added}
-        work.detections = [d for d in work.detections if d.frame_idx in frame_ids] + [
-            d for d in work.span_detections if d.frame_idx in added_ids
-        ]
-
-
-def _spread(frames: list[Frame], limit: int) -> list[Frame]:
-    if len(frames) <= limit:
-        return frames
-    step = len(frames) / limit
-    return [frames[int((k + 0.5) * step)] for k in range(limit)]
 
 
 class GoldCheckStep(Step):

@@ -40,11 +40,12 @@ def demo_config(seed: int = 0) -> BuildConfig:
     )
 
 
-def write_demo_config(path: Path, seed: int = 0, noise: DemoNoise | None = None) -> Path:
+def write_demo_config(path: Path, seed: int = 0, noise: DemoNoise | None = None, *, event_spans: bool = False) -> Path:
     """Write CONFIG.yaml at ``path`` with the demo media generated beside it; return ``path``.
 
     Media already generated with the same seed (and no noise) are reused (generation is
-    deterministic); ``noise`` corrupts a share of the inherited labels (``noise.py``).
+    deterministic); ``noise`` corrupts a share of the inherited labels (``noise.py``);
+    ``event_spans`` adds the event questions a judge checks (``generate_demo``).
 
     >>> write_demo_config(Path("demo/CONFIG.yaml"))  # doctest: +SKIP
     PosixPath('demo/CONFIG.yaml')
@@ -53,8 +54,8 @@ def write_demo_config(path: Path, seed: int = 0, noise: DemoNoise | None = None)
     truth = folder / TRUTH_FILE
     noisy = noise is not None and noise.active
     reuse = truth.is_file() and (folder / DEMO_FILE).is_file() and load_truth(truth).seed == seed
-    if noisy or not reuse or (folder / CORRUPTIONS_FILE).exists():
-        generate_demo(folder, seed=seed, noise=noise)
+    if noisy or event_spans or not reuse or (folder / CORRUPTIONS_FILE).exists():
+        generate_demo(folder, seed=seed, noise=noise, event_spans=event_spans)
     config = demo_config(seed).model_dump(mode="json")
     header = "# stgr-builder demo build: edit and run with `stgr build CONFIG.yaml`\n"
     path.write_text(header + yaml.safe_dump(config, sort_keys=False))

@@ -250,7 +250,13 @@ def _shuffled_options(rng: np.random.Generator, right: str, wrong: list[str], n:
 
 
 def _video_items(
-    rng: np.random.Generator, vid: str, path: str, actors: list[_Actor], fps: float, boxes: list[list[list[int] | None]]
+    rng: np.random.Generator,
+    vid: str,
+    path: str,
+    actors: list[_Actor],
+    fps: float,
+    boxes: list[list[list[int] | None]],
+    events: bool = False,
 ) -> list[DemoRecord]:
     spans = {a.cls: (round(a.first / fps, 1), round(a.last / fps, 1)) for a in actors}
     present = [a.cls for a in actors]
@@ -356,7 +362,22 @@ def _video_items(
         objects=present,
         caption=f"The {by_start[-1].cls} appears last.",
     )
+    if events:  # last, so the other items keep their ids; no draw, so the rest keeps its bytes
+        for actor in actors:
+            args, kwargs = _event_item(actor, spans[actor.cls])
+            add(*args, **kwargs)
     return items
+
+
+def _event_item(actor: _Actor, span: tuple[float, float]) -> tuple[tuple[Task, str, str], dict]:
+    """An event question about the actor ("When does the red dog run from the left to the right
+    of the frame?"): its span is when it crosses the frame, which is when it is in view; the
+    question names no presence (``span_check.presence_pattern``), so a judge checks it."""
+    name, direction = actor.cls, "from the left to the right" if actor.moves_right else "from the right to the left"
+    looks = _looks(name, actor.colour).split(" ", 1)[1]  # "red dog", "person in a red shirt"
+    verb = {"drives": "drive", "bounces": "bounce", "walks": "walk", "flies": "fly", "runs": "run"}[_VERBS[name]]
+    question = f"When does the {looks} {verb} {direction} of the frame?"
+    return (Task.TEMPORAL, question, _fmt_span(span)), {"span": span, "objects": [name], "caption": None}
 
 
 # ---------------------------------------------------------------------------------------
@@ -364,7 +385,7 @@ def _video_items(
 # ---------------------------------------------------------------------------------------
 
 
-def _make_video(out_media: Path, index: int, seed: int) -> tuple[TruthVideo, list[DemoRecord]]:
+def _make_video(out_media: Path, index: int, seed: int, events: bool = False) -> tuple[TruthVideo, list[DemoRecord]]:
     duration, fps, gop, n_objects = VIDEO_TABLE[index % len(VIDEO_TABLE)]
     rng = np.random.default_rng([seed, 1, index])  # per video: more videos never change earlier ones
     n_frames = int(round(duration * fps))
@@ -382,7 +403,7 @@ def _make_video(out_media: Path, index: int, seed: int) -> tuple[TruthVideo, lis
         gop=gop,
         objects=[TruthObject(name=a.cls, colour=a.colour, boxes=b) for a, b in zip(actors, boxes, strict=False)],
     )
-    return truth, _video_items(rng, f"v{index:03d}", rel, actors, fps, boxes)
+    return truth, _video_items(rng, f"v{index:03d}", rel, actors, fps, boxes, events=events)
 
 
 def _make_image(out_media: Path, index: int, seed: int) -> tuple[TruthImage, list[DemoRecord]]:
@@ -438,13 +459,21 @@ def _record_json(record: DemoRecord) -> dict:
 
 
 def generate_demo(
-    out_dir: Path, seed: int = 0, n_videos: int = 6, n_images: int = 3, noise: DemoNoise | None = None
+    out_dir: Path,
+    seed: int = 0,
+    n_videos: int = 6,
+    n_images: int = 3,
+    noise: DemoNoise | None = None,
+    *,
+    event_spans: bool = False,
 ) -> Path:
     """Write the demo media, ``demo_source.jsonl`` and ``truth.json``; return the jsonl's path.
 
     The media root for a config is ``out_dir / "media"``. With ``noise`` (``noise.py``) a
     share of the spans and gold boxes is corrupted and ``corruptions.json`` says which; the
-    media and ``truth.json`` stay what was drawn.
+    media and ``truth.json`` stay what was drawn. ``event_spans`` adds, per video object, an
+    event question ("When does the red dog run ...?") after the video's other items (checked by
+    a judge, not the detector: ``span_check.events``); off, the output is as before.
 
     >>> generate_demo(Path("/tmp/demo"), seed=0)  # doctest: +SKIP
     PosixPath('/tmp/demo/demo_source.jsonl')
@@ -455,7 +484,7 @@ def generate_demo(
     images: list[TruthImage] = []
     records: list[DemoRecord] = []
     for index in range(n_videos):
-        video, items = _make_video(media, index, seed)
+        video, items = _make_video(media, index, seed, events=event_spans)
         videos.append(video)
         records.extend(items)
     for index in range(n_images):
