@@ -12,9 +12,12 @@ Per seed, two builds of the same set, the checks and the judge on:
 Printed per seed and for the worst seed (not the mean): wrong evidence boxes against truth
 (IoU < 0.5 with every true object of the box's name on that frame), rows with a time or a
 coordinate in prose, rows with a key frame outside a temporal answer's span, noisy rows /
-right, annotation requests per row, judge requests per row, and the clean drop.
+right, annotation requests per row, judge requests per row (every judge request a row used,
+those another sample's identical request answered included), and the clean drop.
 
     PYTHONPATH=. python bench/noisy_vlm.py --seeds 0 1 2 --rate 0.15
+    PYTHONPATH=. python bench/noisy_vlm.py --seeds 0 --crops-per-request 1   # one crop a request
+    PYTHONPATH=. python bench/noisy_vlm.py --seeds 0 --per-sentence          # judge.per_sentence
 """
 
 from __future__ import annotations
@@ -50,11 +53,11 @@ from stgr_builder.models import Manifest  # noqa: E402
 from stgr_builder.pipeline import build  # noqa: E402
 
 #: The reject codes of the checks and of the judge.
-CHECK_REJECTS = (*(code.value for code in CHECK_CODES.values()), "crops_rejected")
+CHECK_REJECTS = (*(code.value for code in CHECK_CODES.values()), "crops_rejected", "sentence_rejected")
 _TAGGED = re.compile(r"<(t|box)>.*?</\1>")
 
 
-def write_config(source: Path, name: str, *, checks: bool, judge_on: bool) -> Path:
+def write_config(source: Path, name: str, *, checks: bool, judge: dict) -> Path:
     config = demo_config().model_dump(mode="json")
     config["annotator"].update(
         {
@@ -66,7 +69,7 @@ def write_config(source: Path, name: str, *, checks: bool, judge_on: bool) -> Pa
             "max_invalid_retries": 2,
             "max_tokens": 1024,
             "checks": {"enabled": checks},
-            "judge": {"enabled": judge_on},
+            "judge": judge,
         }
     )
     path = source / f"{name}.yaml"
@@ -115,7 +118,7 @@ def measure(out: Path) -> dict[str, float]:
     }
 
 
-def run_seed(seed: int, work: Path, rate: float, n_videos: int, n_images: int) -> dict[str, dict]:
+def run_seed(seed: int, work: Path, rate: float, n_videos: int, n_images: int, judge: dict) -> dict[str, dict]:
     source = work / f"seed{seed}"
     generate_demo(source, seed=seed, n_videos=n_videos, n_images=n_images)
     rates = dict.fromkeys(MISTAKE_KINDS, rate)
@@ -126,7 +129,7 @@ def run_seed(seed: int, work: Path, rate: float, n_videos: int, n_images: int) -
             os.environ["OPENAI_BASE_URL"] = server.base_url
             started = time.perf_counter()
             out = work / f"out-{seed}-{name}"
-            build(write_config(source, name, checks=checks, judge_on=checks), out)
+            build(write_config(source, name, checks=checks, judge={**judge, "enabled": checks}), out)
             results[name] = {**measure(out), "seconds": round(time.perf_counter() - started, 1)}
     return results
 
@@ -137,12 +140,15 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.15)
     parser.add_argument("--n-videos", type=int, default=6, help="6 and 3 images: the demo's own size")
     parser.add_argument("--n-images", type=int, default=3)
+    parser.add_argument("--crops-per-request", type=int, default=8, help="judge.crops_per_request")
+    parser.add_argument("--per-sentence", action="store_true", help="judge.per_sentence on")
     args = parser.parse_args()
+    judge = {"crops_per_request": args.crops_per_request, "per_sentence": args.per_sentence}
     os.environ.setdefault("OPENAI_API_KEY", "bench-not-secret")
     worst: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="stgr-noisy-") as tmp, contextlib.chdir(tmp):
         for seed in args.seeds:
-            got = run_seed(seed, Path(tmp), args.rate, args.n_videos, args.n_images)
+            got = run_seed(seed, Path(tmp), args.rate, args.n_videos, args.n_images, judge)
             clean, noisy = got["clean"], got["noisy"]
             right = clean["rows"] + clean["dropped"]
             line = {

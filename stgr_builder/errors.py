@@ -25,7 +25,8 @@ The exception hierarchy::
     ├── BadReply                   a 200 reply that cannot be read: retried like a 5xx
     │   └── TooLarge               a reply body over the size cap (not read further)
     ├── BudgetReached              the run's LLM budget stopped a request  -> Deferred("budget")
-    └── BatchPending               Batch API jobs submitted, not back yet   -> Deferred("batch")
+    ├── BatchPending               Batch API jobs submitted, not back yet   -> Deferred("batch")
+    └── RequestDeferred            a judge request recorded for a batch instead of sent (batch mode)
 
     StgrWarning (UserWarning)      worth knowing, does not stop the command: ``warning: ...``
 
@@ -162,6 +163,11 @@ class BatchPending(StgrException):
         super().__init__(f"{requests} requests in {batches} batches pending; run again to collect")
         self.requests = requests
         self.batches = batches
+
+
+class RequestDeferred(StgrException):
+    """A request the cache lacks, asked by an ``Asker`` that collects requests for a batch
+    (``Asker.deferred`` set) instead of sending them: its body is recorded there."""
 
 
 def require(module: str, extra: str | None = None):

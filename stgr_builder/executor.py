@@ -103,6 +103,7 @@ LATER_SETTINGS: tuple[tuple[str | None, str, Any], ...] = (
     (None, "span_check", SpanCheckConfig().model_dump(mode="json")),
     (None, "gold", GoldConfig().model_dump(mode="json")),
     ("track", "staged", TrackConfig.model_fields["staged"].default),
+    ("detector", "runtime", "torch"),
 )
 
 
@@ -380,7 +381,10 @@ def stage_fingerprints(config: BuildConfig, detector: dict[str, str], prompts: l
     the frames that share its batch), for annotate the prompts."""
     filters = {source.name: source.filters for source in config.sources}
     track_window = config.track.window if config.track.enabled else 0
-    detect_print = [config.detector.model_dump(mode="json"), detector["name"], detector["weights_hash"]]
+    settings = config.detector.model_dump(mode="json")
+    if settings["runtime"] == "torch":  # the runtime's default keeps the fingerprints it had
+        del settings["runtime"]
+    detect_print = [settings, detector["name"], detector["weights_hash"]]
     return {
         Stage.PROBE: {name: f.model_dump(mode="json") for name, f in filters.items()},
         Stage.SAMPLE: [config.sampler.model_dump(mode="json"), track_window, span_probe_settings(config)],

@@ -48,7 +48,7 @@ STAGE_FIELDS: dict[Stage, tuple[str, ...]] = {
     Stage.DETECT: ("detections", "track_frames", "track_detections", "span_detections"),
     # The event judge (``annotate/events.py``) may refine the span first: the sample, its
     # lineage and the frames that follow the span are the stage's too.
-    Stage.ANNOTATE: ("annotation", "votes", "sample", "lineage", "frames", "detections"),
+    Stage.ANNOTATE: ("annotation", "votes", "box_votes", "sample", "lineage", "frames", "detections"),
 }
 
 

@@ -24,6 +24,9 @@ from stgr_builder.dryrun.demo import DEMO_FILE, demo_config, generate_demo
 
 from helpers.bad_corpus import add_bad_items, source_id_of
 
+#: The judge is on by default for the openai backend; these tests check other things.
+NO_JUDGE = {"judge": {"enabled": False}}
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -322,7 +325,7 @@ def test_an_endpoint_refusing_the_key_is_one_line(source, tmp_path):
             source,
             tmp_path,
             "refused",
-            annotator={"backend": "openai", "model": "m", "prompt": "stgr-cot-llm", "max_retries": 0},
+            annotator={"backend": "openai", "model": "m", "prompt": "stgr-cot-llm", "max_retries": 0, **NO_JUDGE},
         )
         env = _env(OPENAI_BASE_URL=f"http://127.0.0.1:{server.server_port}/v1", OPENAI_API_KEY="wrong")
         result = _stgr("build", str(config), "--out", str(tmp_path / "o"), cwd=source, env=env)
@@ -341,6 +344,7 @@ def test_an_endpoint_refusing_the_key_is_one_line(source, tmp_path):
 # forks the CLI instead and hands back that grandchild's own ``wait4`` figure.
 _PEAK_OF_GRANDCHILD = """
 import os, sys
+
 pid = os.fork()
 if pid == 0:
     os.execv(sys.executable, [sys.executable, *sys.argv[2:]])

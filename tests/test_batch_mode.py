@@ -5,6 +5,7 @@ annotation, rows identical to an online build's; a build that returns after subm
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -16,13 +17,23 @@ from stgr_builder.dryrun.demo import demo_config, generate_demo
 from stgr_builder.dryrun.server import serve_llm
 from stgr_builder.pipeline import build
 
+#: The judge is on by default for the openai backend; these tests check other things.
+NO_JUDGE = {"judge": {"enabled": False}}
+
 pytestmark = pytest.mark.slow
 
 
 def _config(source: Path, name: str, **annotator) -> Path:
     config = demo_config().model_dump(mode="json")
     config["annotator"].update(
-        {"backend": "openai", "model": "stgr-dry-run", "prompt": "stgr-cot-llm", "batch_poll_s": 0.1, **annotator}
+        {
+            "backend": "openai",
+            "model": "stgr-dry-run",
+            "prompt": "stgr-cot-llm",
+            "batch_poll_s": 0.1,
+            **NO_JUDGE,
+            **annotator,
+        }
     )
     path = source / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -38,17 +49,21 @@ def _shards(out: Path) -> dict[str, bytes]:
 
 
 def test_batch_mode_rows_equal_online_rows_and_nothing_is_submitted_twice(tmp_path, monkeypatch):
+    """The judge on: its requests go in batches too, after the annotation batch is collected
+    (a shard waiting on either is pending; each rerun collects what it can and submits the
+    rest), and no request, annotation or judge, goes online."""
     source = tmp_path / "src"
     generate_demo(source, seed=0, n_videos=2, n_images=1)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-batch-0123456789")
+    judge = {"judge": {"enabled": True}}
     with serve_llm() as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
-        online = build(_config(source, "online"), tmp_path / "online")
-        asked_online = server.stats()["total"]
-    assert online.complete and asked_online > 0
+        online = build(_config(source, "online", **judge), tmp_path / "online")
+        asked_online, judged_online = server.stats()["total"], server.stats()["by_schema"]["crop_verdicts"]
+    assert online.complete and asked_online > judged_online > 0
 
     out = tmp_path / "batch"
-    config = _config(source, "batch", mode="batch", batch_max_requests=10)
+    config = _config(source, "batch", mode="batch", batch_max_requests=10, **judge)
     with serve_llm(batch_delay_s=1.0) as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         first = CliRunner().invoke(app, ["build", str(config), "--out", str(out), "--no-wait"])
@@ -59,14 +74,21 @@ def test_batch_mode_rows_equal_online_rows_and_nothing_is_submitted_twice(tmp_pa
         assert json.loads((out / "manifest.json").read_text())["complete"] is False
         from stgr_builder.annotate import pending_batches
 
-        assert pending_batches(out) == (asked_online, submitted)
+        assert pending_batches(out) == (asked_online - judged_online, submitted)  # the annotation requests
         records = list((out / "_cache" / "batches").glob("*.json"))
         assert records and all(c["batch_id"] for r in records for c in json.loads(r.read_text())["chunks"])
+
+        time.sleep(1.5)  # the annotation batches finish
+        again = CliRunner().invoke(app, ["build", str(config), "--out", str(out), "--no-wait"])
+        assert again.exit_code == 0 and "batches pending" in again.output, again.output
+        with_judge = server.stats()["batches"]
+        assert with_judge > submitted and server.stats()["total"] == 0  # the judge's batch, nothing online
+        assert pending_batches(out)[0] == judged_online
 
         second = build(config, out)  # reattaches, waits, collects
         stats = server.stats()
     assert second.complete
-    assert stats["batches"] == submitted  # nothing submitted twice
+    assert stats["batches"] == with_judge  # nothing submitted twice
     assert stats["batch_lines"] == asked_online and stats["total"] == 0  # each request once, none online
     assert _shards(out) == _shards(tmp_path / "online")  # the online build's rows, byte for byte
     from stgr_builder.annotate import batch_progress, pending_batches

@@ -31,7 +31,7 @@ from helpers.small_demo import small_source, write_config
 
 pytestmark = pytest.mark.slow
 
-LLM = {"backend": "openai", "model": "stgr-dry-run", "prompt": "stgr-cot-llm"}
+LLM = {"backend": "openai", "model": "stgr-dry-run", "prompt": "stgr-cot-llm", "judge": {"enabled": False}}
 
 
 def _digests(out: Path) -> dict[str, str]:
@@ -64,7 +64,7 @@ def test_faults_of_every_kind_leave_samples_pending_and_a_rerun_finishes_them(
             "timeout": 2.0,  # the judge runs a detector on each crop: more than 0.5s on a busy machine
             "max_retries": 0,
             "max_invalid_retries": 3,
-            "crop_verify": True,
+            "judge": {"enabled": True, "crops_per_request": 1},  # a request per crop, as many as before
         },
     )
     clean, out = tmp_path / "clean", tmp_path / "out"

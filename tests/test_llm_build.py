@@ -29,6 +29,9 @@ from stgr_builder.pipeline import build, context
 from stgr_builder.sources import ingest
 from stgr_builder.verify import check_row
 
+#: The judge is on by default for the openai backend; these tests check other things.
+NO_JUDGE = {"judge": {"enabled": False}}
+
 pytestmark = pytest.mark.slow
 
 LLM_CODES = {RejectCode.LLM_ERROR.value, RejectCode.LLM_INVALID_REPLY.value}
@@ -50,6 +53,7 @@ def write_config(source: Path, name: str, **annotator) -> Path:
             "prompt": "stgr-cot-llm",
             "timeout": 2.0,
             "max_retries": 1,
+            **NO_JUDGE,
             **annotator,
         }
     )
@@ -129,7 +133,14 @@ def test_demo_build_through_the_flow_passes_every_rule_and_leaks_no_key(source, 
 
 def test_faults_of_every_kind_end_each_sample_as_a_row_a_reject_or_pending(source, llm_env, tmp_path):
     config = write_config(
-        source, "faults", concurrency=4, timeout=0.5, max_retries=1, max_invalid_retries=1, crop_verify=True
+        source,
+        "faults",
+        concurrency=4,
+        timeout=0.5,
+        max_retries=1,
+        max_invalid_retries=1,
+        # A request per crop and vote (two votes needed): requests enough for every kind of fault.
+        judge={"enabled": True, "crops_per_request": 1, "votes": 2, "threshold": 2},
     )
     out = tmp_path / "out"
     with serve_llm(fault_rate=0.2, retry_after_s=0.05, hang_s=1.0) as server:

@@ -35,6 +35,9 @@ from stgr_builder.models import (
 
 from helpers.llm_units import BOXES, FRAMES  # the fixtures root and env: tests/conftest.py
 
+#: The judge is on by default for the openai backend; these tests check other things.
+NO_JUDGE = {"judge": {"enabled": False}}
+
 
 def work(n: int, task: Task = Task.SPATIO_TEMPORAL, span=(0.5, 2.5), apart: bool = False) -> SampleWork:
     """A sample of the dog; ``apart``: the cat only at t=1.0 and the dog only elsewhere (a cat box
@@ -74,7 +77,7 @@ def annotator(root: Path, **options) -> LlmAnnotator:
     config = AnnotatorConfig(
         backend="openai",
         model="stgr-dry-run",
-        **{"timeout": 5.0, "max_retries": 1, "max_invalid_retries": 2, "concurrency": 1, **options},
+        **{"timeout": 5.0, "max_retries": 1, "max_invalid_retries": 2, "concurrency": 1, **NO_JUDGE, **options},
     )
     return LlmAnnotator(config, VerifyConfig(), root=root, run="r1")
 
@@ -314,8 +317,17 @@ def test_a_build_against_a_noisy_vlm_yields_rows_the_truth_finds_no_fault_in(tmp
     with connect(noisy_out) as con:
         rows = con.execute("SELECT id, source, video_path, image_path, key_items FROM cot").fetchall()
         traces = [r[0] for r in con.execute("SELECT reasoning_process FROM cot").fetchall()]
+        voted = con.execute("SELECT provenance.judge_votes, provenance.verifier_votes, key_items FROM cot").fetchall()
     with connect(bare) as con:
         bare_rows = con.execute("SELECT count(*) FROM cot").fetchone()[0]
+        unjudged = con.execute("SELECT count(*) FROM cot WHERE provenance.judge_votes IS NOT NULL").fetchone()[0]
+    # The judge's votes per evidence box, in key_items order; none without a judge.
+    assert voted and all(
+        per_box == [1] * sum(len(item["boxes"]) for item in items) and total == len(per_box)
+        for per_box, total, items in voted
+    )
+    assert unjudged == 0
+    assert manifest.llm.judge_requests <= 1.5 * len(voted)  # the row's crops in one request
     judged = judge(load_truths(manifest), rows)
     assert judged and all(iou >= RIGHT_IOU for *_, iou in judged)
     tagged = re.compile(r"<(t|box)>.*?</\1>")

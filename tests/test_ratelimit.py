@@ -27,6 +27,9 @@ from stgr_builder.dryrun.server import serve_llm
 from stgr_builder.errors import StgrWarning
 from stgr_builder.pipeline import build
 
+#: The judge is on by default for the openai backend; these tests check other things.
+NO_JUDGE = {"judge": {"enabled": False}}
+
 SERVER_RPM = 240
 
 
@@ -154,7 +157,14 @@ def source(tmp_path_factory) -> Path:
 def _build(source: Path, out: Path, monkeypatch, **annotator):
     config = demo_config().model_dump(mode="json")
     config["annotator"].update(
-        {"backend": "openai", "model": "stgr-dry-run", "prompt": "stgr-cot-llm", "concurrency": 8, **annotator}
+        {
+            "backend": "openai",
+            "model": "stgr-dry-run",
+            "prompt": "stgr-cot-llm",
+            "concurrency": 8,
+            **NO_JUDGE,
+            **annotator,
+        }
     )
     config["sharding"].update({"samples_per_shard": 8, "workers": 2})  # 16 requests could be in flight
     path = source / f"{out.name}.yaml"
@@ -188,6 +198,7 @@ _WORKER = """
 import asyncio, sys, time
 from pathlib import Path
 from stgr_builder.annotate.ratelimit import RateLimiter
+
 limiter = RateLimiter(Path(sys.argv[1]), rpm=600)
 async def main():
     for _ in range(10):

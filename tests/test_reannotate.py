@@ -152,6 +152,7 @@ def test_reannotating_rejects_turns_them_into_rows(tmp_path_factory, tmp_path, m
     config["annotator"].update(
         {
             "backend": "openai",
+            "judge": {"enabled": False},  # on by default for openai; not what this checks
             "model": "stgr-dry-run",
             "prompt": "stgr-cot-llm",
             "timeout": 5.0,

@@ -20,6 +20,9 @@ from stgr_builder.recipes import available_recipes, resolve_config, write_config
 
 from helpers.recipe_data import make_data_root
 
+#: The judge is on by default for the openai backend; these tests check other things.
+NO_JUDGE = {"judge": {"enabled": False}}
+
 RELEASED = {
     "stgr-cot-30k": (
         "cot",
@@ -230,7 +233,14 @@ def test_estimate_beside_the_measured_llm_work(tmp_path, monkeypatch):
     generate_demo(tmp_path, seed=0, n_videos=2, n_images=1)
     config = demo_config().model_dump(mode="json")
     config["annotator"].update(
-        {"backend": "openai", "model": "stgr-dry-run", "prompt": "stgr-cot-llm", "timeout": 5.0, "max_retries": 1}
+        {
+            "backend": "openai",
+            "model": "stgr-dry-run",
+            "prompt": "stgr-cot-llm",
+            "timeout": 5.0,
+            "max_retries": 1,
+            **NO_JUDGE,
+        }
     )
     config["sources"][0]["sample"] = 6
     # The dry-run server counts characters / 4 + 85 per image: the same rule, without tiles.

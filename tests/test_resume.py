@@ -37,6 +37,7 @@ def test_sigkills_in_every_stage_end_with_the_uninterrupted_rows(tmp_path, tmp_p
         "kill5",
         annotator={
             "backend": "openai",
+            "judge": {"enabled": False},  # on by default for openai; not what this checks
             "model": "stgr-dry-run",
             "prompt": "stgr-cot-llm",
             "concurrency": 2,

@@ -30,6 +30,9 @@ from stgr_builder.pipeline import build
 
 from helpers import seeded
 
+#: The judge is on by default for the openai backend; these tests check other things.
+NO_JUDGE = {"judge": {"enabled": False}}
+
 pytestmark = pytest.mark.slow
 
 #: Seconds a signalled command may take to end (the line, then its children reaped).
@@ -47,7 +50,14 @@ def source(tmp_path_factory) -> Path:
 def write_config(source: Path, name: str, sharding: dict | None = None, **annotator) -> Path:
     config = demo_config().model_dump(mode="json")
     config["annotator"].update(
-        {"backend": "openai", "model": "stgr-dry-run", "prompt": "stgr-cot-llm", "timeout": 120.0, **annotator}
+        {
+            "backend": "openai",
+            "model": "stgr-dry-run",
+            "prompt": "stgr-cot-llm",
+            "timeout": 120.0,
+            **NO_JUDGE,
+            **annotator,
+        }
     )
     config["sharding"].update(sharding or {})
     path = source / f"{name}.yaml"

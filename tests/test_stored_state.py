@@ -31,6 +31,9 @@ from stgr_builder.models import Stage
 from stgr_builder.pipeline import build
 from stgr_builder.stages import StageEntry, StageStore
 
+#: The judge is on by default for the openai backend; these tests check other things.
+NO_JUDGE = {"judge": {"enabled": False}}
+
 
 class FakeClock:
     def __init__(self, now: float = 1_000_000.0):
@@ -202,7 +205,14 @@ def source(tmp_path_factory) -> Path:
 def write_config(source: Path, name: str, **annotator) -> Path:
     config = demo_config().model_dump(mode="json")
     config["annotator"].update(
-        {"backend": "openai", "model": "stgr-dry-run", "prompt": "stgr-cot-llm", "max_retries": 1, **annotator}
+        {
+            "backend": "openai",
+            "model": "stgr-dry-run",
+            "prompt": "stgr-cot-llm",
+            "max_retries": 1,
+            **NO_JUDGE,
+            **annotator,
+        }
     )
     path = source / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -25,7 +25,9 @@ BatchPending: 64 requests in 1 batches pending; run again to collect
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -130,6 +132,14 @@ class BatchJobs:
 
         return OpenAI(max_retries=5, timeout=120.0)
 
+    def _locked(self) -> int:
+        """An open descriptor holding the exclusive lock of the batch records (close it to release)."""
+        folder = self.root / BATCH_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
     def _records(self) -> dict[Path, dict]:
         records = {}
         for path in sorted((self.root / BATCH_DIR).glob("*.json")):
@@ -151,67 +161,68 @@ class BatchJobs:
         ``BatchPending``), and return each key's (status, reply body)."""
         if not bodies:
             return {}
-        records = self._records()
-        submitted = {
-            key
-            for record in records.values()
-            for chunk in record["chunks"]
-            if not chunk.get("collected")
-            for key in chunk["keys"]
-        }
-        new = [key for key in sorted(bodies) if key not in submitted]
-        if admit is not None:
-            new = [key for key in new if admit()]
-        if new:
-            intent = digest(new)[:16]
-            path = self.root / BATCH_DIR / f"{intent}.json"
-            if path not in records:
-                lines = [
-                    (
-                        key,
+        # Shards of a build submit one at a time (a flock): the same request of two shards (a
+        # judge's shared crops) is recorded and submitted once, and a shard never finds another's
+        # chunk recorded but not yet submitted.
+        lock = self._locked()
+        try:
+            records = self._records()
+            submitted = {
+                key
+                for record in records.values()
+                for chunk in record["chunks"]
+                if not chunk.get("collected")
+                for key in chunk["keys"]
+            }
+            new = [key for key in sorted(bodies) if key not in submitted]
+            if admit is not None:
+                new = [key for key in new if admit()]
+            if new:
+                intent = digest(new)[:16]
+                path = self.root / BATCH_DIR / f"{intent}.json"
+                if path not in records:
+                    lines = [
                         (
-                            json.dumps(
-                                {"custom_id": key, "method": "POST", "url": ENDPOINT, "body": bodies[key]},
-                                separators=(",", ":"),
-                            )
-                            + "\n"
-                        ).encode(),
-                    )
-                    for key in new
-                ]
-                records[path] = {
-                    "intent": intent,
-                    "chunks": [
-                        {"keys": [key for key, _ in chunk], "batch_id": None, "collected": False}
-                        for chunk in _chunks(lines, self.max_requests, self.max_bytes)
-                    ],
-                }
-                self._save(path, records[path])  # before anything is uploaded
-        wanted = set(bodies)
-        mine = [
-            (path, chunk)
-            for path, record in records.items()
-            for chunk in record["chunks"]
-            if not chunk.get("collected") and wanted.intersection(chunk["keys"])
-        ]
-        if not mine:
-            return {}
-        client = self.client()
-        for path, chunk in mine:
-            if chunk["batch_id"] is None:
-                record = records[path]
-                tag = f"{record['intent']}-{record['chunks'].index(chunk)}"
-                chunk["batch_id"] = self._find(client, tag) or self._submit(client, tag, chunk["keys"], bodies)
-                self._save(path, record)
+                            key,
+                            (
+                                json.dumps(
+                                    {"custom_id": key, "method": "POST", "url": ENDPOINT, "body": bodies[key]},
+                                    separators=(",", ":"),
+                                )
+                                + "\n"
+                            ).encode(),
+                        )
+                        for key in new
+                    ]
+                    records[path] = {
+                        "intent": intent,
+                        "chunks": [
+                            {"keys": [key for key, _ in chunk], "batch_id": None, "collected": False}
+                            for chunk in _chunks(lines, self.max_requests, self.max_bytes)
+                        ],
+                    }
+                    self._save(path, records[path])  # before anything is uploaded
+            wanted = set(bodies)
+            mine = [
+                (path, chunk)
+                for path, record in records.items()
+                for chunk in record["chunks"]
+                if not chunk.get("collected") and wanted.intersection(chunk["keys"])
+            ]
+            if not mine:
+                return {}
+            client = self.client()
+            for path, chunk in mine:
+                if chunk["batch_id"] is None:
+                    record = records[path]
+                    tag = f"{record['intent']}-{record['chunks'].index(chunk)}"
+                    chunk["batch_id"] = self._find(client, tag) or self._submit(client, tag, chunk["keys"], bodies)
+                    self._save(path, record)
+        finally:
+            os.close(lock)
         while True:
             batches = {chunk["batch_id"]: client.batches.retrieve(chunk["batch_id"]) for _, chunk in mine}
-            for path in {path for path, _ in mine}:  # progress, for `stgr build`'s bar
-                for chunk in records[path]["chunks"]:
-                    batch = batches.get(chunk["batch_id"])
-                    counts = getattr(batch, "request_counts", None)
-                    if batch is not None and counts is not None:
-                        chunk["status"], chunk["done"] = batch.status, counts.completed + counts.failed
-                self._save(path, records[path])
+            self._progress({path for path, _ in mine}, batches)
             running = [b for b in batches.values() if b.status not in TERMINAL]
             if not running:
                 break
@@ -233,15 +244,37 @@ class BatchJobs:
         self._collecting = mine
         return replies
 
+    def _progress(self, paths: set[Path], batches: Mapping[str, Any]) -> None:
+        """Each batch's status and count of finished requests into its record, for `stgr build`'s
+        bar (read again under the lock: another shard may share the record)."""
+        lock = self._locked()
+        try:
+            for path in paths:
+                record, _ = read_record(path)
+                if record is None:
+                    continue
+                for chunk in record["chunks"]:
+                    batch = batches.get(chunk["batch_id"])
+                    counts = getattr(batch, "request_counts", None)
+                    if batch is not None and counts is not None:
+                        chunk["status"], chunk["done"] = batch.status, counts.completed + counts.failed
+                self._save(path, record)
+        finally:
+            os.close(lock)
+
     def collected(self) -> None:
         """Mark the batches the last ``run`` returned collected (their replies are cached)."""
-        for path, record in self._records().items():
-            done = {chunk["batch_id"] for _, chunk in getattr(self, "_collecting", [])}
-            if any(chunk["batch_id"] in done for chunk in record["chunks"]):
-                for chunk in record["chunks"]:
-                    if chunk["batch_id"] in done:
-                        chunk["collected"] = True
-                self._save(path, record)
+        lock = self._locked()
+        try:
+            for path, record in self._records().items():
+                done = {chunk["batch_id"] for _, chunk in getattr(self, "_collecting", [])}
+                if any(chunk["batch_id"] in done for chunk in record["chunks"]):
+                    for chunk in record["chunks"]:
+                        if chunk["batch_id"] in done:
+                            chunk["collected"] = True
+                    self._save(path, record)
+        finally:
+            os.close(lock)
 
     @staticmethod
     def _save(path: Path, record: dict) -> None:

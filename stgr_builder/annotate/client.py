@@ -27,6 +27,7 @@ from stgr_builder.errors import (
     LlmUnavailable,
     ReplyRejected,
     ReplyTooLarge,
+    RequestDeferred,
     SampleError,
     StgrError,
     TooLarge,
@@ -136,6 +137,11 @@ class Asker:
         self.model_name = model_name or annotator.model
         self.formats = formats or annotator.formats
         self.judge = judge
+        # Batch mode: requests the cache lacks are recorded here (key -> (body, images)) and
+        # raise ``RequestDeferred``, to be sent as a batch; None: sent online.
+        self.deferred: dict[str, tuple[dict[str, Any], int]] | None = None
+        # Requests being sent, by cache key: an identical one waits for that reply.
+        self.in_flight: dict[str, asyncio.Future[CacheEntry]] = {}
 
     def count(self, event: str) -> None:
         """One more ``event`` of the annotation checks, in the annotator's and the sample's usage."""
@@ -216,12 +222,29 @@ class Asker:
         if entry is not None and entry.kind == "error" and TRANSIENT_ERROR.match(entry.error or ""):
             entry = None  # a transient failure cached by an earlier version: ask again
         cached = entry is not None
+        if not cached and self.deferred is not None:
+            config = annotator.config
+            body = request_body(
+                self.model_name, messages, model, name, config.temperature, max_tokens, self.formats.mode
+            )
+            self.deferred[key] = (body, count_images(messages))
+            raise RequestDeferred(key)
+        if not cached and key in self.in_flight:
+            # The same request of another sample (the judge's crops of a shared box) is under
+            # way: its reply, not a second payment.
+            entry, cached = await asyncio.shield(self.in_flight[key]), True
         if not cached:
-            if not self.budget.acquire():
-                raise BudgetReached()
-            entry = await self._send(key, messages, model, name, max_tokens)
-            self.budget.add_tokens(entry.usage.prompt_tokens + entry.usage.completion_tokens)
-            await asyncio.to_thread(self.cache.put, key, entry)  # before the reply is used
+            self.in_flight[key] = sent = asyncio.get_running_loop().create_future()
+            sent.add_done_callback(lambda done: done.cancelled() or done.exception())  # read: no warning
+            try:
+                entry = await self._paid(key, messages, model, name, max_tokens)
+                sent.set_result(entry)
+            except BaseException as exc:
+                sent.set_exception(exc)
+                raise
+            finally:
+                del self.in_flight[key]
+        assert entry is not None
         used = LlmUsage(
             requests=1,
             cached=int(cached),
@@ -236,6 +259,17 @@ class Asker:
                 usage.add(used)
         if entry.kind == "error":
             raise LlmError(entry.error or "request failed")
+        return entry
+
+    async def _paid(
+        self, key: str, messages: list[dict], model: type[BaseModel], name: str, max_tokens: int | None
+    ) -> CacheEntry:
+        """One request sent (budget permitting), its reply cached before it is used."""
+        if not self.budget.acquire():
+            raise BudgetReached()
+        entry = await self._send(key, messages, model, name, max_tokens)
+        self.budget.add_tokens(entry.usage.prompt_tokens + entry.usage.completion_tokens)
+        await asyncio.to_thread(self.cache.put, key, entry)  # before the reply is used
         return entry
 
     async def _send(

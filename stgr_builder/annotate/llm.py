@@ -58,6 +58,7 @@ import asyncio
 import functools
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,16 @@ from stgr_builder.annotate.endpoint import EndpointWatch
 from stgr_builder.annotate.events import EventJudging
 from stgr_builder.annotate.formats import FormatMemory, refuses_format, request_body
 from stgr_builder.annotate.judge import SCHEMA_NAME as JUDGE_SCHEMA
-from stgr_builder.annotate.judge import CropVerdict, judge_messages, kept_by_votes, parse_judge_prompt, parse_verdict
+from stgr_builder.annotate.judge import (
+    CropVerdicts,
+    JudgeItem,
+    chunks,
+    judge_messages,
+    kept_by_votes,
+    parse_judge_prompt,
+    sentence_claims,
+    verdict_parser,
+)
 from stgr_builder.annotate.prepare import PreparePool, default_processes
 from stgr_builder.annotate.prompts import AnnotatorPrompts, load_prompt
 from stgr_builder.annotate.ratelimit import limiter_for
@@ -122,6 +132,20 @@ from stgr_builder.models import (
     SpanCheckConfig,
     VerifyConfig,
 )
+
+#: Rounds of judge batches at most (each vote, each re-ask of an unusable verdict is a round).
+MAX_JUDGE_ROUNDS = 12
+
+
+@dataclass
+class Judged:
+    """What the judge said of one sample's chosen boxes (and, per sentence, of its claims)."""
+
+    kept: dict[int, Chosen]
+    #: (frame idx, box, yes votes) of each kept box.
+    box_votes: list[tuple[int, list[float], int]]
+    #: The claims (sentence, box) the judge did not confirm in a kept box's crop.
+    unconfirmed: list[tuple[str, int]]
 
 
 def check_llm_config(config: AnnotatorConfig) -> None:
@@ -266,6 +290,8 @@ class LlmAnnotator:
         if self.config.mode == "batch":
             try:
                 self._send_as_batches(batch)  # replies into the cache; the online pass below reads them
+                if self.judge_content is not None:
+                    self._judge_as_batches(batch)
             except BatchPending as pending:
                 # Submitted and recorded (``_cache/batches``); the next run collects them, and pays nothing twice.
                 return Deferred("batch", str(pending))
@@ -336,6 +362,39 @@ class LlmAnnotator:
                 break
             asking = again
 
+    def _judge_as_batches(self, batch: list[SampleWork]) -> None:
+        """The judge's requests sent through the Batch API: a pass over the batch (its annotation
+        replies cached by now) collects the judge requests the cache lacks instead of sending
+        them (``Asker.deferred``), they go out as batches, and again, while a pass finds new
+        ones (a later vote, a re-ask of an unusable verdict). A request a batch could not answer
+        (transient, a refused response format) is left to the online pass that follows. Usage
+        is counted by that final pass alone."""
+        saved, tried = self.usage.model_copy(deep=True), set[str]()
+        try:
+            for _ in range(MAX_JUDGE_ROUNDS):
+                deferred: dict[str, tuple[dict, int]] = {}
+                # On copies: the pass's outcomes (votes, a span the event judge refines) are not kept.
+                copies = [work.model_copy(deep=True) for work in batch]
+                self.session.run(functools.partial(self._batch, batch=copies, deferred=deferred))
+                fresh = {key: found for key, found in deferred.items() if key not in tried}
+                if not fresh:
+                    return
+                tried.update(fresh)
+                self._send_bodies(
+                    {key: body for key, (body, _) in fresh.items()},
+                    {key: images for key, (_, images) in fresh.items()},
+                    self.judge_model,
+                    self._judge_batch_client if self._judge_endpoint_differs() else None,
+                )
+        finally:
+            for name in type(self.usage).model_fields:
+                setattr(self.usage, name, getattr(saved, name))
+
+    def _judge_batch_client(self) -> Any:
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.judge_base_url, api_key=self.judge_api_key, max_retries=5, timeout=120.0)
+
     def _batch_round(self, requests: dict[str, list[dict]]) -> None:
         """Send the requests (cache key -> messages) the cache lacks as batches; cache the replies."""
         bodies: dict[str, dict] = {}
@@ -354,6 +413,12 @@ class LlmAnnotator:
                 self.formats.mode,
             )
             bodies[key], images[key] = body, count_images(messages)
+        self._send_bodies(bodies, images, self.model)
+
+    def _send_bodies(
+        self, bodies: dict[str, dict], images: dict[str, int], model_name: str, client_factory: Any = None
+    ) -> None:
+        """Send request bodies (cache key -> body) as batches; cache the replies."""
         if not bodies:
             return
         jobs = BatchJobs(
@@ -361,6 +426,7 @@ class LlmAnnotator:
             max_requests=self.config.batch_max_requests,
             max_bytes=self.config.batch_max_bytes,
             poll_s=self.config.batch_poll_s,
+            client_factory=client_factory,
         )
         # The budget counts only requests submitted now (not those of batches already submitted);
         # one it refuses is asked online, where the budget stops the shard.
@@ -369,7 +435,7 @@ class LlmAnnotator:
                 continue
             if status == 200:
                 try:
-                    entry = entry_of(json.dumps(reply).encode(), images[key], self.model)
+                    entry = entry_of(json.dumps(reply).encode(), images[key], model_name)
                 except BadReply:
                     continue  # asked again online
             elif final_status(status):
@@ -379,7 +445,7 @@ class LlmAnnotator:
                 entry = CacheEntry(
                     kind="error",
                     images=images[key],
-                    model=self.model,
+                    model=model_name,
                     error=f"HTTP {status} (batch): {str(message)[:200]}",
                 )
             else:
@@ -390,7 +456,11 @@ class LlmAnnotator:
 
     # -- one batch, one sample ------------------------------------------------------------
 
-    async def _batch(self, client, batch: list[SampleWork]) -> list:
+    async def _batch(
+        self, client, batch: list[SampleWork], deferred: dict[str, tuple[dict, int]] | None = None
+    ) -> list:
+        """Annotate the batch online; with ``deferred``, the judge's requests the cache lacks
+        are recorded there instead of sent (batch mode's collecting pass)."""
         semaphore = asyncio.Semaphore(self.config.concurrency)
         # Samples under way (prepared, asking, or asked): enough that a freed request slot finds
         # the next sample's messages ready, few enough that preparing them (GIL-bound Python,
@@ -416,6 +486,7 @@ class LlmAnnotator:
             formats=self.judge_formats,
             judge=True,
         )
+        self.judge_ask.deferred = deferred
         return await self.endpoint.guard(asyncio.gather(*(one(ask, work) for work in batch), return_exceptions=True))
 
     async def _one(self, ask: Asker, work: SampleWork) -> Annotation | SampleError:
@@ -451,15 +522,24 @@ class LlmAnnotator:
         kept = chosen
         if self.judge_content is not None and chosen:
             try:
-                kept, yes_votes = await self._judge(chosen)
+                judged = await self._judge(chosen, reply.reasoning)
             except REQUEST_FAILURES as err:
                 return sample_error(err, "judge")
-            work.votes = yes_votes
+            kept = judged.kept
+            work.box_votes = judged.box_votes
+            work.votes = sum(votes for *_, votes in judged.box_votes)
             if not kept:
                 names = sorted({c.name for c in chosen.values()})
                 return SampleError(
                     RejectCode.CROPS_REJECTED,
                     f"the judge did not confirm any of the {len(chosen)} chosen boxes ({', '.join(names)})",
+                )
+            if judged.unconfirmed:
+                claim, cid = judged.unconfirmed[0]
+                return SampleError(
+                    RejectCode.SENTENCE_REJECTED,
+                    f"the judge did not confirm {claim!r} in the crop of B{cid} "
+                    f"({len(judged.unconfirmed)} claims not confirmed)",
                 )
         evidence = evidence_of(kept)
         key_frames = sorted(
@@ -478,48 +558,88 @@ class LlmAnnotator:
             model=self.model,
         )
 
-    def _judge_client(self, client: Any) -> Any:
-        """The annotator's client when the judge shares its endpoint and key, else one of its own."""
-        same = (self.judge_base_url, self.judge_api_key) == (
+    def _judge_endpoint_differs(self) -> bool:
+        return (self.judge_base_url, self.judge_api_key) != (
             os.environ.get("OPENAI_BASE_URL"),
             os.environ.get("OPENAI_API_KEY"),
         )
-        if same:
+
+    def _judge_client(self, client: Any) -> Any:
+        """The annotator's client when the judge shares its endpoint and key, else one of its own."""
+        if not self._judge_endpoint_differs():
             return client
         if self.judge_client is None:
             self.judge_client = async_client(self.config, self.limiter, self.judge_base_url, self.judge_api_key)
         return self.judge_client
 
-    async def _judge(self, chosen: dict[int, Chosen]) -> tuple[dict[int, Chosen], int]:
+    async def _judge(self, chosen: dict[int, Chosen], reasoning: str) -> Judged:
         """The chosen boxes the judge confirms (``judge.threshold`` yes votes of at most
-        ``judge.votes``, asked one after the other until the outcome is settled), and the yes
-        votes of the kept boxes."""
-        settings = self.config.judge
-        content, root = self.judge_content, self.root
+        ``judge.votes``), their votes, and (``judge.per_sentence``) the claims it did not
+        confirm in a kept box's crop. Each box's question ("Is this a {name}?") and each
+        sentence's claim is an item: a crop and its question, nothing else."""
+        settings, content, root = self.config.judge, self.judge_content, self.root
         assert content is not None
+        cids = list(chosen)
+        jpegs = await asyncio.gather(
+            *(
+                asyncio.to_thread(crops.crop_jpeg, root / chosen[c].cand.frame.path, chosen[c].cand.det.box)
+                for c in cids
+            )
+        )
+        crop_of = dict(zip(cids, jpegs, strict=True))
+        items = [JudgeItem(content.user.format(name=chosen[cid].name), crop_of[cid]) for cid in cids]
+        claims: list[tuple[str, int]] = []
+        if settings.per_sentence:
+            for claim, cited in sentence_claims(reasoning):
+                claims += [(claim, cid) for cid in cited if cid in chosen]
+            items += [JudgeItem(content.claim.format(claim=claim), crop_of[cid]) for claim, cid in claims]
+        votes = await self._verdicts(items)
+        box_yes = dict(zip(cids, votes, strict=False))
+        kept = {cid: chosen[cid] for cid in cids if box_yes[cid] >= settings.threshold}
+        unconfirmed = [
+            (claim, cid)
+            for (claim, cid), yes in zip(claims, votes[len(cids) :], strict=True)
+            if cid in kept and yes < settings.threshold
+        ]
+        box_votes = [
+            (item.cand.frame.idx, grammar.round_box(item.cand.det.box), box_yes[cid]) for cid, item in kept.items()
+        ]
+        return Judged(kept, box_votes, unconfirmed)
 
-        async def votes_for(cid: int) -> int:
-            item = chosen[cid]
-            jpeg = await asyncio.to_thread(crops.crop_jpeg, root / item.cand.frame.path, item.cand.det.box)
-            yes = 0
-            for vote in range(1, settings.votes + 1):
-                verdict = await self.judge_ask.valid(
-                    judge_messages(content, item.name, jpeg, vote),
-                    self.judge_prompt.version,
-                    CropVerdict,
-                    JUDGE_SCHEMA,
-                    parse_verdict,
-                    self.content.reask,
-                )
-                yes += verdict.answer == "yes"
-                self.judge_ask.count(f"judge.{verdict.answer}")
-                if kept_by_votes(yes, vote, settings.votes, settings.threshold) is not None:
-                    break
-            return yes
+    async def _verdicts(self, items: list[JudgeItem]) -> list[int]:
+        """The yes votes of each item: every item asked once (``judge.crops_per_request`` to a
+        request; an item asked twice in a sample is asked once), then the items whose outcome is
+        not settled again, up to ``judge.votes`` times."""
+        settings = self.config.judge
+        unique = list(dict.fromkeys(items))
+        yes = dict.fromkeys(unique, 0)
+        open_items = unique
+        for vote in range(1, settings.votes + 1):
+            groups = chunks(open_items, settings.crops_per_request)
+            answers = await asyncio.gather(*(self._ask_judge(group, vote) for group in groups))
+            for group, said in zip(groups, answers, strict=True):
+                for item, answer in zip(group, said, strict=True):
+                    yes[item] += answer
+                    self.judge_ask.count(f"judge.{'yes' if answer else 'no'}")
+            open_items = [
+                i for i in open_items if kept_by_votes(yes[i], vote, settings.votes, settings.threshold) is None
+            ]
+            if not open_items:
+                break
+        return [yes[item] for item in items]
 
-        yes_votes = await asyncio.gather(*(votes_for(cid) for cid in chosen))
-        kept = {cid: chosen[cid] for cid, yes in zip(chosen, yes_votes, strict=True) if yes >= settings.threshold}
-        return kept, sum(yes for yes in yes_votes if yes >= settings.threshold)
+    async def _ask_judge(self, group: list[JudgeItem], vote: int) -> list[bool]:
+        """The judge's verdict on each item of one request."""
+        content = self.judge_content
+        assert content is not None, "asked only with the judge on"
+        return await self.judge_ask.valid(
+            judge_messages(content, group, vote),
+            self.judge_prompt.version,
+            CropVerdicts,
+            JUDGE_SCHEMA,
+            verdict_parser(len(group)),
+            self.content.reask,
+        )
 
 
 __all__ = [

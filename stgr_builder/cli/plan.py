@@ -122,9 +122,14 @@ def print_plan(plan) -> None:
             ),
             (
                 "detect",
-                f"{e.detect_seconds / 3600:.2f} core-hours on the CPU ({e.detector_frames} frames through the "
-                f"detector, padding included; {e.assumptions.get('detect_s_per_frame_cpu')} s per frame and "
-                f"{e.assumptions.get('detect_startup_s')} s start-up; a GPU takes a fraction)",
+                f"{e.detect_seconds / 3600:.2f} core-hours as {e.assumptions.get('detect_setting')} "
+                f"({e.detector_frames} frames through the detector, padding included; "
+                f"{e.assumptions.get('detect_s_per_frame')} s per frame, {e.assumptions.get('detect_constant')}; "
+                f"{e.assumptions.get('detect_startup_s')} s start-up)",
+            ),
+            (
+                "detect, by setting",
+                "; ".join(f"{k} {h:.3g} h" for k, h in e.assumptions.get("detect_hours_by_setting", {}).items()),
             ),
             (
                 "span check",

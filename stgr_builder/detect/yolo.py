@@ -13,6 +13,7 @@ from pathlib import Path
 from stgr_builder.core.data import data_folder
 from stgr_builder.core.resources import Resources
 from stgr_builder.detect.base import pick_device, weights_hash
+from stgr_builder.detect.runtime import check_runtime, exported_model
 from stgr_builder.errors import StgrError, require
 from stgr_builder.models import Detection, DetectorConfig
 
@@ -22,6 +23,10 @@ BUILTIN_WEIGHTS = data_folder("stgr_builder.detect") / "weights"
 # prints (a settings notice on first import, warnings): a library call here never prints.
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_VERBOSE", "False")
+# Ultralytics' export and exported-model loading pip-install what they miss (check_requirements'
+# AutoUpdate): nothing installs at build time; the runtimes extra holds what they need.
+os.environ.setdefault("YOLO_AUTOINSTALL", "False")
+os.environ.setdefault("ULTRALYTICS_SKIP_REQUIREMENTS_CHECKS", "1")
 
 
 def resolve_weights(weights: str, config_dir: Path) -> Path:
@@ -44,6 +49,8 @@ def resolve_weights(weights: str, config_dir: Path) -> Path:
 
 def _load_model(weights: Path, device: str):
     ultralytics = require("ultralytics")
+    if weights.suffix != ".pt":  # an exported model: no task in it to read, device picked at predict time
+        return ultralytics.YOLO(str(weights), task="detect")
     model = ultralytics.YOLO(str(weights))
     model.to(device)
     return model
@@ -65,13 +72,22 @@ class UltralyticsDetector:
         self.config = config
         self.weights = resolve_weights(config.weights, config_dir)
         self.weights_hash = known_hash or weights_hash(self.weights)
-        self.name = f"ultralytics:{self.weights.stem}"
         self.device = pick_device(config.device)
+        # The runtime decides the boxes' last digits (detect/runtime.py): part of the name that
+        # provenance records; torch keeps the name it always had.
+        runtime = config.runtime
+        self.name = f"ultralytics:{self.weights.stem}" + ("" if runtime == "torch" else f":{runtime}")
+        check_runtime(runtime, self.device)
+        model_file = self.weights
+        if runtime != "torch":
+            model_file = exported_model(
+                self.weights, self.weights_hash, runtime, config.imgsz, config.batch, self.device
+            )
         self.frames_inferred = 0  # frames through the model, padding included (the plan's unit)
         # Loaded once per worker process; shard tasks in threads share it and take turns on its
         # one lock (Ultralytics keeps per-call state on the predictor).
         self._loaded = resources.model(
-            ("ultralytics", str(self.weights), self.device), lambda: _load_model(self.weights, self.device)
+            ("ultralytics", str(model_file), self.device), lambda: _load_model(model_file, self.device)
         )
 
     def detect(self, images: list[Path], phrases: list[str] | None = None) -> list[list[Detection]]:

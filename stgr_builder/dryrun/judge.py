@@ -1,5 +1,9 @@
 """The dry-run server's judge: it answers "Is this a {object}?" from the crop's pixels.
 
+A request holds numbered crops, each after its own question ("Crop 2: Is this a dog? ..."); a
+sentence's claim ("Does this crop show: the dog runs left?") is answered "yes" when the crop
+shows an object of the detector's vocabulary that the claim names.
+
 The crop is pasted, at its own size, on a grey canvas the size of a demo frame, and the shipped
 demo detector (``builtin:stgr-demo-yolo11n``, trained on the demo's renderer) runs on it: the
 answer is "yes" when it finds the asked class there. Nothing of the prompt but the asked name is
@@ -11,9 +15,12 @@ read, so a label in the prompt cannot sway it.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
+import re
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from PIL import Image
@@ -73,3 +80,53 @@ class DemoJudge:
         asked = name.lower().strip().split(" ")[-1]
         found = self.found(jpeg)
         return "yes" if asked in found or asked.removesuffix("s") in found else "no"
+
+    def answer_claim(self, jpeg: bytes, claim: str) -> str:
+        """``yes`` when the crop shows an object (of the detector's classes) the claim names."""
+        with self.lock:
+            classes = {str(name).lower() for name in self._loaded().names.values()}
+        words = {word.removesuffix("s") for word in re.findall(r"[a-z]+", claim.lower())} | set(
+            re.findall(r"[a-z]+", claim.lower())
+        )
+        return "yes" if words & classes & self.found(jpeg) else "no"
+
+
+_ITEM_RE = re.compile(r"^Crop \d+: (.*)$", re.DOTALL)
+_BOX_RE = re.compile(r"^Is this an? (.+?)\?")
+_CLAIM_RE = re.compile(r"^Does this crop show: (.+)\? Answer", re.DOTALL)
+
+
+def crop_items(messages: list[dict]) -> list[tuple[str, bytes]]:
+    """(question, crop) of each numbered crop of the first user message."""
+    for message in messages:
+        content = message.get("content")
+        if message.get("role") != "user" or not isinstance(content, list):
+            continue
+        items, question = [], None
+        for part in content:
+            if part.get("type") == "text":
+                found = _ITEM_RE.match(part.get("text", ""))
+                question = found.group(1) if found else None
+            elif part.get("type") == "image_url" and question is not None:
+                url = (part.get("image_url") or {}).get("url", "")
+                if ";base64," in url:
+                    items.append((question, base64.b64decode(url.split(";base64,", 1)[1])))
+                question = None
+        return items
+    return []
+
+
+def verdicts(judge: DemoJudge, messages: list[dict], deny: Sequence[str]) -> dict[str, list[str]]:
+    """The judge's answers, one per crop: a box question from the crop's pixels (and "no" for a
+    name in ``deny``), a claim by the objects it names."""
+    answers = []
+    for question, jpeg in crop_items(messages):
+        box, claim = _BOX_RE.match(question), _CLAIM_RE.match(question)
+        if box is not None:
+            name = box.group(1).lower()
+            answers.append("no" if name in deny else judge.answer(jpeg, name))
+        elif claim is not None:
+            answers.append(judge.answer_claim(jpeg, claim.group(1)))
+        else:
+            answers.append("no")
+    return {"answers": answers}

@@ -11,13 +11,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from stgr_builder.dryrun import events
-from stgr_builder.dryrun.judge import DemoJudge
+from stgr_builder.dryrun.judge import DemoJudge, verdicts
 from stgr_builder.dryrun.noisy import annotation_content
 from stgr_builder.dryrun.options import MODEL_ID, ServerOptions
 
 _CANDIDATE_RE = re.compile(r"^B(\d+): (.+?) \(([\d.]+)\) on frame (\d+)", re.MULTILINE)
 _OBJECTS_RE = re.compile(r"^Objects to ground: (.*)$", re.MULTILINE)
-_CROP_RE = re.compile(r"Is this an? (.+?)\?")
 
 
 def message_texts(messages: list[dict], role: str) -> str:
@@ -109,19 +108,15 @@ def _first_image(messages: list[dict]) -> bytes | None:
 
 
 def crop_reply(user_text: str, messages: list[dict], deny: Sequence[str]) -> dict[str, Any]:
-    """The judge's verdict: the asked object found on the crop's pixels by the demo detector."""
-    match = _CROP_RE.search(user_text)
-    jpeg = _first_image(messages)
-    if match is None or jpeg is None:
-        return {"answer": "no"}
-    name = match.group(1).lower()
-    yes = name not in deny and JUDGE.answer(jpeg, name) == "yes"
-    return {"answer": "yes" if yes else "no"}
+    """The judge's verdicts: each asked object found on its crop's pixels by the demo detector."""
+    return verdicts(JUDGE, messages, deny)
 
 
 def _broken(schema_name: str, good: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     """JSON that violates the schema (or cites a box that was never offered)."""
-    if schema_name in ("crop_verdict", events.SCHEMA_NAME):
+    if schema_name == "crop_verdicts":
+        return {"answers": ["maybe"]}
+    if schema_name == events.SCHEMA_NAME:
         return {"answer": "maybe"}
     if rng.random() < 0.5:
         return {"key_frames": good["key_frames"]}  # no reasoning
@@ -162,7 +157,7 @@ def schema_of(body: dict) -> str:
     question = message_texts((body.get("messages") or [])[:2], "user").lstrip()
     if events.is_event_question(question):
         return events.SCHEMA_NAME
-    return "crop_verdict" if _CROP_RE.match(question) else "stgr_cot_reply"
+    return "crop_verdicts" if question.startswith("Crop 1: ") else "stgr_cot_reply"
 
 
 def completion(
@@ -179,7 +174,7 @@ def completion(
     the content faults ``malformed`` (cut short) and ``schema`` (a broken reply) apply here."""
     messages = body.get("messages") or []
     user_text = message_texts(messages[:2], "user")  # the first user turn holds the prompt
-    judging = schema_name in ("crop_verdict", events.SCHEMA_NAME)
+    judging = schema_name in ("crop_verdicts", events.SCHEMA_NAME)
     if schema_name == events.SCHEMA_NAME:  # the event judge: dryrun/events.py
         good = events.event_reply(user_text, _first_image(messages), JUDGE)
     else:

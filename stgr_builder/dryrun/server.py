@@ -7,9 +7,10 @@ model behind it:
 - the annotation prompt (schema ``stgr_cot_reply``): for each object to ground, the candidate
   box with that label and the best score, plus the best one on one more frame; a reasoning that
   cites them (and ``[SPAN]`` when the prompt asks for it);
-- the judge's prompt (schema ``crop_verdict``, "Is this a {object}?" and a crop): "yes" when the
-  shipped demo detector finds that object on the crop's pixels (``judge.py``; and the name is
-  not in ``crop_deny``), else "no". The prompt's words other than the name are not read.
+- the judge's prompt (schema ``crop_verdicts``, numbered crops each after its question "Is this a
+  {object}?"): "yes" for a crop when the shipped demo detector finds that object on its pixels
+  (``judge.py``; and the name is not in ``crop_deny``), else "no". The prompt's words other than
+  the name are not read.
 - the event judge's prompt (schema ``event_verdict``, "Is this happening here: <event>?" and a
   frame): "yes" when the demo detector finds the object the event names on the frame
   (``events.py``).

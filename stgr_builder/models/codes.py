@@ -67,6 +67,7 @@ class RejectCode(str, Enum):
     LLM_INVALID_REPLY = "llm_invalid_reply"
     LLM_REPLY_TOO_LARGE = "llm_reply_too_large"
     CROPS_REJECTED = "crops_rejected"
+    SENTENCE_REJECTED = "sentence_rejected"
     # annotate: the semantic checks of an LLM reply (each re-asked first, with the error)
     WRONG_OBJECT_NAME = "wrong_object_name"
     PROSE_TIME_OR_BOX = "prose_time_or_box"
@@ -238,6 +239,12 @@ REJECT_CODE_HELP: dict[RejectCode, RejectHelp] = {
         "annotate",
         "the independent judge (`annotator.judge`, crop only) confirmed none of the boxes the annotator chose",
         "look at the crops in the gallery; a judge model that cannot see small objects; lower `judge.threshold`",
+    ),
+    RejectCode.SENTENCE_REJECTED: RejectHelp(
+        "annotate",
+        "per-sentence judging (`judge.per_sentence`): the judge did not confirm a sentence's claim in a crop it cites",
+        "the reasoning says of a box what the crop does not show; look at the rejects' messages; a judge that "
+        "reads long claims poorly: turn `judge.per_sentence` off",
     ),
     RejectCode.WRONG_OBJECT_NAME: RejectHelp(
         "annotate",

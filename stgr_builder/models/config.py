@@ -235,6 +235,12 @@ class DetectorConfig(ConfigModel):
     imgsz: int = Field(320, ge=32, le=4096, description="inference size in pixels (memory grows with its square)")
     batch: int = Field(16, ge=1, le=1024)
     device: str = Field("auto", description="auto (GPU when present), cpu, cuda:0, ...")
+    runtime: Literal["torch", "openvino", "onnx", "tensorrt"] = Field(
+        "torch",
+        description="ultralytics: the engine that runs the weights; openvino, onnx, tensorrt (GPU) use "
+        "Ultralytics' export, cached by weights hash (docs/detection.md). Boxes differ from torch's in the "
+        "last digits, so a non-default runtime changes the build id",
+    )
 
     @model_validator(mode="after")
     def _bounded_memory(self) -> DetectorConfig:
@@ -246,6 +252,10 @@ class DetectorConfig(ConfigModel):
                 f"batch x imgsz^2 is {self.batch} x {self.imgsz}^2 = {pixels:,} pixels, over "
                 f"{MAX_DETECTOR_BATCH_PIXELS:,} (e.g. batch 64 at imgsz 1280, 6 at 4096): "
                 f"lower detector.batch or detector.imgsz"
+            )
+        if self.runtime != "torch" and self.backend != "ultralytics":
+            raise ValueError(
+                f"detector.runtime {self.runtime} is for the ultralytics backend; {self.backend} runs torch"
             )
         return self
 
@@ -288,7 +298,9 @@ class JudgeConfig(ConfigModel):
     """The independent judge: each chosen box's crop, 'Is this a {object}?', to its own model."""
 
     enabled: bool | None = Field(
-        None, description="None: on when annotator.crop_verify is true (the judge replaces that switch)"
+        None,
+        description="None: on for the openai backend (set to true when the config is read), else when "
+        "annotator.crop_verify is true; false: off",
     )
     model: str | None = Field(None, description="the judge's model; None: the annotator's")
     base_url_env: str = Field(
@@ -300,6 +312,17 @@ class JudgeConfig(ConfigModel):
     prompt: str = Field("judge", description="the judge's prompt under prompts/")
     votes: int = Field(1, ge=1, le=9, description="times each crop is asked (samples differ by the vote's number)")
     threshold: int = Field(1, ge=1, le=9, description="'yes' votes a box needs to stay evidence")
+    crops_per_request: int = Field(
+        8,
+        ge=1,
+        le=32,
+        description="crops put to the judge in one request, each with its own question (1: one crop a request)",
+    )
+    per_sentence: bool = Field(
+        False,
+        description="also judge each sentence that cites a box: its claim asked of each crop it cites; a "
+        "sentence not confirmed rejects the sample (sentence_rejected)",
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -384,6 +407,15 @@ class AnnotatorConfig(ConfigModel):
     @classmethod
     def _prompt_is_a_name(cls, value: str | None) -> str | None:
         return None if value is None else check_prompt(value)
+
+    @model_validator(mode="after")
+    def _judge_follows_backend(self) -> AnnotatorConfig:
+        # The judge is on by default for the openai backend (as the paper judges every
+        # annotation); resolved here so that it enters the build id of such a config. The
+        # template backend has no judge: its None stays (and out of the demo's build id).
+        if self.backend == "openai" and self.judge.enabled is None:
+            self.judge = self.judge.model_copy(update={"enabled": True})
+        return self
 
     @model_validator(mode="after")
     def _prompt_follows_backend(self) -> AnnotatorConfig:

@@ -72,7 +72,9 @@ class Provenance(Record):
         None, description="mean IoU of chosen boxes against the source's gold boxes, where the source has them"
     )
     detector_score: float | None = Field(None, description="mean detector confidence of the chosen boxes")
-    verifier_votes: int | None = Field(None, description="crop-verifier yes votes, when that check ran")
+    verifier_votes: int | None = Field(
+        None, description="the judge's yes votes of the row's boxes in all (the sum of judge_votes), when it ran"
+    )
     evidence_tracks: list[EvidenceTrack] = Field(
         default_factory=list, description="the track gate's verdict on each evidence box of the row"
     )
@@ -80,6 +82,10 @@ class Provenance(Record):
         None, description="re-annotated rows: the build_id of the row version this row replaces"
     )
     lineage: Lineage = Field(default_factory=Lineage, description="gold, refined or generated, per inherited field")
+    judge_votes: list[int] | None = Field(
+        None,
+        description="the judge's yes votes per evidence box, in key_items order (boxes flattened); None: no judge ran",
+    )
 
 
 class _RowBase(Record):

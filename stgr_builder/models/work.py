@@ -49,6 +49,9 @@ class SampleWork(Record):
     )
     annotation: Annotation | None = None
     votes: int | None = Field(None, description="crop-verifier yes votes, when that check ran")
+    box_votes: list[tuple[int, list[float], int]] | None = Field(
+        None, description="the judge's yes votes per kept box: (frame idx, box, votes); None: no judge ran"
+    )
     cot_row: CotRow | None = Field(None, description="set by verify when the sample passes")
     rl_row: RlRow | None = Field(None, description="set by verify when the sample passes")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 
+from stgr_builder.detect.costs import TORCH_CPU_S_PER_FRAME, DetectCost, detect_cost, detect_options
 from stgr_builder.models import (
     BuildConfig,
     ImageInfo,
@@ -59,7 +60,7 @@ def image_tokens(width: int, height: int, base: int, tile: int) -> int:
 DECODE_S_PER_MPX = 0.003
 STORE_S_PER_MPX = 0.0125
 PROBE_S_PER_VIDEO = 0.012
-DETECT_S_PER_FRAME = 0.016
+DETECT_S_PER_FRAME = TORCH_CPU_S_PER_FRAME  # other backends, runtimes, devices: detect/costs.py
 #: The detector's first call in a process (Ultralytics sets up its predictor: fuses the model,
 #: warms it up): 76 frames' worth of one thread (bench/detect_startup.py: 6.3 s against 83 ms
 #: per frame on the loaded 2-core machine), at DETECT_S_PER_FRAME's scale (per frame of two
@@ -122,7 +123,20 @@ def media_seconds(
         seconds += PROBE_S_PER_VIDEO + n * mpx * DECODE_S_PER_MPX + len(shown) * mpx * STORE_S_PER_MPX
     seconds += sum(i.width * i.height / 1e6 * STORE_S_PER_MPX * views for i in images.values())
     inferred = detector_frames(config, rows, n_shards)
-    return decoded, seconds, (DETECT_STARTUP_S if inferred else 0.0) + inferred * DETECT_S_PER_FRAME, inferred
+    return decoded, seconds, detect_seconds(inferred, planned_detect_cost(config).s_per_frame), inferred
+
+
+def detect_seconds(frames: int, s_per_frame: float) -> float:
+    """Seconds of detecting ``frames``: the start-up, then each frame."""
+    return (DETECT_STARTUP_S if frames else 0.0) + frames * s_per_frame
+
+
+def planned_detect_cost(config: BuildConfig) -> DetectCost:
+    """The cost per frame of the configured detector on the device it would pick here."""
+    from stgr_builder.detect.base import pick_device
+
+    detector = config.detector
+    return detect_cost(detector.backend, detector.runtime, pick_device(detector.device))
 
 
 def _media_key(sample: SourceSample, info: VideoInfo | ImageInfo) -> str:
@@ -238,10 +252,11 @@ def estimate(
     span as images (the sampler's frame plan on the probed video, gold-box times included; every
     frame when the sample has no span), downscaled to
     ``annotator.image_max_side``; prompt tokens = characters / 4 + image tokens; with
-    the judge on (``annotator.judge``), ``judge.votes`` crop requests per source object (an
-    assumption: one chosen box each; votes past the settled outcome are not asked). An event
-    span the judge checks (``span_check.events``) costs one request per probe and candidate frame
-    (``core/spans.event_frames``), each with that frame as its one image.
+    the judge on (``annotator.judge``), one crop per source object (an assumption: one chosen
+    box each; two with ``judge.per_sentence``, its sentence's claim too), ``judge.crops_per_request``
+    crops to a request, ``judge.votes`` times (votes past the settled outcome are not asked). An
+    event span the judge checks (``span_check.events``) costs one request per probe and candidate
+    frame (``core/spans.event_frames``), each with that frame as its one image.
     """
     from stgr_builder.core.gold import gold_times
     from stgr_builder.core.spans import judges_event
@@ -283,8 +298,9 @@ def estimate(
         prompt_tokens += chars // 4 + n * image_tokens(w, h, est.image_tokens_base, est.image_tokens_tile)
         completion_tokens += est.completion_tokens
         if ann.judge_on:
-            k = max(1, len(sample.objects)) * ann.judge.votes
-            crops += k
+            items = max(1, len(sample.objects)) * (2 if ann.judge.per_sentence else 1)
+            k = items * ann.judge.votes
+            crops += -(-items // ann.judge.crops_per_request) * ann.judge.votes
             images += k
             pixels += k * 224 * 224
             prompt_tokens += k * (30 + image_tokens(224, 224, est.image_tokens_base, est.image_tokens_tile))
@@ -299,21 +315,13 @@ def estimate(
             event_prompt += k * tokens
             event_completion += k * est.crop_completion_tokens
     requests = len(rows) if llm else 0
-    decoded, decode_seconds, detect_seconds, inferred = media_seconds(config, rows, n_shards)
+    decoded, decode_seconds, detect_s, inferred = media_seconds(config, rows, n_shards)
+    detect_setting = planned_detect_cost(config)
     probed = [len(span_probes(config, s, i)) for s, i in rows if isinstance(i, VideoInfo)]
     cost = (prompt_tokens * est.price_in + completion_tokens * est.price_out) / 1e6
     if ann.mode == "batch":
-        # The first requests go in batches at the batch price; crop checks stay online.
-        crop_cost = (
-            (
-                crops * (30 + image_tokens(224, 224, est.image_tokens_base, est.image_tokens_tile)) * est.price_in
-                + crops * est.crop_completion_tokens * est.price_out
-            )
-            / 1e6
-            if ann.judge_on
-            else 0.0
-        )
-        cost = (cost - crop_cost) * est.batch_discount + crop_cost
+        # The first requests and the judge's go in batches at the batch price.
+        cost *= est.batch_discount
     cost += (event_prompt * est.price_in + event_completion * est.price_out) / 1e6
     prompt_tokens, completion_tokens = prompt_tokens + event_prompt, completion_tokens + event_completion
     seconds = (requests + crops + event_requests) / (ann.concurrency * config.sharding.workers) * est.latency_s
@@ -331,7 +339,7 @@ def estimate(
         decoded_frames=decoded,
         decode_seconds=round(decode_seconds, 1),
         detector_frames=inferred,
-        detect_seconds=round(detect_seconds, 1),
+        detect_seconds=round(detect_s, 1),
         span_checks=sum(1 for n in probed if n),
         span_probe_frames=sum(probed),
         event_judge_requests=event_requests,
@@ -341,6 +349,13 @@ def estimate(
             "probe_s_per_video": PROBE_S_PER_VIDEO,
             "detect_s_per_frame_cpu": DETECT_S_PER_FRAME,
             "detect_startup_s": DETECT_STARTUP_S,
+            "detect_setting": detect_setting.key,  # backend/runtime/device
+            "detect_s_per_frame": detect_setting.s_per_frame,
+            "detect_constant": detect_setting.source,
+            # The same frames on every measured setting (detect/costs.py), to choose before paying.
+            "detect_hours_by_setting": {
+                option.key: round(detect_seconds(inferred, option.s_per_frame) / 3600, 5) for option in detect_options()
+            },
             "detector_frames": "padded to detector.batch per frame size, once per process",
             "text_tokens": "characters / 4",
             "image_tokens": f"{est.image_tokens_base} + {est.image_tokens_tile} per 512x512 tile",

@@ -131,8 +131,20 @@ def _provenance(work: SampleWork, base: dict, key_items: list[KeyItem], idx_map:
             "verifier_votes": work.votes,
             "evidence_tracks": _evidence_tracks(work, evidence),
             "lineage": _lineage(work, key_items, idx_map),
+            "judge_votes": _judge_votes(work, key_items, idx_map),
         }
     )
+
+
+def _judge_votes(work: SampleWork, key_items: list[KeyItem], idx_map: dict[int, int]) -> list[int] | None:
+    """The judge's yes votes of each key-item box (matched by key frame and box), in key_items
+    order (boxes flattened); None when no judge ran."""
+    if work.box_votes is None:
+        return None
+    by_place = {
+        (idx_map[idx], tuple(grammar.round_box(box))): votes for idx, box, votes in work.box_votes if idx in idx_map
+    }
+    return [by_place.get((item.idx, tuple(box)), 0) for item in key_items for box in item.boxes]
 
 
 def _lineage(work: SampleWork, key_items: list[KeyItem], idx_map: dict[int, int]) -> Lineage:

@@ -50,6 +50,28 @@ def _slices(packet, codec: str, length_size: int = 4) -> int:
     return count
 
 
+#: A GOP read of at least this many frames (8 s at 30 fps) decodes with one frame thread more
+#: than cores (FFmpeg's own pick, and torchcodec's): a deeper pipeline keeps every core busy on
+#: a long run. bench/sample_frames.py's 720p clip with 10 s GOPs, under load 7-12 on 2 cores:
+#: fastest of 6 interleaved runs 2.8 s with 3 threads against 4.1 s with 2 (single runs swing
+#: 2x). Short reads keep one per core (bigbuckbunny.mp4, 124 frames: 94 ms against 112 ms).
+LONG_READ_FRAMES = 240
+
+
+def _thread_count(threads: int, plan: list[GopRead]) -> int:
+    """``threads`` when set, else one per core, plus one when a read of ``plan`` is long.
+
+    >>> _thread_count(0, [GopRead(0, (299,))]) == (os.cpu_count() or 1) + 1
+    True
+    >>> _thread_count(0, [GopRead(0, (10,))]) == (os.cpu_count() or 1)
+    True
+    """
+    if threads:
+        return threads
+    longest = max((read.frames[-1] + 1 - read.key for read in plan), default=0)
+    return (os.cpu_count() or 1) + (longest >= LONG_READ_FRAMES)
+
+
 class _Irregular(Exception):
     """The stream's timestamps are not on the constant-rate grid the seek plan assumes."""
 
@@ -74,13 +96,13 @@ class PyAVDecoder:
         self.thread_type = thread_type
         # One per core: FFmpeg's own pick (cores + 1 frame threads) measured 112 ms against 94 ms for
         # bigbuckbunny.mp4's 124 frames on 2 cores.
-        self.threads = threads if threads else (os.cpu_count() or 0)
+        self.threads = threads
 
     def iter_frames(self, path: Path, info: VideoInfo, indices: Sequence[int]) -> Iterator[DecodedFrame]:
         plan = plan_decode(info.keyframes, checked_indices(indices, info))
         if not plan:
             return
-        container = self._open(path, self.thread_type)
+        container = self._open(path, self.thread_type, _thread_count(self.threads, plan))
         self.stats.videos += 1
         done: set[int] = set()
         try:
@@ -90,13 +112,13 @@ class PyAVDecoder:
                     yield frame
             except _Irregular:
                 container.close()
-                container = self._open(path, "AUTO")
+                container = self._open(path, "AUTO", _thread_count(self.threads, plan))
                 left = [idx for read in plan for idx in read.frames if idx not in done]
                 yield from self._sequential(container, path, left)
         finally:
             container.close()
 
-    def _open(self, path: Path, thread_type: str | None):
+    def _open(self, path: Path, thread_type: str | None, threads: int = 0):
         import av
 
         try:
@@ -105,7 +127,7 @@ class PyAVDecoder:
         except (av.error.FFmpegError, OSError, IndexError, ValueError) as exc:
             raise DecodeError(f"{path}: PyAV cannot open it ({first_line(exc)})") from exc
         stream.thread_type = thread_type or self._thread_type(container, stream, path)
-        stream.thread_count = self.threads
+        stream.thread_count = threads or _thread_count(self.threads, [])
         return container
 
     def _thread_type(self, container, stream, path: Path) -> str:
