@@ -8,18 +8,21 @@ root: ``tests/bad_corpus.py``), and the same source with ``--baseline`` records.
 with ``stgr build`` (the CLI, its Prefect flow and temporary server) into a fresh folder with
 ``samples_per_shard`` 16, the baseline first.
 
-It prints, per build: wall seconds, seconds per record, shard tasks (shard records written),
-files in the dataset folder (``_cache`` aside) and rejects by code; then the ratios
-large / baseline. Rejected records occupy no shard slot, so files and shard tasks stay the
-same however many records are read (ratio 1.0), and the time per record falls (the build's
-fixed cost, the Prefect server and the detector's load, is shared by more records). Before
-issue 21, 100,000 such records made 6,104 shard tasks and the temporary Prefect server died.
+It prints, per build: wall seconds, CPU seconds (the build and the processes it waited for),
+seconds per record, shard tasks (shard records written), files in the dataset folder
+(``_cache`` aside) and rejects by code; then the ratios large / baseline, and what the extra
+records cost in wall and CPU seconds (the build's fixed cost aside). Rejected records occupy
+no shard slot, so files and shard tasks stay the same however many records are read (ratio
+1.0), and the time per record falls (the build's fixed cost, the Prefect server and the
+detector's load, is shared by more records). Before issue 21, 100,000 such records made 6,104
+shard tasks and the temporary Prefect server died. Figures: docs/bounds.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -44,7 +47,7 @@ def build_once(folder: Path, n_records: int, samples_per_shard: int) -> dict:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     }
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), _children_cpu()
     result = subprocess.run(
         [sys.executable, "-m", "stgr_builder.cli", "build", str(config), "--out", str(out)],
         env=env,
@@ -52,17 +55,25 @@ def build_once(folder: Path, n_records: int, samples_per_shard: int) -> dict:
         text=True,
         timeout=1800,
     )
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, _children_cpu() - cpu_before
     if result.returncode != 0:
         raise SystemExit(f"build of {n_records} records failed: {result.stderr.strip()}")
     files = [p for p in out.rglob("*") if p.is_file() and "_cache" not in p.relative_to(out).parts]
     return {
         "records": n_records,
         "seconds": seconds,
+        "cpu": cpu,
         "shard_tasks": len(list((out / "_progress").glob("shard-*.json"))),
         "files": len(files),
         "rejects": dict(query(out, "SELECT code, count(*) FROM rejects GROUP BY code ORDER BY code").rows),
     }
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user and system) of the finished child processes: the build and the
+    processes it waited for (its Prefect server). Less swayed by a busy machine than wall time."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -75,14 +86,21 @@ def main() -> None:
         runs = [build_once(Path(tmp) / f"n{n}", n, args.samples_per_shard) for n in (args.baseline, args.records)]
     for run in runs:
         print(
-            f"{run['records']:>7} bad records: {run['seconds']:6.1f} s ({1000 * run['seconds'] / run['records']:.3f} "
-            f"ms per record), {run['shard_tasks']} shard tasks, {run['files']} files, rejects {run['rejects']}"
+            f"{run['records']:>7} bad records: {run['seconds']:6.1f} s, cpu {run['cpu']:6.1f} s "
+            f"({1000 * run['seconds'] / run['records']:.3f} ms per record), {run['shard_tasks']} shard tasks, "
+            f"{run['files']} files, rejects {run['rejects']}"
         )
     base, large = runs
     print(
         f"ratio {large['records']} / {base['records']} records: seconds {large['seconds'] / base['seconds']:.2f}, "
+        f"cpu {large['cpu'] / base['cpu']:.2f}, "
         f"seconds per record {large['seconds'] / large['records'] / (base['seconds'] / base['records']):.3f}, "
         f"shard tasks {large['shard_tasks'] / base['shard_tasks']:.2f}, files {large['files'] / base['files']:.2f}"
+    )
+    # What the extra records cost, the build's fixed cost (Prefect's server, the detector) aside.
+    extra = large["records"] - base["records"]
+    print(
+        f"the {extra} extra records: {large['seconds'] - base['seconds']:.1f} s, cpu {large['cpu'] - base['cpu']:.1f} s"
     )
 
 

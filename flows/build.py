@@ -21,6 +21,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -35,29 +36,47 @@ from stgr_builder.models import BuildPlan, Manifest, ShardingConfig, ShardPlan, 
 # Inputs are whole shards of samples: hashing them for a cache key would cost more than the
 # work it saves, and resume is handled by the shard files themselves.
 
+T = TypeVar("T")
+
+
+class Unwalked(Generic[T]):
+    """A task parameter that Prefect hands over as it is. Prefect walks every list, dict,
+    dataclass and pydantic model of a parameter, twice per task, looking for upstream futures
+    (there are none): for a plan of 100,000 rejects that cost more than the build's own work on
+    them (issue 21, bad records at scale). Prefect's ``quote`` does the same, but it is a
+    tuple, which Dask unpacks into a plain one on the way to a worker."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: T) -> None:
+        self.value = value
+
 
 @task(name="plan", cache_policy=NO_CACHE)
-def plan_task(job: Job) -> BuildPlan:
-    return job.plan()
+def plan_task(job: Unwalked[Job]) -> BuildPlan:
+    return job.value.plan()
 
 
-@task(name="shard", cache_policy=NO_CACHE, task_run_name="shard-{shard.shard:05d}")
-def shard_task(job: Job, shard: ShardPlan, resources: Resources) -> ShardResult:
-    return job.run_shard(shard, resources)
+@task(name="shard", cache_policy=NO_CACHE, task_run_name="shard-{shard.value.shard:05d}")
+def shard_task(job: Unwalked[Job], shard: Unwalked[ShardPlan], resources: Resources) -> ShardResult:
+    return job.value.run_shard(shard.value, resources)
 
 
 @task(name="finalize", cache_policy=NO_CACHE)
-def finalize_task(job: Job, build_plan: BuildPlan, results: list[ShardResult], resources: Resources) -> Manifest:
-    return job.finalize(build_plan, results, resources)
+def finalize_task(
+    job: Unwalked[Job], build_plan: Unwalked[BuildPlan], results: Unwalked[list[ShardResult]], resources: Resources
+) -> Manifest:
+    return job.value.finalize(build_plan.value, results.value, resources)
 
 
 # validate_parameters=False: the job and the resources are plain Python objects, not pydantic input.
 @flow(name="stgr-build", log_prints=False, validate_parameters=False)
 def build_flow(job: Job, resources: Resources) -> Manifest:
-    build_plan = plan_task(job)
-    futures = [shard_task.submit(job, shard, resources) for shard in build_plan.shards]
+    unwalked = Unwalked(job)  # a re-annotation's job holds its selected samples
+    build_plan = plan_task(unwalked)
+    futures = [shard_task.submit(unwalked, Unwalked(shard), resources) for shard in build_plan.shards]
     results = [future.result() for future in futures]
-    return finalize_task(job, build_plan, results, resources)
+    return finalize_task(unwalked, Unwalked(build_plan), Unwalked(results), resources)
 
 
 def task_runner(sharding: ShardingConfig):

@@ -32,6 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 from stgr_builder import __version__
 from stgr_builder.annotate import AnnotateStep, AnnotatorPrompts, make_annotator, resolve_prompts
 from stgr_builder.audit.card import write_card
+from stgr_builder.core.arrow import rows_adapter
 from stgr_builder.core.codehash import code_digest
 from stgr_builder.core.hashing import digest, sha256_bytes
 from stgr_builder.core.layout import budget_ledger
@@ -337,7 +338,7 @@ def shard_inputs(shard: ShardPlan, resources: Resources | None = None) -> str:
     so a finished shard is written again after a code change; its stages are reused or re-run
     by their own keys (``stages.py``)."""
     samples = sorted((sample_inputs(sample, resources) for sample in shard.samples), key=lambda s: s[0]["id"])
-    rejects = sorted((r.model_dump(mode="json") for r in shard.rejects), key=lambda r: (r["id"], r["code"]))
+    rejects = sorted(rows_adapter(Reject).dump_python(shard.rejects, mode="json"), key=lambda r: (r["id"], r["code"]))
     return digest([samples, rejects, code_digest(__name__)])
 
 

@@ -174,6 +174,31 @@ def test_media_paths_must_stay_inside_the_media_root(root, tmp_path_factory):
     assert "outside the media root" in next(r for r in rejects if r.origin == "a.jsonl:4").message
 
 
+def test_symlinked_folders_resolve_by_their_targets(root):
+    """The path check and the duplicate key compare resolved paths as strings: a sibling of
+    the media root whose name starts with the root's (media2) is outside, a folder linked
+    to one inside the root is inside, and the same file reached by two paths is one file."""
+    (root / "media2").mkdir()
+    (root / "media" / "videos" / "near").symlink_to(root / "media2")
+    (root / "media" / "alias").symlink_to(root / "media" / "videos")
+    question = "When is the ball visible in clip 8?"
+    _write(
+        root / "a.jsonl",
+        [
+            _item(7, video="videos/near/v7.mp4"),
+            _item(8, video="alias/v8.mp4", question=question),
+            _item(9, video="videos/v8.mp4", question=question),
+        ],
+    )
+    samples, rejects, _ = ingest(_config({"name": "STR_a", "path": "a.jsonl"}), root)
+    assert [s.source_id for s in samples] == ["v8#0"]
+    by_origin = {r.origin: r for r in rejects}
+    assert by_origin["a.jsonl:1"].code is RejectCode.UNSAFE_PATH
+    assert "outside the media root" in by_origin["a.jsonl:1"].message
+    assert by_origin["a.jsonl:3"].code is RejectCode.DUPLICATE
+    assert "same media file and question" in by_origin["a.jsonl:3"].message
+
+
 def test_limit_takes_the_first_items_of_each_source(root):
     _write(root / "a.jsonl", [_item(i) for i in range(10)])
     _write(root / "b.jsonl", [_item(i + 20) for i in range(10)])

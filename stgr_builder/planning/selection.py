@@ -30,11 +30,17 @@ class Prober:
     """The probe stage's checks (``ProbeStep``), one sample at a time, videos probed once."""
 
     def __init__(self, config: BuildConfig):
-        from stgr_builder.video.steps import ProbeStep
+        from stgr_builder.video.steps import ProbeStep, missing_media
 
         self.step = ProbeStep({source.name: source.filters for source in config.sources})
+        self.missing_media = missing_media
 
     def __call__(self, sample: SourceSample) -> VideoInfo | ImageInfo | Reject:
+        # A missing or empty file gives the probe's own reject from one stat: a source whose
+        # files are mostly missing is checked in a blink (no work item, no probe memo).
+        missing = self.missing_media(sample)
+        if missing is not None:
+            return missing
         work = SampleWork(sample=sample)
         try:
             work = self.step.process(work)

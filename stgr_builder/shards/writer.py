@@ -146,7 +146,9 @@ def write_shard(
     _clean_shard_temp_files(root, shard)
     cot_sorted = sorted(cot_rows, key=lambda row: row.id)
     rl_sorted = sorted(rl_rows, key=lambda row: row.id)
-    rejects_sorted = sorted(rejects, key=lambda r: (r.id, r.stage.value, r.code.value, r.message))
+    # Stage and RejectCode are str enums: a member sorts as its value (``.value`` per reject,
+    # 100,000 times, costs more than the sort).
+    rejects_sorted = sorted(rejects, key=lambda r: (r.id, r.stage, r.code, r.message))
     ordered: dict[str, Sequence[BaseModel]] = {"stgr_cot": cot_sorted, "stgr_rl": rl_sorted, "rejects": rejects_sorted}
     files = [_write_dataset_file(root, dataset, shard, rows) for dataset, rows in ordered.items()]
     result = ShardResult(

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path, PurePath
+from pathlib import Path
 
 from stgr_builder.core.cache import BoundedCache
 from stgr_builder.core.geometry import IMAGE_VIEWS, make_view
@@ -315,10 +315,10 @@ def media_path(sample: SourceSample, rel_path: str | None) -> Path:
     """
     if not rel_path:
         raise SampleError(RejectCode.MALFORMED_ROW, "sample has no media path")
-    parts = PurePath(os.path.normpath(rel_path)).parts
-    if PurePath(rel_path).is_absolute() or (parts and parts[0] == ".."):
+    # String operations, not PurePath: a plan checks every sample's file (100,000 of them).
+    if os.path.isabs(rel_path) or os.path.normpath(rel_path).split(os.sep, 1)[0] == os.pardir:
         raise SampleError(RejectCode.UNSAFE_PATH, f"media path {rel_path!r} leaves the media root")
-    return Path(os.path.abspath(Path(sample.media_root) / rel_path))
+    return Path(os.path.abspath(os.path.join(sample.media_root, rel_path)))
 
 
 def check_span(sample: SourceSample, info: VideoInfo) -> None:
