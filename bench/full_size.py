@@ -218,13 +218,14 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp())
 config, out, mode, profile = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 if mode == "flow":
-    from stgr_builder.flows.build import run_build as build
+    from stgr_builder.flows.build import flow_runner as runner
 else:
-    from stgr_builder.pipeline import build
+    from stgr_builder.executor import in_process as runner
+from stgr_builder.pipeline import build
 profiler = cProfile.Profile() if profile else None
 if profiler:
     profiler.enable()
-manifest = build(Path(config), Path(out))
+manifest = build(Path(config), Path(out), runner=runner)
 if profiler:
     profiler.disable()
     profiler.dump_stats(profile)

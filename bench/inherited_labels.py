@@ -7,7 +7,7 @@
 For each seed the demo generator (``generate_demo``, media of that seed) corrupts a share of the
 temporal spans (shift 2-4 s, stretch x2, shrink to half) and of the gold boxes (shift, wrong
 object) and writes ``corruptions.json``; the demo config (with ``--mode`` as
-``span_check.mode``) is built in this process (``executor.run_job``, no orchestrator). Then:
+``span_check.mode``) is built in this process (``pipeline.build``, no orchestrator). Then:
 
 - a corrupted span is *caught* when its sample is rejected, or its row's answer span is within
   0.5 s of the truth at both ends (``caught_by_check``: rejected by ``span_imprecise`` /

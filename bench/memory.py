@@ -35,10 +35,11 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("YOLO_OFFLINE", "1")
 if sys.argv[3] == "flow":
-    from stgr_builder.flows.build import run_build as build
+    from stgr_builder.flows.build import flow_runner as runner
 else:
-    from stgr_builder.pipeline import build
-manifest = build(Path(sys.argv[1]), Path(sys.argv[2]))
+    from stgr_builder.executor import in_process as runner
+from stgr_builder.pipeline import build
+manifest = build(Path(sys.argv[1]), Path(sys.argv[2]), runner=runner)
 print(json.dumps({"peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "counts": manifest.counts}))
 """
 

@@ -1,14 +1,14 @@
 """The build and the re-annotation as Prefect flows: one task for the plan, one task per
 shard, one to finalize.
 
-Thin by design: each task calls one method of a job of the shard executor
-(``stgr_builder/executor.py``): ``pipeline.BuildJob`` for ``stgr build``,
-``reannotate.ReannotateJob`` for ``stgr reannotate``. The task runner decides where shards run:
-``sharding.runner: thread`` (a bounded pool in this process) or ``dask`` (prefect-dask's
-``DaskTaskRunner``: the cluster at ``sharding.dask_address``, or a LocalCluster of
-``sharding.workers`` processes). Both write the same rows.
+Thin by design: ``flow_runner`` is a runner of ``executor.run`` (the one entry), and each task
+calls one method of a job of the shard executor (``stgr_builder/executor.py``):
+``pipeline.BuildJob`` for ``stgr build``, ``reannotate.ReannotateJob`` for ``stgr reannotate``.
+The task runner decides where shards run: ``sharding.runner: thread`` (a bounded pool in this
+process) or ``dask`` (prefect-dask's ``DaskTaskRunner``: the cluster at ``sharding.dask_address``,
+or a LocalCluster of ``sharding.workers`` processes). Both write the same rows.
 
-The flow makes one ``Resources`` (loaded models with their locks, bounded memos, the run's LLM
+``executor.run`` makes one ``Resources`` (loaded models with their locks, bounded memos, the run's LLM
 budget) and hands it to every shard task: threads share it; each Dask worker process gets its
 own for the build (``core/resources.py``).
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from dataclasses import replace
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -28,12 +27,11 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from stgr_builder import pipeline, reannotate
+from stgr_builder import pipeline
 from stgr_builder.core.resources import Resources
 from stgr_builder.errors import StgrError
 from stgr_builder.executor import Job
 from stgr_builder.models import BuildPlan, Manifest, ShardingConfig, ShardPlan, ShardResult
-from stgr_builder.ownership import claim_folder, locked_folder
 
 # Inputs are whole shards of samples: hashing them for a cache key would cost more than the
 # work it saves, and resume is handled by the shard files themselves.
@@ -108,11 +106,11 @@ def task_runner(sharding: ShardingConfig):
     )
 
 
-def run_job(job: Job, resources: Resources, name: str = "stgr-build") -> Manifest:
-    """Run a job as the Prefect flow, on the task runner its config names."""
+def flow_runner(job: Job, resources: Resources) -> Manifest:
+    """Runner (``executor.run``): the job as the Prefect flow, on the task runner its config names."""
     runner = task_runner(job.ctx.config.sharding)
     try:
-        return build_flow.with_options(name=name, task_runner=runner)(job, resources)
+        return build_flow.with_options(name=job.flow_name, task_runner=runner)(job, resources)
     except Exception as exc:
         if _orchestrator_lost(exc):
             raise StgrError(
@@ -143,30 +141,5 @@ def _orchestrator_lost(exc: BaseException) -> bool:
     return False
 
 
-def run_build(
-    config_path: Path, out: Path, runner: str | None = None, overwrite: bool = False, wait: bool = True
-) -> Manifest:
-    """Build on the runner the config names (``runner`` overrides ``sharding.runner``), holding
-    the output folder's lock for the whole flow (``ownership.py``; ``overwrite``: build over a
-    folder holding another build or foreign files)."""
-    resources = Resources()
-    ctx = pipeline.context(config_path, out, resources)  # a bad config fails here, before the flow starts
-    ctx = replace(ctx, wait=wait)  # batch mode: False returns once the batches are submitted
-    if runner is not None:
-        sharding = ctx.config.sharding.model_copy(update={"runner": runner})
-        ctx = replace(ctx, config=ctx.config.model_copy(update={"sharding": sharding}))
-    with claim_folder(ctx.out, ctx.build_id, overwrite):
-        return run_job(pipeline.BuildJob(ctx), resources)
-
-
-def run_reannotate(
-    root: Path, *, where: str, prompt: str, model: str | None = None, out: Path | None = None
-) -> tuple[Path, Manifest]:
-    """``stgr reannotate``: the re-annotation job as a flow, on the build's task runner."""
-    job = reannotate.prepare(root, where=where, prompt=prompt, model=model, out=out)
-    with locked_folder(job.ctx.out):
-        return job.ctx.out, run_job(job, Resources(), name="stgr-reannotate")
-
-
 if __name__ == "__main__":
-    run_build(Path(sys.argv[1]), Path(sys.argv[2]))
+    pipeline.build(Path(sys.argv[1]), Path(sys.argv[2]), runner=flow_runner)

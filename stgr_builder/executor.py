@@ -6,28 +6,38 @@ lacks, then writes the shard's files. A re-annotation is the same shard with row
 from the parent version (``Carried``): the rows it re-does are replaced, the others kept as
 they are.
 
-A *job* is what the flow runs (``flows/build.py``): ``plan`` -> ``run_shard`` per shard (any task
-runner) -> ``finalize``. ``pipeline.BuildJob`` and ``reannotate.ReannotateJob`` are the two jobs;
-``run_job`` runs one in this process, shard after shard, with no orchestrator.
+A *job* is ``plan`` -> ``run_shard`` per shard -> ``finalize``. ``pipeline.BuildJob`` and
+``reannotate.ReannotateJob`` are the two jobs. What a job's shards share is resolved once, before
+any shard runs (``resolve``: the detector's identity and weights hash, the prompts, the stage
+fingerprints, the run's budget ledger), carried to every shard task and to ``finalize``; both
+jobs finish through one ``finish``.
 
->>> manifest = run_job(BuildJob(ctx), Resources())   # doctest: +SKIP
+``run(job, runner)`` is the one entry: it holds the job's output folder and hands the job to a
+*runner*: ``in_process`` (shard after shard, no orchestrator) or ``flows.build.flow_runner``
+(the Prefect flow on the config's task runner).
+
+>>> manifest = run(build_job(Path("CONFIG.yaml"), Path("out")), in_process)   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from stgr_builder import __version__
-from stgr_builder.annotate import AnnotateStep, BatchPending, make_annotator
+from stgr_builder.annotate import AnnotateStep, AnnotatorPrompts, make_annotator, resolve_prompts
+from stgr_builder.audit.card import write_card
 from stgr_builder.core.arrow import rows_adapter
 from stgr_builder.core.codehash import code_digest
 from stgr_builder.core.hashing import digest, sha256_bytes
-from stgr_builder.core.resources import BudgetReached, Resources
-from stgr_builder.core.steps import Step, run_steps
+from stgr_builder.core.layout import budget_ledger
+from stgr_builder.core.resources import Resources
+from stgr_builder.core.steps import Deferred, Step, run_steps
 from stgr_builder.detect import DetectStep, make_detector
 from stgr_builder.models import (
     BuildConfig,
@@ -38,6 +48,7 @@ from stgr_builder.models import (
     JudgeConfig,
     LlmUsage,
     Manifest,
+    PromptRef,
     Reject,
     RejectCode,
     RlRow,
@@ -46,9 +57,10 @@ from stgr_builder.models import (
     ShardResult,
     SpanCheckConfig,
     Stage,
+    StepStats,
     TrackConfig,
 )
-from stgr_builder.shards import finished_shard, write_shard
+from stgr_builder.shards import finished_shard, write_manifest, write_shard
 from stgr_builder.stages import StageStore, sample_inputs, stored_steps
 from stgr_builder.verify.inherited import GoldCheckStep, SpanCheckStep
 from stgr_builder.verify.steps import TrackGateStep, VerifyStep
@@ -132,12 +144,58 @@ class BuildContext:
         return sha256_bytes(f"{digest(settings)}:{__version__}{salt}".encode())[:12]
 
 
+@dataclass(frozen=True)
+class ResolvedBuild:
+    """What every shard of a job shares, resolved once per build (``resolve``) and carried to
+    the shard tasks and to ``finalize``: the detector's identity (its weights hashed once), the
+    annotator's prompts (read once), the stage fingerprints, and this run's LLM budget ledger.
+    Plain data, so it pickles to Dask workers with the job."""
+
+    #: The manifest's ``detector``: name, weights (as configured), weights_hash.
+    detector: dict[str, str]
+    prompts: AnnotatorPrompts
+    #: What decides each stored stage's results (``stages.py``), by stage.
+    fingerprints: dict[Stage, Any]
+    budget_ledger: Path
+
+    @property
+    def detect_print(self) -> list:
+        """Everything of the configuration that decides a frame's boxes (the detect fingerprint's head)."""
+        return self.fingerprints[Stage.DETECT][:3]
+
+
+def resolve(ctx: BuildContext, resources: Resources | None = None) -> ResolvedBuild:
+    """Resolve a build's shared parts once, checking them before any work starts: the
+    annotator's config and prompts first (cheap), then the detector, whose model is loaded into
+    ``resources`` (the build's, when given: loaded once) and whose weights are hashed here only."""
+    config = ctx.config
+    prompts = resolve_prompts(config.annotator, config.resolved_span_check())
+    detector = make_detector(config.detector, ctx.config_dir, resources)
+    identity = {"name": detector.name, "weights": config.detector.weights, "weights_hash": detector.weights_hash}
+    return ResolvedBuild(
+        detector=identity,
+        prompts=prompts,
+        fingerprints=stage_fingerprints(config, identity, prompts.used),
+        budget_ledger=budget_ledger(ctx.out, ctx.run),
+    )
+
+
 @runtime_checkable
 class Job(Protocol):
-    """What the flow runs: a plan, one task per shard, a finalize step."""
+    """What a runner runs: a plan, one task per shard, a finalize step."""
+
+    #: The Prefect flow's name for this kind of job.
+    flow_name: str
 
     @property
     def ctx(self) -> BuildContext: ...
+
+    @property
+    def resolved(self) -> ResolvedBuild: ...
+
+    def claim(self) -> AbstractContextManager[Any]:
+        """Hold the job's output folder for the whole run (``ownership.py``)."""
+        ...
 
     def plan(self) -> BuildPlan: ...
 
@@ -146,10 +204,53 @@ class Job(Protocol):
     def finalize(self, plan: BuildPlan, results: list[ShardResult], resources: Resources) -> Manifest: ...
 
 
-def run_job(job: Job, resources: Resources) -> Manifest:
-    """The whole job in this process, shard after shard (no orchestrator)."""
+#: Runs a job's plan, shards and finalize somewhere: ``in_process``, or the Prefect flow
+#: (``flows.build.flow_runner``).
+Runner = Callable[[Job, Resources], Manifest]
+
+
+def in_process(job: Job, resources: Resources) -> Manifest:
+    """Runner: the whole job in this process, shard after shard (no orchestrator)."""
     plan = job.plan()
     return job.finalize(plan, [job.run_shard(shard, resources) for shard in plan.shards], resources)
+
+
+def run(job: Job, runner: Runner = in_process, resources: Resources | None = None) -> Manifest:
+    """The one entry of a build or a re-annotation: ``job`` on ``runner``, holding its output
+    folder for the whole run. ``resources``: the ones the job was resolved with (its detector
+    loaded there), else new ones."""
+    with job.claim():
+        return runner(job, resources if resources is not None else Resources())
+
+
+def finish(
+    ctx: BuildContext,
+    resolved: ResolvedBuild,
+    results: list[ShardResult],
+    *,
+    prompts: list[PromptRef],
+    detector: dict,
+    config_dir: str | None,
+    ingest: StepStats | None = None,
+    **lineage: Any,
+) -> Manifest:
+    """Once every shard is done, for either job: the manifest (``lineage``: a re-annotation's
+    ``parent`` and ``reannotation``), the dataset card, and this run's budget ledger removed."""
+    manifest = write_manifest(
+        ctx.out,
+        build_id=ctx.build_id,
+        code_version=__version__,
+        config=ctx.config.model_dump(mode="json"),
+        prompts=prompts,
+        detector=detector,
+        results=results,
+        ingest=ingest,
+        config_dir=config_dir,
+        **lineage,
+    )
+    write_card(ctx.out, manifest)
+    resolved.budget_ledger.unlink(missing_ok=True)
+    return manifest
 
 
 @dataclass
@@ -184,31 +285,31 @@ def _unfinished(shard: ShardPlan, sample_ids: list[str], steps: list[Step], pend
 
 
 def execute_shard(
-    ctx: BuildContext, shard: ShardPlan, resources: Resources, carried: Carried | None = None
+    ctx: BuildContext,
+    resolved: ResolvedBuild,
+    shard: ShardPlan,
+    resources: Resources,
+    carried: Carried | None = None,
 ) -> ShardResult:
     """Run the shard's samples through every per-sample stage and write its files; a shard
     already finished by this build for the same inputs (samples and media content) is returned
     as it is. With ``carried``, the parent's rows of the samples not in ``shard.samples`` are
     kept unchanged.
 
-    A sample a transient failure left pending (``RejectCode.PENDING``: 429, 5xx, timeout,
-    transport, a broken reply) is never written: the shard returns unfinished, with the
-    reasons, and the next run finishes it from the stage store and the request cache."""
+    A shard the steps deferred (``Deferred``: the run's LLM budget is spent, batches are
+    submitted) writes nothing; nor does one with a sample a transient failure left pending
+    (``RejectCode.PENDING``: 429, 5xx, timeout, transport, a broken reply). It returns
+    unfinished, with the reasons, and the next run finishes it from the stage store and the
+    request cache."""
     sample_ids = carried.sample_ids if carried is not None else shard.item_ids
     inputs = shard_inputs(shard, resources)
     done = finished_shard(ctx.out, shard.shard, sample_ids, ctx.build_id, inputs)
     if done is not None:
         return done
-    steps = shard_steps(ctx, resources)
-    try:
-        items = run_steps((SampleWork(sample=sample) for sample in shard.samples), steps) if shard.samples else []
-    except BatchPending:
-        # Submitted and recorded (``_cache/batches``); the next run collects them, and pays nothing twice.
-        return _unfinished(shard, sample_ids, steps, {"batch": len(shard.samples)})
-    except BudgetReached:
-        # Not a reject: nothing of this shard is written, and the next run finishes it (the
-        # replies it already received are in the request cache, free the next time).
-        return _unfinished(shard, sample_ids, steps, {"budget": len(shard.samples)})
+    steps = shard_steps(ctx, resolved, resources)
+    items = run_steps((SampleWork(sample=sample) for sample in shard.samples), steps) if shard.samples else []
+    if isinstance(items, Deferred):
+        return _unfinished(shard, sample_ids, steps, {items.reason: len(shard.samples)})
     pending = [item for item in items if isinstance(item, Reject) and item.code is RejectCode.PENDING]
     if pending:
         reasons = Counter(item.message.split(":", 1)[0] for item in pending)
@@ -268,15 +369,6 @@ def llm_usage(steps: list[Step]) -> LlmUsage | None:
     return LlmUsage.total([step.llm_usage for step in steps])
 
 
-def detect_fingerprint(ctx: BuildContext, detector) -> list:
-    """Everything of the configuration that decides a frame's boxes, the batch size included:
-    a frame's boxes depend on it (third decimal), never on the frames that share its batch."""
-    settings = ctx.config.detector.model_dump(mode="json")
-    if settings["runtime"] == "torch":  # the runtime's default keeps the fingerprints it had
-        del settings["runtime"]
-    return [settings, detector.name, detector.weights_hash]
-
-
 def span_probe_settings(config: BuildConfig) -> dict:
     """What of the span check decides which probe frames the sampler decodes."""
     return config.resolved_span_check().model_dump(
@@ -284,16 +376,46 @@ def span_probe_settings(config: BuildConfig) -> dict:
     )
 
 
-def shard_steps(ctx: BuildContext, resources: Resources) -> list[Step]:
+def stage_fingerprints(config: BuildConfig, detector: dict[str, str], prompts: list[PromptRef]) -> dict[Stage, Any]:
+    """What decides each stored stage's results: its config, and for detect the detector's
+    identity (the batch size included: a frame's boxes depend on it, third decimal, never on
+    the frames that share its batch), for annotate the prompts."""
+    filters = {source.name: source.filters for source in config.sources}
+    track_window = config.track.window if config.track.enabled else 0
+    settings = config.detector.model_dump(mode="json")
+    if settings["runtime"] == "torch":  # the runtime's default keeps the fingerprints it had
+        del settings["runtime"]
+    detect_print = [settings, detector["name"], detector["weights_hash"]]
+    return {
+        Stage.PROBE: {name: f.model_dump(mode="json") for name, f in filters.items()},
+        Stage.SAMPLE: [config.sampler.model_dump(mode="json"), track_window, span_probe_settings(config)],
+        # Which neighbour frames are detected follows the gate's config (staged), never the
+        # annotator: a re-annotation reuses its parent's detections.
+        Stage.DETECT: [*detect_print, config.track.model_dump(mode="json") if config.track.enabled else None],
+        Stage.ANNOTATE: [
+            config.annotator.model_dump(mode="json", exclude=PACING_SETTINGS["annotator"]),
+            [p.model_dump(mode="json") for p in prompts],
+            config.verify.model_dump(mode="json"),
+            config.track.model_dump(mode="json"),
+            config.span_check.model_dump(mode="json"),
+            config.gold.model_dump(mode="json"),
+        ],
+    }
+
+
+def shard_steps(ctx: BuildContext, resolved: ResolvedBuild, resources: Resources) -> list[Step]:
     """The per-sample steps of a shard, each expensive one wrapped in the stage store
-    (``stgr_builder/stages.py``) so a resumed shard runs only the samples it lacks."""
+    (``stgr_builder/stages.py``) so a resumed shard runs only the samples it lacks. The detector
+    and annotator are made from what the build resolved: nothing is hashed or read again."""
     config = ctx.config
-    detector = make_detector(config.detector, ctx.config_dir, resources)
+    identity = resolved.detector
+    detector = make_detector(config.detector, ctx.config_dir, resources, known_hash=identity["weights_hash"])
     span_check = config.resolved_span_check()  # events: auto decided (judge or off)
     annotator = make_annotator(
         config.annotator,
         config.verify,
         root=ctx.out,
+        prompts=resolved.prompts,
         resources=resources,
         run=ctx.run,
         wait=ctx.wait,
@@ -301,12 +423,11 @@ def shard_steps(ctx: BuildContext, resources: Resources) -> list[Step]:
         span_frames=config.sampler.span_frames,
     )
     provenance = {
-        "detector_name": detector.name,
-        "detector_weights_hash": detector.weights_hash,
+        "detector_name": identity["name"],
+        "detector_weights_hash": identity["weights_hash"],
         "build_id": ctx.build_id,
     }
     filters = {source.name: source.filters for source in config.sources}
-    detect_print = detect_fingerprint(ctx, detector)
     track_window = config.track.window if config.track.enabled else 0
     steps: list[Step] = [
         ProbeStep(filters, resources),
@@ -323,7 +444,7 @@ def shard_steps(ctx: BuildContext, resources: Resources) -> list[Step]:
             detector,
             ctx.out,
             batch_size=config.detector.batch,
-            memo_key=digest(detect_print),
+            memo_key=digest(resolved.detect_print),
             resources=resources,
             track=config.track if config.track.enabled else None,
             pad_to=config.detector.batch if config.detector.backend == "ultralytics" else None,
@@ -334,19 +455,6 @@ def shard_steps(ctx: BuildContext, resources: Resources) -> list[Step]:
         AnnotateStep(annotator),
         VerifyStep(config.verify, provenance),
     ]
-    fingerprints = {
-        Stage.PROBE: {name: f.model_dump(mode="json") for name, f in filters.items()},
-        Stage.SAMPLE: [config.sampler.model_dump(mode="json"), track_window, span_probe_settings(config)],
-        # Which neighbour frames are detected follows the gate's config (staged), never the
-        # annotator: a re-annotation reuses its parent's detections.
-        Stage.DETECT: [*detect_print, config.track.model_dump(mode="json") if config.track.enabled else None],
-        Stage.ANNOTATE: [
-            config.annotator.model_dump(mode="json", exclude=PACING_SETTINGS["annotator"]),
-            [p.model_dump(mode="json") for p in annotator.prompts],
-            config.verify.model_dump(mode="json"),
-            config.track.model_dump(mode="json"),
-            config.span_check.model_dump(mode="json"),
-            config.gold.model_dump(mode="json"),
-        ],
-    }
-    return stored_steps(steps, StageStore(ctx.out, ctx.stage_parents), fingerprints, root=ctx.out, resources=resources)
+    return stored_steps(
+        steps, StageStore(ctx.out, ctx.stage_parents), resolved.fingerprints, root=ctx.out, resources=resources
+    )

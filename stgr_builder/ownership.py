@@ -16,7 +16,7 @@ replaces (``manifest.json``, ``plan.json``, ``README.md``) in a folder holding n
 a name a build also writes is not the build's own until a record says so.
 
 >>> with claim_folder(Path("outputs/run1"), build_id="3f9a0c1d2e4b"):   # doctest: +SKIP
-...     run_job(job, resources)
+...     in_process(job, resources)   # what executor.run does, through job.claim()
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from stgr_builder.core.arrow import DATASETS
 from stgr_builder.core.files import atomic_write_text, parquet_problem
-from stgr_builder.core.layout import MANIFEST, PLAN, PROGRESS_DIR
+from stgr_builder.core.layout import CACHE_DIR, MANIFEST, PLAN, PROGRESS_DIR
 from stgr_builder.errors import StgrError
 
 LOCK_FILE = ".stgr-lock"
@@ -43,7 +43,7 @@ KNOWN_ENTRIES = {
     PLAN,
     "README.md",
     PROGRESS_DIR,
-    "_cache",
+    str(CACHE_DIR),
     "_recipe",
     "_source",
     "stgr_cot",

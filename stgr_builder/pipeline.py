@@ -3,7 +3,9 @@
 A build is a job of the shard executor (``executor.py``): ``plan`` (ingest every source and
 deal the samples into shards by a hash of their id), ``execute_shard`` for each shard (probe ->
 sample -> detect -> annotate -> verify -> write), then ``finalize`` (the manifest).
-``flows/build.py`` runs ``BuildJob`` as Prefect tasks; ``build`` runs it in a plain loop.
+``build_job`` checks the config and resolves the build once; ``executor.run`` runs it on a
+runner (``in_process``, or ``flows.build.flow_runner`` for the Prefect flow); ``build`` is the
+two in one call.
 
 >>> manifest = build(Path("CONFIG.yaml"), Path("outputs/run1"))  # doctest: +SKIP
 >>> manifest.counts
@@ -12,25 +14,31 @@ sample -> detect -> annotate -> verify -> write), then ``finalize`` (the manifes
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
-from stgr_builder import __version__
-from stgr_builder.annotate import make_annotator
-from stgr_builder.annotate.llm import BUDGET_DIR
-from stgr_builder.audit.card import write_card
 from stgr_builder.core.files import check_writable
 from stgr_builder.core.resources import Resources
-from stgr_builder.detect import make_detector
 from stgr_builder.errors import StgrError
-from stgr_builder.executor import BuildContext, execute_shard, run_job
+from stgr_builder.executor import (
+    BuildContext,
+    ResolvedBuild,
+    Runner,
+    execute_shard,
+    finish,
+    in_process,
+    resolve,
+    run,
+)
 from stgr_builder.models import BuildConfig, BuildPlan, Manifest, Reject, ShardPlan, ShardResult, SourceSample
 from stgr_builder.ownership import claim_folder
 from stgr_builder.planning import build_shards, draw, draw_stats, plan_of, shard_of
 from stgr_builder.recipes import read_config_mapping
-from stgr_builder.shards import write_manifest, write_plan_json, write_plan_record
+from stgr_builder.shards import write_plan_json, write_plan_record
 from stgr_builder.sources import check_sources, ingest
 from stgr_builder.video.steps import missing_media
 
@@ -50,18 +58,37 @@ def load_config(path: Path) -> BuildConfig:
         raise StgrError(f"{path}: {problems}") from exc
 
 
-def context(config_path: Path, out: Path, resources: Resources | None = None) -> BuildContext:
-    """Load the config and check, before any work starts, what would fail every shard alike
-    (missing source files or media roots, missing weights, unknown prompt, a prompt of the other
-    backend): a user's mistake ends the command, not each task. The
-    detector's model is loaded into ``resources`` (the build's, when given: loaded once)."""
+def context(config_path: Path, out: Path) -> BuildContext:
+    """Load the config and check its sources (missing source files or media roots: one line,
+    before any work starts); ``build_job`` checks and resolves the rest."""
     config_path = config_path.resolve()
     ctx = BuildContext(config=load_config(config_path), config_dir=config_path.parent, out=out.resolve())
-    check_sources(ctx.config, ctx.config_dir)  # a missing file or media root: one line, before the flow
-    make_annotator(ctx.config.annotator, ctx.config.verify)  # cheap checks first: the detector loads a model
-    make_detector(ctx.config.detector, ctx.config_dir, resources)
-    check_writable(ctx.out)  # read-only or full: one line now, not a failed task later
+    check_sources(ctx.config, ctx.config_dir)
     return ctx
+
+
+def build_job(
+    config_path: Path,
+    out: Path,
+    resources: Resources | None = None,
+    *,
+    sharding_runner: str | None = None,
+    overwrite: bool = False,
+    wait: bool = True,
+) -> BuildJob:
+    """The build of a config, checked before any work starts (what would fail every shard
+    alike: missing sources, weights or prompt, a prompt of the other backend, an unwritable
+    folder is the user's mistake: it ends the command, not each task) and resolved once
+    (``executor.resolve``; the detector's model is loaded into ``resources``).
+    ``sharding_runner`` overrides ``sharding.runner``; ``overwrite``: build over another build's
+    folder; ``wait``: False returns once batches are submitted (``--no-wait``)."""
+    ctx = replace(context(config_path, out), wait=wait)
+    if sharding_runner is not None:
+        sharding = ctx.config.sharding.model_copy(update={"runner": sharding_runner})
+        ctx = replace(ctx, config=ctx.config.model_copy(update={"sharding": sharding}))
+    resolved = resolve(ctx, resources)
+    check_writable(ctx.out)  # read-only or full: one line now, not a failed task later
+    return BuildJob(ctx, resolved, overwrite)
 
 
 def plan(ctx: BuildContext) -> BuildPlan:
@@ -103,49 +130,48 @@ def split_missing_media(samples: list[SourceSample]) -> tuple[list[SourceSample]
     return present, missing
 
 
-def finalize(
-    ctx: BuildContext, build_plan: BuildPlan, results: list[ShardResult], resources: Resources | None = None
-) -> Manifest:
-    """Write the manifest once every shard is done."""
-    detector = make_detector(ctx.config.detector, ctx.config_dir, resources)
-    annotator = make_annotator(ctx.config.annotator, ctx.config.verify)
-    manifest = write_manifest(
-        ctx.out,
-        build_id=ctx.build_id,
-        code_version=__version__,
-        config=ctx.config.model_dump(mode="json"),
-        prompts=annotator.prompts,
-        detector={"name": detector.name, "weights": ctx.config.detector.weights, "weights_hash": detector.weights_hash},
-        results=results,
-        ingest=build_plan.ingest,
-        config_dir=str(ctx.config_dir),
-    )
-    write_card(ctx.out, manifest)
-    (ctx.out / BUDGET_DIR / f"{ctx.run}.json").unlink(missing_ok=True)  # this run's budget ledger
-    return manifest
-
-
 @dataclass(frozen=True)
 class BuildJob:
-    """The full build as a job of the shard executor (``flows/build.py`` runs it on a task
-    runner; ``build`` runs it here)."""
+    """The full build as a job of the shard executor (``executor.run`` runs it)."""
 
     ctx: BuildContext
+    resolved: ResolvedBuild
+    overwrite: bool = False
+    flow_name = "stgr-build"
+
+    def claim(self) -> AbstractContextManager[Any]:
+        return claim_folder(self.ctx.out, self.ctx.build_id, self.overwrite)
 
     def plan(self) -> BuildPlan:
         return plan(self.ctx)
 
     def run_shard(self, shard: ShardPlan, resources: Resources) -> ShardResult:
-        return execute_shard(self.ctx, shard, resources)
+        return execute_shard(self.ctx, self.resolved, shard, resources)
 
     def finalize(self, build_plan: BuildPlan, results: list[ShardResult], resources: Resources) -> Manifest:
-        return finalize(self.ctx, build_plan, results, resources)
+        """Write the manifest once every shard is done."""
+        return finish(
+            self.ctx,
+            self.resolved,
+            results,
+            prompts=self.resolved.prompts.refs,
+            detector=self.resolved.detector,
+            config_dir=str(self.ctx.config_dir),
+            ingest=build_plan.ingest,
+        )
 
 
-def build(config_path: Path, out: Path, overwrite: bool = False, wait: bool = True) -> Manifest:
-    """The whole build in this process, shard after shard (no orchestrator), holding the
-    output folder's lock (``ownership.py``; ``overwrite``: build over another build's folder)."""
+def build(
+    config_path: Path,
+    out: Path,
+    overwrite: bool = False,
+    wait: bool = True,
+    *,
+    runner: Runner = in_process,
+    sharding_runner: str | None = None,
+) -> Manifest:
+    """``build_job`` then ``executor.run``: the whole build on ``runner`` (default: in this
+    process, shard after shard), holding the output folder's lock (``ownership.py``)."""
     resources = Resources()
-    ctx = replace(context(config_path, out, resources), wait=wait)
-    with claim_folder(ctx.out, ctx.build_id, overwrite):
-        return run_job(BuildJob(ctx), resources)
+    job = build_job(config_path, out, resources, sharding_runner=sharding_runner, overwrite=overwrite, wait=wait)
+    return run(job, runner, resources)

@@ -37,14 +37,14 @@ import json
 import os
 import re
 import shutil
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 
-from stgr_builder import __version__
-from stgr_builder.annotate import load_prompt, make_annotator
-from stgr_builder.audit.card import write_card
+from stgr_builder.annotate import load_prompt
 from stgr_builder.audit.views import check_read_only, connect
 from stgr_builder.core.arrow import DATASETS, schema_for, table_to_rows
 from stgr_builder.core.files import atomic_write_text
@@ -52,7 +52,17 @@ from stgr_builder.core.hashing import sha256_bytes, sha256_file
 from stgr_builder.core.layout import MANIFEST, PROGRESS_DIR, load_manifest, shard_index
 from stgr_builder.core.resources import Resources
 from stgr_builder.errors import StgrError
-from stgr_builder.executor import BuildContext, Carried, execute_shard, run_job
+from stgr_builder.executor import (
+    BuildContext,
+    Carried,
+    ResolvedBuild,
+    Runner,
+    execute_shard,
+    finish,
+    in_process,
+    resolve,
+    run,
+)
 from stgr_builder.models import (
     BuildConfig,
     BuildPlan,
@@ -65,7 +75,7 @@ from stgr_builder.models import (
     StepStats,
 )
 from stgr_builder.ownership import locked_folder
-from stgr_builder.shards import read_shard_result, write_manifest
+from stgr_builder.shards import read_shard_result
 from stgr_builder.sources import ingest
 
 SPEC_FILE = "reannotate.json"
@@ -172,16 +182,21 @@ def _read_spec(out: Path) -> dict | None:
 @dataclass(frozen=True)
 class ReannotateJob:
     """A re-annotation as a job of the shard executor: the parent's shards, each with its
-    selected samples done again and its other rows carried over (``executor.Carried``).
-    ``flows/build.py`` runs it on the config's task runner; ``reannotate`` runs it here."""
+    selected samples done again and its other rows carried over (``executor.Carried``);
+    ``executor.run`` runs it."""
 
     ctx: BuildContext
+    resolved: ResolvedBuild
     root: Path
     where: str
     selected: tuple[str, ...]
     samples: dict[str, SourceSample]
     parent_sha256: str
     rejects_selected: int = 0  # of ``selected``, samples the parent rejected
+    flow_name = "stgr-reannotate"
+
+    def claim(self) -> AbstractContextManager[Any]:
+        return locked_folder(self.ctx.out)
 
     def plan(self) -> BuildPlan:
         shards = []
@@ -204,37 +219,40 @@ class ReannotateJob:
             rl=_read_rows(self.root, "stgr_rl", shard.shard),
             rejects=_read_rows(self.root, "rejects", shard.shard),
         )
-        return execute_shard(self.ctx, shard, resources, carried)
+        return execute_shard(self.ctx, self.resolved, shard, resources, carried)
 
     def finalize(self, plan: BuildPlan, results: list[ShardResult], resources: Resources) -> Manifest:
         parent = load_manifest(self.root)
-        config = self.ctx.config
-        annotator = make_annotator(config.annotator, config.verify)
-        prompts = list(parent.prompts) + [p for p in annotator.prompts if p not in parent.prompts]
-        manifest = write_manifest(
-            self.ctx.out,
-            build_id=self.ctx.build_id,
-            code_version=__version__,
-            config=config.model_dump(mode="json"),
-            prompts=prompts,
+        refs = self.resolved.prompts.refs
+        return finish(
+            self.ctx,
+            self.resolved,
+            results,
+            prompts=list(parent.prompts) + [p for p in refs if p not in parent.prompts],
             detector=parent.detector,
-            results=results,
             config_dir=parent.config_dir,
             parent=ParentRef(path=str(self.root), build_id=parent.build_id, manifest_sha256=self.parent_sha256),
             reannotation=Reannotation(
                 where=self.where,
-                prompt=annotator.prompt,
-                model=config.annotator.model or "template",
+                prompt=refs[0],
+                model=self.ctx.config.annotator.model or "template",
                 selected=len(self.selected),
                 rejects_selected=self.rejects_selected,
             ),
         )
-        write_card(self.ctx.out, manifest)
-        return manifest
 
 
-def prepare(root: Path, *, where: str, prompt: str, model: str | None = None, out: Path | None = None) -> ReannotateJob:
-    """Check the request, claim the new version's folder, and return the job that writes it.
+def prepare(
+    root: Path,
+    *,
+    where: str,
+    prompt: str,
+    model: str | None = None,
+    out: Path | None = None,
+    resources: Resources | None = None,
+) -> ReannotateJob:
+    """Check the request, set up the new version's folder, and return the job that writes it,
+    resolved once (``executor.resolve``: the detector's model loaded into ``resources``).
 
     Running it again with the same arguments finds the same folder: finished shards are kept
     and received LLM replies are cached, so it resumes and ends with the same files.
@@ -274,10 +292,11 @@ def prepare(root: Path, *, where: str, prompt: str, model: str | None = None, ou
     ctx = BuildContext(
         config=config, config_dir=Path(parent.config_dir), out=out, stage_parents=tuple(lineage(root)), salt=salt
     )
-    make_annotator(annotator, config.verify)  # an unknown prompt or a missing model fails here
+    resolved = resolve(ctx, resources)  # an unknown prompt or a missing model fails here
     link_tree(root / "kfs", out / "kfs")
     return ReannotateJob(
         ctx=ctx,
+        resolved=resolved,
         root=root,
         where=where,
         selected=tuple(selected),
@@ -288,14 +307,20 @@ def prepare(root: Path, *, where: str, prompt: str, model: str | None = None, ou
 
 
 def reannotate(
-    root: Path, *, where: str, prompt: str, model: str | None = None, out: Path | None = None
+    root: Path,
+    *,
+    where: str,
+    prompt: str,
+    model: str | None = None,
+    out: Path | None = None,
+    runner: Runner = in_process,
 ) -> tuple[Path, Manifest]:
-    """Write a new version of the dataset in ``root`` with the selected rows re-annotated, in
-    this process (``stgr reannotate`` runs the same job as a Prefect flow); returns the new
-    version's folder and manifest."""
-    job = prepare(root, where=where, prompt=prompt, model=model, out=out)
-    with locked_folder(job.ctx.out):
-        return job.ctx.out, run_job(job, Resources())
+    """``prepare`` then ``executor.run``: a new version of the dataset in ``root`` with the
+    selected rows re-annotated, on ``runner`` (default: in this process; ``stgr reannotate``
+    runs the Prefect flow); returns the new version's folder and manifest."""
+    resources = Resources()
+    job = prepare(root, where=where, prompt=prompt, model=model, out=out, resources=resources)
+    return job.ctx.out, run(job, runner, resources)
 
 
 def _annotator_config(config: BuildConfig, prompt: str, model: str | None):

@@ -34,12 +34,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from stgr_builder.core.codehash import code_digest
 from stgr_builder.core.files import atomic_write_bytes
 from stgr_builder.core.hashing import digest, media_fingerprint
+from stgr_builder.core.layout import STAGES_DIR
 from stgr_builder.core.resources import Resources
-from stgr_builder.core.steps import Item, Step
+from stgr_builder.core.steps import Deferred, Item, Step, Stream
 from stgr_builder.errors import warn
 from stgr_builder.models import LlmUsage, Reject, RejectCode, SampleWork, SourceSample, Stage
-
-STAGES_DIR = Path("_cache") / "stages"
 
 #: What each stored stage adds to a ``SampleWork``: these fields, and nothing else, are saved.
 STAGE_FIELDS: dict[Stage, tuple[str, ...]] = {
@@ -215,12 +214,15 @@ class StoredStep(Step):
         dumped = item.model_dump(mode="json", include=set(fields))
         return StageEntry(stage=self.stage, work=dumped, llm=llm)
 
-    def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
+    def __call__(self, items: Iterable[Stream]) -> Iterator[Stream]:
         ready: deque[Item] = deque()
         pending: dict[str, str] = {}  # sample id -> key, of the samples sent to the step
 
-        def misses() -> Iterator[Item]:
+        def misses() -> Iterator[Stream]:
             for item in items:
+                if isinstance(item, Deferred):
+                    yield item  # through the step, which passes it on and stops
+                    return
                 if isinstance(item, Reject):
                     ready.append(item)
                     continue
@@ -237,6 +239,9 @@ class StoredStep(Step):
                 ready.append(applied)
 
         for out in self.step(misses()):
+            if isinstance(out, Deferred):
+                yield out  # the shard stops here: nothing more is stored
+                return
             while ready:
                 yield ready.popleft()
             sample_id = out.id if isinstance(out, Reject) else out.sample.id

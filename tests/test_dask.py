@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from stgr_builder.flows.build import run_build, task_runner
+from stgr_builder.flows.build import flow_runner, task_runner
 from stgr_builder.models import ShardingConfig
+from stgr_builder.pipeline import build
 
 from helpers.small_demo import small_source, write_config
 
@@ -35,8 +36,8 @@ def test_a_local_cluster_build_writes_the_thread_runner_rows(tmp_path_factory, t
     monkeypatch.setenv("DASK_LOGGING__DISTRIBUTED", "warning")
     source = small_source(tmp_path_factory)
     config = write_config(source, "dask", sharding={"samples_per_shard": 8, "workers": 2})
-    threads = run_build(config, tmp_path / "threads")
-    dask = run_build(config, tmp_path / "dask", runner="dask")
+    threads = build(config, tmp_path / "threads", runner=flow_runner)
+    dask = build(config, tmp_path / "dask", runner=flow_runner, sharding_runner="dask")
     assert len(threads.shards) >= 6  # several shard tasks, spread over the two workers
     assert _digests(tmp_path / "dask") == _digests(tmp_path / "threads")
     assert dask.counts == threads.counts and dask.build_id == threads.build_id

@@ -15,7 +15,7 @@ from stgr_builder.audit import connect
 from stgr_builder.core.arrow import table_to_rows
 from stgr_builder.core.geometry import box_iou
 from stgr_builder.dryrun.demo import load_truth, write_demo_config
-from stgr_builder.flows.build import run_build
+from stgr_builder.flows.build import flow_runner
 from stgr_builder.models import CotRow, RlRow, Task
 from stgr_builder.pipeline import build, context
 from stgr_builder.sources import ingest
@@ -29,7 +29,7 @@ def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     config = write_demo_config(root / "source" / "CONFIG.yaml")
     out = root / "out"
-    manifest = run_build(config, out)
+    manifest = build(config, out, runner=flow_runner)
     return config, out, manifest
 
 

@@ -4,9 +4,8 @@ request, through the annotator's budget and usage; the outcome rules are core/sp
 
 from __future__ import annotations
 
-import pytest
-
-from stgr_builder.annotate.llm import BudgetReached, LlmAnnotator
+from stgr_builder.annotate.llm import LlmAnnotator
+from stgr_builder.core.steps import Deferred
 from stgr_builder.dryrun.server import serve_llm
 from stgr_builder.models import (
     AnnotatorConfig,
@@ -71,8 +70,8 @@ def test_the_judge_is_asked_about_each_frame_before_the_annotation_request(root,
 def test_the_llm_budget_counts_the_event_judges_requests(root, env):
     with serve_llm() as server:
         env(server)
-        with pytest.raises(BudgetReached):
-            annotator(root, budget=4).annotate_batch([event_work()])
+        stopped = annotator(root, budget=4).annotate_batch([event_work()])
         stats = server.stats()
+    assert isinstance(stopped, Deferred) and stopped.reason == "budget"  # a value, not an exception
     # The four judge requests took the budget: the annotation request after them was refused.
     assert stats["total"] == 4 and dict(stats["by_schema"]) == {"event_verdict": 4}, stats

@@ -200,7 +200,7 @@ def test_a_samples_neighbours_and_their_boxes_do_not_depend_on_its_batch(tmp_pat
     # Batches of 1 and 64 samples; the detector's padding slots filled with neighbours, or not.
     for batch, pad_to in ((1, 16), (64, 16), (64, None)):
         resources, out = Resources(), tmp_path / f"out{batch}-{pad_to}"
-        ctx = context(config_path, out, resources)
+        ctx = context(config_path, out)
         samples, _, _ = ingest(ctx.config, ctx.config_dir)
         detect = DetectStep(
             make_detector(ctx.config.detector, ctx.config_dir, resources), out, batch_size=batch,

@@ -190,7 +190,7 @@ def test_changed_media_are_built_again_and_moved_media_are_not(tmp_path_factory,
 
 
 def test_one_budget_across_the_dask_workers_of_a_run(tmp_path_factory, tmp_path, monkeypatch, api_key):
-    from stgr_builder.flows.build import run_build
+    from stgr_builder.flows.build import flow_runner
 
     monkeypatch.setenv("DASK_LOGGING__DISTRIBUTED", "warning")
     source = small_source(tmp_path_factory)
@@ -202,7 +202,7 @@ def test_one_budget_across_the_dask_workers_of_a_run(tmp_path_factory, tmp_path,
     )
     with serve_llm(latency_ms=30) as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
-        manifest = run_build(config, tmp_path / "out", runner="dask")
+        manifest = build(config, tmp_path / "out", runner=flow_runner, sharding_runner="dask")
         sent = server.stats()["total"]
     planned = json.loads((tmp_path / "out" / "_progress" / "plan.json").read_text())["shards"]
     assert planned >= 4  # several shard tasks on the two workers

@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from stgr_builder.annotate.cache import ResponseCache
-from stgr_builder.annotate.llm import BudgetReached, LlmAnnotator
+from stgr_builder.annotate.llm import LlmAnnotator
 from stgr_builder.core import grammar
+from stgr_builder.core.steps import Deferred
 from stgr_builder.dryrun.server import serve_llm
 from stgr_builder.errors import SampleError
 from stgr_builder.models import (
@@ -163,8 +164,10 @@ def test_the_budget_stops_new_requests_and_a_rerun_pays_only_for_the_rest(root, 
     works = [work(n) for n in range(5)]
     with serve_llm() as server:
         env(server)
-        with pytest.raises(BudgetReached):
-            annotator(root, budget=2, concurrency=1).annotate_batch(works)
+        # Not an error: a value that tells the shard to stop and wait for the next run.
+        stopped = annotator(root, budget=2, concurrency=1).annotate_batch(works)
+        assert isinstance(stopped, Deferred) and stopped.reason == "budget"
+        assert stopped.message.startswith("LLM budget reached (requests 2, tokens ")
         assert server.stats()["total"] == 2
         rerun = annotator(root, run="r2")
         results = rerun.annotate_batch([work(n) for n in range(5)])

@@ -96,17 +96,17 @@ def shard_digests(out: Path) -> dict[str, str]:
 
 
 def test_demo_build_through_the_flow_passes_every_rule_and_leaks_no_key(source, llm_env, tmp_path, caplog):
-    from stgr_builder.flows.build import run_build
+    from stgr_builder.flows.build import flow_runner
 
     config = write_config(source, "flow", concurrency=4)
     out = tmp_path / "out"
     caplog.set_level(logging.DEBUG)
     with serve_llm() as server:
         key = llm_env(server)
-        manifest = run_build(config, out)
+        manifest = build(config, out, runner=flow_runner)
         requests = server.stats()["total"]
         # A second run of a finished build makes no request at all.
-        run_build(config, out)
+        build(config, out, runner=flow_runner)
         assert server.stats()["total"] == requests
 
     samples = {s.id: s for s in ingest(context(config, tmp_path / "x").config, config.parent)[0]}

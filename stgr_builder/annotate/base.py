@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from stgr_builder.core import grammar
-from stgr_builder.core.steps import Step
+from stgr_builder.core.steps import Deferred, Step
 from stgr_builder.errors import SampleError
 from stgr_builder.models import Annotation, LlmUsage, PromptRef, Reject, RejectCode, SampleWork, Stage, Task
 
@@ -53,10 +53,12 @@ class BatchAnnotator(Annotator, Protocol):
     """An annotator that annotates a batch at once (an LLM client with concurrent requests).
 
     ``annotate_batch`` returns, per sample in order, its ``Annotation`` or the ``SampleError``
-    that rejects it: one failing request must not take the batch down.
+    that rejects it: one failing request must not take the batch down. Or, for the whole batch,
+    a ``Deferred`` (the run's budget is spent, batches are submitted): nothing failed, and the
+    next run finishes it.
     """
 
-    def annotate_batch(self, batch: list[SampleWork]) -> list[Annotation | SampleError]: ...
+    def annotate_batch(self, batch: list[SampleWork]) -> list[Annotation | SampleError] | Deferred: ...
 
 
 class AnnotateStep(Step):
@@ -83,10 +85,12 @@ class AnnotateStep(Step):
         work.annotation = self.annotator.annotate(work)
         return work
 
-    def process_batch(self, batch: list[SampleWork]) -> list[SampleWork | Reject]:
+    def process_batch(self, batch: list[SampleWork]) -> list[SampleWork | Reject] | Deferred:
         if not isinstance(self.annotator, BatchAnnotator):
             return super().process_batch(batch)
         results = self.annotator.annotate_batch(batch)
+        if isinstance(results, Deferred):
+            return results
         out: list[SampleWork | Reject] = []
         for work, result in zip(batch, results, strict=True):
             if isinstance(result, SampleError):

@@ -35,22 +35,12 @@ from typing import Any
 
 from stgr_builder.core.files import atomic_write_text
 from stgr_builder.core.hashing import digest
-from stgr_builder.errors import warn
+from stgr_builder.core.layout import BATCH_DIR
+from stgr_builder.errors import BatchPending, warn
 
 #: Where the records of submitted batches live, under the dataset folder.
-BATCH_DIR = Path("_cache") / "batches"
 ENDPOINT = "/v1/chat/completions"
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
-
-
-class BatchPending(Exception):
-    """Batches of this shard are submitted and not finished (``--no-wait``): the shard writes
-    nothing, and a later run collects them."""
-
-    def __init__(self, requests: int, batches: int):
-        super().__init__(f"{requests} requests in {batches} batches pending; run again to collect")
-        self.requests = requests
-        self.batches = batches
 
 
 def _record_problem(record: Any) -> str | None:

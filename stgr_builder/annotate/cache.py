@@ -30,9 +30,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stgr_builder.core.files import atomic_write_bytes
 from stgr_builder.core.hashing import digest, sha256_bytes
+from stgr_builder.core.layout import LLM_CACHE_DIR
 from stgr_builder.errors import warn
 
-CACHE_DIR = Path("_cache") / "llm"
+CACHE_DIR = LLM_CACHE_DIR
 _DATA_URL_PREFIX = "data:"
 
 

@@ -20,8 +20,18 @@ from stgr_builder.annotate.ratelimit import RateLimiter
 from stgr_builder.annotate.reply import short_error
 from stgr_builder.annotate.request import count_images, json_body, schema_hash
 from stgr_builder.annotate.usage import SAMPLE_USAGE, count_event
-from stgr_builder.core.resources import BudgetReached
-from stgr_builder.errors import SampleError, StgrError
+from stgr_builder.errors import (
+    BadReply,
+    BudgetReached,
+    LlmError,
+    LlmUnavailable,
+    ReplyRejected,
+    ReplyTooLarge,
+    RequestDeferred,
+    SampleError,
+    StgrError,
+    TooLarge,
+)
 from stgr_builder.models import AnnotatorConfig, LlmUsage, RejectCode
 
 
@@ -50,35 +60,6 @@ except ImportError:  # pragma: no cover
     import httpx as _http  # type: ignore[no-redef]
 
 
-class LlmError(Exception):
-    """A request's final failure that no retry can change (a 4xx other than 408/409/429, a
-    refusal, an empty reply); cached, and the sample is rejected."""
-
-
-class LlmUnavailable(Exception):
-    """A transient failure after the retries (429, 5xx, timeout, transport, a broken reply):
-    never cached, and the sample is left pending for the next run. The message starts with
-    the reason (``models.PENDING_REASONS``): ``server_error: HTTP 503 after 3 retries``."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-
-
-class ReplyTooLarge(Exception):
-    """Every try's reply body (two at least) was over ``MAX_REPLY_BYTES``: never cached, the
-    sample is rejected. Once only (no retries configured) is a fault: the sample is pending."""
-
-
-class BadReply(Exception):
-    """A 200 reply that cannot be read as a chat completion (cut short, not JSON, HTML, dropped
-    connection): retried like a 5xx."""
-
-
-class TooLarge(BadReply):
-    """A reply body over ``MAX_REPLY_BYTES`` (not read further)."""
-
-
 #: The largest reply body read (a chat completion of a few KB; a gateway's error page or a
 #: runaway generation is not read whole, and never cached).
 MAX_REPLY_BYTES = 1 << 20
@@ -99,19 +80,6 @@ def async_client(config: AnnotatorConfig, limiter: RateLimiter, base_url: str | 
 #: Stands for an image's data URL while the rest of a request body is serialized (``json_body``).
 
 
-class ReplyRejected(Exception):
-    """Replies stayed invalid after every re-ask; ``code`` is the last error's reject code."""
-
-    def __init__(self, message: str, code: RejectCode = RejectCode.LLM_INVALID_REPLY):
-        super().__init__(message)
-        self.code = code
-
-
-class Deferred(Exception):
-    """A request the cache lacks, asked by an ``Asker`` that collects requests for a batch
-    (``deferred`` set) instead of sending them: its body is recorded there."""
-
-
 #: What asking the LLM can fail with, each mapped to the sample's outcome by ``sample_error``.
 REQUEST_FAILURES = (LlmUnavailable, ReplyTooLarge, LlmError, ReplyRejected)
 
@@ -122,14 +90,11 @@ def sample_error(err: Exception, during: str = "") -> SampleError:
     (e.g. the judge) in the message."""
     if isinstance(err, LlmUnavailable):
         return SampleError(RejectCode.PENDING, f"{err} ({during})" if during else str(err))
-    code = (
-        err.code
-        if isinstance(err, ReplyRejected)
-        else {
-            ReplyTooLarge: RejectCode.LLM_REPLY_TOO_LARGE,
-            LlmError: RejectCode.LLM_ERROR,
-        }[type(err)]
-    )
+    final: dict[type[Exception], RejectCode] = {
+        ReplyTooLarge: RejectCode.LLM_REPLY_TOO_LARGE,
+        LlmError: RejectCode.LLM_ERROR,
+    }
+    code = err.code if isinstance(err, ReplyRejected) else final[type(err)]
     return SampleError(code, f"{during}: {err}" if during else str(err))
 
 
@@ -173,7 +138,7 @@ class Asker:
         self.formats = formats or annotator.formats
         self.judge = judge
         # Batch mode: requests the cache lacks are recorded here (key -> (body, images)) and
-        # raise ``Deferred``, to be sent as a batch; None: sent online.
+        # raise ``RequestDeferred``, to be sent as a batch; None: sent online.
         self.deferred: dict[str, tuple[dict[str, Any], int]] | None = None
         # Requests being sent, by cache key: an identical one waits for that reply.
         self.in_flight: dict[str, asyncio.Future[CacheEntry]] = {}
@@ -263,7 +228,7 @@ class Asker:
                 self.model_name, messages, model, name, config.temperature, max_tokens, self.formats.mode
             )
             self.deferred[key] = (body, count_images(messages))
-            raise Deferred(key)
+            raise RequestDeferred(key)
         if not cached and key in self.in_flight:
             # The same request of another sample (the judge's crops of a shared box) is under
             # way: its reply, not a second payment.

@@ -26,16 +26,12 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from stgr_builder.errors import StgrError
+from stgr_builder.errors import EndpointDead
 
 T = TypeVar("T")
 
 #: The openai client's endpoint when OPENAI_BASE_URL is not set.
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-
-
-class EndpointDead(StgrError):
-    """The endpoint never answered within ``annotator.dead_endpoint_s``: the build stops."""
 
 
 def shown_url(base_url: str | None) -> str:

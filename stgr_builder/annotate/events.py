@@ -110,12 +110,14 @@ def judged_frames(work: SampleWork) -> list[Frame]:
 class EventJudging:
     """The event check of the LLM annotator (``llm.LlmAnnotator``), run first in each sample's task."""
 
-    def __init__(self, config: SpanCheckConfig, span_frames: int, root: Path, image_max_side: int):
+    def __init__(
+        self, config: SpanCheckConfig, span_frames: int, root: Path, image_max_side: int, prompt: Prompt | None = None
+    ):
         self.config = config
         self.span_frames = span_frames
         self.root = root
         self.image_max_side = image_max_side
-        loaded = load_prompt(PROMPT)
+        loaded = prompt if prompt is not None else load_prompt(PROMPT)  # the build resolves it once
         self.content = parse_event_prompt(loaded)
         self.prompt = loaded.ref
 

@@ -18,12 +18,11 @@ from pydantic import BaseModel
 from stgr_builder.annotate.request import response_format
 from stgr_builder.core.files import atomic_write_bytes
 from stgr_builder.core.hashing import digest
+from stgr_builder.core.layout import FORMATS_DIR
 
 #: How a request asks for JSON, best first: the schema; any JSON object; the prompt's own words
 #: (with the schema appended to the system message).
 FORMAT_MODES = ("json_schema", "json_object", "prompt")
-#: Where the mode an endpoint accepts is remembered, under the dataset folder.
-FORMATS_DIR = Path("_cache") / "llm" / "formats"
 _FORMAT_REFUSAL_RE = re.compile(r"response_format|json_schema|json_object|schema|structured", re.IGNORECASE)
 
 

@@ -30,8 +30,8 @@ independent model. See docs/annotation-checks.md.
 
 Every reply and final error goes to the request cache (``cache.py``) before it is used, and the
 run's budget (requests, tokens; one ledger per run under ``_cache/budget``, shared by every
-process) is checked before any new request: when it is spent the shard raises
-``BudgetReached``, writes nothing and is finished by the next run.
+process) is checked before any new request: when it is spent ``annotate_batch`` returns a
+``Deferred`` value, the shard writes nothing and is finished by the next run.
 
 Every request (each retry too) is paced by the build's rate limits (``ratelimit.py``: the
 ``rpm``/``tpm`` caps and the server's ``x-ratelimit`` headers, shared by all its processes); the
@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from stgr_builder.annotate import crops
-from stgr_builder.annotate.batch import BatchJobs
+from stgr_builder.annotate.batch import BatchJobs, BatchPending
 from stgr_builder.annotate.cache import CacheEntry, ResponseCache, request_key
 from stgr_builder.annotate.client import (
     REQUEST_FAILURES,
@@ -90,7 +90,7 @@ from stgr_builder.annotate.judge import (
     verdict_parser,
 )
 from stgr_builder.annotate.prepare import PreparePool, default_processes
-from stgr_builder.annotate.prompts import load_prompt
+from stgr_builder.annotate.prompts import AnnotatorPrompts, load_prompt
 from stgr_builder.annotate.ratelimit import limiter_for
 from stgr_builder.annotate.reply import (
     SCHEMA_NAME,
@@ -119,8 +119,10 @@ from stgr_builder.annotate.session import LlmSession
 from stgr_builder.annotate.usage import ANNOTATOR_USAGE, SAMPLE_USAGE
 from stgr_builder.core import grammar
 from stgr_builder.core.hashing import digest
-from stgr_builder.core.resources import BudgetReached, Resources
-from stgr_builder.errors import SampleError, StgrError
+from stgr_builder.core.layout import budget_ledger
+from stgr_builder.core.resources import Resources
+from stgr_builder.core.steps import Deferred
+from stgr_builder.errors import BudgetReached, SampleError, StgrError
 from stgr_builder.models import (
     Annotation,
     AnnotatorConfig,
@@ -131,8 +133,6 @@ from stgr_builder.models import (
     VerifyConfig,
 )
 
-#: Where each run's budget ledger lives, under the dataset folder.
-BUDGET_DIR = Path("_cache") / "budget"
 #: Rounds of judge batches at most (each vote, each re-ask of an unusable verdict is a round).
 MAX_JUDGE_ROUNDS = 12
 
@@ -148,11 +148,25 @@ class Judged:
     unconfirmed: list[tuple[str, int]]
 
 
+def check_llm_config(config: AnnotatorConfig) -> None:
+    """What the ``openai`` backend needs before any request: a model, a key in the environment,
+    and the ``openai`` client installed; one line naming what is missing."""
+    if not config.model:
+        raise StgrError("annotator.model is required for backend openai (e.g. model: gpt-4o-mini)")
+    if not os.environ.get("OPENAI_API_KEY"):
+        raise StgrError(
+            "set OPENAI_API_KEY for the openai annotator (any value for a local server such as "
+            "`stgr serve-llm`), and OPENAI_BASE_URL for an endpoint other than OpenAI's"
+        )
+    import openai  # noqa: F401 - fail here, with the config, when the client is missing
+
+
 class LlmAnnotator:
     """The ``openai`` annotator backend (see the module's docstring).
 
     ``annotate_batch`` returns, per sample, its ``Annotation`` or the ``SampleError`` that
-    rejects it, and raises ``BudgetReached`` when the run's budget stopped a request.
+    rejects it; or a ``Deferred`` value when the run's budget stopped a request, or when the
+    batches it submitted (``mode: batch``, ``--no-wait``) are not back yet.
     ``usage`` accumulates this instance's requests and tokens (one instance per shard task).
     """
 
@@ -163,48 +177,44 @@ class LlmAnnotator:
         config: AnnotatorConfig,
         verify: VerifyConfig,
         *,
-        root: Path | None = None,
+        root: Path,
+        prompts: AnnotatorPrompts | None = None,
         resources: Resources | None = None,
         run: str = "",
         wait: bool = True,
         span_check: SpanCheckConfig | None = None,
         span_frames: int = 4,
     ):
-        if not config.model:
-            raise StgrError("annotator.model is required for backend openai (e.g. model: gpt-4o-mini)")
-        if not os.environ.get("OPENAI_API_KEY"):
-            raise StgrError(
-                "set OPENAI_API_KEY for the openai annotator (any value for a local server such as "
-                "`stgr serve-llm`), and OPENAI_BASE_URL for an endpoint other than OpenAI's"
-            )
-        import openai  # noqa: F401 - fail here, with the config, when the client is missing
-
+        check_llm_config(config)
+        assert config.model is not None  # check_llm_config
         self.config = config
         self.model = config.model
-        assert config.prompt is not None, "AnnotatorConfig fills in the backend's default prompt"
-        loaded = load_prompt(config.prompt)
-        self.content = parse_llm_prompt(loaded)
-        self.prompt = loaded.ref
+        if prompts is None:  # the build hands in the prompts it resolved once
+            assert config.prompt is not None, "AnnotatorConfig fills in the backend's default prompt"
+            judge_loaded = load_prompt(config.judge.prompt) if config.judge_on else None
+            prompts = AnnotatorPrompts(load_prompt(config.prompt), judge_loaded)
+        self.content = parse_llm_prompt(prompts.main)
+        self.prompt = prompts.main.ref
         self.prompts = [self.prompt]
         self.judge_content = None
         if config.judge_on:
-            judge_prompt = load_prompt(config.judge.prompt)
-            self.judge_content = parse_judge_prompt(judge_prompt)
-            self.judge_prompt = judge_prompt.ref
+            assert prompts.judge is not None  # resolve_prompts loads it when the judge is on
+            self.judge_content = parse_judge_prompt(prompts.judge)
+            self.judge_prompt = prompts.judge.ref
             self.prompts.append(self.judge_prompt)
         self.max_area = verify.max_box_area
-        self.root = Path(root) if root is not None else None
+        self.root = Path(root)
         # Event spans put to the judge before the annotation request (``events.py``).
         self.events = None
         if span_check is not None and span_check.events == "judge":
-            self.events = EventJudging(span_check, span_frames, self.root or Path("."), config.image_max_side)
+            self.events = EventJudging(span_check, span_frames, self.root, config.image_max_side, prompts.events)
             self.prompts.append(self.events.prompt)
         resources = resources if resources is not None else Resources()
         # One budget per run, shared by every annotator (shard task) of the run in this process,
         # and, through the run's ledger file, by every process of the run (Dask workers).
-        ledger = self.root / BUDGET_DIR / f"{run}.json" if self.root is not None and run else None
+        ledger = budget_ledger(self.root, run) if run else None
         self.budget = resources.budget(run, config.budget, config.budget_tokens, ledger)
-        self.cache = ResponseCache(self.root) if self.root is not None else None
+        self.cache = ResponseCache(self.root)
         # The response_format the endpoint accepts, remembered under the cache (a fallback is
         # paid once per endpoint); the semantic checks of each reply.
         self.formats = FormatMemory(self.root, os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1")
@@ -268,35 +278,30 @@ class LlmAnnotator:
     # -- public -------------------------------------------------------------------------
 
     def annotate(self, work: SampleWork) -> Annotation:
-        [result] = self.annotate_batch([work])
-        if isinstance(result, SampleError):
-            raise result
-        return result
+        """One sample (the step calls ``annotate_batch``); a deferred one is an error here."""
+        result = self.annotate_batch([work])
+        if isinstance(result, Deferred):
+            raise StgrError(result.message)
+        if isinstance(result[0], SampleError):
+            raise result[0]
+        return result[0]
 
-    @property
-    def _folder(self) -> Path:
-        """The dataset folder; an annotator made without one (to validate a config) cannot annotate."""
-        if self.root is None:
-            raise StgrError("LlmAnnotator needs the dataset folder (root) to annotate")
-        return self.root
-
-    @property
-    def _replies(self) -> ResponseCache:
-        if self.cache is None:
-            raise StgrError("LlmAnnotator needs the dataset folder (root) to annotate")
-        return self.cache
-
-    def annotate_batch(self, batch: list[SampleWork]) -> list[Annotation | SampleError]:
-        if self.root is None or self.cache is None:
-            raise StgrError("LlmAnnotator needs the dataset folder (root) to annotate")
+    def annotate_batch(self, batch: list[SampleWork]) -> list[Annotation | SampleError] | Deferred:
         if self.config.mode == "batch":
-            self._send_as_batches(batch)  # replies into the cache; the online pass below reads them
-            if self.judge_content is not None:
-                self._judge_as_batches(batch)
+            try:
+                self._send_as_batches(batch)  # replies into the cache; the online pass below reads them
+                if self.judge_content is not None:
+                    self._judge_as_batches(batch)
+            except BatchPending as pending:
+                # Submitted and recorded (``_cache/batches``); the next run collects them, and pays nothing twice.
+                return Deferred("batch", str(pending))
         results = self.session.run(lambda client: self._batch(client, batch))
         failures = [r for r in results if isinstance(r, BaseException) and not isinstance(r, SampleError)]
         if any(isinstance(r, BudgetReached) for r in failures):
-            raise BudgetReached(f"LLM budget reached (requests {self.budget.requests}, tokens {self.budget.tokens})")
+            # Not a reject: the replies already received are in the request cache, free the next time.
+            return Deferred(
+                "budget", f"LLM budget reached (requests {self.budget.requests}, tokens {self.budget.tokens})"
+            )
         if failures:
             raise failures[0]
         return results
@@ -316,7 +321,7 @@ class LlmAnnotator:
                 continue  # rejected without a request (no_evidence)
             if self.events is not None and self.events.wanted(work):
                 continue  # the event judge goes first (online): its span may be rejected or refined
-            messages, digests = build_request(view, self.content, self._folder, self.config.image_max_side, self.images)
+            messages, digests = build_request(view, self.content, self.root, self.config.image_max_side, self.images)
             asking.append((view, messages, digests))
         rounds = 1 + (self.config.max_invalid_retries if self.config.batch_reask == "batch" else 0)
         for number in range(rounds):
@@ -336,7 +341,7 @@ class LlmAnnotator:
                 break
             again = []
             for key, (view, messages, digests) in zip(keys, asking, strict=False):
-                entry = self._replies.get(key)
+                entry = self.cache.get(key)
                 if entry is None or entry.kind != "reply":
                     continue  # a failure: the online pass deals with it
                 try:
@@ -395,7 +400,7 @@ class LlmAnnotator:
         bodies: dict[str, dict] = {}
         images: dict[str, int] = {}
         for key, messages in requests.items():
-            entry = self._replies.get(key)
+            entry = self.cache.get(key)
             if entry is not None and not (entry.kind == "error" and TRANSIENT_ERROR.match(entry.error or "")):
                 continue
             body = request_body(
@@ -417,7 +422,7 @@ class LlmAnnotator:
         if not bodies:
             return
         jobs = BatchJobs(
-            self._folder,
+            self.root,
             max_requests=self.config.batch_max_requests,
             max_bytes=self.config.batch_max_bytes,
             poll_s=self.config.batch_poll_s,
@@ -446,7 +451,7 @@ class LlmAnnotator:
             else:
                 continue  # transient (429, 5xx): asked again online
             self.budget.add_tokens(entry.usage.prompt_tokens + entry.usage.completion_tokens)
-            self._replies.put(key, entry)
+            self.cache.put(key, entry)
         jobs.collected()
 
     # -- one batch, one sample ------------------------------------------------------------
@@ -499,7 +504,7 @@ class LlmAnnotator:
                 RejectCode.NO_EVIDENCE,
                 f"no usable detector box on the {len(view.frames)} eligible frames to ground {listed}",
             )
-        frames = frames_to_draw(view, self._folder)
+        frames = frames_to_draw(view, self.root)
         drawn = await self.images.get_many_async(frames, self.config.image_max_side)
         messages, digests = compose_request(view, self.content, frames, drawn)
         try:
@@ -572,7 +577,7 @@ class LlmAnnotator:
         ``judge.votes``), their votes, and (``judge.per_sentence``) the claims it did not
         confirm in a kept box's crop. Each box's question ("Is this a {name}?") and each
         sentence's claim is an item: a crop and its question, nothing else."""
-        settings, content, root = self.config.judge, self.judge_content, self._folder
+        settings, content, root = self.config.judge, self.judge_content, self.root
         assert content is not None
         cids = list(chosen)
         jpegs = await asyncio.gather(
@@ -638,13 +643,13 @@ class LlmAnnotator:
 
 
 __all__ = [
-    "BUDGET_DIR",
     "BudgetReached",
     "Candidate",
     "CotReply",
     "FrameImages",
     "LlmAnnotator",
     "SampleView",
+    "check_llm_config",
     "json_body",
     "parse_reply",
     "render_trace",

@@ -47,6 +47,27 @@ class Prompt:
         return PromptRef(name=self.name, version=self.version)
 
 
+@dataclass(frozen=True)
+class AnnotatorPrompts:
+    """The prompts an annotator config names, read and hashed once per build
+    (``annotate.resolve_prompts``) and handed to every shard's annotator: the annotation
+    prompt, the judge's when the judge is on, the event judge's with ``span_check.events: judge``."""
+
+    main: Prompt
+    judge: Prompt | None = None
+    events: Prompt | None = None
+
+    @property
+    def refs(self) -> list[PromptRef]:
+        """What the manifest records: the annotation prompt first, then the judge's."""
+        return [self.main.ref] + ([self.judge.ref] if self.judge is not None else [])
+
+    @property
+    def used(self) -> list[PromptRef]:
+        """Every prompt the annotators use, the event judge's last (the annotate stage's fingerprint)."""
+        return self.refs + ([self.events.ref] if self.events is not None else [])
+
+
 def available_prompts(directory: Path = PROMPTS_DIR) -> list[str]:
     """Names of the prompts shipped in ``directory``.
 

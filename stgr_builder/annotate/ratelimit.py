@@ -26,10 +26,8 @@ A server that sends no rate-limit header (vLLM, Ollama) is not paced: only its 4
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import math
-import os
 import re
 import threading
 import time
@@ -37,10 +35,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from stgr_builder.core.layout import RATELIMIT_FILE
+from stgr_builder.core.ledger import read_unlocked, update_json
 from stgr_builder.errors import warn
 
 #: The state file, under the dataset folder.
-STATE_FILE = Path("_cache") / "ratelimit.json"
+STATE_FILE = RATELIMIT_FILE
 #: Share of a server's advertised limit the client keeps to (arrival jitter, other clients).
 LEARNED_SHARE = 0.9
 #: Seconds a slow-start probe holds the gate before another request may try.
@@ -127,52 +127,19 @@ class RateLimiter:
             # Most calls change nothing (no cap, and a server that advertises no limits: two calls
             # a request): those read the file without its lock and write nothing. Under load the
             # locked read-modify-write cost ~0.4 ms of the event loop each.
-            seen = self._read(self.path)
+            seen = read_unlocked(self.path)
             if seen is not None:
                 state = _state_of(seen, self.clock())
                 result = change(state)
                 if json.dumps(state).encode() == seen:
                     return result
+            path = self.path
             try:
-                fd = self._open(self.path)
+                return update_json(path, lambda data: _state_of(data, self.clock(), path), change)
             except OSError as exc:  # a folder in its place, no permission: pace from memory
-                warn(f"{self.path}: cannot be opened ({exc.strerror}); ignored, rate limits kept in memory")
+                warn(f"{path}: cannot be opened ({exc.strerror}); ignored, rate limits kept in memory")
                 self.path = None
                 return change(self._memory)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                data = os.pread(fd, 1 << 16, 0)
-                state = _state_of(data, self.clock(), self.path)
-                result = change(state)
-                changed = json.dumps(state).encode()
-                if changed != data:
-                    os.pwrite(fd, changed, 0)
-                    os.ftruncate(fd, len(changed))
-                return result
-            finally:
-                os.close(fd)
-
-    @staticmethod
-    def _read(path: Path) -> bytes | None:
-        """The state file's bytes, read without the lock (a write under way reads as a change)."""
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            return None
-        try:
-            return os.pread(fd, 1 << 16, 0)
-        except OSError:  # a folder in its place: the locked path names it
-            return None
-        finally:
-            os.close(fd)
-
-    @staticmethod
-    def _open(path: Path) -> int:
-        try:
-            return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
 
     def limits(self, state: dict) -> tuple[float | None, float | None]:
         """Requests and tokens per minute in force: the caps and the learned limits, the lower."""

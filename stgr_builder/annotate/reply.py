@@ -13,6 +13,7 @@ from stgr_builder.annotate.jsontext import extract_json
 from stgr_builder.annotate.request import Candidate, SampleView
 from stgr_builder.annotate.usage import count_event
 from stgr_builder.core import geometry, grammar
+from stgr_builder.errors import ReplyError
 from stgr_builder.models import Evidence, RejectCode
 
 SCHEMA_NAME = "stgr_cot_reply"
@@ -46,17 +47,6 @@ class CotReply(BaseModel):
 
 
 _REF_RE = re.compile(r"\[\s*(SPAN|B\d+(?:\s*,\s*B\d+)*)\s*\]")
-
-
-class ReplyError(ValueError):
-    """A reply that parses but cannot be used; its message goes back to the model. ``check``
-    names the semantic check that caught it (None: the reply's form), ``code`` the sample's
-    reject code when the re-asks do not fix it."""
-
-    def __init__(self, message: str, *, check: str | None = None, code: RejectCode = RejectCode.LLM_INVALID_REPLY):
-        super().__init__(message)
-        self.check = check
-        self.code = code
 
 
 # ---------------------------------------------------------------------------------------

@@ -100,13 +100,13 @@ class TemplateAnnotator:
 
     def __init__(
         self,
-        prompt_name: str = "template-cot",
+        prompt_name: str | Prompt = "template-cot",
         *,
         max_key_frames: int = 4,
         max_boxes_per_name: int = 3,
         max_box_area: float = 0.8,
     ):
-        loaded = load_prompt(prompt_name)
+        loaded = prompt_name if isinstance(prompt_name, Prompt) else load_prompt(prompt_name)
         self.templates = _parse_templates(loaded)
         self.prompt = loaded.ref
         self.prompts = [self.prompt]

@@ -18,7 +18,7 @@ import duckdb
 
 from stgr_builder.core.arrow import DATASETS, schema_for
 from stgr_builder.core.files import parquet_problem
-from stgr_builder.errors import StgrError
+from stgr_builder.errors import QueryTimeout, StgrError
 
 #: View name -> dataset folder.
 VIEWS: dict[str, str] = {"cot": "stgr_cot", "rl": "stgr_rl", "rejects": "rejects"}
@@ -183,10 +183,6 @@ def _left_out(
 def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> int:
     row = con.execute(sql).fetchone()
     return int(row[0]) if row else 0
-
-
-class QueryTimeout(StgrError):
-    """The query ran past its timeout and was interrupted."""
 
 
 def _bounded(

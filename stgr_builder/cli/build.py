@@ -132,7 +132,8 @@ def demo(
 
 def _run_build(config: Path, out: Path, overwrite: bool = False, wait: bool = True) -> None:
     quiet_orchestrator()
-    from stgr_builder.flows.build import run_build
+    from stgr_builder.flows.build import flow_runner
+    from stgr_builder.pipeline import build as build_dataset
 
     stop = threading.Event()
     watcher = threading.Thread(target=_watch_progress, args=(out, stop), daemon=True)
@@ -140,7 +141,7 @@ def _run_build(config: Path, out: Path, overwrite: bool = False, wait: bool = Tr
     session.bar[:] = [(stop, watcher)]
     watcher.start()
     try:
-        manifest = run_build(config, out, overwrite=overwrite, wait=wait)
+        manifest = build_dataset(config, out, overwrite=overwrite, wait=wait, runner=flow_runner)
     except OSError as exc:
         if exc.filename is None:  # ENOSPC from a write says nothing of where: the dataset folder
             exc.filename = str(out)

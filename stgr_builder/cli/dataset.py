@@ -66,11 +66,12 @@ def reannotate(
 ) -> None:
     """Re-annotate the rows or rejected samples a SQL predicate selects; write a new version beside the old one."""
     quiet_orchestrator()
-    from stgr_builder.flows.build import run_reannotate
+    from stgr_builder.flows.build import flow_runner
+    from stgr_builder.reannotate import reannotate as reannotate_rows
 
     session.writing[:] = [out] if out is not None else []
 
-    target, manifest = run_reannotate(root, where=where, prompt=prompt, model=model, out=out)
+    target, manifest = reannotate_rows(root, where=where, prompt=prompt, model=model, out=out, runner=flow_runner)
     assert manifest.reannotation is not None  # a re-annotation's manifest records it
     console.print(
         f"[bold green]re-annotated[/] {manifest.reannotation.selected} rows of {escape(str(root))} "

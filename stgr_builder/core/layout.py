@@ -5,7 +5,13 @@
     <out>/_progress/                PROGRESS_DIR: shard records, the shard count, run specs
     <out>/stgr_cot/ stgr_rl/ rejects/   part-NNNNN.parquet (``shard_path``)
     <out>/kfs/                      key-frame JPEGs, content-addressed
-    <out>/_cache/                   stage store and LLM request cache
+    <out>/_cache/                   CACHE_DIR: what a resumed run reuses, never part of the dataset
+      stages/<stage>/..             STAGES_DIR: the stage store (``stages.py``)
+      llm/..                        LLM_CACHE_DIR: the LLM request cache (``annotate/cache.py``)
+      llm/formats/..                FORMATS_DIR: the response format each endpoint accepts
+      batches/<intent>.json         BATCH_DIR: submitted Batch API jobs (``annotate/batch.py``)
+      budget/<run>.json             BUDGET_DIR: one run's LLM budget ledger (``budget_ledger``)
+      ratelimit.json                RATELIMIT_FILE: the build's request pacing (``annotate/ratelimit.py``)
 
 The write stage (``stgr_builder.shards``) writes these; the audit, re-annotation and the CLI read
 them through this module.
@@ -24,6 +30,22 @@ from stgr_builder.models import Manifest, Plan
 PROGRESS_DIR = "_progress"
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
+CACHE_DIR = Path("_cache")
+STAGES_DIR = CACHE_DIR / "stages"
+LLM_CACHE_DIR = CACHE_DIR / "llm"
+FORMATS_DIR = LLM_CACHE_DIR / "formats"
+BATCH_DIR = CACHE_DIR / "batches"
+BUDGET_DIR = CACHE_DIR / "budget"
+RATELIMIT_FILE = CACHE_DIR / "ratelimit.json"
+
+
+def budget_ledger(root: Path, run: str) -> Path:
+    """The LLM budget ledger of one run (``run``: ``BuildContext.run``), shared by its processes.
+
+    >>> budget_ledger(Path("out"), "r1")
+    PosixPath('out/_cache/budget/r1.json')
+    """
+    return Path(root) / BUDGET_DIR / f"{run}.json"
 
 
 def shard_path(root: Path, dataset: str, shard: int) -> Path:

@@ -20,9 +20,7 @@ per task.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import threading
 import uuid
 from collections.abc import Callable, Hashable
@@ -32,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from stgr_builder.core.cache import BoundedCache, approx_size
 from stgr_builder.core.hashing import media_fingerprint
+from stgr_builder.core.ledger import update_json
 from stgr_builder.errors import warn
 
 if TYPE_CHECKING:  # distributed loads only where Dask runs
@@ -48,10 +47,6 @@ class LoadedModel:
 
     model: Any
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-class BudgetReached(Exception):
-    """The run's LLM budget is spent: the shard stops, writes nothing, and the next run finishes it."""
 
 
 class Budget:
@@ -81,21 +76,18 @@ class Budget:
     def _update(self, change: Callable[[dict[str, int]], bool]) -> bool:
         """Apply ``change`` to the counts (the ledger's, under its lock) and keep them."""
         with self._lock:
+            counts = {"requests": self.requests, "tokens": self.tokens}
             if self.ledger is None:
-                counts = {"requests": self.requests, "tokens": self.tokens}
                 result = change(counts)
             else:
-                self.ledger.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.ledger, os.O_RDWR | os.O_CREAT, 0o644)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                    counts = _ledger_counts(os.pread(fd, 4096, 0), self.ledger)
-                    result = change(counts)
-                    data = json.dumps(counts).encode()
-                    os.pwrite(fd, data, 0)
-                    os.ftruncate(fd, len(data))
-                finally:
-                    os.close(fd)  # drops the flock
+                ledger = self.ledger
+
+                def counted(stored: dict[str, Any]) -> bool:
+                    outcome = change(stored)
+                    counts.update(stored)
+                    return outcome
+
+                result = update_json(ledger, lambda data: _ledger_counts(data, ledger), counted)
             self.requests, self.tokens = counts["requests"], counts["tokens"]
             return result
 

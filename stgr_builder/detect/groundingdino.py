@@ -192,7 +192,9 @@ class GroundingDinoDetector:
 
     uses_phrases = True  # open vocabulary: prompted with the samples' object phrases
 
-    def __init__(self, config: DetectorConfig, config_dir: Path, resources: Resources):
+    def __init__(
+        self, config: DetectorConfig, config_dir: Path, resources: Resources, *, known_hash: str | None = None
+    ):
         self.config = config
         self.device = pick_device(config.device)
         self.format = config.format
@@ -209,7 +211,7 @@ class GroundingDinoDetector:
                 if config.text_encoder
                 else None
             )
-            self.weights_hash = weights_hash(self.weights)
+            self.weights_hash = known_hash or weights_hash(self.weights)
             self._loaded = resources.model(
                 ("groundingdino-idea", str(self.weights), str(model_config), str(text_encoder), self.device),
                 lambda: _load_idea(self.weights, model_config, text_encoder, self.device),
@@ -218,7 +220,7 @@ class GroundingDinoDetector:
             self._tokenizer = self._model.tokenizer
         else:
             self.weights = _resolve(config.weights, config_dir, folder=True, what="model folder")
-            self.weights_hash = _folder_hash(self.weights)
+            self.weights_hash = known_hash or _folder_hash(self.weights)
             self._loaded = resources.model(
                 ("groundingdino-hf", str(self.weights), self.device), lambda: _load_hf(self.weights, self.device)
             )

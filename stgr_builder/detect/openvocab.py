@@ -165,7 +165,9 @@ class OpenVocabDetector(UltralyticsDetector):
 
     uses_phrases = True  # open vocabulary: each frame is prompted with its sample's phrases
 
-    def __init__(self, config: DetectorConfig, config_dir: Path, resources: Resources):
+    def __init__(
+        self, config: DetectorConfig, config_dir: Path, resources: Resources, *, known_hash: str | None = None
+    ):
         backend = config.backend
         self.config = config
         try:
@@ -182,9 +184,9 @@ class OpenVocabDetector(UltralyticsDetector):
             raise StgrError(f"{backend} was trained with {wanted} as its text encoder, not {encoder.name}")
         self.device = pick_device(config.device)
         self.embeddings = TextEmbeddings(encoder.resolve(), self.device, resources)
-        self.model_hash = weights_hash(self.weights)
         # Both files decide the boxes: the build id and each row's provenance name them together.
-        self.weights_hash = digest([self.model_hash, self.embeddings.identity])[:16]
+        # ``known_hash``: what the build resolved once (the weights are not read again).
+        self.weights_hash = known_hash or digest([weights_hash(self.weights), self.embeddings.identity])[:16]
         self.name = f"{backend}:{self.weights.stem}"
         self.frames_inferred = 0
         self._loaded = resources.model(

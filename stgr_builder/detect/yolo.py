@@ -66,10 +66,12 @@ class UltralyticsDetector:
 
     uses_phrases = False  # closed-set: DetectStep batches all frames together
 
-    def __init__(self, config: DetectorConfig, config_dir: Path, resources: Resources):
+    def __init__(
+        self, config: DetectorConfig, config_dir: Path, resources: Resources, *, known_hash: str | None = None
+    ):
         self.config = config
         self.weights = resolve_weights(config.weights, config_dir)
-        self.weights_hash = weights_hash(self.weights)
+        self.weights_hash = known_hash or weights_hash(self.weights)
         self.device = pick_device(config.device)
         # The runtime decides the boxes' last digits (detect/runtime.py): part of the name that
         # provenance records; torch keeps the name it always had.

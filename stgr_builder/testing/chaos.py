@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from stgr_builder.core.layout import STAGES_DIR
+
 KILL_STAGES = ("probe", "sample", "detect", "annotate", "write")
 _SCRIPT = (
     "import sys; from pathlib import Path; from stgr_builder.pipeline import build; "
@@ -32,7 +34,7 @@ def digests(out: Path) -> dict[str, str]:
 
 
 def stored(out: Path, stage: str) -> int:
-    folder = out / "_cache" / "stages" / stage
+    folder = out / STAGES_DIR / stage
     return sum(1 for _ in folder.glob("*/*.json")) if folder.is_dir() else 0
 
 

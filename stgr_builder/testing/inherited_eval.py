@@ -16,12 +16,10 @@ import yaml
 
 from stgr_builder.audit import connect
 from stgr_builder.core import geometry, grammar
-from stgr_builder.core.resources import Resources
 from stgr_builder.dryrun.demo import DEMO_FILE, DemoNoise, demo_config, generate_demo, load_corruptions, load_truth
 from stgr_builder.dryrun.server import serve_llm
-from stgr_builder.executor import run_job
 from stgr_builder.models import Task, sample_id
-from stgr_builder.pipeline import BuildJob, context
+from stgr_builder.pipeline import build
 
 SOURCE = "STR_demo"
 SPAN_CODES = {"span_imprecise", "query_not_unique"}
@@ -59,10 +57,10 @@ def build_noisy(
     out = folder / "out"
     shutil.rmtree(out, ignore_errors=True)  # a build of other code in the same folder would be resumed
     if not events:
-        run_job(BuildJob(context(source / "CONFIG.yaml", out)), Resources())
+        build(source / "CONFIG.yaml", out)
         return out
     with serve_llm() as server, _environ(OPENAI_BASE_URL=server.base_url, OPENAI_API_KEY="sk-dry-run"):
-        run_job(BuildJob(context(source / "CONFIG.yaml", out)), Resources())
+        build(source / "CONFIG.yaml", out)
     return out
 
 

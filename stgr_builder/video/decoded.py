@@ -11,11 +11,8 @@ from typing import Protocol
 
 import numpy as np
 
+from stgr_builder.errors import DecodeError as DecodeError  # the decoders raise it; importable from here
 from stgr_builder.models import VideoInfo
-
-
-class DecodeError(Exception):
-    """The decoder could not produce a wanted frame (corrupt or unreadable data)."""
 
 
 @dataclass

@@ -67,7 +67,7 @@ def measure_gate(
     ``frames``: when given, gets (candidate frames, frames detected) appended, a frame of one
     media file counted once."""
     resources = Resources()
-    ctx = context(config_path, out, resources)
+    ctx = context(config_path, out)
     samples, _, _ = ingest(ctx.config, ctx.config_dir)
     detector = make_detector(ctx.config.detector, ctx.config_dir, resources)
     if wrap is not None:

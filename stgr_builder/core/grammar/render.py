@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from stgr_builder.errors import TraceError as TraceError  # raised here; importable from here
 from stgr_builder.models import RejectCode, Task
 
 BOX_DECIMALS = 3
@@ -18,22 +19,6 @@ TEMPORAL_TASKS = frozenset({Task.TEMPORAL, Task.TEMPORAL_MCQ})
 FREE_FORM_TASKS = frozenset({Task.SPATIO_TEMPORAL, Task.VIDEO_FREE})
 
 BoxT = tuple[float, float, float, float]
-
-
-class TraceError(ValueError):
-    """A trace or an answer that breaks the grammar; ``code`` says which rule.
-
-    >>> try:
-    ...     parse_trace("<obj>dog</obj>")
-    ... except TraceError as err:
-    ...     err.code.value
-    'trace_grammar'
-    """
-
-    def __init__(self, code: RejectCode, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def grammar_error(message: str) -> TraceError:
