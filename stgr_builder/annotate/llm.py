@@ -58,12 +58,11 @@ import asyncio
 import functools
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stgr_builder.annotate import crops
 from stgr_builder.annotate.batch import BatchJobs, BatchPending
+from stgr_builder.annotate.box_judge import BoxJudging, Judged
 from stgr_builder.annotate.cache import CacheEntry, ResponseCache, request_key
 from stgr_builder.annotate.client import (
     REQUEST_FAILURES,
@@ -78,17 +77,6 @@ from stgr_builder.annotate.client import (
 from stgr_builder.annotate.endpoint import EndpointWatch
 from stgr_builder.annotate.events import EventJudging
 from stgr_builder.annotate.formats import FormatMemory, refuses_format, request_body
-from stgr_builder.annotate.judge import SCHEMA_NAME as JUDGE_SCHEMA
-from stgr_builder.annotate.judge import (
-    CropVerdicts,
-    JudgeItem,
-    chunks,
-    judge_messages,
-    kept_by_votes,
-    parse_judge_prompt,
-    sentence_claims,
-    verdict_parser,
-)
 from stgr_builder.annotate.prepare import PreparePool, default_processes
 from stgr_builder.annotate.prompts import AnnotatorPrompts, load_prompt
 from stgr_builder.annotate.ratelimit import limiter_for
@@ -135,17 +123,6 @@ from stgr_builder.models import (
 
 #: Rounds of judge batches at most (each vote, each re-ask of an unusable verdict is a round).
 MAX_JUDGE_ROUNDS = 12
-
-
-@dataclass
-class Judged:
-    """What the judge said of one sample's chosen boxes (and, per sentence, of its claims)."""
-
-    kept: dict[int, Chosen]
-    #: (frame idx, box, yes votes) of each kept box.
-    box_votes: list[tuple[int, list[float], int]]
-    #: The claims (sentence, box) the judge did not confirm in a kept box's crop.
-    unconfirmed: list[tuple[str, int]]
 
 
 def check_llm_config(config: AnnotatorConfig) -> None:
@@ -196,12 +173,11 @@ class LlmAnnotator:
         self.content = parse_llm_prompt(prompts.main)
         self.prompt = prompts.main.ref
         self.prompts = [self.prompt]
-        self.judge_content = None
+        self.box_judge = None
         if config.judge_on:
             assert prompts.judge is not None  # resolve_prompts loads it when the judge is on
-            self.judge_content = parse_judge_prompt(prompts.judge)
-            self.judge_prompt = prompts.judge.ref
-            self.prompts.append(self.judge_prompt)
+            self.box_judge = BoxJudging(config.judge, prompts.judge, Path(root))
+            self.prompts.append(self.box_judge.prompt)
         self.max_area = verify.max_box_area
         self.root = Path(root)
         # Event spans put to the judge before the annotation request (``events.py``).
@@ -290,7 +266,7 @@ class LlmAnnotator:
         if self.config.mode == "batch":
             try:
                 self._send_as_batches(batch)  # replies into the cache; the online pass below reads them
-                if self.judge_content is not None:
+                if self.box_judge is not None:
                     self._judge_as_batches(batch)
             except BatchPending as pending:
                 # Submitted and recorded (``_cache/batches``); the next run collects them, and pays nothing twice.
@@ -520,7 +496,7 @@ class LlmAnnotator:
         except REQUEST_FAILURES as err:
             return sample_error(err)
         kept = chosen
-        if self.judge_content is not None and chosen:
+        if self.box_judge is not None and chosen:
             try:
                 judged = await self._judge(chosen, reply.reasoning)
             except REQUEST_FAILURES as err:
@@ -573,73 +549,9 @@ class LlmAnnotator:
         return self.judge_client
 
     async def _judge(self, chosen: dict[int, Chosen], reasoning: str) -> Judged:
-        """The chosen boxes the judge confirms (``judge.threshold`` yes votes of at most
-        ``judge.votes``), their votes, and (``judge.per_sentence``) the claims it did not
-        confirm in a kept box's crop. Each box's question ("Is this a {name}?") and each
-        sentence's claim is an item: a crop and its question, nothing else."""
-        settings, content, root = self.config.judge, self.judge_content, self.root
-        assert content is not None
-        cids = list(chosen)
-        jpegs = await asyncio.gather(
-            *(
-                asyncio.to_thread(crops.crop_jpeg, root / chosen[c].cand.frame.path, chosen[c].cand.det.box)
-                for c in cids
-            )
-        )
-        crop_of = dict(zip(cids, jpegs, strict=True))
-        items = [JudgeItem(content.user.format(name=chosen[cid].name), crop_of[cid]) for cid in cids]
-        claims: list[tuple[str, int]] = []
-        if settings.per_sentence:
-            for claim, cited in sentence_claims(reasoning):
-                claims += [(claim, cid) for cid in cited if cid in chosen]
-            items += [JudgeItem(content.claim.format(claim=claim), crop_of[cid]) for claim, cid in claims]
-        votes = await self._verdicts(items)
-        box_yes = dict(zip(cids, votes, strict=False))
-        kept = {cid: chosen[cid] for cid in cids if box_yes[cid] >= settings.threshold}
-        unconfirmed = [
-            (claim, cid)
-            for (claim, cid), yes in zip(claims, votes[len(cids) :], strict=True)
-            if cid in kept and yes < settings.threshold
-        ]
-        box_votes = [
-            (item.cand.frame.idx, grammar.round_box(item.cand.det.box), box_yes[cid]) for cid, item in kept.items()
-        ]
-        return Judged(kept, box_votes, unconfirmed)
-
-    async def _verdicts(self, items: list[JudgeItem]) -> list[int]:
-        """The yes votes of each item: every item asked once (``judge.crops_per_request`` to a
-        request; an item asked twice in a sample is asked once), then the items whose outcome is
-        not settled again, up to ``judge.votes`` times."""
-        settings = self.config.judge
-        unique = list(dict.fromkeys(items))
-        yes = dict.fromkeys(unique, 0)
-        open_items = unique
-        for vote in range(1, settings.votes + 1):
-            groups = chunks(open_items, settings.crops_per_request)
-            answers = await asyncio.gather(*(self._ask_judge(group, vote) for group in groups))
-            for group, said in zip(groups, answers, strict=True):
-                for item, answer in zip(group, said, strict=True):
-                    yes[item] += answer
-                    self.judge_ask.count(f"judge.{'yes' if answer else 'no'}")
-            open_items = [
-                i for i in open_items if kept_by_votes(yes[i], vote, settings.votes, settings.threshold) is None
-            ]
-            if not open_items:
-                break
-        return [yes[item] for item in items]
-
-    async def _ask_judge(self, group: list[JudgeItem], vote: int) -> list[bool]:
-        """The judge's verdict on each item of one request."""
-        content = self.judge_content
-        assert content is not None, "asked only with the judge on"
-        return await self.judge_ask.valid(
-            judge_messages(content, group, vote),
-            self.judge_prompt.version,
-            CropVerdicts,
-            JUDGE_SCHEMA,
-            verdict_parser(len(group)),
-            self.content.reask,
-        )
+        """The box judge's verdict on the chosen boxes (``box_judge.py``)."""
+        assert self.box_judge is not None, "asked only with the judge on"
+        return await self.box_judge.judge(self.judge_ask, chosen, reasoning, self.content.reask)
 
 
 __all__ = [
