@@ -20,6 +20,10 @@ TORCH_CPU_S_PER_FRAME = 0.016
 #: machine): OpenVINO 1.27x median (1.11x worst round), ONNX Runtime 0.67x (slower).
 OPENVINO_CPU_SPEEDUP = 1.27
 ONNX_CPU_SPEEDUP = 0.67
+#: Open-vocabulary models against the demo's yolo11n on the CPU, one phrase set (bench/openvocab.py,
+#: random weights at the real architectures' sizes): YOLOE-11s 2.57x, YOLOv8s-World v2 2.69x.
+YOLOE_CPU_SLOWDOWN = 2.57
+YOLO_WORLD_CPU_SLOWDOWN = 2.69
 #: GroundingDINO SwinT on the CPU: 22-30 s per image (NOTES.md, random weights, loaded machine);
 #: the middle of that range, not re-measured at the quiet-machine scale above (an upper bound).
 GROUNDINGDINO_CPU_S_PER_FRAME = 26.0
@@ -34,6 +38,14 @@ DETECT_S_PER_FRAME: dict[tuple[str, str, str], tuple[float, str]] = {
     ("ultralytics", "onnx", "cpu"): (
         round(TORCH_CPU_S_PER_FRAME / ONNX_CPU_SPEEDUP, 4),
         "torch / 0.67 (bench/detector_runtimes.py)",
+    ),
+    ("yoloe", "torch", "cpu"): (
+        round(TORCH_CPU_S_PER_FRAME * YOLOE_CPU_SLOWDOWN, 4),
+        "torch x 2.57 (bench/openvocab.py, YOLOE-11s)",
+    ),
+    ("yolo_world", "torch", "cpu"): (
+        round(TORCH_CPU_S_PER_FRAME * YOLO_WORLD_CPU_SLOWDOWN, 4),
+        "torch x 2.69 (bench/openvocab.py, YOLOv8s-World v2)",
     ),
     ("groundingdino", "torch", "cpu"): (GROUNDINGDINO_CPU_S_PER_FRAME, "NOTES.md: SwinT 22-30 s per image"),
 }
