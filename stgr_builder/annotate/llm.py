@@ -25,7 +25,7 @@ A reply is read however the endpoint wraps its JSON; one cut short (``finish_rea
 than ``stop``) is asked again; an endpoint that refuses ``json_schema`` is served in the next
 format once. The semantic checks (``reply.py``: the object named for a box, times in prose,
 off-span key frames, the MCQ conclusion) re-ask with the error, then reject with their own
-codes; the judge (``judge.py``, ``annotator.judge``) puts each chosen box's crop to an
+codes; the judge (``box_judge.py``, ``judge.py``, ``annotator.judge``) puts each chosen box's crop to an
 independent model. See docs/annotation-checks.md.
 
 Every reply and final error goes to the request cache (``cache.py``) before it is used, and the
@@ -36,7 +36,8 @@ process) is checked before any new request: when it is spent ``annotate_batch`` 
 Every request (each retry too) is paced by the build's rate limits (``ratelimit.py``: the
 ``rpm``/``tpm`` caps and the server's ``x-ratelimit`` headers, shared by all its processes); the
 frames of a request are drawn in worker processes (``prepare.py``); with ``mode: batch`` the
-first requests go through the Batch API (``batch.py``) and this online path finds them cached.
+first requests go through the Batch API (``batch_mode.py``, ``batch.py``) and this online path
+finds them cached.
 
 The work is split by job: what the model sees (``request.py``), reading and checking its reply
 and writing the trace (``reply.py``), the HTTP wire and the outcome of each failure
@@ -56,39 +57,23 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stgr_builder.annotate import crops
-from stgr_builder.annotate.batch import BatchJobs, BatchPending
-from stgr_builder.annotate.cache import CacheEntry, ResponseCache, request_key
+from stgr_builder.annotate.batch import BatchPending
+from stgr_builder.annotate.batch_mode import BatchMode
+from stgr_builder.annotate.box_judge import BoxJudging, Judged
+from stgr_builder.annotate.cache import ResponseCache
 from stgr_builder.annotate.client import (
     REQUEST_FAILURES,
-    TRANSIENT_ERROR,
     Asker,
-    BadReply,
     async_client,
-    entry_of,
-    final_status,
     sample_error,
 )
 from stgr_builder.annotate.endpoint import EndpointWatch
 from stgr_builder.annotate.events import EventJudging
-from stgr_builder.annotate.formats import FormatMemory, refuses_format, request_body
-from stgr_builder.annotate.judge import SCHEMA_NAME as JUDGE_SCHEMA
-from stgr_builder.annotate.judge import (
-    CropVerdicts,
-    JudgeItem,
-    chunks,
-    judge_messages,
-    kept_by_votes,
-    parse_judge_prompt,
-    sentence_claims,
-    verdict_parser,
-)
+from stgr_builder.annotate.formats import FormatMemory
 from stgr_builder.annotate.prepare import PreparePool, default_processes
 from stgr_builder.annotate.prompts import AnnotatorPrompts, load_prompt
 from stgr_builder.annotate.ratelimit import limiter_for
@@ -100,20 +85,16 @@ from stgr_builder.annotate.reply import (
     evidence_of,
     parse_reply,
     render_trace,
-    short_error,
 )
 from stgr_builder.annotate.request import (
     Candidate,
     FrameImages,
     SampleView,
-    build_request,
     compose_request,
-    count_images,
     frames_to_draw,
     json_body,
     parse_llm_prompt,
     sample_view,
-    schema_hash,
 )
 from stgr_builder.annotate.session import LlmSession
 from stgr_builder.annotate.usage import ANNOTATOR_USAGE, SAMPLE_USAGE
@@ -132,20 +113,6 @@ from stgr_builder.models import (
     SpanCheckConfig,
     VerifyConfig,
 )
-
-#: Rounds of judge batches at most (each vote, each re-ask of an unusable verdict is a round).
-MAX_JUDGE_ROUNDS = 12
-
-
-@dataclass
-class Judged:
-    """What the judge said of one sample's chosen boxes (and, per sentence, of its claims)."""
-
-    kept: dict[int, Chosen]
-    #: (frame idx, box, yes votes) of each kept box.
-    box_votes: list[tuple[int, list[float], int]]
-    #: The claims (sentence, box) the judge did not confirm in a kept box's crop.
-    unconfirmed: list[tuple[str, int]]
 
 
 def check_llm_config(config: AnnotatorConfig) -> None:
@@ -196,12 +163,11 @@ class LlmAnnotator:
         self.content = parse_llm_prompt(prompts.main)
         self.prompt = prompts.main.ref
         self.prompts = [self.prompt]
-        self.judge_content = None
+        self.box_judge = None
         if config.judge_on:
             assert prompts.judge is not None  # resolve_prompts loads it when the judge is on
-            self.judge_content = parse_judge_prompt(prompts.judge)
-            self.judge_prompt = prompts.judge.ref
-            self.prompts.append(self.judge_prompt)
+            self.box_judge = BoxJudging(config.judge, prompts.judge, Path(root))
+            self.prompts.append(self.box_judge.prompt)
         self.max_area = verify.max_box_area
         self.root = Path(root)
         # Event spans put to the judge before the annotation request (``events.py``).
@@ -266,6 +232,7 @@ class LlmAnnotator:
         ).model
         # Batch mode: wait for the batches (False: ``--no-wait``, ``BatchPending`` once submitted).
         self.wait = wait
+        self.batches = BatchMode(self)
         # Stops the build when the endpoint never answers (``endpoint.py``), per process and endpoint.
         self.endpoint = resources.model(
             ("llm-endpoint", base_url, config.dead_endpoint_s),
@@ -289,9 +256,9 @@ class LlmAnnotator:
     def annotate_batch(self, batch: list[SampleWork]) -> list[Annotation | SampleError] | Deferred:
         if self.config.mode == "batch":
             try:
-                self._send_as_batches(batch)  # replies into the cache; the online pass below reads them
-                if self.judge_content is not None:
-                    self._judge_as_batches(batch)
+                self.batches.send(batch)  # replies into the cache; the online pass below reads them
+                if self.box_judge is not None:
+                    self.batches.judge(batch)
             except BatchPending as pending:
                 # Submitted and recorded (``_cache/batches``); the next run collects them, and pays nothing twice.
                 return Deferred("batch", str(pending))
@@ -305,154 +272,6 @@ class LlmAnnotator:
         if failures:
             raise failures[0]
         return results
-
-    # -- batch mode -------------------------------------------------------------------------
-
-    def _send_as_batches(self, batch: list[SampleWork]) -> None:
-        """Each sample's first request (``_one``'s, byte for byte) that the cache lacks, sent
-        through the Batch API (``batch.py``); the replies go into the request cache. With
-        ``batch_reask: batch``, a reply that cannot be used is asked again, with its error, in
-        a follow-up round (up to ``max_invalid_retries``), the very messages the online re-ask
-        would send, so the online pass that follows finds every reply cached."""
-        asking: list[tuple[SampleView, list[dict], dict[str, str]]] = []
-        for work in batch:
-            view = sample_view(work, max_per_frame=self.config.max_candidates_per_frame, max_area=self.max_area)
-            if work.sample.task in grammar.GROUNDED_TASKS and not view.candidates:
-                continue  # rejected without a request (no_evidence)
-            if self.events is not None and self.events.wanted(work):
-                continue  # the event judge goes first (online): its span may be rejected or refined
-            messages, digests = build_request(view, self.content, self.root, self.config.image_max_side, self.images)
-            asking.append((view, messages, digests))
-        rounds = 1 + (self.config.max_invalid_retries if self.config.batch_reask == "batch" else 0)
-        for number in range(rounds):
-            keys = [
-                request_key(
-                    model=self.model,
-                    prompt_version=self.prompt.version,
-                    messages=messages,
-                    schema_hash=schema_hash(CotReply),
-                    sampling=self._sampling,
-                    digests=digests,
-                )
-                for _, messages, digests in asking
-            ]
-            self._batch_round({key: messages for key, (_, messages, _) in zip(keys, asking, strict=False)})
-            if number + 1 == rounds:
-                break
-            again = []
-            for key, (view, messages, digests) in zip(keys, asking, strict=False):
-                entry = self.cache.get(key)
-                if entry is None or entry.kind != "reply":
-                    continue  # a failure: the online pass deals with it
-                try:
-                    parse_reply(entry.content or "", view, self.checks)
-                except ValueError as exc:
-                    again.append(
-                        (
-                            view,
-                            [
-                                *messages,
-                                {"role": "assistant", "content": entry.content or ""},
-                                {"role": "user", "content": self.content.reask.format(error=short_error(exc))},
-                            ],
-                            digests,
-                        )
-                    )
-            if not again:
-                break
-            asking = again
-
-    def _judge_as_batches(self, batch: list[SampleWork]) -> None:
-        """The judge's requests sent through the Batch API: a pass over the batch (its annotation
-        replies cached by now) collects the judge requests the cache lacks instead of sending
-        them (``Asker.deferred``), they go out as batches, and again, while a pass finds new
-        ones (a later vote, a re-ask of an unusable verdict). A request a batch could not answer
-        (transient, a refused response format) is left to the online pass that follows. Usage
-        is counted by that final pass alone."""
-        saved, tried = self.usage.model_copy(deep=True), set[str]()
-        try:
-            for _ in range(MAX_JUDGE_ROUNDS):
-                deferred: dict[str, tuple[dict, int]] = {}
-                # On copies: the pass's outcomes (votes, a span the event judge refines) are not kept.
-                copies = [work.model_copy(deep=True) for work in batch]
-                self.session.run(functools.partial(self._batch, batch=copies, deferred=deferred))
-                fresh = {key: found for key, found in deferred.items() if key not in tried}
-                if not fresh:
-                    return
-                tried.update(fresh)
-                self._send_bodies(
-                    {key: body for key, (body, _) in fresh.items()},
-                    {key: images for key, (_, images) in fresh.items()},
-                    self.judge_model,
-                    self._judge_batch_client if self._judge_endpoint_differs() else None,
-                )
-        finally:
-            for name in type(self.usage).model_fields:
-                setattr(self.usage, name, getattr(saved, name))
-
-    def _judge_batch_client(self) -> Any:
-        from openai import OpenAI
-
-        return OpenAI(base_url=self.judge_base_url, api_key=self.judge_api_key, max_retries=5, timeout=120.0)
-
-    def _batch_round(self, requests: dict[str, list[dict]]) -> None:
-        """Send the requests (cache key -> messages) the cache lacks as batches; cache the replies."""
-        bodies: dict[str, dict] = {}
-        images: dict[str, int] = {}
-        for key, messages in requests.items():
-            entry = self.cache.get(key)
-            if entry is not None and not (entry.kind == "error" and TRANSIENT_ERROR.match(entry.error or "")):
-                continue
-            body = request_body(
-                self.model,
-                messages,
-                CotReply,
-                SCHEMA_NAME,
-                self.config.temperature,
-                self.config.max_tokens,
-                self.formats.mode,
-            )
-            bodies[key], images[key] = body, count_images(messages)
-        self._send_bodies(bodies, images, self.model)
-
-    def _send_bodies(
-        self, bodies: dict[str, dict], images: dict[str, int], model_name: str, client_factory: Any = None
-    ) -> None:
-        """Send request bodies (cache key -> body) as batches; cache the replies."""
-        if not bodies:
-            return
-        jobs = BatchJobs(
-            self.root,
-            max_requests=self.config.batch_max_requests,
-            max_bytes=self.config.batch_max_bytes,
-            poll_s=self.config.batch_poll_s,
-            client_factory=client_factory,
-        )
-        # The budget counts only requests submitted now (not those of batches already submitted);
-        # one it refuses is asked online, where the budget stops the shard.
-        for key, (status, reply) in jobs.run(bodies, wait=self.wait, admit=self.budget.acquire).items():
-            if key not in bodies:
-                continue
-            if status == 200:
-                try:
-                    entry = entry_of(json.dumps(reply).encode(), images[key], model_name)
-                except BadReply:
-                    continue  # asked again online
-            elif final_status(status):
-                message = (reply or {}).get("error", {}).get("message", "") if isinstance(reply, dict) else ""
-                if refuses_format(status, str(message)):
-                    continue  # asked online, where the endpoint's response format is found once
-                entry = CacheEntry(
-                    kind="error",
-                    images=images[key],
-                    model=model_name,
-                    error=f"HTTP {status} (batch): {str(message)[:200]}",
-                )
-            else:
-                continue  # transient (429, 5xx): asked again online
-            self.budget.add_tokens(entry.usage.prompt_tokens + entry.usage.completion_tokens)
-            self.cache.put(key, entry)
-        jobs.collected()
 
     # -- one batch, one sample ------------------------------------------------------------
 
@@ -520,7 +339,7 @@ class LlmAnnotator:
         except REQUEST_FAILURES as err:
             return sample_error(err)
         kept = chosen
-        if self.judge_content is not None and chosen:
+        if self.box_judge is not None and chosen:
             try:
                 judged = await self._judge(chosen, reply.reasoning)
             except REQUEST_FAILURES as err:
@@ -573,73 +392,9 @@ class LlmAnnotator:
         return self.judge_client
 
     async def _judge(self, chosen: dict[int, Chosen], reasoning: str) -> Judged:
-        """The chosen boxes the judge confirms (``judge.threshold`` yes votes of at most
-        ``judge.votes``), their votes, and (``judge.per_sentence``) the claims it did not
-        confirm in a kept box's crop. Each box's question ("Is this a {name}?") and each
-        sentence's claim is an item: a crop and its question, nothing else."""
-        settings, content, root = self.config.judge, self.judge_content, self.root
-        assert content is not None
-        cids = list(chosen)
-        jpegs = await asyncio.gather(
-            *(
-                asyncio.to_thread(crops.crop_jpeg, root / chosen[c].cand.frame.path, chosen[c].cand.det.box)
-                for c in cids
-            )
-        )
-        crop_of = dict(zip(cids, jpegs, strict=True))
-        items = [JudgeItem(content.user.format(name=chosen[cid].name), crop_of[cid]) for cid in cids]
-        claims: list[tuple[str, int]] = []
-        if settings.per_sentence:
-            for claim, cited in sentence_claims(reasoning):
-                claims += [(claim, cid) for cid in cited if cid in chosen]
-            items += [JudgeItem(content.claim.format(claim=claim), crop_of[cid]) for claim, cid in claims]
-        votes = await self._verdicts(items)
-        box_yes = dict(zip(cids, votes, strict=False))
-        kept = {cid: chosen[cid] for cid in cids if box_yes[cid] >= settings.threshold}
-        unconfirmed = [
-            (claim, cid)
-            for (claim, cid), yes in zip(claims, votes[len(cids) :], strict=True)
-            if cid in kept and yes < settings.threshold
-        ]
-        box_votes = [
-            (item.cand.frame.idx, grammar.round_box(item.cand.det.box), box_yes[cid]) for cid, item in kept.items()
-        ]
-        return Judged(kept, box_votes, unconfirmed)
-
-    async def _verdicts(self, items: list[JudgeItem]) -> list[int]:
-        """The yes votes of each item: every item asked once (``judge.crops_per_request`` to a
-        request; an item asked twice in a sample is asked once), then the items whose outcome is
-        not settled again, up to ``judge.votes`` times."""
-        settings = self.config.judge
-        unique = list(dict.fromkeys(items))
-        yes = dict.fromkeys(unique, 0)
-        open_items = unique
-        for vote in range(1, settings.votes + 1):
-            groups = chunks(open_items, settings.crops_per_request)
-            answers = await asyncio.gather(*(self._ask_judge(group, vote) for group in groups))
-            for group, said in zip(groups, answers, strict=True):
-                for item, answer in zip(group, said, strict=True):
-                    yes[item] += answer
-                    self.judge_ask.count(f"judge.{'yes' if answer else 'no'}")
-            open_items = [
-                i for i in open_items if kept_by_votes(yes[i], vote, settings.votes, settings.threshold) is None
-            ]
-            if not open_items:
-                break
-        return [yes[item] for item in items]
-
-    async def _ask_judge(self, group: list[JudgeItem], vote: int) -> list[bool]:
-        """The judge's verdict on each item of one request."""
-        content = self.judge_content
-        assert content is not None, "asked only with the judge on"
-        return await self.judge_ask.valid(
-            judge_messages(content, group, vote),
-            self.judge_prompt.version,
-            CropVerdicts,
-            JUDGE_SCHEMA,
-            verdict_parser(len(group)),
-            self.content.reask,
-        )
+        """The box judge's verdict on the chosen boxes (``box_judge.py``)."""
+        assert self.box_judge is not None, "asked only with the judge on"
+        return await self.box_judge.judge(self.judge_ask, chosen, reasoning, self.content.reask)
 
 
 __all__ = [
