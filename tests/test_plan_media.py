@@ -160,3 +160,43 @@ def test_the_plan_counts_the_frames_a_build_sends_through_the_detector(tmp_path,
         )
     else:  # frames of identical content share one file, detected once: the plan cannot see that
         assert sum(through_model) <= frames <= 1.15 * sum(through_model), (frames, through_model)
+
+
+def test_an_open_vocabulary_detector_is_planned_once_per_phrase_set(tmp_path):
+    """Two questions about one video with other objects: a closed-set detector sees its frames
+    once, YOLOE once per phrase set, each set in batches of its own (detect/base.py)."""
+    from stgr_builder.models import BuildConfig, SourceObject, SourceSample, Task, sample_id
+    from stgr_builder.video.plan import plan_frames
+
+    def config(backend: str) -> BuildConfig:
+        return BuildConfig.model_validate(
+            {
+                "sources": [{"name": "STR_x", "adapter": "demo", "path": "x.jsonl", "media_root": "."}],
+                "track": {"enabled": False},
+                "span_check": {"mode": "off"},
+                "detector": {"backend": backend, "batch": 1},
+            }
+        )
+
+    def asking(number: int, *names: str) -> SourceSample:
+        return SourceSample(
+            id=sample_id("STR_x", str(number), "q"),
+            source="STR_x",
+            source_id=str(number),
+            task=Task.VIDEO_MCQ,
+            question="q",
+            answer="A",
+            video_path="v.mp4",
+            media_root=str(tmp_path),
+            objects=[SourceObject(name=name) for name in names],
+        )
+
+    video = VideoInfo(
+        path="v.mp4", duration=60, fps=30, n_frames=1800, width=640, height=360, keyframes=list(range(0, 1800, 30))
+    )
+    wanted = len(plan_frames(video, config("ultralytics").sampler, None, []).indices)
+    same = [(asking(1, "dog"), video), (asking(2, "dog"), video)]
+    other = [(asking(1, "dog"), video), (asking(2, "cat", "dog"), video)]
+    assert detector_frames(config("ultralytics"), other) == wanted
+    assert detector_frames(config("yoloe"), same) == wanted
+    assert detector_frames(config("yoloe"), other) == 2 * wanted

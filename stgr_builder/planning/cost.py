@@ -192,19 +192,36 @@ def detector_frames(
     return inferred
 
 
+#: A detector call's group: frame width, height and the phrases it is prompted with ("" closed-set).
+_Group = tuple[int, int, str]
+
+#: Backends that prompt each frame with its sample's object phrases (``uses_phrases``).
+PHRASE_BACKENDS = frozenset({"groundingdino", "yolo_world", "yoloe"})
+
+
+def _phrases(config: BuildConfig, sample: SourceSample) -> str:
+    """The phrase set a sample's frames are detected with, as text ("" for a closed-set detector)."""
+    if config.detector.backend not in PHRASE_BACKENDS:
+        return ""
+    return "\x1f" + "\x1f".join(sorted({obj.name for obj in sample.objects}))
+
+
 def _gate_rounds(
     config: BuildConfig, batch: list[tuple[SourceSample, VideoInfo | ImageInfo]], gate: TrackConfig | None
-) -> list[dict[tuple[str, int], tuple[int, int]]]:
+) -> list[dict[tuple[str, int], _Group]]:
     """The frames of one detect batch per detector round (frame -> its size): the candidates,
     with the gate's whole window unless staged; staged: the first neighbours, then the rest of
     the windows, each the share that ``STAGED_HOLDING`` / ``STAGED_UNDECIDED`` expect."""
     from stgr_builder.video.steps import track_neighbours
 
-    rounds: list[dict[tuple[str, int], tuple[int, int]]] = [{}, {}, {}]
-    first: dict[tuple[int, int], list[tuple[str, int]]] = defaultdict(list)
-    undecided: dict[tuple[int, int], list[tuple[str, int]]] = defaultdict(list)
+    rounds: list[dict[tuple[str, int], _Group]] = [{}, {}, {}]
+    first: dict[_Group, list[tuple[str, int]]] = defaultdict(list)
+    undecided: dict[_Group, list[tuple[str, int]]] = defaultdict(list)
     for sample, info in batch:
-        key, shape = _media_key(sample, info), (info.width, info.height)
+        phrases = _phrases(config, sample)
+        # A frame is detected once per phrase set it is asked with, in groups of one size and
+        # phrase set (detect/base.py ``_detect``): both are part of the frame and of its group.
+        key, shape = _media_key(sample, info) + phrases, (info.width, info.height, phrases)
         if isinstance(info, ImageInfo):
             rounds[0][(key, 0)] = shape
             if gate is not None:
