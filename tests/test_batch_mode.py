@@ -78,7 +78,12 @@ def test_batch_mode_rows_equal_online_rows_and_nothing_is_submitted_twice(tmp_pa
         records = list((out / "_cache" / "batches").glob("*.json"))
         assert records and all(c["batch_id"] for r in records for c in json.loads(r.read_text())["chunks"])
 
-        time.sleep(1.5)  # the annotation batches finish
+        # The annotation batches finish (a fixed sleep was flaky: answering a batch's lines takes
+        # the server a while on a loaded machine, and a batch still running is collected later).
+        deadline = time.monotonic() + 120
+        while server.stats()["batches_running"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert server.stats()["batches_running"] == 0
         again = CliRunner().invoke(app, ["build", str(config), "--out", str(out), "--no-wait"])
         assert again.exit_code == 0 and "batches pending" in again.output, again.output
         with_judge = server.stats()["batches"]
@@ -184,3 +189,27 @@ def test_unusable_replies_are_asked_again_in_follow_up_batch_rounds(tmp_path, mo
     assert stats["batches"] >= 2 and stats["batch_lines"] > samples  # follow-up rounds
     rows, rejects = manifest.counts["stgr_cot"], manifest.counts["rejects"]
     assert rows + rejects == samples and rows > 0.8 * samples  # most broken replies fixed by a re-ask
+
+
+def test_a_request_another_shard_collected_meanwhile_is_not_submitted_again(tmp_path, monkeypatch):
+    """Two shards share a judge request: one collects and caches it while the other decides to
+    send it with a request of its own; the second finds the shared one answered under the
+    records' lock (it used to submit it again once the first had marked its chunk collected)."""
+    from stgr_builder.annotate.batch import BatchJobs
+
+    def body(text: str) -> dict:
+        return {"model": "stgr-dry-run", "messages": [{"role": "user", "content": text}]}
+
+    mine, shared = {"k-a": body("a")}, {"k-shared": body("shared")}
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with serve_llm(batch_delay_s=0.05) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        first = BatchJobs(tmp_path, max_requests=10, max_bytes=1 << 20, poll_s=0.05)
+        assert sorted(first.run(shared, wait=True)) == ["k-shared"]
+        first.collected()  # the first shard cached the reply and marked its chunk collected
+        second = BatchJobs(tmp_path, max_requests=10, max_bytes=1 << 20, poll_s=0.05)
+        replies = second.run({**mine, **shared}, wait=True, answered=lambda key: key == "k-shared")
+        assert sorted(replies) == ["k-a"] and server.stats()["batch_lines"] == 2  # the shared one sent once
+        third = BatchJobs(tmp_path, max_requests=10, max_bytes=1 << 20, poll_s=0.05)
+        replies = third.run({"k-b": body("b"), **shared}, wait=True)  # without the check, as before the fix
+        assert sorted(replies) == ["k-b", "k-shared"] and server.stats()["batch_lines"] == 4  # sent twice

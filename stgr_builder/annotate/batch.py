@@ -153,12 +153,19 @@ class BatchJobs:
         return records
 
     def run(
-        self, bodies: Mapping[str, dict], *, wait: bool, admit: Callable[[], bool] | None = None
+        self,
+        bodies: Mapping[str, dict],
+        *,
+        wait: bool,
+        admit: Callable[[], bool] | None = None,
+        answered: Callable[[str], bool] | None = None,
     ) -> dict[str, tuple[int, Any]]:
         """Submit the requests of ``bodies`` (cache key -> chat completion body) that no earlier
         run submitted (``admit``, the budget, is asked for each new one: those refused are left
         out), reattach to the batches holding the others, wait for them all (or raise
-        ``BatchPending``), and return each key's (status, reply body)."""
+        ``BatchPending``), and return each key's (status, reply body). ``answered`` (asked under
+        the lock) leaves out a request whose reply another shard collected and cached since the
+        caller looked."""
         if not bodies:
             return {}
         # Shards of a build submit one at a time (a flock): the same request of two shards (a
@@ -174,7 +181,9 @@ class BatchJobs:
                 if not chunk.get("collected")
                 for key in chunk["keys"]
             }
-            new = [key for key in sorted(bodies) if key not in submitted]
+            # A shared request another shard collected while this one was deciding: its reply is
+            # cached before its chunk is marked collected, so it is found here, never sent twice.
+            new = [key for key in sorted(bodies) if key not in submitted and not (answered and answered(key))]
             if admit is not None:
                 new = [key for key in new if admit()]
             if new:

@@ -68,6 +68,13 @@ class BatchOwner(Protocol):
     def _judge_endpoint_differs(self) -> bool: ...
 
 
+def is_answered(cache: ResponseCache, key: str) -> bool:
+    """Whether the cache holds the request's final outcome (a reply, or an error that asking
+    again would not change): such a request is never submitted."""
+    entry = cache.get(key)
+    return entry is not None and not (entry.kind == "error" and TRANSIENT_ERROR.match(entry.error or ""))
+
+
 class BatchMode:
     """Sends a batch's requests through the Batch API before the annotator's online pass."""
 
@@ -173,8 +180,7 @@ class BatchMode:
         bodies: dict[str, dict] = {}
         images: dict[str, int] = {}
         for key, messages in requests.items():
-            entry = owner.cache.get(key)
-            if entry is not None and not (entry.kind == "error" and TRANSIENT_ERROR.match(entry.error or "")):
+            if is_answered(owner.cache, key):
                 continue
             body = request_body(
                 owner.model,
@@ -204,7 +210,10 @@ class BatchMode:
         )
         # The budget counts only requests submitted now (not those of batches already submitted);
         # one it refuses is asked online, where the budget stops the shard.
-        for key, (status, reply) in jobs.run(bodies, wait=owner.wait, admit=owner.budget.acquire).items():
+        answered = functools.partial(is_answered, owner.cache)
+        for key, (status, reply) in jobs.run(
+            bodies, wait=owner.wait, admit=owner.budget.acquire, answered=answered
+        ).items():
             if key not in bodies:
                 continue
             if status == 200:

@@ -41,8 +41,15 @@ class BatchApi:
         self.lines = 0
 
     def counts(self) -> dict[str, int]:
+        """Files, batches, lines answered, and ``batches_running`` (not yet completed or cancelled)."""
         with self.lock:
-            return {"files": len(self.files), "batches": len(self.batches), "batch_lines": self.lines}
+            running = sum(b["status"] in ("validating", "in_progress") for b in self.batches.values())
+            return {
+                "files": len(self.files),
+                "batches": len(self.batches),
+                "batch_lines": self.lines,
+                "batches_running": running,
+            }
 
     def _file(self, data: bytes, filename: str, purpose: str) -> dict:
         with self.lock:
