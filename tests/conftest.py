@@ -23,4 +23,4 @@ os.environ.update(
 )
 
 # Fixtures several test modules share (the LLM annotator's frames and endpoint): ``root``, ``env``.
-pytest_plugins = ["helpers.llm_units"]
+pytest_plugins = ["helpers.llm_units", "helpers.s3"]
