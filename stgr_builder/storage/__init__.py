@@ -1,0 +1,11 @@
+"""Where a build reads and writes: a plain path or a URL (``s3://``, ``gs://``, ``az://``,
+``file://``) through fsspec.
+
+``location`` names a place and opens its filesystem, with the install hint of the extra that a
+scheme needs. Credentials never pass through here: the filesystems read them from the
+environment and their providers' standard chains.
+"""
+
+from stgr_builder.storage.location import Location, filesystem, is_url
+
+__all__ = ["Location", "filesystem", "is_url"]
