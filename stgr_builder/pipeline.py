@@ -40,6 +40,7 @@ from stgr_builder.planning import build_shards, draw, draw_stats, plan_of, shard
 from stgr_builder.recipes import read_config_mapping
 from stgr_builder.shards import write_plan_json, write_plan_record
 from stgr_builder.sources import check_sources, ingest
+from stgr_builder.storage import is_url, remote_output
 from stgr_builder.video.steps import missing_media
 
 
@@ -163,7 +164,7 @@ class BuildJob:
 
 def build(
     config_path: Path,
-    out: Path,
+    out: Path | str,
     overwrite: bool = False,
     wait: bool = True,
     *,
@@ -171,7 +172,14 @@ def build(
     sharding_runner: str | None = None,
 ) -> Manifest:
     """``build_job`` then ``executor.run``: the whole build on ``runner`` (default: in this
-    process, shard after shard), holding the output folder's lock (``ownership.py``)."""
+    process, shard after shard), holding the output folder's lock (``ownership.py``).
+
+    ``out`` may be a URL (``s3://bucket/ds``, a ``str``): the build runs on a local staging
+    copy and commits each shard, then the manifest, to the bucket, holding the prefix's lease
+    (``storage/output.py``)."""
     resources = Resources()
-    job = build_job(config_path, out, resources, sharding_runner=sharding_runner, overwrite=overwrite, wait=wait)
-    return run(job, runner, resources)
+    options: dict[str, Any] = {"sharding_runner": sharding_runner, "overwrite": overwrite, "wait": wait}
+    if is_url(out):
+        with remote_output(str(out)) as remote:
+            return run(remote.job(build_job(config_path, remote.local, resources, **options)), runner, resources)
+    return run(build_job(config_path, Path(out), resources, **options), runner, resources)

@@ -77,6 +77,7 @@ from stgr_builder.models import (
 from stgr_builder.ownership import locked_folder
 from stgr_builder.shards import read_shard_result
 from stgr_builder.sources import ingest
+from stgr_builder.storage import is_url, open_dataset, remote_output
 
 SPEC_FILE = "reannotate.json"
 _VERSION_SUFFIX = re.compile(r"-v\d+$")
@@ -307,19 +308,33 @@ def prepare(
 
 
 def reannotate(
-    root: Path,
+    root: Path | str,
     *,
     where: str,
     prompt: str,
     model: str | None = None,
-    out: Path | None = None,
+    out: Path | str | None = None,
     runner: Runner = in_process,
 ) -> tuple[Path, Manifest]:
     """``prepare`` then ``executor.run``: a new version of the dataset in ``root`` with the
     selected rows re-annotated, on ``runner`` (default: in this process; ``stgr reannotate``
-    runs the Prefect flow); returns the new version's folder and manifest."""
+    runs the Prefect flow); returns the new version's folder and manifest.
+
+    ``root`` and ``out`` may be URLs (``str``): the parent is read from its committed copy
+    (``storage.open_dataset``, its stage store included), the new version is written on a
+    staging copy committed shard by shard, holding the prefix's lease (``storage/output.py``).
+    A URL parent needs an ``out``: there is no folder "beside" it to default to."""
     resources = Resources()
-    job = prepare(root, where=where, prompt=prompt, model=model, out=out, resources=resources)
+    if is_url(root):
+        if out is None:
+            raise StgrError(f"{root} is a URL: give the new version's --out (a folder or a URL)")
+        root = open_dataset(root, with_stages=True)
+    options: dict[str, Any] = {"where": where, "prompt": prompt, "model": model, "resources": resources}
+    if out is not None and is_url(out):
+        with remote_output(str(out)) as remote:
+            job = prepare(Path(root), out=remote.local, **options)
+            return job.ctx.out, run(remote.job(job), runner, resources)
+    job = prepare(Path(root), out=None if out is None else Path(out), **options)
     return job.ctx.out, run(job, runner, resources)
 
 

@@ -14,7 +14,7 @@ from rich.text import Text
 from stgr_builder.cli.app import console, err_console, quiet_orchestrator, session
 from stgr_builder.cli.output import pending_line, print_audit, print_pending_batches
 
-DEFAULT_DEMO_OUT = Path("outputs/demo")
+DEFAULT_DEMO_OUT = "outputs/demo"
 
 
 DataRoot = Annotated[
@@ -47,7 +47,10 @@ def resolve(config: str, data_root, source, scale, skip_missing):
 
 def build(
     config: Annotated[str, typer.Argument(help="CONFIG.yaml, or a recipe name (stgr-cot-30k, stgr-rl-36k)")],
-    out: Annotated[Path | None, typer.Option(help="dataset folder; default outputs/<config name>")] = None,
+    out: Annotated[
+        str | None,
+        typer.Option(help="dataset folder or bucket URL (s3://, gs://, az://); default outputs/<config name>"),
+    ] = None,
     data_root: DataRoot = None,
     source: Sources = None,
     scale: Scale = None,
@@ -73,24 +76,25 @@ def build(
 ) -> None:
     """Build the datasets a config (or recipe) describes. Run again on the same --out to resume."""
     from stgr_builder.recipes import is_recipe, write_config
+    from stgr_builder.storage import beside, local_folder
 
     if is_recipe(config) or data_root or source or scale is not None or skip_missing or keep_unconfirmed_gold:
         resolved, _, _ = resolve(config, data_root, source, scale, skip_missing)
         if keep_unconfirmed_gold:
             resolved = resolved.model_copy(update={"gold": resolved.gold.model_copy(update={"keep_unconfirmed": True})})
-        out = out or Path("outputs") / resolved.name
-        path = write_config(resolved, out / "_recipe" / "CONFIG.yaml")
+        out = out or str(Path("outputs") / resolved.name)
+        path = write_config(resolved, beside(out, "_recipe") / "CONFIG.yaml")
     else:
         from stgr_builder.pipeline import load_config
 
         path = Path(config)
-        out = out or Path("outputs") / load_config(path.resolve()).name
+        out = out or str(Path("outputs") / load_config(path.resolve()).name)
     _run_build(path, out, overwrite=overwrite, wait=not no_wait)
-    print_audit(out, brief=True)
+    print_audit(local_folder(out), brief=True, name=out)
 
 
 def demo(
-    out: Annotated[Path, typer.Option(help="dataset folder")] = DEFAULT_DEMO_OUT,
+    out: Annotated[str, typer.Option(help="dataset folder or bucket URL (s3://, gs://, az://)")] = DEFAULT_DEMO_OUT,
     write_config: Annotated[
         Path | None,
         typer.Option(help="only write the demo's CONFIG.yaml (and its generated media beside it), then stop"),
@@ -119,29 +123,35 @@ def demo(
     """Build the embedded demo set end to end, offline. With --corrupt-spans/--corrupt-boxes the
     source's labels are corrupted first; corruptions.json beside truth.json says which."""
     from stgr_builder.dryrun.demo import DemoNoise, write_demo_config
+    from stgr_builder.storage import beside, local_folder
 
     noise = DemoNoise(span_share=corrupt_spans, box_share=corrupt_boxes, gold_boxes=gold_boxes, seed=noise_seed)
     if write_config is not None:
         path = write_demo_config(write_config, noise=noise, event_spans=event_spans)
         console.print(Text(f"wrote {path} (media beside it); build it with: stgr build {path}"))
         return
-    config = write_demo_config(out / "_source" / "CONFIG.yaml", noise=noise, event_spans=event_spans)
+    config = write_demo_config(beside(out, "_source") / "CONFIG.yaml", noise=noise, event_spans=event_spans)
     _run_build(config, out, overwrite=overwrite)
-    print_audit(out, brief=True)
+    print_audit(local_folder(out), brief=True, name=out)
 
 
-def _run_build(config: Path, out: Path, overwrite: bool = False, wait: bool = True) -> None:
+def _run_build(config: Path, out: str, overwrite: bool = False, wait: bool = True) -> None:
+    """Build ``config`` into ``out`` (a folder, or a URL: built on its staging copy, the
+    progress bar counting the copy's records) with the progress bar."""
     quiet_orchestrator()
     from stgr_builder.flows.build import flow_runner
     from stgr_builder.pipeline import build as build_dataset
+    from stgr_builder.storage import is_url, local_folder
 
+    folder = local_folder(out)
     stop = threading.Event()
-    watcher = threading.Thread(target=_watch_progress, args=(out, stop), daemon=True)
-    session.writing[:] = [out]
+    watcher = threading.Thread(target=_watch_progress, args=(folder, stop), daemon=True)
+    session.writing[:] = [folder]
     session.bar[:] = [(stop, watcher)]
     watcher.start()
     try:
-        manifest = build_dataset(config, out, overwrite=overwrite, wait=wait, runner=flow_runner)
+        target = out if is_url(out) else Path(out)
+        manifest = build_dataset(config, target, overwrite=overwrite, wait=wait, runner=flow_runner)
     except OSError as exc:
         if exc.filename is None:  # ENOSPC from a write says nothing of where: the dataset folder
             exc.filename = str(out)
@@ -154,7 +164,7 @@ def _run_build(config: Path, out: Path, overwrite: bool = False, wait: bool = Tr
     if not manifest.complete:
         # Not a failure: run the same command again to finish (received replies are cached).
         console.print(f"[bold yellow]{pending_line(manifest)}[/]", highlight=False)
-        print_pending_batches(out)
+        print_pending_batches(folder)
 
 
 def _watch_progress(out: Path, stop: threading.Event) -> None:

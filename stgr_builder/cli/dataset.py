@@ -13,12 +13,22 @@ from stgr_builder.cli.app import console, err_console, quiet_orchestrator, sessi
 from stgr_builder.cli.output import pending_line, print_audit, print_comparison, print_query
 from stgr_builder.errors import StgrError
 
+#: A dataset to read: a folder, or the URL of one on object storage (its committed files are
+#: copied to a local read copy first: ``storage.open_dataset``).
+DatasetArg = Annotated[str, typer.Argument(help="dataset folder or bucket URL (s3://, gs://, az://)")]
+
+
+def _dataset(location: str, with_stages: bool = False) -> Path:
+    from stgr_builder.storage import open_dataset
+
+    return open_dataset(location, with_stages=with_stages)
+
 
 def audit(
-    root: Annotated[Path, typer.Argument(help="dataset folder")],
+    root: DatasetArg,
     sql: Annotated[str | None, typer.Option(help="read-only query over the views cot, rl, rejects")] = None,
     compare: Annotated[
-        Path | None,
+        str | None,
         typer.Option(help="an earlier version to compare with (default: the version's parent, when it has one)"),
     ] = None,
     gallery: Annotated[Path | None, typer.Option(help="write an HTML gallery of sampled rows here")] = None,
@@ -37,22 +47,23 @@ def audit(
     query over the shards, or an HTML gallery of sampled rows."""
     from stgr_builder.audit import query
 
+    root_path = _dataset(root)
     if gallery is not None:
         from stgr_builder.audit.gallery import write_gallery
 
-        shown = write_gallery(root, gallery, n=n, where=where, embed=embed)
+        shown = write_gallery(root_path, gallery, n=n, where=where, embed=embed)
         console.print(Text(f"wrote {gallery} ({shown} rows)"))
         return
     if sql is not None:
         # Ctrl-C during the query: ``stopping`` ends the process with one line and 130.
-        print_query(query(root, sql, limit=limit, timeout_s=timeout))
+        print_query(query(root_path, sql, limit=limit, timeout_s=timeout))
         return
-    print_audit(root, brief=brief)
-    print_comparison(root, compare)
+    print_audit(root_path, brief=brief, name=root)
+    print_comparison(root_path, _dataset(compare) if compare is not None else None)
 
 
 def reannotate(
-    root: Annotated[Path, typer.Argument(help="dataset folder (a finished build or version)")],
+    root: Annotated[str, typer.Argument(help="dataset folder or bucket URL (a finished build or version)")],
     where: Annotated[
         str,
         typer.Option(
@@ -62,20 +73,24 @@ def reannotate(
     ],
     prompt: Annotated[str, typer.Option(help="prompt name under prompts/ (or a .yaml path)")],
     model: Annotated[str | None, typer.Option(help="annotator model (LLM prompts)")] = None,
-    out: Annotated[Path | None, typer.Option(help="the new version's folder; default DIR-v2, -v3, ...")] = None,
+    out: Annotated[
+        str | None, typer.Option(help="the new version's folder or bucket URL; default DIR-v2, -v3, ...")
+    ] = None,
 ) -> None:
     """Re-annotate the rows or rejected samples a SQL predicate selects; write a new version beside the old one."""
     quiet_orchestrator()
     from stgr_builder.flows.build import flow_runner
     from stgr_builder.reannotate import reannotate as reannotate_rows
+    from stgr_builder.storage import is_url, local_folder
 
-    session.writing[:] = [out] if out is not None else []
-
-    target, manifest = reannotate_rows(root, where=where, prompt=prompt, model=model, out=out, runner=flow_runner)
+    session.writing[:] = [local_folder(out)] if out is not None else []
+    parent: str | Path = root if is_url(root) else Path(root)
+    new: str | Path | None = out if out is None or is_url(out) else Path(out)
+    target, manifest = reannotate_rows(parent, where=where, prompt=prompt, model=model, out=new, runner=flow_runner)
     assert manifest.reannotation is not None  # a re-annotation's manifest records it
     console.print(
         f"[bold green]re-annotated[/] {manifest.reannotation.selected} rows of {escape(str(root))} "
-        f"into {escape(str(target))} (build {escape(manifest.build_id)})"
+        f"into {escape(str(new if isinstance(new, str) else target))} (build {escape(manifest.build_id)})"
     )
     _print_rejects_fixed(target, manifest)
     if not manifest.complete:
@@ -95,14 +110,14 @@ def _print_rejects_fixed(target: Path, manifest) -> None:
 
 
 def verify_cmd(
-    root: Annotated[Path, typer.Argument(help="dataset folder")],
+    root: DatasetArg,
     fast: Annotated[bool, typer.Option(help="skip hashing the key-frame JPEGs (only check that they exist)")] = False,
 ) -> None:
     """Check a dataset folder against its manifest: files, checksums, row counts, key frames
     (each JPEG's bytes against its content-addressed name, unless --fast)."""
     from stgr_builder.shards.check import verify_dataset
 
-    problems = verify_dataset(root, key_frame_content=not fast)
+    problems = verify_dataset(_dataset(root), key_frame_content=not fast)
     if problems:
         for problem in problems:
             err_console.print(f"  {problem}", markup=False, highlight=False, soft_wrap=True)
@@ -118,7 +133,7 @@ export_app = typer.Typer(no_args_is_help=True, help="Write a dataset in another 
 
 
 def export_open_o3(
-    root: Annotated[Path, typer.Argument(help="dataset folder")],
+    root: DatasetArg,
     to: Annotated[Path, typer.Option(help="target folder (json_data/ and videos/.../kfs/ are written in it)")],
     overwrite: Annotated[
         bool,
@@ -131,5 +146,5 @@ def export_open_o3(
     non-empty folder it did not write."""
     from stgr_builder.shards.export import export_open_o3 as run
 
-    written = run(root, to, overwrite=overwrite)
+    written = run(_dataset(root), to, overwrite=overwrite)
     console.print(Text(f"wrote {to}: " + ", ".join(f"{name} {count} rows" for name, count in written.items())))

@@ -52,9 +52,10 @@ BRIEF_TABLES = (
 )
 
 
-def print_audit(root: Path, *, brief: bool = False) -> None:
+def print_audit(root: Path, *, brief: bool = False, name: str | None = None) -> None:
     """The audit's tables, leaving out those with no rows (nothing to say); ``brief``: only
-    ``BRIEF_TABLES``, the checks in one line when they all pass, and how to see the rest."""
+    ``BRIEF_TABLES``, the checks in one line when they all pass, and how to see the rest
+    (``name``: what the user calls the dataset, a URL whose copy ``root`` is)."""
     from stgr_builder.audit import summary
     from stgr_builder.audit.compare import distributions
 
@@ -67,7 +68,7 @@ def print_audit(root: Path, *, brief: bool = False) -> None:
             continue
         print_table(table.title, table.columns, table.rows)
     if brief:
-        console.print(Text(f"Every table (provenance, key frames, traces, distributions): stgr audit {root}"))
+        console.print(Text(f"Every table (provenance, key frames, traces, distributions): stgr audit {name or root}"))
 
 
 def print_comparison(root: Path, old: Path | None) -> None:

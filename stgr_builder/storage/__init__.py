@@ -6,6 +6,30 @@ scheme needs. Credentials never pass through here: the filesystems read them fro
 environment and their providers' standard chains.
 """
 
+from stgr_builder.storage.lease import Lease
 from stgr_builder.storage.location import Location, filesystem, is_url
+from stgr_builder.storage.mirror import Mirror
+from stgr_builder.storage.output import (
+    CommittingJob,
+    RemoteOutput,
+    beside,
+    local_folder,
+    open_dataset,
+    remote_output,
+    staging_root,
+)
 
-__all__ = ["Location", "filesystem", "is_url"]
+__all__ = [
+    "CommittingJob",
+    "Lease",
+    "Location",
+    "Mirror",
+    "RemoteOutput",
+    "beside",
+    "filesystem",
+    "is_url",
+    "local_folder",
+    "open_dataset",
+    "remote_output",
+    "staging_root",
+]

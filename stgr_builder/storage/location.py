@@ -38,14 +38,19 @@ def is_url(location: str | Path) -> bool:
     return match is not None and match.group(1).lower() != "file"
 
 
-def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
-    """The fsspec filesystem of ``url`` and the path on it, or an error naming the extra to install."""
+def filesystem(url: str, fresh: bool = False) -> tuple[AbstractFileSystem, str]:
+    """The fsspec filesystem of ``url`` and the path on it, or an error naming the extra to install.
+
+    ``fresh``: a new instance that caches no listing (a remote one only): what a writer that
+    must see the bucket as it is now needs; fsspec otherwise shares instances and their listings.
+    """
     import fsspec
 
     match = _SCHEME.match(url)
     scheme = match.group(1).lower() if match else "file"
+    options = {"skip_instance_cache": True, "use_listings_cache": False} if fresh and is_url(url) else {}
     try:
-        return fsspec.core.url_to_fs(url)
+        return fsspec.core.url_to_fs(url, **options)
     except ImportError as exc:
         extra = EXTRAS.get(scheme)
         hint = f": pip install 'stgr-builder[{extra}]'" if extra else ""

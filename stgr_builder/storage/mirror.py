@@ -1,0 +1,223 @@
+"""A local folder kept in step with a prefix on object storage, one file at a time.
+
+A build on a URL runs on a local *staging* copy (every stage, the shard writer and the locks
+write local files, renamed whole) and a ``Mirror`` copies what changed between it and the
+bucket. An object store renames nothing, but a PUT is whole or absent: what the mirror uploads
+is never half an object; the order of the uploads is what makes a commit (``output.py``).
+
+What was last synced is kept beside the copy (``objects.json``: each file's size, mtime and
+MD5), so a pull downloads only objects whose ETag (S3's MD5 of a single-part upload) differs
+from the local file's, and a push uploads only files changed since.
+
+>>> mirror = Mirror("s3://bucket/ds", Path("~/.cache/stgr-builder/staging/ab12/ds"))  # doctest: +SKIP
+>>> mirror.pull()                      # the copy becomes what the bucket holds   # doctest: +SKIP
+>>> mirror.push(lambda rel: rel.startswith("stgr_cot/"))                         # doctest: +SKIP
+['stgr_cot/part-00000.parquet']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from stgr_builder.core.files import atomic_write_text, temp_path
+from stgr_builder.storage.location import filesystem
+
+#: The lock: a local ``flock`` file in the copy, a folder of lease objects in the bucket
+#: (``lease.py``); never mirrored either way.
+LOCK_NAME = ".stgr-lock"
+#: What was last synced, beside the copy (not in it).
+INDEX_FILE = "objects.json"
+_TEMP = re.compile(r"(^|/)\..+\.tmp$")
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _etag(info: dict[str, Any]) -> str:
+    """An object's content tag: S3's ETag (the MD5 of a single-part upload), else nothing a
+    local MD5 can match (the object is then downloaded again: correct, only slower)."""
+    return str(info.get("ETag") or info.get("etag") or "").strip('"')
+
+
+class Mirror:
+    """The staging copy ``local`` of the objects under ``url``.
+
+    Safe to share between the threads of one process (one sync at a time); each process of a
+    build gets its own when the mirror is pickled (no filesystem or lock travels with it)."""
+
+    def __init__(self, url: str, local: Path, index: Path | None = None):
+        self.url = url.rstrip("/")
+        self.local = Path(local)
+        self.index_path = index if index is not None else self.local.parent / INDEX_FILE
+        self._setup()
+
+    def _setup(self) -> None:
+        self._lock = threading.Lock()
+        self._fs: Any = None
+        self._index: dict[str, list] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self.url, "local": self.local, "index_path": self.index_path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._setup()
+
+    def _connect(self) -> tuple[Any, str]:
+        if self._fs is None:
+            self._fs, self._root = filesystem(self.url, fresh=True)
+        return self._fs, self._root
+
+    @property
+    def fs(self) -> Any:
+        return self._connect()[0]
+
+    def remote(self, rel: str) -> str:
+        """The object path (on ``fs``) of a relative path."""
+        return f"{self._connect()[1].rstrip('/')}/{rel}"
+
+    # -- what is where ----------------------------------------------------------------------
+
+    def remote_objects(self) -> dict[str, str]:
+        """Every object under the prefix but the lock's: relative path -> content tag."""
+        root = self.remote("").rstrip("/")
+        try:
+            found = self.fs.find(root, detail=True)
+        except FileNotFoundError:
+            return {}
+        objects = {}
+        for path, info in found.items():
+            rel = path[len(root) + 1 :] if path.startswith(root + "/") else None
+            if rel and info.get("type", "file") == "file" and not _is_lock(rel):
+                objects[rel] = _etag(info)
+        return objects
+
+    def local_files(self) -> list[str]:
+        """Every file of the copy (relative, sorted) but the lock and the writer's temp files."""
+        if not self.local.is_dir():
+            return []
+        found = (p.relative_to(self.local).as_posix() for p in self.local.rglob("*") if p.is_file())
+        return sorted(rel for rel in found if not _is_lock(rel) and not _TEMP.search(rel))
+
+    # -- bucket -> copy ---------------------------------------------------------------------
+
+    def pull(self, keep: Callable[[str], bool] = lambda rel: True) -> list[str]:
+        """Make the copy hold what the bucket holds (the objects ``keep`` selects): download
+        what differs, remove local files the bucket lacks. Returns what was downloaded."""
+        with self._lock:
+            wanted = {rel: tag for rel, tag in self.remote_objects().items() if keep(rel)}
+            index = self._loaded()
+            for rel in self.local_files():
+                if rel not in wanted:
+                    (self.local / rel).unlink(missing_ok=True)
+                    index.pop(rel, None)
+            fetched = [rel for rel, tag in sorted(wanted.items()) if not self._holds(rel, tag)]
+            for rel in fetched:
+                self._download(rel)
+            self._save()
+            return fetched
+
+    def _holds(self, rel: str, tag: str) -> bool:
+        """Whether the local file is the object tagged ``tag`` (unchanged since a sync that saw it)."""
+        entry = self._loaded().get(rel)
+        return bool(tag) and entry is not None and entry[2] == tag and self._unchanged(rel, entry)
+
+    def _download(self, rel: str) -> None:
+        target = self.local / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = temp_path(target)
+        try:
+            self.fs.get_file(self.remote(rel), str(temp))
+            os.replace(temp, target)
+        finally:
+            temp.unlink(missing_ok=True)
+        self._record(rel)
+
+    # -- copy -> bucket ---------------------------------------------------------------------
+
+    def push(self, include: Callable[[str], bool]) -> list[str]:
+        """Upload the local files ``include`` selects that changed since they were last synced,
+        in path order; returns them. An upload is one PUT (or a multipart upload completed
+        last): the object appears whole or not at all."""
+        with self._lock:
+            pushed = []
+            for rel in self._changed(include):
+                try:
+                    self.fs.put_file(str(self.local / rel), self.remote(rel))
+                    self._record(rel)
+                except FileNotFoundError:
+                    if (self.local / rel).exists():
+                        raise
+                    continue  # removed since it was listed (an intent once its record is written)
+                pushed.append(rel)
+            self._save()
+            return pushed
+
+    def changed(self, include: Callable[[str], bool] = lambda rel: True) -> list[str]:
+        """The local files ``include`` selects that changed since they were last synced."""
+        with self._lock:
+            return self._changed(include)
+
+    def _changed(self, include: Callable[[str], bool]) -> list[str]:
+        return [rel for rel in self.local_files() if include(rel) and not self._synced(rel)]
+
+    def delete_extras(self) -> list[str]:
+        """Remove the objects no local file matches (what the build removed, what a killed run
+        uploaded and the resumed one did not keep); returns them."""
+        with self._lock:
+            extras = sorted(set(self.remote_objects()) - set(self.local_files()))
+            for rel in extras:
+                self.fs.rm_file(self.remote(rel))
+            return extras
+
+    def remove(self, rel: str) -> bool:
+        """Remove one object if it is there; whether it was."""
+        try:
+            self.fs.rm_file(self.remote(rel))
+        except FileNotFoundError:
+            return False
+        return True
+
+    # -- the index --------------------------------------------------------------------------
+
+    def _loaded(self) -> dict[str, list]:
+        if self._index is None:
+            try:
+                self._index = json.loads(self.index_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                self._index = {}
+        return self._index
+
+    def _save(self) -> None:
+        atomic_write_text(self.index_path, json.dumps(self._loaded(), sort_keys=True), durable=False)
+
+    def _record(self, rel: str) -> None:
+        stat = (self.local / rel).stat()
+        self._loaded()[rel] = [stat.st_size, stat.st_mtime_ns, _md5(self.local / rel)]
+
+    def _unchanged(self, rel: str, entry: list) -> bool:
+        try:
+            stat = (self.local / rel).stat()
+        except FileNotFoundError:
+            return False
+        return [stat.st_size, stat.st_mtime_ns] == entry[:2]
+
+    def _synced(self, rel: str) -> bool:
+        entry = self._loaded().get(rel)
+        return entry is not None and self._unchanged(rel, entry)
+
+
+def _is_lock(rel: str) -> bool:
+    return rel == LOCK_NAME or rel.startswith(LOCK_NAME + "/")

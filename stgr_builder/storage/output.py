@@ -1,0 +1,203 @@
+"""A dataset on object storage: a build or re-annotation writes it, the readers read it.
+
+A build whose ``--out`` is a URL runs on a local staging copy of the prefix
+(``staging_root``: ``$STGR_CACHE_DIR/staging/<sha256 of the URL>``, else under
+``$XDG_CACHE_HOME/stgr-builder`` or ``~/.cache/stgr-builder``), and keeps every promise the
+folder keeps on disk:
+
+- **one build at a time**: the prefix's lease (``lease.py``) is taken before anything else
+  and held to the end; a second build refuses, naming the holder;
+- **resume from the bucket alone**: the copy is made what the bucket holds first (``pull``:
+  shard records and files, plan, progress and the stage store ``_cache/``), so a resume on
+  another machine, or after the copy was lost, reuses what was committed;
+- **no reader sees a partial shard**: when a shard ends, what changed (its Parquet files, key
+  frames, stage results) is uploaded first and its completion record last, the shard's commit
+  point; the manifest is uploaded last of all, the dataset's (``CommittingJob``). Uploading a
+  shard file first removes the manifest, so a rebuild in progress is never read as finished;
+- **nothing uncommitted stays**: objects a killed run uploaded that the resumed one did not
+  keep (a shard file without a record) are removed before its manifest is uploaded.
+
+Readers (``open_dataset``) copy the committed dataset, the shard files its manifest lists and
+what they reference, into a read copy and read that with the local code (DuckDB included).
+
+>>> with remote_output("s3://bucket/ds") as remote:                      # doctest: +SKIP
+...     job = build_job(config, remote.local, resources)
+...     manifest = run(remote.job(job), flow_runner, resources)
+>>> open_dataset("s3://bucket/ds")                                       # doctest: +SKIP
+PosixPath('/home/me/.cache/stgr-builder/staging/5c1e.../read')
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stgr_builder.core.arrow import DATASETS
+from stgr_builder.core.layout import CACHE_DIR, MANIFEST, STAGES_DIR, record_path
+from stgr_builder.errors import StgrError
+from stgr_builder.models import Manifest
+from stgr_builder.storage.lease import Lease
+from stgr_builder.storage.location import is_url
+from stgr_builder.storage.mirror import Mirror
+
+
+def cache_home() -> Path:
+    """The user's cache folder for stgr-builder (``STGR_CACHE_DIR`` first)."""
+    if os.environ.get("STGR_CACHE_DIR"):
+        return Path(os.environ["STGR_CACHE_DIR"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "stgr-builder"
+    return Path.home() / ".cache" / "stgr-builder"
+
+
+def staging_root(url: str) -> Path:
+    """The local folder of a URL's copies: ``ds/`` (a build's), ``read/`` (the readers'), and
+    the files a command writes beside a dataset (a recipe's config, the demo's sources)."""
+    return cache_home() / "staging" / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:32]
+
+
+def local_folder(out: str | Path) -> Path:
+    """Where a build of ``out`` writes on this machine: the folder itself, or a URL's copy."""
+    return staging_root(str(out)) / "ds" if is_url(out) else Path(out)
+
+
+def beside(out: str | Path, name: str) -> Path:
+    """A folder for what a command keeps with the dataset but outside the bucket (``_recipe``,
+    ``_source``): inside a local ``out``, beside a URL's copy (never pulled over)."""
+    return staging_root(str(out)) / name if is_url(out) else Path(out) / name
+
+
+def _is_record(rel: str) -> bool:
+    return rel.startswith("_progress/shard-") and rel.endswith(".json")
+
+
+def _in_dataset(rel: str) -> bool:
+    return rel.split("/", 1)[0] in DATASETS
+
+
+@dataclass
+class CommittingJob:
+    """A job of the shard executor (``executor.Job``) whose output is a URL's staging copy:
+    it runs ``inner`` unchanged and commits each finished shard, then the dataset, to the
+    bucket. Plain data: it pickles to Dask workers with the mirror (each process syncs its own)."""
+
+    inner: Any
+    mirror: Mirror
+    owner: str
+    flow_name: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.flow_name = str(self.inner.flow_name)
+
+    @property
+    def ctx(self) -> Any:
+        return self.inner.ctx
+
+    @property
+    def resolved(self) -> Any:
+        return self.inner.resolved
+
+    def claim(self) -> Any:
+        return self.inner.claim()
+
+    def plan(self) -> Any:
+        return self.inner.plan()
+
+    def run_shard(self, shard: Any, resources: Any) -> Any:
+        result = self.inner.run_shard(shard, resources)
+        self.commit_shard(result.shard, complete=result.complete)
+        return result
+
+    def finalize(self, plan: Any, results: Any, resources: Any) -> Manifest:
+        manifest = self.inner.finalize(plan, results, resources)
+        self.commit_dataset()
+        return manifest
+
+    def _check_lease(self) -> None:
+        Lease(self.mirror.url, owner=self.owner).check()
+
+    def _push_content(self) -> None:
+        """Upload what changed but the records and the manifest; a changed shard file first
+        takes the manifest down (it would name the old file's checksum)."""
+        content = [rel for rel in self.mirror.changed() if not _is_record(rel) and rel != MANIFEST]
+        if any(_in_dataset(rel) for rel in content):
+            self.mirror.remove(MANIFEST)
+        self.mirror.push(lambda rel: not _is_record(rel) and rel != MANIFEST)
+
+    def commit_shard(self, shard: int, complete: bool) -> None:
+        """A shard ended: its files (and the stage results, so a resume reuses them), then its
+        record, the shard's commit point (only a complete shard has one)."""
+        self._check_lease()
+        self._push_content()
+        if complete:
+            record = record_path(Path(), shard).as_posix()
+            self.mirror.push(lambda rel: rel == record)
+
+    def commit_dataset(self) -> None:
+        """Every shard ended and the manifest is written: the rest (records, plan, card), then
+        the objects the run did not keep are removed, then the manifest, the commit point."""
+        self._check_lease()
+        self._push_content()
+        self.mirror.push(lambda rel: rel != MANIFEST)
+        self.mirror.delete_extras()
+        self.mirror.push(lambda rel: rel == MANIFEST)
+
+
+@dataclass(frozen=True)
+class RemoteOutput:
+    """A URL held by this build: its staging copy ``local``, in step with the bucket."""
+
+    url: str
+    mirror: Mirror
+    owner: str
+
+    @property
+    def local(self) -> Path:
+        return self.mirror.local
+
+    def job(self, inner: Any) -> CommittingJob:
+        """``inner`` (built on ``local``) committing to the bucket as it runs."""
+        return CommittingJob(inner=inner, mirror=self.mirror, owner=self.owner)
+
+
+@contextmanager
+def remote_output(url: str) -> Iterator[RemoteOutput]:
+    """Hold ``url`` (its lease, renewed while the block runs) with a staging copy made what
+    the bucket holds; the lease is released on the way out, however the block ends."""
+    lease = Lease(url).acquire()
+    try:
+        mirror = Mirror(url, staging_root(url) / "ds")
+        mirror.pull()
+        yield RemoteOutput(url=url.rstrip("/"), mirror=mirror, owner=lease.owner)
+    finally:
+        lease.release()
+
+
+def open_dataset(location: str | Path, with_stages: bool = False) -> Path:
+    """A dataset to read: a local folder as it is, or a URL's committed dataset copied into
+    its read copy (what its manifest lists, its key frames and records; ``with_stages``: the
+    stage store too, for a re-annotation that reuses its parent's frames and detections).
+
+    Raises ``StgrError`` when the URL holds no manifest (not a finished build)."""
+    if not is_url(location):
+        return Path(location)
+    url = str(location).rstrip("/")
+    mirror = Mirror(url, staging_root(url) / "read", staging_root(url) / "read-objects.json")
+    try:
+        manifest = Manifest.model_validate_json(mirror.fs.cat_file(mirror.remote(MANIFEST)))
+    except FileNotFoundError:
+        raise StgrError(f"no {MANIFEST} in {url}: not a finished build (run `stgr build` to finish it)") from None
+    listed = {shard.path for shard in manifest.shards}
+
+    def committed(rel: str) -> bool:
+        if rel.startswith(f"{CACHE_DIR.as_posix()}/"):
+            return with_stages and rel.startswith(f"{STAGES_DIR.as_posix()}/")
+        return rel in listed or not (_in_dataset(rel) and rel.endswith(".parquet"))
+
+    mirror.pull(committed)
+    return mirror.local

@@ -1,0 +1,172 @@
+"""The dataset on object storage keeps every promise it keeps on disk: a build with ``--out
+s3://...`` writes the local build's bytes, which ``stgr audit`` reads back from the bucket; a
+build killed mid-way resumes from the bucket alone to the same bytes, leaving nothing
+uncommitted; two builds racing for one prefix: one refuses; a store answering 503 SlowDown and
+dropping a connection mid-upload is retried, and nothing partial is committed.
+
+Everything goes over real HTTP to moto's S3 server on 127.0.0.1 (``helpers/s3.py``), with the
+credentials and the endpoint in the environment only."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from stgr_builder.cli import app
+from stgr_builder.errors import StgrError
+from stgr_builder.pipeline import build
+from stgr_builder.storage import Lease
+
+from helpers.s3_faults import Fault, FaultProxy
+from helpers.small_demo import small_source, write_config
+
+pytestmark = pytest.mark.slow
+
+DATASET_FOLDERS = ("stgr_cot", "stgr_rl", "rejects")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[Path, Path]:
+    """(config, local build) of the small demo in six shards: what every bucket build must equal."""
+    config = write_config(small_source(tmp_path_factory), "bucket", sharding={"samples_per_shard": 4, "workers": 1})
+    out = tmp_path_factory.mktemp("bucket-reference") / "out"
+    build(config, out)
+    return config, out
+
+
+def local_digests(out: Path) -> dict[str, str]:
+    return {f["path"]: f["sha256"] for f in json.loads((out / "manifest.json").read_text())["shards"]}
+
+
+def bucket_digests(s3, key: str) -> dict[str, str]:
+    """sha256 of every shard object under the prefix (whatever a manifest says)."""
+    fs, root = s3.fs, f"{s3.bucket}/{key}"
+    return {
+        path[len(root) + 1 :]: hashlib.sha256(fs.cat_file(path)).hexdigest()
+        for folder in DATASET_FOLDERS
+        for path in fs.find(f"{root}/{folder}")
+    }
+
+
+def assert_committed_exactly(s3, key: str, reference: Path) -> None:
+    """The bucket holds the reference's shard bytes, each named by the manifest, nothing more:
+    no shard object without a record, no intent, no lease."""
+    assert bucket_digests(s3, key) == local_digests(reference)
+    manifest = json.loads(s3.fs.cat_file(f"{s3.bucket}/{key}/manifest.json"))
+    assert {f["path"]: f["sha256"] for f in manifest["shards"]} == local_digests(reference)
+    names = [path.split(f"{key}/", 1)[1] for path in s3.fs.find(f"{s3.bucket}/{key}")]
+    records = sorted(n for n in names if n.startswith("_progress/shard-"))
+    assert len(records) == len({p.split("/")[1] for p in local_digests(reference)})
+    assert not [n for n in names if n.startswith(("_progress/writing-", ".stgr-lock")) or n.endswith(".tmp")]
+
+
+def test_a_bucket_build_writes_the_local_bytes_and_audit_reads_them(s3, reference):
+    config, local = reference
+    manifest = build(config, s3.url("ds"))
+    assert_committed_exactly(s3, "ds", local)
+    assert manifest.counts == json.loads((local / "manifest.json").read_text())["counts"]
+
+    runner = CliRunner()
+    from_bucket = runner.invoke(app, ["audit", s3.url("ds"), "--brief"], catch_exceptions=False)
+    from_disk = runner.invoke(app, ["audit", str(local), "--brief"], catch_exceptions=False)
+    assert from_bucket.exit_code == 0, from_bucket.output
+    tables = lambda text: text.split("Every table")[0]  # noqa: E731 (the last line names the dataset)
+    assert tables(from_bucket.output) == tables(from_disk.output)
+    assert "│ cot     │ temporal QA " in from_bucket.output and "Checks: all 9 pass" in from_bucket.output
+    verified = runner.invoke(app, ["verify", s3.url("ds")], catch_exceptions=False)
+    assert verified.exit_code == 0 and "matches its manifest" in verified.output
+
+
+def test_a_killed_build_resumes_from_the_bucket_alone_to_the_same_bytes(s3, reference, tmp_path, monkeypatch):
+    """SIGKILL of `stgr build --out s3://...` once a shard is committed; the lease it leaves
+    refuses a successor until it expires, then the successor takes over with a fresh staging
+    copy (another machine) and ends with the reference's bytes and nothing uncommitted."""
+    config, local = reference
+    monkeypatch.setenv("STGR_LEASE_S", "4")
+    command = [sys.executable, "-m", "stgr_builder.cli", "build", str(config), "--out", s3.url("ds")]
+    proc = subprocess.Popen(command, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if s3.fs.glob(f"{s3.bucket}/ds/_progress/shard-*.json"):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+    records = sorted(s3.fs.glob(f"{s3.bucket}/ds/_progress/shard-*.json"))
+    assert 1 <= len(records) < len(local_digests(local)) // 3
+    # What a kill between a shard's files and its record leaves: files no record names.
+    s3.fs.rm_file(records[0])
+
+    with pytest.raises(StgrError, match=r"is being built by pid \d+ on .* lease until"):
+        build(config, s3.url("ds"))
+    time.sleep(4.5)  # the crashed holder's lease expires
+    monkeypatch.setenv("STGR_CACHE_DIR", str(tmp_path / "other-machine"))
+    build(config, s3.url("ds"))
+    assert_committed_exactly(s3, "ds", local)
+
+
+def test_two_builds_racing_for_one_prefix_one_refuses(s3, reference):
+    config, local = reference
+    # The lease itself: of builds creating it at the same instant, exactly one holds it.
+    barrier, outcomes = threading.Barrier(4), []
+
+    def take() -> None:
+        barrier.wait()
+        try:
+            outcomes.append(Lease(s3.url("race-lease")).acquire())
+        except StgrError as exc:
+            outcomes.append(str(exc))
+
+    threads = [threading.Thread(target=take) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    held = [o for o in outcomes if isinstance(o, Lease)]
+    assert len(held) == 1 and all("is being built by pid" in o for o in outcomes if isinstance(o, str))
+    held[0].release()
+
+    # Two whole builds: the second refuses at once and writes nothing; the first is unharmed.
+    errors: list[BaseException] = []
+    first = threading.Thread(target=lambda: _catching(errors, build, config, s3.url("ds")))
+    first.start()
+    while not s3.fs.glob(f"{s3.bucket}/ds/.stgr-lock/*"):
+        time.sleep(0.01)
+    with pytest.raises(StgrError, match=r"is being built by pid \d+"):
+        build(config, s3.url("ds"))
+    first.join()
+    assert not errors
+    assert_committed_exactly(s3, "ds", local)
+
+
+def _catching(errors: list[BaseException], call, *args) -> None:
+    try:
+        call(*args)
+    except BaseException as exc:  # noqa: BLE001 (reported by the test)
+        errors.append(exc)
+
+
+def test_slowdowns_and_dropped_uploads_are_retried_and_nothing_partial_is_committed(s3, reference, monkeypatch):
+    config, local = reference
+    faults = [
+        Fault("PUT", "/stgr_cot/part-", "slowdown", times=2),
+        Fault("PUT", "/stgr_rl/part-", "drop", times=2),
+        Fault("PUT", "/_progress/shard-", "slowdown", times=1),
+        Fault("PUT", "/manifest.json", "drop", times=1),
+    ]
+    with FaultProxy(s3.endpoint, faults) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        build(config, s3.url("ds"))
+    assert proxy.injected == {"slowdown": 3, "drop": 3}
+    assert_committed_exactly(s3, "ds", local)
