@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from stgr_builder.core.files import check_writable
+from stgr_builder.core.layout import budget_ledger
 from stgr_builder.core.resources import Resources
 from stgr_builder.errors import StgrError
 from stgr_builder.executor import (
@@ -149,6 +150,11 @@ class BuildJob:
     def run_shard(self, shard: ShardPlan, resources: Resources) -> ShardResult:
         return execute_shard(self.ctx, self.resolved, shard, resources)
 
+    def moved(self, out: Path) -> BuildJob:
+        """This job writing into ``out`` instead (a process's own copy of a URL's dataset)."""
+        ctx = replace(self.ctx, out=out)
+        return replace(self, ctx=ctx, resolved=replace(self.resolved, budget_ledger=budget_ledger(out, ctx.run)))
+
     def finalize(self, build_plan: BuildPlan, results: list[ShardResult], resources: Resources) -> Manifest:
         """Write the manifest once every shard is done."""
         return finish(
@@ -181,5 +187,11 @@ def build(
     options: dict[str, Any] = {"sharding_runner": sharding_runner, "overwrite": overwrite, "wait": wait}
     if is_url(out):
         with remote_output(str(out)) as remote:
-            return run(remote.job(build_job(config_path, remote.local, resources, **options)), runner, resources)
+            job = build_job(config_path, remote.local, resources, **options)
+            # Dask workers share nothing but the bucket: each works on its own copy.
+            isolated = job.ctx.config.sharding.runner == "dask"
+            manifest = run(remote.job(job, isolated=isolated), runner, resources)
+            if isolated:
+                remote.mirror.pull()  # this process's copy: what the workers committed
+            return manifest
     return run(build_job(config_path, Path(out), resources, **options), runner, resources)

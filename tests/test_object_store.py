@@ -23,9 +23,12 @@ import pytest
 from typer.testing import CliRunner
 
 from stgr_builder.cli import app
+from stgr_builder.core.resources import Resources
 from stgr_builder.errors import StgrError
-from stgr_builder.pipeline import build
-from stgr_builder.storage import Lease
+from stgr_builder.executor import run
+from stgr_builder.flows.build import flow_runner
+from stgr_builder.pipeline import build, build_job
+from stgr_builder.storage import Lease, remote_output
 
 from helpers.s3_faults import Fault, FaultProxy
 from helpers.small_demo import small_source, write_config
@@ -176,4 +179,21 @@ def test_slowdowns_and_dropped_uploads_are_retried_and_nothing_partial_is_commit
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
         build(config, s3.url("ds"))
     assert proxy.injected == {"slowdown": 3, "drop": 3}
+    assert_committed_exactly(s3, "ds", local)
+
+
+def test_dask_workers_sharing_only_the_bucket_build_the_same_rows(s3, reference, monkeypatch, tmp_path_factory):
+    """Two Dask worker processes, each on its own temporary copy pulled from the bucket: the
+    bucket ends with the thread runner's bytes, and the command's own copy never held a shard
+    (every row reached the bucket from a worker's copy)."""
+    monkeypatch.setenv("DASK_LOGGING__DISTRIBUTED", "warning")
+    _, local = reference
+    sharding = {"samples_per_shard": 4, "workers": 2}
+    config = write_config(small_source(tmp_path_factory), "bucket-dask", sharding=sharding)
+    resources = Resources()
+    with remote_output(s3.url("ds")) as remote:
+        job = build_job(config, remote.local, resources, sharding_runner="dask")
+        manifest = run(remote.job(job, isolated=True), flow_runner, resources)
+        assert not list((remote.local / "stgr_cot").glob("part-*.parquet"))
+    assert manifest.complete
     assert_committed_exactly(s3, "ds", local)

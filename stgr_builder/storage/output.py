@@ -29,8 +29,12 @@ PosixPath('/home/me/.cache/stgr-builder/staging/5c1e.../read')
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
+import shutil
+import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -84,11 +88,17 @@ def _in_dataset(rel: str) -> bool:
 class CommittingJob:
     """A job of the shard executor (``executor.Job``) whose output is a URL's staging copy:
     it runs ``inner`` unchanged and commits each finished shard, then the dataset, to the
-    bucket. Plain data: it pickles to Dask workers with the mirror (each process syncs its own)."""
+    bucket. Plain data: it pickles to Dask workers with the mirror.
+
+    ``isolated``: the processes running the tasks share nothing but the bucket (Dask workers,
+    on one machine or many): each process works on its own temporary copy, pulled from the
+    bucket before each task (``inner.moved`` re-points the job at it), so a shard task sees
+    what every other committed. Otherwise every task writes the one staging copy (threads)."""
 
     inner: Any
     mirror: Mirror
     owner: str
+    isolated: bool = False
     flow_name: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -102,50 +112,89 @@ class CommittingJob:
     def resolved(self) -> Any:
         return self.inner.resolved
 
-    def claim(self) -> Any:
-        return self.inner.claim()
+    @contextmanager
+    def claim(self) -> Iterator[Any]:
+        """The inner job's claim of the staging copy, its owner record then uploaded."""
+        with self.inner.claim() as held:
+            self._push_content(self.mirror)
+            yield held
+
+    def _here(self) -> tuple[Any, Mirror]:
+        """The job and the copy this process works on (``isolated``: its own, just pulled)."""
+        if not self.isolated:
+            return self.inner, self.mirror
+        copy = process_copy(self.mirror.url, self.owner)
+        copy.pull()
+        return self.inner.moved(copy.local), copy
 
     def plan(self) -> Any:
-        return self.inner.plan()
+        inner, mirror = self._here()
+        plan = inner.plan()
+        if self.isolated:  # the plan's records, for the tasks of the other processes
+            self._check_lease()
+            self._push_content(mirror)
+        return plan
 
     def run_shard(self, shard: Any, resources: Any) -> Any:
-        result = self.inner.run_shard(shard, resources)
-        self.commit_shard(result.shard, complete=result.complete)
+        inner, mirror = self._here()
+        result = inner.run_shard(shard, resources)
+        self.commit_shard(mirror, result.shard, complete=result.complete)
         return result
 
     def finalize(self, plan: Any, results: Any, resources: Any) -> Manifest:
-        manifest = self.inner.finalize(plan, results, resources)
-        self.commit_dataset()
+        inner, mirror = self._here()
+        manifest = inner.finalize(plan, results, resources)
+        self.commit_dataset(mirror)
         return manifest
 
     def _check_lease(self) -> None:
         Lease(self.mirror.url, owner=self.owner).check()
 
-    def _push_content(self) -> None:
+    @staticmethod
+    def _push_content(mirror: Mirror) -> None:
         """Upload what changed but the records and the manifest; a changed shard file first
         takes the manifest down (it would name the old file's checksum)."""
-        content = [rel for rel in self.mirror.changed() if not _is_record(rel) and rel != MANIFEST]
+        content = [rel for rel in mirror.changed() if not _is_record(rel) and rel != MANIFEST]
         if any(_in_dataset(rel) for rel in content):
-            self.mirror.remove(MANIFEST)
-        self.mirror.push(lambda rel: not _is_record(rel) and rel != MANIFEST)
+            mirror.remove(MANIFEST)
+        mirror.push(lambda rel: not _is_record(rel) and rel != MANIFEST)
 
-    def commit_shard(self, shard: int, complete: bool) -> None:
+    def commit_shard(self, mirror: Mirror, shard: int, complete: bool) -> None:
         """A shard ended: its files (and the stage results, so a resume reuses them), then its
         record, the shard's commit point (only a complete shard has one)."""
         self._check_lease()
-        self._push_content()
+        self._push_content(mirror)
         if complete:
             record = record_path(Path(), shard).as_posix()
-            self.mirror.push(lambda rel: rel == record)
+            mirror.push(lambda rel: rel == record)
 
-    def commit_dataset(self) -> None:
+    def commit_dataset(self, mirror: Mirror) -> None:
         """Every shard ended and the manifest is written: the rest (records, plan, card), then
         the objects the run did not keep are removed, then the manifest, the commit point."""
         self._check_lease()
-        self._push_content()
-        self.mirror.push(lambda rel: rel != MANIFEST)
-        self.mirror.delete_extras()
-        self.mirror.push(lambda rel: rel == MANIFEST)
+        self._push_content(mirror)
+        mirror.push(lambda rel: rel != MANIFEST)
+        mirror.delete_extras()
+        mirror.push(lambda rel: rel == MANIFEST)
+
+
+#: Each process's own copy of a URL's dataset when the build's processes share no disk
+#: (``CommittingJob.isolated``), by (URL, build owner): made by its first task, reused by the
+#: process's later ones, removed when the process exits. Per process by nature: a Dask worker
+#: unpickles a fresh job for every task, so the job cannot hold it.
+_PROCESS_COPIES: dict[tuple[str, str], Mirror] = {}
+_COPIES_LOCK = threading.Lock()
+
+
+def process_copy(url: str, owner: str) -> Mirror:
+    """This process's temporary copy of ``url`` for the build ``owner`` holds."""
+    with _COPIES_LOCK:
+        mirror = _PROCESS_COPIES.get((url, owner))
+        if mirror is None:
+            folder = Path(tempfile.mkdtemp(prefix="stgr-copy-"))
+            atexit.register(shutil.rmtree, folder, True)
+            mirror = _PROCESS_COPIES[(url, owner)] = Mirror(url, folder / "ds")
+        return mirror
 
 
 @dataclass(frozen=True)
@@ -160,9 +209,10 @@ class RemoteOutput:
     def local(self) -> Path:
         return self.mirror.local
 
-    def job(self, inner: Any) -> CommittingJob:
-        """``inner`` (built on ``local``) committing to the bucket as it runs."""
-        return CommittingJob(inner=inner, mirror=self.mirror, owner=self.owner)
+    def job(self, inner: Any, isolated: bool = False) -> CommittingJob:
+        """``inner`` (built on ``local``) committing to the bucket as it runs; ``isolated``:
+        its tasks run in processes that share nothing but the bucket (``CommittingJob``)."""
+        return CommittingJob(inner=inner, mirror=self.mirror, owner=self.owner, isolated=isolated)
 
 
 @contextmanager
