@@ -194,6 +194,7 @@ class ReannotateJob:
     samples: dict[str, SourceSample]
     parent_sha256: str
     rejects_selected: int = 0  # of ``selected``, samples the parent rejected
+    parent_name: str = ""  # the parent's URL, when ``root`` is its read copy
     flow_name = "stgr-reannotate"
 
     def claim(self) -> AbstractContextManager[Any]:
@@ -232,7 +233,9 @@ class ReannotateJob:
             prompts=list(parent.prompts) + [p for p in refs if p not in parent.prompts],
             detector=parent.detector,
             config_dir=parent.config_dir,
-            parent=ParentRef(path=str(self.root), build_id=parent.build_id, manifest_sha256=self.parent_sha256),
+            parent=ParentRef(
+                path=self.parent_name or str(self.root), build_id=parent.build_id, manifest_sha256=self.parent_sha256
+            ),
             reannotation=Reannotation(
                 where=self.where,
                 prompt=refs[0],
@@ -251,12 +254,15 @@ def prepare(
     model: str | None = None,
     out: Path | None = None,
     resources: Resources | None = None,
+    parent_name: str = "",
 ) -> ReannotateJob:
     """Check the request, set up the new version's folder, and return the job that writes it,
     resolved once (``executor.resolve``: the detector's model loaded into ``resources``).
 
     Running it again with the same arguments finds the same folder: finished shards are kept
     and received LLM replies are cached, so it resumes and ends with the same files.
+    ``parent_name``: what the parent is called when ``root`` is a URL's read copy (its URL),
+    recorded instead of the copy's path.
     """
     root = Path(root).resolve()
     parent = load_manifest(root)
@@ -275,7 +281,7 @@ def prepare(
     selected = selection.ids
     manifest_sha = sha256_file(root / MANIFEST)
     spec = {
-        "parent": str(root),
+        "parent": parent_name or str(root),
         "parent_manifest_sha256": manifest_sha,
         "where": where,
         "prompt": new_prompt.ref.model_dump(),
@@ -304,6 +310,7 @@ def prepare(
         samples=_selected_samples(ctx, set(selected)),
         parent_sha256=manifest_sha,
         rejects_selected=len(selection.rejects),
+        parent_name=parent_name,
     )
 
 
@@ -325,11 +332,12 @@ def reannotate(
     staging copy committed shard by shard, holding the prefix's lease (``storage/output.py``).
     A URL parent needs an ``out``: there is no folder "beside" it to default to."""
     resources = Resources()
+    options: dict[str, Any] = {"where": where, "prompt": prompt, "model": model, "resources": resources}
     if is_url(root):
         if out is None:
             raise StgrError(f"{root} is a URL: give the new version's --out (a folder or a URL)")
+        options["parent_name"] = str(root).rstrip("/")
         root = open_dataset(root, with_stages=True)
-    options: dict[str, Any] = {"where": where, "prompt": prompt, "model": model, "resources": resources}
     if out is not None and is_url(out):
         with remote_output(str(out)) as remote:
             job = prepare(Path(root), out=remote.local, **options)

@@ -24,10 +24,12 @@ from typer.testing import CliRunner
 
 from stgr_builder.cli import app
 from stgr_builder.core.resources import Resources
+from stgr_builder.dryrun.server import serve_llm
 from stgr_builder.errors import StgrError
 from stgr_builder.executor import run
 from stgr_builder.flows.build import flow_runner
 from stgr_builder.pipeline import build, build_job
+from stgr_builder.reannotate import reannotate
 from stgr_builder.storage import Lease, remote_output
 
 from helpers.s3_faults import Fault, FaultProxy
@@ -197,3 +199,28 @@ def test_dask_workers_sharing_only_the_bucket_build_the_same_rows(s3, reference,
         assert not list((remote.local / "stgr_cot").glob("part-*.parquet"))
     assert manifest.complete
     assert_committed_exactly(s3, "ds", local)
+
+
+def test_a_reannotation_from_the_bucket_into_the_bucket_writes_the_local_bytes(s3, reference, tmp_path, monkeypatch):
+    """`stgr reannotate s3://.../ds --out s3://.../ds-v2` writes what the same re-annotation of
+    the local build writes, and its manifest names the parent by its URL."""
+    config, local = reference
+    build(config, s3.url("ds"))
+    where = "id IN (SELECT id FROM cot ORDER BY hash(id) LIMIT 3)"
+    options = {"where": where, "prompt": "stgr-cot-llm", "model": "stgr-dry-run"}
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-bucket-0123456789")
+    with serve_llm() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        _, on_disk = reannotate(local, out=tmp_path / "v2", **options)
+        result = CliRunner().invoke(app, ["reannotate", s3.url("ds"), "--out", s3.url("ds-v2"), *_flags(options)])
+    assert result.exit_code == 0, result.output
+    printed = " ".join(result.output.split())  # rich folds long lines
+    assert f"re-annotated 3 rows of {s3.url('ds')} into {s3.url('ds-v2')}" in printed and "Rows changed" in printed
+    assert on_disk.reannotation is not None and on_disk.reannotation.selected == 3
+    assert_committed_exactly(s3, "ds-v2", tmp_path / "v2")
+    manifest = json.loads(s3.fs.cat_file(f"{s3.bucket}/ds-v2/manifest.json"))
+    assert manifest["parent"]["path"] == s3.url("ds") and manifest["build_id"] == on_disk.build_id
+
+
+def _flags(options: dict[str, str]) -> list[str]:
+    return [part for key, value in options.items() for part in (f"--{key}", value)]

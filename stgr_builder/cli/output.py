@@ -78,10 +78,15 @@ def print_comparison(root: Path, old: Path | None) -> None:
 
     if old is None:
         try:
-            if load_manifest(root).parent is None:
-                return
+            parent = load_manifest(root).parent
         except StgrError:
             return
+        if parent is None:
+            return
+        from stgr_builder.storage import is_url, open_dataset
+
+        if is_url(parent.path):  # a version of a dataset in a bucket: its read copy
+            old = open_dataset(parent.path)
     for table in compare(root, old):
         print_table(table.title, table.columns, table.rows)
 
