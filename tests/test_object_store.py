@@ -100,11 +100,10 @@ def test_a_bucket_build_writes_the_local_bytes_and_audit_reads_them(s3, referenc
 
 
 def test_a_killed_build_resumes_from_the_bucket_alone_to_the_same_bytes(s3, reference, tmp_path, monkeypatch):
-    """SIGKILL of a build subprocess once a shard is committed; the lease it leaves refuses a
-    successor until it expires, then the successor takes over with a fresh staging copy
-    (another machine) and ends with the reference's bytes and nothing uncommitted."""
+    """SIGKILL of a build subprocess once a shard is committed; a successor with a fresh staging
+    copy (as on another machine) takes over the lease the dead process left and ends with the
+    reference's bytes and nothing uncommitted."""
     config, local = reference
-    monkeypatch.setenv("STGR_LEASE_S", "4")
     command = [sys.executable, "-c", BUILD_SCRIPT, str(config), s3.url("ds")]
     proc = subprocess.Popen(command, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -117,13 +116,11 @@ def test_a_killed_build_resumes_from_the_bucket_alone_to_the_same_bytes(s3, refe
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
     records = sorted(s3.fs.glob(f"{s3.bucket}/ds/_progress/shard-*.json"))
     assert 1 <= len(records) < len(local_digests(local)) // 3
+    assert s3.fs.glob(f"{s3.bucket}/ds/.stgr-lock/*")  # the dead build's lease, never released
     # What a kill between a shard's files and its record leaves: files no record names.
     s3.fs.rm_file(records[0])
 
-    with pytest.raises(StgrError, match=r"is being built by pid \d+ on .* lease until"):
-        build(config, s3.url("ds"))
-    time.sleep(4.5)  # the crashed holder's lease expires
-    monkeypatch.setenv("STGR_CACHE_DIR", str(tmp_path / "other-machine"))
+    monkeypatch.setenv("STGR_CACHE_DIR", str(tmp_path / "other-copy"))
     build(config, s3.url("ds"))
     assert_committed_exactly(s3, "ds", local)
 
@@ -148,6 +145,19 @@ def test_two_builds_racing_for_one_prefix_one_refuses(s3, reference):
     held = [o for o in outcomes if isinstance(o, Lease)]
     assert len(held) == 1 and all("is being built by pid" in o for o in outcomes if isinstance(o, str))
     held[0].release()
+
+    # A holder on another machine that stopped renewing keeps the prefix until its lease expires.
+    crashed = {"owner": "elsewhere", "pid": 1, "host": "node-7", "machine": "other", "started": "-"}
+    lease_object = f"{s3.bucket}/crashed/.stgr-lock/0000000000.json"
+    s3.fs.pipe_file(lease_object, json.dumps({**crashed, "expires": time.time() + 2}).encode())
+    with pytest.raises(StgrError, match=r"is being built by pid 1 on node-7 .* lease until"):
+        Lease(s3.url("crashed")).acquire()
+    time.sleep(2.2)
+    successor = Lease(s3.url("crashed")).acquire()
+    assert successor.generation == 1 and s3.fs.ls(f"{s3.bucket}/crashed/.stgr-lock") == [
+        f"{s3.bucket}/crashed/.stgr-lock/0000000001.json"
+    ]
+    successor.release()
 
     # Two whole builds: the second refuses at once and writes nothing; the first is unharmed.
     errors: list[BaseException] = []

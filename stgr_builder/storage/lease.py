@@ -9,7 +9,9 @@ and host for people) and an expiry. The holder is the newest generation:
   other looks again and refuses, naming the holder;
 - a live holder renews its expiry from a heartbeat thread (every third of the lease);
 - a holder that crashed stops renewing: once its lease has expired, a successor takes over by
-  creating the next generation (its predecessor's are then removed);
+  creating the next generation (its predecessor's are then removed). On the holder's own
+  machine (same boot and pid namespace, Linux) a holder whose process is gone is taken over at
+  once: a build killed or stopped with Ctrl-C is resumed without waiting for its lease;
 - a holder that finds a newer generation has lost the lock (it stalled past its lease): every
   commit checks first (``check``) and stops with one line.
 
@@ -28,6 +30,7 @@ import socket
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from stgr_builder.errors import StgrError
@@ -35,6 +38,36 @@ from stgr_builder.storage.location import filesystem
 from stgr_builder.storage.mirror import LOCK_NAME
 
 DEFAULT_LEASE_S = 60.0
+
+
+def machine() -> str | None:
+    """This process's pid namespace on this boot (Linux), where a pid names one process; None
+    elsewhere (a holder is then known dead only by its lease)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="utf-8").strip()
+        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return None
+
+
+def gone(holder: dict[str, Any]) -> bool:
+    """Whether ``holder`` ran on this machine (``machine``) and its process no longer exists."""
+    here = machine()
+    if here is None or holder.get("machine") != here or not isinstance(holder.get("pid"), int):
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False
+
+
+def live(holder: dict[str, Any], owner: str) -> bool:
+    """Whether ``holder``'s lease keeps ``owner`` out: another owner's, unexpired, not gone."""
+    expires = float(holder.get("expires", time.time() + 1))
+    return holder.get("owner") != owner and expires > time.time() and not gone(holder)
 
 
 def lease_seconds() -> float:
@@ -108,6 +141,7 @@ class Lease:
                 "owner": self.owner,
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
+                "machine": machine(),
                 "started": self.started,
                 "expires": time.time() + self.seconds,
             }
@@ -119,7 +153,7 @@ class Lease:
             current = self.holder()
             if current is not None:
                 _, record = current
-                if record.get("owner") != self.owner and float(record.get("expires", time.time() + 1)) > time.time():
+                if live(record, self.owner):
                     raise StgrError(
                         f"{self.url} is being built by {describe(record)}; wait for it to finish (a build that "
                         f"crashed keeps it until its lease expires)"
