@@ -159,6 +159,12 @@ def test_two_builds_racing_for_one_prefix_one_refuses(s3, reference):
     ]
     successor.release()
 
+    # A prefix holding what no build made is refused, as a folder is, and left as it was.
+    s3.fs.pipe_file(f"{s3.bucket}/foreign/notes.txt", b"mine")
+    with pytest.raises(StgrError, match=rf"{s3.url('foreign')} holds files a stgr build did not make \(notes.txt\)"):
+        build(config, s3.url("foreign"))
+    assert s3.fs.find(f"{s3.bucket}/foreign") == [f"{s3.bucket}/foreign/notes.txt"]
+
     # Two whole builds: the second refuses at once and writes nothing; the first is unharmed.
     errors: list[BaseException] = []
     first = threading.Thread(target=lambda: _catching(errors, build, config, s3.url("ds")))

@@ -4,6 +4,10 @@
 ``location`` names a place and opens its filesystem, with the install hint of the extra that a
 scheme needs. Credentials never pass through here: the filesystems read them from the
 environment and their providers' standard chains.
+
+A dataset on object storage: ``output`` (a build on a staging copy committing shard by shard,
+``remote_output``; the readers' copy, ``open_dataset``), ``mirror`` (the copy kept in step with
+the bucket), ``lease`` (one build per prefix, by conditional create).
 """
 
 from stgr_builder.storage.lease import Lease

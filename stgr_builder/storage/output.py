@@ -36,7 +36,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,8 +114,13 @@ class CommittingJob:
 
     @contextmanager
     def claim(self) -> Iterator[Any]:
-        """The inner job's claim of the staging copy, its owner record then uploaded."""
-        with self.inner.claim() as held:
+        """The inner job's claim of the staging copy (its checks of what the prefix holds name
+        the URL), its owner record then uploaded."""
+        with ExitStack() as stack:
+            try:
+                held = stack.enter_context(self.inner.claim())
+            except StgrError as exc:
+                raise StgrError(str(exc).replace(str(self.mirror.local), self.mirror.url)) from None
             self._push_content(self.mirror)
             yield held
 
