@@ -124,8 +124,7 @@ class Mirror:
                     (self.local / rel).unlink(missing_ok=True)
                     index.pop(rel, None)
             fetched = [rel for rel, tag in sorted(wanted.items()) if not self._holds(rel, tag)]
-            for rel in fetched:
-                self._download(rel)
+            self._download(fetched)
             self._save()
             return fetched
 
@@ -134,16 +133,21 @@ class Mirror:
         entry = self._loaded().get(rel)
         return bool(tag) and entry is not None and entry[2] == tag and self._unchanged(rel, entry)
 
-    def _download(self, rel: str) -> None:
-        target = self.local / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temp = temp_path(target)
+    def _download(self, rels: list[str]) -> None:
+        """Download ``rels`` concurrently (fsspec's batches), each to a temporary name renamed
+        whole: a pull cut short leaves no half file under a real name."""
+        temps = {rel: temp_path(self.local / rel) for rel in rels}
+        for temp in temps.values():
+            temp.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.fs.get_file(self.remote(rel), str(temp))
-            os.replace(temp, target)
+            if rels:
+                self.fs.get([self.remote(rel) for rel in rels], [str(temps[rel]) for rel in rels])
+            for rel in rels:
+                os.replace(temps[rel], self.local / rel)
+                self._record(rel)
         finally:
-            temp.unlink(missing_ok=True)
-        self._record(rel)
+            for temp in temps.values():
+                temp.unlink(missing_ok=True)
 
     # -- copy -> bucket ---------------------------------------------------------------------
 
@@ -152,18 +156,30 @@ class Mirror:
         in path order; returns them. An upload is one PUT (or a multipart upload completed
         last): the object appears whole or not at all."""
         with self._lock:
-            pushed = []
-            for rel in self._changed(include):
-                try:
-                    self.fs.put_file(str(self.local / rel), self.remote(rel))
-                    self._record(rel)
-                except FileNotFoundError:
-                    if (self.local / rel).exists():
-                        raise
-                    continue  # removed since it was listed (an intent once its record is written)
-                pushed.append(rel)
+            changed = self._changed(include)
+            try:
+                self._upload(changed)  # concurrently: fsspec's batches
+            except FileNotFoundError:
+                # One was removed since it was listed (an intent once its record is written):
+                # one at a time, leaving out what is gone.
+                changed = [rel for rel in changed if self._upload_one(rel)]
+            changed = [rel for rel in changed if self._record(rel)]
             self._save()
-            return pushed
+            return changed
+
+    def _upload(self, rels: list[str]) -> None:
+        if rels:
+            self.fs.put([str(self.local / rel) for rel in rels], [self.remote(rel) for rel in rels])
+
+    def _upload_one(self, rel: str) -> bool:
+        """Upload one file; False when it is gone."""
+        try:
+            self._upload([rel])
+        except FileNotFoundError:
+            if (self.local / rel).exists():
+                raise
+            return False
+        return True
 
     def changed(self, include: Callable[[str], bool] = lambda rel: True) -> list[str]:
         """The local files ``include`` selects that changed since they were last synced."""
@@ -203,9 +219,14 @@ class Mirror:
     def _save(self) -> None:
         atomic_write_text(self.index_path, json.dumps(self._loaded(), sort_keys=True), durable=False)
 
-    def _record(self, rel: str) -> None:
-        stat = (self.local / rel).stat()
-        self._loaded()[rel] = [stat.st_size, stat.st_mtime_ns, _md5(self.local / rel)]
+    def _record(self, rel: str) -> bool:
+        """Note the file as synced; False when it is gone (removed since: nothing to note)."""
+        try:
+            stat = (self.local / rel).stat()
+            self._loaded()[rel] = [stat.st_size, stat.st_mtime_ns, _md5(self.local / rel)]
+        except FileNotFoundError:
+            return False
+        return True
 
     def _unchanged(self, rel: str, entry: list) -> bool:
         try:
