@@ -30,7 +30,7 @@ from stgr_builder.executor import run
 from stgr_builder.flows.build import flow_runner
 from stgr_builder.pipeline import build, build_job
 from stgr_builder.reannotate import reannotate
-from stgr_builder.storage import Lease, remote_output
+from stgr_builder.storage import Lease, open_dataset, remote_output
 
 from helpers.s3_faults import Fault, FaultProxy
 from helpers.small_demo import small_source, write_config
@@ -240,3 +240,13 @@ def test_a_reannotation_from_the_bucket_into_the_bucket_writes_the_local_bytes(s
 
 def _flags(options: dict[str, str]) -> list[str]:
     return [part for key, value in options.items() for part in (f"--{key}", value)]
+
+
+def test_a_store_without_credentials_says_so_in_one_line(s3, monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    for name in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+        monkeypatch.setenv(name, "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no wait on an instance role's endpoint
+    with pytest.raises(StgrError, match=rf"^{s3.url('ds')}: no credentials found: set them in the environment"):
+        open_dataset(s3.url("ds"))

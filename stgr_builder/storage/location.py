@@ -11,6 +11,8 @@ False
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +59,36 @@ def filesystem(url: str, fresh: bool = False) -> tuple[AbstractFileSystem, str]:
         raise StgrError(f"{url}: the {scheme}:// filesystem is not installed{hint}") from exc
     except ValueError as exc:  # fsspec: "Protocol not known"
         raise StgrError(f"{url}: no filesystem for {scheme}:// ({exc})") from exc
+
+
+#: The errors of a store that the user fixes (credentials, endpoint), by botocore's names.
+_NO_CREDENTIALS = {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}
+_UNREACHABLE = {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError"}
+
+
+@contextmanager
+def store_errors(url: str) -> Iterator[None]:
+    """The store's errors a user fixes, as one line (``StgrError``) naming ``url``: no
+    credentials, access denied, no such bucket, an endpoint that does not answer. The message
+    never holds a credential (botocore's do not)."""
+    try:
+        yield
+    except StgrError:
+        raise
+    except PermissionError as exc:
+        raise StgrError(f"{url}: access denied ({exc}): check the credentials in the environment") from None
+    except FileNotFoundError as exc:
+        raise StgrError(f"{url}: not found ({exc}): does the bucket exist?") from None
+    except Exception as exc:
+        kind = type(exc).__name__
+        if kind in _NO_CREDENTIALS:
+            raise StgrError(
+                f"{url}: no credentials found: set them in the environment (AWS_ACCESS_KEY_ID and "
+                f"AWS_SECRET_ACCESS_KEY, or AWS_PROFILE), or run where an instance role provides them"
+            ) from None
+        if kind in _UNREACHABLE:
+            raise StgrError(f"{url}: the object store does not answer ({exc})") from None
+        raise
 
 
 @dataclass(frozen=True)

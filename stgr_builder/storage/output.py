@@ -46,7 +46,7 @@ from stgr_builder.core.layout import CACHE_DIR, MANIFEST, STAGES_DIR, record_pat
 from stgr_builder.errors import StgrError
 from stgr_builder.models import Manifest
 from stgr_builder.storage.lease import Lease
-from stgr_builder.storage.location import is_url
+from stgr_builder.storage.location import is_url, store_errors
 from stgr_builder.storage.mirror import Mirror
 
 
@@ -224,7 +224,8 @@ class RemoteOutput:
 def remote_output(url: str) -> Iterator[RemoteOutput]:
     """Hold ``url`` (its lease, renewed while the block runs) with a staging copy made what
     the bucket holds; the lease is released on the way out, however the block ends."""
-    lease = Lease(url).acquire()
+    with store_errors(url):
+        lease = Lease(url).acquire()
     try:
         mirror = Mirror(url, staging_root(url) / "ds")
         mirror.pull()
@@ -243,10 +244,11 @@ def open_dataset(location: str | Path, with_stages: bool = False) -> Path:
         return Path(location)
     url = str(location).rstrip("/")
     mirror = Mirror(url, staging_root(url) / "read", staging_root(url) / "read-objects.json")
-    try:
-        manifest = Manifest.model_validate_json(mirror.fs.cat_file(mirror.remote(MANIFEST)))
-    except FileNotFoundError:
-        raise StgrError(f"no {MANIFEST} in {url}: not a finished build (run `stgr build` to finish it)") from None
+    with store_errors(url):
+        try:
+            manifest = Manifest.model_validate_json(mirror.fs.cat_file(mirror.remote(MANIFEST)))
+        except FileNotFoundError:
+            raise StgrError(f"no {MANIFEST} in {url}: not a finished build (run `stgr build` to finish it)") from None
     listed = {shard.path for shard in manifest.shards}
 
     def committed(rel: str) -> bool:
@@ -254,5 +256,6 @@ def open_dataset(location: str | Path, with_stages: bool = False) -> Path:
             return with_stages and rel.startswith(f"{STAGES_DIR.as_posix()}/")
         return rel in listed or not (_in_dataset(rel) and rel.endswith(".parquet"))
 
-    mirror.pull(committed)
+    with store_errors(url):
+        mirror.pull(committed)
     return mirror.local
