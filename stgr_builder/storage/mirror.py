@@ -152,20 +152,23 @@ class Mirror:
     # -- copy -> bucket ---------------------------------------------------------------------
 
     def push(self, include: Callable[[str], bool]) -> list[str]:
-        """Upload the local files ``include`` selects that changed since they were last synced,
-        in path order; returns them. An upload is one PUT (or a multipart upload completed
-        last): the object appears whole or not at all."""
+        """Upload the local files ``include`` selects that changed since they were last synced
+        (concurrently: a caller orders commits by separate pushes); returns them. An upload is
+        one PUT (or a multipart upload completed last): the object appears whole or not at all.
+
+        Each file's size, mtime and MD5 are noted before its upload: a file rewritten meanwhile
+        no longer matches them, so the next push uploads it again, never leaving it stale."""
         with self._lock:
-            changed = self._changed(include)
+            noted = {rel: entry for rel in self._changed(include) if (entry := self._fingerprint(rel))}
             try:
-                self._upload(changed)  # concurrently: fsspec's batches
+                self._upload(list(noted))  # concurrently: fsspec's batches
             except FileNotFoundError:
                 # One was removed since it was listed (an intent once its record is written):
                 # one at a time, leaving out what is gone.
-                changed = [rel for rel in changed if self._upload_one(rel)]
-            changed = [rel for rel in changed if self._record(rel)]
+                noted = {rel: entry for rel, entry in noted.items() if self._upload_one(rel)}
+            self._loaded().update(noted)
             self._save()
-            return changed
+            return list(noted)
 
     def _upload(self, rels: list[str]) -> None:
         if rels:
@@ -219,14 +222,19 @@ class Mirror:
     def _save(self) -> None:
         atomic_write_text(self.index_path, json.dumps(self._loaded(), sort_keys=True), durable=False)
 
-    def _record(self, rel: str) -> bool:
-        """Note the file as synced; False when it is gone (removed since: nothing to note)."""
+    def _fingerprint(self, rel: str) -> list | None:
+        """[size, mtime, MD5] of a local file; None when it is gone."""
         try:
             stat = (self.local / rel).stat()
-            self._loaded()[rel] = [stat.st_size, stat.st_mtime_ns, _md5(self.local / rel)]
+            return [stat.st_size, stat.st_mtime_ns, _md5(self.local / rel)]
         except FileNotFoundError:
-            return False
-        return True
+            return None
+
+    def _record(self, rel: str) -> None:
+        """Note a file just downloaded as synced."""
+        entry = self._fingerprint(rel)
+        if entry is not None:
+            self._loaded()[rel] = entry
 
     def _unchanged(self, rel: str, entry: list) -> bool:
         try:
