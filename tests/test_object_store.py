@@ -89,6 +89,14 @@ def test_a_bucket_build_writes_the_local_bytes_and_audit_reads_them(s3, referenc
     counts = json.loads((local / "manifest.json").read_text())["counts"]
     assert json.loads(s3.fs.cat_file(f"{s3.bucket}/ds/manifest.json"))["counts"] == counts
 
+    # A shard object that is not the one the manifest names (a writer replacing it) is never read.
+    shard = f"{s3.bucket}/ds/stgr_cot/part-00001.parquet"
+    committed = s3.fs.cat_file(shard)
+    s3.fs.pipe_file(shard, s3.fs.cat_file(f"{s3.bucket}/ds/stgr_cot/part-00002.parquet"))
+    with pytest.raises(StgrError, match="kept changing while it was read"):
+        open_dataset(s3.url("ds"))
+    s3.fs.pipe_file(shard, committed)
+
     from_bucket = runner.invoke(app, ["audit", s3.url("ds"), "--brief"], catch_exceptions=False)
     from_disk = runner.invoke(app, ["audit", str(local), "--brief"], catch_exceptions=False)
     assert from_bucket.exit_code == 0, from_bucket.output

@@ -35,6 +35,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from stgr_builder.core.arrow import DATASETS
+from stgr_builder.core.hashing import sha256_file
 from stgr_builder.core.layout import CACHE_DIR, MANIFEST, STAGES_DIR, record_path
 from stgr_builder.errors import StgrError
 from stgr_builder.models import Manifest
@@ -239,23 +241,40 @@ def open_dataset(location: str | Path, with_stages: bool = False) -> Path:
     its read copy (what its manifest lists, its key frames and records; ``with_stages``: the
     stage store too, for a re-annotation that reuses its parent's frames and detections).
 
-    Raises ``StgrError`` when the URL holds no manifest (not a finished build)."""
+    The copy is checked against the manifest read first: the same manifest after the copy, and
+    each shard file downloaded with the manifest's sha256; a build rewriting the dataset
+    meanwhile is waited out (three tries), then ``StgrError``. So is a URL holding no manifest
+    (not a finished build)."""
     if not is_url(location):
         return Path(location)
     url = str(location).rstrip("/")
     mirror = Mirror(url, staging_root(url) / "read", staging_root(url) / "read-objects.json")
-    with store_errors(url):
-        try:
-            manifest = Manifest.model_validate_json(mirror.fs.cat_file(mirror.remote(MANIFEST)))
-        except FileNotFoundError:
-            raise StgrError(f"no {MANIFEST} in {url}: not a finished build (run `stgr build` to finish it)") from None
-    listed = {shard.path for shard in manifest.shards}
+    for attempt in range(3):
+        with store_errors(url):
+            if _read_copy(mirror, with_stages):
+                return mirror.local
+        time.sleep(0.5 * (attempt + 1))
+    raise StgrError(f"{url} kept changing while it was read (a build is writing it): run the command once it is done")
+
+
+def _read_copy(mirror: Mirror, with_stages: bool) -> bool:
+    """Pull the committed dataset into ``mirror``; whether the copy matches its manifest."""
+    try:
+        text = mirror.fs.cat_file(mirror.remote(MANIFEST))
+    except FileNotFoundError:
+        raise StgrError(
+            f"no {MANIFEST} in {mirror.url}: not a finished build (run `stgr build` to finish it)"
+        ) from None
+    listed = {shard.path: shard.sha256 for shard in Manifest.model_validate_json(text).shards}
 
     def committed(rel: str) -> bool:
         if rel.startswith(f"{CACHE_DIR.as_posix()}/"):
             return with_stages and rel.startswith(f"{STAGES_DIR.as_posix()}/")
         return rel in listed or not (_in_dataset(rel) and rel.endswith(".parquet"))
 
-    with store_errors(url):
-        mirror.pull(committed)
-    return mirror.local
+    fetched = set(mirror.pull(committed))
+    wrong = [rel for rel, sha in listed.items() if rel in fetched and sha256_file(mirror.local / rel) != sha]
+    for rel in wrong:  # a newer file than the manifest: fetched again on the next try
+        (mirror.local / rel).unlink()
+    copied = mirror.local / MANIFEST
+    return not wrong and copied.is_file() and copied.read_bytes() == text
