@@ -133,6 +133,21 @@ def test_a_killed_build_resumes_from_the_bucket_alone_to_the_same_bytes(s3, refe
     assert_committed_exactly(s3, "ds", local)
 
 
+def test_a_build_stopped_by_sigterm_frees_its_prefix_at_once(s3, reference):
+    """`stgr build --out s3://...` stopped by SIGTERM exits 143 and removes its lease, so a
+    successor on any machine starts at once (not after the lease expires)."""
+    config, _ = reference
+    command = [sys.executable, "-m", "stgr_builder.cli", "build", str(config), "--out", s3.url("ds")]
+    proc = subprocess.Popen(command, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not s3.fs.glob(f"{s3.bucket}/ds/.stgr-lock/*"):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and "stopped by SIGTERM" in err.decode(), err.decode()[-2000:]
+    assert not s3.fs.glob(f"{s3.bucket}/ds/.stgr-lock/*")
+
+
 def test_two_builds_racing_for_one_prefix_one_refuses(s3, reference):
     config, local = reference
     # The lease itself: of builds creating it at the same instant, exactly one holds it.

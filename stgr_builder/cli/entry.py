@@ -64,6 +64,9 @@ def _on_signal(signum: int) -> None:
     for stop, watcher in session.bar:
         stop.set()
         watcher.join(1.0)
+    leases = sys.modules.get("stgr_builder.storage.lease")
+    if leases is not None:  # a build on a bucket: free its prefix (os._exit runs no finally)
+        leases.release_held()
     try:
         line = _stopped_line(signum)
     except Exception:  # noqa: BLE001 - the folder half-written: the line without the counts

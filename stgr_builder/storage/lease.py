@@ -87,6 +87,27 @@ def describe(holder: dict[str, Any]) -> str:
     )
 
 
+#: The leases this process holds: a signal ends the process with ``os._exit`` (``stopping.py``),
+#: which runs no ``finally``; the CLI releases them first (``release_held``).
+_HELD: set[Lease] = set()
+_HELD_LOCK = threading.Lock()
+
+
+def release_held(timeout_s: float = 2.0) -> None:
+    """Release this process's leases, waiting at most ``timeout_s`` for the store: a build
+    stopped by a signal frees its prefix for a successor on any machine at once."""
+
+    def release_all() -> None:
+        with _HELD_LOCK:
+            leases = list(_HELD)
+        for lease in leases:
+            lease.release()
+
+    worker = threading.Thread(target=release_all, name="stgr-lease-release", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+
+
 class Lease:
     """The lease on ``url`` of one build (``owner``), held from ``acquire`` to ``release``."""
 
@@ -171,6 +192,8 @@ class Lease:
                 if older < generation:
                     self._remove(older)
             self._start_heartbeat()
+            with _HELD_LOCK:
+                _HELD.add(self)
             return self
         raise StgrError(f"{self.url}: the lock is changing hands too fast to take; run the command again")
 
@@ -199,6 +222,8 @@ class Lease:
         if self.generation is not None:
             self._remove(self.generation)
             self.generation = None
+        with _HELD_LOCK:
+            _HELD.discard(self)
 
     def _remove(self, generation: int) -> None:
         try:
