@@ -32,6 +32,8 @@ from stgr_builder.core.cache import BoundedCache, approx_size
 from stgr_builder.core.hashing import media_fingerprint
 from stgr_builder.core.ledger import update_json
 from stgr_builder.errors import warn
+from stgr_builder.storage.location import is_url
+from stgr_builder.storage.media import remote_fingerprint
 
 if TYPE_CHECKING:  # distributed loads only where Dask runs
     from distributed import Worker
@@ -160,10 +162,14 @@ class Resources:
                 budget = self._budgets[run] = Budget(max_requests, max_tokens, ledger)
             return budget
 
-    def media_fingerprint(self, path: Path) -> str:
+    def media_fingerprint(self, path: Path | str) -> str:
         """``core.hashing.media_fingerprint`` of a media file, remembered in this process (a
-        file rewritten in place gets a new ctime, so it is read again). Raises ``OSError``."""
-        return media_fingerprint(path, self.memo("media-fingerprints", 4 << 20))
+        file rewritten in place gets a new ctime, so it is read again); of an object in a bucket
+        (a URL), the same value from range reads (``storage.media``). Raises ``OSError``."""
+        memo = self.memo("media-fingerprints", 4 << 20)
+        if is_url(path):
+            return remote_fingerprint(str(path), memo)
+        return media_fingerprint(Path(path), memo)
 
     def memo_bytes_used(self) -> dict[str, int]:
         """Bytes held by each memo (benchmarks and tests)."""
