@@ -33,7 +33,7 @@ from stgr_builder.core.hashing import media_fingerprint
 from stgr_builder.core.ledger import update_json
 from stgr_builder.errors import warn
 from stgr_builder.storage.location import is_url
-from stgr_builder.storage.media import remote_fingerprint
+from stgr_builder.storage.media import cached_stat, remote_fingerprint
 
 if TYPE_CHECKING:  # distributed loads only where Dask runs
     from distributed import Worker
@@ -162,14 +162,20 @@ class Resources:
                 budget = self._budgets[run] = Budget(max_requests, max_tokens, ledger)
             return budget
 
-    def media_fingerprint(self, path: Path | str) -> str:
+    def media_fingerprint(self, path: Path | str, local_copy: Path | None = None) -> str:
         """``core.hashing.media_fingerprint`` of a media file, remembered in this process (a
         file rewritten in place gets a new ctime, so it is read again); of an object in a bucket
-        (a URL), the same value from range reads (``storage.media``). Raises ``OSError``."""
+        (a URL), the same value from range reads or from ``local_copy``, its copy in the local
+        cache (``storage.media``). Raises ``OSError``."""
         memo = self.memo("media-fingerprints", 4 << 20)
         if is_url(path):
-            return remote_fingerprint(str(path), memo)
+            return remote_fingerprint(str(path), memo, local_copy)
         return media_fingerprint(Path(path), memo)
+
+    def remote_stat(self, url: str) -> tuple[int, str]:
+        """(size, version) of an object in a bucket, asked at most every few minutes by this
+        process (``storage.media.cached_stat``). Raises ``OSError``."""
+        return cached_stat(url, self.memo("media-fingerprints", 4 << 20))
 
     def memo_bytes_used(self) -> dict[str, int]:
         """Bytes held by each memo (benchmarks and tests)."""

@@ -51,9 +51,9 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
-from stgr_builder.core.hashing import fingerprint_of
+from stgr_builder.core.hashing import fingerprint_of, media_fingerprint
 from stgr_builder.errors import StgrError
 from stgr_builder.storage.location import filesystem, is_url
 
@@ -66,6 +66,8 @@ DEFAULT_LOCAL_MAX_BYTES = 20 << 30
 #: How long a copy waits for room while every other copy is being read, before the build stops
 #: with an error naming ``cache.local_max_bytes``.
 ROOM_WAIT_S = 600.0
+#: Seconds a process trusts the size and version it read of an object (``remote_fingerprint``).
+STAT_TTL_S = 300.0
 _COPY_CHUNK = 4 << 20
 _LOCK_NAME = ".lock"
 
@@ -99,15 +101,33 @@ def remote_stat(url: str) -> tuple[int, str]:
     return int(info.get("size") or 0), version
 
 
-def remote_fingerprint(url: str, memo: BoundedCache[str] | None = None) -> str:
-    """``core.hashing.media_fingerprint`` of an object, from one ``HEAD`` and range requests
-    (the same value as for the same bytes on a local disk). Raises ``OSError``."""
+def cached_stat(url: str, memo: BoundedCache[Any] | None = None) -> tuple[int, str]:
+    """``remote_stat``, asked again only after ``STAT_TTL_S`` when a ``memo`` keeps it: every
+    sample's key needs its media's fingerprint, and a video has many samples (one ``HEAD`` each
+    is minutes over 100,000 samples)."""
+    now = time.monotonic()
+    known = memo.get(("remote-stat", url)) if memo is not None else None
+    if known is not None and now - known[2] <= STAT_TTL_S:
+        return known[0], known[1]
     size, version = remote_stat(url)
+    if memo is not None:
+        memo.put(("remote-stat", url), (size, version, now))
+    return size, version
+
+
+def remote_fingerprint(url: str, memo: BoundedCache[Any] | None = None, local_copy: Path | None = None) -> str:
+    """``core.hashing.media_fingerprint`` of an object, from one ``HEAD`` and range requests
+    (the same value as for the same bytes on a local disk), or from ``local_copy`` (its copy in
+    the local cache: no request). Raises ``OSError``."""
+    size, version = cached_stat(url, memo)
     stamp = ("remote", url, size, version)
     if memo is not None and (known := memo.get(stamp)) is not None:
         return known
-    fs, path = filesystem(url)
-    found = fingerprint_of(size, lambda start, end: fs.cat_file(path, start=start, end=end))
+    if local_copy is not None and local_copy.stat().st_size == size:
+        found = media_fingerprint(local_copy)
+    else:
+        fs, path = filesystem(url)
+        found = fingerprint_of(size, lambda start, end: fs.cat_file(path, start=start, end=end))
     if memo is not None:
         memo.put(stamp, found)
     return found
@@ -158,9 +178,10 @@ class LocalCache:
         self._count_lock = threading.Lock()
 
     @contextlib.contextmanager
-    def lease(self, url: str) -> Iterator[Path]:
-        """A local copy of ``url``, kept while the ``with`` block reads it."""
-        size, version = remote_stat(url)
+    def lease(self, url: str, stat: tuple[int, str] | None = None) -> Iterator[Path]:
+        """A local copy of ``url``, kept while the ``with`` block reads it. ``stat``: its size
+        and version when the caller knows them (``cached_stat``), else asked."""
+        size, version = stat if stat is not None else remote_stat(url)
         if size > self.max_bytes:
             raise StgrError(
                 f"{url}: {size} bytes do not fit the local media cache (cache.local_max_bytes: {self.max_bytes})"
@@ -212,8 +233,12 @@ class LocalCache:
 
     def _download(self, url: str, part: Path, size: int) -> None:
         fs, rpath = filesystem(url)
-        # The .part was made ``size`` bytes long when room was reserved; written in place.
-        with fs.open(rpath, "rb", block_size=_COPY_CHUNK) as source, open(part, "r+b") as target:
+        # The .part was made ``size`` bytes long when room was reserved; written in place. The
+        # size given spares the filesystem its own HEAD; each read is one ranged GET.
+        with (
+            fs.open(rpath, "rb", block_size=_COPY_CHUNK, size=size, cache_type="none") as source,
+            open(part, "r+b") as target,
+        ):
             shutil.copyfileobj(source, target, _COPY_CHUNK)
             written = target.tell()
         if written != size:
@@ -319,12 +344,13 @@ class MediaFiles:
         return self._cache
 
     @contextlib.contextmanager
-    def local(self, location: str | Path) -> Iterator[Path]:
-        """A local path to read ``location`` from while the block runs."""
+    def local(self, location: str | Path, stat: tuple[int, str] | None = None) -> Iterator[Path]:
+        """A local path to read ``location`` from while the block runs (``stat``: see
+        ``LocalCache.lease``)."""
         if not is_url(location):
             yield Path(location)
             return
-        with self.cache.lease(str(location)) as path:
+        with self.cache.lease(str(location), stat) as path:
             yield path
 
     def __getstate__(self) -> dict:

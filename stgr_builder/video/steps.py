@@ -19,8 +19,10 @@ are dealt into many shards) and the frames already decoded into the same store.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from stgr_builder.core.cache import BoundedCache
@@ -109,35 +111,54 @@ class ProbeStep(Step):
         if cached is None:
             self.videos_opened += 1  # distinct videos this step probed (file or process memo)
             try:
-                memo_key: tuple | None = ("probe", self.resources.media_fingerprint(path))
-            except OSError:
-                memo_key = None
-            # Samples of one video are dealt into many shards: probe the file once per process
-            # (the same content gives the same VideoInfo); failures are not kept.
-            cached = self._memo.get(memo_key) if memo_key is not None else None
-            if cached is None:
-                try:
-                    cached = self._probe_file(path, rel_path)
-                    if memo_key is not None:
-                        self._memo.put(memo_key, cached)
-                except SampleError as err:
-                    cached = err
+                cached = self._probe_remote(path, rel_path) if is_url(path) else self._probe_local(path, rel_path)
+            except SampleError as err:
+                cached = err
             self._seen.put(key, cached)
         if isinstance(cached, SampleError):
             raise SampleError(cached.code, cached.message)
         # The same file may be reached through another media_root / relative path.
         return cached if cached.path == rel_path else cached.model_copy(update={"path": rel_path})
 
-    def _probe_file(self, location: str, rel_path: str) -> VideoInfo:
-        """``probe_video`` of a local file, or of the local copy of one in a bucket."""
-        if not is_url(location):
-            return probe_video(Path(location), rel_path)
-        check_location(location)
-        with self.media.local(location) as path:
-            try:
-                return probe_video(path, rel_path)
-            except SampleError as err:  # named by its URL, not by the cache's copy
-                raise SampleError(err.code, err.message.replace(str(path), location)) from err
+    def _probe_local(self, path: str, rel_path: str) -> VideoInfo:
+        try:
+            memo_key: tuple | None = ("probe", self.resources.media_fingerprint(path))
+        except OSError:
+            memo_key = None
+        # Samples of one video are dealt into many shards: probe the file once per process
+        # (the same content gives the same VideoInfo); failures are not kept.
+        cached = self._memo.get(memo_key) if memo_key is not None else None
+        if cached is None:
+            cached = probe_video(Path(path), rel_path)
+            if memo_key is not None:
+                self._memo.put(memo_key, cached)
+        return cached
+
+    def _probe_remote(self, location: str, rel_path: str) -> VideoInfo:
+        """The probe of the local copy of an object (the process's memo as for a local file):
+        its size and version from one ``HEAD`` (remembered a while), its bytes from one ``GET``
+        into the local cache, its fingerprint from the copy."""
+        try:
+            stat = self.resources.remote_stat(location)
+        except FileNotFoundError as exc:
+            raise SampleError(RejectCode.MEDIA_MISSING, f"{location}: no such object") from exc
+        except OSError as exc:
+            raise SampleError(RejectCode.MEDIA_MISSING, f"{location}: cannot stat ({exc})") from exc
+        if stat[0] == 0:
+            raise SampleError(RejectCode.MEDIA_EMPTY, f"{location}: object is empty (0 bytes)")
+        try:
+            with self.media.local(location, stat) as path:
+                memo_key = ("probe", self.resources.media_fingerprint(location, local_copy=path))
+                cached = self._memo.get(memo_key)
+                if cached is None:
+                    try:
+                        cached = probe_video(path, rel_path)
+                    except SampleError as err:  # named by its URL, not by the cache's copy
+                        raise SampleError(err.code, err.message.replace(str(path), location)) from err
+                    self._memo.put(memo_key, cached)
+                return cached
+        except OSError as exc:
+            raise SampleError(RejectCode.MEDIA_MISSING, f"{location}: cannot read ({exc})") from exc
 
 
 class SampleStep(Step):
@@ -274,12 +295,26 @@ class SampleStep(Step):
                     frames[idx] = known
         todo = [idx for idx in wanted if idx not in frames]
         if todo:
-            with self.media.local(location) as path:  # a bucket's video: held while it decodes
+            with self._readable(location) as path:  # a bucket's video: its copy held while it decodes
                 self._decode_frames(decoder.iter_frames(path, info, todo), frames, memo_base)
         missing = sorted(set(wanted) - frames.keys())
         if missing:
             raise SampleError(RejectCode.DECODE_FAILED, f"{location}: frames {missing[:5]} were not decoded")
         return frames
+
+    @contextlib.contextmanager
+    def _readable(self, location: str) -> Iterator[Path]:
+        """A local path of ``location``; an object that cannot be copied is rejected, while an
+        error of the block itself (a store write on a full disk) still stops the build."""
+        if not is_url(location):
+            yield Path(location)
+            return
+        with contextlib.ExitStack() as stack:
+            try:
+                path = stack.enter_context(self.media.local(location, self.resources.remote_stat(location)))
+            except OSError as exc:
+                raise SampleError(RejectCode.MEDIA_MISSING, f"{location}: cannot read ({exc})") from exc
+            yield path
 
     def _decode_frames(self, decoded, frames: dict[int, Frame], memo_base: tuple | None) -> None:
         """Store each decoded frame and remember it in ``frames`` (and the process's memo)."""
