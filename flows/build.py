@@ -132,9 +132,30 @@ def ray_task_runner(sharding: ShardingConfig):
         raise StgrError("sharding.runner: ray needs the ray extra: pip install 'stgr-builder[ray]'") from exc
     # Ray reads this when it starts (usage statistics are otherwise sent to anyscale.com).
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    runtime_env = {"env_vars": {"PREFECT_API_URL": prefect_api_url()}}
     if sharding.ray_address:
-        return RayTaskRunner(address=sharding.ray_address, init_kwargs={"log_to_driver": False})
-    return RayTaskRunner(init_kwargs={**RAY_LOCAL_INIT, "num_cpus": sharding.workers})
+        return RayTaskRunner(
+            address=sharding.ray_address, init_kwargs={"log_to_driver": False, "runtime_env": runtime_env}
+        )
+    return RayTaskRunner(init_kwargs={**RAY_LOCAL_INIT, "num_cpus": sharding.workers, "runtime_env": runtime_env})
+
+
+def prefect_api_url() -> str:
+    """The Prefect API this command reports to: ``PREFECT_API_URL``, or the temporary server
+    Prefect runs inside the command (started here). A Ray worker is told it: without it each
+    worker process started a temporary server of its own (a database each; on a loaded machine
+    they timed out starting). A cluster's workers must reach it: on a Ray cluster
+    (``sharding.ray_address``) set ``PREFECT_API_URL`` to a server they reach."""
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    if api:
+        return api
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the one instance this process's Prefect client uses
+    server.start()
+    return server.api_url
 
 
 def flow_runner(job: Job, resources: Resources) -> Manifest:

@@ -241,3 +241,44 @@ def test_a_missing_bucket_media_root_is_a_config_error(s3, bucket_source, tmp_pa
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(StgrError, match="media_root is not a folder: s3://"):
         build(path, tmp_path / "out")
+
+
+_LEASER = """
+import sys, threading, time
+from pathlib import Path
+from stgr_builder.storage.media import LocalCache
+root, bound, urls = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+cache, seen = LocalCache(Path(root), max_bytes=bound), []
+def read(offset):
+    for k in range(6):
+        url = urls[(offset + k) % len(urls)]
+        with cache.lease(url) as path:
+            time.sleep(0.01)
+            data = path.read_bytes()
+            assert data == bytes([int(url.rsplit("/", 1)[1].split(".")[0])]) * len(data), url
+            seen.append(cache.bytes_used())
+threads = [threading.Thread(target=read, args=(k,)) for k in range(2)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(max(seen), cache.downloads)
+"""
+
+
+def test_processes_share_the_local_cache_within_its_bound(s3, tmp_path):
+    """Two processes of two readers each, one cache folder: the bound holds across them."""
+    import subprocess
+    import sys
+
+    urls = []
+    for k in range(5):
+        s3.fs.pipe_file(f"{s3.bucket}/p/{k}.bin", bytes([k]) * (50_000 + k))
+        urls.append(s3.url(f"p/{k}.bin"))
+    bound = 3 * 50_010
+    command = [sys.executable, "-c", _LEASER, str(tmp_path / "shared"), str(bound), *urls]
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outputs = [run.communicate(timeout=60) for run in runs]
+    assert all(run.returncode == 0 for run in runs), [err.decode()[-800:] for _, err in outputs]
+    for out, _ in outputs:
+        most, downloads = map(int, out.split())
+        assert 0 < most <= bound and downloads >= 1
+    assert LocalCache(tmp_path / "shared", bound).bytes_used() <= bound

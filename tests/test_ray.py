@@ -50,6 +50,8 @@ def test_the_config_picks_the_ray_runner():
     local = task_runner(ShardingConfig(runner="ray", workers=3))
     assert isinstance(local, RayTaskRunner) and local.address is None
     assert local.init_kwargs["num_cpus"] == 3 and local.init_kwargs["include_dashboard"] is False
+    # Ray's workers report to this command's Prefect server (not one each of their own).
+    assert local.init_kwargs["runtime_env"]["env_vars"]["PREFECT_API_URL"].startswith("http://127.0.0.1:")
     remote = task_runner(ShardingConfig(runner="ray", ray_address="ray://10.0.0.1:10001"))
     assert remote.address == "ray://10.0.0.1:10001" and "num_cpus" not in remote.init_kwargs
 
