@@ -154,6 +154,7 @@ def test_the_plan_lists_each_folder_once(s3, counted, bucket_source, tmp_path):
     assert only.missing_media[0].examples == ["videos/v001.mp4"]
 
 
+@pytest.mark.slow
 def test_a_bucket_build_gives_the_local_shards_within_the_cache_bound(s3, bucket_source, tmp_path, tmp_path_factory):
     _, reference = small_build(tmp_path_factory)
     source, sizes = bucket_source
@@ -188,6 +189,7 @@ def test_a_bucket_build_gives_the_local_shards_within_the_cache_bound(s3, bucket
     assert not any(p.name.endswith(".part") for p in cache_dir.iterdir())
 
 
+@pytest.mark.slow
 def test_a_bucket_build_resumes_a_local_runs_dataset(s3, bucket_source, tmp_path, tmp_path_factory):
     """The stage keys hold the media's content fingerprint, not where it lives: a build from the
     bucket over a local run's dataset finds every shard current and rewrites none."""
