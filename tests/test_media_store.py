@@ -9,8 +9,10 @@ import hashlib
 import http.client
 import json
 import shutil
+import socket
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -64,12 +66,21 @@ def bucket_source(s3, tmp_path_factory):
     return source, sizes
 
 
+_SLOW_DOWN = (
+    b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
+    b"<Message>Reduce your request rate.</Message></Error>"
+)
+
+
 class CountingProxy:
     """An HTTP proxy on 127.0.0.1 in front of the S3 server that counts the body bytes it
-    returns (what the client really downloaded)."""
+    returns (what the client really downloaded). ``fault(method, path, range)`` may answer a request
+    with a fault instead: ``"slowdown"`` (503 SlowDown, as S3 throttles) or ``"cut"`` (the
+    headers and half the body, then the connection dropped)."""
 
     def __init__(self, upstream: str):
         self.upstream = urlsplit(upstream)
+        self.fault: Callable[[str, str, str], str | None] = lambda method, path, range_: None
         self.bytes = 0
         self.requests: list[tuple[str, str, int]] = []
         self._lock = threading.Lock()
@@ -81,6 +92,14 @@ class CountingProxy:
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                fault = proxy.fault(self.command, self.path, self.headers.get("Range", ""))
+                if fault == "slowdown":
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(_SLOW_DOWN)))
+                    self.end_headers()
+                    self.wfile.write(_SLOW_DOWN)
+                    return
                 conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=10)
                 conn.request(self.command, self.path, body=body, headers=dict(self.headers))
                 reply = conn.getresponse()
@@ -98,7 +117,12 @@ class CountingProxy:
                     str(len(data)) if self.command != "HEAD" else reply.getheader("Content-Length", "0"),
                 )
                 self.end_headers()
-                if self.command != "HEAD":
+                if fault == "cut":
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+                elif self.command != "HEAD":
                     self.wfile.write(data)
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
@@ -284,3 +308,29 @@ def test_processes_share_the_local_cache_within_its_bound(s3, tmp_path):
         most, downloads = map(int, out.split())
         assert 0 < most <= bound and downloads >= 1
     assert LocalCache(tmp_path / "shared", bound).bytes_used() <= bound
+
+
+@pytest.mark.slow
+def test_throttling_and_dropped_downloads_are_retried_to_the_same_rows(
+    s3, bucket_source, counted, tmp_path, tmp_path_factory
+):
+    """The first try of each read of a video (its fingerprint's range, its download into the
+    local cache) is answered 503 SlowDown, the second is cut mid-body: the build retries them
+    and gives the local rows (no sample is rejected for a transient fault)."""
+    _, reference = small_build(tmp_path_factory)
+    source, _ = bucket_source
+    seen: dict[tuple[str, str], int] = {}
+    lock = threading.Lock()
+
+    def fault(method: str, path: str, range_: str) -> str | None:
+        if method != "GET" or ".mp4" not in path:
+            return None
+        with lock:
+            seen[path, range_] = seen.get((path, range_), 0) + 1
+            return {1: "slowdown", 2: "cut"}.get(seen[path, range_])
+
+    counted.fault = fault
+    build(_bucket_config(s3, source, tmp_path), tmp_path / "out")
+    # Two reads of each video (fingerprint, download), each tried again after both faults.
+    assert len(seen) >= 4 and min(seen.values()) >= 3, seen
+    assert _digests(tmp_path / "out") == _digests(reference)
