@@ -219,6 +219,8 @@ def _remote_is(url: str, kind: str) -> bool:
         return fs.isfile(path) if kind == "file" else fs.isdir(path)
     except (FileNotFoundError, PermissionError):
         return False
+    except OSError as exc:  # the store does not answer: say so in one line
+        raise StgrError(f"{url}: cannot reach the store ({exc})") from exc
 
 
 def check_sources(config: BuildConfig, config_dir: Path) -> None:
