@@ -56,6 +56,31 @@ def test_the_config_picks_the_ray_runner():
     assert remote.address == "ray://10.0.0.1:10001" and "num_cpus" not in remote.init_kwargs
 
 
+def test_a_ray_worker_keeps_one_resources_per_build():
+    """Tasks of one build on one Ray worker process get the same ``Resources`` (models load once
+    per worker, as on Dask); another build's token gets its own."""
+    import ray
+
+    from stgr_builder.core.resources import Resources
+
+    @ray.remote
+    def remembered(resources: Resources, put: bool) -> int | None:
+        memo = resources.memo("test")
+        if put:
+            memo.put("pid", os.getpid())
+        return memo.get("pid")
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, object_store_memory=80 << 20)
+    try:
+        one, other = Resources(), Resources()
+        first = ray.get(remembered.remote(one, True))
+        again, new = ray.get([remembered.remote(one, False), remembered.remote(other, False)])
+    finally:
+        ray.shutdown()
+    assert first is not None and again == first  # the second task saw what the first kept
+    assert new is None
+
+
 def test_a_local_ray_build_writes_the_thread_runner_rows(tmp_path_factory, tmp_path):
     import ray
 

@@ -21,6 +21,7 @@ per task.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Hashable
@@ -191,9 +192,9 @@ class Resources:
 
 
 def worker_resources(token: str, memo_bytes: int = DEFAULT_MEMO_BYTES) -> Resources:
-    """The ``Resources`` of build ``token`` in this Dask worker process (made on first use),
-    or a new one outside a Dask worker."""
-    worker = _this_worker()
+    """The ``Resources`` of build ``token`` in this Dask or Ray worker process (made on first
+    use, kept on the worker object), or a new one outside a worker."""
+    worker = _this_worker() or _this_ray_worker()
     if worker is None:
         return Resources(token, memo_bytes)
     with _ATTACH_LOCK:
@@ -216,6 +217,16 @@ def _this_worker() -> Worker | None:
     except ValueError:
         workers = list(Worker._instances)
         return workers[0] if len(workers) == 1 else None
+
+
+def _this_ray_worker() -> Any:
+    """The Ray worker object of this process when it is a Ray worker (not the driver), else
+    None. Ray reuses its worker processes for many tasks, as Dask does."""
+    ray = sys.modules.get("ray")  # never imported here: only a process that runs Ray has it
+    if ray is None or not ray.is_initialized():
+        return None
+    worker = getattr(ray.get_runtime_context(), "worker", None)
+    return worker if getattr(worker, "mode", None) == ray.WORKER_MODE else None
 
 
 _ATTACH_LOCK = threading.Lock()  # guards the Worker attribute above; holds no state itself
