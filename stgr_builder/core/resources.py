@@ -12,10 +12,10 @@ built; nothing of it lives in a module global.
 >>> memo = resources.memo("detect", max_bytes=64 << 20)
 
 Lifetime: the flow makes one per build and hands it to every shard task. With the thread
-runner the tasks share that object. A Dask worker cannot share memory with the client, so a
-pickled ``Resources`` comes back, in each worker process, as that worker's own instance for the
-same build (kept on the ``distributed.Worker`` object): models load once per worker, not once
-per task.
+runner the tasks share that object. A Dask or Ray worker cannot share memory with the client,
+so a pickled ``Resources`` comes back, in each worker process, as that worker's own instance for
+the same build (kept on the ``distributed.Worker`` object, or on Ray's worker object): models
+load once per worker, not once per task.
 """
 
 from __future__ import annotations
