@@ -5,8 +5,10 @@ Thin by design: ``flow_runner`` is a runner of ``executor.run`` (the one entry),
 calls one method of a job of the shard executor (``stgr_builder/executor.py``):
 ``pipeline.BuildJob`` for ``stgr build``, ``reannotate.ReannotateJob`` for ``stgr reannotate``.
 The task runner decides where shards run: ``sharding.runner: thread`` (a bounded pool in this
-process) or ``dask`` (prefect-dask's ``DaskTaskRunner``: the cluster at ``sharding.dask_address``,
-or a LocalCluster of ``sharding.workers`` processes). Both write the same rows.
+process), ``dask`` (prefect-dask's ``DaskTaskRunner``: the cluster at ``sharding.dask_address``,
+or a LocalCluster of ``sharding.workers`` processes) or ``ray`` (prefect-ray's ``RayTaskRunner``:
+the cluster at ``sharding.ray_address``, or a Ray of ``sharding.workers`` CPUs started here and
+stopped with the flow). All write the same rows.
 
 ``executor.run`` makes one ``Resources`` (loaded models with their locks, bounded memos, the run's LLM
 budget) and hands it to every shard task: threads share it; each Dask worker process gets its
@@ -87,6 +89,8 @@ def task_runner(sharding: ShardingConfig):
     """
     if sharding.runner == "thread":
         return ThreadPoolTaskRunner(max_workers=sharding.workers)
+    if sharding.runner == "ray":
+        return ray_task_runner(sharding)
     try:
         from prefect_dask import DaskTaskRunner
     except ImportError as exc:
@@ -104,6 +108,54 @@ def task_runner(sharding: ShardingConfig):
             "dashboard_address": None,
         },
     )
+
+
+#: What a local Ray (``sharding.runner: ray`` without ``ray_address``) is started with: no
+#: dashboard (an HTTP server and its agents), workers' output kept out of the build's terminal
+#: (rich draws the progress there), no usage statistics sent, a small object store (shard
+#: tasks pass a plan and a result of a few MB, not frames).
+RAY_LOCAL_INIT: dict = {
+    "include_dashboard": False,
+    "log_to_driver": False,
+    "configure_logging": False,
+    "object_store_memory": 128 << 20,
+}
+
+
+def ray_task_runner(sharding: ShardingConfig):
+    """prefect-ray's ``RayTaskRunner``: the cluster at ``sharding.ray_address``, or a Ray started
+    on this machine with ``sharding.workers`` CPUs (each shard task takes one, so at most that
+    many run at once) and stopped when the flow ends."""
+    try:
+        from prefect_ray import RayTaskRunner
+    except ImportError as exc:
+        raise StgrError("sharding.runner: ray needs the ray extra: pip install 'stgr-builder[ray]'") from exc
+    # Ray reads this when it starts (usage statistics are otherwise sent to anyscale.com).
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    runtime_env = {"env_vars": {"PREFECT_API_URL": prefect_api_url()}}
+    if sharding.ray_address:
+        return RayTaskRunner(
+            address=sharding.ray_address, init_kwargs={"log_to_driver": False, "runtime_env": runtime_env}
+        )
+    return RayTaskRunner(init_kwargs={**RAY_LOCAL_INIT, "num_cpus": sharding.workers, "runtime_env": runtime_env})
+
+
+def prefect_api_url() -> str:
+    """The Prefect API this command reports to: ``PREFECT_API_URL``, or the temporary server
+    Prefect runs inside the command (started here). A Ray worker is told it: without it each
+    worker process started a temporary server of its own (a database each; on a loaded machine
+    they timed out starting). A cluster's workers must reach it: on a Ray cluster
+    (``sharding.ray_address``) set ``PREFECT_API_URL`` to a server they reach."""
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    if api:
+        return api
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the one instance this process's Prefect client uses
+    server.start()
+    return server.api_url
 
 
 def flow_runner(job: Job, resources: Resources) -> Manifest:

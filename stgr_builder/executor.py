@@ -62,6 +62,7 @@ from stgr_builder.models import (
 )
 from stgr_builder.shards import finished_shard, write_manifest, write_shard
 from stgr_builder.stages import StageStore, sample_inputs, stored_steps
+from stgr_builder.storage.media import MediaFiles
 from stgr_builder.verify.inherited import GoldCheckStep, SpanCheckStep
 from stgr_builder.verify.steps import TrackGateStep, VerifyStep
 from stgr_builder.video.frames import FrameStore
@@ -86,8 +87,9 @@ PACING_SETTINGS: dict[str, Any] = {  # a pydantic ``exclude``
         "batch_poll_s",
         "batch_reask",
     },
-    "sharding": {"workers", "runner", "dask_address"},
+    "sharding": {"workers", "runner", "dask_address", "ray_address"},
     "estimate": True,
+    "cache": True,
 }
 
 #: Left out of the build id as well: where the sources are read from. What they hold enters each
@@ -429,14 +431,16 @@ def shard_steps(ctx: BuildContext, resolved: ResolvedBuild, resources: Resources
     }
     filters = {source.name: source.filters for source in config.sources}
     track_window = config.track.window if config.track.enabled else 0
+    media = MediaFiles.of(config.cache)  # media in a bucket: bounded local copies
     steps: list[Step] = [
-        ProbeStep(filters, resources),
+        ProbeStep(filters, resources, media),
         SampleStep(
             config.sampler,
             FrameStore(ctx.out, config.sampler.jpeg_quality),
             resources,
             track_window=track_window,
             span_check=span_check,
+            media=media,
         ),
         # Remembers each distinct frame's detections across this process's shards (a frame
         # path names its bytes; the key holds all that decides the boxes): detected once.

@@ -42,6 +42,7 @@ from stgr_builder.recipes import read_config_mapping
 from stgr_builder.shards import write_plan_json, write_plan_record
 from stgr_builder.sources import check_sources, ingest
 from stgr_builder.storage import is_url, remote_output
+from stgr_builder.storage.media import list_sizes, media_location
 from stgr_builder.video.steps import missing_media
 
 
@@ -120,11 +121,14 @@ def plan(ctx: BuildContext) -> BuildPlan:
 
 
 def split_missing_media(samples: list[SourceSample]) -> tuple[list[SourceSample], list[Reject]]:
-    """(samples whose media file is there, the probe's rejects of the others)."""
+    """(samples whose media file is there, the probe's rejects of the others). Media in a
+    bucket are found by one listing per folder, not one request per file."""
     present: list[SourceSample] = []
     missing: list[Reject] = []
+    locations = (media_location(s.media_root, s.video_path or s.image_path or "") for s in samples)
+    listed = list_sizes(url for url in locations if is_url(url))
     for sample in samples:
-        reject = missing_media(sample)
+        reject = missing_media(sample, listed)
         if reject is None:
             present.append(sample)
         else:

@@ -33,12 +33,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from stgr_builder.core.codehash import code_digest
 from stgr_builder.core.files import atomic_write_bytes
-from stgr_builder.core.hashing import digest, media_fingerprint
+from stgr_builder.core.hashing import digest
 from stgr_builder.core.layout import STAGES_DIR
 from stgr_builder.core.resources import Resources
 from stgr_builder.core.steps import Deferred, Item, Step, Stream
 from stgr_builder.errors import warn
 from stgr_builder.models import LlmUsage, Reject, RejectCode, SampleWork, SourceSample, Stage
+from stgr_builder.storage.media import media_location
 
 #: What each stored stage adds to a ``SampleWork``: these fields, and nothing else, are saved.
 STAGE_FIELDS: dict[Stage, tuple[str, ...]] = {
@@ -113,8 +114,8 @@ def sample_inputs(sample: SourceSample, resources: Resources | None = None) -> l
     fingerprint of its media file (None when it cannot be read: the probe rejects it)."""
     rel = sample.video_path or sample.image_path or ""  # (a SourceSample has one of the two)
     try:
-        path = Path(sample.media_root) / rel
-        fingerprint = resources.media_fingerprint(path) if resources is not None else media_fingerprint(path)
+        location = media_location(sample.media_root, rel)  # a path, or a URL: the same fingerprint
+        fingerprint = (resources or Resources()).media_fingerprint(location)
     except (OSError, TypeError):
         fingerprint = None
     return [sample.model_dump(mode="json", exclude=LOCATION_FIELDS), fingerprint]

@@ -21,7 +21,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("sources", "video", "detect", "annotate", "verify", "shards", "audit")
-CORE_MODULES = ("models", "errors")
+#: ``storage`` (locations, media on object storage) is I/O at the edges that stages share, as
+#: ``core/files.py`` is: it imports only core.
+CORE_MODULES = ("models", "errors", "storage")
 #: Beside the stages: stand-ins for the outside world and kits for tests (they may use stages).
 STAND_INS = ("dryrun", "testing")
 

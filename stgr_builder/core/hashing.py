@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,29 @@ def sha256_file(path: Path) -> str:
 FINGERPRINT_BLOCK = 64 << 10
 
 
+def fingerprint_ranges(size: int) -> list[tuple[int, int]]:
+    """The byte ranges ``[start, end)`` of a file of ``size`` bytes that its fingerprint reads.
+
+    >>> fingerprint_ranges(100), len(fingerprint_ranges(10 << 20))
+    ([(0, 100)], 3)
+    """
+    if size <= 3 * FINGERPRINT_BLOCK:
+        return [(0, size)]
+    return [
+        (offset, offset + FINGERPRINT_BLOCK)
+        for offset in (0, (size - FINGERPRINT_BLOCK) // 2, size - FINGERPRINT_BLOCK)
+    ]
+
+
+def fingerprint_of(size: int, read_range: Callable[[int, int], bytes]) -> str:
+    """The fingerprint of a file of ``size`` bytes whose ``read_range(start, end)`` gives those
+    bytes: the same for a local file and for its copy in a bucket (read by range requests)."""
+    hasher = hashlib.sha256()
+    for start, end in fingerprint_ranges(size):
+        hasher.update(read_range(start, end))
+    return f"{size}:{hasher.hexdigest()[:32]}"
+
+
 def media_fingerprint(path: Path, memo: BoundedCache[str] | None = None) -> str:
     """What stands for a media file's content in every key: its size and a sha256 of its first,
     middle and last 64 KiB (the whole file when smaller). A replacement of the same size with
@@ -78,16 +102,13 @@ def media_fingerprint(path: Path, memo: BoundedCache[str] | None = None) -> str:
         known = memo.get(stamp)
         if known is not None:
             return known
-    size = stat.st_size
-    hasher = hashlib.sha256()
     with open(path, "rb") as handle:
-        if size <= 3 * FINGERPRINT_BLOCK:
-            hasher.update(handle.read())
-        else:
-            for offset in (0, (size - FINGERPRINT_BLOCK) // 2, size - FINGERPRINT_BLOCK):
-                handle.seek(offset)
-                hasher.update(handle.read(FINGERPRINT_BLOCK))
-    found = f"{size}:{hasher.hexdigest()[:32]}"
+
+        def read_range(start: int, end: int) -> bytes:
+            handle.seek(start)
+            return handle.read(end - start)
+
+        found = fingerprint_of(stat.st_size, read_range)
     if memo is not None:
         memo.put(stamp, found)
     return found

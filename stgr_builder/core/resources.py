@@ -12,15 +12,16 @@ built; nothing of it lives in a module global.
 >>> memo = resources.memo("detect", max_bytes=64 << 20)
 
 Lifetime: the flow makes one per build and hands it to every shard task. With the thread
-runner the tasks share that object. A Dask worker cannot share memory with the client, so a
-pickled ``Resources`` comes back, in each worker process, as that worker's own instance for the
-same build (kept on the ``distributed.Worker`` object): models load once per worker, not once
-per task.
+runner the tasks share that object. A Dask or Ray worker cannot share memory with the client,
+so a pickled ``Resources`` comes back, in each worker process, as that worker's own instance for
+the same build (kept on the ``distributed.Worker`` object, or on Ray's worker object): models
+load once per worker, not once per task.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Hashable
@@ -32,6 +33,8 @@ from stgr_builder.core.cache import BoundedCache, approx_size
 from stgr_builder.core.hashing import media_fingerprint
 from stgr_builder.core.ledger import update_json
 from stgr_builder.errors import warn
+from stgr_builder.storage.location import is_url
+from stgr_builder.storage.media import cached_stat, remote_fingerprint
 
 if TYPE_CHECKING:  # distributed loads only where Dask runs
     from distributed import Worker
@@ -160,10 +163,20 @@ class Resources:
                 budget = self._budgets[run] = Budget(max_requests, max_tokens, ledger)
             return budget
 
-    def media_fingerprint(self, path: Path) -> str:
+    def media_fingerprint(self, path: Path | str, local_copy: Path | None = None) -> str:
         """``core.hashing.media_fingerprint`` of a media file, remembered in this process (a
-        file rewritten in place gets a new ctime, so it is read again). Raises ``OSError``."""
-        return media_fingerprint(path, self.memo("media-fingerprints", 4 << 20))
+        file rewritten in place gets a new ctime, so it is read again); of an object in a bucket
+        (a URL), the same value from range reads or from ``local_copy``, its copy in the local
+        cache (``storage.media``). Raises ``OSError``."""
+        memo = self.memo("media-fingerprints", 4 << 20)
+        if is_url(path):
+            return remote_fingerprint(str(path), memo, local_copy)
+        return media_fingerprint(Path(path), memo)
+
+    def remote_stat(self, url: str) -> tuple[int, str]:
+        """(size, version) of an object in a bucket, asked at most every few minutes by this
+        process (``storage.media.cached_stat``). Raises ``OSError``."""
+        return cached_stat(url, self.memo("media-fingerprints", 4 << 20))
 
     def memo_bytes_used(self) -> dict[str, int]:
         """Bytes held by each memo (benchmarks and tests)."""
@@ -179,9 +192,9 @@ class Resources:
 
 
 def worker_resources(token: str, memo_bytes: int = DEFAULT_MEMO_BYTES) -> Resources:
-    """The ``Resources`` of build ``token`` in this Dask worker process (made on first use),
-    or a new one outside a Dask worker."""
-    worker = _this_worker()
+    """The ``Resources`` of build ``token`` in this Dask or Ray worker process (made on first
+    use, kept on the worker object), or a new one outside a worker."""
+    worker = _this_worker() or _this_ray_worker()
     if worker is None:
         return Resources(token, memo_bytes)
     with _ATTACH_LOCK:
@@ -204,6 +217,16 @@ def _this_worker() -> Worker | None:
     except ValueError:
         workers = list(Worker._instances)
         return workers[0] if len(workers) == 1 else None
+
+
+def _this_ray_worker() -> Any:
+    """The Ray worker object of this process when it is a Ray worker (not the driver), else
+    None. Ray reuses its worker processes for many tasks, as Dask does."""
+    ray = sys.modules.get("ray")  # never imported here: only a process that runs Ray has it
+    if ray is None or not ray.is_initialized():
+        return None
+    worker = getattr(ray.get_runtime_context(), "worker", None)
+    return worker if getattr(worker, "mode", None) == ray.WORKER_MODE else None
 
 
 _ATTACH_LOCK = threading.Lock()  # guards the Worker attribute above; holds no state itself

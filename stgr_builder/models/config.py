@@ -439,13 +439,35 @@ class ShardingConfig(ConfigModel):
     workers: int = Field(
         2, ge=1, le=256, description="shard tasks in flight (threads, or LocalCluster worker processes)"
     )
-    runner: Literal["thread", "dask"] = Field(
-        "thread", description="thread: a bounded thread pool in this process; dask: prefect-dask's DaskTaskRunner"
+    runner: Literal["thread", "dask", "ray"] = Field(
+        "thread",
+        description="thread: a bounded thread pool in this process; dask: prefect-dask's DaskTaskRunner; "
+        "ray: prefect-ray's RayTaskRunner",
     )
     dask_address: str | None = Field(
         None,
         description="scheduler address of an existing Dask cluster (tcp://host:8786); "
         "None with runner dask: a LocalCluster of `workers` processes",
+    )
+    ray_address: str | None = Field(
+        None,
+        description="address of an existing Ray cluster (ray://host:10001, or auto); "
+        "None with runner ray: ray.init() on this machine with `workers` CPUs",
+    )
+
+
+class CacheConfig(ConfigModel):
+    """Local copies of media read from object storage (``media_root: s3://...``); they change no row."""
+
+    local_dir: str | None = Field(
+        None,
+        description="folder of the local copies of remote media (probe and decoders read them); "
+        "None: $XDG_CACHE_HOME/stgr-builder/media (~/.cache/...)",
+    )
+    local_max_bytes: int = Field(
+        20 << 30,
+        gt=0,
+        description="largest total size of the local copies; the least recently used are removed first",
     )
 
 
@@ -482,6 +504,7 @@ class BuildConfig(ConfigModel):
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     sharding: ShardingConfig = Field(default_factory=ShardingConfig)
     estimate: EstimateConfig = Field(default_factory=EstimateConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
 
     @model_validator(mode="after")
     def _event_judge_available(self) -> BuildConfig:

@@ -23,6 +23,8 @@ from stgr_builder.models import (
 )
 from stgr_builder.planning.cost import estimate
 from stgr_builder.planning.selection import Probed, Prober, build_shards, draw
+from stgr_builder.storage.location import is_url
+from stgr_builder.storage.media import list_sizes, media_location
 
 
 def make_plan(config: BuildConfig, config_dir: Path) -> Plan:
@@ -102,20 +104,22 @@ def media_report(config: BuildConfig, samples: list[SourceSample]) -> dict[str, 
     """Per source: distinct media files its items reference, how many resolve under its media
     root, and the missing ones grouped by the upstream dataset they come from (``upstreams``;
     else by the path's first folder), with where to get them. Only looks for the files (a
-    stat each), before any spend; media under an fsspec URL are counted as resolved by the probe."""
+    stat each), before any spend; media in a bucket by one listing per folder (``list_sizes``)."""
     upstreams = {source.name: source.upstreams for source in config.sources}
     paths: dict[str, set[tuple[str, str]]] = defaultdict(set)
     for sample in samples:
         rel = sample.video_path or sample.image_path
         if rel:
             paths[sample.source].add((sample.media_root, rel))
+    listed = set(list_sizes(media_location(root, rel) for refs in paths.values() for root, rel in refs if is_url(root)))
     report = {}
     for name, refs in paths.items():
         missing: dict[str, list[str]] = defaultdict(list)
         gets: dict[str, str | None] = {}
         for root, rel in sorted(refs):
             # A string join, not a Path (ingest refused '..'): one stat per file, 100,000 of them.
-            if "://" in root or os.path.isfile(os.path.normpath(os.path.join(root, rel))):
+            found = media_location(root, rel) in listed if is_url(root) else os.path.isfile(os.path.join(root, rel))
+            if found:
                 continue
             upstream, get = _upstream_of(rel, upstreams.get(name, []))
             missing[upstream].append(rel)

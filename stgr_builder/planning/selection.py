@@ -30,9 +30,11 @@ class Prober:
     """The probe stage's checks (``ProbeStep``), one sample at a time, videos probed once."""
 
     def __init__(self, config: BuildConfig):
+        from stgr_builder.storage.media import MediaFiles
         from stgr_builder.video.steps import ProbeStep, missing_media
 
-        self.step = ProbeStep({source.name: source.filters for source in config.sources})
+        filters = {source.name: source.filters for source in config.sources}
+        self.step = ProbeStep(filters, media=MediaFiles.of(config.cache))  # media in a bucket: local copies
         self.missing_media = missing_media
 
     def __call__(self, sample: SourceSample) -> VideoInfo | ImageInfo | Reject:

@@ -21,6 +21,7 @@ inside the media root, and exact duplicates.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import itertools
 import json
@@ -28,7 +29,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ from pydantic import ValidationError
 
 from stgr_builder.errors import StgrError
 from stgr_builder.models import BuildConfig, Reject, RejectCode, SourceConfig, SourceSample, Stage, StepStats, sample_id
+from stgr_builder.storage.location import Location, filesystem, is_url
+from stgr_builder.storage.media import MediaFiles, media_location
 
 __all__ = [
     "Adapter",
@@ -89,9 +92,18 @@ class AdapterContext:
     """What an adapter knows about its source, and how it makes samples and rejects."""
 
     source: SourceConfig
-    path: Path  # the annotation file, resolved
-    media_root: Path  # absolute
+    path: Path  # the annotation file, resolved (a local copy of one in a bucket)
+    media_root: str  # an absolute path, or a URL (s3://bucket/media)
     seed: int = 0  # the build's seed, for anything an adapter draws at random (MCQ distractor order)
+    media: MediaFiles = field(default_factory=MediaFiles)  # how media under a URL are read
+    path_url: str | None = None  # the annotation file's URL when it is in a bucket (``path``: its copy)
+
+    @contextlib.contextmanager
+    def local_media(self, rel: str) -> Iterator[Path]:
+        """A local path of the media file ``rel`` (a copy from the bucket under a URL root)
+        while the block runs; an adapter that reads a file's header (its size) uses it."""
+        with self.media.local(media_location(self.media_root, rel)) as path:
+            yield path
 
     def origin(self, line: int | str) -> str:
         """``file:line`` as the config names the file, so it reads the same on every machine."""
@@ -106,7 +118,7 @@ class AdapterContext:
                 source=self.source.name,
                 source_id=source_id,
                 question=question,
-                media_root=str(self.media_root),
+                media_root=self.media_root,
                 datasets=list(self.source.datasets),
                 origin=origin,
                 **fields,
@@ -161,20 +173,54 @@ def iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
 # ---------------------------------------------------------------------------------------
 
 
-def _context(source: SourceConfig, config_dir: Path, seed: int = 0) -> AdapterContext:
-    path = (config_dir / source.path).expanduser()
-    if not path.is_file():
-        raise StgrError(
-            f"source {source.name!r}: annotation file not found: {path} "
-            "(paths in the config are relative to the config file's folder)"
-        )
-    media_root = (config_dir / source.media_root).expanduser()
-    if not media_root.is_dir():
-        raise StgrError(
-            f"source {source.name!r}: media_root is not a folder: {media_root} "
-            "(paths in the config are relative to the config file's folder)"
-        )
-    return AdapterContext(source=source, path=path.resolve(), media_root=media_root.resolve(), seed=seed)
+def _context(source: SourceConfig, config_dir: Path, seed: int = 0, media: MediaFiles | None = None) -> AdapterContext:
+    """The source's context; a path or URL that is not there is a config error (``StgrError``).
+    An annotation file in a bucket is named by its URL here (``path``); ``ingest`` reads a
+    local copy of it."""
+    where = Location.parse(source.path, base=config_dir)
+    if where.local is None:
+        if not _remote_is(where.url, "file"):
+            raise StgrError(f"source {source.name!r}: annotation file not found: {where.url}")
+        path = Path(where.url.rsplit("/", 1)[-1])  # until ingest reads it: a local copy of path_url
+    else:
+        path = where.local
+        if not path.is_file():
+            raise StgrError(
+                f"source {source.name!r}: annotation file not found: {path} "
+                "(paths in the config are relative to the config file's folder)"
+            )
+        path = path.resolve()
+    root = Location.parse(source.media_root, base=config_dir)
+    if root.local is None:
+        if not _remote_is(root.url, "directory"):
+            raise StgrError(f"source {source.name!r}: media_root is not a folder: {root.url}")
+        media_root = root.url
+    else:
+        if not root.local.is_dir():
+            raise StgrError(
+                f"source {source.name!r}: media_root is not a folder: {root.local} "
+                "(paths in the config are relative to the config file's folder)"
+            )
+        media_root = str(root.local.resolve())
+    return AdapterContext(
+        source=source,
+        path=path,
+        media_root=media_root,
+        seed=seed,
+        media=media or MediaFiles(),
+        path_url=where.url if where.is_remote else None,
+    )
+
+
+def _remote_is(url: str, kind: str) -> bool:
+    """Whether ``url`` is a ``file`` or a ``directory`` (a prefix holding objects) on its store."""
+    fs, path = filesystem(url)
+    try:
+        return fs.isfile(path) if kind == "file" else fs.isdir(path)
+    except (FileNotFoundError, PermissionError):
+        return False
+    except OSError as exc:  # the store does not answer: say so in one line
+        raise StgrError(f"{url}: cannot reach the store ({exc})") from exc
 
 
 def check_sources(config: BuildConfig, config_dir: Path) -> None:
@@ -227,7 +273,7 @@ class PathResolver:
         self._last = (text, resolved)
         return resolved
 
-    def root(self, media_root: Path) -> str:
+    def root(self, media_root: Path | str) -> str:
         """``text(media_root)``, once per ingest (every record of a source shares its root)."""
         key = str(media_root)
         real = self._roots.get(key)
@@ -241,7 +287,7 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder if folder.endswith(os.sep) else folder + os.sep)
 
 
-def unsafe_media_path(rel: str, media_root: Path, resolve: PathResolver | None = None) -> str | None:
+def unsafe_media_path(rel: str, media_root: Path | str, resolve: PathResolver | None = None) -> str | None:
     """Why ``rel`` must not be opened under ``media_root``, or None when it is safe.
 
     >>> unsafe_media_path("../etc/passwd", Path("/data"))
@@ -254,6 +300,8 @@ def unsafe_media_path(rel: str, media_root: Path, resolve: PathResolver | None =
         return f"absolute media path {rel!r} (must be relative to the media root)"
     if ".." in posix.split("/"):
         return f"'..' in media path {rel!r}"
+    if is_url(media_root):
+        return None  # keys in a bucket have no symlinks: the lexical checks are the whole check
     resolve = resolve or PathResolver()
     try:  # a symlink inside the root may still point out of it
         inside = _inside(resolve.text(os.path.join(media_root, posix)), resolve.root(media_root))
@@ -263,13 +311,14 @@ def unsafe_media_path(rel: str, media_root: Path, resolve: PathResolver | None =
 
 
 def _read_source(ctx: AdapterContext) -> Iterator[SourceSample | Reject]:
-    items = get_adapter(ctx.source.adapter)(ctx)
-    try:
-        yield from itertools.islice(items, ctx.source.limit)  # limit: the first N items of the file
-    finally:
-        close = getattr(items, "close", None)
-        if close is not None:
-            close()  # release the file when the limit stops us early
+    with ctx.media.local(ctx.path_url or ctx.path) as local:  # an annotation file in a bucket: a local copy
+        items = get_adapter(ctx.source.adapter)(replace(ctx, path=local))
+        try:
+            yield from itertools.islice(items, ctx.source.limit)  # limit: the first N items of the file
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # release the file when the limit stops us early
 
 
 def ingest(config: BuildConfig, config_dir: Path) -> tuple[list[SourceSample], list[Reject], StepStats]:
@@ -285,7 +334,8 @@ def ingest(config: BuildConfig, config_dir: Path) -> tuple[list[SourceSample], l
     >>> samples, rejects, stats = ingest(BuildConfig.model_validate(yaml.safe_load(text)), Path("."))  # doctest: +SKIP
     """
     started = time.perf_counter()
-    contexts = [_context(source, Path(config_dir), config.seed) for source in config.sources]  # fail before any work
+    media = MediaFiles.of(config.cache)
+    contexts = [_context(source, Path(config_dir), config.seed, media) for source in config.sources]  # fail first
     kept: dict[str, SourceSample] = {}
     by_media: dict[tuple[str, str], SourceSample] = {}
     by_source_id: dict[tuple[str, str, str], SourceSample] = {}
@@ -324,6 +374,8 @@ def _media_key(ctx: AdapterContext, sample: SourceSample, resolve: PathResolver)
     rel = sample.video_path if sample.video_path is not None else sample.image_path
     if not rel or ".." in rel.replace("\\", "/").split("/") or rel.startswith("/"):
         return None
+    if is_url(ctx.media_root):
+        return media_location(ctx.media_root, rel), sample.question
     return resolve.text(os.path.join(ctx.media_root, rel)), sample.question
 
 

@@ -57,9 +57,9 @@ class VisualCotItem(Record):
 def image_size(ctx: AdapterContext, rel: str) -> tuple[int, int] | None:
     """(W, H) from the image file's header, or None when it cannot be read."""
     try:
-        with open_image(ctx.media_root / rel) as image:  # never PIL.Image.open: core/images.py
+        with ctx.local_media(rel) as path, open_image(path) as image:  # never PIL.Image.open: core/images.py
             return image.size
-    except SampleError:
+    except (SampleError, OSError):  # OSError: an image in a bucket that is not there
         return None  # the probe rejects the sample with its reason
 
 

@@ -19,8 +19,10 @@ are dealt into many shards) and the frames already decoded into the same store.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from stgr_builder.core.cache import BoundedCache
@@ -44,6 +46,8 @@ from stgr_builder.models import (
     Task,
     VideoInfo,
 )
+from stgr_builder.storage.location import is_url
+from stgr_builder.storage.media import MediaFiles, media_location, remote_stat
 from stgr_builder.video.decode import DecodeError, get_decoder
 from stgr_builder.video.frames import FrameStore
 from stgr_builder.video.plan import FramePlan, plan_frames
@@ -70,9 +74,15 @@ class ProbeStep(Step):
 
     stage = Stage.PROBE
 
-    def __init__(self, filters: dict[str, FilterConfig] | None = None, resources: Resources | None = None):
+    def __init__(
+        self,
+        filters: dict[str, FilterConfig] | None = None,
+        resources: Resources | None = None,
+        media: MediaFiles | None = None,
+    ):
         super().__init__()
         self.filters = dict(filters or {})
+        self.media = media or MediaFiles()  # media under a URL: read from a local copy
         # This step's outcome per file, failures included (a broken file is opened once).
         self._seen: BoundedCache[VideoInfo | SampleError] = BoundedCache(PROBE_MEMO_BYTES)
         # The process's probe results (successes only) across steps and shards.
@@ -83,7 +93,10 @@ class ProbeStep(Step):
     def process(self, work: SampleWork) -> SampleWork:
         sample = work.sample
         if sample.image_path is not None:
-            work.image = probe_image(media_path(sample, sample.image_path), sample.image_path)
+            location = media_path(sample, sample.image_path)
+            check_location(location)
+            with self.media.local(location) as path:
+                work.image = probe_image(path, sample.image_path)
             return work
         assert sample.video_path is not None  # a SourceSample has a video or an image
         info = self._probe(media_path(sample, sample.video_path), sample.video_path)
@@ -92,30 +105,60 @@ class ProbeStep(Step):
         work.video = info
         return work
 
-    def _probe(self, path: Path, rel_path: str) -> VideoInfo:
-        key = str(path)
+    def _probe(self, path: str, rel_path: str) -> VideoInfo:
+        key = path
         cached = self._seen.get(key)
         if cached is None:
             self.videos_opened += 1  # distinct videos this step probed (file or process memo)
             try:
-                memo_key: tuple | None = ("probe", self.resources.media_fingerprint(path))
-            except OSError:
-                memo_key = None
-            # Samples of one video are dealt into many shards: probe the file once per process
-            # (the same content gives the same VideoInfo); failures are not kept.
-            cached = self._memo.get(memo_key) if memo_key is not None else None
-            if cached is None:
-                try:
-                    cached = probe_video(path, rel_path)
-                    if memo_key is not None:
-                        self._memo.put(memo_key, cached)
-                except SampleError as err:
-                    cached = err
+                cached = self._probe_remote(path, rel_path) if is_url(path) else self._probe_local(path, rel_path)
+            except SampleError as err:
+                cached = err
             self._seen.put(key, cached)
         if isinstance(cached, SampleError):
             raise SampleError(cached.code, cached.message)
         # The same file may be reached through another media_root / relative path.
         return cached if cached.path == rel_path else cached.model_copy(update={"path": rel_path})
+
+    def _probe_local(self, path: str, rel_path: str) -> VideoInfo:
+        try:
+            memo_key: tuple | None = ("probe", self.resources.media_fingerprint(path))
+        except OSError:
+            memo_key = None
+        # Samples of one video are dealt into many shards: probe the file once per process
+        # (the same content gives the same VideoInfo); failures are not kept.
+        cached = self._memo.get(memo_key) if memo_key is not None else None
+        if cached is None:
+            cached = probe_video(Path(path), rel_path)
+            if memo_key is not None:
+                self._memo.put(memo_key, cached)
+        return cached
+
+    def _probe_remote(self, location: str, rel_path: str) -> VideoInfo:
+        """The probe of the local copy of an object (the process's memo as for a local file):
+        its size and version from one ``HEAD`` (remembered a while), its bytes from one ``GET``
+        into the local cache, its fingerprint from the copy."""
+        try:
+            stat = self.resources.remote_stat(location)
+        except FileNotFoundError as exc:
+            raise SampleError(RejectCode.MEDIA_MISSING, f"{location}: no such object") from exc
+        except OSError as exc:
+            raise SampleError(RejectCode.MEDIA_MISSING, f"{location}: cannot stat ({exc})") from exc
+        if stat[0] == 0:
+            raise SampleError(RejectCode.MEDIA_EMPTY, f"{location}: object is empty (0 bytes)")
+        try:
+            with self.media.local(location, stat) as path:
+                memo_key = ("probe", self.resources.media_fingerprint(location, local_copy=path))
+                cached = self._memo.get(memo_key)
+                if cached is None:
+                    try:
+                        cached = probe_video(path, rel_path)
+                    except SampleError as err:  # named by its URL, not by the cache's copy
+                        raise SampleError(err.code, err.message.replace(str(path), location)) from err
+                    self._memo.put(memo_key, cached)
+                return cached
+        except OSError as exc:
+            raise SampleError(RejectCode.MEDIA_MISSING, f"{location}: cannot read ({exc})") from exc
 
 
 class SampleStep(Step):
@@ -136,9 +179,11 @@ class SampleStep(Step):
         track_window: int = 0,
         video_workers: int | None = None,
         span_check: SpanCheckConfig | None = None,
+        media: MediaFiles | None = None,
     ):
         super().__init__()
         self.config = config
+        self.media = media or MediaFiles()  # media under a URL: decoded from a local copy
         # Probes around the ends of inherited spans, for the span check (verify/inherited.py);
         # they too lie in GOPs read anyway or next to them, decoded in the same pass.
         self.span_check = span_check
@@ -204,7 +249,7 @@ class SampleStep(Step):
         wanted = sorted(set().union(*(plan.indices for plan in plans), *neighbours, *probes))
         decoder = get_decoder(self.config.decoder)  # one per video: videos may decode at once
         try:
-            frames = self._decode_into_store(decoder, Path(path), info, wanted)
+            frames = self._decode_into_store(decoder, path, info, wanted)
         finally:
             self._add_stats(decoder.stats)
         for work, plan, near, probed in zip(works, plans, neighbours, probes, strict=False):
@@ -230,13 +275,13 @@ class SampleStep(Step):
             total.seeks += stats.seeks
             total.frames_decoded += stats.frames_decoded
 
-    def _decode_into_store(self, decoder, path: Path, info: VideoInfo, wanted: list[int]) -> dict[int, Frame]:
+    def _decode_into_store(self, decoder, location: str, info: VideoInfo, wanted: list[int]) -> dict[int, Frame]:
         frames: dict[int, Frame] = {}
         # Frames of this file already decoded into this store by this process (an earlier
         # batch or shard of samples of the same video) are not decoded again.
         try:
             memo_base: tuple | None = (
-                self.resources.media_fingerprint(path),
+                self.resources.media_fingerprint(location),
                 self.config.decoder,
                 str(self.store.root),
                 self.store.quality,
@@ -249,7 +294,30 @@ class SampleStep(Step):
                 if known is not None and self.store.path(known.path).is_file():
                     frames[idx] = known
         todo = [idx for idx in wanted if idx not in frames]
-        decoded = decoder.iter_frames(path, info, todo) if todo else iter(())
+        if todo:
+            with self._readable(location) as path:  # a bucket's video: its copy held while it decodes
+                self._decode_frames(decoder.iter_frames(path, info, todo), frames, memo_base)
+        missing = sorted(set(wanted) - frames.keys())
+        if missing:
+            raise SampleError(RejectCode.DECODE_FAILED, f"{location}: frames {missing[:5]} were not decoded")
+        return frames
+
+    @contextlib.contextmanager
+    def _readable(self, location: str) -> Iterator[Path]:
+        """A local path of ``location``; an object that cannot be copied is rejected, while an
+        error of the block itself (a store write on a full disk) still stops the build."""
+        if not is_url(location):
+            yield Path(location)
+            return
+        with contextlib.ExitStack() as stack:
+            try:
+                path = stack.enter_context(self.media.local(location, self.resources.remote_stat(location)))
+            except OSError as exc:
+                raise SampleError(RejectCode.MEDIA_MISSING, f"{location}: cannot read ({exc})") from exc
+            yield path
+
+    def _decode_frames(self, decoded, frames: dict[int, Frame], memo_base: tuple | None) -> None:
+        """Store each decoded frame and remember it in ``frames`` (and the process's memo)."""
         while True:
             # Only decoder failures become rejects; a failing store write (disk full) is
             # the user's problem and must stop the build.
@@ -265,15 +333,12 @@ class SampleStep(Step):
             )
             if memo_base is not None:
                 self.memo.put((*memo_base, item.idx), frames[item.idx])
-        missing = sorted(set(wanted) - frames.keys())
-        if missing:
-            raise SampleError(RejectCode.DECODE_FAILED, f"{path}: frames {missing[:5]} were not decoded")
-        return frames
 
     def _sample_image(self, work: SampleWork) -> SampleWork:
-        path = media_path(work.sample, work.sample.image_path)
-        check_file(path)
-        rgb = load_rgb(path)  # never PIL.Image.open: core/images.py says why
+        location = media_path(work.sample, work.sample.image_path)
+        check_location(location)
+        with self.media.local(location) as path:
+            rgb = load_rgb(path)  # never PIL.Image.open: core/images.py says why
         height, width = rgb.shape[:2]
         work.frames = [Frame(idx=0, time=0.0, path=self.store.put(rgb), width=width, height=height)]
         # No neighbouring frames: the track gate checks boxes on altered views of the image.
@@ -290,25 +355,28 @@ def _probed(work: SampleWork) -> VideoInfo:
     return work.video
 
 
-def missing_media(sample: SourceSample) -> Reject | None:
+def missing_media(sample: SourceSample, listed: dict[str, int] | None = None) -> Reject | None:
     """The probe's own reject of a sample whose media file is missing or empty, found by one
     ``stat`` (no open, no decode); None when the file is there. A plan sets such samples aside
     before dealing shards, so they occupy no shard slot, with the reject the probe would give.
+    ``listed``: the sizes of objects in a bucket, from one listing per folder
+    (``storage.media.list_sizes``); a URL not in it is missing.
 
     >>> missing_media(sample_with_no_file).code  # doctest: +SKIP
     <RejectCode.MEDIA_MISSING: 'media_missing'>
     """
     rel_path = sample.video_path if sample.video_path is not None else sample.image_path
     try:
-        check_file(media_path(sample, rel_path))
+        check_location(media_path(sample, rel_path), listed)
     except SampleError as err:
         if err.code in (RejectCode.MEDIA_MISSING, RejectCode.MEDIA_EMPTY):
             return SampleWork(sample=sample).reject(Stage.PROBE, err.code, err.message)
     return None
 
 
-def media_path(sample: SourceSample, rel_path: str | None) -> Path:
-    """``media_root / rel_path``, refusing paths that leave the media root (UNSAFE_PATH).
+def media_path(sample: SourceSample, rel_path: str | None) -> str:
+    """``media_root / rel_path`` (an absolute path, or a URL under a bucket's media root),
+    refusing paths that leave the media root (UNSAFE_PATH).
 
     The check is lexical (``..``, absolute paths), not ``resolve()``: symlinked media
     folders inside a media root are common and legitimate.
@@ -318,7 +386,28 @@ def media_path(sample: SourceSample, rel_path: str | None) -> Path:
     # String operations, not PurePath: a plan checks every sample's file (100,000 of them).
     if os.path.isabs(rel_path) or os.path.normpath(rel_path).split(os.sep, 1)[0] == os.pardir:
         raise SampleError(RejectCode.UNSAFE_PATH, f"media path {rel_path!r} leaves the media root")
-    return Path(os.path.abspath(os.path.join(sample.media_root, rel_path)))
+    return media_location(sample.media_root, rel_path)
+
+
+def check_location(location: str, listed: dict[str, int] | None = None) -> None:
+    """``check_file`` of a local path; of a URL, the same rejects from the object's size
+    (``listed``, or one ``HEAD``)."""
+    if not is_url(location):
+        check_file(Path(location))
+        return
+    if listed is not None:
+        size = listed.get(location)
+    else:
+        try:
+            size, _ = remote_stat(location)
+        except FileNotFoundError:
+            size = None
+        except OSError as exc:
+            raise SampleError(RejectCode.MEDIA_MISSING, f"{location}: cannot stat ({exc})") from exc
+    if size is None:
+        raise SampleError(RejectCode.MEDIA_MISSING, f"{location}: no such object")
+    if size == 0:
+        raise SampleError(RejectCode.MEDIA_EMPTY, f"{location}: object is empty (0 bytes)")
 
 
 def check_span(sample: SourceSample, info: VideoInfo) -> None:
@@ -362,7 +451,7 @@ def apply_filters(sample: SourceSample, info: VideoInfo, filters: FilterConfig |
 def _video_key(work: SampleWork) -> str:
     if work.video is None:
         raise ValueError(f"sample {work.sample.id} has no VideoInfo: run ProbeStep before SampleStep")
-    return str(media_path(work.sample, work.sample.video_path))
+    return media_path(work.sample, work.sample.video_path)
 
 
 def track_neighbours(indices: list[int], n_frames: int, window: int) -> list[int]:
