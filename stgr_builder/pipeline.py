@@ -192,8 +192,9 @@ def build(
     if is_url(out):
         with remote_output(str(out)) as remote:
             job = build_job(config_path, remote.local, resources, **options)
-            # Dask workers share nothing but the bucket: each works on its own copy.
-            isolated = job.ctx.config.sharding.runner == "dask"
+            # Dask and Ray workers share nothing but the bucket (on a cluster, not even a disk):
+            # each works on its own copy.
+            isolated = job.ctx.config.sharding.runner in ("dask", "ray")
             manifest = run(remote.job(job, isolated=isolated), runner, resources)
             if isolated:
                 remote.mirror.pull()  # this process's copy: what the workers committed

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from stgr_builder.cli import app
@@ -237,6 +238,30 @@ def test_dask_workers_sharing_only_the_bucket_build_the_same_rows(s3, reference,
         manifest = run(remote.job(job, isolated=True), flow_runner, resources)
         assert not list((remote.local / "stgr_cot").glob("part-*.parquet"))
     assert manifest.complete
+    assert_committed_exactly(s3, "ds", local)
+
+
+@pytest.mark.parametrize("runner", ["dask", "ray"])
+def test_with_everything_in_the_bucket_worker_processes_write_the_local_bytes(
+    s3, reference, runner, monkeypatch, tmp_path_factory
+):
+    """The issue's whole case: the annotation file, the media, the dataset and its cache in the
+    bucket, built by `stgr build --out s3://...` on two worker processes (a Dask LocalCluster, a
+    local Ray), each with its own copies: the bucket ends with the local thread build's bytes."""
+    monkeypatch.setenv("DASK_LOGGING__DISTRIBUTED", "warning")
+    _, local = reference
+    source = small_source(tmp_path_factory)
+    for path in sorted(p for p in source.rglob("*") if p.is_file() and p.suffix != ".yaml"):
+        s3.fs.put_file(str(path), f"{s3.bucket}/src/{path.relative_to(source).as_posix()}")
+    config = yaml.safe_load(write_config(source, f"everything-{runner}").read_text())
+    (only,) = config["sources"]
+    only.update(path=s3.url(f"src/{Path(only['path']).name}"), media_root=s3.url("src/media"))
+    config["sharding"].update(samples_per_shard=4, workers=2, runner=runner)
+    config["cache"] = {"local_dir": str(tmp_path_factory.mktemp("media-cache"))}
+    path = tmp_path_factory.mktemp("everything") / "CONFIG.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(app, ["build", str(path), "--out", s3.url("ds")])
+    assert result.exit_code == 0, result.output
     assert_committed_exactly(s3, "ds", local)
 
 
