@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -298,3 +299,56 @@ def test_a_store_without_credentials_says_so_in_one_line(s3, monkeypatch):
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no wait on an instance role's endpoint
     with pytest.raises(StgrError, match=rf"^{s3.url('ds')}: no credentials found: set them in the environment"):
         open_dataset(s3.url("ds"))
+
+
+def test_a_dask_worker_killed_mid_shard_is_replaced_and_its_shard_lands_once(s3, monkeypatch, tmp_path_factory):
+    """A worker process (and what it started) SIGKILLed while its shard waits on LLM replies, as
+    a machine lost mid-shard: Dask's nanny starts another, the shard runs again from the bucket,
+    and the bucket ends with the bytes of an uninterrupted local build, each shard committed once."""
+    monkeypatch.setenv("DASK_LOGGING__DISTRIBUTED", "error")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-dry-run")
+    llm = {"backend": "openai", "model": "stgr-dry-run", "prompt": "stgr-cot-llm", "judge": {"enabled": False}}
+    source = small_source(tmp_path_factory)
+    config = write_config(
+        source, "worker-kill", annotator={**llm, "concurrency": 2}, sharding={"samples_per_shard": 4, "workers": 2}
+    )
+    local = tmp_path_factory.mktemp("worker-kill") / "local"
+    with serve_llm(latency_ms=150) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        build(config, local)
+        before = server.stats()["total"]
+        resources, errors = Resources(), []
+        with remote_output(s3.url("ds")) as remote:
+            job = build_job(config, remote.local, resources, sharding_runner="dask")
+            thread = threading.Thread(
+                target=_catching, args=(errors, run, remote.job(job, isolated=True), flow_runner, resources)
+            )
+            thread.start()
+            victim = _worker_talking_to(urlsplit(server.base_url).port, thread)
+            for process in [*victim.children(recursive=True), victim]:
+                process.kill()
+            thread.join(timeout=300)
+        asked = server.stats()["total"] - before
+    assert not thread.is_alive() and not errors, errors
+    assert_committed_exactly(s3, "ds", local)
+    # the killed shard's requests were asked again: it was inside the shard, and ran again
+    assert asked > before, (asked, before)
+
+
+def _worker_talking_to(port: int | None, build: threading.Thread, timeout: float = 120.0):
+    """The first Dask worker process (a direct child, started by multiprocessing's spawn) seen
+    with a connection open to ``port``: one inside a shard, waiting on an LLM reply."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while build.is_alive() and time.monotonic() < deadline:
+        for child in psutil.Process().children():
+            try:
+                if "spawn_main" in " ".join(child.cmdline()) and any(
+                    c.raddr and c.raddr.port == port for c in child.net_connections("tcp")
+                ):
+                    return child
+            except psutil.Error:
+                continue
+        time.sleep(0.005)
+    raise AssertionError("no worker was seen waiting on a reply before the build ended")
