@@ -303,8 +303,10 @@ def test_a_store_without_credentials_says_so_in_one_line(s3, monkeypatch):
 
 def test_a_dask_worker_killed_mid_shard_is_replaced_and_its_shard_lands_once(s3, monkeypatch, tmp_path_factory):
     """A worker process (and what it started) SIGKILLed while its shard waits on LLM replies, as
-    a machine lost mid-shard: Dask's nanny starts another, the shard runs again from the bucket,
-    and the bucket ends with the bytes of an uninterrupted local build, each shard committed once."""
+    a machine lost mid-shard: Dask's nanny starts another, the shard task runs again from the
+    bucket, and the bucket ends with the bytes of an uninterrupted local build, each shard
+    committed once."""
+    runner = "dask"
     monkeypatch.setenv("DASK_LOGGING__DISTRIBUTED", "error")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-dry-run")
     llm = {"backend": "openai", "model": "stgr-dry-run", "prompt": "stgr-cot-llm", "judge": {"enabled": False}}
@@ -319,7 +321,7 @@ def test_a_dask_worker_killed_mid_shard_is_replaced_and_its_shard_lands_once(s3,
         before = server.stats()["total"]
         resources, errors = Resources(), []
         with remote_output(s3.url("ds")) as remote:
-            job = build_job(config, remote.local, resources, sharding_runner="dask")
+            job = build_job(config, remote.local, resources, sharding_runner=runner)
             thread = threading.Thread(
                 target=_catching, args=(errors, run, remote.job(job, isolated=True), flow_runner, resources)
             )
@@ -336,19 +338,18 @@ def test_a_dask_worker_killed_mid_shard_is_replaced_and_its_shard_lands_once(s3,
 
 
 def _worker_talking_to(port: int | None, build: threading.Thread, timeout: float = 120.0):
-    """The first Dask worker process (a direct child, started by multiprocessing's spawn) seen
-    with a connection open to ``port``: one inside a shard, waiting on an LLM reply."""
+    """The first process but this one seen with a connection open to ``port`` (the test's own
+    server: only the build's workers talk to it): a worker inside a shard, waiting on an LLM
+    reply."""
     import psutil
 
     deadline = time.monotonic() + timeout
     while build.is_alive() and time.monotonic() < deadline:
-        for child in psutil.Process().children():
-            try:
-                if "spawn_main" in " ".join(child.cmdline()) and any(
-                    c.raddr and c.raddr.port == port for c in child.net_connections("tcp")
-                ):
-                    return child
-            except psutil.Error:
-                continue
+        for conn in psutil.net_connections("tcp"):
+            if conn.raddr and conn.raddr.port == port and conn.pid not in (None, os.getpid()):
+                try:
+                    return psutil.Process(conn.pid)
+                except psutil.NoSuchProcess:
+                    continue
         time.sleep(0.005)
     raise AssertionError("no worker was seen waiting on a reply before the build ended")
