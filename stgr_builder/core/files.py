@@ -24,6 +24,17 @@ from typing import BinaryIO
 from stgr_builder.core.hashing import sha256_file
 
 
+def cache_home() -> Path:
+    """The user's cache folder for stgr-builder: ``$STGR_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/stgr-builder``, else ``~/.cache/stgr-builder``. Exported detectors, text
+    embeddings, staging copies of bucket datasets and local copies of bucket media live under it."""
+    configured = os.environ.get("STGR_CACHE_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "stgr-builder"
+
+
 def temp_path(path: Path) -> Path:
     """A fresh hidden temporary name beside ``path``."""
     return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from stgr_builder.core.files import cache_home
 from stgr_builder.core.hashing import digest
 from stgr_builder.core.resources import LoadedModel, Resources
 from stgr_builder.detect.base import pick_device, weights_hash
@@ -54,14 +55,6 @@ REAL_WEIGHTS = {
 
 #: Bytes of text embeddings the process keeps in memory (2 KB per phrase at 512 floats).
 EMBEDDINGS_MEMO_BYTES = 16 << 20
-
-
-def cache_root() -> Path:
-    """The user's cache folder for stgr-builder (``STGR_CACHE_DIR`` first)."""
-    if os.environ.get("STGR_CACHE_DIR"):
-        return Path(os.environ["STGR_CACHE_DIR"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "stgr-builder"
 
 
 def _missing(what: str, path: Path | None, backend: str) -> StgrError:
@@ -97,7 +90,7 @@ class TextEmbeddings:
         self.path = path
         self.device = device
         self.identity = weights_hash(path)  # a different encoder file gives other embeddings
-        self.folder = (folder or cache_root()) / "text-embeddings" / self.identity
+        self.folder = (folder or cache_home()) / "text-embeddings" / self.identity
         self.phrases_encoded = 0  # phrases run through the encoder by this object
         self._resources = resources
         self._memo = resources.memo("text-embeddings", EMBEDDINGS_MEMO_BYTES)

@@ -17,13 +17,13 @@ identity: a non-default runtime enters the build id and the detector's name.
 from __future__ import annotations
 
 import fcntl
-import os
 import shutil
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Literal
 
+from stgr_builder.core.files import cache_home
 from stgr_builder.errors import StgrError, require
 
 Runtime = Literal["torch", "openvino", "onnx", "tensorrt"]
@@ -41,17 +41,6 @@ EXPORTED_NAME: dict[str, str] = {
     "openvino": "weights_openvino_model",
     "tensorrt": "weights.engine",
 }
-
-
-def cache_root() -> Path:
-    """Where exported models are kept: ``$STGR_CACHE_DIR``, else ``$XDG_CACHE_HOME/stgr-builder``,
-    else ``~/.cache/stgr-builder`` (the folder of the open-vocabulary embeddings too; not
-    imported from detect/openvocab.py, which imports this module through detect/yolo.py)."""
-    configured = os.environ.get("STGR_CACHE_DIR")
-    if configured:
-        return Path(configured).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "stgr-builder"
 
 
 def check_runtime(runtime: str, device: str) -> None:
@@ -101,7 +90,7 @@ def exported_model(
 ) -> Path:
     """The exported model of ``weights`` for ``runtime`` (a file or an OpenVINO folder),
     exported on first use; concurrent callers (threads or processes) export it once."""
-    folder = (cache or cache_root()) / "detector" / export_key(weights_hash, runtime, imgsz, batch)
+    folder = (cache or cache_home()) / "detector" / export_key(weights_hash, runtime, imgsz, batch)
     target = folder / EXPORTED_NAME[runtime]
     if target.exists():
         return target

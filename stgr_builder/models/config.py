@@ -462,7 +462,7 @@ class CacheConfig(ConfigModel):
     local_dir: str | None = Field(
         None,
         description="folder of the local copies of remote media (probe and decoders read them); "
-        "None: $XDG_CACHE_HOME/stgr-builder/media (~/.cache/...)",
+        "None: media/ in $STGR_CACHE_DIR, else $XDG_CACHE_HOME/stgr-builder, else ~/.cache/stgr-builder",
     )
     local_max_bytes: int = Field(
         20 << 30,

@@ -53,6 +53,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from stgr_builder.core.files import cache_home
 from stgr_builder.core.hashing import fingerprint_of, media_fingerprint
 from stgr_builder.errors import StgrError
 from stgr_builder.storage.location import filesystem, is_url
@@ -73,9 +74,8 @@ _LOCK_NAME = ".lock"
 
 
 def default_local_dir() -> Path:
-    """``$XDG_CACHE_HOME/stgr-builder/media`` (``~/.cache/...`` without it)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "stgr-builder" / "media"
+    """``media/`` in the user's cache folder (``core.files.cache_home``)."""
+    return cache_home() / "media"
 
 
 def media_location(media_root: str, rel: str) -> str:

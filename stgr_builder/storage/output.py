@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import atexit
 import hashlib
-import os
 import shutil
 import tempfile
 import threading
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from stgr_builder.core.arrow import DATASETS
+from stgr_builder.core.files import cache_home
 from stgr_builder.core.hashing import sha256_file
 from stgr_builder.core.layout import CACHE_DIR, MANIFEST, STAGES_DIR, record_path
 from stgr_builder.errors import StgrError
@@ -50,15 +50,6 @@ from stgr_builder.models import Manifest
 from stgr_builder.storage.lease import Lease
 from stgr_builder.storage.location import is_url, store_errors
 from stgr_builder.storage.mirror import Mirror
-
-
-def cache_home() -> Path:
-    """The user's cache folder for stgr-builder (``STGR_CACHE_DIR`` first)."""
-    if os.environ.get("STGR_CACHE_DIR"):
-        return Path(os.environ["STGR_CACHE_DIR"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "stgr-builder"
-    return Path.home() / ".cache" / "stgr-builder"
 
 
 def staging_root(url: str) -> Path:
