@@ -159,16 +159,26 @@ class Mirror:
         Each file's size, mtime and MD5 are noted before its upload: a file rewritten meanwhile
         no longer matches them, so the next push uploads it again, never leaving it stale."""
         with self._lock:
-            noted = {rel: entry for rel in self._changed(include) if (entry := self._fingerprint(rel))}
-            try:
-                self._upload(list(noted))  # concurrently: fsspec's batches
-            except FileNotFoundError:
-                # One was removed since it was listed (an intent once its record is written):
-                # one at a time, leaving out what is gone.
-                noted = {rel: entry for rel, entry in noted.items() if self._upload_one(rel)}
-            self._loaded().update(noted)
-            self._save()
-            return list(noted)
+            return self._push(self._changed(include))
+
+    def push_files(self, rels: list[str]) -> list[str]:
+        """``push`` of the named files (those changed since last synced), without walking the
+        copy: a commit names what it found changed, or the one record it commits."""
+        with self._lock:
+            return self._push([rel for rel in rels if not self._synced(rel)])
+
+    def _push(self, rels: list[str]) -> list[str]:
+        # the caller holds the lock
+        noted = {rel: entry for rel in rels if (entry := self._fingerprint(rel))}
+        try:
+            self._upload(list(noted))  # concurrently: fsspec's batches
+        except FileNotFoundError:
+            # One was removed since it was listed (an intent once its record is written):
+            # one at a time, leaving out what is gone.
+            noted = {rel: entry for rel, entry in noted.items() if self._upload_one(rel)}
+        self._loaded().update(noted)
+        self._save()
+        return list(noted)
 
     def _upload(self, rels: list[str]) -> None:
         if rels:

@@ -152,10 +152,10 @@ class CommittingJob:
     def _push_content(mirror: Mirror) -> None:
         """Upload what changed but the records and the manifest; a changed shard file first
         takes the manifest down (it would name the old file's checksum)."""
-        content = [rel for rel in mirror.changed() if not _is_record(rel) and rel != MANIFEST]
+        content = mirror.changed(lambda rel: not _is_record(rel) and rel != MANIFEST)  # one walk of the copy
         if any(_in_dataset(rel) for rel in content):
             mirror.remove(MANIFEST)
-        mirror.push(lambda rel: not _is_record(rel) and rel != MANIFEST)
+        mirror.push_files(content)
 
     def commit_shard(self, mirror: Mirror, shard: int, complete: bool) -> None:
         """A shard ended: its files (and the stage results, so a resume reuses them), then its
@@ -163,8 +163,7 @@ class CommittingJob:
         self._check_lease()
         self._push_content(mirror)
         if complete:
-            record = record_path(Path(), shard).as_posix()
-            mirror.push(lambda rel: rel == record)
+            mirror.push_files([record_path(Path(), shard).as_posix()])
 
     def commit_dataset(self, mirror: Mirror) -> None:
         """Every shard ended and the manifest is written: the rest (records, plan, card), then
@@ -173,7 +172,7 @@ class CommittingJob:
         self._push_content(mirror)
         mirror.push(lambda rel: rel != MANIFEST)
         mirror.delete_extras()
-        mirror.push(lambda rel: rel == MANIFEST)
+        mirror.push_files([MANIFEST])
 
 
 #: Each process's own copy of a URL's dataset when the build's processes share no disk
