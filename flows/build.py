@@ -98,7 +98,9 @@ def task_runner(sharding: ShardingConfig):
     if sharding.dask_address:
         return DaskTaskRunner(address=sharding.dask_address)
     # One thread per worker process: a shard task already uses the cores it gets (decoding,
-    # detection), and the LLM annotator runs its own event loop inside the task.
+    # detection), and the LLM annotator runs its own event loop inside the task. The workers
+    # report to this command's Prefect server (``env``: the nanny's environment for its
+    # worker); without it each started a temporary server of its own, as Ray's workers did.
     return DaskTaskRunner(
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={
@@ -106,6 +108,7 @@ def task_runner(sharding: ShardingConfig):
             "threads_per_worker": 1,
             "processes": True,
             "dashboard_address": None,
+            "env": {"PREFECT_API_URL": prefect_api_url()},
         },
     )
 

@@ -22,5 +22,12 @@ os.environ.update(
     }
 )
 
+# One Prefect server for the session (``helpers/prefect_server.py``): every build a test starts,
+# and every Dask or Ray worker, reports to it instead of starting a temporary server of its own.
+# Set before this process imports Prefect, whose settings are read once at import.
+from helpers.prefect_server import start_session_server  # noqa: E402
+
+os.environ["PREFECT_API_URL"] = start_session_server()
+
 # Fixtures several test modules share (the LLM annotator's frames and endpoint): ``root``, ``env``.
 pytest_plugins = ["helpers.llm_units", "helpers.s3"]

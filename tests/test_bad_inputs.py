@@ -100,17 +100,18 @@ def clean(source, tmp_path_factory) -> Path:
     """The good items alone, built while another build of them is being killed: the killed
     build's temporary Prefect server must go with it, and must not stand in this one's way."""
     out = tmp_path_factory.mktemp("clean") / "out"
+    own_server = {name: value for name, value in _env().items() if name != "PREFECT_API_URL"}
     killed = subprocess.Popen(
         [sys.executable, "-m", "stgr_builder.cli", "build", "CONFIG.yaml", "--out", str(out.parent / "killed")],
         cwd=source,
-        env=_env(),
+        env=own_server,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     server = _wait_for_child(killed.pid, "uvicorn", timeout=120)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
-    result = _stgr("build", "CONFIG.yaml", "--out", str(out), cwd=source)
+    result = _stgr("build", "CONFIG.yaml", "--out", str(out), cwd=source, env=own_server)
     assert result.returncode == 0, result.stderr
     assert server is not None, "the build started no temporary Prefect server"
     deadline = time.monotonic() + 10
