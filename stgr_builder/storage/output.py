@@ -123,7 +123,8 @@ class CommittingJob:
             return self.inner, self.mirror
         copy = process_copy(self.mirror.url, self.owner)
         copy.pull()
-        return self.inner.moved(copy.local), copy
+        # The run's budget stays in the bucket: a ledger in each copy would be each process's own.
+        return self.inner.moved(copy.local, shared=self.mirror.url), copy
 
     def plan(self) -> Any:
         inner, mirror = self._here()
