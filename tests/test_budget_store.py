@@ -142,24 +142,27 @@ def shard_digests(manifest: bytes) -> dict[str, str]:
 def test_one_budget_across_dask_workers_sharing_only_the_bucket(s3, proxy, monkeypatch, tmp_path_factory):
     """Two Dask workers, each on its own copy of the bucket's dataset, spend one budget: the
     LLM server gets exactly the budget's new requests (work remains), no ledger stays behind, and
-    a second run finishes with the rows of an unbudgeted local build."""
+    a second run finishes with the rows of an unbudgeted local build. With the ledger in each
+    worker's copy (the bug this fixes) the server got 12: each worker spent the whole budget."""
     monkeypatch.setenv("DASK_LOGGING__DISTRIBUTED", "warning")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-dry-run")
     budget, source = 6, small_source(tmp_path_factory)
-    sharding = {"samples_per_shard": 4, "workers": 2, "runner": "dask"}
-    capped = write_config(
-        source, "budget-bucket", annotator={**LLM, "concurrency": 2, "budget": budget}, sharding=sharding
-    )
-    free = write_config(source, "budget-free", annotator={**LLM, "concurrency": 2}, sharding=sharding)
+    annotator = {**LLM, "concurrency": 2}
+    # the workers and the runner pace a build: left out of its id, so the three runs are one build
+    dask = {"samples_per_shard": 8, "workers": 2, "runner": "dask"}
+    capped = write_config(source, "budget-dask", annotator={**annotator, "budget": budget}, sharding=dask)
+    free = write_config(source, "budget-free", annotator=annotator, sharding={**dask, "runner": "thread"})
     local = tmp_path_factory.mktemp("budget-bucket") / "local"
     with serve_llm(latency_ms=30) as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
-        build(free, local, runner=flow_runner)
+        build(free, local)
         unbudgeted = server.stats()["total"]
         first = build(capped, s3.url("ds"), runner=flow_runner)
         sent = server.stats()["total"] - unbudgeted
         assert not s3.fs.find(f"{s3.bucket}/ds/_cache/budget")  # the run's ledger went with it
-        second = build(free, s3.url("ds"), runner=flow_runner)
+        s3.fs.pipe_file(f"{s3.bucket}/ds/_cache/budget/killed-run.json", b'{"requests": 3, "tokens": 0}')
+        second = build(free, s3.url("ds"))
+    assert not s3.fs.find(f"{s3.bucket}/ds/_cache/budget")  # a killed run's ledger: removed at the end
     assert unbudgeted > budget  # the budget stops the first run short
     assert not first.complete and first.pending_reasons.get("budget")
     assert sent == budget, sent  # one ledger for both workers: never more, and all of it spent
@@ -167,3 +170,16 @@ def test_one_budget_across_dask_workers_sharing_only_the_bucket(s3, proxy, monke
     assert shard_digests(s3.fs.cat_file(f"{s3.bucket}/ds/manifest.json")) == shard_digests(
         (local / "manifest.json").read_bytes()
     )
+
+
+def test_a_budgeted_build_of_isolated_workers_on_another_store_is_refused_before_any_work(
+    tmp_path_factory, monkeypatch
+):
+    """memory:// stands for a store without the conditional writes this uses (gs://, az://)."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-dry-run")
+    source = small_source(tmp_path_factory)
+    config = write_config(
+        source, "budget-memory", annotator={**LLM, "budget": 3}, sharding={"workers": 2, "runner": "dask"}
+    )
+    with pytest.raises(StgrError, match="memory://.* not supported yet"):
+        build(config, "memory://bucket/ds", runner=flow_runner)

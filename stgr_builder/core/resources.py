@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from stgr_builder.core.cache import BoundedCache, approx_size
 from stgr_builder.core.hashing import media_fingerprint
-from stgr_builder.errors import warn
 from stgr_builder.core.ledger import update_json
+from stgr_builder.errors import warn
 from stgr_builder.storage.ledger import SharedObject
 from stgr_builder.storage.location import is_url
 from stgr_builder.storage.media import cached_stat, remote_fingerprint
@@ -59,8 +59,9 @@ class Budget:
     Thread-safe: the shard tasks of a run share one. With a ``ledger`` the counts live there,
     so every process of the run (each Dask worker) draws from one budget: a file updated under
     an exclusive ``flock``, or an object in a bucket (a URL) updated by conditional writes
-    (``storage/ledger.py``), for workers that share nothing but the bucket. A request is counted when it is sent, so at most ``max_requests`` are ever
-    sent; its tokens when its reply comes, so requests in flight may pass a token cap.
+    (``storage/ledger.py``), for workers that share nothing but the bucket. A request is counted
+    when it is sent, so at most ``max_requests`` are ever sent; its tokens when its reply comes,
+    so requests in flight may pass a token cap.
 
     >>> budget = Budget(10, None, ledger=Path("out/_cache/budget/<run>.json"))  # doctest: +SKIP
     >>> budget.acquire()                                                        # doctest: +SKIP

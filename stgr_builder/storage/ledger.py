@@ -124,6 +124,15 @@ class SharedObject:
         )
 
 
+def check_shared_ledger(url: str) -> None:
+    """``StgrError`` unless a ledger under ``url`` can be shared by conditional writes (S3).
+
+    >>> check_shared_ledger("gs://bucket/ds")  # doctest: +SKIP
+    StgrError: gs://bucket/ds: a run's LLM budget shared by workers on gs:// is not supported yet ...
+    """
+    _conditional_fs(url)
+
+
 def _conditional_fs(url: str) -> tuple[Any, str]:
     """The filesystem of ``url`` when it has conditional writes this module uses (S3's), else
     ``StgrError``.

@@ -213,6 +213,19 @@ class Mirror:
                 self.fs.rm_file(self.remote(rel))
             return extras
 
+    def remove_tree(self, rel: str) -> list[str]:
+        """Remove every object under the folder ``rel`` (one the mirror never syncs, so
+        ``delete_extras`` leaves it); returns their relative paths."""
+        root = self.remote(rel).rstrip("/")
+        try:
+            found = self.fs.find(root)
+        except FileNotFoundError:
+            return []
+        for path in found:
+            self.fs.rm_file(path)
+        prefix = self.remote("").rstrip("/") + "/"
+        return [path.removeprefix(prefix) for path in found]
+
     def remove(self, rel: str) -> bool:
         """Remove one object if it is there; whether it was."""
         try:
