@@ -16,6 +16,7 @@ from stgr_builder.dryrun.server import serve_llm
 from stgr_builder.errors import StgrError
 from stgr_builder.flows.build import flow_runner
 from stgr_builder.pipeline import build
+from stgr_builder.storage import Mirror
 from stgr_builder.storage.ledger import SharedObject
 
 from helpers.s3_faults import Fault, FaultProxy
@@ -183,3 +184,19 @@ def test_a_budgeted_build_of_isolated_workers_on_another_store_is_refused_before
     )
     with pytest.raises(StgrError, match="memory://.* not supported yet"):
         build(config, "memory://bucket/ds", runner=flow_runner)
+
+
+def test_the_mirror_never_syncs_budget_ledgers_nor_the_lock(s3, tmp_path):
+    """A thread build's ledger in its staging copy stays there (no later run reads it), and a
+    ledger in the bucket is neither pulled into a copy nor taken for an extra to delete."""
+    copy = tmp_path / "ds"
+    for rel in ("plan.json", "_cache/budget/run-local.json", ".stgr-lock"):
+        (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+        (copy / rel).write_text("{}")
+    mirror = Mirror(s3.url("ds"), copy)
+    assert mirror.push(lambda rel: True) == ["plan.json"]
+    s3.fs.pipe_file(f"{s3.bucket}/ds/_cache/budget/run-shared.json", b"{}")
+    assert mirror.pull() == [] and mirror.delete_extras() == []
+    assert not (copy / "_cache/budget/run-shared.json").exists()
+    assert mirror.remove_tree("_cache/budget") == ["_cache/budget/run-shared.json"]
+    assert sorted(p.split("/ds/", 1)[1] for p in s3.fs.find(f"{s3.bucket}/ds")) == ["plan.json"]

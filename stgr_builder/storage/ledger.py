@@ -145,7 +145,7 @@ def _conditional_fs(url: str) -> tuple[Any, str]:
     if "s3" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
         raise StgrError(
             f"{url}: a run's LLM budget shared by workers on {url.split('://')[0]}:// is not supported yet "
-            f"(only s3://): use the thread runner (sharding.runner: threads), or no annotator.budget"
+            f"(only s3://): use the thread runner (sharding.runner: thread), or no annotator.budget"
         )
     return fs, path
 
@@ -156,9 +156,9 @@ def _read(fs: Any, path: str) -> tuple[str | None, bytes]:
     The ETag is asked first (``info``, a HEAD), then the bytes (a GET). If the object changed in
     between, the bytes are newer than the ETag, and the PUT conditioned on that ETag fails with
     412 as long as the ETag never comes back, the ABA case; it cannot: every write holds a new
-    write id (``WRITES_KEY``), so no two writes have the same bytes, hence the same ETag (S3's
-    is their MD5, or unique per upload with KMS); the counts only grow besides, and an
-    unchanged state is never written. s3fs (2026.2): ``info(refresh=True)`` is a ``head_object``
+    write id (``WRITES_KEY``), so no two writes have the same bytes, hence the same ETag (that
+    of a single PUT is the MD5 of its bytes); the counts only grow besides, and an unchanged
+    state is never written. s3fs (2026.2): ``info(refresh=True)`` is a ``head_object``
     that bypasses its listing cache, and ``cat_file`` always sends a ``get_object``."""
     try:
         etag = str(fs.info(path, refresh=True)["ETag"])
