@@ -62,6 +62,7 @@ from stgr_builder.models import (
 )
 from stgr_builder.shards import finished_shard, write_manifest, write_shard
 from stgr_builder.stages import StageStore, sample_inputs, stored_steps
+from stgr_builder.storage.ledger import discard
 from stgr_builder.storage.media import MediaFiles
 from stgr_builder.verify.inherited import GoldCheckStep, SpanCheckStep
 from stgr_builder.verify.steps import TrackGateStep, VerifyStep
@@ -158,7 +159,9 @@ class ResolvedBuild:
     prompts: AnnotatorPrompts
     #: What decides each stored stage's results (``stages.py``), by stage.
     fingerprints: dict[Stage, Any]
-    budget_ledger: Path
+    #: A file in the dataset folder, or an object in the bucket (a URL) when the job's
+    #: processes share nothing else (``BuildJob.moved``).
+    budget_ledger: Path | str
 
     @property
     def detect_print(self) -> list:
@@ -251,7 +254,7 @@ def finish(
         **lineage,
     )
     write_card(ctx.out, manifest)
-    resolved.budget_ledger.unlink(missing_ok=True)
+    discard(resolved.budget_ledger)
     return manifest
 
 
@@ -420,6 +423,7 @@ def shard_steps(ctx: BuildContext, resolved: ResolvedBuild, resources: Resources
         prompts=resolved.prompts,
         resources=resources,
         run=ctx.run,
+        budget_ledger=resolved.budget_ledger,
         wait=ctx.wait,
         span_check=span_check,
         span_frames=config.sampler.span_frames,

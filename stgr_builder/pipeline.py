@@ -154,10 +154,13 @@ class BuildJob:
     def run_shard(self, shard: ShardPlan, resources: Resources) -> ShardResult:
         return execute_shard(self.ctx, self.resolved, shard, resources)
 
-    def moved(self, out: Path) -> BuildJob:
-        """This job writing into ``out`` instead (a process's own copy of a URL's dataset)."""
+    def moved(self, out: Path, shared: Path | str | None = None) -> BuildJob:
+        """This job writing into ``out`` instead (a process's own copy of a URL's dataset), its
+        run's budget ledger kept in ``shared`` (the dataset's URL, what the processes share;
+        default ``out``)."""
         ctx = replace(self.ctx, out=out)
-        return replace(self, ctx=ctx, resolved=replace(self.resolved, budget_ledger=budget_ledger(out, ctx.run)))
+        ledger = budget_ledger(shared if shared is not None else out, ctx.run)
+        return replace(self, ctx=ctx, resolved=replace(self.resolved, budget_ledger=ledger))
 
     def finalize(self, build_plan: BuildPlan, results: list[ShardResult], resources: Resources) -> Manifest:
         """Write the manifest once every shard is done."""

@@ -61,14 +61,16 @@ def make_annotator(
     prompts: AnnotatorPrompts | None = None,
     resources: Resources | None = None,
     run: str = "",
+    budget_ledger: Path | str | None = None,
     wait: bool = True,
     span_check: SpanCheckConfig | None = None,
     span_frames: int = 4,
 ) -> Annotator:
     """The annotator a config names, with the ``prompts`` the build resolved (loaded here when
     not given). The openai backend (``annotate/llm.py``) keeps its request cache under ``root``
-    (the dataset folder), and takes the budget of ``run`` and its frame memos from ``resources``
-    (the worker's), so the annotators of one run share them. With ``span_check.events: judge``
+    (the dataset folder), and takes the budget of ``run`` (counted in ``budget_ledger``, the
+    build's ``ResolvedBuild.budget_ledger``) and its frame memos from ``resources`` (the
+    worker's), so the annotators of one run share them. With ``span_check.events: judge``
     it asks the judge about event spans first (``events.py``).
 
     >>> make_annotator(AnnotatorConfig(), VerifyConfig(), root=Path("out")).prompt.name
@@ -88,6 +90,7 @@ def make_annotator(
         prompts=prompts,
         resources=resources,
         run=run,
+        budget_ledger=budget_ledger,
         wait=wait,
         span_check=span_check,
         span_frames=span_frames,

@@ -265,10 +265,12 @@ class Asker:
         self, key: str, messages: list[dict], model: type[BaseModel], name: str, max_tokens: int | None
     ) -> CacheEntry:
         """One request sent (budget permitting), its reply cached before it is used."""
-        if not self.budget.acquire():
+        # In a thread: with workers that share only the bucket, the ledger is a few round trips
+        # to the store (``storage/ledger.py``), which must not stall the session's other requests.
+        if not await asyncio.to_thread(self.budget.acquire):
             raise BudgetReached()
         entry = await self._send(key, messages, model, name, max_tokens)
-        self.budget.add_tokens(entry.usage.prompt_tokens + entry.usage.completion_tokens)
+        await asyncio.to_thread(self.budget.add_tokens, entry.usage.prompt_tokens + entry.usage.completion_tokens)
         await asyncio.to_thread(self.cache.put, key, entry)  # before the reply is used
         return entry
 

@@ -100,7 +100,7 @@ from stgr_builder.annotate.session import LlmSession
 from stgr_builder.annotate.usage import ANNOTATOR_USAGE, SAMPLE_USAGE
 from stgr_builder.core import grammar
 from stgr_builder.core.hashing import digest
-from stgr_builder.core.layout import budget_ledger
+from stgr_builder.core.layout import budget_ledger as run_ledger
 from stgr_builder.core.resources import Resources
 from stgr_builder.core.steps import Deferred
 from stgr_builder.errors import BudgetReached, SampleError, StgrError
@@ -148,6 +148,7 @@ class LlmAnnotator:
         prompts: AnnotatorPrompts | None = None,
         resources: Resources | None = None,
         run: str = "",
+        budget_ledger: Path | str | None = None,
         wait: bool = True,
         span_check: SpanCheckConfig | None = None,
         span_frames: int = 4,
@@ -177,8 +178,9 @@ class LlmAnnotator:
             self.prompts.append(self.events.prompt)
         resources = resources if resources is not None else Resources()
         # One budget per run, shared by every annotator (shard task) of the run in this process,
-        # and, through the run's ledger file, by every process of the run (Dask workers).
-        ledger = budget_ledger(self.root, run) if run else None
+        # and, through the run's ledger, by every process of the run (Dask workers): the one the
+        # build resolved (a URL when the workers share only the bucket), else the folder's.
+        ledger = budget_ledger if budget_ledger is not None else (run_ledger(self.root, run) if run else None)
         self.budget = resources.budget(run, config.budget, config.budget_tokens, ledger)
         self.cache = ResponseCache(self.root)
         # The response_format the endpoint accepts, remembered under the cache (a fallback is

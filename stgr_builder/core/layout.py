@@ -39,12 +39,17 @@ BUDGET_DIR = CACHE_DIR / "budget"
 RATELIMIT_FILE = CACHE_DIR / "ratelimit.json"
 
 
-def budget_ledger(root: Path, run: str) -> Path:
-    """The LLM budget ledger of one run (``run``: ``BuildContext.run``), shared by its processes.
+def budget_ledger(root: Path | str, run: str) -> Path | str:
+    """The LLM budget ledger of one run (``run``: ``BuildContext.run``), shared by its processes:
+    in a dataset folder, or (``root`` a URL) in the bucket, for workers that share nothing else.
 
-    >>> budget_ledger(Path("out"), "r1")
-    PosixPath('out/_cache/budget/r1.json')
+    >>> budget_ledger(Path("out"), "r1"), budget_ledger("s3://b/ds/", "r1")
+    (PosixPath('out/_cache/budget/r1.json'), 's3://b/ds/_cache/budget/r1.json')
     """
+    from stgr_builder.storage.location import is_url  # here: storage imports this module
+
+    if is_url(root):
+        return f"{str(root).rstrip('/')}/{BUDGET_DIR.as_posix()}/{run}.json"
     return Path(root) / BUDGET_DIR / f"{run}.json"
 
 

@@ -33,6 +33,7 @@ from stgr_builder.core.cache import BoundedCache, approx_size
 from stgr_builder.core.hashing import media_fingerprint
 from stgr_builder.core.ledger import update_json
 from stgr_builder.errors import warn
+from stgr_builder.storage.ledger import SharedObject
 from stgr_builder.storage.location import is_url
 from stgr_builder.storage.media import cached_stat, remote_fingerprint
 
@@ -55,25 +56,30 @@ class LoadedModel:
 class Budget:
     """New (uncached) LLM requests and their tokens in one run, against the config's caps.
 
-    Thread-safe: the shard tasks of a run share one. With a ``ledger`` file the counts live
-    there, under an exclusive ``flock``, so every process of the run (each Dask worker) draws
-    from one budget. A request is counted when it is sent, so at most ``max_requests`` are ever
-    sent; its tokens when its reply comes, so requests in flight may pass a token cap.
+    Thread-safe: the shard tasks of a run share one. With a ``ledger`` the counts live there,
+    so every process of the run (each Dask worker) draws from one budget: a file updated under
+    an exclusive ``flock``, or an object in a bucket (a URL) updated by conditional writes
+    (``storage/ledger.py``), for workers that share nothing but the bucket. A request is counted
+    when it is sent, so at most ``max_requests`` are ever sent; its tokens when its reply comes,
+    so requests in flight may pass a token cap.
 
     >>> budget = Budget(10, None, ledger=Path("out/_cache/budget/<run>.json"))  # doctest: +SKIP
     >>> budget.acquire()                                                        # doctest: +SKIP
     True
     """
 
-    def __init__(self, max_requests: int | None, max_tokens: int | None, ledger: Path | None = None):
+    def __init__(self, max_requests: int | None, max_tokens: int | None, ledger: Path | str | None = None):
         self.max_requests = max_requests
         self.max_tokens = max_tokens
         self.requests = 0
         self.tokens = 0
         self.reached = False
-        self.ledger = (
-            Path(ledger) if ledger is not None and (max_requests is not None or max_tokens is not None) else None
-        )
+        capped = max_requests is not None or max_tokens is not None
+        self.ledger: Path | str | None = None
+        self._shared: SharedObject | None = None  # the ledger in a bucket, connected once
+        if ledger is not None and capped:
+            self.ledger = str(ledger) if is_url(ledger) else Path(ledger)
+            self._shared = SharedObject(str(ledger)) if is_url(ledger) else None
         self._lock = threading.Lock()
 
     def _update(self, change: Callable[[dict[str, int]], bool]) -> bool:
@@ -90,7 +96,13 @@ class Budget:
                     counts.update(stored)
                     return outcome
 
-                result = update_json(ledger, lambda data: _ledger_counts(data, ledger), counted)
+                def parse(data: bytes) -> dict[str, Any]:
+                    return _ledger_counts(data, ledger)
+
+                if self._shared is not None:
+                    result = self._shared.update(parse, counted)
+                else:
+                    result = update_json(Path(ledger), parse, counted)
             self.requests, self.tokens = counts["requests"], counts["tokens"]
             return result
 
@@ -154,9 +166,11 @@ class Resources:
                 memo = self._memos[name] = BoundedCache(max_bytes or self.memo_bytes, weigh=weigh)
             return memo
 
-    def budget(self, run: str, max_requests: int | None, max_tokens: int | None, ledger: Path | None = None) -> Budget:
+    def budget(
+        self, run: str, max_requests: int | None, max_tokens: int | None, ledger: Path | str | None = None
+    ) -> Budget:
         """The LLM budget of run ``run`` (made on first use with these caps); with ``ledger``,
-        counted in that file, shared by every process of the run."""
+        counted in that file (or object, a URL), shared by every process of the run."""
         with self._lock:
             budget = self._budgets.get(run)
             if budget is None:
@@ -232,7 +246,7 @@ def _this_ray_worker() -> Any:
 _ATTACH_LOCK = threading.Lock()  # guards the Worker attribute above; holds no state itself
 
 
-def _ledger_counts(data: bytes, path: Path) -> dict[str, int]:
+def _ledger_counts(data: bytes, path: Path | str) -> dict[str, int]:
     """A budget ledger's counts; one that is not ``{"requests": N, "tokens": N}`` (damaged, a
     hand edit) is named in a warning and counts from zero (the run may spend its budget again)."""
     try:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from stgr_builder.core.files import atomic_write_text, temp_path
+from stgr_builder.core.layout import BUDGET_DIR
 from stgr_builder.storage.location import filesystem
 
 #: The lock: a local ``flock`` file in the copy, a folder of lease objects in the bucket
@@ -91,7 +92,8 @@ class Mirror:
     # -- what is where ----------------------------------------------------------------------
 
     def remote_objects(self) -> dict[str, str]:
-        """Every object under the prefix but the lock's: relative path -> content tag."""
+        """Every object under the prefix but those never synced (``_never_synced``): relative
+        path -> content tag."""
         root = self.remote("").rstrip("/")
         try:
             found = self.fs.find(root, detail=True)
@@ -100,16 +102,16 @@ class Mirror:
         objects = {}
         for path, info in found.items():
             rel = path[len(root) + 1 :] if path.startswith(root + "/") else None
-            if rel and info.get("type", "file") == "file" and not _is_lock(rel):
+            if rel and info.get("type", "file") == "file" and not _never_synced(rel):
                 objects[rel] = _etag(info)
         return objects
 
     def local_files(self) -> list[str]:
-        """Every file of the copy (relative, sorted) but the lock and the writer's temp files."""
+        """Every file of the copy (relative, sorted) but those never synced and the writer's temp files."""
         if not self.local.is_dir():
             return []
         found = (p.relative_to(self.local).as_posix() for p in self.local.rglob("*") if p.is_file())
-        return sorted(rel for rel in found if not _is_lock(rel) and not _TEMP.search(rel))
+        return sorted(rel for rel in found if not _never_synced(rel) and not _TEMP.search(rel))
 
     # -- bucket -> copy ---------------------------------------------------------------------
 
@@ -211,6 +213,19 @@ class Mirror:
                 self.fs.rm_file(self.remote(rel))
             return extras
 
+    def remove_tree(self, rel: str) -> list[str]:
+        """Remove every object under the folder ``rel`` (one the mirror never syncs, so
+        ``delete_extras`` leaves it); returns their relative paths."""
+        root = self.remote(rel).rstrip("/")
+        try:
+            found = self.fs.find(root)
+        except FileNotFoundError:
+            return []
+        for path in found:
+            self.fs.rm_file(path)
+        prefix = self.remote("").rstrip("/") + "/"
+        return [path.removeprefix(prefix) for path in found]
+
     def remove(self, rel: str) -> bool:
         """Remove one object if it is there; whether it was."""
         try:
@@ -258,5 +273,14 @@ class Mirror:
         return entry is not None and self._unchanged(rel, entry)
 
 
-def _is_lock(rel: str) -> bool:
-    return rel == LOCK_NAME or rel.startswith(LOCK_NAME + "/")
+#: What the mirror never syncs, either way (pull, push, delete_extras), and why:
+#: - the lock (``LOCK_NAME``): a local ``flock`` file in a copy, lease objects in the bucket
+#:   (``lease.py``), each only meaningful where it is;
+#: - the runs' LLM budget ledgers (``_cache/budget/``): a ledger belongs to one run (a fresh id
+#:   per command), so no later run reads one; a process's copy of it would be its own count,
+#:   and workers sharing only the bucket count in the bucket itself (``storage/ledger.py``).
+_NOT_SYNCED = (LOCK_NAME, BUDGET_DIR.as_posix())
+
+
+def _never_synced(rel: str) -> bool:
+    return any(rel == name or rel.startswith(name + "/") for name in _NOT_SYNCED)

@@ -15,7 +15,8 @@ folder keeps on disk:
   point; the manifest is uploaded last of all, the dataset's (``CommittingJob``). Uploading a
   shard file first removes the manifest, so a rebuild in progress is never read as finished;
 - **nothing uncommitted stays**: objects a killed run uploaded that the resumed one did not
-  keep (a shard file without a record) are removed before its manifest is uploaded.
+  keep (a shard file without a record), and its LLM budget ledger, are removed before the
+  manifest is uploaded.
 
 Readers (``open_dataset``) copy the committed dataset, the shard files its manifest lists and
 what they reference, into a read copy and read that with the local code (DuckDB included).
@@ -44,10 +45,11 @@ from typing import Any
 from stgr_builder.core.arrow import DATASETS
 from stgr_builder.core.files import cache_home
 from stgr_builder.core.hashing import sha256_file
-from stgr_builder.core.layout import CACHE_DIR, MANIFEST, STAGES_DIR, record_path
+from stgr_builder.core.layout import BUDGET_DIR, CACHE_DIR, MANIFEST, STAGES_DIR, record_path
 from stgr_builder.errors import StgrError
 from stgr_builder.models import Manifest
 from stgr_builder.storage.lease import Lease
+from stgr_builder.storage.ledger import check_shared_ledger
 from stgr_builder.storage.location import is_url, store_errors
 from stgr_builder.storage.mirror import Mirror
 
@@ -123,7 +125,8 @@ class CommittingJob:
             return self.inner, self.mirror
         copy = process_copy(self.mirror.url, self.owner)
         copy.pull()
-        return self.inner.moved(copy.local), copy
+        # The run's budget stays in the bucket: a ledger in each copy would be each process's own.
+        return self.inner.moved(copy.local, shared=self.mirror.url), copy
 
     def plan(self) -> Any:
         inner, mirror = self._here()
@@ -172,6 +175,9 @@ class CommittingJob:
         self._push_content(mirror)
         mirror.push(lambda rel: rel != MANIFEST)
         mirror.delete_extras()
+        # Budget ledgers of runs killed before their end (this run's is gone already): no later
+        # run reads them, and one build at a time holds the prefix.
+        mirror.remove_tree(BUDGET_DIR.as_posix())
         mirror.push_files([MANIFEST])
 
 
@@ -208,7 +214,12 @@ class RemoteOutput:
 
     def job(self, inner: Any, isolated: bool = False) -> CommittingJob:
         """``inner`` (built on ``local``) committing to the bucket as it runs; ``isolated``:
-        its tasks run in processes that share nothing but the bucket (``CommittingJob``)."""
+        its tasks run in processes that share nothing but the bucket (``CommittingJob``), whose
+        LLM budget is then counted in the bucket: refused here, before any work, on a store
+        where that is not supported yet."""
+        annotator = inner.ctx.config.annotator
+        if isolated and annotator.backend == "openai" and (annotator.budget, annotator.budget_tokens) != (None, None):
+            check_shared_ledger(self.url)
         return CommittingJob(inner=inner, mirror=self.mirror, owner=self.owner, isolated=isolated)
 
 

@@ -5,9 +5,14 @@ Every request is forwarded to the server as it came; a request a rule matches ge
 instead: ``slowdown`` answers 503 with S3's ``SlowDown`` error (the store asks the client to back
 off), ``drop`` reads half the request's body and closes the connection (a connection lost
 mid-upload: the server never receives the object), ``cut`` sends the headers and half the
-reply's body, then closes (a connection lost mid-download). Rules are ``Fault``s, or any
+reply's body, then closes (a connection lost mid-download), ``lost`` forwards the request and
+closes before replying (the store did it, the client never heard). Rules are ``Fault``s, or any
 ``choose(method, path, range)``. The proxy also counts what it returns: ``bytes`` (body bytes the
 client really downloaded) and ``requests`` (method, path, body bytes).
+
+``one_write_at_a_time``: PUTs reach the server one after the other. moto checks a PUT's
+``If-Match``/``If-None-Match`` and then stores the object as two steps (two PUTs at once may both
+pass), where S3 does both as one; serialized, conditional writes behave as on S3.
 
     with FaultProxy(s3.endpoint, [Fault("PUT", "/stgr_cot/part-", "drop", times=1)]) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
@@ -17,6 +22,7 @@ client really downloaded) and ``requests`` (method, path, body bytes).
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import threading
@@ -39,15 +45,17 @@ class Fault:
 
     method: str
     path_part: str
-    kind: str  # "slowdown" | "drop" | "cut"
+    kind: str  # "slowdown" | "drop" | "cut" | "lost"
     times: int = 1
 
 
 class FaultProxy:
     """A threaded proxy to ``upstream``; ``injected`` counts the faults given by kind."""
 
-    def __init__(self, upstream: str, faults: list[Fault] | None = None):
+    def __init__(self, upstream: str, faults: list[Fault] | None = None, one_write_at_a_time: bool = False):
         self.upstream = urlsplit(upstream)
+        self.one_write_at_a_time = one_write_at_a_time
+        self.write_lock = threading.Lock()
         self.faults = faults or []
         self.choose: Callable[[str, str, str], str | None] | None = None
         self.injected: Counter[str] = Counter()
@@ -136,6 +144,22 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             if fault == "slowdown":
                 self._reply(503, [("Content-Type", "application/xml")], SLOW_DOWN)
                 return
+            serial = proxy.one_write_at_a_time and self.command == "PUT"
+            with proxy.write_lock if serial else contextlib.nullcontext():
+                response, data = self._upstream(body)
+            proxy.returned(self.command, self.path, data)
+            if fault == "lost":
+                self._close()
+                return
+            head = self.command == "HEAD"  # its Content-Length is the object's: kept
+            kept = [
+                (k, v)
+                for k, v in response.getheaders()
+                if k.lower() not in HOP_BY_HOP or (head and k.lower() == "content-length")
+            ]
+            self._reply(response.status, kept, data, head=head, cut=fault == "cut")
+
+        def _upstream(self, body: bytes) -> tuple[http.client.HTTPResponse, bytes]:
             upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=30)
             headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
             if body or self.command in ("PUT", "POST"):
@@ -144,14 +168,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             response = upstream.getresponse()
             data = response.read()
             upstream.close()
-            proxy.returned(self.command, self.path, data)
-            head = self.command == "HEAD"  # its Content-Length is the object's: kept
-            kept = [
-                (k, v)
-                for k, v in response.getheaders()
-                if k.lower() not in HOP_BY_HOP or (head and k.lower() == "content-length")
-            ]
-            self._reply(response.status, kept, data, head=head, cut=fault == "cut")
+            return response, data
 
         def _reply(self, status: int, headers: list, data: bytes, head: bool = False, cut: bool = False) -> None:
             self.send_response(status)
