@@ -14,6 +14,7 @@ two in one call.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -154,9 +155,10 @@ class BuildJob:
     def run_shard(self, shard: ShardPlan, resources: Resources) -> ShardResult:
         return execute_shard(self.ctx, self.resolved, shard, resources)
 
-    def moved(self, out: Path) -> BuildJob:
-        """This job writing into ``out`` instead (a process's own copy of a URL's dataset)."""
-        ctx = replace(self.ctx, out=out)
+    def moved(self, out: Path, fetch: Callable[[list[str]], object] | None = None) -> BuildJob:
+        """This job writing into ``out`` instead (a process's own copy of a URL's dataset);
+        ``fetch``: that copy's read-through, when it holds only part of the dataset."""
+        ctx = replace(self.ctx, out=out, fetch=fetch)
         return replace(self, ctx=ctx, resolved=replace(self.resolved, budget_ledger=budget_ledger(out, ctx.run)))
 
     def finalize(self, build_plan: BuildPlan, results: list[ShardResult], resources: Resources) -> Manifest:

@@ -14,7 +14,7 @@ from helpers.s3_faults import FaultProxy
 
 OBJECTS = {
     "plan.json": b"{}",
-    "_progress/shard-00000.json": b"{\"shard\": 0}",
+    "_progress/shard-00000.json": b'{"shard": 0}',
     "_cache/ratelimit.json": b"{}",
     "_cache/stages/probe/aa/aa1.json": b"probe aa1",
     "_cache/stages/probe/bb/bb2.json": b"probe bb2",

@@ -35,7 +35,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +44,19 @@ from typing import Any
 from stgr_builder.core.arrow import DATASETS
 from stgr_builder.core.files import cache_home
 from stgr_builder.core.hashing import sha256_file
-from stgr_builder.core.layout import CACHE_DIR, MANIFEST, STAGES_DIR, record_path
+from stgr_builder.core.layout import (
+    BATCH_DIR,
+    BUDGET_DIR,
+    CACHE_DIR,
+    FORMATS_DIR,
+    MANIFEST,
+    PLAN,
+    PROGRESS_DIR,
+    RATELIMIT_FILE,
+    STAGES_DIR,
+    record_path,
+    shard_path,
+)
 from stgr_builder.errors import StgrError
 from stgr_builder.models import Manifest
 from stgr_builder.storage.lease import Lease
@@ -67,6 +79,32 @@ def beside(out: str | Path, name: str) -> Path:
     """A folder for what a command keeps with the dataset but outside the bucket (``_recipe``,
     ``_source``): inside a local ``out``, beside a URL's copy (never pulled over)."""
     return staging_root(str(out)) / name if is_url(out) else Path(out) / name
+
+
+#: The folders a finished build's objects are judged in: its shard files and records, the
+#: run's budget ledgers and submitted batches. Outside them (the stage store, key frames, LLM
+#: replies, all content-addressed) an object the copy lacks is resume material, never garbage.
+OWNED_SCOPE = (
+    *(f"{name}/" for name in sorted(DATASETS)),
+    f"{PROGRESS_DIR}/",
+    f"{BUDGET_DIR.as_posix()}/",
+    f"{BATCH_DIR.as_posix()}/",
+)
+#: What every task of an isolated worker pulls, whatever its shard: the plan, the progress
+#: records and run specs, the small state shared under ``_cache/`` (the response format each
+#: endpoint accepts, the request pacing, submitted batches, the run's budget ledger), and the
+#: dataset folders' listings (of which a shard task keeps its own files only). A shard's stage
+#: entries, key frames and LLM replies come on demand (``Mirror.fetch``), once it names them.
+TASK_SCOPE = (
+    PLAN,
+    f"{PROGRESS_DIR}/",
+    f"{FORMATS_DIR.as_posix()}/",
+    RATELIMIT_FILE.as_posix(),
+    f"{BATCH_DIR.as_posix()}/",
+    f"{BUDGET_DIR.as_posix()}/",
+)
+#: What ``finalize`` pulls: every record and shard file, nothing under ``_cache/`` nor ``kfs/``.
+FINALIZE_SCOPE = (PLAN, MANIFEST, *OWNED_SCOPE)
 
 
 def _is_record(rel: str) -> bool:
@@ -117,16 +155,17 @@ class CommittingJob:
             self._push_content(self.mirror)
             yield held
 
-    def _here(self) -> tuple[Any, Mirror]:
-        """The job and the copy this process works on (``isolated``: its own, just pulled)."""
+    def _here(self, scope: tuple[str, ...], keep: Callable[[str], bool] = lambda rel: True) -> tuple[Any, Mirror]:
+        """The job and the copy this process works on (``isolated``: its own, with ``scope``
+        just pulled (the objects ``keep`` selects) and the rest read through on demand)."""
         if not self.isolated:
             return self.inner, self.mirror
         copy = process_copy(self.mirror.url, self.owner)
-        copy.pull()
-        return self.inner.moved(copy.local), copy
+        copy.pull(keep, scope=scope)
+        return self.inner.moved(copy.local, fetch=copy.fetch), copy
 
     def plan(self) -> Any:
-        inner, mirror = self._here()
+        inner, mirror = self._here(TASK_SCOPE)
         plan = inner.plan()
         if self.isolated:  # the plan's records, for the tasks of the other processes
             self._check_lease()
@@ -134,13 +173,15 @@ class CommittingJob:
         return plan
 
     def run_shard(self, shard: Any, resources: Any) -> Any:
-        inner, mirror = self._here()
+        own = {shard_path(Path(), name, shard.shard).as_posix() for name in DATASETS}
+        scope = (*TASK_SCOPE, *(f"{name}/" for name in sorted(DATASETS)))
+        inner, mirror = self._here(scope, lambda rel: not _in_dataset(rel) or rel in own)
         result = inner.run_shard(shard, resources)
         self.commit_shard(mirror, result.shard, complete=result.complete)
         return result
 
     def finalize(self, plan: Any, results: Any, resources: Any) -> Manifest:
-        inner, mirror = self._here()
+        inner, mirror = self._here(FINALIZE_SCOPE)
         manifest = inner.finalize(plan, results, resources)
         self.commit_dataset(mirror)
         return manifest
@@ -171,7 +212,7 @@ class CommittingJob:
         self._check_lease()
         self._push_content(mirror)
         mirror.push(lambda rel: rel != MANIFEST)
-        mirror.delete_extras()
+        mirror.delete_extras(OWNED_SCOPE)  # a worker's copy lacks most stage entries and frames
         mirror.push_files([MANIFEST])
 
 
