@@ -54,6 +54,7 @@ from stgr_builder.core.layout import (
     PROGRESS_DIR,
     RATELIMIT_FILE,
     STAGES_DIR,
+    intent_path,
     record_path,
     shard_path,
 )
@@ -91,10 +92,10 @@ OWNED_SCOPE = (
     f"{BATCH_DIR.as_posix()}/",
 )
 #: What every task of an isolated worker pulls, whatever its shard: the plan, the progress
-#: records and run specs, the small state shared under ``_cache/`` (the response format each
-#: endpoint accepts, the request pacing, submitted batches, the run's budget ledger), and the
-#: dataset folders' listings (of which a shard task keeps its own files only). A shard's stage
-#: entries, key frames and LLM replies come on demand (``Mirror.fetch``), once it names them.
+#: folder (of the shards' records and intents, a shard task keeps its own), the small state
+#: shared under ``_cache/`` (the response format each endpoint accepts, the request pacing,
+#: submitted batches, the run's budget ledger) and, for a shard task, its own Parquet files. A
+#: shard's stage entries, key frames and LLM replies come on demand (``Mirror.fetch``).
 TASK_SCOPE = (
     PLAN,
     f"{PROGRESS_DIR}/",
@@ -113,6 +114,21 @@ def _is_record(rel: str) -> bool:
 
 def _in_dataset(rel: str) -> bool:
     return rel.split("/", 1)[0] in DATASETS
+
+
+def _of_a_shard(rel: str) -> bool:
+    """Whether ``rel`` belongs to one shard: its Parquet files, its record, its intent."""
+    return _in_dataset(rel) or _is_record(rel) or (rel.startswith(f"{PROGRESS_DIR}/writing-") and rel.endswith(".json"))
+
+
+def _own_files(shard: int) -> set[str]:
+    """The files of one shard (``_of_a_shard``), relative.
+
+    >>> sorted(_own_files(3))[:2]
+    ['_progress/shard-00003.json', '_progress/writing-00003.json']
+    """
+    files = {shard_path(Path(), name, shard) for name in DATASETS}
+    return {path.as_posix() for path in (*files, record_path(Path(), shard), intent_path(Path(), shard))}
 
 
 @dataclass
@@ -173,9 +189,9 @@ class CommittingJob:
         return plan
 
     def run_shard(self, shard: Any, resources: Any) -> Any:
-        own = {shard_path(Path(), name, shard.shard).as_posix() for name in DATASETS}
+        own = _own_files(shard.shard)  # of the shard files and records listed, its own only
         scope = (*TASK_SCOPE, *(f"{name}/" for name in sorted(DATASETS)))
-        inner, mirror = self._here(scope, lambda rel: not _in_dataset(rel) or rel in own)
+        inner, mirror = self._here(scope, lambda rel: not _of_a_shard(rel) or rel in own)
         result = inner.run_shard(shard, resources)
         self.commit_shard(mirror, result.shard, complete=result.complete)
         return result
