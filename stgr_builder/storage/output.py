@@ -15,7 +15,9 @@ folder keeps on disk:
   point; the manifest is uploaded last of all, the dataset's (``CommittingJob``). Uploading a
   shard file first removes the manifest, so a rebuild in progress is never read as finished;
 - **nothing uncommitted stays**: objects a killed run uploaded that the resumed one did not
-  keep (a shard file without a record) are removed before its manifest is uploaded.
+  keep (a shard file without a record) are removed before its manifest is uploaded; only in
+  the shard folders, records and ledgers (``OWNED_SCOPE``): stage entries and key frames are
+  content-addressed resume material, which a worker's partial copy merely lacks.
 
 Readers (``open_dataset``) copy the committed dataset, the shard files its manifest lists and
 what they reference, into a read copy and read that with the local code (DuckDB included).
@@ -138,9 +140,12 @@ class CommittingJob:
     bucket. Plain data: it pickles to Dask workers with the mirror.
 
     ``isolated``: the processes running the tasks share nothing but the bucket (Dask workers,
-    on one machine or many): each process works on its own temporary copy, pulled from the
-    bucket before each task (``inner.moved`` re-points the job at it), so a shard task sees
-    what every other committed. Otherwise every task writes the one staging copy (threads)."""
+    on one machine or many): each process works on its own temporary copy (``inner.moved``
+    re-points the job at it), which holds only what its tasks need: before each task the
+    small shared files are pulled (``TASK_SCOPE``; ``finalize``: ``FINALIZE_SCOPE``), so a task
+    sees what every other committed, and a shard's stage entries, key frames and LLM replies
+    are read through on a local miss (``Mirror.fetch``, the job's ``ctx.fetch``). Otherwise
+    every task writes the one staging copy (threads)."""
 
     inner: Any
     mirror: Mirror
