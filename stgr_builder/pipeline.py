@@ -44,6 +44,7 @@ from stgr_builder.shards import write_plan_json, write_plan_record
 from stgr_builder.sources import check_sources, ingest
 from stgr_builder.storage import is_url, remote_output
 from stgr_builder.storage.media import list_sizes, media_location
+from stgr_builder.storage.output import READ_SCOPE
 from stgr_builder.video.steps import missing_media
 
 
@@ -198,7 +199,7 @@ def build(
             # each works on its own copy.
             isolated = job.ctx.config.sharding.runner in ("dask", "ray")
             manifest = run(remote.job(job, isolated=isolated), runner, resources)
-            if isolated:
-                remote.mirror.pull()  # this process's copy: what the workers committed
+            if isolated:  # this process's copy: what the workers committed, for the readers
+                remote.mirror.pull(scope=READ_SCOPE)
             return manifest
     return run(build_job(config_path, Path(out), resources, **options), runner, resources)

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
@@ -367,12 +367,15 @@ def _object_gets(proxy: FaultProxy, key: str) -> list[str]:
 
 
 def _whole_listings(proxy: FaultProxy, key: str) -> list[str]:
-    """LIST requests of the whole prefix, recursively (no delimiter): what a scoped pull never sends."""
-    return [
-        path
-        for method, path, _ in proxy.requests
-        if method == "GET" and "list-type" in path and f"prefix={key}%2F&" in path + "&" and "delimiter" not in path
-    ]
+    """LIST requests of the whole prefix, recursively (no delimiter: ``fs.find`` of it), which a
+    scoped pull never sends."""
+    whole = []
+    for method, path, _ in proxy.requests:
+        query = parse_qs(urlsplit(path).query, keep_blank_values=True)
+        recursive = not query.get("delimiter", [""])[0]
+        if method == "GET" and "list-type" in query and query.get("prefix") == [f"{key}/"] and recursive:
+            whole.append(path)
+    return whole
 
 
 def test_an_isolated_resume_reads_only_its_shards_stage_entries_frames_and_replies(s3, monkeypatch, tmp_path_factory):

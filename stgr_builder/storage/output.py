@@ -108,6 +108,10 @@ TASK_SCOPE = (
 )
 #: What ``finalize`` pulls: every record and shard file, nothing under ``_cache/`` nor ``kfs/``.
 FINALIZE_SCOPE = (PLAN, MANIFEST, *OWNED_SCOPE)
+#: What the command's own copy takes back once isolated workers built the dataset: what a
+#: reader looks at (the audit it prints: shards, records, key frames, the card ``README.md``),
+#: not the stage store nor the LLM replies (the bulk of the prefix, read by shard tasks only).
+READ_SCOPE = (*FINALIZE_SCOPE, "kfs/", "README.md")
 
 
 def _is_record(rel: str) -> bool:
