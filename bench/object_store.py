@@ -1,6 +1,7 @@
 """Benchmark: media on object storage, and builds on more worker processes.
 
     python bench/object_store.py [--clips 12] [--workers 1,2,4] [--runners dask,ray] [--skip-scaling]
+                                 [--skip-scoped]
 
 (a) **Sampling from a bucket against the local disk**, in one run: the probe and the sampler
     (``ProbeStep`` + ``SampleStep``, the default ``SamplerConfig``, a span in every sample) over
@@ -17,6 +18,12 @@
     LocalCluster and on a local Ray; printed as ratios to 1 worker (time(1) / time(n): above 1
     is faster). Prefect's temporary server is started once before the timings.
 
+(c) **What an isolated worker's shard task reads of the bucket**: a template build of a
+    generated demo source into the bucket, one shard's record removed (a kill before its commit
+    point), then that shard run again as a fresh Dask worker would run it (a new process copy):
+    the objects it listed and downloaded, against what a pull of the whole prefix lists and
+    downloads (every object), printed as a ratio.
+
 Quiet by design: one line per measurement.
 """
 
@@ -31,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -203,6 +211,64 @@ def bench_scaling(workers: list[int], runners: list[str], scratch: Path) -> None
         print(f"(b) build of {len(manifest.shards)} shards on {runner}, by worker processes: {ratios}")
 
 
+def bench_scoped(scratch: Path) -> None:
+    from stgr_builder.dryrun.demo import generate_demo
+    from stgr_builder.pipeline import build, build_job
+    from stgr_builder.storage import remote_output
+    from stgr_builder.storage.output import process_copy
+    from stgr_builder.testing.demo import write_config
+
+    source = scratch / "scoped-demo"
+    generate_demo(source, seed=0, n_videos=8, n_images=2)
+    config = write_config(source, "scoped", sharding={"samples_per_shard": 4})
+    server, bucket = moto_bucket()
+    try:
+        url = f"s3://{bucket}/scoped"
+        build(config, url)
+        with remote_output(url) as remote:
+            job = remote.job(build_job(config, remote.local, Resources()), isolated=True)
+            every = len(remote.mirror.remote_objects())
+            plan = job.inner.plan()
+            shard = max(plan.shards, key=lambda s: len(s.samples))
+            remote.mirror.remove(f"_progress/shard-{shard.shard:05d}.json")
+            listed, downloaded = _counting(process_copy(url, remote.owner))
+            result = job.run_shard(shard, Resources())
+    finally:
+        server.terminate()
+        server.wait()
+    assert result.complete
+    scoped = listed[0] + downloaded[0]
+    print(
+        f"(c) a resumed shard task ({len(shard.samples)} of {sum(len(s.samples) for s in plan.shards)} samples, "
+        f"{len(plan.shards)} shards): listed {listed[0]} + downloaded {downloaded[0]} objects; a whole pull: "
+        f"{every} + {every}; whole / scoped = {2 * every / scoped:.1f}x"
+    )
+
+
+def _counting(mirror: Any) -> tuple[list[int], list[int]]:
+    """Counters of the objects ``mirror`` lists and downloads from now on (its own methods wrapped)."""
+    listed, downloaded = [0], [0]
+    remote_objects, pull, fetch = mirror.remote_objects, mirror.pull, mirror.fetch
+
+    def counted_objects(scope: Any = None) -> dict[str, str]:
+        found = remote_objects(scope)
+        listed[0] += len(found)
+        return found
+
+    def counted_pull(*args: Any, **kwargs: Any) -> list[str]:
+        got = pull(*args, **kwargs)
+        downloaded[0] += len(got)
+        return got
+
+    def counted_fetch(rels: Any) -> list[str]:
+        got = fetch(rels)
+        downloaded[0] += len(got)
+        return got
+
+    mirror.remote_objects, mirror.pull, mirror.fetch = counted_objects, counted_pull, counted_fetch
+    return listed, downloaded
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=int, default=12)
@@ -210,11 +276,14 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--runners", default="dask,ray")
     parser.add_argument("--skip-scaling", action="store_true")
+    parser.add_argument("--skip-scoped", action="store_true")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory(prefix="stgr-bench-os-") as tmp:
         os.environ.setdefault("PREFECT_HOME", str(Path(tmp) / "prefect"))
         bench_sampling(args.clips, Path(tmp), args.repeats)
+        if not args.skip_scoped:
+            bench_scoped(Path(tmp))
         if not args.skip_scaling:
             workers = [int(n) for n in args.workers.split(",")]
             bench_scaling(workers, [r for r in args.runners.split(",") if r], Path(tmp))

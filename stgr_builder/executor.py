@@ -136,6 +136,10 @@ class BuildContext:
     salt: str = ""
     # Batch mode: wait for submitted batches (False: ``--no-wait``, their shards stay pending).
     wait: bool = field(default=True, compare=False)
+    # The read-through of a partial copy of ``out`` (an isolated worker's: ``storage/output.py``):
+    # brings named files (relative to ``out``) from the bucket; the stage store, its key frames
+    # and the LLM request cache call it on a local miss. None: ``out`` holds all there is.
+    fetch: Callable[[list[str]], object] | None = field(default=None, compare=False)
 
     @property
     def build_id(self) -> str:
@@ -427,6 +431,7 @@ def shard_steps(ctx: BuildContext, resolved: ResolvedBuild, resources: Resources
         wait=ctx.wait,
         span_check=span_check,
         span_frames=config.sampler.span_frames,
+        fetch=ctx.fetch,
     )
     provenance = {
         "detector_name": identity["name"],
@@ -463,6 +468,5 @@ def shard_steps(ctx: BuildContext, resolved: ResolvedBuild, resources: Resources
         AnnotateStep(annotator),
         VerifyStep(config.verify, provenance),
     ]
-    return stored_steps(
-        steps, StageStore(ctx.out, ctx.stage_parents), resolved.fingerprints, root=ctx.out, resources=resources
-    )
+    store = StageStore(ctx.out, ctx.stage_parents, fetch=ctx.fetch)
+    return stored_steps(steps, store, resolved.fingerprints, root=ctx.out, resources=resources)

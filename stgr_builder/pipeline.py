@@ -14,6 +14,7 @@ two in one call.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,6 +44,7 @@ from stgr_builder.shards import write_plan_json, write_plan_record
 from stgr_builder.sources import check_sources, ingest
 from stgr_builder.storage import is_url, remote_output
 from stgr_builder.storage.media import list_sizes, media_location
+from stgr_builder.storage.output import READ_SCOPE
 from stgr_builder.video.steps import missing_media
 
 
@@ -154,11 +156,14 @@ class BuildJob:
     def run_shard(self, shard: ShardPlan, resources: Resources) -> ShardResult:
         return execute_shard(self.ctx, self.resolved, shard, resources)
 
-    def moved(self, out: Path, shared: Path | str | None = None) -> BuildJob:
-        """This job writing into ``out`` instead (a process's own copy of a URL's dataset), its
+    def moved(
+        self, out: Path, shared: Path | str | None = None, fetch: Callable[[list[str]], object] | None = None
+    ) -> BuildJob:
+        """This job writing into ``out`` instead (a process's own copy of a URL's dataset): its
         run's budget ledger kept in ``shared`` (the dataset's URL, what the processes share;
-        default ``out``)."""
-        ctx = replace(self.ctx, out=out)
+        default ``out``); ``fetch``: that copy's read-through, when it holds only part of the
+        dataset."""
+        ctx = replace(self.ctx, out=out, fetch=fetch)
         ledger = budget_ledger(shared if shared is not None else out, ctx.run)
         return replace(self, ctx=ctx, resolved=replace(self.resolved, budget_ledger=ledger))
 
@@ -199,7 +204,7 @@ def build(
             # each works on its own copy.
             isolated = job.ctx.config.sharding.runner in ("dask", "ray")
             manifest = run(remote.job(job, isolated=isolated), runner, resources)
-            if isolated:
-                remote.mirror.pull()  # this process's copy: what the workers committed
+            if isolated:  # this process's copy: what the workers committed, for the readers
+                remote.mirror.pull(scope=READ_SCOPE)
             return manifest
     return run(build_job(config_path, Path(out), resources, **options), runner, resources)

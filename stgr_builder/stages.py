@@ -20,12 +20,17 @@ it. Verify and write are pure and cheap; they run again.
 
 >>> store = StageStore(Path("out"))                                             # doctest: +SKIP
 >>> steps = stored_steps(steps, store, fingerprints)                            # doctest: +SKIP
+
+A worker whose copy of the dataset holds only what its shard needs (a build into a bucket on
+isolated workers, ``storage/output.py``) gives the store a ``fetch`` hook (a plain callable,
+relative paths in: ``Mirror.fetch``): the entries of a batch of samples it lacks, and the key
+frames a reused sample entry names, are then brought from the bucket in one round each.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,17 +69,38 @@ class StageEntry(BaseModel):
     llm: LlmUsage | None = None
 
 
+#: Brings named files (relative to the dataset folder) that the local copy lacks from where
+#: the dataset really is, a missing one being no error (``storage.mirror.Mirror.fetch``).
+Fetch = Callable[[list[str]], object]
+
+
 class StageStore:
     """Stage results by key under ``root/_cache/stages``; reads fall back to ``parents``
-    (an earlier version's dataset folder), writes go to ``root`` only.
+    (an earlier version's dataset folder), writes go to ``root`` only. ``fetch``: the
+    read-through of a partial copy of ``root`` (None: ``root`` holds all there is).
 
     Safe from threads and processes: each file is written under a unique temp name, then
     renamed; two writers of one key leave one whole file.
     """
 
-    def __init__(self, root: Path, parents: Iterable[Path] = ()):
-        self.folder = Path(root) / STAGES_DIR
+    def __init__(self, root: Path, parents: Iterable[Path] = (), fetch: Fetch | None = None):
+        self.root = Path(root)
+        self.folder = self.root / STAGES_DIR
         self.parents = [Path(p) / STAGES_DIR for p in parents]
+        self.fetch = fetch
+
+    def bring(self, rels: Iterable[str]) -> None:
+        """Fetch the files (relative to ``root``) the copy lacks, in one round (no hook: nothing)."""
+        if self.fetch is None:
+            return
+        missing = sorted({rel for rel in rels if not (self.root / rel).is_file()})
+        if missing:
+            self.fetch(missing)
+
+    def prefetch(self, stage: Stage, keys: Iterable[str]) -> None:
+        """Bring the entries of ``keys`` the copy lacks (one round for a batch of samples)."""
+        if self.fetch is not None:
+            self.bring(self.path(stage, key).relative_to(self.root).as_posix() for key in keys)
 
     def path(self, stage: Stage, key: str, folder: Path | None = None) -> Path:
         return (folder or self.folder) / stage.value / key[:2] / f"{key}.json"
@@ -177,6 +203,16 @@ class StoredStep(Step):
         self.keys[sample_id] = key
         return key
 
+    def _bring_frames(self, entries: Iterable[StageEntry | None]) -> None:
+        """The key frames reused sample entries name, brought into a partial copy in one round
+        (the steps after this one read them)."""
+        if self.stage is not Stage.SAMPLE or self.store.fetch is None:
+            return
+        works = [entry.work for entry in entries if entry is not None and entry.work is not None]
+        names = ("frames", "track_frames", "span_frames")
+        paths = [frame["path"] for work in works for name in names for frame in work.get(name) or []]
+        self.store.bring(path for path in paths if isinstance(path, str))
+
     def _apply(self, work: SampleWork, entry: StageEntry) -> Item | None:
         if entry.reject is not None:
             return entry.reject
@@ -220,24 +256,28 @@ class StoredStep(Step):
         pending: dict[str, str] = {}  # sample id -> key, of the samples sent to the step
 
         def misses() -> Iterator[Stream]:
-            for item in items:
-                if isinstance(item, Deferred):
-                    yield item  # through the step, which passes it on and stops
-                    return
-                if isinstance(item, Reject):
-                    ready.append(item)
-                    continue
-                key = self.key(item)
-                entry = self.store.get(self.stage, key)
-                applied = self._apply(item, entry) if entry is not None else None
-                if entry is None or applied is None:
-                    pending[item.sample.id] = key
-                    yield item
-                    continue
-                self._count(applied)
-                if entry.llm is not None:
-                    self._loaded_llm = entry.llm.merge(self._loaded_llm)
-                ready.append(applied)
+            for chunk in self._chunks(items):
+                keys = {id(item): self.key(item) for item in chunk if isinstance(item, SampleWork)}
+                self.store.prefetch(self.stage, keys.values())
+                entries = {ident: self.store.get(self.stage, key) for ident, key in keys.items()}
+                self._bring_frames(entries.values())
+                for item in chunk:
+                    if isinstance(item, Deferred):
+                        yield item  # through the step, which passes it on and stops
+                        return
+                    if isinstance(item, Reject):
+                        ready.append(item)
+                        continue
+                    key, entry = keys[id(item)], entries[id(item)]
+                    applied = self._apply(item, entry) if entry is not None else None
+                    if entry is None or applied is None:
+                        pending[item.sample.id] = key
+                        yield item
+                        continue
+                    self._count(applied)
+                    if entry.llm is not None:
+                        self._loaded_llm = entry.llm.merge(self._loaded_llm)
+                    ready.append(applied)
 
         for out in self.step(misses()):
             if isinstance(out, Deferred):
@@ -256,6 +296,24 @@ class StoredStep(Step):
             yield out
         while ready:
             yield ready.popleft()
+
+    def _chunks(self, items: Iterable[Stream]) -> Iterator[list[Stream]]:
+        """The items in the chunks whose entries are looked up together: one item at a time on
+        a whole local copy (as lazy as the steps), ``PREFETCH`` at a time with a ``fetch`` hook
+        (one round of downloads per chunk); a ``Deferred`` ends a chunk."""
+        size = PREFETCH if self.store.fetch is not None else 1
+        chunk: list[Stream] = []
+        for item in items:
+            chunk.append(item)
+            if len(chunk) >= size or isinstance(item, Deferred):
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+
+#: Samples whose stored entries a worker with a partial copy fetches in one round.
+PREFETCH = 32
 
 
 def stored_steps(

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
@@ -353,3 +353,85 @@ def _worker_talking_to(port: int | None, build: threading.Thread, timeout: float
                     continue
         time.sleep(0.005)
     raise AssertionError("no worker was seen waiting on a reply before the build ended")
+
+
+def _object_gets(proxy: FaultProxy, key: str) -> list[str]:
+    """The objects (relative to the prefix ``key``) that GET requests through ``proxy`` asked for."""
+    gets = []
+    for method, path, _ in proxy.requests:
+        parts = urlsplit(path)
+        name = parts.path.split(f"/{key}/", 1)
+        if method == "GET" and "list-type" not in parts.query and len(name) == 2:
+            gets.append(name[1])
+    return gets
+
+
+def _whole_listings(proxy: FaultProxy, key: str) -> list[str]:
+    """LIST requests of the whole prefix, recursively (no delimiter: ``fs.find`` of it), which a
+    scoped pull never sends."""
+    whole = []
+    for method, path, _ in proxy.requests:
+        query = parse_qs(urlsplit(path).query, keep_blank_values=True)
+        recursive = not query.get("delimiter", [""])[0]
+        if method == "GET" and "list-type" in query and query.get("prefix") == [f"{key}/"] and recursive:
+            whole.append(path)
+    return whole
+
+
+def test_an_isolated_resume_reads_only_its_shards_stage_entries_frames_and_replies(s3, monkeypatch, tmp_path_factory):
+    """An LLM build into the bucket loses its manifest, one shard's record (a kill between the
+    shard's files and its record) and every stored annotate result; Dask workers sharing only the
+    bucket resume it: the shard reuses its stored probe, sample and detect results and its LLM
+    replies (no new request), writes the same bytes, and the workers download only that shard's
+    stage entries, key frames and replies, never a listing of the whole prefix."""
+    monkeypatch.setenv("DASK_LOGGING__DISTRIBUTED", "warning")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-scoped-0123456789")
+    source = small_source(tmp_path_factory)
+    annotator = {"backend": "openai", "model": "stgr-dry-run", "prompt": "stgr-cot-llm", "timeout": 2.0}
+    annotator |= {"max_retries": 1, "judge": {"enabled": False}}
+    sharding = {"samples_per_shard": 4, "workers": 2}
+    config = write_config(source, "bucket-scoped", sharding=sharding, annotator=annotator)
+    root = f"{s3.bucket}/ds"
+    with serve_llm() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        build(config, s3.url("ds"))
+        built = bucket_digests(s3, "ds")
+        records = sorted(s3.fs.glob(f"{root}/_progress/shard-*.json"))
+        shard = max((json.loads(s3.fs.cat_file(r)) for r in records), key=lambda r: len(r["sample_ids"]))
+        s3.fs.rm_file(f"{root}/_progress/shard-{shard['shard']:05d}.json")
+        s3.fs.rm_file(f"{root}/manifest.json")
+        s3.fs.rm(s3.fs.find(f"{root}/_cache/stages/annotate"))
+        every = [p[len(root) + 1 :] for p in s3.fs.find(root)]
+        requests = server.stats()["total"]
+
+        resources = Resources()
+        with remote_output(s3.url("ds")) as remote, FaultProxy(s3.endpoint) as proxy:
+            monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)  # the workers' way to the bucket
+            job = build_job(config, remote.local, resources, sharding_runner="dask")
+            manifest = run(remote.job(job, isolated=True), flow_runner, resources)
+        assert server.stats()["total"] == requests  # every reply came from the bucket's cache
+
+    assert manifest.complete and bucket_digests(s3, "ds") == built
+    record = json.loads(s3.fs.cat_file(f"{root}/_progress/shard-{shard['shard']:05d}.json"))
+    stats = {step["step"]: step for step in record["stats"]}
+    assert all(stats[s]["seen"] == stats[s]["resumed"] > 0 for s in ("probe", "sample", "detect")), stats
+    assert record["llm"]["requests"] == record["llm"]["cached"] > 0
+
+    got = _object_gets(proxy, "ds")
+    entries = [rel for rel in got if rel.startswith("_cache/stages/")]
+    frames = {rel for rel in got if rel.startswith("kfs/")}
+    replies = {rel for rel in got if rel.startswith("_cache/llm/") and "/formats/" not in rel}
+    stored = [rel for rel in every if rel.startswith("_cache/stages/")]
+    # this shard's probe, sample and detect entries (one each per sample), the annotate ones missed
+    assert len(entries) <= 4 * len(shard["sample_ids"]) < len(stored)
+    named = {
+        frame["path"]
+        for rel in entries
+        if rel.startswith("_cache/stages/sample/")
+        for name in ("frames", "track_frames", "span_frames")
+        for frame in json.loads(s3.fs.cat_file(f"{root}/{rel}")).get("work", {}).get(name, [])
+    }
+    assert frames and frames <= named < {rel for rel in every if rel.startswith("kfs/")}
+    cached = {rel for rel in every if rel.startswith("_cache/llm/") and "/formats/" not in rel}
+    assert replies and replies <= cached and len(replies) <= record["llm"]["requests"] < len(cached)
+    assert not _whole_listings(proxy, "ds")

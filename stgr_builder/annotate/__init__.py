@@ -1,5 +1,6 @@
 """annotate: key frames, evidence and a reasoning trace per sample (offline templates or an LLM)."""
 
+from collections.abc import Callable
 from pathlib import Path
 
 from stgr_builder.annotate.base import AnnotateStep, Annotator, BatchAnnotator
@@ -65,13 +66,15 @@ def make_annotator(
     wait: bool = True,
     span_check: SpanCheckConfig | None = None,
     span_frames: int = 4,
+    fetch: Callable[[list[str]], object] | None = None,
 ) -> Annotator:
     """The annotator a config names, with the ``prompts`` the build resolved (loaded here when
     not given). The openai backend (``annotate/llm.py``) keeps its request cache under ``root``
     (the dataset folder), and takes the budget of ``run`` (counted in ``budget_ledger``, the
     build's ``ResolvedBuild.budget_ledger``) and its frame memos from ``resources`` (the
     worker's), so the annotators of one run share them. With ``span_check.events: judge``
-    it asks the judge about event spans first (``events.py``).
+    it asks the judge about event spans first (``events.py``). ``fetch``: the read-through of a
+    partial copy of ``root`` (``executor.BuildContext.fetch``), asked for a reply the cache lacks.
 
     >>> make_annotator(AnnotatorConfig(), VerifyConfig(), root=Path("out")).prompt.name
     'template-cot'
@@ -94,6 +97,7 @@ def make_annotator(
         wait=wait,
         span_check=span_check,
         span_frames=span_frames,
+        fetch=fetch,
     )
 
 

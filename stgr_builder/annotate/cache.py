@@ -14,6 +14,9 @@ nothing else: never the endpoint's API key.
 >>> cache.get(key) is None                                   # doctest: +SKIP
 True
 
+A worker whose copy of the dataset is partial (``storage/output.py``) passes a ``fetch`` hook:
+a key missing locally is then asked of the bucket before it counts as a miss.
+
 One instance is shared by the shard tasks of a build (threads): reads are plain file reads,
 writes go through a unique temporary name and ``os.replace``, so two writers of one key
 leave one whole file, and a crash leaves either no file or the complete one.
@@ -22,7 +25,7 @@ leave one whole file, and a crash leaves either no file or the complete one.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -113,8 +116,10 @@ def request_key(
 class ResponseCache:
     """Replies and final errors by request key, one JSON file each, under ``root/_cache/llm``."""
 
-    def __init__(self, root: Path):
-        self.folder = Path(root) / CACHE_DIR
+    def __init__(self, root: Path, fetch: Callable[[list[str]], object] | None = None):
+        self.root = Path(root)
+        self.folder = self.root / CACHE_DIR
+        self.fetch = fetch
 
     def path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.json"
@@ -122,6 +127,8 @@ class ResponseCache:
     def get(self, key: str) -> CacheEntry | None:
         """The stored entry, or None when missing (or unreadable: then the request is made again)."""
         path = self.path(key)
+        if self.fetch is not None and not path.is_file():
+            self.fetch([path.relative_to(self.root).as_posix()])  # a miss there too: no file
         try:
             return CacheEntry.model_validate_json(path.read_bytes())
         except FileNotFoundError:

@@ -58,6 +58,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,7 @@ class LlmAnnotator:
         wait: bool = True,
         span_check: SpanCheckConfig | None = None,
         span_frames: int = 4,
+        fetch: Callable[[list[str]], object] | None = None,
     ):
         check_llm_config(config)
         assert config.model is not None  # check_llm_config
@@ -182,7 +184,7 @@ class LlmAnnotator:
         # build resolved (a URL when the workers share only the bucket), else the folder's.
         ledger = budget_ledger if budget_ledger is not None else (run_ledger(self.root, run) if run else None)
         self.budget = resources.budget(run, config.budget, config.budget_tokens, ledger)
-        self.cache = ResponseCache(self.root)
+        self.cache = ResponseCache(self.root, fetch)  # fetch: a partial copy's read-through
         # The response_format the endpoint accepts, remembered under the cache (a fallback is
         # paid once per endpoint); the semantic checks of each reply.
         self.formats = FormatMemory(self.root, os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1")

@@ -13,6 +13,16 @@ from the local file's, and a push uploads only files changed since.
 >>> mirror.pull()                      # the copy becomes what the bucket holds   # doctest: +SKIP
 >>> mirror.push(lambda rel: rel.startswith("stgr_cot/"))                         # doctest: +SKIP
 ['stgr_cot/part-00000.parquet']
+
+A copy need not hold the whole prefix: ``pull(scope=[...])`` lists and syncs only some folders
+(``"_progress/"``) and files (``"plan.json"``), leaving the rest of the copy alone, and
+``fetch`` brings single objects on demand (a worker's stage entries, key frames and LLM replies
+of its own samples), a missing one being a plain miss:
+
+>>> mirror.pull(scope=["plan.json", "_progress/"])                              # doctest: +SKIP
+['_progress/plan.json', 'plan.json']
+>>> mirror.fetch(["_cache/stages/probe/3f/3f9a.json", "kfs/no/such.jpg"])       # doctest: +SKIP
+['_cache/stages/probe/3f/3f9a.json']
 """
 
 from __future__ import annotations
@@ -22,11 +32,11 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from stgr_builder.core.files import atomic_write_text, temp_path
+from stgr_builder.core.files import atomic_write_bytes, atomic_write_text, temp_path
 from stgr_builder.core.layout import BUDGET_DIR
 from stgr_builder.storage.location import filesystem
 
@@ -91,12 +101,34 @@ class Mirror:
 
     # -- what is where ----------------------------------------------------------------------
 
-    def remote_objects(self) -> dict[str, str]:
-        """Every object under the prefix but those never synced (``_never_synced``): relative
-        path -> content tag."""
+    def remote_objects(self, scope: Sequence[str] | None = None) -> dict[str, str]:
+        """The objects under the prefix but those never synced (``_never_synced``): relative
+        path -> content tag. With
+        ``scope`` (folders ending in ``/``, files), only those: each folder is listed whole,
+        each file found by a listing of its own folder (one listing per folder, not per file)."""
+        if scope is None:
+            return self._found("")
+        objects: dict[str, str] = {}
+        for folder in sorted({rel for rel in scope if rel.endswith("/")}):
+            objects.update(self._found(folder))
+        files = {rel for rel in scope if not rel.endswith("/")}
+        for parent in sorted({_parent(rel) for rel in files}):
+            listed = self._listed(parent)
+            objects.update({rel: tag for rel, tag in listed.items() if rel in files})
+        return objects
+
+    def _found(self, folder: str) -> dict[str, str]:
+        """Every object under ``folder`` (``""``: the prefix), recursively."""
+        return self._objects(lambda path: self.fs.find(path, detail=True), folder)
+
+    def _listed(self, folder: str) -> dict[str, str]:
+        """The objects directly in ``folder`` (``""``: the prefix's top), not in its subfolders."""
+        return self._objects(lambda path: {info["name"]: info for info in self.fs.ls(path, detail=True)}, folder)
+
+    def _objects(self, listing: Callable[[str], dict[str, Any]], folder: str) -> dict[str, str]:
         root = self.remote("").rstrip("/")
         try:
-            found = self.fs.find(root, detail=True)
+            found = listing(self.remote(folder).rstrip("/"))
         except FileNotFoundError:
             return {}
         objects = {}
@@ -115,19 +147,51 @@ class Mirror:
 
     # -- bucket -> copy ---------------------------------------------------------------------
 
-    def pull(self, keep: Callable[[str], bool] = lambda rel: True) -> list[str]:
+    def pull(self, keep: Callable[[str], bool] = lambda rel: True, scope: Sequence[str] | None = None) -> list[str]:
         """Make the copy hold what the bucket holds (the objects ``keep`` selects): download
-        what differs, remove local files the bucket lacks. Returns what was downloaded."""
+        what differs, remove local files the bucket lacks. Returns what was downloaded.
+
+        ``scope`` (folders ending in ``/``, files): only those are listed and synced; local
+        files outside it are left as they are (a worker's copy keeps what it fetched)."""
         with self._lock:
-            wanted = {rel: tag for rel, tag in self.remote_objects().items() if keep(rel)}
+            wanted = {rel: tag for rel, tag in self.remote_objects(scope).items() if keep(rel)}
             index = self._loaded()
             for rel in self.local_files():
-                if rel not in wanted:
+                if rel not in wanted and in_scope(rel, scope):
                     (self.local / rel).unlink(missing_ok=True)
                     index.pop(rel, None)
             fetched = [rel for rel, tag in sorted(wanted.items()) if not self._holds(rel, tag)]
             self._download(fetched)
             self._save()
+            return fetched
+
+    def fetch(self, rels: Iterable[str]) -> list[str]:
+        """Download the named objects the copy lacks, concurrently (fsspec's batches), each
+        written whole under its name and noted as synced; an object the bucket lacks is a
+        miss, not an error. Returns what was downloaded (sorted).
+
+        The read-through of a scoped copy (``pull(scope=...)``): a worker asks for the stage
+        entries, key frames and LLM replies of its own samples once it knows their names."""
+        wanted = sorted({rel for rel in rels if not (self.local / rel).is_file()})
+        if not wanted:
+            return []
+        paths = {self.remote(rel): rel for rel in wanted}
+        # "return": each missing object comes back as its FileNotFoundError (a miss); any other
+        # error (the store after its retries) is raised, never taken for a miss.
+        found = self.fs.cat(list(paths), on_error="return")  # a list in: a mapping out
+        with self._lock:
+            fetched = []
+            for path, data in sorted(found.items()):
+                if isinstance(data, FileNotFoundError):
+                    continue
+                if isinstance(data, BaseException):
+                    raise data
+                rel = paths[path]
+                atomic_write_bytes(self.local / rel, data, durable=False)
+                self._record(rel)
+                fetched.append(rel)
+            if fetched:
+                self._save()
             return fetched
 
     def _holds(self, rel: str, tag: str) -> bool:
@@ -204,11 +268,13 @@ class Mirror:
     def _changed(self, include: Callable[[str], bool]) -> list[str]:
         return [rel for rel in self.local_files() if include(rel) and not self._synced(rel)]
 
-    def delete_extras(self) -> list[str]:
+    def delete_extras(self, scope: Sequence[str] | None = None) -> list[str]:
         """Remove the objects no local file matches (what the build removed, what a killed run
-        uploaded and the resumed one did not keep); returns them."""
+        uploaded and the resumed one did not keep); returns them. ``scope``: only among those
+        folders and files (a scoped copy lacks the rest without their being garbage)."""
         with self._lock:
-            extras = sorted(set(self.remote_objects()) - set(self.local_files()))
+            local = {rel for rel in self.local_files() if in_scope(rel, scope)}
+            extras = sorted(set(self.remote_objects(scope)) - local)
             for rel in extras:
                 self.fs.rm_file(self.remote(rel))
             return extras
@@ -284,3 +350,17 @@ _NOT_SYNCED = (LOCK_NAME, BUDGET_DIR.as_posix())
 
 def _never_synced(rel: str) -> bool:
     return any(rel == name or rel.startswith(name + "/") for name in _NOT_SYNCED)
+
+
+def in_scope(rel: str, scope: Sequence[str] | None) -> bool:
+    """Whether ``rel`` is one of the files of ``scope`` or under one of its folders (``None``: all).
+
+    >>> in_scope("_progress/shard-00001.json", ["plan.json", "_progress/"]), in_scope("kfs/a.jpg", ["_progress/"])
+    (True, False)
+    """
+    return scope is None or any(rel.startswith(part) if part.endswith("/") else rel == part for part in scope)
+
+
+def _parent(rel: str) -> str:
+    """The folder of a relative path, ``""`` at the top (``"_cache/"`` for ``"_cache/x.json"``)."""
+    return rel.rsplit("/", 1)[0] + "/" if "/" in rel else ""

@@ -16,7 +16,9 @@ folder keeps on disk:
   shard file first removes the manifest, so a rebuild in progress is never read as finished;
 - **nothing uncommitted stays**: objects a killed run uploaded that the resumed one did not
   keep (a shard file without a record), and its LLM budget ledger, are removed before the
-  manifest is uploaded.
+  manifest is uploaded; only in the shard folders and records (``OWNED_SCOPE``): stage entries
+  and key frames are content-addressed resume material, which a worker's partial copy merely
+  lacks.
 
 Readers (``open_dataset``) copy the committed dataset, the shard files its manifest lists and
 what they reference, into a read copy and read that with the local code (DuckDB included).
@@ -36,7 +38,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +47,20 @@ from typing import Any
 from stgr_builder.core.arrow import DATASETS
 from stgr_builder.core.files import cache_home
 from stgr_builder.core.hashing import sha256_file
-from stgr_builder.core.layout import BUDGET_DIR, CACHE_DIR, MANIFEST, STAGES_DIR, record_path
+from stgr_builder.core.layout import (
+    BATCH_DIR,
+    BUDGET_DIR,
+    CACHE_DIR,
+    FORMATS_DIR,
+    MANIFEST,
+    PLAN,
+    PROGRESS_DIR,
+    RATELIMIT_FILE,
+    STAGES_DIR,
+    intent_path,
+    record_path,
+    shard_path,
+)
 from stgr_builder.errors import StgrError
 from stgr_builder.models import Manifest
 from stgr_builder.storage.lease import Lease
@@ -71,12 +86,56 @@ def beside(out: str | Path, name: str) -> Path:
     return staging_root(str(out)) / name if is_url(out) else Path(out) / name
 
 
+#: The folders a finished build's objects are judged in: its shard files and records, and
+#: submitted batches (budget ledgers are never synced: ``mirror._never_synced``). Outside them
+#: (the stage store, key frames, LLM replies, all content-addressed) an object the copy lacks is
+#: resume material, never garbage.
+OWNED_SCOPE = (
+    *(f"{name}/" for name in sorted(DATASETS)),
+    f"{PROGRESS_DIR}/",
+    f"{BATCH_DIR.as_posix()}/",
+)
+#: What every task of an isolated worker pulls, whatever its shard: the plan, the progress
+#: folder (of the shards' records and intents, a shard task keeps its own), the small state
+#: shared under ``_cache/`` (the response format each endpoint accepts, the request pacing,
+#: submitted batches) and, for a shard task, its own Parquet files. A
+#: shard's stage entries, key frames and LLM replies come on demand (``Mirror.fetch``).
+TASK_SCOPE = (
+    PLAN,
+    f"{PROGRESS_DIR}/",
+    f"{FORMATS_DIR.as_posix()}/",
+    RATELIMIT_FILE.as_posix(),
+    f"{BATCH_DIR.as_posix()}/",
+)
+#: What ``finalize`` pulls: every record and shard file, nothing under ``_cache/`` nor ``kfs/``.
+FINALIZE_SCOPE = (PLAN, MANIFEST, *OWNED_SCOPE)
+#: What the command's own copy takes back once isolated workers built the dataset: what a
+#: reader looks at (the audit it prints: shards, records, key frames, the card ``README.md``),
+#: not the stage store nor the LLM replies (the bulk of the prefix, read by shard tasks only).
+READ_SCOPE = (*FINALIZE_SCOPE, "kfs/", "README.md")
+
+
 def _is_record(rel: str) -> bool:
     return rel.startswith("_progress/shard-") and rel.endswith(".json")
 
 
 def _in_dataset(rel: str) -> bool:
     return rel.split("/", 1)[0] in DATASETS
+
+
+def _of_a_shard(rel: str) -> bool:
+    """Whether ``rel`` belongs to one shard: its Parquet files, its record, its intent."""
+    return _in_dataset(rel) or _is_record(rel) or (rel.startswith(f"{PROGRESS_DIR}/writing-") and rel.endswith(".json"))
+
+
+def _own_files(shard: int) -> set[str]:
+    """The files of one shard (``_of_a_shard``), relative.
+
+    >>> sorted(_own_files(3))[:2]
+    ['_progress/shard-00003.json', '_progress/writing-00003.json']
+    """
+    files = {shard_path(Path(), name, shard) for name in DATASETS}
+    return {path.as_posix() for path in (*files, record_path(Path(), shard), intent_path(Path(), shard))}
 
 
 @dataclass
@@ -86,9 +145,12 @@ class CommittingJob:
     bucket. Plain data: it pickles to Dask workers with the mirror.
 
     ``isolated``: the processes running the tasks share nothing but the bucket (Dask workers,
-    on one machine or many): each process works on its own temporary copy, pulled from the
-    bucket before each task (``inner.moved`` re-points the job at it), so a shard task sees
-    what every other committed. Otherwise every task writes the one staging copy (threads)."""
+    on one machine or many): each process works on its own temporary copy (``inner.moved``
+    re-points the job at it), which holds only what its tasks need: before each task the
+    small shared files are pulled (``TASK_SCOPE``; ``finalize``: ``FINALIZE_SCOPE``), so a task
+    sees what every other committed, and a shard's stage entries, key frames and LLM replies
+    are read through on a local miss (``Mirror.fetch``, the job's ``ctx.fetch``). Otherwise
+    every task writes the one staging copy (threads)."""
 
     inner: Any
     mirror: Mirror
@@ -119,17 +181,18 @@ class CommittingJob:
             self._push_content(self.mirror)
             yield held
 
-    def _here(self) -> tuple[Any, Mirror]:
-        """The job and the copy this process works on (``isolated``: its own, just pulled)."""
+    def _here(self, scope: tuple[str, ...], keep: Callable[[str], bool] = lambda rel: True) -> tuple[Any, Mirror]:
+        """The job and the copy this process works on (``isolated``: its own, with ``scope``
+        just pulled (the objects ``keep`` selects) and the rest read through on demand)."""
         if not self.isolated:
             return self.inner, self.mirror
         copy = process_copy(self.mirror.url, self.owner)
-        copy.pull()
+        copy.pull(keep, scope=scope)
         # The run's budget stays in the bucket: a ledger in each copy would be each process's own.
-        return self.inner.moved(copy.local, shared=self.mirror.url), copy
+        return self.inner.moved(copy.local, shared=self.mirror.url, fetch=copy.fetch), copy
 
     def plan(self) -> Any:
-        inner, mirror = self._here()
+        inner, mirror = self._here(TASK_SCOPE)
         plan = inner.plan()
         if self.isolated:  # the plan's records, for the tasks of the other processes
             self._check_lease()
@@ -137,13 +200,15 @@ class CommittingJob:
         return plan
 
     def run_shard(self, shard: Any, resources: Any) -> Any:
-        inner, mirror = self._here()
+        own = _own_files(shard.shard)  # of the shard files and records listed, its own only
+        scope = (*TASK_SCOPE, *(f"{name}/" for name in sorted(DATASETS)))
+        inner, mirror = self._here(scope, lambda rel: not _of_a_shard(rel) or rel in own)
         result = inner.run_shard(shard, resources)
         self.commit_shard(mirror, result.shard, complete=result.complete)
         return result
 
     def finalize(self, plan: Any, results: Any, resources: Any) -> Manifest:
-        inner, mirror = self._here()
+        inner, mirror = self._here(FINALIZE_SCOPE)
         manifest = inner.finalize(plan, results, resources)
         self.commit_dataset(mirror)
         return manifest
@@ -174,7 +239,7 @@ class CommittingJob:
         self._check_lease()
         self._push_content(mirror)
         mirror.push(lambda rel: rel != MANIFEST)
-        mirror.delete_extras()
+        mirror.delete_extras(OWNED_SCOPE)  # a worker's copy lacks most stage entries and frames
         # Budget ledgers of runs killed before their end (this run's is gone already): no later
         # run reads them, and one build at a time holds the prefix.
         mirror.remove_tree(BUDGET_DIR.as_posix())
