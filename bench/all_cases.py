@@ -5,8 +5,7 @@
 
 Cases: SIGKILLs in all five stages (tests/test_resume.py), both signal orders and both signals in
 every waiting state (tests/test_stopping.py), the track gate on seeds 11-13 with injected faults
-(tests/test_evidence_gate.py), the everything-in-the-bucket build on both Dask and Ray
-(tests/test_object_store.py). Exits with pytest's status.
+(tests/test_evidence_gate.py). Exits with pytest's status.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ SAMPLED = [
     "tests/test_resume.py::test_sigkills_in_every_stage_end_with_the_uninterrupted_rows",
     "tests/test_stopping.py",
     "tests/test_evidence_gate.py::test_the_gate_removes_corrupted_evidence_and_keeps_the_right",
-    "tests/test_object_store.py::test_with_everything_in_the_bucket_worker_processes_write_the_local_bytes",
 ]
 
 
