@@ -176,10 +176,11 @@ def test_two_builds_racing_for_one_prefix_one_refuses(s3, reference):
     # A holder on another machine that stopped renewing keeps the prefix until its lease expires.
     crashed = {"owner": "elsewhere", "pid": 1, "host": "node-7", "machine": "other", "started": "-"}
     lease_object = f"{s3.bucket}/crashed/.stgr-lock/0000000000.json"
-    s3.fs.pipe_file(lease_object, json.dumps({**crashed, "expires": time.time() + 2}).encode())
+    s3.fs.pipe_file(lease_object, json.dumps({**crashed, "expires": time.time() + 600}).encode())
     with pytest.raises(StgrError, match=r"is being built by pid 1 on node-7 .* lease until"):
         Lease(s3.url("crashed")).acquire()
-    time.sleep(2.2)
+    # Its lease runs out (written as already past, so a slow machine cannot outlive it mid-test).
+    s3.fs.pipe_file(lease_object, json.dumps({**crashed, "expires": time.time() - 1}).encode())
     successor = Lease(s3.url("crashed")).acquire()
     assert successor.generation == 1 and s3.fs.ls(f"{s3.bucket}/crashed/.stgr-lock") == [
         f"{s3.bucket}/crashed/.stgr-lock/0000000001.json"
