@@ -61,6 +61,7 @@ def check_runtime(runtime: str, device: str) -> None:
                 f"GPU's CUDA; it is in no extra of stgr-builder): {exc}"
             ) from exc
     elif runtime == "openvino":
+        _decline_openvino_telemetry()  # before the import: importing openvino starts its reporter
         require("openvino", extra="runtimes")
     else:
         require("onnxruntime", extra="runtimes")
@@ -124,6 +125,8 @@ def _export_into(folder: Path, weights: Path, runtime: str, imgsz: int, batch: i
 
 def _export(weights: Path, runtime: str, imgsz: int, batch: int, device: str) -> None:
     """Ultralytics' export, for a fixed input of ``batch`` frames of ``imgsz`` squared."""
+    if runtime == "openvino":
+        _decline_openvino_telemetry()  # also when called without check_runtime
     model = require("ultralytics").YOLO(str(weights))
     # Only what a format accepts (Ultralytics refuses other arguments); onnxslim simplifies the
     # ONNX graph; GPU half precision is not measured yet (docs/detection.md).
@@ -137,3 +140,27 @@ def _export(weights: Path, runtime: str, imgsz: int, batch: int, device: str) ->
             model.export(format=fmt, imgsz=imgsz, batch=batch, device=device, half=False, verbose=False, **extra)
     except Exception as exc:  # Ultralytics raises many kinds; the user needs the one line
         raise StgrError(f"exporting the detector to {runtime} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _decline_openvino_telemetry() -> None:
+    """Answer "no" to OpenVINO's usage reporting for this process.
+
+    OpenVINO starts a reporter on import that writes a client id under ``~/intel`` and reports each
+    conversion to Google Analytics, unless the user opted out there or ``CI=true`` is set. An offline build sends
+    nothing (as it sets ``YOLO_OFFLINE`` and Prefect's analytics off); and the reporter forks the
+    threaded build process to send, a child that can hang after the fork holding the export lock's
+    file, so the shards waiting on that lock would wait forever (seen in the tests).
+    """
+    try:
+        from openvino_telemetry import Telemetry
+        from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+    except ImportError:  # openvino without its reporter: nothing to decline
+        return
+
+    def declined(*args: object, **kwargs: object) -> ConsentCheckResult:
+        return ConsentCheckResult.DECLINED
+
+    OptInChecker.check = declined  # asked on every (re)start of the reporter
+    started = getattr(Telemetry, "_SingletonMetaClass__single_instance", None)  # a reporter already running
+    if started is not None:
+        started.consent = False
