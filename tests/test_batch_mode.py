@@ -93,12 +93,20 @@ def test_batch_mode_rows_equal_online_rows_and_nothing_is_submitted_twice(tmp_pa
         second = build(config, out)  # reattaches, waits, collects
         stats = server.stats()
     assert second.complete
-    assert stats["batches"] == with_judge  # nothing submitted twice
+    assert stats["batches"] == with_judge, _batch_records(out)  # nothing submitted twice
     assert stats["batch_lines"] == asked_online and stats["total"] == 0  # each request once, none online
     assert _shards(out) == _shards(tmp_path / "online")  # the online build's rows, byte for byte
     from stgr_builder.annotate import batch_progress, pending_batches
 
     assert batch_progress(out) == (asked_online, asked_online) and pending_batches(out) == (0, 0)
+
+
+def _batch_records(out: Path) -> list[list[tuple]]:
+    """Each record's chunks: batch id, requests, collected (a failure names what was submitted)."""
+    return [
+        [(c["batch_id"], len(c["keys"]), c.get("collected")) for c in json.loads(r.read_text())["chunks"]]
+        for r in sorted((out / "_cache" / "batches").glob("*.json"))
+    ]
 
 
 def test_plan_estimates_batch_prices(tmp_path):
