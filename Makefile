@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/stgr demo --out outputs/demo
 
 test: $(STAMP) chromium
-	$(VENV)/bin/python -m pytest -q --durations=15
+	$(VENV)/bin/python -m pytest -q -n 2 --durations=15
 
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m "not slow"

@@ -221,3 +221,36 @@ def test_a_request_another_shard_collected_meanwhile_is_not_submitted_again(tmp_
         third = BatchJobs(tmp_path, max_requests=10, max_bytes=1 << 20, poll_s=0.05)
         replies = third.run({"k-b": body("b"), **shared}, wait=True)  # without the check, as before the fix
         assert sorted(replies) == ["k-b", "k-shared"] and server.stats()["batch_lines"] == 4  # sent twice
+
+
+def test_a_batch_another_shard_collected_first_is_not_paid_for_again(tmp_path, monkeypatch):
+    """Shard A submits its requests, one shared with shard B; B brings A's batch in for the
+    shared one and collects it first, caching only its own. A then reattaches to that batch for
+    the rest: nothing is submitted twice (B used to mark the batch collected, and A submitted
+    its other request again in a new batch: seen under `pytest -n 2`, where the order varies)."""
+    from stgr_builder.annotate.batch import BatchJobs
+    from stgr_builder.errors import BatchPending
+
+    def body(text: str) -> dict:
+        return {"model": "stgr-dry-run", "messages": [{"role": "user", "content": text}]}
+
+    a, b, shared = {"k-a": body("a")}, {"k-b": body("b")}, {"k-shared": body("shared")}
+    cached: set[str] = set()  # the shards' shared reply cache
+
+    def shard(requests: dict) -> dict:
+        jobs = BatchJobs(tmp_path, max_requests=10, max_bytes=1 << 20, poll_s=0.05)
+        wanted = {key: value for key, value in requests.items() if key not in cached}
+        replies = jobs.run(wanted, wait=True, answered=cached.__contains__)
+        cached.update(key for key in replies if key in wanted)  # each shard caches its own
+        jobs.collected(cached.__contains__)
+        return replies
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with serve_llm(batch_delay_s=0.05) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        with pytest.raises(BatchPending):  # A submits and leaves (--no-wait)
+            BatchJobs(tmp_path, max_requests=10, max_bytes=1 << 20, poll_s=0.05).run({**a, **shared}, wait=False)
+        assert sorted(shard({**b, **shared})) == ["k-a", "k-b", "k-shared"]  # B waits on A's batch too
+        assert "k-a" in shard({**a, **shared})  # A finds its reply in its own batch
+        assert server.stats()["batches"] == 2 and server.stats()["batch_lines"] == 3  # each request once
+    assert all(collected for record in _batch_records(tmp_path) for _, _, collected in record)  # none left pending

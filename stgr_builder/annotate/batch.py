@@ -123,7 +123,8 @@ class BatchJobs:
         self.poll_s = poll_s
         self._client_factory = client_factory
         self.submitted = 0  # batches this instance created (a reattached one is not counted)
-        self._collecting: list[tuple[Path, dict]] = []
+        self._collecting: list[tuple[Path, dict]] = []  # the chunks the last run returned
+        self._wanted: set[str] = set()  # the requests it was asked for
 
     def client(self):
         if self._client_factory is not None:
@@ -250,7 +251,7 @@ class BatchJobs:
                         replies[item["custom_id"]] = (int(response.get("status_code") or 0), response.get("body"))
                     except (ValueError, KeyError, TypeError, AttributeError):
                         continue
-        self._collecting = mine
+        self._collecting, self._wanted = mine, set(bodies)
         return replies
 
     def _progress(self, paths: set[Path], batches: Mapping[str, Any]) -> None:
@@ -271,16 +272,25 @@ class BatchJobs:
         finally:
             os.close(lock)
 
-    def collected(self) -> None:
-        """Mark the batches the last ``run`` returned collected (their replies are cached)."""
+    def collected(self, answered: Callable[[str], bool] | None = None) -> None:
+        """Mark the batches the last ``run`` returned collected (the caller cached the replies
+        of the requests it asked for). A batch also holding another shard's requests (a shared
+        judge request brought it in) stays uncollected until their replies are cached too
+        (``answered``): marked collected now, its other requests would look never submitted, and
+        that shard would pay for them again in a new batch."""
         lock = self._locked()
         try:
+            done = {chunk["batch_id"] for _, chunk in self._collecting}
             for path, record in self._records().items():
-                done = {chunk["batch_id"] for _, chunk in getattr(self, "_collecting", [])}
-                if any(chunk["batch_id"] in done for chunk in record["chunks"]):
-                    for chunk in record["chunks"]:
-                        if chunk["batch_id"] in done:
-                            chunk["collected"] = True
+                taken = [
+                    chunk
+                    for chunk in record["chunks"]
+                    if chunk["batch_id"] in done
+                    and all(key in self._wanted or (answered and answered(key)) for key in chunk["keys"])
+                ]
+                for chunk in taken:
+                    chunk["collected"] = True
+                if taken:
                     self._save(path, record)
         finally:
             os.close(lock)

@@ -235,4 +235,4 @@ class BatchMode:
                 continue  # transient (429, 5xx): asked again online
             owner.budget.add_tokens(entry.usage.prompt_tokens + entry.usage.completion_tokens)
             owner.cache.put(key, entry)
-        jobs.collected()
+        jobs.collected(answered)
