@@ -58,6 +58,7 @@ LONGEST_UNITS = (
     "tests/test_inherited_labels.py",
     "tests/test_budget_store.py",
 )
+_RANK = {unit: index for index, unit in enumerate(LONGEST_UNITS)}
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -71,8 +72,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
             return xdist_scope(nodeid)
 
         def _assign_work_unit(self, node: Any) -> None:
-            rank = {unit: index for index, unit in enumerate(LONGEST_UNITS)}
-            ordered = sorted(self.workqueue.items(), key=lambda unit: rank.get(unit[0], len(rank)))
+            ordered = sorted(self.workqueue.items(), key=lambda unit: _RANK.get(unit[0], len(_RANK)))
             self.workqueue = OrderedDict(ordered)  # stable: the rest keep xdist's order
             super()._assign_work_unit(node)
 

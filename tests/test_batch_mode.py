@@ -101,6 +101,18 @@ def test_batch_mode_rows_equal_online_rows_and_nothing_is_submitted_twice(tmp_pa
     assert batch_progress(out) == (asked_online, asked_online) and pending_batches(out) == (0, 0)
 
 
+def _jobs(root: Path):
+    """The batch jobs of a shard under ``root``, as the unit tests below drive them."""
+    from stgr_builder.annotate.batch import BatchJobs
+
+    return BatchJobs(root, max_requests=10, max_bytes=1 << 20, poll_s=0.05)
+
+
+def _body(text: str) -> dict:
+    """A chat completion body asking ``text``."""
+    return {"model": "stgr-dry-run", "messages": [{"role": "user", "content": text}]}
+
+
 def _batch_records(out: Path) -> list[list[tuple]]:
     """Each record's chunks: batch id, requests, collected (a failure names what was submitted)."""
     return [
@@ -137,7 +149,7 @@ def test_plan_estimates_batch_prices(tmp_path):
 def test_a_batch_submitted_before_a_kill_is_found_again_not_resubmitted(tmp_path, monkeypatch):
     """Killed after the provider created the batch but before its id was recorded: the next run
     finds it by its metadata tag."""
-    from stgr_builder.annotate.batch import BATCH_DIR, BatchJobs, BatchPending
+    from stgr_builder.annotate.batch import BATCH_DIR, BatchPending
 
     bodies = {
         f"key-{i}": {"model": "stgr-dry-run", "messages": [{"role": "user", "content": f"hello {i}"}]} for i in range(3)
@@ -146,12 +158,12 @@ def test_a_batch_submitted_before_a_kill_is_found_again_not_resubmitted(tmp_path
     with serve_llm(batch_delay_s=0.3) as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         with pytest.raises(BatchPending, match="3 requests in 1 batches pending"):
-            BatchJobs(tmp_path, max_requests=10, max_bytes=1 << 20, poll_s=0.05).run(bodies, wait=False)
+            _jobs(tmp_path).run(bodies, wait=False)
         [record_path] = (tmp_path / BATCH_DIR).glob("*.json")
         record = json.loads(record_path.read_text())
         record["chunks"][0]["batch_id"] = None  # as if killed before the id was written
         record_path.write_text(json.dumps(record))
-        jobs = BatchJobs(tmp_path, max_requests=10, max_bytes=1 << 20, poll_s=0.05)
+        jobs = _jobs(tmp_path)
         replies = jobs.run(bodies, wait=True)
         assert server.stats()["batches"] == 1 and jobs.submitted == 0
     assert sorted(replies) == sorted(bodies) and {status for status, _ in replies.values()} == {200}
@@ -159,7 +171,7 @@ def test_a_batch_submitted_before_a_kill_is_found_again_not_resubmitted(tmp_path
 
 def test_requests_in_an_uncollected_batch_are_never_submitted_again(tmp_path, monkeypatch):
     """A later run that needs more (another budget, new samples) submits only what no batch holds."""
-    from stgr_builder.annotate.batch import BatchJobs, BatchPending, pending_batches
+    from stgr_builder.annotate.batch import BatchPending, pending_batches
 
     def bodies(n):
         return {
@@ -172,11 +184,9 @@ def test_requests_in_an_uncollected_batch_are_never_submitted_again(tmp_path, mo
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         budget = iter([True, True, False])  # the first run's budget admits two of three
         with pytest.raises(BatchPending):
-            BatchJobs(tmp_path, max_requests=10, max_bytes=1 << 20, poll_s=0.05).run(
-                bodies(3), wait=False, admit=lambda: next(budget)
-            )
+            _jobs(tmp_path).run(bodies(3), wait=False, admit=lambda: next(budget))
         assert pending_batches(tmp_path) == (2, 1)
-        jobs = BatchJobs(tmp_path, max_requests=10, max_bytes=1 << 20, poll_s=0.05)
+        jobs = _jobs(tmp_path)
         replies = jobs.run(bodies(4), wait=True)
         jobs.collected()
         assert server.stats()["batches"] == 2 and server.stats()["batch_lines"] == 4  # 2, then the other 2
@@ -203,23 +213,19 @@ def test_a_request_another_shard_collected_meanwhile_is_not_submitted_again(tmp_
     """Two shards share a judge request: one collects and caches it while the other decides to
     send it with a request of its own; the second finds the shared one answered under the
     records' lock (it used to submit it again once the first had marked its chunk collected)."""
-    from stgr_builder.annotate.batch import BatchJobs
 
-    def body(text: str) -> dict:
-        return {"model": "stgr-dry-run", "messages": [{"role": "user", "content": text}]}
-
-    mine, shared = {"k-a": body("a")}, {"k-shared": body("shared")}
+    mine, shared = {"k-a": _body("a")}, {"k-shared": _body("shared")}
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     with serve_llm(batch_delay_s=0.05) as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
-        first = BatchJobs(tmp_path, max_requests=10, max_bytes=1 << 20, poll_s=0.05)
+        first = _jobs(tmp_path)
         assert sorted(first.run(shared, wait=True)) == ["k-shared"]
         first.collected()  # the first shard cached the reply and marked its chunk collected
-        second = BatchJobs(tmp_path, max_requests=10, max_bytes=1 << 20, poll_s=0.05)
+        second = _jobs(tmp_path)
         replies = second.run({**mine, **shared}, wait=True, answered=lambda key: key == "k-shared")
         assert sorted(replies) == ["k-a"] and server.stats()["batch_lines"] == 2  # the shared one sent once
-        third = BatchJobs(tmp_path, max_requests=10, max_bytes=1 << 20, poll_s=0.05)
-        replies = third.run({"k-b": body("b"), **shared}, wait=True)  # without the check, as before the fix
+        third = _jobs(tmp_path)
+        replies = third.run({"k-b": _body("b"), **shared}, wait=True)  # without the check, as before the fix
         assert sorted(replies) == ["k-b", "k-shared"] and server.stats()["batch_lines"] == 4  # sent twice
 
 
@@ -228,17 +234,13 @@ def test_a_batch_another_shard_collected_first_is_not_paid_for_again(tmp_path, m
     shared one and collects it first, caching only its own. A then reattaches to that batch for
     the rest: nothing is submitted twice (B used to mark the batch collected, and A submitted
     its other request again in a new batch: seen under `pytest -n 2`, where the order varies)."""
-    from stgr_builder.annotate.batch import BatchJobs
     from stgr_builder.errors import BatchPending
 
-    def body(text: str) -> dict:
-        return {"model": "stgr-dry-run", "messages": [{"role": "user", "content": text}]}
-
-    a, b, shared = {"k-a": body("a")}, {"k-b": body("b")}, {"k-shared": body("shared")}
+    a, b, shared = {"k-a": _body("a")}, {"k-b": _body("b")}, {"k-shared": _body("shared")}
     cached: set[str] = set()  # the shards' shared reply cache
 
     def shard(requests: dict) -> dict:
-        jobs = BatchJobs(tmp_path, max_requests=10, max_bytes=1 << 20, poll_s=0.05)
+        jobs = _jobs(tmp_path)
         wanted = {key: value for key, value in requests.items() if key not in cached}
         replies = jobs.run(wanted, wait=True, answered=cached.__contains__)
         cached.update(key for key in replies if key in wanted)  # each shard caches its own
@@ -249,7 +251,7 @@ def test_a_batch_another_shard_collected_first_is_not_paid_for_again(tmp_path, m
     with serve_llm(batch_delay_s=0.05) as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         with pytest.raises(BatchPending):  # A submits and leaves (--no-wait)
-            BatchJobs(tmp_path, max_requests=10, max_bytes=1 << 20, poll_s=0.05).run({**a, **shared}, wait=False)
+            _jobs(tmp_path).run({**a, **shared}, wait=False)
         assert sorted(shard({**b, **shared})) == ["k-a", "k-b", "k-shared"]  # B waits on A's batch too
         assert "k-a" in shard({**a, **shared})  # A finds its reply in its own batch
         assert server.stats()["batches"] == 2 and server.stats()["batch_lines"] == 3  # each request once

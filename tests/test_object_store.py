@@ -329,10 +329,16 @@ def test_a_dask_worker_killed_mid_shard_is_replaced_and_its_shard_lands_once(s3,
                 target=_catching, args=(errors, run, remote.job(job, isolated=True), flow_runner, resources)
             )
             thread.start()
-            for victim in _workers_inside_shards(server, before, thread, errors):
+            port = urlsplit(server.base_url).port
+            victims = _once_asked_beyond(server, before, thread.is_alive, lambda: _connected_to(port), 120)
+            if not victims:
+                raise AssertionError(
+                    f"no worker was seen inside a shard before the build ended ({errors or 'no error'}; the "
+                    f"server was asked {server.stats()['total'] - before} requests)"
+                )
+            for victim in victims:
                 with contextlib.suppress(psutil.NoSuchProcess):  # a worker that just ended its shard
-                    for process in [*victim.children(recursive=True), victim]:
-                        process.kill()
+                    _kill([*victim.children(recursive=True), victim])
             thread.join(timeout=300)
         asked = server.stats()["total"] - before
     assert not thread.is_alive() and not errors, errors
@@ -359,7 +365,10 @@ def test_a_ray_worker_killed_mid_shard_is_replaced_and_its_shard_lands_once(s3, 
         command = [sys.executable, "-m", "stgr_builder.cli", "build", str(config), "--out", s3.url("ds")]
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        killed = _kill_shard_workers(process, server, before)
+        workers = _once_asked_beyond(
+            server, before, lambda: process.poll() is None, lambda: _shard_workers(process), 180
+        )
+        killed = _kill(workers)
         _, stderr = process.communicate(timeout=300)
         asked = server.stats()["total"] - before
     assert process.returncode == 0, stderr.decode()[-2000:]
@@ -368,49 +377,39 @@ def test_a_ray_worker_killed_mid_shard_is_replaced_and_its_shard_lands_once(s3, 
     assert asked > before, (asked, before)  # the killed shards' requests were asked again
 
 
-def _kill_shard_workers(build: subprocess.Popen, server, before: int) -> int:
-    """SIGKILL the build's Ray workers that run a shard task (Ray titles them ``ray::shard``)
-    once the server has been asked more than ``before`` requests; how many were killed."""
-    root = psutil.Process(build.pid)
-    deadline = time.monotonic() + 180
-    while build.poll() is None and time.monotonic() < deadline:
+def _once_asked_beyond(server, before: int, running, find, timeout: float) -> list:
+    """What ``find()`` first returns non-empty once the LLM server has been asked more than
+    ``before`` requests (the build's own: a shard is inside its requests); [] if ``running()``
+    turned false or ``timeout`` passed first."""
+    deadline = time.monotonic() + timeout
+    while running() and time.monotonic() < deadline:
         if server.stats()["total"] > before:
-            try:
-                workers = [
-                    p
-                    for p in root.children(recursive=True)
-                    if p.cmdline()[:1] and p.cmdline()[0].startswith("ray::shard")
-                ]
-            except psutil.NoSuchProcess:
-                workers = []
-            if workers:
-                for worker in workers:
-                    try:
-                        worker.kill()
-                    except psutil.NoSuchProcess:
-                        pass
-                return len(workers)
-        time.sleep(0.02)
-    return 0
-
-
-def _workers_inside_shards(server, before: int, build: threading.Thread, errors: list) -> list:
-    """The worker processes with a connection open to the LLM server (only the build's workers
-    talk to it), once it has been asked more than ``before`` requests (the build's own, so a
-    shard has asked some)."""
-    port = urlsplit(server.base_url).port
-    deadline = time.monotonic() + 120
-    while build.is_alive() and time.monotonic() < deadline:
-        if server.stats()["total"] > before:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                pids = {c.pid for c in psutil.net_connections("tcp") if c.raddr and c.raddr.port == port}
-                if found := [psutil.Process(pid) for pid in pids - {None, os.getpid()}]:
+            with contextlib.suppress(psutil.NoSuchProcess):  # a process that ended while we looked
+                if found := find():
                     return found
         time.sleep(0.01)
-    raise AssertionError(
-        f"no worker was seen inside a shard before the build ended ({errors or 'no error'}; the "
-        f"server was asked {server.stats()['total'] - before} requests)"
-    )
+    return []
+
+
+def _connected_to(port: int | None) -> list[psutil.Process]:
+    """The processes but this one with a connection open to ``port`` (the test's own LLM server:
+    only the build's workers talk to it)."""
+    pids = {c.pid for c in psutil.net_connections("tcp") if c.raddr and c.raddr.port == port}
+    return [psutil.Process(pid) for pid in pids - {None, os.getpid()}]
+
+
+def _shard_workers(build: subprocess.Popen) -> list[psutil.Process]:
+    """The build's Ray workers running a shard task (Ray titles them ``ray::shard``)."""
+    children = psutil.Process(build.pid).children(recursive=True)
+    return [p for p in children if p.cmdline()[:1] and p.cmdline()[0].startswith("ray::shard")]
+
+
+def _kill(processes: list[psutil.Process]) -> int:
+    """SIGKILL each of ``processes`` still alive; how many there were."""
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    return len(processes)
 
 
 def _object_gets(proxy: FaultProxy, key: str) -> list[str]:
